@@ -1,0 +1,116 @@
+"""Argument checks shared by every backend of ``agru`` and ``memory_bank``.
+
+Each check raises a ``TypeError`` or ``ValueError`` whose message names the offending argument,
+so that bad input never reaches a kernel (where it would crash or produce silent garbage).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_nan_check = os.environ.get("AGHMN_CHECK_NAN", "0") == "1"
+
+
+def set_nan_check(enabled: bool) -> None:
+    """Turn the (costly, host-synchronising) NaN/Inf check of op inputs on or off.
+
+    Off by default; ``AGHMN_CHECK_NAN=1`` turns it on at import time.
+    """
+    global _nan_check
+    _nan_check = bool(enabled)
+
+
+def nan_check_enabled() -> bool:
+    """Whether op inputs are checked for NaN/Inf (see :func:`set_nan_check`)."""
+    return _nan_check
+
+
+def _tensor(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _float(name, t, dtype, device):
+    _tensor(name, t)
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but the input has dtype {dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the input is on {device}")
+    return t
+
+
+def _shape(name, t, shape):
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def _finite(name, t):
+    if _nan_check and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def check_agru_args(x, attn, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None):
+    """Validate the arguments of ``agru``; return ``(B, T, D, H)``."""
+    _float("x", x, None, None)
+    if x.dim() != 3:
+        raise ValueError(f"x must be 3-D [batch, time, input_size], got shape {tuple(x.shape)}")
+    B, T, D = x.shape
+    if T == 0:
+        raise ValueError("x has zero time steps; agru needs at least one")
+    dt, dev = x.dtype, x.device
+    _float("weight_hh", weight_hh, dt, dev)
+    if weight_hh.dim() != 2 or weight_hh.shape[0] != 2 * weight_hh.shape[1] or weight_hh.shape[1] == 0:
+        raise ValueError(f"weight_hh must have shape [2*H, H], got {tuple(weight_hh.shape)}")
+    H = weight_hh.shape[1]
+    _float("weight_ih", weight_ih, dt, dev)
+    _shape("weight_ih", weight_ih, (2 * H, D))
+    _float("attn", attn, dt, dev)
+    _shape("attn", attn, (B, T))
+    for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if b is not None:
+            _float(name, b, dt, dev)
+            _shape(name, b, (2 * H,))
+    if h0 is not None:
+        _float("h0", h0, dt, dev)
+        _shape("h0", h0, (B, H))
+    for name, t in (("x", x), ("attn", attn), ("h0", h0)):
+        if t is not None:
+            _finite(name, t)
+    return B, T, D, H
+
+
+def check_memory_bank_args(utterances, windows, flat_weights):
+    """Validate the arguments of ``memory_bank``; return ``(N, Q, K, H, num_directions)``."""
+    _float("utterances", utterances, None, None)
+    if utterances.dim() != 2:
+        raise ValueError(f"utterances must be 2-D [N, H], got shape {tuple(utterances.shape)}")
+    N, H = utterances.shape
+    dt, dev = utterances.dtype, utterances.device
+    _tensor("windows", windows)
+    if windows.dtype != torch.int64:
+        raise TypeError(f"windows must be an int64 tensor, got dtype {windows.dtype}")
+    if windows.device != dev:
+        raise ValueError(f"windows is on {windows.device} but utterances is on {dev}")
+    if windows.dim() != 2:
+        raise ValueError(f"windows must be 2-D [Q, K], got shape {tuple(windows.shape)}")
+    Q, K = windows.shape
+    if K == 0:
+        raise ValueError("windows has K = 0 slots; memory_bank needs at least one")
+    if windows.numel() and (int(windows.min()) < -1 or int(windows.max()) >= N):
+        raise ValueError(f"windows holds an index outside [-1, {N - 1}] (utterances has {N} rows)")
+    if not isinstance(flat_weights, (list, tuple)) or len(flat_weights) not in (4, 8):
+        raise ValueError("flat_weights must be a list of 4 tensors (one direction) or 8 (two), "
+                         "in torch.nn.GRU._flat_weights order")
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    shapes = ((3 * H, H), (3 * H, H), (3 * H,), (3 * H,))
+    for i, w in enumerate(flat_weights):
+        name = f"flat_weights[{i}] ({names[i % 4]}{'_reverse' if i >= 4 else ''})"
+        _float(name, w, dt, dev)
+        _shape(name, w, shapes[i % 4])
+    _finite("utterances", utterances)
+    return N, Q, K, H, len(flat_weights) // 4

@@ -1,0 +1,120 @@
+"""The one dispatch point for the two hot ops: ``agru`` and ``memory_bank``.
+
+Backends register themselves with :func:`register_backend`. ``backend=None`` picks the fastest
+backend available for the tensors' device (CPU: "cpu" then "reference"; CUDA: "cuda", "triton",
+then "reference").
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import reference
+from ._validation import check_agru_args, check_memory_bank_args
+
+__all__ = ["agru", "memory_bank", "backends", "register_backend", "backend_errors",
+           "resolve_backend"]
+
+
+@dataclasses.dataclass
+class Backend:
+    """A registered implementation of the ops. ``devices``: device types it runs on."""
+    name: str
+    agru: Callable
+    memory_bank: Callable
+    devices: Tuple[str, ...]
+    priority: int  # higher wins when backend=None
+
+
+_REGISTRY: Dict[str, Backend] = {}
+_LOAD_ERRORS: Dict[str, str] = {}
+_OPTIONAL_BACKENDS = ("aghmn_fast.backends.cpu", "aghmn_fast.backends.cuda",
+                      "aghmn_fast.backends.triton")
+_loaded = False
+
+
+def register_backend(name: str, *, agru: Callable, memory_bank: Callable,
+                     devices: Sequence[str], priority: int) -> None:
+    """Register a backend: callables with the reference signatures (without ``backend``)."""
+    _REGISTRY[name] = Backend(name, agru, memory_bank, tuple(devices), priority)
+
+
+register_backend("reference", agru=reference.agru, memory_bank=reference.memory_bank,
+                 devices=("cpu", "cuda", "meta"), priority=0)
+
+
+def _load_backends() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _OPTIONAL_BACKENDS:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # a backend that cannot load is reported, not fatal
+            _LOAD_ERRORS[module.rsplit(".", 1)[-1]] = f"{type(exc).__name__}: {exc}"
+
+
+def backends(device: Optional[str] = None) -> List[str]:
+    """Names of the available backends, fastest first; only those for ``device`` if given."""
+    _load_backends()
+    found = sorted(_REGISTRY.values(), key=lambda b: -b.priority)
+    if device is not None:
+        kind = torch.device(device).type
+        found = [b for b in found if kind in b.devices]
+    return [b.name for b in found]
+
+
+def backend_errors() -> Dict[str, str]:
+    """Why each optional backend that failed to load did so (empty when all loaded)."""
+    _load_backends()
+    return dict(_LOAD_ERRORS)
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> Backend:
+    """The backend that ``backend`` (a name or None = fastest) means for ``device``."""
+    _load_backends()
+    if backend is None:
+        for name in backends(device.type):
+            return _REGISTRY[name]
+        raise RuntimeError(f"no backend runs on device type {device.type!r}")
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string or None, got {type(backend).__name__}")
+    if backend not in _REGISTRY:
+        why = _LOAD_ERRORS.get(backend)
+        known = ", ".join(backends())
+        raise ValueError(f"backend {backend!r} is not available"
+                         + (f" ({why})" if why else "") + f"; available: {known}")
+    chosen = _REGISTRY[backend]
+    if device.type not in chosen.devices:
+        raise ValueError(f"backend {backend!r} does not run on {device.type} tensors "
+                         f"(it runs on {', '.join(chosen.devices)})")
+    return chosen
+
+
+def agru(x: Tensor, attn: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+         bias_ih: Optional[Tensor] = None, bias_hh: Optional[Tensor] = None,
+         h0: Optional[Tensor] = None, reverse: bool = False,
+         backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Attention GRU; see :func:`aghmn_fast.reference.agru` for the contract.
+
+    ``backend``: "reference", "cpu", "triton", "cuda", or None for the fastest available one.
+    """
+    check_agru_args(x, attn, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    return resolve_backend(backend, x.device).agru(
+        x, attn, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse)
+
+
+def memory_bank(utterances: Tensor, windows: Tensor, flat_weights: Sequence[Tensor],
+                backend: Optional[str] = None) -> Tensor:
+    """Fusion-GRU memory over windows; see :func:`aghmn_fast.reference.memory_bank`.
+
+    ``backend``: "reference", "cpu", "triton", "cuda", or None for the fastest available one.
+    """
+    check_memory_bank_args(utterances, windows, flat_weights)
+    return resolve_backend(backend, utterances.device).memory_bank(
+        utterances, windows, flat_weights)

@@ -1,0 +1,105 @@
+"""Pure-PyTorch reference implementations of the two hot recurrences of AGHMN.
+
+These are the specification every fused backend is tested against: readable step loops,
+differentiable by autograd, float64-capable. See ``docs/`` and the model specification
+(AGHMN.md, sections 3 and 5).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ._validation import check_agru_args, check_memory_bank_args
+
+__all__ = ["agru", "memory_bank", "agru_cell", "gru_cell"]
+
+
+def agru_cell(xr: Tensor, xn: Tensor, a: Tensor, h: Tensor, weight_hh: Tensor,
+              bias_hh: Optional[Tensor]) -> Tensor:
+    """One attention-GRU step given the input projections ``xr``, ``xn`` ([B, H]).
+
+    ``r = sigmoid(xr + U_r h + b_Ur)``, ``n = tanh(xn + r * (U h + b_U))``,
+    ``h' = a * n + (1 - a) * h`` with ``a`` of shape [B].
+    """
+    g = torch.nn.functional.linear(h, weight_hh, bias_hh)
+    hr, hn = g.chunk(2, dim=-1)
+    r = torch.sigmoid(xr + hr)
+    n = torch.tanh(xn + r * hn)
+    a = a.unsqueeze(-1)
+    return a * n + (1 - a) * h
+
+
+def agru(x: Tensor, attn: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+         bias_ih: Optional[Tensor] = None, bias_hh: Optional[Tensor] = None,
+         h0: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """Attention GRU (AGRU): a GRU whose update gate is the given attention weight.
+
+    Args:
+        x: inputs [B, T, D].
+        attn: attention weights [B, T]; a step with weight 0 leaves the state unchanged.
+        weight_ih: [2H, D], rows ``W_r`` then ``W``.
+        weight_hh: [2H, H], rows ``U_r`` then ``U``.
+        bias_ih, bias_hh: [2H] or None.
+        h0: initial state [B, H]; zeros when None.
+        reverse: run t = T-1 .. 0 instead of 0 .. T-1.
+
+    Returns:
+        ``(output, h_n)``: output [B, T, H] where ``output[:, t]`` is the state right after
+        consuming position t; h_n [B, H] the state after the last step processed.
+    """
+    B, T, D, H = check_agru_args(x, attn, weight_ih, weight_hh, bias_ih, bias_hh, h0)
+    xproj = torch.nn.functional.linear(x, weight_ih, bias_ih)  # [B, T, 2H], time-parallel
+    xr, xn = xproj.chunk(2, dim=-1)
+    h = x.new_zeros(B, H) if h0 is None else h0
+    outputs = [None] * T
+    steps = range(T - 1, -1, -1) if reverse else range(T)
+    for t in steps:
+        h = agru_cell(xr[:, t], xn[:, t], attn[:, t], h, weight_hh, bias_hh)
+        outputs[t] = h
+    return torch.stack(outputs, dim=1), h
+
+
+def gru_cell(p: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor) -> Tensor:
+    """One step of a PyTorch-layout GRU given the input projection ``p`` = W_i x + b_i ([.., 3H])."""
+    pr, pz, pn = p.chunk(3, dim=-1)
+    hr, hz, hn = torch.nn.functional.linear(h, weight_hh, bias_hh).chunk(3, dim=-1)
+    r = torch.sigmoid(pr + hr)
+    z = torch.sigmoid(pz + hz)
+    n = torch.tanh(pn + r * hn)
+    return (1 - z) * n + z * h
+
+
+def memory_bank(utterances: Tensor, windows: Tensor, flat_weights: Sequence[Tensor]) -> Tensor:
+    """The fusion layer of AGHMN over windows of past utterances (UniF or BiF).
+
+    Args:
+        utterances: utterance vectors [N, H].
+        windows: [Q, K] int64 indices into ``utterances``; -1 marks an empty slot, which is fed
+            to the GRU as a zero input and contributes a zero residual.
+        flat_weights: 4 tensors (forward GRU only, UniF) or 8 (bidirectional, BiF) in
+            ``torch.nn.GRU._flat_weights`` order: w_ih, w_hh, b_ih, b_hh (then ``*_reverse``).
+
+    Returns:
+        The memory bank [Q, K, H]: ``u_k + f_fwd_k (+ f_bwd_k)``, the GRU run separately over
+        each window's K slots with h_0 = 0.
+    """
+    N, Q, K, H, num_dirs = check_memory_bank_args(utterances, windows, flat_weights)
+    empty = windows < 0
+    index = windows.clamp(min=0)
+    keep = (~empty).unsqueeze(-1).to(utterances.dtype)
+    memory = utterances[index] * keep  # residual: empty slots contribute zero
+    for d in range(num_dirs):
+        w_ih, w_hh, b_ih, b_hh = flat_weights[4 * d: 4 * d + 4]
+        # Incremental update: each utterance is projected once, then gathered into its windows;
+        # an empty slot's projection is the bias alone (zero input).
+        proj = torch.nn.functional.linear(utterances, w_ih, b_ih)[index]
+        proj = torch.where(empty.unsqueeze(-1), b_ih.expand_as(proj), proj)
+        h = utterances.new_zeros(Q, H)
+        states = [None] * K
+        for k in (range(K - 1, -1, -1) if d == 1 else range(K)):
+            h = gru_cell(proj[:, k], h, w_hh, b_hh)
+            states[k] = h
+        memory = memory + torch.stack(states, dim=1)
+    return memory

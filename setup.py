@@ -1,0 +1,56 @@
+"""Build of aghmn_fast and its one C++/CUDA extension, ``aghmn_fast._C``.
+
+Install with ``pip install --no-build-isolation -e .`` (the build needs the installed torch).
+CPU sources (``csrc/*.cpp``) are always built; CUDA sources (``csrc/cuda/*.cu``) only when the
+installed torch has CUDA and a CUDA toolkit is found (set ``AGHMN_NO_CUDA=1`` to skip them).
+``AGHMN_NATIVE=1`` adds ``-march=native`` (off by default so that wheels stay portable).
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+
+def extensions():
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+
+    cxx = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    if os.environ.get("AGHMN_NATIVE", "0") == "1":
+        cxx.append("-march=native")
+    include_dirs = [os.path.abspath("csrc/include")]
+    cpu_sources = sorted(glob.glob("csrc/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    with_cuda = (
+        torch.version.cuda is not None
+        and CUDA_HOME is not None
+        and bool(cuda_sources)
+        and os.environ.get("AGHMN_NO_CUDA", "0") != "1"
+    )
+    if with_cuda:
+        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+                "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+        return [CUDAExtension("aghmn_fast._C", cpu_sources + cuda_sources,
+                              include_dirs=include_dirs,
+                              define_macros=[("AGHMN_WITH_CUDA", "1")],
+                              extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
+    return [CppExtension("aghmn_fast._C", cpu_sources, include_dirs=include_dirs,
+                         extra_compile_args={"cxx": cxx})]
+
+
+def cmdclass():
+    from torch.utils.cpp_extension import BuildExtension
+    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+setup(
+    name="aghmn_fast",
+    version="0.1.0",
+    description="Fast, faithful AGHMN (attention gated hierarchical memory network) "
+                "for real-time emotion recognition in conversations",
+    packages=find_packages(include=["aghmn_fast", "aghmn_fast.*"]),
+    python_requires=">=3.10",
+    ext_modules=extensions(),
+    cmdclass=cmdclass(),
+    entry_points={"console_scripts": ["aghmn-fast=aghmn_fast.cli:main"]},
+)

@@ -1,0 +1,19 @@
+import os
+
+# Triton kernels run on CPU tensors under the interpreter; it must be set before triton is imported.
+if os.environ.get("AGHMN_TRITON_GPU", "0") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+    yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long tests (torch.compile, full-data runs); "
+                                       "deselect with -m 'not slow'")
