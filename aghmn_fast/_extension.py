@@ -22,8 +22,3 @@ def load() -> str:
         _loaded_path = found[0]
     return _loaded_path
 
-
-def has_cuda() -> bool:
-    """Whether the extension was built with its CUDA kernels."""
-    load()
-    return hasattr(torch.ops.aghmn_fast, "built_with_cuda") and bool(torch.ops.aghmn_fast.built_with_cuda())
