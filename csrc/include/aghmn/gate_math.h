@@ -89,4 +89,83 @@ AGHMN_HD GruBackward<T> gru_backward_unit(T dh, T r, T z, T n, T hn, T h_prev) {
   return g;
 }
 
+// ---- Vectorisable variants for the CPU kernels ---------------------------------------------
+// The functions above call libm, which keeps a loop over hidden units scalar (8,000 exp/tanh
+// calls for one 40-step AGRU at H = 100). The float versions below are branch-free polynomials
+// (the compiler vectorises loops that call them); accuracy is a few ulp, well inside fp32
+// tolerances. double keeps libm: its accuracy budget is tighter and it is not the fast path.
+namespace detail {
+
+// Rounds to nearest and reinterprets bits without <cstring> or type-punning UB.
+AGHMN_HD float bits_to_float(int i) {
+  union { int i; float f; } u;
+  u.i = i;
+  return u.f;
+}
+
+}  // namespace detail
+
+// e^x for float: x = n ln2 + r, |r| <= ln2/2, degree-7 Taylor in r, 2^n built in the exponent.
+AGHMN_HD float exp_vec(float x) {
+  x = x < -87.0f ? -87.0f : x;  // keeps 2^n normal; e^-87 ~ 1.6e-38 (results saturate anyway)
+  x = x > 88.0f ? 88.0f : x;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  float fn = (x * 1.44269504088896341f + magic) - magic;
+  float r = x - fn * 0.693145751953125f;  // ln2 split in two for an exact n*ln2_hi
+  r = r - fn * 1.42860682030941723212e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int n = static_cast<int>(fn);
+  return p * detail::bits_to_float((n + 127) << 23);
+}
+
+AGHMN_HD float sigmoid_vec(float x) { return 1.0f / (1.0f + exp_vec(-x)); }
+
+// tanh for float: an odd Taylor polynomial near 0 (where 1 - e^-2|x| would cancel), the exp
+// form elsewhere; both are computed and one selected so the loop stays branch-free.
+AGHMN_HD float tanh_vec(float x) {
+  float y = x < 0.0f ? -x : x;
+  float e = exp_vec(-2.0f * y);
+  float far = (1.0f - e) / (1.0f + e);
+  float y2 = y * y;
+  float p = 21844.0f / 6081075.0f;
+  p = p * y2 - 1382.0f / 155925.0f;
+  p = p * y2 + 62.0f / 2835.0f;
+  p = p * y2 - 17.0f / 315.0f;
+  p = p * y2 + 2.0f / 15.0f;
+  p = p * y2 - 1.0f / 3.0f;
+  float near = y + y * y2 * p;
+  float t = y < 0.3f ? near : far;
+  return x < 0.0f ? -t : t;
+}
+
+AGHMN_HD double sigmoid_vec(double x) { return sigmoid(x); }
+AGHMN_HD double tanh_vec(double x) { return tanh_(x); }
+
+// agru_forward_unit / gru_forward_unit with the vectorisable activations.
+template <typename T>
+AGHMN_HD AgruForward<T> agru_forward_unit_vec(T xr, T xn, T hr, T hn, T a, T h) {
+  AgruForward<T> o;
+  o.r = sigmoid_vec(xr + hr);
+  o.n = tanh_vec(xn + o.r * hn);
+  o.h_new = a * o.n + (T(1) - a) * h;
+  return o;
+}
+
+template <typename T>
+AGHMN_HD GruForward<T> gru_forward_unit_vec(T pr, T pz, T pn, T hr, T hz, T hn, T h) {
+  GruForward<T> o;
+  o.r = sigmoid_vec(pr + hr);
+  o.z = sigmoid_vec(pz + hz);
+  o.n = tanh_vec(pn + o.r * hn);
+  o.h_new = (T(1) - o.z) * o.n + o.z * h;
+  return o;
+}
+
 }  // namespace aghmn

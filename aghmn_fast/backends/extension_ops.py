@@ -1,0 +1,235 @@
+"""Autograd and tensor glue of the fused backends, around the ops of ``docs/OPS.md``.
+
+The fused kernels do only the sequential part of each recurrence. Everything time-parallel is
+done here with ordinary torch ops, on whatever device the tensors live on: the input projections
+(one GEMM before the loop), the memory bank's residual and direction sum, and in the backward
+the weight-gradient GEMMs (``grad_ghh^T @ h_prev``) and bias sums. Autograd of the input
+projections comes for free from ``torch.nn.functional.linear``; the ops themselves get
+``torch.library.register_autograd`` rules, so ``torch.compile(fullgraph=True)`` and
+``torch.library.opcheck`` see ordinary custom ops.
+
+The glue is written once for any set of op handles that follow the contract (an :class:`OpSet`):
+
+- :func:`register_autograd_rules` registers the backward of each forward op (its rule calls the
+  matching backward op and does the GEMMs);
+- :func:`register_fake_impls` registers shape functions (needed for ops defined in C++; a
+  ``torch.library.triton_op`` derives its own);
+- :func:`make_backend` returns ``(agru, memory_bank)`` with the reference signatures.
+
+Importing this module loads the compiled extension and does all three for the
+``torch.ops.aghmn_fast`` ops (CPU kernels, and CUDA kernels when built), exposing :func:`agru`
+and :func:`memory_bank`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import _extension
+
+__all__ = ["OpSet", "register_autograd_rules", "register_fake_impls", "make_agru",
+           "make_memory_bank", "make_backend", "agru", "memory_bank", "EXTENSION_OPS"]
+
+
+class OpSet(NamedTuple):
+    """The four op handles of one backend, with the schemas of ``docs/OPS.md``.
+
+    Each is anything ``torch.library.register_autograd`` accepts and that can be called: an
+    ``OpOverload`` (``torch.ops.aghmn_fast.agru_forward.default``), a ``CustomOpDef`` (from
+    ``torch.library.custom_op`` or ``triton_op``).
+    """
+    agru_forward: Any
+    agru_backward: Any
+    window_gru_forward: Any
+    window_gru_backward: Any
+
+
+def _overload(op):
+    # torch.ops.ns.name (a packet) -> its only overload, which register_* accept.
+    return op.default if isinstance(op, torch._ops.OpOverloadPacket) else op
+
+
+# ---- backward rules ---------------------------------------------------------------------------
+
+def _agru_setup_context(ctx, inputs, output):
+    _, attn, weight_hh, _, h0, reverse = inputs
+    out, gates = output
+    ctx.save_for_backward(attn, weight_hh, h0, out, gates)
+    ctx.reverse = reverse
+    ctx.mark_non_differentiable(gates)
+
+
+def _agru_backward_rule(agru_backward: Callable) -> Callable:
+    def backward(ctx, grad_out, _grad_gates):
+        attn, weight_hh, h0, out, gates = ctx.saved_tensors
+        reverse = ctx.reverse
+        need_xproj, need_attn, need_w, need_b, need_h0 = ctx.needs_input_grad[:5]
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        grad_xproj, grad_attn, grad_ghh, grad_h0 = agru_backward(
+            grad_out.contiguous(), attn, weight_hh, h0, out, gates, reverse)
+        grad_w = grad_b = None
+        if need_w:
+            # h_prev of every step: output shifted by one in processing order, h0 first.
+            first = h0.unsqueeze(1)
+            h_prev = (torch.cat([out[:, 1:], first], 1) if reverse
+                      else torch.cat([first, out[:, :-1]], 1))
+            H = weight_hh.shape[1]
+            grad_w = grad_ghh.reshape(-1, 2 * H).t().mm(h_prev.reshape(-1, H))
+        if need_b:
+            grad_b = grad_ghh.sum((0, 1))
+        return (grad_xproj if need_xproj else None, grad_attn if need_attn else None,
+                grad_w, grad_b, grad_h0 if need_h0 else None, None)
+    return backward
+
+
+def _window_gru_setup_context(ctx, inputs, output):
+    proj, _, weight_hh, _, windows = inputs
+    out, gates = output
+    ctx.save_for_backward(weight_hh, windows, out, gates)
+    ctx.num_utterances = proj.shape[1]
+    ctx.mark_non_differentiable(gates)
+
+
+def _window_gru_backward_rule(window_gru_backward: Callable) -> Callable:
+    def backward(ctx, grad_out, _grad_gates):
+        weight_hh, windows, out, gates = ctx.saved_tensors
+        need_proj, need_pad, need_w, need_b = ctx.needs_input_grad[:4]
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        grad_proj, grad_pad, grad_ghh = window_gru_backward(
+            grad_out.contiguous(), weight_hh, windows, out, gates, ctx.num_utterances)
+        grad_w = grad_b = None
+        if need_w:
+            # h_prev per slot: direction 0 runs k = 0..K-1, direction 1 k = K-1..0; h_0 = 0.
+            D, Q, K, H = out.shape
+            h_prev = [F.pad(out[0, :, :-1], (0, 0, 1, 0))]
+            if D == 2:
+                h_prev.append(F.pad(out[1, :, 1:], (0, 0, 0, 1)))
+            h_prev = torch.stack(h_prev).reshape(D, Q * K, H)
+            grad_w = torch.bmm(grad_ghh.reshape(D, Q * K, 3 * H).transpose(1, 2), h_prev)
+        if need_b:
+            grad_b = grad_ghh.sum((1, 2))
+        return (grad_proj if need_proj else None, grad_pad if need_pad else None,
+                grad_w, grad_b, None)
+    return backward
+
+
+def register_autograd_rules(ops: OpSet) -> None:
+    """Register the backward of ``ops.agru_forward`` and ``ops.window_gru_forward``.
+
+    The rules call ``ops.agru_backward`` / ``ops.window_gru_backward`` (no double backward) and
+    compute the recurrent weight and bias gradients with torch GEMMs. The ``gates`` outputs
+    are saved activations, marked non-differentiable.
+    """
+    torch.library.register_autograd(_overload(ops.agru_forward),
+                                    _agru_backward_rule(ops.agru_backward),
+                                    setup_context=_agru_setup_context)
+    torch.library.register_autograd(_overload(ops.window_gru_forward),
+                                    _window_gru_backward_rule(ops.window_gru_backward),
+                                    setup_context=_window_gru_setup_context)
+
+
+def register_fake_impls(ops: OpSet) -> None:
+    """Register shape-only (fake tensor) implementations of the four ops.
+
+    Needed for ops defined in C++ (``torch.compile``, ``opcheck``); outputs take the dtype of the
+    first tensor argument.
+    """
+    def agru_forward(xproj, attn, weight_hh, bias_hh, h0, reverse):
+        B, T, _ = xproj.shape
+        H = weight_hh.shape[1]
+        return xproj.new_empty(B, T, H), xproj.new_empty(B, T, 3 * H)
+
+    def agru_backward(grad_output, attn, weight_hh, h0, output, gates, reverse):
+        B, T, H = grad_output.shape
+        return (grad_output.new_empty(B, T, 2 * H), grad_output.new_empty(B, T),
+                grad_output.new_empty(B, T, 2 * H), grad_output.new_empty(B, H))
+
+    def window_gru_forward(proj, pad_proj, weight_hh, bias_hh, windows):
+        D, _, H3 = proj.shape
+        Q, K = windows.shape
+        H = H3 // 3
+        return proj.new_empty(D, Q, K, H), proj.new_empty(D, Q, K, 4 * H)
+
+    def window_gru_backward(grad_output, weight_hh, windows, output, gates, num_utterances):
+        D, Q, K, H = grad_output.shape
+        return (grad_output.new_empty(D, num_utterances, 3 * H),
+                grad_output.new_empty(D, 3 * H), grad_output.new_empty(D, Q, K, 3 * H))
+
+    for op, fake in zip(ops, (agru_forward, agru_backward, window_gru_forward,
+                              window_gru_backward)):
+        torch.library.register_fake(_overload(op), fake)
+
+
+# ---- the public functions ---------------------------------------------------------------------
+
+def make_agru(agru_forward: Callable) -> Callable:
+    """``agru`` (the signature of :func:`aghmn_fast.reference.agru`) on top of ``agru_forward``."""
+    def agru(x: Tensor, attn: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+             bias_ih: Optional[Tensor] = None, bias_hh: Optional[Tensor] = None,
+             h0: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor]:
+        B, H = x.shape[0], weight_hh.shape[1]
+        xproj = F.linear(x, weight_ih, bias_ih)  # [B, T, 2H]: the time-parallel GEMM
+        if bias_hh is None:
+            bias_hh = weight_hh.new_zeros(2 * H)
+        if h0 is None:
+            h0 = x.new_zeros(B, H)
+        out, _ = agru_forward(xproj.contiguous(), attn.contiguous(), weight_hh.contiguous(),
+                              bias_hh.contiguous(), h0.contiguous(), reverse)
+        return out, (out[:, 0] if reverse else out[:, -1])
+    agru.__doc__ = ("Attention GRU on fused ops; see :func:`aghmn_fast.reference.agru`.")
+    return agru
+
+
+def make_memory_bank(window_gru_forward: Callable) -> Callable:
+    """``memory_bank`` (the signature of :func:`aghmn_fast.reference.memory_bank`) on top of
+    ``window_gru_forward``."""
+    def memory_bank(utterances: Tensor, windows: Tensor,
+                    flat_weights: Sequence[Tensor]) -> Tensor:
+        N, H = utterances.shape
+        D = len(flat_weights) // 4
+        w_ih, w_hh, b_ih, b_hh = (flat_weights[i::4] for i in range(4))
+        # Each utterance is projected once per direction (the incremental update); the kernel
+        # gathers the rows by window index.
+        if D == 1:
+            proj = F.linear(utterances, w_ih[0], b_ih[0]).unsqueeze(0)
+            pad_proj, weight_hh, bias_hh = b_ih[0].unsqueeze(0), w_hh[0].unsqueeze(0), b_hh[0].unsqueeze(0)
+        else:
+            proj = torch.stack([F.linear(utterances, w, b) for w, b in zip(w_ih, b_ih)])
+            pad_proj, weight_hh, bias_hh = torch.stack(b_ih), torch.stack(w_hh), torch.stack(b_hh)
+        windows = windows.contiguous()
+        out, _ = window_gru_forward(proj.contiguous(), pad_proj.contiguous(),
+                                    weight_hh.contiguous(), bias_hh.contiguous(), windows)
+        # Residual u_k: index -1 (an empty slot) picks the appended zero row.
+        residual = torch.cat([utterances, utterances.new_zeros(1, H)])[windows]
+        fused = out[0] if D == 1 else out[0] + out[1]
+        return residual + fused
+    memory_bank.__doc__ = ("Memory bank on fused ops; see :func:`aghmn_fast.reference.memory_bank`.")
+    return memory_bank
+
+
+def make_backend(ops: OpSet) -> Tuple[Callable, Callable]:
+    """``(agru, memory_bank)`` calling the forward ops of ``ops`` (whose autograd must already be
+    registered, see :func:`register_autograd_rules`)."""
+    return make_agru(ops.agru_forward), make_memory_bank(ops.window_gru_forward)
+
+
+def _load() -> OpSet:
+    _extension.load()
+    ns = torch.ops.aghmn_fast
+    ops = OpSet(ns.agru_forward.default, ns.agru_backward.default,
+                ns.window_gru_forward.default, ns.window_gru_backward.default)
+    register_fake_impls(ops)
+    register_autograd_rules(ops)
+    return ops
+
+
+#: The compiled extension's ops (``torch.ops.aghmn_fast.*``), with fake and autograd registered.
+EXTENSION_OPS: OpSet = _load()
+agru, memory_bank = make_backend(EXTENSION_OPS)
+agru.__doc__ = "Attention GRU on the compiled extension's ops (CPU, and CUDA when built)."
+memory_bank.__doc__ = "Memory bank on the compiled extension's ops (CPU, and CUDA when built)."
