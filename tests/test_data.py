@@ -266,9 +266,11 @@ def test_meld_accepts_bom_and_extra_columns(tmp_path):
     (lambda r: r.__setitem__(6, "1.5"), ValueError, r"row 2 \(line 3\), field 'Utterance_ID'"),
     (lambda r: r.__setitem__(6, "-1"), ValueError, r"field 'Utterance_ID'.*'-1'"),
     (lambda r: r.__setitem__(6, ""), ValueError, r"field 'Utterance_ID'"),
-    (lambda r: r.__setitem__(3, "happy"), ValueError, r"row 2 \(line 3\), field 'Emotion'.*'happy'"),
+    (lambda r: r.__setitem__(3, "happy"), ValueError,
+     r"row 2 \(line 3\), field 'Emotion'.*'happy'"),
     (lambda r: r.pop(), ValueError, r"row 2 \(line 3\): expected 11 fields, got 10"),
-    (lambda r: r.__setitem__(6, "0"), ValueError, r"row 2 \(line 3\).*Utterance_ID 0 repeats row 1"),
+    (lambda r: r.__setitem__(6, "0"), ValueError,
+     r"row 2 \(line 3\).*Utterance_ID 0 repeats row 1"),
 ])
 def test_meld_malformed_rows(tmp_path, mutate, exc, pattern):
     bad = _row(0, 1, "second", "joy")
@@ -332,8 +334,10 @@ def test_json_loader_meld_layout(tmp_path):
     ([[{"speaker": "A", "utterance": "x", "emotion": "happy"},
        {"speaker": "B", "utterance": "y", "emotion": "bored"}]],
      r"dialogue 0, utterance 1: unknown emotion 'bored'"),
-    ([[{"speaker": "A", "emotion": "happy"}]], r"dialogue 0, utterance 0: missing field 'utterance'"),
-    ([[{"speaker": "A", "utterance": 5, "emotion": "happy"}]], r"field 'utterance' must be a string"),
+    ([[{"speaker": "A", "emotion": "happy"}]],
+     r"dialogue 0, utterance 0: missing field 'utterance'"),
+    ([[{"speaker": "A", "utterance": 5, "emotion": "happy"}]],
+     r"field 'utterance' must be a string"),
     ([["just text"]], r"dialogue 0, utterance 0: expected an object"),
     ([{"speaker": "A"}], r"dialogue 0: expected a list of utterances"),
     ({"dialogues": []}, r"expected a JSON list of dialogues"),
@@ -364,8 +368,9 @@ def test_json_loader_bad_files(tmp_path):
 def _dialogues_with_counts(counts):
     labels = [c for c, n in enumerate(counts) for _ in range(n)]
     half = len(labels) // 2
+    rest = len(labels) - half
     return [Dialogue("a", ["s"] * half, ["t"] * half, labels[:half]),
-            Dialogue("b", ["s"] * (len(labels) - half), ["t"] * (len(labels) - half), labels[half:])]
+            Dialogue("b", ["s"] * rest, ["t"] * rest, labels[half:])]
 
 
 def test_class_weights_hand_computed():

