@@ -19,6 +19,9 @@ _KUMO_VECTORS = "glove_6B_50d_emb.npy"
 _KUMO_WORDS = "glove_6B_index.parquet"
 _BIN_CHUNK = 1 << 20
 
+# What each loader returns: the vectors of the wanted words it met, and the source's dimension.
+_Found = tuple[dict[str, np.ndarray], int]
+
 
 def _check_dim(dim, found_dim, where):
     if dim is not None and dim != found_dim:
@@ -55,9 +58,6 @@ def _kumo_vectors(wanted: set[str], dim: int | None) -> _Found:
     picked = np.asarray(table[np.fromiter(rows.values(), dtype=np.int64, count=len(rows))],
                         dtype=np.float32)
     return {w: picked[k] for k, w in enumerate(rows)}, int(table.shape[1])
-
-
-_Found = tuple[dict[str, np.ndarray], int]
 
 
 def _text_vectors(path: str, wanted: set[str], dim: int | None) -> _Found:
