@@ -34,7 +34,9 @@ def _add_train(sub):
                    help="all = train+dev+test tokens as the authors (min count 2); train = train only")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--backend", default=None, help="op backend: reference, cpu, triton, cuda (default: fastest)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: one dialogue per step is latency-bound, and extra "
+                        "threads only add synchronisation on such small ops)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

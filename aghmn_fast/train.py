@@ -155,7 +155,7 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
             loss.backward()
             nn.utils.clip_grad_norm_(params, config.clip)
             optimizer.step()
-            total_loss += float(loss)
+            total_loss += loss.item()
             steps += 1
             if steps % 50 == 0:
                 bar.set_postfix(loss=f"{total_loss / steps:.4f}")

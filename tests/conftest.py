@@ -8,6 +8,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+# The tests run tiny ops where extra threads only oversubscribe a 2-core CI machine.
+torch.set_num_threads(int(os.environ.get("AGHMN_TEST_THREADS", "1")))
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
