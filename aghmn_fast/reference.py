@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._validation import check_agru_args, check_memory_bank_args
 
-__all__ = ["agru", "memory_bank", "agru_cell", "gru_cell"]
+__all__ = ["agru", "memory_bank", "window_gru", "agru_cell", "gru_cell"]
 
 
 def agru_cell(xr: Tensor, xn: Tensor, a: Tensor, h: Tensor, weight_hh: Tensor,
@@ -87,19 +87,43 @@ def memory_bank(utterances: Tensor, windows: Tensor, flat_weights: Sequence[Tens
     """
     N, Q, K, H, num_dirs = check_memory_bank_args(utterances, windows, flat_weights)
     empty = windows < 0
-    index = windows.clamp(min=0)
     keep = (~empty).unsqueeze(-1).to(utterances.dtype)
-    memory = utterances[index] * keep  # residual: empty slots contribute zero
-    for d in range(num_dirs):
-        w_ih, w_hh, b_ih, b_hh = flat_weights[4 * d: 4 * d + 4]
-        # Incremental update: each utterance is projected once, then gathered into its windows;
-        # an empty slot's projection is the bias alone (zero input).
-        proj = torch.nn.functional.linear(utterances, w_ih, b_ih)[index]
-        proj = torch.where(empty.unsqueeze(-1), b_ih.expand_as(proj), proj)
-        h = utterances.new_zeros(Q, H)
+    memory = utterances[windows.clamp(min=0)] * keep  # residual: empty slots contribute zero
+    # Incremental update: each utterance is projected once, then gathered into its windows.
+    proj = torch.stack([torch.nn.functional.linear(utterances, flat_weights[4 * d],
+                                                   flat_weights[4 * d + 2])
+                        for d in range(num_dirs)])
+    pad_proj = torch.stack([flat_weights[4 * d + 2] for d in range(num_dirs)])
+    weight_hh = torch.stack([flat_weights[4 * d + 1] for d in range(num_dirs)])
+    bias_hh = torch.stack([flat_weights[4 * d + 3] for d in range(num_dirs)])
+    return memory + window_gru(proj, pad_proj, weight_hh, bias_hh, windows).sum(0)
+
+
+def window_gru(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+               windows: Tensor) -> Tensor:
+    """The window GRU from precomputed input projections (the ``window_gru_forward`` op's output).
+
+    Args:
+        proj: [D, N, 3H] per-direction input projections of the N utterances (gates r, z, n).
+        pad_proj: [D, 3H] projection of an empty slot (the input bias).
+        weight_hh: [D, 3H, H]; bias_hh: [D, 3H].
+        windows: [Q, K] int64 indices into the N rows, -1 = empty slot.
+
+    Returns:
+        [D, Q, K, H]: direction d's state right after slot k (direction 1 runs k = K-1 .. 0),
+        h_0 = 0 for every window.
+    """
+    D, Q, K = proj.shape[0], windows.shape[0], windows.shape[1]
+    H = weight_hh.shape[-1]
+    empty = (windows < 0).unsqueeze(-1)
+    out = []
+    for d in range(D):
+        p = proj[d][windows.clamp(min=0)]
+        p = torch.where(empty, pad_proj[d].expand_as(p), p)
+        h = proj.new_zeros(Q, H)
         states = [None] * K
         for k in (range(K - 1, -1, -1) if d == 1 else range(K)):
-            h = gru_cell(proj[:, k], h, w_hh, b_hh)
+            h = gru_cell(p[:, k], h, weight_hh[d], bias_hh[d])
             states[k] = h
-        memory = memory + torch.stack(states, dim=1)
-    return memory
+        out.append(torch.stack(states, dim=1))
+    return torch.stack(out)
