@@ -1,0 +1,305 @@
+"""Real-time streaming recognition: one utterance in, its emotion out, many conversations at once.
+
+Per conversation the recognizer keeps only what the next utterance needs: the reader vector and
+the fusion-GRU input projections (every direction) of its last K utterances, in a ring of K slots
+of a shared store. A new utterance costs its own reader pass and projection plus one window
+recurrence over the stored projections (the incremental memory update), then attention, the
+AGRU and the classifier; the conversation is never re-read. The arithmetic is that of the offline
+model (:class:`aghmn_fast.models.AGHMN` in eval mode), so predictions match it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import time
+from typing import Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from . import reference
+from .data import Vocabulary, tokenize
+from .models import AGHMN, pad_token_ids
+
+STATE_FORMAT = "aghmn_fast.stream_state.v1"
+
+
+@dataclasses.dataclass
+class Prediction:
+    """The recognizer's answer for one utterance."""
+    conversation_id: Hashable
+    index: int            # position of the utterance in its conversation (0-based)
+    label: str
+    label_id: int
+    probabilities: Dict[str, float]
+    latency_ms: float     # wall time of the push / push_many call that produced it
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (the ``aghmn-fast stream`` output line)."""
+        return {"id": self.conversation_id, "index": self.index, "label": self.label,
+                "probabilities": self.probabilities, "latency_ms": round(self.latency_ms, 4)}
+
+
+class StreamingRecognizer:
+    """Streams utterances of many live conversations through a trained AGHMN model.
+
+    Args:
+        model: an :class:`AGHMN` (used in eval mode; its weights are not modified).
+        device: where to run (default: the model's device).
+        vocab: the model's vocabulary (default: ``model.vocab``, set by :meth:`from_checkpoint`).
+        label_names: class names (default: ``model.label_names``).
+
+    Text handling: utterances are tokenized as in training and truncated to the model's
+    ``max_len`` (60) tokens, so a 10,000-word utterance costs as much as a 60-word one; empty or
+    whitespace-only text raises ``ValueError`` and leaves every conversation untouched.
+    """
+
+    def __init__(self, model: AGHMN, device=None, *, vocab: Optional[Vocabulary] = None,
+                 label_names: Optional[Sequence[str]] = None):
+        if not isinstance(model, AGHMN):
+            raise TypeError(f"model must be an aghmn_fast.models.AGHMN, got {type(model).__name__}")
+        self.vocab = vocab if vocab is not None else getattr(model, "vocab", None)
+        self.label_names = list(label_names if label_names is not None
+                                else getattr(model, "label_names", []))
+        if self.vocab is None:
+            raise ValueError("vocab is required (or use StreamingRecognizer.from_checkpoint)")
+        if len(self.label_names) != model.config.num_classes:
+            raise ValueError(f"label_names must name the model's {model.config.num_classes} classes")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        cfg = model.config
+        self.window, self.hidden = cfg.window, cfg.hidden_size
+        self.dtype = next(model.parameters()).dtype
+        self.num_dirs = 0 if model.fusion is None else (2 if model.fusion.bidirectional else 1)
+        self._fusion_weights()
+        self._blocks: Dict[Hashable, int] = {}      # conversation -> block of K store slots
+        self._counts: Dict[Hashable, int] = {}      # conversation -> utterances seen
+        self._free: List[int] = []
+        self._capacity = 0
+        self._u = torch.zeros(0, self.hidden, dtype=self.dtype, device=self.device)
+        self._proj = torch.zeros(max(self.num_dirs, 1), 0, 3 * self.hidden, dtype=self.dtype,
+                                 device=self.device)
+        self._grow(4)
+
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str, device=None, backend: Optional[str] = None) -> "StreamingRecognizer":
+        """A recognizer for a checkpoint written by ``aghmn-fast train``."""
+        from .train import load_checkpoint
+        model, vocab, labels, _ = load_checkpoint(path, backend=backend)
+        return cls(model, device, vocab=vocab, label_names=labels)
+
+    def _fusion_weights(self) -> None:
+        if self.num_dirs == 0:
+            return
+        flat = [w.detach() for w in self.model.fusion._flat_weights]
+        d = range(self.num_dirs)
+        self._w_ih = [flat[4 * i] for i in d]
+        self._b_ih = [flat[4 * i + 2] for i in d]
+        self._pad_proj = torch.stack(self._b_ih)
+        self._w_hh = torch.stack([flat[4 * i + 1] for i in d])
+        self._b_hh = torch.stack([flat[4 * i + 3] for i in d])
+
+    def _grow(self, capacity: int) -> None:
+        K = self.window
+        extra = capacity - self._capacity
+        self._u = torch.cat([self._u, self._u.new_zeros(extra * K, self.hidden)])
+        self._proj = torch.cat([self._proj, self._proj.new_zeros(self._proj.shape[0], extra * K,
+                                                                 3 * self.hidden)], dim=1)
+        self._free.extend(range(capacity - 1, self._capacity - 1, -1))
+        self._capacity = capacity
+
+    # ---- public API ----------------------------------------------------------------------------
+    @property
+    def conversations(self) -> List[Hashable]:
+        """Ids of the open conversations."""
+        return list(self._blocks)
+
+    def utterances_seen(self, conversation_id: Hashable) -> int:
+        """How many utterances of the conversation were pushed (0 if unknown)."""
+        return self._counts.get(conversation_id, 0)
+
+    def push(self, conversation_id: Hashable, utterance_text: str) -> Prediction:
+        """Classify the next utterance of a conversation (opened on its first utterance)."""
+        return self.push_many([(conversation_id, utterance_text)])[0]
+
+    def push_many(self, items: Iterable[Tuple[Hashable, str]]) -> List[Prediction]:
+        """Classify a batch of (conversation_id, utterance_text) in one fused step per round.
+
+        A conversation may appear several times; its utterances are then taken in order (one per
+        round). Everything is validated before any state changes.
+        """
+        start = time.perf_counter()
+        items = list(items)
+        token_ids = [self._encode(i, item) for i, item in enumerate(items)]
+        rounds: List[List[int]] = []
+        seen: Dict[Hashable, int] = {}
+        for i, (cid, _) in enumerate(items):
+            r = seen.get(cid, 0)
+            seen[cid] = r + 1
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append(i)
+        out: List[Optional[Prediction]] = [None] * len(items)
+        with torch.no_grad():
+            for members in rounds:
+                probs = self._step([items[i][0] for i in members], [token_ids[i] for i in members])
+                for i, p in zip(members, probs):
+                    cid = items[i][0]
+                    out[i] = self._prediction(cid, self._counts[cid] - 1, p)
+        latency = (time.perf_counter() - start) * 1e3
+        for p in out:
+            p.latency_ms = latency
+        return out
+
+    def close(self, conversation_id: Hashable) -> None:
+        """Forget a conversation and free its slots. Unknown ids raise ``KeyError``."""
+        if conversation_id not in self._blocks:
+            raise KeyError(f"unknown conversation_id {conversation_id!r}")
+        self._free.append(self._blocks.pop(conversation_id))
+        del self._counts[conversation_id]
+
+    def save_state(self, path: str) -> None:
+        """Write every open conversation's state (loadable with :meth:`load_state`)."""
+        ids = list(self._blocks)
+        K = self.window
+        slots = torch.tensor([self._blocks[c] * K + k for c in ids for k in range(K)], dtype=torch.int64)
+        state = {"format": STATE_FORMAT, "fingerprint": self._fingerprint(),
+                 "ids": [_id_to_json(c) for c in ids], "counts": [self._counts[c] for c in ids],
+                 "u": self._u[slots.to(self.device)].cpu(),
+                 "proj": self._proj[:, slots.to(self.device)].cpu()}
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, path)
+
+    def load_state(self, path: str) -> None:
+        """Replace all conversations with those saved by :meth:`save_state` of the same model.
+
+        A file from another model, or a corrupted one, raises ``ValueError`` and leaves the
+        current state untouched.
+        """
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"{path} is not a readable stream state: {exc}") from exc
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path} is not an aghmn_fast stream state")
+        if state.get("fingerprint") != self._fingerprint():
+            raise ValueError(f"{path} was saved by another model (weights or configuration differ)")
+        ids, counts = [_id_from_json(c) for c in state["ids"]], list(state["counts"])
+        K, n = self.window, len(ids)
+        u, proj = state["u"], state["proj"]
+        if (tuple(u.shape) != (n * K, self.hidden) or len(counts) != n
+                or tuple(proj.shape) != (self._proj.shape[0], n * K, 3 * self.hidden)
+                or any(not isinstance(c, int) or c < 1 for c in counts)):
+            raise ValueError(f"{path} is corrupted (inconsistent shapes or counts)")
+        self._blocks, self._counts, self._free, self._capacity = {}, {}, [], 0
+        self._u = self._u.new_zeros(0, self.hidden)
+        self._proj = self._proj.new_zeros(self._proj.shape[0], 0, 3 * self.hidden)
+        self._grow(max(4, n))
+        for b, (cid, count) in enumerate(zip(ids, counts)):
+            self._free.remove(b)
+            self._blocks[cid], self._counts[cid] = b, count
+        self._u[: n * K] = u.to(self.device, self.dtype)
+        self._proj[:, : n * K] = proj.to(self.device, self.dtype)
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _encode(self, position: int, item) -> List[int]:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(f"item {position} must be a (conversation_id, utterance_text) pair")
+        cid, text = item
+        try:
+            hash(cid)
+        except TypeError:
+            raise TypeError(f"conversation_id of item {position} must be hashable") from None
+        if not isinstance(text, str):
+            raise TypeError(f"utterance_text of item {position} must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"utterance_text of item {position} is empty or whitespace only")
+        return self.vocab.encode(tokenize(text, self.model.config.max_len))
+
+    def _fingerprint(self) -> list:
+        cfg = dataclasses.asdict(self.model.config)
+        cfg.pop("backend", None)
+        sums = [float(p.detach().double().sum()) for p in self.model.parameters()]
+        return [sorted(cfg.items()), [round(s, 6) for s in sums]]
+
+    def _window_rows(self, cids: Sequence[Hashable]) -> Tensor:
+        K, rows = self.window, []
+        for cid in cids:
+            n, base = self._counts[cid], self._blocks[cid] * K
+            m = min(n, K)
+            rows.append([-1] * (K - m) + [base + (i % K) for i in range(n - m, n)])
+        return torch.tensor(rows, dtype=torch.int64, device=self.device).reshape(-1, K)
+
+    def _step(self, cids: Sequence[Hashable], token_ids: Sequence[List[int]]) -> Tensor:
+        model = self.model
+        for cid in cids:
+            if cid not in self._blocks:
+                if not self._free:
+                    self._grow(2 * self._capacity)
+                self._blocks[cid], self._counts[cid] = self._free.pop(), 0
+        tokens, lengths = pad_token_ids(token_ids, model.config.max_len)
+        u = model.encode_utterances(tokens.to(self.device), lengths)
+        e = u
+        if model.config.has_context:
+            has_past = torch.tensor([self._counts[c] > 0 for c in cids], device=self.device)
+            q_idx = has_past.nonzero().squeeze(1)
+            if q_idx.numel():
+                windows = self._window_rows([c for c, h in zip(cids, has_past.tolist()) if h])
+                e_q = self.summarize(u[q_idx], windows)
+                e = u.index_copy(0, q_idx, e_q)
+        probs = F.softmax(model.classifier(e), dim=-1)
+        self._remember(cids, u)
+        return probs
+
+    def summarize(self, q: Tensor, windows: Tensor) -> Tensor:
+        """Memory from the stored projections, attention and summary for queries q [B, H]."""
+        keep = (windows >= 0).unsqueeze(-1).to(q.dtype)
+        memory = self._u[windows.clamp(min=0)] * keep
+        states = self._window_states(windows)
+        memory = memory + states.sum(0)
+        return self.model.summarize(q, memory, windows >= 0)
+
+    def _window_states(self, windows: Tensor) -> Tensor:
+        from . import ops
+        backend = ops.resolve_backend(self.model.config.backend, self.device)
+        op = getattr(torch.ops.aghmn_fast, "window_gru_forward", None) if backend.name in ("cpu", "cuda") else None
+        if op is not None:
+            return op(self._proj, self._pad_proj, self._w_hh, self._b_hh, windows)[0]
+        return reference.window_gru(self._proj, self._pad_proj, self._w_hh, self._b_hh, windows)
+
+    def _remember(self, cids: Sequence[Hashable], u: Tensor) -> None:
+        K = self.window
+        slots = torch.tensor([self._blocks[c] * K + self._counts[c] % K for c in cids],
+                             dtype=torch.int64, device=self.device)
+        self._u[slots] = u
+        for d in range(self.num_dirs):
+            self._proj[d, slots] = F.linear(u, self._w_ih[d], self._b_ih[d])
+        for c in cids:
+            self._counts[c] += 1
+
+    def _prediction(self, cid, index: int, probs: Tensor) -> Prediction:
+        p = probs.tolist()
+        best = max(range(len(p)), key=p.__getitem__)
+        return Prediction(cid, index, self.label_names[best], best,
+                          dict(zip(self.label_names, p)), 0.0)
+
+
+def _id_to_json(cid):
+    if isinstance(cid, (str, int)) and not isinstance(cid, bool):
+        return cid
+    raise TypeError(f"save_state supports str or int conversation ids, got {type(cid).__name__}")
+
+
+def _id_from_json(cid):
+    if not isinstance(cid, (str, int)):
+        raise ValueError("stream state holds an invalid conversation id")
+    return cid
