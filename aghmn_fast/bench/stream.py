@@ -1,0 +1,157 @@
+"""Streaming latency: the recognizer vs the reference path that re-runs the model on the dialogue.
+
+Per-utterance latency (median, p99) at K = 10 and K = 40 for one conversation and for many
+concurrent conversations served by ``push_many``; the reference path (what the authors' code
+does: re-run the model on the dialogue so far for every new utterance) measured in the same run;
+and a memory-flatness run (many pushes over rotating conversations, resident memory sampled).
+"""
+from __future__ import annotations
+
+import gc
+import resource
+import statistics
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from ..data import MELD_LABELS, Vocabulary, load_meld
+from ..models import AGHMN, AGHMNConfig, make_batch
+from ..streaming import StreamingRecognizer
+from ..train import build_vocabulary, encode_dialogues
+
+
+def _percentiles(samples_ms: Sequence[float]) -> Dict[str, float]:
+    s = sorted(samples_ms)
+    p99 = s[min(len(s) - 1, int(round(0.99 * (len(s) - 1))))]
+    return {"median_ms": statistics.median(s), "p99_ms": p99, "n": len(s)}
+
+
+def _dialogue_of_length(dialogues, n: int) -> List[str]:
+    """Texts of a dialogue of exactly n utterances, concatenating test dialogues if needed."""
+    for d in dialogues:
+        if len(d.texts) == n:
+            return list(d.texts)
+    texts: List[str] = []
+    for d in dialogues:
+        texts.extend(d.texts)
+        if len(texts) >= n:
+            return texts[:n]
+    raise ValueError(f"not enough utterances for a dialogue of {n}")
+
+
+def build_model(window: int, vocab: Vocabulary, backend: Optional[str], seed: int = 0,
+                embedding_dim: int = 50, hidden: int = 100) -> AGHMN:
+    """A BiF-AGRU model of the paper's size with random weights (latency does not need training)."""
+    torch.manual_seed(seed)
+    cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=embedding_dim, num_classes=len(MELD_LABELS),
+                      hidden_size=hidden, window=window, backend=backend)
+    return AGHMN(cfg, torch.randn(len(vocab), embedding_dim)).eval()
+
+
+def single_conversation(model: AGHMN, vocab: Vocabulary, texts: Sequence[str], repeats: int) -> Dict:
+    """Per-push latency of one conversation streamed ``repeats`` times (fresh id each time)."""
+    rec = StreamingRecognizer(model, vocab=vocab, label_names=MELD_LABELS)
+    samples = []
+    for r in range(repeats + 1):
+        for text in texts:
+            t0 = time.perf_counter()
+            rec.push(r, text)
+            if r:  # the first pass warms up
+                samples.append((time.perf_counter() - t0) * 1e3)
+        rec.close(r)
+    return _percentiles(samples)
+
+
+def reference_path(model: AGHMN, vocab: Vocabulary, texts: Sequence[str], repeats: int) -> Dict:
+    """Per-utterance latency of re-running the model on the dialogue so far (tokenizing included)."""
+    from ..data import tokenize
+    samples = []
+    with torch.no_grad():
+        for r in range(repeats + 1):
+            for t in range(len(texts)):
+                t0 = time.perf_counter()
+                enc = [vocab.encode(tokenize(x)) for x in texts[: t + 1]]
+                model(make_batch([enc], model.config.window))[-1].argmax()
+                if r:
+                    samples.append((time.perf_counter() - t0) * 1e3)
+    return _percentiles(samples)
+
+
+def concurrent(model: AGHMN, vocab: Vocabulary, dialogues, conversations: int, rounds: int) -> Dict:
+    """``conversations`` live conversations, one utterance each per ``push_many`` round."""
+    rec = StreamingRecognizer(model, vocab=vocab, label_names=MELD_LABELS)
+    texts = [t for d in dialogues for t in d.texts]
+    round_ms = []
+    for r in range(rounds + 1):
+        batch = [(c, texts[(c * 7 + r) % len(texts)]) for c in range(conversations)]
+        t0 = time.perf_counter()
+        rec.push_many(batch)
+        if r:
+            round_ms.append((time.perf_counter() - t0) * 1e3)
+    stats = _percentiles(round_ms)
+    return {"round_median_ms": stats["median_ms"], "round_p99_ms": stats["p99_ms"],
+            "per_utterance_ms": stats["median_ms"] / conversations,
+            "utterances_per_s": conversations / (stats["median_ms"] / 1e3), "rounds": rounds}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_flatness(model: AGHMN, vocab: Vocabulary, dialogues, pushes: int, live: int) -> Dict:
+    """``pushes`` pushes over ``live`` rotating conversations (each closed and replaced after 20
+    utterances); resident memory sampled at 10% and 100% of the run."""
+    rec = StreamingRecognizer(model, vocab=vocab, label_names=MELD_LABELS)
+    texts = [t for d in dialogues for t in d.texts]
+    counts = [0] * live
+    ids = list(range(live))
+    next_id = live
+    samples = {}
+    t0 = time.perf_counter()
+    for i in range(pushes):
+        slot = i % live
+        rec.push(ids[slot], texts[i % len(texts)])
+        counts[slot] += 1
+        if counts[slot] == 20:
+            rec.close(ids[slot])
+            ids[slot], counts[slot] = next_id, 0
+            next_id += 1
+        if i + 1 in (pushes // 10, pushes):
+            gc.collect()
+            samples[i + 1] = _rss_mb()
+    return {"pushes": pushes, "live_conversations": live, "rss_mb": samples,
+            "conversations_opened": next_id, "store_capacity": rec._capacity,
+            "seconds": time.perf_counter() - t0}
+
+
+def run(quick: bool = False, backend: Optional[str] = None, data: Optional[str] = None,
+        flat_pushes: int = 0, log=print) -> Dict:
+    """The whole streaming benchmark; returns a JSON-ready dict. One torch thread."""
+    torch.set_num_threads(1)
+    test = load_meld(data, "test")
+    vocab = build_vocabulary([test])
+    repeats = 2 if quick else 10
+    result = {"threads": 1, "backend": backend, "cases": []}
+    for window, length in ((10, 18), (40, 60)):
+        texts = _dialogue_of_length(test, length)
+        model = build_model(window, vocab, backend)
+        ref_model = build_model(window, vocab, "reference")
+        stream = single_conversation(model, vocab, texts, repeats)
+        ref = reference_path(ref_model, vocab, texts, max(1, repeats // 5))
+        case = {"window": window, "dialogue_length": length, "stream": stream, "reference": ref,
+                "speedup_median": ref["median_ms"] / stream["median_ms"]}
+        for conversations in ((64,) if quick else (1024,)):
+            case[f"concurrent_{conversations}"] = concurrent(model, vocab, test, conversations,
+                                                             2 if quick else 10)
+        result["cases"].append(case)
+        log(f"K={window}: stream median {stream['median_ms']:.3f} ms p99 {stream['p99_ms']:.3f} ms | "
+            f"reference median {ref['median_ms']:.2f} ms | x{case['speedup_median']:.1f}")
+    if flat_pushes:
+        result["memory"] = memory_flatness(build_model(10, vocab, backend), vocab, test, flat_pushes, 1000)
+        log(f"memory: {result['memory']}")
+    return result
