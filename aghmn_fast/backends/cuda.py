@@ -1,0 +1,69 @@
+"""The "cuda" backend: the fused CUDA kernels (``csrc/cuda/``) behind the shared glue.
+
+Registered only when the compiled extension loads and holds CUDA kernels of the ops (it is built
+with them when torch has CUDA and a CUDA toolkit is found); otherwise importing this module raises
+ImportError with the reason, which :func:`aghmn_fast.backend_errors` reports.
+
+The kernels keep ``weight_hh`` in shared memory and fall back to reading it from global memory
+when it does not fit; only a hidden size whose per-step buffers exceed the device's shared memory
+is refused (NotImplementedError with "unsupported size"). Such a call is passed on to the next
+backend for CUDA tensors (Triton if available, else the reference), so callers never see it.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _extension, ops
+
+_OP = "aghmn_fast::agru_forward"
+
+
+def _require_cuda_kernels() -> None:
+    try:
+        _extension.load()
+    except ImportError as exc:
+        raise ImportError(f"the compiled extension is not available ({exc})") from exc
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(_OP, "CUDA"):
+        why = ("torch has no CUDA" if torch.version.cuda is None
+               else "it was built without CUDA sources (no CUDA toolkit found, or AGHMN_NO_CUDA=1)")
+        raise ImportError(f"the compiled extension has no CUDA kernels: {why}")
+
+
+_require_cuda_kernels()
+
+from . import extension_ops  # noqa: E402  (loads the extension's autograd and fake rules)
+
+
+def _unsupported_size(exc: NotImplementedError) -> bool:
+    return "unsupported size" in str(exc)
+
+
+def _fallback(device: torch.device) -> ops.Backend:
+    for name in ops.backends(device.type):
+        if name != "cuda":
+            return ops.resolve_backend(name, device)
+    raise RuntimeError("no fallback backend for CUDA tensors")  # "reference" always exists
+
+
+def agru(x, attn, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, reverse=False):
+    """Attention GRU on the CUDA kernels; see :func:`aghmn_fast.reference.agru`."""
+    try:
+        return extension_ops.agru(x, attn, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse)
+    except NotImplementedError as exc:
+        if not _unsupported_size(exc):
+            raise
+        return _fallback(x.device).agru(x, attn, weight_ih, weight_hh, bias_ih, bias_hh, h0,
+                                        reverse)
+
+
+def memory_bank(utterances, windows, flat_weights):
+    """Fusion-GRU memory bank on the CUDA kernels; see :func:`aghmn_fast.reference.memory_bank`."""
+    try:
+        return extension_ops.memory_bank(utterances, windows, flat_weights)
+    except NotImplementedError as exc:
+        if not _unsupported_size(exc):
+            raise
+        return _fallback(utterances.device).memory_bank(utterances, windows, flat_weights)
+
+
+ops.register_backend("cuda", agru=agru, memory_bank=memory_bank, devices=("cuda",), priority=20)
