@@ -204,8 +204,11 @@ def make_memory_bank(window_gru_forward: Callable) -> Callable:
         windows = windows.contiguous()
         out, _ = window_gru_forward(proj.contiguous(), pad_proj.contiguous(),
                                     weight_hh.contiguous(), bias_hh.contiguous(), windows)
-        # Residual u_k: index -1 (an empty slot) picks the appended zero row.
-        residual = torch.cat([utterances, utterances.new_zeros(1, H)])[windows]
+        # Residual u_k: an empty slot (-1, which remainder maps to N) picks the appended zero
+        # row. index_select, not advanced indexing: its backward (index_add) is deterministic,
+        # where indexing's backward accumulates with atomics on the CPU.
+        padded = torch.cat([utterances, utterances.new_zeros(1, H)])
+        residual = padded.index_select(0, windows.remainder(N + 1).view(-1)).view(*windows.shape, H)
         fused = out[0] if D == 1 else out[0] + out[1]
         return residual + fused
     memory_bank.__doc__ = ("Memory bank on fused ops; see :func:`aghmn_fast.reference.memory_bank`.")

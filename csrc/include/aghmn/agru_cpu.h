@@ -64,6 +64,38 @@ inline void agru_pack_backward(AgruPlan<T>& p, const T* weight_hh, T* buf) {
   p.wp = buf;
 }
 
+// One batch row of one step. Separate functions so that the pointers' __restrict holds (the
+// vectoriser ignores it on block-scope pointers and then gives up on the alias checks).
+template <typename T>
+AGHMN_INLINE void agru_forward_row(int64_t H, const T* __restrict x, const T* __restrict g,
+                                   const T* __restrict hp, T a, T* __restrict gt,
+                                   T* __restrict out) {
+  for (int64_t j = 0; j < H; ++j) {
+    const AgruForward<T> u = agru_forward_unit_vec(x[j], x[H + j], g[j], g[H + j], a, hp[j]);
+    gt[j] = u.r;
+    gt[H + j] = u.n;
+    gt[2 * H + j] = g[H + j];
+    out[j] = u.h_new;
+  }
+}
+
+// carry holds the gradient reaching h from later steps on entry and dh * (1 - a) on exit.
+template <typename T>
+AGHMN_INLINE void agru_backward_row(int64_t H, const T* __restrict go, const T* __restrict hp,
+                                    const T* __restrict gt, T a, T* __restrict gx,
+                                    T* __restrict gg, T* __restrict carry, T* __restrict da) {
+  for (int64_t j = 0; j < H; ++j) {
+    const AgruBackward<T> u =
+        agru_backward_unit(go[j] + carry[j], a, gt[j], gt[H + j], gt[2 * H + j], hp[j]);
+    gx[j] = u.dpr;
+    gx[H + j] = u.dpn;
+    gg[j] = u.dpr;
+    gg[H + j] = u.dhn;
+    carry[j] = u.dh_direct;
+    da[j] = u.da;
+  }
+}
+
 // Forward over batch rows [b0, b0 + rows). scratch: agru_scratch_size(p, rows) elements.
 template <typename T, typename Isa>
 AGHMN_INLINE void agru_forward_tile_impl(const AgruPlan<T>& p, const T* xproj, const T* attn,
@@ -77,22 +109,11 @@ AGHMN_INLINE void agru_forward_tile_impl(const AgruPlan<T>& p, const T* xproj, c
     // h_prev rows: h0 at the first step, else the previous step's output row.
     const T* hprev = s == 0 ? h0 + b0 * H : output + (b0 * T_ + tp) * H;
     const int64_t ld_h = s == 0 ? H : T_ * H;
-    gemm_rows<T, Isa>(rows, H, Np, hprev, ld_h, p.wt, p.bias, 0, g, Np);
+    gemm_rows<T, Isa>(rows, H, Np, hprev, ld_h, p.wt, p.bias, 0, g, Np, s & 1);
     for (int64_t m = 0; m < rows; ++m) {
       const int64_t bt = (b0 + m) * T_ + t;
-      const T* __restrict x = xproj + bt * 2 * H;
-      const T* __restrict gm = g + m * Np;
-      const T* __restrict hp = hprev + m * ld_h;
-      T* __restrict out = output + bt * H;
-      T* __restrict gt = gates + bt * 3 * H;
-      const T a = attn[bt];
-      for (int64_t j = 0; j < H; ++j) {
-        const AgruForward<T> u = agru_forward_unit_vec(x[j], x[H + j], gm[j], gm[H + j], a, hp[j]);
-        gt[j] = u.r;
-        gt[H + j] = u.n;
-        gt[2 * H + j] = gm[H + j];
-        out[j] = u.h_new;
-      }
+      agru_forward_row(H, xproj + bt * 2 * H, g + m * Np, hprev + m * ld_h, attn[bt],
+                       gates + bt * 3 * H, output + bt * H);
     }
   }
 }
@@ -113,29 +134,14 @@ AGHMN_INLINE void agru_backward_tile_impl(const AgruPlan<T>& p, const T* grad_ou
     const int64_t tp = p.reverse ? t + 1 : t - 1;
     for (int64_t m = 0; m < rows; ++m) {
       const int64_t b = b0 + m, bt = b * T_ + t;
-      const T* __restrict go = grad_output + bt * H;
-      const T* __restrict hp = s == 0 ? h0 + b * H : output + (b * T_ + tp) * H;
-      const T* __restrict gt = gates + bt * 3 * H;
-      T* __restrict gx = grad_xproj + bt * 2 * H;
-      T* __restrict gg = grad_ghh + bt * 2 * H;
-      T* __restrict c = carry + m * Hp;
-      T* __restrict dam = da;
-      const T a = attn[bt];
-      for (int64_t j = 0; j < H; ++j) {
-        const AgruBackward<T> u =
-            agru_backward_unit(go[j] + c[j], a, gt[j], gt[H + j], gt[2 * H + j], hp[j]);
-        gx[j] = u.dpr;
-        gx[H + j] = u.dpn;
-        gg[j] = u.dpr;
-        gg[H + j] = u.dhn;
-        c[j] = u.dh_direct;
-        dam[j] = u.da;
-      }
+      agru_backward_row(H, grad_output + bt * H, s == 0 ? h0 + b * H : output + (b * T_ + tp) * H,
+                        gates + bt * 3 * H, attn[bt], grad_xproj + bt * 2 * H,
+                        grad_ghh + bt * 2 * H, carry + m * Hp, da);
       grad_attn[bt] = sum_padded<T, Isa>(da, Hp);
     }
     // carry = dh * (1 - a) + grad_ghh_t @ weight_hh, for the whole tile at once.
     gemm_rows<T, Isa>(rows, 2 * H, Hp, grad_ghh + (b0 * T_ + t) * 2 * H, T_ * 2 * H, p.wp, carry,
-                      Hp, carry, Hp);
+                      Hp, carry, Hp, s & 1);
   }
   for (int64_t m = 0; m < rows; ++m)
     for (int64_t j = 0; j < H; ++j) grad_h0[(b0 + m) * H + j] = carry[m * Hp + j];

@@ -29,7 +29,7 @@ struct IsaAvx2 {
   static constexpr int kBytes = 32, kRows = 4, kVecs = 2, kVecs1 = 6;
 };
 struct IsaAvx512 {
-  static constexpr int kBytes = 64, kRows = 4, kVecs = 4, kVecs1 = 8;
+  static constexpr int kBytes = 64, kRows = 4, kVecs = 4, kVecs1 = 4;
 };
 
 // Vector width (elements) the kernels pad their packed weights to: the widest one, so a buffer
@@ -108,19 +108,25 @@ AGHMN_INLINE void gemm_tile_mr(int mr, int nv, int64_t K, const T* in, int64_t l
 // Rows go in blocks of Isa::kRows, columns in blocks of at most kVecs vectors sized evenly so
 // that no block is left with a single latency-bound accumulator chain; each column block of A
 // is reused from L1 by every row block. The order of the sum over k is fixed (deterministic).
+//
+// A single row is bound by reading A from L2 (A is 80 KB for the AGRU at H = 100, L1 32-48 KB):
+// `backwards` walks its column blocks last to first, so that a caller alternating it from step
+// to step starts each step on the blocks the previous step left in L1.
 template <typename T, typename Isa>
 AGHMN_INLINE void gemm_rows(int64_t M, int64_t K, int64_t Np, const T* in, int64_t ld_in,
-                            const T* A, const T* init, int64_t ld_init, T* out, int64_t ld_out) {
+                            const T* A, const T* init, int64_t ld_init, T* out, int64_t ld_out,
+                            bool backwards = false) {
   constexpr int W = Isa::kBytes / sizeof(T);
   const int64_t nvec = Np / W;
   if (M == 1) {
     const int64_t blocks = (nvec + Isa::kVecs1 - 1) / Isa::kVecs1;
-    int64_t c = 0;
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int nv = static_cast<int>((nvec - c) / (blocks - blk));
+    for (int64_t i = 0; i < blocks; ++i) {
+      const int64_t blk = backwards ? blocks - 1 - i : i;
+      // Block blk spans vectors [nvec * blk / blocks, nvec * (blk + 1) / blocks): even sizes.
+      const int64_t c = nvec * blk / blocks;
+      const int nv = static_cast<int>(nvec * (blk + 1) / blocks - c);
       gemm_tile_nv<T, Isa, 1, Isa::kVecs1>(nv, K, in, ld_in, A + c * W, Np, init + c * W,
                                            ld_init, out + c * W, ld_out);
-      c += nv;
     }
     return;
   }

@@ -76,6 +76,39 @@ inline void window_gru_pack_backward(WindowGruPlan<T>& p, const T* weight_hh, T*
 // Direction d runs k = 0 .. K-1 for d = 0 and k = K-1 .. 0 for d = 1.
 inline int64_t window_slot(int64_t d, int64_t K, int64_t s) { return d == 0 ? s : K - 1 - s; }
 
+// One window of one step; separate functions so that __restrict on the pointers holds.
+template <typename T>
+AGHMN_INLINE void window_gru_forward_row(int64_t H, const T* __restrict x, const T* __restrict g,
+                                         const T* __restrict hp, T* __restrict gt,
+                                         T* __restrict out) {
+  for (int64_t j = 0; j < H; ++j) {
+    const GruForward<T> u = gru_forward_unit_vec(x[j], x[H + j], x[2 * H + j], g[j], g[H + j],
+                                                 g[2 * H + j], hp[j]);
+    gt[j] = u.r;
+    gt[H + j] = u.z;
+    gt[2 * H + j] = u.n;
+    gt[3 * H + j] = g[2 * H + j];
+    out[j] = u.h_new;
+  }
+}
+
+// carry: the gradient reaching h from later slots on entry, dh * z on exit.
+template <typename T>
+AGHMN_INLINE void window_gru_backward_row(int64_t H, const T* __restrict go,
+                                          const T* __restrict hp, const T* __restrict gt,
+                                          T* __restrict gg, T* __restrict dn,
+                                          T* __restrict carry) {
+  for (int64_t j = 0; j < H; ++j) {
+    const GruBackward<T> u = gru_backward_unit(go[j] + carry[j], gt[j], gt[H + j], gt[2 * H + j],
+                                               gt[3 * H + j], hp[j]);
+    gg[j] = u.dpr;
+    gg[H + j] = u.dpz;
+    gg[2 * H + j] = u.dhn;
+    dn[j] = u.dpn;
+    carry[j] = u.dh_direct;
+  }
+}
+
 // Forward of direction d over windows [q0, q0 + rows). scratch: window_gru_scratch_size.
 template <typename T, typename Isa>
 AGHMN_INLINE void window_gru_forward_tile_impl(const WindowGruPlan<T>& p, const T* proj,
@@ -94,24 +127,12 @@ AGHMN_INLINE void window_gru_forward_tile_impl(const WindowGruPlan<T>& p, const 
     const int64_t kp = window_slot(d, K, s - 1);
     const T* hprev = s == 0 ? zero : output + ((d * Q + q0) * K + kp) * H;
     const int64_t ld_h = s == 0 ? 0 : K * H;
-    gemm_rows<T, Isa>(rows, s == 0 ? 0 : H, Np, hprev, ld_h, wt, bias, 0, g, Np);
+    gemm_rows<T, Isa>(rows, s == 0 ? 0 : H, Np, hprev, ld_h, wt, bias, 0, g, Np, s & 1);
     for (int64_t m = 0; m < rows; ++m) {
       const int64_t q = q0 + m, slot = (d * Q + q) * K + k;
       const int64_t idx = windows[q * K + k];
-      const T* __restrict x = idx < 0 ? pad : proj + (d * N + idx) * 3 * H;
-      const T* __restrict gm = g + m * Np;
-      const T* __restrict hp = hprev + m * ld_h;
-      T* __restrict out = output + slot * H;
-      T* __restrict gt = gates + slot * 4 * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const GruForward<T> u = gru_forward_unit_vec(x[j], x[H + j], x[2 * H + j], gm[j],
-                                                     gm[H + j], gm[2 * H + j], hp[j]);
-        gt[j] = u.r;
-        gt[H + j] = u.z;
-        gt[2 * H + j] = u.n;
-        gt[3 * H + j] = gm[2 * H + j];
-        out[j] = u.h_new;
-      }
+      window_gru_forward_row(H, idx < 0 ? pad : proj + (d * N + idx) * 3 * H, g + m * Np,
+                             hprev + m * ld_h, gates + slot * 4 * H, output + slot * H);
     }
   }
 }
@@ -134,25 +155,14 @@ AGHMN_INLINE void window_gru_backward_tile_impl(const WindowGruPlan<T>& p, const
     const int64_t kp = window_slot(d, K, s - 1);
     for (int64_t m = 0; m < rows; ++m) {
       const int64_t q = q0 + m, slot = (d * Q + q) * K + k;
-      const T* __restrict go = grad_output + slot * H;
-      const T* __restrict hp = s == 0 ? zero : output + ((d * Q + q) * K + kp) * H;
-      const T* __restrict gt = gates + slot * 4 * H;
-      T* __restrict gg = grad_ghh + slot * 3 * H;
-      T* __restrict dn = slot_dpn + slot * H;
-      T* __restrict c = carry + m * Hp;
-      for (int64_t j = 0; j < H; ++j) {
-        const GruBackward<T> u = gru_backward_unit(go[j] + c[j], gt[j], gt[H + j], gt[2 * H + j],
-                                                   gt[3 * H + j], hp[j]);
-        gg[j] = u.dpr;
-        gg[H + j] = u.dpz;
-        gg[2 * H + j] = u.dhn;
-        dn[j] = u.dpn;
-        c[j] = u.dh_direct;
-      }
+      window_gru_backward_row(H, grad_output + slot * H,
+                              s == 0 ? zero : output + ((d * Q + q) * K + kp) * H,
+                              gates + slot * 4 * H, grad_ghh + slot * 3 * H, slot_dpn + slot * H,
+                              carry + m * Hp);
     }
     // carry = dh * z + grad_ghh_k @ weight_hh[d] for the whole tile.
     gemm_rows<T, Isa>(rows, 3 * H, Hp, grad_ghh + ((d * Q + q0) * K + k) * 3 * H, K * 3 * H, wp,
-                      carry, Hp, carry, Hp);
+                      carry, Hp, carry, Hp, s & 1);
   }
 }
 
