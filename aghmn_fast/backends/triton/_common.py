@@ -1,0 +1,255 @@
+"""Shared pieces of the Triton kernels: gate math, the matmul helper, launch configurations.
+
+Launch configuration
+--------------------
+Every recurrence kernel runs one program per (batch tile, direction) over the whole time loop.
+Three variants of the per-step ``h @ W^T`` exist, chosen per launch by :func:`choose_config`:
+
+* resident + ``tl.dot`` (``block_b >= 16``): the recurrent weight is loaded once before the loop
+  (the compiler keeps it in shared memory) and every step is one small MMA per gate;
+* resident + broadcast-reduce (``block_b < 16``): for streaming batches of 1..8 a ``tl.dot``
+  would pad the batch to 16 rows; a multiply-and-sum over the weight held in registers does
+  only the useful work;
+* chunked (``resident=False``): when the weight does not fit on chip (large H), ``h`` goes
+  through a small scratch buffer each step and the weight is streamed from L2 in
+  ``block_k``-wide slices.
+
+The heuristic is untuned (no GPU was available when it was written): ``use_config`` forces a
+configuration, and ``benchmarks/gpu_bench.py --sweep`` times the alternatives on a real card.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Iterator, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["KernelConfig", "choose_config", "use_config", "set_allow_tf32", "allow_tf32",
+           "interpreting", "padded_hidden"]
+
+_allow_tf32 = os.environ.get("AGHMN_TRITON_TF32", "0") == "1"
+_forced: Optional["KernelConfig"] = None
+
+
+def set_allow_tf32(enabled: bool) -> None:
+    """Allow (True) or forbid (False, the default) TF32 tensor cores in fp32 recurrent matmuls.
+
+    TF32 rounds ``h`` and the weights to 10 mantissa bits before each step's matmul (about 3e-4
+    relative error per step); the default keeps full fp32. ``AGHMN_TRITON_TF32=1`` turns it on
+    at import time. Only affects float32/float16/bfloat16 inputs on a GPU with ``block_b >= 16``.
+    """
+    global _allow_tf32
+    _allow_tf32 = bool(enabled)
+
+
+def allow_tf32() -> bool:
+    """Whether TF32 is allowed in the recurrent matmuls (see :func:`set_allow_tf32`)."""
+    return _allow_tf32
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None and hasattr(knobs, "runtime"):
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def padded_hidden(H: int) -> int:
+    """H rounded up to a power of two of at least 16 (``tl.dot`` needs blocks of 16)."""
+    return max(16, triton.next_power_of_2(H))
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """How one recurrence launch is tiled.
+
+    ``block_b``: batch rows (windows) per program. ``resident``: load the recurrent weight once
+    before the time loop (else stream it in ``block_k``-wide slices every step through a scratch
+    copy of the state). ``dot``: use ``tl.dot`` (needs ``block_b >= 16`` and, when not
+    resident, ``block_k >= 16``) instead of a broadcast multiply-and-sum. ``num_warps``: warps
+    per program. All sizes are powers of two.
+    """
+    block_b: int = 16
+    resident: bool = True
+    block_k: int = 8
+    num_warps: int = 4
+    dot: bool = False
+
+    def __post_init__(self):
+        for name in ("block_b", "block_k", "num_warps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1 or value & (value - 1):
+                raise ValueError(f"KernelConfig.{name} must be a positive power of two, got {value!r}")
+        if self.dot and (self.block_b < 16 or (not self.resident and self.block_k < 16)):
+            raise ValueError("KernelConfig with dot=True needs block_b >= 16 and, when not "
+                             f"resident, block_k >= 16; got {self}")
+
+
+@contextlib.contextmanager
+def use_config(config: KernelConfig) -> Iterator[KernelConfig]:
+    """Force ``config`` for every Triton recurrence launched inside the ``with`` block.
+
+    For tests (to reach every kernel variant) and for tuning sweeps; not thread-safe.
+    """
+    global _forced
+    if not isinstance(config, KernelConfig):
+        raise TypeError(f"config must be a KernelConfig, got {type(config).__name__}")
+    previous, _forced = _forced, config
+    try:
+        yield config
+    finally:
+        _forced = previous
+
+
+def choose_config(rows: int, H: int, gates: int, acc_bytes: int) -> KernelConfig:
+    """The launch configuration for ``rows`` sequences of hidden size ``H``.
+
+    ``gates``: square ``H x H`` recurrent blocks per step (2 for AGRU, 3 for the window GRU);
+    ``acc_bytes``: 4 (float32 state) or 8 (float64 state). The choices below were picked from
+    register and spill counts of offline sm_90 compiles (ptxas), not from timings.
+    """
+    if _forced is not None:
+        return _forced
+    hp = padded_hidden(H)
+    pow2 = triton.next_power_of_2(max(rows, 1))
+    if interpreting():
+        # Programs run one after another on the CPU and each op is vectorised by numpy: few,
+        # large tiles are fastest.
+        return KernelConfig(block_b=max(16, min(64, pow2)), resident=True, num_warps=4, dot=True)
+    if _allow_tf32 and acc_bytes == 4 and rows >= 16:
+        # Tensor cores: a resident weight stays in shared memory (64 KiB per gate at H = 128).
+        return KernelConfig(block_b=16, resident=gates * hp * hp * 4 <= 128 * 1024,
+                            block_k=32, num_warps=8, dot=True)
+    weight_regs = gates * hp * hp * acc_bytes // 4
+    if weight_regs <= 3 * 128 * 128:
+        # The weight in registers, spread over all threads: no padding of a small batch to 16
+        # rows and no per-step weight traffic.
+        block_b = min(pow2, 8 if acc_bytes == 4 and gates == 2 else 4)
+        warps = 8 if block_b <= 2 and weight_regs <= 2 * 128 * 128 else 16
+        return KernelConfig(block_b=block_b, resident=True, num_warps=warps)
+    return KernelConfig(block_b=min(pow2, 8 if acc_bytes == 4 else 4), resident=False,
+                        block_k=8, num_warps=16)
+
+
+def launch_constants(rows: int, H: int, gates: int, dtype: torch.dtype):
+    """``(config, state dtype, kernel constexprs)`` of one recurrence launch for ``dtype`` inputs."""
+    acc = state_dtype(dtype)
+    cfg = choose_config(rows, H, gates, acc.itemsize)
+    hp = padded_hidden(H)
+    precision = "tf32" if _allow_tf32 and acc == torch.float32 and cfg.dot else "ieee"
+    consts = dict(H=H, HP=hp, BLOCK_B=cfg.block_b, BK=min(cfg.block_k, hp),
+                  RESIDENT=cfg.resident, USE_DOT=cfg.dot, IS_F64=acc == torch.float64,
+                  PRECISION=precision, num_warps=cfg.num_warps)
+    return cfg, acc, consts
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # Through sigmoid: the interpreter has no libdevice tanh, and one formula keeps the CPU
+    # check and the GPU run on the same arithmetic.
+    return 2.0 * _sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _mm(a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    # a [M, K] @ b [K, N] in a's (fp32/fp64) precision.
+    if USE_DOT:
+        out = tl.dot(a, b, input_precision=PRECISION)
+    else:
+        out = tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    return out
+
+
+@triton.jit
+def _tile(B, H: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr):
+    # This program's rows (int64, so that row * T * H never overflows), columns and masks.
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, HP)
+    row_ok = rows < B
+    mask = row_ok[:, None] & (cols < H)[None, :]
+    return rows.to(tl.int64), cols, row_ok, mask
+
+
+@triton.jit
+def _load_square(w_ptr, H: tl.constexpr, HP: tl.constexpr, TRANSPOSE: tl.constexpr):
+    # One H x H gate block of a row-major weight, zero-padded to HP x HP; TRANSPOSE gives the
+    # [k, j] = w[j, k] operand of h @ W^T (forward), otherwise the w[j, k] operand of dg @ W.
+    kk = tl.arange(0, HP)
+    jj = tl.arange(0, HP)
+    mask = (kk[:, None] < H) & (jj[None, :] < H)
+    if TRANSPOSE:
+        w = tl.load(w_ptr + jj[None, :] * H + kk[:, None], mask=mask, other=0.0)
+    else:
+        w = tl.load(w_ptr + kk[:, None] * H + jj[None, :], mask=mask, other=0.0)
+    return w
+
+
+@triton.jit
+def _stream_mm(src_ptr, src_rows, row_ok, w_ptr, H: tl.constexpr, HP: tl.constexpr,
+               BLOCK_B: tl.constexpr, BK: tl.constexpr, TRANSPOSE: tl.constexpr,
+               USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    # src [BLOCK_B, HP] (rows at int64 offsets src_rows, in the accumulator dtype) times one
+    # gate block of w, streaming the contraction dimension in BK-wide slices from memory.
+    cols = tl.arange(0, HP)
+    acc = tl.zeros([BLOCK_B, HP], dtype=src_ptr.dtype.element_ty)
+    for k0 in range(0, HP, BK):
+        kk = k0 + tl.arange(0, BK)
+        a = tl.load(src_ptr + src_rows[:, None] + kk[None, :],
+                    mask=row_ok[:, None] & (kk[None, :] < H), other=0.0)
+        wmask = (kk[:, None] < H) & (cols[None, :] < H)
+        if TRANSPOSE:
+            w = tl.load(w_ptr + cols[None, :] * H + kk[:, None], mask=wmask, other=0.0)
+        else:
+            w = tl.load(w_ptr + kk[:, None] * H + cols[None, :], mask=wmask, other=0.0)
+        acc += _mm(a, w.to(acc.dtype), USE_DOT, PRECISION)
+    return acc
+
+
+def check_dims(name: str, t, ndim: int) -> None:
+    """Raise a TypeError/ValueError naming ``name`` unless ``t`` is a tensor with ``ndim`` dims."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+
+
+def check_tensor(name: str, t, shape, device=None, dtypes=None) -> None:
+    """Raise a TypeError/ValueError naming ``name`` unless ``t`` is a contiguous tensor of ``shape``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the recurrent state and of saved gates: float64 stays, the rest is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_device(t: torch.Tensor) -> None:
+    """Refuse tensors the kernels cannot reach: CPU tensors run only under the interpreter."""
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu" and interpreting():
+        return
+    raise ValueError(f"the Triton backend runs on CUDA tensors (CPU tensors only under "
+                     f"TRITON_INTERPRET=1), got a tensor on {t.device}")
