@@ -9,7 +9,6 @@
 // aghmn/gate_math.h, the same code the CPU kernels run. What differs between the two recurrences
 // (input layout, gate count, what is written) is a small "cell" policy class.
 #pragma once
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -410,8 +409,10 @@ inline int64_t padded_ld(int64_t cols, int split, size_t elem_bytes) {
   return ld;
 }
 
+/// Geometry and shared-memory layout of configuration C; `pad` pads the staged weight's leading
+/// dimension against bank conflicts (skipped when only the unpadded tile fits).
 template <typename T, class C>
-void make_layout(const Shape& s, bool shared_w, Plan* plan) {
+void make_layout(const Shape& s, bool shared_w, bool pad, Plan* plan) {
   const int64_t H = s.hidden, G = s.gates, TB = C::kTile, KS = C::kSplit;
   const int64_t unit_step = kWarp / KS;
   const int64_t cap = C::kMaxThreads / KS;
@@ -433,7 +434,8 @@ void make_layout(const Shape& s, bool shared_w, Plan* plan) {
   };
   const int64_t e = sizeof(T);
   if (!s.backward) {
-    const int64_t ld = shared_w ? padded_ld(G * H, static_cast<int>(KS), sizeof(T)) : 0;
+    const int64_t cols = G * H;
+    const int64_t ld = !shared_w ? 0 : pad ? padded_ld(cols, static_cast<int>(KS), sizeof(T)) : cols;
     g.ldw = static_cast<int>(ld);
     g.off_w = region(H * ld * e);
     g.off_bias = region(G * H * e);
@@ -441,7 +443,7 @@ void make_layout(const Shape& s, bool shared_w, Plan* plan) {
     g.off_idx = region(s.slot_index ? TB * s.steps * static_cast<int64_t>(sizeof(int)) : 0);
     g.off_carry = g.off_part = 0;
   } else {
-    const int64_t ld = shared_w ? padded_ld(H, static_cast<int>(KS), sizeof(T)) : 0;
+    const int64_t ld = !shared_w ? 0 : pad ? padded_ld(H, static_cast<int>(KS), sizeof(T)) : H;
     g.ldw = static_cast<int>(ld);
     g.off_w = region(G * H * ld * e);
     g.off_vec = region(2 * G * H * TB * e);
@@ -457,11 +459,13 @@ void make_layout(const Shape& s, bool shared_w, Plan* plan) {
   plan->block = dim3(static_cast<unsigned>(threads));
 }
 
-/// A plan of configuration C that fits the device: weights in shared memory if possible.
+/// A plan of configuration C that fits the device: weights in shared memory if possible
+/// (padded, else unpadded), else read from global memory.
 template <typename T, class C>
 bool fit(const Shape& s, const DeviceLimits& d, Plan* plan) {
-  for (bool shared_w : {true, false}) {
-    make_layout<T, C>(s, shared_w, plan);
+  const bool shared[] = {true, true, false}, pad[] = {true, false, false};
+  for (int i = 0; i < 3; ++i) {
+    make_layout<T, C>(s, shared[i], pad[i], plan);
     if (plan->smem <= static_cast<size_t>(d.smem_optin)) return true;
   }
   return false;
@@ -507,22 +511,15 @@ cudaError_t choose_plan(const Shape& s, bool require_backward, Plan* out) {
   return cudaSuccess;
 }
 
-/// Launches one kernel instantiation, raising its shared-memory limit first when needed (the
-/// grant is cached per device so the attribute call is not repeated on every launch).
+/// Launches one kernel instantiation, raising its shared-memory limit first when needed. The
+/// attribute is set on every such launch (a cheap host-side call) rather than cached, so that it
+/// survives a device reset and holds on every device.
 template <auto kKernel, class Args>
 cudaError_t start(const Plan& plan, const Args& args, cudaStream_t stream) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> granted[kMaxDevices] = {};
   if (plan.smem > static_cast<size_t>(kDefaultSmem)) {
-    int device = 0;
-    cudaError_t err = cudaGetDevice(&device);
+    const cudaError_t err = cudaFuncSetAttribute(
+        kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem));
     if (err != cudaSuccess) return err;
-    const int need = static_cast<int>(plan.smem);
-    if (device < 0 || device >= kMaxDevices || granted[device].load() < need) {
-      err = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, need);
-      if (err != cudaSuccess) return err;
-      if (device >= 0 && device < kMaxDevices) granted[device].store(need);
-    }
   }
   AGHMN_LAUNCH(kKernel, plan.grid, plan.block, plan.smem, stream, args, plan.geo);
   return cudaGetLastError();

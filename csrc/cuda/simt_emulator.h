@@ -227,7 +227,7 @@ cudaError_t launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&
   int allowed = 48 * 1024;
   auto it = r.smem_attribute.find(reinterpret_cast<const void*>(kernel));
   if (it != r.smem_attribute.end()) allowed = std::max(allowed, it->second);
-  if (smem > static_cast<size_t>(allowed))
+  if (smem > static_cast<size_t>(allowed) || smem > static_cast<size_t>(r.settings.smem_optin))
     return reject(cudaErrorInvalidValue, "dynamic shared memory above the kernel's limit");
   std::tuple<std::decay_t<P>...> bound(std::forward<A>(args)...);
   r.body = [&]() { std::apply(kernel, bound); };

@@ -1,0 +1,629 @@
+"""The CUDA kernels (csrc/cuda/) against float64 references.
+
+The same checks run on two executors of the four ops of docs/OPS.md:
+
+- ``emulated``: the very CUDA sources (kernels and launchers) compiled with the host C++ compiler
+  for the CPU SIMT emulator (csrc/cuda/simt_emulator.h) and called through ctypes. It runs
+  anywhere, and exercises the kernels' indexing, double buffering, barriers, shuffles and launch
+  plans; its arithmetic is the CPU's (no FMA contraction, precise exp/tanh), so it does not
+  stand in for the GPU's rounding. Output buffers start as NaN and are surrounded by NaN guard
+  zones that must stay untouched; inputs are surrounded by NaN so out-of-bounds reads show.
+- ``cuda``: the registered ops ``torch.ops.aghmn_fast.*`` on a CUDA device (skipped without one).
+
+References: op-level step loops in float64 (below, checked against ``aghmn_fast.reference``),
+with gradients by autograd; the gradient of ``h_prev @ weight_hh^T + bias_hh`` (``grad_ghh``) is
+read through a zero "tap" added to it.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from aghmn_fast import ops, reference
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+D64 = torch.float64
+DTYPES = (torch.float32, torch.float64)
+NOT_SUPPORTED = 801  # cudaErrorNotSupported
+
+# ---- op-level references (float64, autograd) ------------------------------------------------
+
+
+def agru_op_reference(xproj, attn, weight_hh, bias_hh, h0, reverse):
+    """agru_forward's semantics as a step loop: (output, gates, taps)."""
+    B, T, H2 = xproj.shape
+    H = H2 // 2
+    taps = torch.zeros(B, T, 2 * H, dtype=xproj.dtype, requires_grad=True)
+    h, outs, gates = h0, [None] * T, [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        g = h @ weight_hh.T + bias_hh + taps[:, t]
+        r = torch.sigmoid(xproj[:, t, :H] + g[:, :H])
+        n = torch.tanh(xproj[:, t, H:] + r * g[:, H:])
+        a = attn[:, t, None]
+        h = a * n + (1 - a) * h
+        outs[t], gates[t] = h, torch.cat([r, n, g[:, H:]], -1)
+    return torch.stack(outs, 1), torch.stack(gates, 1), taps
+
+
+def window_op_reference(proj, pad_proj, weight_hh, bias_hh, windows):
+    """window_gru_forward's semantics as a step loop: (output, gates, taps)."""
+    D, N, H3 = proj.shape
+    H = H3 // 3
+    Q, K = windows.shape
+    taps = torch.zeros(D, Q, K, 3 * H, dtype=proj.dtype, requires_grad=True)
+    empty = (windows < 0).unsqueeze(-1)
+    outs, gates = [], []
+    for d in range(D):
+        x = torch.where(empty, pad_proj[d].expand(Q, K, 3 * H), proj[d][windows.clamp(min=0)])
+        h, o, gl = proj.new_zeros(Q, H), [None] * K, [None] * K
+        for k in (range(K - 1, -1, -1) if d == 1 else range(K)):
+            g = h @ weight_hh[d].T + bias_hh[d] + taps[d, :, k]
+            r = torch.sigmoid(x[:, k, :H] + g[:, :H])
+            z = torch.sigmoid(x[:, k, H:2 * H] + g[:, H:2 * H])
+            n = torch.tanh(x[:, k, 2 * H:] + r * g[:, 2 * H:])
+            h = (1 - z) * n + z * h
+            o[k], gl[k] = h, torch.cat([r, z, n, g[:, 2 * H:]], -1)
+        outs.append(torch.stack(o, 1))
+        gates.append(torch.stack(gl, 1))
+    return torch.stack(outs), torch.stack(gates), taps
+
+
+def _leaves(*tensors):
+    return [t.detach().double().requires_grad_(True) for t in tensors]
+
+
+def agru_expected(xproj, attn, weight_hh, bias_hh, h0, reverse, grad_output):
+    """Reference (output, gates) and (grad_xproj, grad_attn, grad_ghh, grad_h0) in float64."""
+    xproj, attn, h0 = _leaves(xproj, attn, h0)
+    out, gates, taps = agru_op_reference(xproj, attn, weight_hh.double(), bias_hh.double(), h0,
+                                         reverse)
+    gx, ga, gt, gh = torch.autograd.grad(out, [xproj, attn, taps, h0], grad_output.double())
+    return (out.detach(), gates.detach()), (gx, ga, gt, gh)
+
+
+def window_expected(proj, pad_proj, weight_hh, bias_hh, windows, grad_output):
+    """Reference (output, gates) and (grad_proj, grad_pad_proj, grad_ghh) in float64."""
+    proj, pad_proj = _leaves(proj, pad_proj)
+    out, gates, taps = window_op_reference(proj, pad_proj, weight_hh.double(), bias_hh.double(),
+                                           windows)
+    gp, gpad, gt = torch.autograd.grad(out, [proj, pad_proj, taps], grad_output.double())
+    return (out.detach(), gates.detach()), (gp, gpad, gt)
+
+
+def test_op_references_match_the_package_reference():
+    """The op-level references compose to aghmn_fast.reference's agru and memory_bank."""
+    B, T, D, H = 3, 6, 4, 5
+    x, attn = torch.randn(B, T, D, dtype=D64), torch.rand(B, T, dtype=D64)
+    w_ih, w_hh = torch.randn(2 * H, D, dtype=D64), torch.randn(2 * H, H, dtype=D64)
+    b_ih, b_hh, h0 = torch.randn(2 * H, dtype=D64), torch.randn(2 * H, dtype=D64), torch.randn(B, H, dtype=D64)
+    for reverse in (False, True):
+        want, _ = reference.agru(x, attn, w_ih, w_hh, b_ih, b_hh, h0, reverse)
+        got, _, _ = agru_op_reference(x @ w_ih.T + b_ih, attn, w_hh, b_hh, h0, reverse)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    N, Q, K = 7, 5, 4
+    u = torch.randn(N, H, dtype=D64)
+    windows = torch.randint(-1, N, (Q, K))
+    flat = [torch.randn(s, dtype=D64) for s in ((3 * H, H), (3 * H, H), (3 * H,), (3 * H,))] * 2
+    want = reference.memory_bank(u, windows, flat)
+    w_ih, w_hh, b_ih, b_hh = (torch.stack(flat[i::4]) for i in range(4))
+    proj = torch.stack([u @ w_ih[d].T + b_ih[d] for d in range(2)])
+    out, _, _ = window_op_reference(proj, b_ih, w_hh, b_hh, windows)
+    residual = torch.where(windows.unsqueeze(-1) < 0, 0.0, u[windows.clamp(min=0)])
+    torch.testing.assert_close(out[0] + out[1] + residual, want, rtol=1e-12, atol=1e-12)
+
+
+# ---- executors -------------------------------------------------------------------------------
+
+_GUARD = 64
+_CODES = {torch.float32: 0, torch.float64: 1}
+
+
+class _Arena:
+    """Tensors with guard zones on both sides: NaN for floats, 0 for int64 indices."""
+
+    def __init__(self):
+        self.blocks = []
+
+    def put(self, t: torch.Tensor, output: bool = False) -> torch.Tensor:
+        fill = 0 if t.dtype == torch.int64 else math.nan
+        flat = torch.full((t.numel() + 2 * _GUARD,), fill, dtype=t.dtype)
+        view = flat[_GUARD:_GUARD + t.numel()].view(t.shape)
+        if not output:
+            view.copy_(t)
+        self.blocks.append((flat, None if output else t.clone()))
+        return view
+
+    def check(self):
+        for flat, original in self.blocks:
+            for zone in (flat[:_GUARD], flat[-_GUARD:]):
+                intact = (zone == 0).all() if flat.dtype == torch.int64 else zone.isnan().all()
+                assert intact, "a kernel wrote outside its buffer"
+            if original is not None:
+                inner = flat[_GUARD:_GUARD + original.numel()].view(original.shape)
+                assert torch.equal(inner, original), "a kernel wrote into an input"
+
+
+def _ptr(t):
+    return ctypes.c_void_p(t.data_ptr())
+
+
+class EmulatedOps:
+    """The four ops on the CPU SIMT emulator (CPU tensors in and out)."""
+
+    DEFAULTS = dict(sm_count=132, smem_optin=232448, smem_per_sm=233472, order=0, seed=0)
+
+    def __init__(self, lib):
+        self.lib = lib
+        vp, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        lib.emu_configure.argtypes = [i32, i32, i32, i32, ctypes.c_uint64]
+        lib.emu_take_message.restype = ctypes.c_char_p
+        lib.emu_launch_record.argtypes = [i32, ctypes.POINTER(i64)]
+        lib.emu_agru_forward.argtypes = [i32] + [vp] * 7 + [i64] * 3 + [i32]
+        lib.emu_agru_backward.argtypes = [i32] + [vp] * 10 + [i64] * 3 + [i32]
+        lib.emu_window_gru_forward.argtypes = [i32] + [vp] * 7 + [i64] * 5
+        lib.emu_window_gru_backward_workspace_bytes.argtypes = [i32] + [i64] * 5
+        lib.emu_window_gru_backward_workspace_bytes.restype = i64
+        lib.emu_window_gru_backward.argtypes = [i32] + [vp] * 9 + [i64] * 6
+        self.configure()
+
+    def configure(self, **settings):
+        """Emulated device properties and thread order; unnamed ones take DEFAULTS."""
+        s = {**self.DEFAULTS, **settings}
+        self.lib.emu_configure(s["sm_count"], s["smem_optin"], s["smem_per_sm"], s["order"],
+                               s["seed"])
+        self.lib.emu_clear_launches()
+
+    def launches(self):
+        """(grid, block, dynamic shared bytes) of each launch since configure()."""
+        rec = (ctypes.c_int64 * 7)()
+        out = []
+        for i in range(self.lib.emu_launch_count()):
+            self.lib.emu_launch_record(i, rec)
+            out.append((tuple(rec[0:3]), tuple(rec[3:6]), rec[6]))
+        return out
+
+    def _finish(self, rc, arena):
+        message = self.lib.emu_take_message().decode()
+        if rc == NOT_SUPPORTED:
+            raise NotImplementedError(f"unsupported size ({message})")
+        assert rc == 0, f"launcher returned {rc}: {message}"
+        assert message == "", message
+        arena.check()
+
+    def agru_forward(self, xproj, attn, weight_hh, bias_hh, h0, reverse):
+        B, T, H2 = xproj.shape
+        H, a = H2 // 2, _Arena()
+        ins = [a.put(t) for t in (xproj, attn, weight_hh, bias_hh, h0)]
+        out = a.put(xproj.new_empty(B, T, H), output=True)
+        gates = a.put(xproj.new_empty(B, T, 3 * H), output=True)
+        rc = self.lib.emu_agru_forward(_CODES[xproj.dtype], *map(_ptr, ins + [out, gates]),
+                                       B, T, H, int(reverse))
+        self._finish(rc, a)
+        return out.clone(), gates.clone()
+
+    def agru_backward(self, grad_output, attn, weight_hh, h0, output, gates, reverse):
+        B, T, H = grad_output.shape
+        a = _Arena()
+        ins = [a.put(t) for t in (grad_output, attn, weight_hh, h0, output, gates)]
+        outs = [a.put(grad_output.new_empty(s), output=True)
+                for s in ((B, T, 2 * H), (B, T), (B, T, 2 * H), (B, H))]
+        rc = self.lib.emu_agru_backward(_CODES[grad_output.dtype], *map(_ptr, ins + outs),
+                                        B, T, H, int(reverse))
+        self._finish(rc, a)
+        return tuple(o.clone() for o in outs)
+
+    def window_gru_forward(self, proj, pad_proj, weight_hh, bias_hh, windows):
+        D, N, H3 = proj.shape
+        (Q, K), H, a = windows.shape, H3 // 3, _Arena()
+        ins = [a.put(t) for t in (proj, pad_proj, weight_hh, bias_hh, windows)]
+        out = a.put(proj.new_empty(D, Q, K, H), output=True)
+        gates = a.put(proj.new_empty(D, Q, K, 4 * H), output=True)
+        rc = self.lib.emu_window_gru_forward(_CODES[proj.dtype], *map(_ptr, ins + [out, gates]),
+                                             D, N, Q, K, H)
+        self._finish(rc, a)
+        return out.clone(), gates.clone()
+
+    def window_gru_backward(self, grad_output, weight_hh, windows, output, gates,
+                            num_utterances):
+        D, Q, K, H = grad_output.shape
+        N, code, a = num_utterances, _CODES[grad_output.dtype], _Arena()
+        ins = [a.put(t) for t in (grad_output, weight_hh, windows, output, gates)]
+        outs = [a.put(grad_output.new_empty(s), output=True)
+                for s in ((D, N, 3 * H), (D, 3 * H), (D, Q, K, 3 * H))]
+        size = self.lib.emu_window_gru_backward_workspace_bytes(code, D, N, Q, K, H)
+        assert size > 0
+        workspace = torch.full((size,), 0xAB, dtype=torch.uint8)  # content must not matter
+        rc = self.lib.emu_window_gru_backward(code, *map(_ptr, ins + outs), _ptr(workspace),
+                                              size, D, N, Q, K, H)
+        self._finish(rc, a)
+        return tuple(o.clone() for o in outs)
+
+
+class DeviceOps:
+    """The registered CUDA ops (CPU tensors in and out; computed on the current CUDA device)."""
+
+    def __getattr__(self, name):
+        op = getattr(torch.ops.aghmn_fast, name)
+
+        def call(*args):
+            moved = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+            return tuple(r.cpu() for r in op(*moved))
+        return call
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler to build the CUDA kernels for the SIMT emulator")
+    lib = tmp_path_factory.mktemp("emulator") / "aghmn_cuda_emulated.so"
+    built = subprocess.run(
+        [cxx, "-std=c++20", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
+         "-Wno-unknown-pragmas", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc' / 'cuda'}",
+         str(ROOT / "csrc" / "cuda" / "emulated_kernels.cpp"), "-o", str(lib)],
+        capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    return EmulatedOps(ctypes.CDLL(str(lib)))
+
+
+@pytest.fixture
+def emulated(emulator):
+    emulator.configure()
+    yield emulator
+    emulator.configure()
+
+
+def _require_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if "cuda" not in ops.backends("cuda"):
+        pytest.fail(f"a CUDA device is present but the cuda backend is not: "
+                    f"{ops.backend_errors().get('cuda')}")
+
+
+@pytest.fixture(params=["emulated", "cuda"])
+def executor(request):
+    if request.param == "cuda":
+        _require_cuda()
+        return DeviceOps()
+    return request.getfixturevalue("emulated")
+
+
+# ---- inputs and tolerances -------------------------------------------------------------------
+
+def _tol(dtype, want):
+    """(rtol, atol) for comparing with a float64 reference of magnitude ``want``."""
+    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+    if dtype == torch.float64:
+        return 1e-10, 1e-12 * scale
+    return 2e-4, 2e-5 * scale
+
+
+def assert_matches(got, want, dtype, what):
+    assert got.dtype == dtype, what
+    assert not got.isnan().any(), f"{what}: NaN (unwritten or poisoned output)"
+    rtol, atol = _tol(dtype, want)
+    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def agru_inputs(B, T, H, dtype, zero_attn=True):
+    """Fresh random op inputs in ``dtype`` (weights scaled so gates are not all saturated)."""
+    xproj = torch.randn(B, T, 2 * H, dtype=D64)
+    attn = torch.rand(B, T, dtype=D64)
+    if zero_attn and T > 2:
+        attn[:, 1] = 0  # a pad slot: the state passes through unchanged
+    weight_hh = torch.randn(2 * H, H, dtype=D64) / math.sqrt(H)
+    bias_hh = torch.randn(2 * H, dtype=D64) * 0.1
+    h0 = torch.randn(B, H, dtype=D64) * 0.5
+    grad_output = torch.randn(B, T, H, dtype=D64)
+    return [t.to(dtype) for t in (xproj, attn, weight_hh, bias_hh, h0, grad_output)]
+
+
+def make_windows(Q, K, N):
+    """Windows with left padding (as the model builds them), holes, fully empty windows,
+    repeated utterances (within and across windows) and utterances no window uses."""
+    used = max(1, N - 2)
+    w = torch.randint(0, used, (Q, K))
+    for q in range(Q):
+        w[q, : q % K] = -1
+    if Q > 1:
+        w[1] = 0  # one utterance in every slot of a window
+    if Q > 2:
+        w[2] = -1  # a window with no utterance at all
+    if Q > 3 and K > 2:
+        w[3, K // 2] = -1  # a hole in the middle
+    return w
+
+
+def window_inputs(D, N, Q, K, H, dtype):
+    proj = torch.randn(D, N, 3 * H, dtype=D64)
+    pad_proj = torch.randn(D, 3 * H, dtype=D64) * 0.1
+    weight_hh = torch.randn(D, 3 * H, H, dtype=D64) / math.sqrt(H)
+    bias_hh = torch.randn(D, 3 * H, dtype=D64) * 0.1
+    grad_output = torch.randn(D, Q, K, H, dtype=D64)
+    return [t.to(dtype) for t in (proj, pad_proj, weight_hh, bias_hh, grad_output)], \
+        make_windows(Q, K, N)
+
+
+def check_agru(run, B, T, H, dtype, reverse, zero_attn=True):
+    xproj, attn, w, b, h0, go = agru_inputs(B, T, H, dtype, zero_attn)
+    (out_ref, gates_ref), grads_ref = agru_expected(xproj, attn, w, b, h0, reverse, go)
+    out, gates = run.agru_forward(xproj, attn, w, b, h0, reverse)
+    assert_matches(out, out_ref, dtype, "output")
+    assert_matches(gates, gates_ref, dtype, "gates")
+    grads = run.agru_backward(go, attn, w, h0, out, gates, reverse)
+    for name, got, want in zip(("grad_xproj", "grad_attn", "grad_ghh", "grad_h0"), grads,
+                               grads_ref):
+        assert_matches(got, want, dtype, name)
+    return out, gates, grads
+
+
+def check_window(run, D, N, Q, K, H, dtype):
+    (proj, pad, w, b, go), windows = window_inputs(D, N, Q, K, H, dtype)
+    (out_ref, gates_ref), grads_ref = window_expected(proj, pad, w, b, windows, go)
+    out, gates = run.window_gru_forward(proj, pad, w, b, windows)
+    assert_matches(out, out_ref, dtype, "output")
+    assert_matches(gates, gates_ref, dtype, "gates")
+    grads = run.window_gru_backward(go, w, windows, out, gates, N)
+    for name, got, want in zip(("grad_proj", "grad_pad_proj", "grad_ghh"), grads, grads_ref):
+        assert_matches(got, want, dtype, name)
+    return out, gates, grads
+
+
+# ---- both executors --------------------------------------------------------------------------
+
+AGRU_SIZES = [(3, 7, 5), (2, 9, 33), (2, 12, 100), (1, 5, 128), (2, 4, 256)]  # (B, T, H)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("B,T,H", AGRU_SIZES)
+def test_agru_matches_reference(executor, B, T, H, reverse, dtype):
+    check_agru(executor, B, T, H, dtype, reverse)
+
+
+WINDOW_SIZES = [(9, 7, 4, 5), (6, 5, 3, 33), (11, 6, 5, 100), (5, 4, 3, 128), (5, 3, 2, 256)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("N,Q,K,H", WINDOW_SIZES)
+def test_window_gru_matches_reference(executor, N, Q, K, H, D, dtype):
+    check_window(executor, D, N, Q, K, H, dtype)
+
+
+def test_agru_with_all_zero_attention_keeps_h0(executor):
+    xproj, attn, w, b, h0, go = agru_inputs(2, 5, 33, torch.float64)
+    attn.zero_()
+    out, gates = executor.agru_forward(xproj, attn, w, b, h0, False)
+    assert torch.equal(out, h0.unsqueeze(1).expand_as(out))
+    grads = executor.agru_backward(go, attn, w, h0, out, gates, False)
+    torch.testing.assert_close(grads[3], go.sum(1))  # grad_h0: every step passes dh through
+    assert not grads[0].any()  # no gradient reaches the inputs
+
+
+def test_empty_batches_and_windows(executor):
+    """B = 0, Q = 0 and windows without a single utterance still write every output."""
+    xproj, attn, w, b, h0, go = agru_inputs(0, 4, 5, torch.float64)
+    out, gates = executor.agru_forward(xproj, attn, w, b, h0, False)
+    assert out.shape == (0, 4, 5) and gates.shape == (0, 4, 15)
+    (proj, pad, w, b, _), _ = window_inputs(2, 4, 1, 3, 5, torch.float64)
+    go = torch.randn(2, 0, 3, 5, dtype=D64)
+    windows = torch.zeros(0, 3, dtype=torch.int64)
+    out, gates = executor.window_gru_forward(proj, pad, w, b, windows)
+    assert out.shape == (2, 0, 3, 5)
+    gp, gpad, gt = executor.window_gru_backward(go, w, windows, out, gates, 4)
+    assert not gp.any() and not gpad.any() and gt.shape == (2, 0, 3, 15)
+    check_window_all_empty = torch.full((3, 2), -1, dtype=torch.int64)
+    out, gates = executor.window_gru_forward(proj, pad, w, b, check_window_all_empty)
+    gp, gpad, _ = executor.window_gru_backward(torch.randn(2, 3, 2, 5, dtype=D64), w,
+                                               check_window_all_empty, out, gates, 4)
+    assert not gp.any() and gpad.abs().sum() > 0
+
+
+# ---- emulator only: launch plans, races, limits ----------------------------------------------
+
+def test_latency_plan_for_small_batches(emulated):
+    check_agru(emulated, 2, 6, 100, torch.float64, False)
+    (grid, block, smem), = emulated.launches()[:1]
+    assert grid == (2, 1, 1) and block == (416, 1, 1)  # one sequence per CTA, 4 lanes per unit
+    assert smem > 100 * 200 * 8  # weight_hh is resident in shared memory
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_throughput_plan_with_partial_tiles(emulated, dtype):
+    """With few SMs the tiled configuration runs (several sequences per CTA, the last tile
+    partly empty): same results."""
+    emulated.configure(sm_count=1)  # 11 CTAs of 416 threads would not all be resident
+    check_agru(emulated, 11, 5, 100, dtype, True)
+    check_window(emulated, 2, 9, 13, 4, 33, dtype)
+    tile = 8 if dtype == torch.float32 else 4
+    grids = {launch[0] for launch in emulated.launches()}
+    assert ((11 + tile - 1) // tile, 1, 1) in grids and ((13 + tile - 1) // tile, 2, 1) in grids
+
+
+@pytest.mark.parametrize("sm_count", [132, 1])
+def test_weights_from_global_memory_when_shared_memory_is_small(emulated, sm_count):
+    emulated.configure(smem_optin=8 * 1024, smem_per_sm=16 * 1024, sm_count=sm_count)
+    check_agru(emulated, 3, 5, 33, torch.float64, False)
+    check_window(emulated, 2, 7, 4, 3, 33, torch.float64)
+    recurrences = [l for l in emulated.launches() if l[1][0] >= 32 and l[0][0] >= 1]
+    assert all(smem <= 8 * 1024 for _, _, smem in recurrences)
+
+
+def test_raises_the_smem_limit_only_with_the_attribute(emulated):
+    """Above 48 KiB a launch needs cudaFuncSetAttribute (the emulator rejects it otherwise);
+    H = 128 float64 AGRU needs ~260 KiB of weights: too much for an A100-like device."""
+    emulated.configure(smem_optin=166912, smem_per_sm=167936)
+    check_agru(emulated, 1, 3, 100, torch.float64, False)  # 160 KB of weights: fits after opt-in
+    assert max(s for _, _, s in emulated.launches()) > 48 * 1024
+    check_agru(emulated, 1, 3, 128, torch.float64, False)  # global-memory weights instead
+    assert max(s for _, _, s in emulated.launches()[-2:]) < 48 * 1024
+
+
+def test_unsupported_hidden_size_is_reported(emulated):
+    emulated.configure(smem_optin=2048, smem_per_sm=4096)
+    xproj, attn, w, b, h0, _ = agru_inputs(1, 3, 100, torch.float64)
+    with pytest.raises(NotImplementedError, match="unsupported size"):
+        emulated.agru_forward(xproj, attn, w, b, h0, False)
+    (proj, pad, w, b, _), windows = window_inputs(1, 4, 2, 3, 100, torch.float64)
+    with pytest.raises(NotImplementedError, match="unsupported size"):
+        emulated.window_gru_forward(proj, pad, w, b, windows)
+    assert emulated.launches() == []  # refused before launching anything
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_results_do_not_depend_on_thread_order(emulated, order):
+    """Threads run between barriers in identity, reversed or shuffled order: a data race would
+    change the results; a race-free, deterministic kernel gives identical bits."""
+    def run(order, seed):
+        emulated.configure(order=order, seed=seed)
+        torch.manual_seed(7)
+        a = check_agru(emulated, 3, 6, 33, torch.float32, False)
+        torch.manual_seed(8)
+        w = check_window(emulated, 2, 9, 7, 5, 33, torch.float32)
+        emulated.configure(sm_count=1, order=order, seed=seed)
+        torch.manual_seed(9)
+        t = check_window(emulated, 2, 9, 11, 5, 33, torch.float32)
+        return [x for part in (a, w, t) for x in (part[0], part[1], *part[2])]
+    base = run(0, 0)
+    for seed in (1, 2):
+        for x, y in zip(base, run(order, seed)):
+            assert torch.equal(x, y)
+
+
+# ---- CUDA device only ------------------------------------------------------------------------
+
+@pytest.fixture
+def cuda():
+    _require_cuda()
+    return DeviceOps()
+
+
+def _poison_cuda_cache():
+    """Fill the allocator's cached blocks with NaN so that unwritten outputs read as NaN."""
+    torch.cuda.synchronize()
+    free, _ = torch.cuda.mem_get_info()
+    n = min(free // 8, 1 << 26) // 4
+    torch.full((n,), math.nan, device="cuda")  # freed at once; its block is reused
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_outputs_fully_written_into_nan_poisoned_memory(cuda, dtype):
+    _poison_cuda_cache()
+    check_agru(cuda, 5, 8, 100, dtype, True)
+    _poison_cuda_cache()
+    check_window(cuda, 2, 9, 7, 5, 100, dtype)
+
+
+def test_cuda_runs_are_bit_identical(cuda):
+    xproj, attn, w, b, h0, go = [t.cuda() for t in agru_inputs(64, 10, 100, torch.float32)]
+    first = torch.ops.aghmn_fast.agru_forward(xproj, attn, w, b, h0, False)
+    second = torch.ops.aghmn_fast.agru_forward(xproj, attn, w, b, h0, False)
+    assert all(torch.equal(x, y) for x, y in zip(first, second))
+    g1 = torch.ops.aghmn_fast.agru_backward(go, attn, w, h0, *first, False)
+    g2 = torch.ops.aghmn_fast.agru_backward(go, attn, w, h0, *first, False)
+    assert all(torch.equal(x, y) for x, y in zip(g1, g2))
+    (proj, pad, w, b, go), windows = window_inputs(2, 300, 1024, 10, 100, torch.float32)
+    proj, pad, w, b, go, windows = (t.cuda() for t in (proj, pad, w, b, go, windows))
+    out, gates = torch.ops.aghmn_fast.window_gru_forward(proj, pad, w, b, windows)
+    g1 = torch.ops.aghmn_fast.window_gru_backward(go, w, windows, out, gates, 300)
+    g2 = torch.ops.aghmn_fast.window_gru_backward(go, w, windows, out, gates, 300)
+    assert all(torch.equal(x, y) for x, y in zip(g1, g2))
+
+
+def test_cuda_graph_capture_and_replay(cuda):
+    A = torch.ops.aghmn_fast
+    xproj, attn, w, b, h0, go = [t.cuda() for t in agru_inputs(4, 10, 100, torch.float32)]
+    (proj, pad, ww, wb, wgo), windows = window_inputs(2, 20, 16, 10, 100, torch.float32)
+    proj, pad, ww, wb, wgo, windows = (t.cuda() for t in (proj, pad, ww, wb, wgo, windows))
+
+    def step():
+        out, gates = A.agru_forward(xproj, attn, w, b, h0, True)
+        grads = A.agru_backward(go, attn, w, h0, out, gates, True)
+        wout, wgates = A.window_gru_forward(proj, pad, ww, wb, windows)
+        wgrads = A.window_gru_backward(wgo, ww, windows, wout, wgates, 20)
+        return [out, gates, *grads, wout, wgates, *wgrads]
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up (raises shared-memory limits) outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for t in (xproj, attn, go, proj, wgo):  # new inputs in the captured buffers
+        t.copy_(torch.randn_like(t) if t is not attn else torch.rand_like(t))
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = step()
+    for x, y in zip(captured, eager):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cuda_backend_public_api_matches_reference(cuda, dtype, reverse):
+    """aghmn_fast.ops.agru / memory_bank with backend="cuda": outputs and every gradient
+    (inputs, attention, weights, biases, h0) against the float64 CPU reference."""
+    B, T, D, H = 3, 11, 7, 33
+    cpu = [torch.randn(B, T, D, dtype=D64), torch.rand(B, T, dtype=D64),
+           torch.randn(2 * H, D, dtype=D64) * 0.3, torch.randn(2 * H, H, dtype=D64) * 0.3,
+           torch.randn(2 * H, dtype=D64) * 0.1, torch.randn(2 * H, dtype=D64) * 0.1,
+           torch.randn(B, H, dtype=D64)]
+    cpu[1][:, 3] = 0
+    ref_in = [t.clone().requires_grad_(True) for t in cpu]
+    dev_in = [t.to("cuda", dtype).requires_grad_(True) for t in cpu]
+    go, gh = torch.randn(B, T, H, dtype=D64), torch.randn(B, H, dtype=D64)
+    out, hn = reference.agru(*ref_in, reverse=reverse)
+    ((out * go).sum() + (hn * gh).sum()).backward()
+    dout, dhn = ops.agru(*dev_in, reverse=reverse, backend="cuda")
+    ((dout * go.to(dout)).sum() + (dhn * gh.to(dhn)).sum()).backward()
+    assert_matches(dout.cpu(), out.detach(), dtype, "output")
+    for name, r, d in zip(("x", "attn", "w_ih", "w_hh", "b_ih", "b_hh", "h0"), ref_in, dev_in):
+        assert_matches(d.grad.cpu(), r.grad, dtype, f"grad {name}")
+
+    N, Q, K = 12, 9, 5
+    u = torch.randn(N, H, dtype=D64)
+    windows = make_windows(Q, K, N)
+    flat = [torch.randn(s, dtype=D64) * 0.2 for s in ((3 * H, H), (3 * H, H), (3 * H,), (3 * H,))] * 2
+    ref_in = [t.clone().requires_grad_(True) for t in [u] + flat]
+    dev_in = [t.to("cuda", dtype).requires_grad_(True) for t in [u] + flat]
+    gm = torch.randn(Q, K, H, dtype=D64)
+    (reference.memory_bank(ref_in[0], windows, ref_in[1:]) * gm).sum().backward()
+    mem = ops.memory_bank(dev_in[0], windows.cuda(), dev_in[1:], backend="cuda")
+    (mem * gm.to(mem)).sum().backward()
+    for i, (r, d) in enumerate(zip(ref_in, dev_in)):
+        assert_matches(d.grad.cpu(), r.grad, dtype, f"memory_bank grad {i}")
+
+
+def test_cuda_unsupported_size_raises_and_public_api_falls_back(cuda):
+    H = 4200  # float64 window backward buffers (7 H doubles) exceed any GPU's shared memory
+    (proj, pad, w, b, _), windows = window_inputs(1, 2, 1, 2, 8, torch.float64)
+    proj, pad = torch.randn(1, 2, 3 * H, dtype=D64), torch.randn(1, 3 * H, dtype=D64)
+    w, b = torch.randn(1, 3 * H, H, dtype=D64) * 0.01, torch.randn(1, 3 * H, dtype=D64)
+    with pytest.raises(NotImplementedError, match="unsupported size"):
+        cuda.window_gru_forward(proj, pad, w, b, torch.zeros(1, 2, dtype=torch.int64))
+    u = torch.randn(2, H, dtype=D64)
+    flat = [w[0], w[0], b[0], b[0]]
+    want = reference.memory_bank(u, windows, flat)
+    got = ops.memory_bank(u.cuda(), windows.cuda(), [t.cuda() for t in flat], backend="cuda")
+    torch.testing.assert_close(got.cpu(), want)
+
+
+# ---- without CUDA kernels --------------------------------------------------------------------
+
+def test_backend_reports_why_it_is_missing():
+    available = ops.backends()  # loads the extension (when built) and every backend
+    if "cuda" in available:
+        pytest.skip("the cuda backend is available here")
+    assert "cuda" not in available
+    reason = ops.backend_errors().get("cuda", "")
+    assert reason.startswith("ImportError") and "CUDA" in reason
