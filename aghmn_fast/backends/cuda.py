@@ -4,10 +4,11 @@ Registered only when the compiled extension loads and holds CUDA kernels of the 
 with them when torch has CUDA and a CUDA toolkit is found); otherwise importing this module raises
 ImportError with the reason, which :func:`aghmn_fast.backend_errors` reports.
 
-The kernels keep ``weight_hh`` in shared memory and fall back to reading it from global memory
-when it does not fit; only a hidden size whose per-step buffers exceed the device's shared memory
-is refused (NotImplementedError with "unsupported size"). Such a call is passed on to the next
-backend for CUDA tensors (Triton if available, else the reference), so callers never see it.
+The kernels run float32 and float64, keep ``weight_hh`` in shared memory and fall back to reading
+it from global memory when it does not fit; only a hidden size whose per-step buffers exceed the
+device's shared memory is refused (NotImplementedError with "unsupported size"). Such calls, and
+other dtypes (float16, bfloat16), are passed on to the next backend for CUDA tensors (Triton if
+available, else the reference), so callers never see them.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from .. import _extension, ops
 
 _OP = "aghmn_fast::agru_forward"
+_DTYPES = (torch.float32, torch.float64)
 
 
 def _require_cuda_kernels() -> None:
@@ -34,10 +36,6 @@ _require_cuda_kernels()
 from . import extension_ops  # noqa: E402  (loads the extension's autograd and fake rules)
 
 
-def _unsupported_size(exc: NotImplementedError) -> bool:
-    return "unsupported size" in str(exc)
-
-
 def _fallback(device: torch.device) -> ops.Backend:
     for name in ops.backends(device.type):
         if name != "cuda":
@@ -45,25 +43,25 @@ def _fallback(device: torch.device) -> ops.Backend:
     raise RuntimeError("no fallback backend for CUDA tensors")  # "reference" always exists
 
 
+def _call(kind: str, first: torch.Tensor, args: tuple):
+    """Run op `kind` on the CUDA kernels, or on the next backend when they cannot take it."""
+    if first.dtype in _DTYPES:
+        try:
+            return getattr(extension_ops, kind)(*args)
+        except NotImplementedError as exc:
+            if "unsupported size" not in str(exc):
+                raise
+    return getattr(_fallback(first.device), kind)(*args)
+
+
 def agru(x, attn, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, reverse=False):
     """Attention GRU on the CUDA kernels; see :func:`aghmn_fast.reference.agru`."""
-    try:
-        return extension_ops.agru(x, attn, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse)
-    except NotImplementedError as exc:
-        if not _unsupported_size(exc):
-            raise
-        return _fallback(x.device).agru(x, attn, weight_ih, weight_hh, bias_ih, bias_hh, h0,
-                                        reverse)
+    return _call("agru", x, (x, attn, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse))
 
 
 def memory_bank(utterances, windows, flat_weights):
     """Fusion-GRU memory bank on the CUDA kernels; see :func:`aghmn_fast.reference.memory_bank`."""
-    try:
-        return extension_ops.memory_bank(utterances, windows, flat_weights)
-    except NotImplementedError as exc:
-        if not _unsupported_size(exc):
-            raise
-        return _fallback(utterances.device).memory_bank(utterances, windows, flat_weights)
+    return _call("memory_bank", utterances, (utterances, windows, flat_weights))
 
 
 ops.register_backend("cuda", agru=agru, memory_bank=memory_bank, devices=("cuda",), priority=20)
