@@ -29,10 +29,11 @@ import triton
 import triton.language as tl
 
 __all__ = ["KernelConfig", "choose_config", "use_config", "set_allow_tf32", "allow_tf32",
-           "interpreting", "padded_hidden"]
+           "set_poison_outputs", "new_buffer", "interpreting", "padded_hidden"]
 
 _allow_tf32 = os.environ.get("AGHMN_TRITON_TF32", "0") == "1"
 _forced: Optional["KernelConfig"] = None
+_poison = os.environ.get("AGHMN_TRITON_POISON", "0") == "1"
 
 
 def set_allow_tf32(enabled: bool) -> None:
@@ -49,6 +50,23 @@ def set_allow_tf32(enabled: bool) -> None:
 def allow_tf32() -> bool:
     """Whether TF32 is allowed in the recurrent matmuls (see :func:`set_allow_tf32`)."""
     return _allow_tf32
+
+
+def set_poison_outputs(enabled: bool) -> None:
+    """Fill every buffer the kernels allocate with NaN first (True) or leave it uninitialised.
+
+    A debugging aid: an element a kernel forgets to write then shows up as NaN instead of
+    stale memory. Off by default; ``AGHMN_TRITON_POISON=1`` turns it on at import time.
+    """
+    global _poison
+    _poison = bool(enabled)
+
+
+def new_buffer(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An output or scratch buffer for a kernel (NaN-filled under :func:`set_poison_outputs`)."""
+    if _poison:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def interpreting() -> bool:
@@ -84,7 +102,8 @@ class KernelConfig:
         for name in ("block_b", "block_k", "num_warps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1 or value & (value - 1):
-                raise ValueError(f"KernelConfig.{name} must be a positive power of two, got {value!r}")
+                raise ValueError(f"KernelConfig.{name} must be a positive power of two, "
+                                 f"got {value!r}")
         if self.dot and (self.block_b < 16 or (not self.resident and self.block_k < 16)):
             raise ValueError("KernelConfig with dot=True needs block_b >= 16 and, when not "
                              f"resident, block_k >= 16; got {self}")
@@ -137,7 +156,7 @@ def choose_config(rows: int, H: int, gates: int, acc_bytes: int) -> KernelConfig
 
 
 def launch_constants(rows: int, H: int, gates: int, dtype: torch.dtype):
-    """``(config, state dtype, kernel constexprs)`` of one recurrence launch for ``dtype`` inputs."""
+    """``(config, state dtype, kernel constexprs)`` of a recurrence launch on ``dtype`` inputs."""
     acc = state_dtype(dtype)
     cfg = choose_config(rows, H, gates, acc.itemsize)
     hp = padded_hidden(H)
@@ -224,7 +243,7 @@ def check_dims(name: str, t, ndim: int) -> None:
 
 
 def check_tensor(name: str, t, shape, device=None, dtypes=None) -> None:
-    """Raise a TypeError/ValueError naming ``name`` unless ``t`` is a contiguous tensor of ``shape``."""
+    """Raise a TypeError/ValueError naming ``name`` unless ``t`` is contiguous, of ``shape``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if dtypes is not None and t.dtype not in dtypes:

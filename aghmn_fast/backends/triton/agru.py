@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from ._common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
-                      check_device, check_dims, check_tensor, launch_constants)
+                      check_device, check_dims, check_tensor, launch_constants, new_buffer)
 
 __all__ = ["agru_forward", "agru_backward"]
 
@@ -28,8 +28,8 @@ __all__ = ["agru_forward", "agru_backward"]
 @triton.jit(do_not_specialize=["B", "T"])
 def _agru_fwd_kernel(xproj_ptr, attn_ptr, w_ptr, bias_ptr, h0_ptr, out_ptr, gates_ptr, scr_ptr,
                      B, T, H: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr,
-                     BK: tl.constexpr, RESIDENT: tl.constexpr, USE_DOT: tl.constexpr, REVERSE: tl.constexpr,
-                     IS_F64: tl.constexpr, PRECISION: tl.constexpr):
+                     BK: tl.constexpr, RESIDENT: tl.constexpr, USE_DOT: tl.constexpr,
+                     REVERSE: tl.constexpr, IS_F64: tl.constexpr, PRECISION: tl.constexpr):
     ACC = tl.float64 if IS_F64 else tl.float32
     rows64, cols, row_ok, mask = _tile(B, H, HP, BLOCK_B)
 
@@ -85,8 +85,8 @@ def _agru_fwd_kernel(xproj_ptr, attn_ptr, w_ptr, bias_ptr, h0_ptr, out_ptr, gate
 def _agru_bwd_kernel(gout_ptr, attn_ptr, w_ptr, h0_ptr, out_ptr, gates_ptr,
                      gx_ptr, gattn_ptr, gghh_ptr, gh0_ptr, scr_ptr,
                      B, T, H: tl.constexpr, HP: tl.constexpr, BLOCK_B: tl.constexpr,
-                     BK: tl.constexpr, RESIDENT: tl.constexpr, USE_DOT: tl.constexpr, REVERSE: tl.constexpr,
-                     IS_F64: tl.constexpr, PRECISION: tl.constexpr):
+                     BK: tl.constexpr, RESIDENT: tl.constexpr, USE_DOT: tl.constexpr,
+                     REVERSE: tl.constexpr, IS_F64: tl.constexpr, PRECISION: tl.constexpr):
     ACC = tl.float64 if IS_F64 else tl.float32
     rows64, cols, row_ok, mask = _tile(B, H, HP, BLOCK_B)
 
@@ -171,9 +171,9 @@ def agru_forward(xproj: Tensor, attn: Tensor, weight_hh: Tensor, bias_hh: Tensor
         raise ValueError("xproj has zero time steps; agru_forward needs at least one")
 
     cfg, acc, consts = launch_constants(B, H, 2, dt)
-    output = torch.empty(B, T, H, dtype=dt, device=dev)
-    gates = torch.empty(B, T, 3 * H, dtype=acc, device=dev)
-    scratch = torch.empty(1 if cfg.resident else max(1, B * consts["HP"]), dtype=acc, device=dev)
+    output = new_buffer(B, T, H, dtype=dt, device=dev)
+    gates = new_buffer(B, T, 3 * H, dtype=acc, device=dev)
+    scratch = new_buffer(1 if cfg.resident else B * consts["HP"], dtype=acc, device=dev)
     if B > 0:
         grid = (triton.cdiv(B, cfg.block_b),)
         wrap_triton(_agru_fwd_kernel)[grid](
@@ -204,11 +204,11 @@ def agru_backward(grad_output: Tensor, attn: Tensor, weight_hh: Tensor, h0: Tens
         raise ValueError("output has zero time steps; agru_backward needs at least one")
 
     cfg, acc, consts = launch_constants(B, H, 2, weight_hh.dtype)
-    grad_xproj = torch.empty(B, T, 2 * H, dtype=weight_hh.dtype, device=dev)
-    grad_attn = torch.empty(B, T, dtype=attn.dtype, device=dev)
-    grad_ghh = torch.empty(B, T, 2 * H, dtype=weight_hh.dtype, device=dev)
-    grad_h0 = torch.empty(B, H, dtype=h0.dtype, device=dev)
-    scratch = torch.empty(1 if cfg.resident else max(1, B * 2 * consts["HP"]), dtype=acc, device=dev)
+    grad_xproj = new_buffer(B, T, 2 * H, dtype=weight_hh.dtype, device=dev)
+    grad_attn = new_buffer(B, T, dtype=attn.dtype, device=dev)
+    grad_ghh = new_buffer(B, T, 2 * H, dtype=weight_hh.dtype, device=dev)
+    grad_h0 = new_buffer(B, H, dtype=h0.dtype, device=dev)
+    scratch = new_buffer(1 if cfg.resident else B * 2 * consts["HP"], dtype=acc, device=dev)
     if B > 0:
         grid = (triton.cdiv(B, cfg.block_b),)
         wrap_triton(_agru_bwd_kernel)[grid](

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from ._common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
-                      check_device, check_dims, check_tensor, launch_constants)
+                      check_device, check_dims, check_tensor, launch_constants, new_buffer)
 
 __all__ = ["window_gru_forward", "window_gru_backward"]
 
@@ -222,9 +222,9 @@ def window_gru_forward(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_h
     Q, K = _check_windows(windows, dev)
 
     cfg, acc, consts = launch_constants(Q, H, 3, dt)
-    output = torch.empty(D, Q, K, H, dtype=dt, device=dev)
-    gates = torch.empty(D, Q, K, 4 * H, dtype=acc, device=dev)
-    scratch = torch.empty(1 if cfg.resident else max(1, D * Q * consts["HP"]), dtype=acc,
+    output = new_buffer(D, Q, K, H, dtype=dt, device=dev)
+    gates = new_buffer(D, Q, K, 4 * H, dtype=acc, device=dev)
+    scratch = new_buffer(1 if cfg.resident else D * Q * consts["HP"], dtype=acc,
                           device=dev)
     if Q > 0:
         grid = (triton.cdiv(Q, cfg.block_b), D)
@@ -257,7 +257,8 @@ def window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: Tensor,
     dev = output.device
     check_device(output)
     if D not in (1, 2):
-        raise ValueError(f"output must have shape [D in (1, 2), Q, K, H], got {tuple(output.shape)}")
+        raise ValueError(f"output must have shape [D in (1, 2), Q, K, H], "
+                         f"got {tuple(output.shape)}")
     if not isinstance(num_utterances, int) or num_utterances < 0:
         raise ValueError(f"num_utterances must be a non-negative int, got {num_utterances!r}")
     check_tensor("output", output, (D, Q, K, H), dev, FLOAT_DTYPES)
@@ -270,11 +271,11 @@ def window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: Tensor,
 
     N, dt = num_utterances, weight_hh.dtype
     cfg, acc, consts = launch_constants(Q, H, 3, dt)
-    grad_slot = torch.empty(D, Q, K, 3 * H, dtype=acc, device=dev)
-    grad_ghh = torch.empty(D, Q, K, 3 * H, dtype=dt, device=dev)
-    grad_proj = torch.empty(D, N, 3 * H, dtype=dt, device=dev)
-    grad_pad = torch.empty(D, 3 * H, dtype=dt, device=dev)
-    scratch = torch.empty(1 if cfg.resident else max(1, D * Q * 3 * consts["HP"]), dtype=acc,
+    grad_slot = new_buffer(D, Q, K, 3 * H, dtype=acc, device=dev)
+    grad_ghh = new_buffer(D, Q, K, 3 * H, dtype=dt, device=dev)
+    grad_proj = new_buffer(D, N, 3 * H, dtype=dt, device=dev)
+    grad_pad = new_buffer(D, 3 * H, dtype=dt, device=dev)
+    scratch = new_buffer(1 if cfg.resident else D * Q * 3 * consts["HP"], dtype=acc,
                           device=dev)
     if Q > 0:
         grid = (triton.cdiv(Q, cfg.block_b), D)

@@ -1,0 +1,408 @@
+"""The Triton backend against the pure-PyTorch reference.
+
+On a CPU machine the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py sets
+TRITON_INTERPRET=1); with ``AGHMN_TRITON_GPU=1`` on a machine with a GPU the same tests run the
+compiled kernels on CUDA tensors. Every kernel buffer is NaN-filled before launch
+(``set_poison_outputs``), so an element a kernel fails to write fails the comparison.
+"""
+import contextlib
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton cannot be imported, so there is no Triton backend "
+                                     "to test")
+
+import aghmn_fast  # noqa: E402
+from aghmn_fast import ops, reference  # noqa: E402
+from aghmn_fast.backends import triton as tb  # noqa: E402
+from aghmn_fast.backends.triton import KernelConfig, use_config  # noqa: E402
+from aghmn_fast.backends.triton import _common  # noqa: E402
+
+ON_GPU = os.environ.get("AGHMN_TRITON_GPU", "0") == "1"
+DEVICE = "cuda" if ON_GPU else "cpu"
+D64, F32 = torch.float64, torch.float32
+
+# Every kernel variant: the default (interpreter: one large tile, tl.dot, resident weight),
+# tl.dot with the weight streamed in slices, and the broadcast-reduce path (small tiles) with
+# the weight resident and streamed. Tiles of 16 with 37 sequences give three programs.
+CONFIGS = {
+    "default": None,
+    "dot-streamed": KernelConfig(block_b=16, resident=False, block_k=16, num_warps=4, dot=True),
+    "small-resident": KernelConfig(block_b=2, resident=True, num_warps=4),
+    "small-streamed": KernelConfig(block_b=4, resident=False, block_k=8, num_warps=4),
+    "dot-tiles": KernelConfig(block_b=16, resident=True, num_warps=4, dot=True),
+}
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_buffers():
+    _common.set_poison_outputs(True)
+    yield
+    _common.set_poison_outputs(False)
+
+
+def _config(name):
+    cfg = CONFIGS[name]
+    return use_config(cfg) if cfg is not None else contextlib.nullcontext()
+
+
+def _assert_close(got, want, tol, what):
+    """|got - want| <= tol * max(1, max|want|), and no NaN/Inf anywhere in ``got``."""
+    assert got is not None, f"{what}: no gradient"
+    got = got.detach().to(torch.float64).cpu()
+    want = want.detach().to(torch.float64).cpu()
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.isfinite(got).all(), f"{what}: NaN/Inf in the result"
+    err = (got - want).abs().max().item() if got.numel() else 0.0
+    scale = max(1.0, want.abs().max().item() if want.numel() else 0.0)
+    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:g} * {scale:.3g}"
+
+
+def _assert_rms_close(got, want, tol, what):
+    """Relative RMS error (for float16/bfloat16 results), and no NaN/Inf."""
+    got = got.detach().to(torch.float64).cpu()
+    want = want.detach().to(torch.float64).cpu()
+    assert torch.isfinite(got).all(), f"{what}: NaN/Inf in the result"
+    rel = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
+    assert rel <= tol, f"{what}: relative RMS error {rel:.3g} > {tol:g}"
+
+
+# ---- AGRU ------------------------------------------------------------------------------------
+
+def _agru_inputs(B, T, D, H, dtype=D64, bias=True, with_h0=True, zero_attn=True):
+    g = torch.Generator().manual_seed(B * 1000 + T * 10 + H)
+    x = torch.randn(B, T, D, generator=g, dtype=D64)
+    attn = torch.rand(B, T, generator=g, dtype=D64)
+    if zero_attn and T > 2:
+        attn[: B // 2 + 1, :2] = 0  # pads of a left-padded memory: the state must pass through
+    w_ih = torch.randn(2 * H, D, generator=g, dtype=D64) * 0.4
+    w_hh = torch.randn(2 * H, H, generator=g, dtype=D64) * 0.4
+    b_ih = torch.randn(2 * H, generator=g, dtype=D64) * 0.2 if bias else None
+    b_hh = torch.randn(2 * H, generator=g, dtype=D64) * 0.2 if bias else None
+    h0 = torch.randn(B, H, generator=g, dtype=D64) * 0.5 if with_h0 else None
+    args = [x, attn, w_ih, w_hh, b_ih, b_hh, h0]
+    return [None if a is None else a.to(DEVICE, dtype).requires_grad_() for a in args]
+
+
+def _agru_both(args, reverse, upstream_seed=0):
+    """(triton results, reference results in float64), each: output, h_n, grads of all inputs."""
+    results = []
+    for fn in (tb.agru, reference.agru):
+        leaves = [a for a in args if a is not None]
+        if fn is reference.agru:
+            leaves = [a.detach().to(D64).requires_grad_() for a in leaves]
+        it = iter(leaves)
+        call = [next(it) if a is not None else None for a in args]
+        out, h_n = fn(*call, reverse=reverse)
+        g = torch.Generator().manual_seed(upstream_seed)
+        g_out = torch.randn(out.shape, generator=g, dtype=D64).to(out.device, out.dtype)
+        g_hn = torch.randn(h_n.shape, generator=g, dtype=D64).to(out.device, out.dtype)
+        grads = torch.autograd.grad((out * g_out).sum() + (h_n * g_hn).sum(), leaves)
+        results.append((out, h_n, grads))
+    return results
+
+
+_AGRU_NAMES = ["x", "attn", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "h0"]
+
+
+def _check_agru(args, reverse, tol, close=_assert_close):
+    (out, h_n, grads), (r_out, r_hn, r_grads) = _agru_both(args, reverse)
+    close(out, r_out, tol, "output")
+    close(h_n, r_hn, tol, "h_n")
+    names = [n for n, a in zip(_AGRU_NAMES, args) if a is not None]
+    for name, got, want in zip(names, grads, r_grads):
+        close(got, want, tol, f"grad of {name}")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("B,T,D,H", [(1, 1, 3, 5), (3, 7, 6, 13), (37, 12, 5, 33), (2, 5, 4, 16)])
+def test_agru_float64_matches_reference(B, T, D, H, reverse):
+    _check_agru(_agru_inputs(B, T, D, H), reverse, 1e-10)
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c != "default"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_agru_every_kernel_variant(config, reverse):
+    with _config(config):
+        _check_agru(_agru_inputs(37, 6, 4, 13), reverse, 1e-10)
+
+
+def test_agru_without_bias_and_h0():
+    _check_agru(_agru_inputs(5, 6, 3, 13, bias=False, with_h0=False), False, 1e-10)
+
+
+def test_agru_large_hidden_streams_weight():
+    # H = 65 pads to 128 columns: the streamed path walks several weight slices.
+    with use_config(KernelConfig(block_b=16, resident=False, block_k=32, dot=True)):
+        _check_agru(_agru_inputs(3, 4, 5, 65), True, 1e-10)
+
+
+def test_agru_float32_matches_float64_reference():
+    _check_agru(_agru_inputs(19, 9, 7, 33, dtype=F32), False, 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_agru_half_inputs_float32_state(dtype):
+    args = _agru_inputs(6, 8, 5, 13, dtype=dtype)
+    (out, h_n, grads), _ = _agru_both(args, False)
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    _check_agru(args, False, 2e-2 if dtype == torch.bfloat16 else 5e-3, _assert_rms_close)
+
+
+def test_agru_zero_attention_keeps_state():
+    x, attn, w_ih, w_hh, b_ih, b_hh, h0 = _agru_inputs(4, 5, 3, 13)
+    attn = attn.detach().clone()
+    attn[:, 1] = 0
+    out, _ = tb.agru(x, attn, w_ih, w_hh, b_ih, b_hh, h0)
+    torch.testing.assert_close(out[:, 1], out[:, 0], rtol=0, atol=0)
+
+
+# ---- memory bank -----------------------------------------------------------------------------
+
+def _windows(N, Q, K, seed):
+    """Left-padded windows of past utterances, plus an all-empty window and repeats."""
+    g = torch.Generator().manual_seed(seed)
+    win = torch.full((Q, K), -1, dtype=torch.int64)
+    for q in range(Q):
+        filled = int(torch.randint(0, K + 1, (1,), generator=g))
+        if filled:
+            win[q, K - filled:] = torch.randint(0, N, (filled,), generator=g)
+    win[0] = -1                          # a query with no memory at all
+    if Q > 1:
+        win[1] = min(2, N - 1)           # one utterance in every slot of a window
+    if Q > 2 and K > 1:
+        win[2, -2:] = win[2, -1].clamp(min=0)  # an utterance twice in a row
+    return win.to(DEVICE)
+
+
+def _memory_inputs(N, H, num_dirs, dtype=D64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(N, H, generator=g, dtype=D64)
+    flat = []
+    for _ in range(num_dirs):
+        flat += [torch.randn(3 * H, H, generator=g, dtype=D64) * 0.4,
+                 torch.randn(3 * H, H, generator=g, dtype=D64) * 0.4,
+                 torch.randn(3 * H, generator=g, dtype=D64) * 0.2,
+                 torch.randn(3 * H, generator=g, dtype=D64) * 0.2]
+    return (u.to(DEVICE, dtype).requires_grad_(),
+            [w.to(DEVICE, dtype).requires_grad_() for w in flat])
+
+
+def _check_memory(u, windows, flat, tol, close=_assert_close):
+    got = tb.memory_bank(u, windows, flat)
+    ref_u = u.detach().to(D64).requires_grad_()
+    ref_flat = [w.detach().to(D64).requires_grad_() for w in flat]
+    want = reference.memory_bank(ref_u, windows, ref_flat)
+    assert got.dtype == u.dtype
+    close(got, want, tol, "memory")
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(1), dtype=D64)
+    g = g.to(want.device)
+    grads = torch.autograd.grad((got * g.to(got.dtype)).sum(), [u] + list(flat))
+    r_grads = torch.autograd.grad((want * g).sum(), [ref_u] + ref_flat)
+    names = ["utterances"] + [f"flat_weights[{i}]" for i in range(len(flat))]
+    for name, a, b in zip(names, grads, r_grads):
+        close(a, b, tol, f"grad of {name}")
+
+
+@pytest.mark.parametrize("num_dirs", [1, 2])
+@pytest.mark.parametrize("N,Q,K,H", [(1, 1, 1, 5), (9, 6, 5, 13), (20, 37, 10, 33)])
+def test_memory_bank_float64_matches_reference(N, Q, K, H, num_dirs):
+    u, flat = _memory_inputs(N, H, num_dirs, seed=N + Q)
+    _check_memory(u, _windows(N, Q, K, seed=Q), flat, 1e-10)
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c != "default"])
+def test_memory_bank_every_kernel_variant(config):
+    u, flat = _memory_inputs(12, 13, 2, seed=3)
+    with _config(config):
+        _check_memory(u, _windows(12, 37, 4, seed=5), flat, 1e-10)
+
+
+def test_memory_bank_float32_matches_float64_reference():
+    u, flat = _memory_inputs(15, 33, 2, dtype=F32, seed=2)
+    _check_memory(u, _windows(15, 12, 8, seed=2), flat, 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_memory_bank_half_inputs(dtype):
+    u, flat = _memory_inputs(10, 13, 2, dtype=dtype, seed=4)
+    _check_memory(u, _windows(10, 7, 6, seed=4), flat,
+                  2e-2 if dtype == torch.bfloat16 else 5e-3, _assert_rms_close)
+
+
+def test_memory_bank_unused_utterances_get_zero_gradient():
+    u, flat = _memory_inputs(6, 5, 1, seed=7)
+    windows = torch.tensor([[-1, 0, 2], [-1, -1, 2]], device=DEVICE)
+    got = tb.memory_bank(u, windows, flat)
+    (g_u,) = torch.autograd.grad(got.sum(), [u])
+    assert torch.equal(g_u[[1, 3, 4, 5]], torch.zeros_like(g_u[[1, 3, 4, 5]]))
+    assert g_u[[0, 2]].abs().sum() > 0
+
+
+def test_memory_bank_backward_is_deterministic():
+    u, flat = _memory_inputs(8, 13, 2, dtype=F32, seed=8)
+    windows = _windows(8, 40, 8, seed=8)
+    runs = []
+    for _ in range(2):
+        got = tb.memory_bank(u, windows, flat)
+        runs.append(torch.autograd.grad(got.square().sum(), [u] + flat))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+# ---- the registered ops ----------------------------------------------------------------------
+
+def test_window_gru_ops_raw_semantics():
+    """grad_proj sums the slot gradients per utterance; grad_pad_proj sums the empty slots."""
+    D, N, Q, K, H = 2, 4, 3, 3, 5
+    g = torch.Generator().manual_seed(11)
+    proj = torch.randn(D, N, 3 * H, generator=g, dtype=D64).to(DEVICE)
+    pad = torch.randn(D, 3 * H, generator=g, dtype=D64).to(DEVICE)
+    w = (torch.randn(D, 3 * H, H, generator=g, dtype=D64) * 0.4).to(DEVICE)
+    b = torch.randn(D, 3 * H, generator=g, dtype=D64).to(DEVICE)
+    windows = torch.tensor([[-1, 1, 1], [-1, -1, 3], [0, 1, 3]], device=DEVICE)
+    out, gates = torch.ops.aghmn_fast.triton_window_gru_forward(proj, pad, w, b, windows)
+    assert out.shape == (D, Q, K, H) and gates.shape == (D, Q, K, 4 * H)
+    # Per slot, the projection as the reference gathers it, then the reference window GRU.
+    slots = torch.where(windows[None, :, :, None] >= 0, proj[:, windows.clamp(min=0)],
+                        pad[:, None, None, :]).requires_grad_()
+    for d in range(D):
+        h = torch.zeros(Q, H, dtype=D64, device=DEVICE)
+        for k in (range(K - 1, -1, -1) if d else range(K)):
+            pr, pz, pn = slots[d, :, k].detach().chunk(3, -1)
+            hr, hz, hn = torch.nn.functional.linear(h, w[d], b[d]).chunk(3, -1)
+            r, z = torch.sigmoid(pr + hr), torch.sigmoid(pz + hz)
+            n = torch.tanh(pn + r * hn)
+            torch.testing.assert_close(gates[d, :, k], torch.cat([r, z, n, hn], -1),
+                                       rtol=1e-10, atol=1e-12)
+            h = reference.gru_cell(slots[d, :, k].detach(), h, w[d], b[d])
+            torch.testing.assert_close(out[d, :, k], h, rtol=1e-10, atol=1e-12)
+    grad_out = torch.randn(D, Q, K, H, generator=g, dtype=D64).to(DEVICE)
+    grad_proj, grad_pad, grad_ghh = torch.ops.aghmn_fast.triton_window_gru_backward(
+        grad_out, w, windows, out, gates, N)
+    # Reference slot gradients through autograd over the same recurrence.
+    ref_out = []
+    for d in range(D):
+        h, states = torch.zeros(Q, H, dtype=D64, device=DEVICE), [None] * K
+        for k in (range(K - 1, -1, -1) if d else range(K)):
+            h = reference.gru_cell(slots[d, :, k], h, w[d], b[d])
+            states[k] = h
+        ref_out.append(torch.stack(states, 1))
+    (g_slots,) = torch.autograd.grad((torch.stack(ref_out) * grad_out).sum(), [slots])
+    flat_idx = windows.reshape(-1)
+    for n in range(N):
+        want = g_slots.reshape(D, Q * K, 3 * H)[:, flat_idx == n].sum(1)
+        torch.testing.assert_close(grad_proj[:, n], want, rtol=1e-10, atol=1e-12)
+    want_pad = g_slots.reshape(D, Q * K, 3 * H)[:, flat_idx < 0].sum(1)
+    torch.testing.assert_close(grad_pad, want_pad, rtol=1e-10, atol=1e-12)
+    assert grad_ghh.shape == (D, Q, K, 3 * H)
+
+
+def test_agru_ops_raw_gates():
+    B, T, H = 3, 4, 5
+    g = torch.Generator().manual_seed(12)
+    xproj = torch.randn(B, T, 2 * H, generator=g, dtype=D64).to(DEVICE)
+    attn = torch.rand(B, T, generator=g, dtype=D64).to(DEVICE)
+    w = (torch.randn(2 * H, H, generator=g, dtype=D64) * 0.4).to(DEVICE)
+    b = torch.randn(2 * H, generator=g, dtype=D64).to(DEVICE)
+    h0 = torch.randn(B, H, generator=g, dtype=D64).to(DEVICE)
+    out, gates = torch.ops.aghmn_fast.triton_agru_forward(xproj, attn, w, b, h0, False)
+    h = h0
+    for t in range(T):
+        hr, hn = torch.nn.functional.linear(h, w, b).chunk(2, -1)
+        r = torch.sigmoid(xproj[:, t, :H] + hr)
+        n = torch.tanh(xproj[:, t, H:] + r * hn)
+        torch.testing.assert_close(gates[:, t], torch.cat([r, n, hn], -1), rtol=1e-10, atol=1e-12)
+        h = attn[:, t, None] * n + (1 - attn[:, t, None]) * h
+        torch.testing.assert_close(out[:, t], h, rtol=1e-10, atol=1e-12)
+
+
+def test_ops_reject_bad_arguments():
+    B, T, H = 2, 3, 4
+    xproj = torch.randn(B, T, 2 * H, device=DEVICE)
+    attn = torch.rand(B, T, device=DEVICE)
+    w, b, h0 = torch.randn(2 * H, H, device=DEVICE), torch.zeros(2 * H, device=DEVICE), \
+        torch.zeros(B, H, device=DEVICE)
+    fwd = torch.ops.aghmn_fast.triton_agru_forward
+    with pytest.raises(ValueError, match="attn"):
+        fwd(xproj, attn[:, :2].contiguous(), w, b, h0, False)
+    with pytest.raises(ValueError, match="h0"):
+        fwd(xproj, attn, w, b, h0[:1], False)
+    with pytest.raises(TypeError, match="bias_hh"):
+        fwd(xproj, attn, w, b.double(), h0, False)
+    with pytest.raises(ValueError, match="xproj"):
+        fwd(xproj[:, :, :-1].contiguous(), attn, w, b, h0, False)
+    with pytest.raises(ValueError, match="attn.*contiguous"):
+        fwd(xproj, torch.rand(T, B, device=DEVICE).t(), w, b, h0, False)
+    proj = torch.randn(1, 3, 3 * H, device=DEVICE)
+    wf = torch.ops.aghmn_fast.triton_window_gru_forward
+    pad, wh, bh = torch.zeros(1, 3 * H, device=DEVICE), torch.randn(1, 3 * H, H, device=DEVICE), \
+        torch.zeros(1, 3 * H, device=DEVICE)
+    with pytest.raises(TypeError, match="windows"):
+        wf(proj, pad, wh, bh, torch.zeros(2, 2, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match="windows"):
+        wf(proj, pad, wh, bh, torch.zeros(2, 0, dtype=torch.int64, device=DEVICE))
+    with pytest.raises(ValueError, match="weight_hh"):
+        wf(proj, pad, wh[:, :-1].contiguous(), bh, torch.zeros(2, 2, dtype=torch.int64,
+                                                               device=DEVICE))
+    with pytest.raises(TypeError, match="KernelConfig"):
+        with use_config("fast"):
+            pass
+    with pytest.raises(ValueError, match="block_b"):
+        KernelConfig(block_b=3)
+    with pytest.raises(ValueError, match="dot"):
+        KernelConfig(block_b=8, dot=True)
+
+
+def test_backend_registration():
+    names = ops.backends(DEVICE)
+    assert "triton" in names
+    if not ON_GPU:
+        # The interpreter is for checking only: never the default on any device.
+        assert ops.resolve_backend(None, torch.device("cpu")).name != "triton"
+        assert names[-1] == "triton"
+    x, attn, w_ih, w_hh, b_ih, b_hh, h0 = _agru_inputs(2, 3, 4, 5)
+    got, _ = aghmn_fast.agru(x, attn, w_ih, w_hh, b_ih, b_hh, h0, backend="triton")
+    want, _ = reference.agru(x, attn, w_ih, w_hh, b_ih, b_hh, h0)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_tf32_switch_is_off_by_default_and_restorable():
+    assert tb.allow_tf32() is (os.environ.get("AGHMN_TRITON_TF32", "0") == "1")
+    before = tb.allow_tf32()
+    try:
+        tb.set_allow_tf32(True)
+        assert tb.allow_tf32()
+        # TF32 rounds fp32 matmul inputs on a GPU (the interpreter computes them exactly).
+        _check_agru(_agru_inputs(17, 4, 3, 16, dtype=F32), False, 3e-3)
+        u, flat = _memory_inputs(5, 16, 2, dtype=F32)
+        _check_memory(u, _windows(5, 17, 3, seed=1), flat, 3e-3)
+    finally:
+        tb.set_allow_tf32(before)
+    assert tb.allow_tf32() is before
+
+
+@pytest.mark.skipif(not ON_GPU, reason="compile caching is only observable for compiled kernels")
+def test_sequence_length_does_not_recompile():
+    from aghmn_fast.backends.triton import agru as agru_kernels
+    kernel = agru_kernels._agru_fwd_kernel
+    args = _agru_inputs(4, 3, 5, 13, dtype=F32)
+    tb.agru(*args)
+    compiled = sum(len(c) for c in kernel.device_caches.values()) if hasattr(
+        kernel, "device_caches") else None
+    for T in (5, 9, 12):
+        tb.agru(*_agru_inputs(4, T, 5, 13, dtype=F32))
+    if compiled is not None:
+        assert sum(len(c) for c in kernel.device_caches.values()) == compiled
+
+
+@pytest.mark.skipif(not ON_GPU, reason="inductor compiles user-defined Triton kernels for CUDA "
+                                       "tensors only")
+def test_torch_compile_fullgraph():
+    u, flat = _memory_inputs(9, 13, 2, dtype=F32)
+    windows = _windows(9, 6, 5, seed=3)
+    eager = tb.memory_bank(u, windows, flat)
+    compiled = torch.compile(tb.memory_bank, fullgraph=True)(u, windows, flat)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
