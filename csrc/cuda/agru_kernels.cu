@@ -6,7 +6,7 @@ namespace cuda {
 namespace detail {
 
 template <typename T>
-struct AgruForwardCell {
+struct AgruForwardCell : ReversibleSteps {
   using Scalar = T;
   using Args = AgruForwardParams<T>;
   static constexpr int kGates = 2;
@@ -19,9 +19,6 @@ struct AgruForwardCell {
   AGHMN_CELL const T* bias(const Args& p, int) { return p.bias_hh; }
   AGHMN_CELL T initial(const Args& p, int64_t row, int k) {
     return __ldg(p.h0 + row * p.hidden + k);
-  }
-  AGHMN_CELL int time_of(const Args& p, int, int i, int steps) {
-    return p.reverse ? steps - 1 - i : i;
   }
   AGHMN_CELL int slot(const Args&, int64_t, int) { return -1; }
 
@@ -46,7 +43,7 @@ struct AgruForwardCell {
 };
 
 template <typename T>
-struct AgruBackwardCell {
+struct AgruBackwardCell : ReversibleSteps {
   using Scalar = T;
   using Args = AgruBackwardParams<T>;
   static constexpr int kGates = 2;
@@ -57,9 +54,6 @@ struct AgruBackwardCell {
   };
 
   AGHMN_CELL const T* weight(const Args& p, int) { return p.weight_hh; }
-  AGHMN_CELL int time_of(const Args& p, int, int i, int steps) {
-    return p.reverse ? steps - 1 - i : i;
-  }
 
   AGHMN_CELL In load(const Args& p, const Geometry&, int, int64_t row, int t, int t_prev,
                             int j) {

@@ -163,6 +163,36 @@ __device__ __forceinline__ void zero(T (&acc)[NG][TB]) {
   }
 }
 
+/// Calls f(m, bb, row) for each tile row this lane finishes: rows bb = m * kSplit + split that
+/// exist, for an active unit. m is a compile-time index once unrolled, so per-row register
+/// arrays indexed by it stay in registers.
+template <class C, class F>
+__device__ __forceinline__ void for_owned_rows(bool active, int split, int64_t row0,
+                                               int64_t rows, F&& f) {
+#pragma unroll
+  for (int m = 0; m < C::kOwned; ++m) {
+    const int bb = m * C::kSplit + split;
+    const int64_t row = row0 + bb;
+    if (active && bb < C::kTile && row < rows) f(m, bb, row);
+  }
+}
+
+/// Step order of an AGRU call (one direction; `reverse` runs t = T-1 .. 0).
+struct ReversibleSteps {
+  template <class Args>
+  AGHMN_CELL int time_of(const Args& p, int, int i, int steps) {
+    return p.reverse ? steps - 1 - i : i;
+  }
+};
+
+/// Step order of the window GRU: direction 1 runs k = K-1 .. 0.
+struct DirectionSteps {
+  template <class Args>
+  AGHMN_CELL int time_of(const Args&, int dir, int i, int steps) {
+    return dir == 1 ? steps - 1 - i : i;
+  }
+};
+
 // ---- forward ---------------------------------------------------------------------------------
 // Cell interface: Scalar, Args, kGates, kSlotIndex, In, weight, bias, initial, time_of, slot,
 // load (the step's inputs of one unit), finish (gate math + stores; returns the new state).
@@ -223,28 +253,20 @@ __global__ void __launch_bounds__(C::kMaxThreads, 1)
       const bool active = j < H;
       // The step's inputs do not depend on the state: issue their loads before the matvec.
       typename Cell::In in[C::kOwned] = {};
-#pragma unroll
-      for (int m = 0; m < C::kOwned; ++m) {
-        const int bb = m * KS + split;
-        const int64_t row = row0 + bb;
-        if (active && bb < TB && row < geo.rows)
-          in[m] = Cell::load(args, geo, idx_s, dir, row, bb, t, j);
-      }
+      for_owned_rows<C>(active, split, row0, geo.rows, [&](int m, int bb, int64_t row) {
+        in[m] = Cell::load(args, geo, idx_s, dir, row, bb, t, j);
+      });
       T acc[G][TB];
       zero(acc);
       if (active) contract<T, TB, KS, G>(mat, h_cur, H, split, j, H, acc);
       reduce_split<T, TB, KS, G>(acc);
-#pragma unroll
-      for (int m = 0; m < C::kOwned; ++m) {
-        const int bb = m * KS + split;
-        const int64_t row = row0 + bb;
-        if (!(active && bb < TB && row < geo.rows)) continue;
+      for_owned_rows<C>(active, split, row0, geo.rows, [&](int m, int bb, int64_t row) {
         T hg[G];
 #pragma unroll
         for (int g = 0; g < G; ++g) hg[g] = pick(acc[g], bb) + bias_s[g * H + j];
         const T h = h_cur[j * TB + bb];
         h_next[j * TB + bb] = Cell::finish(args, geo, dir, row, t, j, in[m], hg, h);
-      }
+      });
     }
     __syncthreads();
   }
@@ -307,22 +329,14 @@ __global__ void __launch_bounds__(C::kMaxThreads, 1)
       const int j = pass * geo.units_per_pass + lane_unit;
       const bool active = j < H;
       typename Cell::In in[C::kOwned] = {};
-#pragma unroll
-      for (int m = 0; m < C::kOwned; ++m) {
-        const int bb = m * KS + split;
-        const int64_t row = row0 + bb;
-        if (i >= 0 && active && bb < TB && row < geo.rows)
-          in[m] = Cell::load(args, geo, dir, row, t, t_prev, j);
-      }
+      for_owned_rows<C>(i >= 0 && active, split, row0, geo.rows, [&](int m, int, int64_t row) {
+        in[m] = Cell::load(args, geo, dir, row, t, t_prev, j);
+      });
       T acc[1][TB];
       zero(acc);
       if (active && i < steps - 1) contract<T, TB, KS, 1>(mat, dg_next, GH, split, j, 0, acc);
       reduce_split<T, TB, KS, 1>(acc);
-#pragma unroll
-      for (int m = 0; m < C::kOwned; ++m) {
-        const int bb = m * KS + split;
-        const int64_t row = row0 + bb;
-        if (!(active && bb < TB && row < geo.rows)) continue;
+      for_owned_rows<C>(active, split, row0, geo.rows, [&](int m, int bb, int64_t row) {
         const T carry = carry_s[j * TB + bb] + pick(acc[0], bb);
         if (i >= 0) {
           const UnitGrads<T, G> u = Cell::step(args, geo, dir, row, t, j, in[m], carry);
@@ -333,7 +347,7 @@ __global__ void __launch_bounds__(C::kMaxThreads, 1)
         } else if constexpr (Cell::kInitialGrad) {
           Cell::write_initial_grad(args, row, j, carry);
         }
-      }
+      });
     }
 
     if constexpr (Cell::kAttnGrad) {

@@ -19,7 +19,7 @@ __host__ __device__ inline int64_t utterance_of(int64_t entry, int64_t num_utter
 }
 
 template <typename T>
-struct GruForwardCell {
+struct GruForwardCell : DirectionSteps {
   using Scalar = T;
   using Args = WindowGruForwardParams<T>;
   static constexpr int kGates = 3;
@@ -33,9 +33,6 @@ struct GruForwardCell {
   }
   AGHMN_CELL const T* bias(const Args& p, int dir) { return p.bias_hh + dir * 3 * p.hidden; }
   AGHMN_CELL T initial(const Args&, int64_t, int) { return T(0); }
-  AGHMN_CELL int time_of(const Args&, int dir, int i, int steps) {
-    return dir == 1 ? steps - 1 - i : i;
-  }
   AGHMN_CELL int slot(const Args& p, int64_t row, int t) {
     return static_cast<int>(utterance_of(p.windows[row * p.window + t], p.num_utterances));
   }
@@ -71,7 +68,7 @@ struct GruBackwardArgs {
 };
 
 template <typename T>
-struct GruBackwardCell {
+struct GruBackwardCell : DirectionSteps {
   using Scalar = T;
   using Args = GruBackwardArgs<T>;
   static constexpr int kGates = 3;
@@ -83,9 +80,6 @@ struct GruBackwardCell {
 
   AGHMN_CELL const T* weight(const Args& a, int dir) {
     return a.p.weight_hh + static_cast<int64_t>(dir) * 3 * a.p.hidden * a.p.hidden;
-  }
-  AGHMN_CELL int time_of(const Args&, int dir, int i, int steps) {
-    return dir == 1 ? steps - 1 - i : i;
   }
 
   AGHMN_CELL In load(const Args& a, const Geometry&, int dir, int64_t row, int t,

@@ -34,14 +34,19 @@ double agru_h_new(const AgruPoint& p) {
   return aghmn::agru_forward_unit(p.xr, p.xn, p.hr, p.hn, p.a, p.h).h_new;
 }
 
-// Central difference of dh * h'(p) along the field `f` of p.
-double agru_fd(AgruPoint p, double AgruPoint::*f) {
+// Central difference of dh * h'(p) along the field `f` of p, for h' = h_new(p).
+template <class P>
+double central_difference(P p, double P::*f, double (*h_new)(const P&)) {
   const double eps = 1e-6, base = p.*f;
   p.*f = base + eps;
-  const double up = agru_h_new(p);
+  const double up = h_new(p);
   p.*f = base - eps;
-  const double down = agru_h_new(p);
+  const double down = h_new(p);
   return p.dh * (up - down) / (2 * eps);
+}
+
+double agru_fd(const AgruPoint& p, double AgruPoint::*f) {
+  return central_difference(p, f, agru_h_new);
 }
 
 template <typename T>
@@ -89,13 +94,8 @@ double gru_h_new(const GruPoint& p) {
   return aghmn::gru_forward_unit(p.pr, p.pz, p.pn, p.hr, p.hz, p.hn, p.h).h_new;
 }
 
-double gru_fd(GruPoint p, double GruPoint::*f) {
-  const double eps = 1e-6, base = p.*f;
-  p.*f = base + eps;
-  const double up = gru_h_new(p);
-  p.*f = base - eps;
-  const double down = gru_h_new(p);
-  return p.dh * (up - down) / (2 * eps);
+double gru_fd(const GruPoint& p, double GruPoint::*f) {
+  return central_difference(p, f, gru_h_new);
 }
 
 template <typename T>
