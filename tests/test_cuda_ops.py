@@ -427,6 +427,33 @@ def test_empty_batches_and_windows(executor):
     assert not gp.any() and gpad.abs().sum() > 0
 
 
+def _cpu_ops():
+    if "cpu" not in ops.backends("cpu"):
+        pytest.skip(f"the C++ CPU ops are not built: {ops.backend_errors().get('cpu')}")
+    return torch.ops.aghmn_fast
+
+
+def test_emulated_kernels_agree_with_the_cpu_ops(emulated):
+    """Same contract, two implementations: the CUDA kernels (emulated) and the C++ CPU ops."""
+    cpu = _cpu_ops()
+    xproj, attn, w, b, h0, go = agru_inputs(3, 9, 33, torch.float64)
+    for reverse in (False, True):
+        fwd = emulated.agru_forward(xproj, attn, w, b, h0, reverse)
+        want = cpu.agru_forward(xproj, attn, w, b, h0, reverse)
+        for got, ref in zip(fwd, want):
+            torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+        for got, ref in zip(emulated.agru_backward(go, attn, w, h0, *fwd, reverse),
+                            cpu.agru_backward(go, attn, w, h0, *fwd, reverse)):
+            torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    (proj, pad, w, b, go), windows = window_inputs(2, 9, 7, 5, 33, torch.float64)
+    fwd = emulated.window_gru_forward(proj, pad, w, b, windows)
+    for got, ref in zip(fwd, cpu.window_gru_forward(proj, pad, w, b, windows)):
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    for got, ref in zip(emulated.window_gru_backward(go, w, windows, *fwd, 9),
+                        cpu.window_gru_backward(go, w, windows, *fwd, 9)):
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
 # ---- emulator only: launch plans, races, limits ----------------------------------------------
 
 def test_latency_plan_for_small_batches(emulated):
