@@ -16,7 +16,7 @@ from torch import Tensor
 from . import reference
 from ._validation import check_agru_args, check_memory_bank_args
 
-__all__ = ["agru", "memory_bank", "backends", "register_backend", "backend_errors",
+__all__ = ["agru", "memory_bank", "window_gru", "backends", "register_backend", "backend_errors",
            "resolve_backend"]
 
 
@@ -28,6 +28,7 @@ class Backend:
     memory_bank: Callable
     devices: Tuple[str, ...]
     priority: int  # higher wins when backend=None
+    window_gru: Callable = reference.window_gru
 
 
 _REGISTRY: Dict[str, Backend] = {}
@@ -38,9 +39,15 @@ _loaded = False
 
 
 def register_backend(name: str, *, agru: Callable, memory_bank: Callable,
-                     devices: Sequence[str], priority: int) -> None:
-    """Register a backend: callables with the reference signatures (without ``backend``)."""
-    _REGISTRY[name] = Backend(name, agru, memory_bank, tuple(devices), priority)
+                     devices: Sequence[str], priority: int,
+                     window_gru: Optional[Callable] = None) -> None:
+    """Register a backend: callables with the reference signatures (without ``backend``).
+
+    ``window_gru`` (optional; the reference loop when None) runs the window GRU from precomputed
+    projections, with the signature of :func:`aghmn_fast.reference.window_gru`.
+    """
+    _REGISTRY[name] = Backend(name, agru, memory_bank, tuple(devices), priority,
+                              window_gru or reference.window_gru)
 
 
 register_backend("reference", agru=reference.agru, memory_bank=reference.memory_bank,
@@ -118,3 +125,10 @@ def memory_bank(utterances: Tensor, windows: Tensor, flat_weights: Sequence[Tens
     check_memory_bank_args(utterances, windows, flat_weights)
     return resolve_backend(backend, utterances.device).memory_bank(
         utterances, windows, flat_weights)
+
+
+def window_gru(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor, windows: Tensor,
+               backend: Optional[str] = None) -> Tensor:
+    """The window GRU from precomputed input projections; see
+    :func:`aghmn_fast.reference.window_gru`. Returns the states [D, Q, K, H]."""
+    return resolve_backend(backend, proj.device).window_gru(proj, pad_proj, weight_hh, bias_hh, windows)

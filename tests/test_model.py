@@ -103,3 +103,35 @@ def test_bad_config_and_input():
         make_batch([[[1]], []], 3)
     with pytest.raises(ValueError, match="embeddings must have shape"):
         AGHMN(AGHMNConfig(vocab_size=5, embedding_dim=3, num_classes=2), torch.randn(4, 3))
+
+
+@pytest.mark.parametrize("L,max_len", [(5, 60), (4, 4)])
+def test_window_gru_reader_equals_packed_nn_gru(L, max_len):
+    from aghmn_fast.models import BiGRUReader
+    from aghmn_fast import ops
+    torch.manual_seed(3)
+    reader = BiGRUReader(7, 6, max_len).double()
+    emb = torch.randn(5, L, 7, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([L, 1, 3, L, 2])[:5]
+    ref = reader(emb, lengths, backend="reference")
+    grads_ref = torch.autograd.grad(ref.sum(), [emb, *reader.parameters()])
+    # the fused path with the reference window GRU (every backend registers its own window_gru)
+    ops.register_backend("reference-windows", agru=ops.resolve_backend("reference", emb.device).agru,
+                         memory_bank=ops.resolve_backend("reference", emb.device).memory_bank,
+                         devices=("cpu",), priority=-1)
+    try:
+        fused = reader(emb, lengths, backend="reference-windows")
+    finally:
+        del ops._REGISTRY["reference-windows"]
+    torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-10)
+    grads = torch.autograd.grad(fused.sum(), [emb, *reader.parameters()])
+    for g, gr in zip(grads, grads_ref):
+        torch.testing.assert_close(g, gr, rtol=1e-9, atol=1e-10)
+    for b in backends_for_cpu():
+        got = reader(emb, lengths, backend=b)
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-10)
+
+
+def backends_for_cpu():
+    import aghmn_fast
+    return [b for b in aghmn_fast.backends("cpu") if b != "reference"]

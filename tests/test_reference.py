@@ -157,3 +157,9 @@ def test_unknown_backend_is_a_clear_error():
     x, attn, w_ih, w_hh, b_ih, b_hh = _agru_args(1, 2, 3, 2)
     with pytest.raises(ValueError, match="backend 'nope' is not available"):
         agru(x, attn, w_ih, w_hh, backend="nope")
+
+
+def test_backends_stays_a_function_after_backends_load():
+    import aghmn_fast
+    import aghmn_fast.backends.cpu  # noqa: F401  (may fail to build elsewhere; here it exists)
+    assert callable(aghmn_fast.backends) and "reference" in aghmn_fast.backends()

@@ -73,16 +73,44 @@ class BiGRUReader(nn.Module):
         self.gru = nn.GRU(embedding_dim, hidden_size, batch_first=True, bidirectional=True)
         self.proj = nn.Linear(2 * hidden_size, hidden_size)
 
-    def forward(self, embedded: Tensor, lengths: Tensor) -> Tensor:
-        packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.cpu(), batch_first=True,
-                                                   enforce_sorted=False)
-        out, _ = self.gru(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
-                                                  total_length=embedded.shape[1])
-        pooled = out.max(dim=1).values
+    def forward(self, embedded: Tensor, lengths: Tensor, backend: Optional[str] = None) -> Tensor:
+        """Reader vectors [N, H] from embedded tokens [N, L, d] and true lengths [N].
+
+        With a fused backend the BiGRU runs as two window-GRU recurrences (forward over the tokens,
+        and forward over the reversed tokens for the backward direction; the max-pool does not care
+        about order), each token projected once; otherwise as a packed ``nn.GRU``.
+        """
+        if ops.resolve_backend(backend, embedded.device).name == "reference":
+            packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.cpu(), batch_first=True,
+                                                       enforce_sorted=False)
+            out, _ = self.gru(packed)
+            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                      total_length=embedded.shape[1])
+            pooled = out.max(dim=1).values
+        else:
+            pooled = self._fused_pool(embedded, lengths, backend)
         short = (lengths < self.max_len).to(pooled.device).unsqueeze(-1)
         pooled = torch.where(short, pooled.clamp(min=0), pooled)
         return torch.tanh(self.proj(pooled))
+
+    def _fused_pool(self, embedded: Tensor, lengths: Tensor, backend: Optional[str]) -> Tensor:
+        N, L, _ = embedded.shape
+        flat = embedded.reshape(N * L, -1)
+        lengths = lengths.to(embedded.device).unsqueeze(1)
+        pos = torch.arange(L, device=embedded.device).unsqueeze(0)
+        valid = pos < lengths
+        base = torch.arange(N, device=embedded.device).unsqueeze(1) * L
+        # Slots past an utterance's end are fed as empty inputs after its real tokens, so they
+        # never reach a real step's state; their outputs are masked out of the max.
+        windows = (torch.where(valid, base + pos, -1), torch.where(valid, base + lengths - 1 - pos, -1))
+        pooled = []
+        for suffix, win in zip(("", "_reverse"), windows):
+            w_ih, w_hh, b_ih, b_hh = (getattr(self.gru, f"{n}_l0{suffix}")
+                                      for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            states = ops.window_gru(F.linear(flat, w_ih, b_ih).unsqueeze(0), b_ih.unsqueeze(0),
+                                    w_hh.unsqueeze(0), b_hh.unsqueeze(0), win, backend=backend)[0]
+            pooled.append(states.masked_fill(~valid.unsqueeze(-1), float("-inf")).max(dim=1).values)
+        return torch.cat(pooled, dim=1)
 
 
 class CNNReader(nn.Module):
@@ -174,6 +202,8 @@ class AGHMN(nn.Module):
             raise ValueError("no utterances to encode (empty dialogue)")
         if int(lengths.min()) < 1:
             raise ValueError("every utterance needs at least one token")
+        if isinstance(self.reader, BiGRUReader):
+            return self.reader(self.embedding(tokens), lengths, self.config.backend)
         return self.reader(self.embedding(tokens), lengths)
 
     def memory(self, u: Tensor, windows: Tensor) -> Tensor:
