@@ -8,6 +8,14 @@
 // shuffles (a fixed order, so results are bit-reproducible). The per-unit gate math comes from
 // aghmn/gate_math.h, the same code the CPU kernels run. What differs between the two recurrences
 // (input layout, gate count, what is written) is a small "cell" policy class.
+//
+// Cost model (not measured: no GPU was available when this was written). Every step streams the
+// whole weight tile through the SM's shared memory once per CTA (80 KB for the AGRU at H = 100
+// fp32: ~625 cycles at 128 B/clock), plus one load of the state per contraction element, so at
+// batch 1 a step costs roughly 1,000 cycles. Keeping the weights in registers instead (about 50
+// per thread at H = 100, as persistent RNNs do) would roughly halve that; it is the next step if
+// the latency target is missed. The tiled configuration reuses each weight load for kTile
+// sequences and is bound by FMA throughput instead.
 #pragma once
 #include <cstddef>
 #include <cstdint>
