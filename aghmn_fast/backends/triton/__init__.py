@@ -18,11 +18,17 @@ try:
 except Exception as exc:  # any failure to import means no backend, reported by the dispatcher
     raise ImportError(f"triton cannot be imported ({type(exc).__name__}: {exc})") from exc
 
+import os
+
 import torch
 
 from ._common import KernelConfig, allow_tf32, interpreting, set_allow_tf32, use_config
 
-if not interpreting() and not torch.cuda.is_available():
+# AGHMN_TRITON_COMPILE_ONLY=1: import the kernels on a machine without a GPU to compile them
+# offline (see compile_check); nothing is registered then.
+_COMPILE_ONLY = os.environ.get("AGHMN_TRITON_COMPILE_ONLY", "0") == "1"
+
+if not interpreting() and not torch.cuda.is_available() and not _COMPILE_ONLY:
     raise ImportError("the Triton backend needs a CUDA device (or TRITON_INTERPRET=1 to run "
                       "its kernels on CPU tensors in Triton's interpreter)")
 
@@ -32,7 +38,9 @@ from .ops import TRITON_OPS, agru, memory_bank  # noqa: E402
 __all__ = ["agru", "memory_bank", "TRITON_OPS", "KernelConfig", "use_config", "set_allow_tf32",
            "allow_tf32", "interpreting"]
 
-if interpreting():
+if _COMPILE_ONLY and not torch.cuda.is_available() and not interpreting():
+    pass
+elif interpreting():
     _dispatch.register_backend("triton", agru=agru, memory_bank=memory_bank,
                                devices=("cuda", "cpu"), priority=-1)
 else:

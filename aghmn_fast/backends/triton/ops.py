@@ -13,8 +13,8 @@ from torch import Tensor
 from torch.library import triton_op
 
 from ..extension_ops import OpSet, make_backend, register_autograd_rules
-from . import agru as _agru
-from . import window_gru as _window_gru
+from .agru import agru_backward, agru_forward
+from .window_gru import window_gru_backward, window_gru_forward
 
 __all__ = ["triton_agru_forward", "triton_agru_backward", "triton_window_gru_forward",
            "triton_window_gru_backward", "TRITON_OPS", "agru", "memory_bank"]
@@ -24,7 +24,7 @@ __all__ = ["triton_agru_forward", "triton_agru_backward", "triton_window_gru_for
 def triton_agru_forward(xproj: Tensor, attn: Tensor, weight_hh: Tensor, bias_hh: Tensor,
                         h0: Tensor, reverse: bool) -> Tuple[Tensor, Tensor]:
     """AGRU recurrence over precomputed projections: ``(output, gates)`` (docs/OPS.md)."""
-    return _agru.agru_forward(xproj, attn, weight_hh, bias_hh, h0, reverse)
+    return agru_forward(xproj, attn, weight_hh, bias_hh, h0, reverse)
 
 
 @triton_op("aghmn_fast::triton_agru_backward", mutates_args={})
@@ -32,14 +32,14 @@ def triton_agru_backward(grad_output: Tensor, attn: Tensor, weight_hh: Tensor, h
                          output: Tensor, gates: Tensor, reverse: bool
                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """AGRU reverse loop: ``(grad_xproj, grad_attn, grad_ghh, grad_h0)`` (docs/OPS.md)."""
-    return _agru.agru_backward(grad_output, attn, weight_hh, h0, output, gates, reverse)
+    return agru_backward(grad_output, attn, weight_hh, h0, output, gates, reverse)
 
 
 @triton_op("aghmn_fast::triton_window_gru_forward", mutates_args={})
 def triton_window_gru_forward(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor,
                               bias_hh: Tensor, windows: Tensor) -> Tuple[Tensor, Tensor]:
     """Window GRU of the memory bank, both directions: ``(output, gates)`` (docs/OPS.md)."""
-    return _window_gru.window_gru_forward(proj, pad_proj, weight_hh, bias_hh, windows)
+    return window_gru_forward(proj, pad_proj, weight_hh, bias_hh, windows)
 
 
 @triton_op("aghmn_fast::triton_window_gru_backward", mutates_args={})
@@ -48,8 +48,8 @@ def triton_window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: 
                                ) -> Tuple[Tensor, Tensor, Tensor]:
     """Window GRU reverse loops and deterministic scatter onto utterances: ``(grad_proj,
     grad_pad_proj, grad_ghh)`` (docs/OPS.md)."""
-    return _window_gru.window_gru_backward(grad_output, weight_hh, windows, output, gates,
-                                           num_utterances)
+    return window_gru_backward(grad_output, weight_hh, windows, output, gates,
+                               num_utterances)
 
 
 #: The four Triton ops, autograd registered.

@@ -282,7 +282,7 @@ def window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: Tensor,
         wrap_triton(_wgru_bwd_kernel)[grid](
             grad_output, weight_hh, output, gates, grad_slot, grad_ghh, scratch, Q, K, **consts)
     order, offsets = _segments(windows, N)
-    block_c = min(triton.next_power_of_2(3 * H), 256)
+    block_c = min(triton.next_power_of_2(3 * H), 128)
     grid = (N + 1, D, triton.cdiv(3 * H, block_c))
     wrap_triton(_segment_sum_kernel)[grid](
         grad_slot, order, offsets, grad_proj, grad_pad, N, Q * K, C=3 * H, BLOCK_S=16,
