@@ -242,15 +242,23 @@ def test_memory_bank_unused_utterances_get_zero_gradient():
     assert g_u[[0, 2]].abs().sum() > 0
 
 
-def test_memory_bank_backward_is_deterministic():
+def test_window_gru_backward_is_deterministic():
+    """Many windows share each utterance: the scatter onto utterances must not depend on timing
+    (the shared glue's residual gradient is outside this check)."""
     u, flat = _memory_inputs(8, 13, 2, dtype=F32, seed=8)
     windows = _windows(8, 40, 8, seed=8)
-    runs = []
-    for _ in range(2):
-        got = tb.memory_bank(u, windows, flat)
-        runs.append(torch.autograd.grad(got.square().sum(), [u] + flat))
-    for a, b in zip(*runs):
-        assert torch.equal(a, b)
+    proj = torch.stack([torch.nn.functional.linear(u, flat[4 * d], flat[4 * d + 2])
+                        for d in range(2)]).detach()
+    pad, w_hh = torch.stack([flat[2], flat[6]]).detach(), torch.stack([flat[1], flat[5]]).detach()
+    b_hh = torch.stack([flat[3], flat[7]]).detach()
+    out, gates = torch.ops.aghmn_fast.triton_window_gru_forward(proj, pad, w_hh, b_hh, windows)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    first = torch.ops.aghmn_fast.triton_window_gru_backward(grad_out, w_hh, windows, out, gates, 8)
+    for _ in range(3):
+        again = torch.ops.aghmn_fast.triton_window_gru_backward(grad_out, w_hh, windows, out,
+                                                                gates, 8)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
 
 
 # ---- the registered ops ----------------------------------------------------------------------
@@ -388,14 +396,19 @@ def test_tf32_switch_is_off_by_default_and_restorable():
 @pytest.mark.skipif(not ON_GPU, reason="compile caching is only observable for compiled kernels")
 def test_sequence_length_does_not_recompile():
     from aghmn_fast.backends.triton.agru import _agru_fwd_kernel as kernel
-    args = _agru_inputs(4, 3, 5, 13, dtype=F32)
-    tb.agru(*args)
-    compiled = sum(len(c) for c in kernel.device_caches.values()) if hasattr(
-        kernel, "device_caches") else None
+
+    def compiled():
+        caches = getattr(kernel, "device_caches", None)
+        if not caches or not all(isinstance(c, tuple) and isinstance(c[0], dict)
+                                 for c in caches.values()):
+            pytest.skip("this Triton version keeps its compiled kernels elsewhere")
+        return sum(len(c[0]) for c in caches.values())
+
+    tb.agru(*_agru_inputs(4, 3, 5, 13, dtype=F32))
+    before = compiled()
     for T in (5, 9, 12):
         tb.agru(*_agru_inputs(4, T, 5, 13, dtype=F32))
-    if compiled is not None:
-        assert sum(len(c) for c in kernel.device_caches.values()) == compiled
+    assert compiled() == before
 
 
 @pytest.mark.skipif(not ON_GPU, reason="inductor compiles user-defined Triton kernels for CUDA "

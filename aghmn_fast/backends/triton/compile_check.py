@@ -60,7 +60,8 @@ def _signature(kernel, dtype: torch.dtype, consts: Dict) -> Dict[str, str]:
 
 def variants(hidden_sizes: Iterable[int] = (100, 256),
              dtypes: Iterable[torch.dtype] = (torch.float32, torch.bfloat16),
-             rows: Iterable[int] = (1, 4, 1024), tf32: Iterable[bool] = (False, True)) -> List[Dict]:
+             rows: Iterable[int] = (1, 4, 1024),
+             tf32: Iterable[bool] = (False, True)) -> List[Dict]:
     """The distinct kernel compilations the backend's launch heuristic asks for."""
     seen, out = set(), []
     before = _common.allow_tf32()
