@@ -450,3 +450,41 @@ def test_kernels_compile_for_sm90_without_spills():
     spilling = [r["variant"] for r in results
                 if "PRECISION=ieee" in r["variant"] and r.get("stack_bytes", 0) > 64]
     assert not spilling, spilling
+
+
+def test_gpu_bench_script_dry_run_on_cpu(tmp_path):
+    """benchmarks/gpu_bench.py cannot run its GPU part here: check its arguments and tables."""
+    import importlib.util
+    import json
+    import sys
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_bench.py")
+    spec = importlib.util.spec_from_file_location("gpu_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("gpu_bench", bench)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--shapes", "B3-T3-H3"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--device", "cpu", "--reps", "0"])
+    assert bench.card_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert bench.card_slug("///") == "unknown-card"
+    rc = bench.main(["--device", "cpu", "--ops", "agru", "memory_bank", "--modes", "forward",
+                     "forward+backward", "--shapes", "B1-T10-H100", "--backends", "reference",
+                     "no-such-backend", "--reps", "1", "--warmup", "0", "--out-dir",
+                     str(tmp_path), "--name", "dry run"])
+    assert rc == 0
+    data = json.loads((tmp_path / "dry-run.json").read_text())
+    assert data["environment"]["torch"] == torch.__version__
+    timed = [r for r in data["results"] if r["backend"] == "reference"]
+    assert len(timed) == 4 and all(r["median_us"] > 0 for r in timed)
+    failed = [r for r in data["results"] if r["backend"] == "no-such-backend"]
+    assert len(failed) == 4 and all("not available" in r["error"] for r in failed)
+    table = (tmp_path / "dry-run.md").read_text()
+    assert "## agru, forward" in table and "## memory_bank, forward+backward" in table
+    assert "| B1-T10-H100 |" in table and "error [1]" in table
+    # The sweep table from synthetic rows (the sweep itself needs a GPU).
+    sweep = [{"op": "agru", "mode": "forward", "shape": "B1-T10-H100", "backend": "triton",
+              "config": f"cfg{i}", "median_us": 10.0 - i} for i in range(5)]
+    text = bench.markdown(data["environment"], data["results"], sweep)
+    assert "`cfg4`" in text and "`cfg0`" not in text
+    assert len(bench.sweep_configs(100)) > len(bench.sweep_configs(256))
