@@ -17,10 +17,12 @@ read through a zero "tap" added to it.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import math
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -660,3 +662,54 @@ def test_backend_reports_why_it_is_missing():
     assert "cuda" not in available
     reason = ops.backend_errors().get("cuda", "")
     assert reason.startswith("ImportError") and "CUDA" in reason
+
+
+@pytest.fixture
+def fresh_cuda_backend(monkeypatch):
+    """aghmn_fast.backends.cuda imported as if the extension had CUDA kernels (on CPU tensors),
+    the dispatcher's registry restored afterwards."""
+    ops.backends()
+    if "cpu" not in ops.backends("cpu"):
+        pytest.skip(f"the compiled extension is not built: {ops.backend_errors().get('cpu')}")
+    monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", lambda op, key: True)
+    registry = dict(ops._REGISTRY)
+    package = sys.modules["aghmn_fast.backends"]
+    had_attr = hasattr(package, "cuda")
+    sys.modules.pop("aghmn_fast.backends.cuda", None)
+    try:
+        yield importlib.import_module("aghmn_fast.backends.cuda")
+    finally:
+        sys.modules.pop("aghmn_fast.backends.cuda", None)
+        if not had_attr and hasattr(package, "cuda"):
+            delattr(package, "cuda")
+        ops._REGISTRY.clear()
+        ops._REGISTRY.update(registry)
+
+
+def test_cuda_backend_registers_and_falls_back(fresh_cuda_backend, monkeypatch):
+    """The backend module's wiring: registration, fallback on "unsupported size" and on dtypes the
+    kernels do not run, and any other NotImplementedError passed through."""
+    mod = fresh_cuda_backend
+    assert ops._REGISTRY["cuda"].devices == ("cuda",) and ops._REGISTRY["cuda"].priority == 20
+    fallbacks = []
+    monkeypatch.setattr(mod, "_fallback", lambda device: fallbacks.append(device)
+                        or ops.resolve_backend("reference", device))
+    x, attn = torch.randn(2, 4, 3, dtype=D64), torch.rand(2, 4, dtype=D64)
+    w_ih, w_hh = torch.randn(10, 3, dtype=D64), torch.randn(10, 5, dtype=D64)
+    want, _ = reference.agru(x, attn, w_ih, w_hh)
+
+    def unsupported(*args):
+        raise NotImplementedError("agru_forward (CUDA): unsupported size: hidden size 5 ...")
+    monkeypatch.setattr(mod.extension_ops, "agru", unsupported)
+    torch.testing.assert_close(mod.agru(x, attn, w_ih, w_hh)[0], want)
+    assert len(fallbacks) == 1
+
+    def missing_kernel(*args):
+        raise NotImplementedError("Could not run 'aghmn_fast::agru_forward' with arguments")
+    monkeypatch.setattr(mod.extension_ops, "agru", missing_kernel)
+    with pytest.raises(NotImplementedError, match="Could not run"):
+        mod.agru(x, attn, w_ih, w_hh)
+
+    half = [t.to(torch.bfloat16) for t in (x, attn, w_ih, w_hh)]
+    mod.agru(*half)  # never reaches the kernels (missing_kernel would raise)
+    assert len(fallbacks) == 2

@@ -64,4 +64,12 @@ def memory_bank(utterances, windows, flat_weights):
     return _call("memory_bank", utterances, (utterances, windows, flat_weights))
 
 
-ops.register_backend("cuda", agru=agru, memory_bank=memory_bank, devices=("cuda",), priority=20)
+def window_gru(proj, pad_proj, weight_hh, bias_hh, windows):
+    """Window GRU from projections on the CUDA kernels; see :func:`aghmn_fast.reference.window_gru`."""
+    return _call("window_gru", proj, (proj, pad_proj, weight_hh, bias_hh, windows))
+
+
+# The glue's window_gru (from precomputed projections) is optional; without it the dispatcher
+# uses the reference loop for that entry point.
+ops.register_backend("cuda", agru=agru, memory_bank=memory_bank, devices=("cuda",), priority=20,
+                     window_gru=window_gru if hasattr(extension_ops, "window_gru") else None)
