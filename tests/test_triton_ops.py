@@ -328,6 +328,42 @@ def test_agru_ops_raw_gates():
         torch.testing.assert_close(out[:, t], h, rtol=1e-10, atol=1e-12)
 
 
+def test_opcheck_schemas_fake_tensors_and_autograd():
+    """torch.library.opcheck on all four ops (the AOT-dispatch check needs compiled kernels:
+    under the interpreter wrap_triton cannot capture a kernel into a graph)."""
+    utils = ["test_schema", "test_autograd_registration", "test_faketensor"]
+    if ON_GPU:
+        utils.append("test_aot_dispatch_dynamic")
+    g = torch.Generator().manual_seed(13)
+
+    def rand(*shape, grad=False, scale=1.0):
+        t = (torch.randn(*shape, generator=g, dtype=D64) * scale).to(DEVICE)
+        return t.requires_grad_(grad)
+
+    B, T, H = 3, 4, 5
+    ns = torch.ops.aghmn_fast
+    for reverse in (False, True):
+        args = (rand(B, T, 2 * H, grad=True), rand(B, T, grad=True).sigmoid(),
+                rand(2 * H, H, grad=True, scale=0.4), rand(2 * H, grad=True),
+                rand(B, H, grad=True), reverse)
+        torch.library.opcheck(ns.triton_agru_forward.default, args, test_utils=utils)
+        out, gates = ns.triton_agru_forward(*[a.detach() if torch.is_tensor(a) else a
+                                              for a in args])
+        torch.library.opcheck(ns.triton_agru_backward.default,
+                              (rand(B, T, H), args[1].detach(), args[2].detach(),
+                               args[4].detach(), out, gates, reverse), test_utils=utils)
+    N, Q, K = 4, 3, 3
+    windows = torch.tensor([[-1, 1, 1], [-1, -1, 3], [0, 1, 3]], device=DEVICE)
+    for D in (1, 2):
+        args = (rand(D, N, 3 * H, grad=True), rand(D, 3 * H, grad=True),
+                rand(D, 3 * H, H, grad=True, scale=0.4), rand(D, 3 * H, grad=True), windows)
+        torch.library.opcheck(ns.triton_window_gru_forward.default, args, test_utils=utils)
+        out, gates = ns.triton_window_gru_forward(*[a.detach() for a in args])
+        torch.library.opcheck(ns.triton_window_gru_backward.default,
+                              (rand(D, Q, K, H), args[2].detach(), windows, out, gates, N),
+                              test_utils=utils)
+
+
 def test_ops_reject_bad_arguments():
     B, T, H = 2, 3, 4
     xproj = torch.randn(B, T, 2 * H, device=DEVICE)

@@ -27,9 +27,10 @@ from typing import Iterator, Optional
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 __all__ = ["KernelConfig", "choose_config", "use_config", "set_allow_tf32", "allow_tf32",
-           "set_poison_outputs", "new_buffer", "interpreting", "padded_hidden"]
+           "set_poison_outputs", "new_buffer", "launch", "interpreting", "padded_hidden"]
 
 _allow_tf32 = os.environ.get("AGHMN_TRITON_TF32", "0") == "1"
 _forced: Optional["KernelConfig"] = None
@@ -67,6 +68,21 @@ def new_buffer(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.T
     if _poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """Launch ``kernel`` through ``torch.library.wrap_triton`` (traceable by ``torch.compile``).
+
+    Compiled kernels see fake tensors only through ``wrap_triton``, which records instead of
+    running them; interpreted kernels are returned by it unwrapped and would run on the fake
+    tensors' missing storage, so under the interpreter a launch with fake inputs (shape
+    propagation, ``opcheck``) does nothing, as ``wrap_triton`` would.
+    """
+    if interpreting():
+        from torch._subclasses.fake_tensor import is_fake
+        if any(isinstance(a, torch.Tensor) and is_fake(a) for a in args):
+            return
+    wrap_triton(kernel)[grid](*args, **kwargs)
 
 
 def interpreting() -> bool:

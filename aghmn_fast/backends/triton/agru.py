@@ -17,10 +17,10 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 from ._common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
-                      check_device, check_dims, check_tensor, launch_constants, new_buffer)
+                      check_device, check_dims, check_tensor, launch, launch_constants,
+                      new_buffer)
 
 __all__ = ["agru_forward", "agru_backward"]
 
@@ -176,9 +176,9 @@ def agru_forward(xproj: Tensor, attn: Tensor, weight_hh: Tensor, bias_hh: Tensor
     scratch = new_buffer(1 if cfg.resident else B * consts["HP"], dtype=acc, device=dev)
     if B > 0:
         grid = (triton.cdiv(B, cfg.block_b),)
-        wrap_triton(_agru_fwd_kernel)[grid](
-            xproj, attn, weight_hh, bias_hh, h0, output, gates, scratch, B, T,
-            REVERSE=bool(reverse), **consts)
+        launch(_agru_fwd_kernel, grid,
+               xproj, attn, weight_hh, bias_hh, h0, output, gates, scratch, B, T,
+               REVERSE=bool(reverse), **consts)
     return output, gates
 
 
@@ -211,8 +211,8 @@ def agru_backward(grad_output: Tensor, attn: Tensor, weight_hh: Tensor, h0: Tens
     scratch = new_buffer(1 if cfg.resident else B * 2 * consts["HP"], dtype=acc, device=dev)
     if B > 0:
         grid = (triton.cdiv(B, cfg.block_b),)
-        wrap_triton(_agru_bwd_kernel)[grid](
-            grad_output, attn, weight_hh, h0, output, gates,
-            grad_xproj, grad_attn, grad_ghh, grad_h0, scratch, B, T,
-            REVERSE=bool(reverse), **consts)
+        launch(_agru_bwd_kernel, grid,
+               grad_output, attn, weight_hh, h0, output, gates,
+               grad_xproj, grad_attn, grad_ghh, grad_h0, scratch, B, T,
+               REVERSE=bool(reverse), **consts)
     return grad_xproj, grad_attn, grad_ghh, grad_h0

@@ -18,10 +18,10 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
 from ._common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
-                      check_device, check_dims, check_tensor, launch_constants, new_buffer)
+                      check_device, check_dims, check_tensor, launch, launch_constants,
+                      new_buffer)
 
 __all__ = ["window_gru_forward", "window_gru_backward"]
 
@@ -228,9 +228,9 @@ def window_gru_forward(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_h
                           device=dev)
     if Q > 0:
         grid = (triton.cdiv(Q, cfg.block_b), D)
-        wrap_triton(_wgru_fwd_kernel)[grid](
-            proj, pad_proj, weight_hh, bias_hh, windows, output, gates, scratch, Q, K, N,
-            **consts)
+        launch(_wgru_fwd_kernel, grid,
+               proj, pad_proj, weight_hh, bias_hh, windows, output, gates, scratch, Q, K, N,
+               **consts)
     return output, gates
 
 
@@ -279,12 +279,12 @@ def window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: Tensor,
                           device=dev)
     if Q > 0:
         grid = (triton.cdiv(Q, cfg.block_b), D)
-        wrap_triton(_wgru_bwd_kernel)[grid](
-            grad_output, weight_hh, output, gates, grad_slot, grad_ghh, scratch, Q, K, **consts)
+        launch(_wgru_bwd_kernel, grid,
+               grad_output, weight_hh, output, gates, grad_slot, grad_ghh, scratch, Q, K, **consts)
     order, offsets = _segments(windows, N)
     block_c = min(triton.next_power_of_2(3 * H), 128)
     grid = (N + 1, D, triton.cdiv(3 * H, block_c))
-    wrap_triton(_segment_sum_kernel)[grid](
-        grad_slot, order, offsets, grad_proj, grad_pad, N, Q * K, C=3 * H, BLOCK_S=16,
-        BLOCK_C=block_c, num_warps=4)
+    launch(_segment_sum_kernel, grid,
+           grad_slot, order, offsets, grad_proj, grad_pad, N, Q * K, C=3 * H, BLOCK_S=16,
+           BLOCK_C=block_c, num_warps=4)
     return grad_proj, grad_pad, grad_ghh
