@@ -1,72 +1,9 @@
-"""The benchmark shapes shared by every benchmark of the hot ops, and their input builders.
+"""The benchmark shapes and input builders: a re-export of :mod:`aghmn_fast.bench.shapes`, the one
+source of truth, so that the pytest benchmarks and ``gpu_bench.py`` (which import ``shapes`` from
+this folder) and ``aghmn-fast bench`` time the same sizes."""
+from aghmn_fast.bench.shapes import (BATCH_SWEEP, QUICK_SHAPES, SHAPES, WINDOW_SWEEP,  # noqa: F401
+                                     Shape, agru_inputs, all_shapes, memory_bank_inputs,
+                                     shape_by_id, stacked_windows)
 
-A shape is (B, T, H): for ``agru``, B sequences of T steps with input size D = H; for
-``memory_bank``, Q = B windows of K = T slots over the N = B + T - 1 utterances of one stream
-(window q holds utterances q .. q + K - 1: every utterance sits in up to K windows, as in the
-model's sliding windows), BiF (two directions) unless stated.
-"""
-from __future__ import annotations
-
-import dataclasses
-from typing import List
-
-import torch
-
-__all__ = ["Shape", "SHAPES", "agru_inputs", "memory_bank_inputs", "stacked_windows"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    """One benchmark size; ``kind`` says which workload it stands for."""
-    B: int
-    T: int
-    H: int
-    kind: str
-
-    @property
-    def id(self) -> str:
-        return f"B{self.B}-T{self.T}-H{self.H}"
-
-
-SHAPES: List[Shape] = [
-    Shape(1, 40, 100, "streaming, IEMOCAP window (K = 40)"),
-    Shape(1, 10, 100, "streaming, MELD window (K = 10)"),
-    Shape(32, 40, 100, "training batch, IEMOCAP"),
-    Shape(1024, 10, 100, "1,024 concurrent streams / MELD training windows"),
-    Shape(256, 40, 256, "wide hidden size"),
-]
-
-
-def agru_inputs(shape: Shape, dtype=torch.float32, requires_grad=False, seed=0):
-    """``(x, attn, weight_ih, weight_hh, bias_ih, bias_hh, h0)`` for ``agru``."""
-    g = torch.Generator().manual_seed(seed)
-    B, T, H = shape.B, shape.T, shape.H
-    t = [torch.randn(B, T, H, generator=g), torch.rand(B, T, generator=g),
-         torch.randn(2 * H, H, generator=g) / H ** 0.5, torch.randn(2 * H, H, generator=g) / H ** 0.5,
-         torch.randn(2 * H, generator=g) * 0.1, torch.randn(2 * H, generator=g) * 0.1,
-         torch.zeros(B, H)]
-    return [x.to(dtype).requires_grad_(requires_grad) for x in t]
-
-
-def memory_bank_inputs(shape: Shape, dtype=torch.float32, requires_grad=False, bidirectional=True,
-                       seed=0):
-    """``(utterances, windows, flat_weights)`` for ``memory_bank``."""
-    g = torch.Generator().manual_seed(seed)
-    Q, K, H = shape.B, shape.T, shape.H
-    N = Q + K - 1
-    utterances = torch.randn(N, H, generator=g).to(dtype).requires_grad_(requires_grad)
-    windows = torch.arange(Q).unsqueeze(1) + torch.arange(K).unsqueeze(0)
-    windows[0, : K // 2] = -1  # the start of a conversation: empty leading slots
-    flat = []
-    for _ in range(2 if bidirectional else 1):
-        flat += [torch.randn(3 * H, H, generator=g) / H ** 0.5,
-                 torch.randn(3 * H, H, generator=g) / H ** 0.5,
-                 torch.randn(3 * H, generator=g) * 0.1, torch.randn(3 * H, generator=g) * 0.1]
-    flat = [w.to(dtype).requires_grad_(requires_grad) for w in flat]
-    return utterances, windows, flat
-
-
-def stacked_windows(utterances: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
-    """[Q, K, H] window contents (zeros in empty slots): what ``torch.nn.GRU`` would be fed."""
-    keep = (windows >= 0).unsqueeze(-1).to(utterances.dtype)
-    return utterances[windows.clamp(min=0)] * keep
+__all__ = ["Shape", "SHAPES", "BATCH_SWEEP", "WINDOW_SWEEP", "QUICK_SHAPES", "all_shapes",
+           "shape_by_id", "agru_inputs", "memory_bank_inputs", "stacked_windows"]
