@@ -414,6 +414,30 @@ def test_backend_registration():
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_gpu_launch_heuristic(monkeypatch):
+    """The configurations picked for a GPU (pretending the interpreter is off)."""
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+    choose = _common.choose_config
+    streaming = choose(1, 100, 2, 4)
+    assert (streaming.block_b, streaming.resident, streaming.dot) == (1, True, False)
+    assert choose(1024, 100, 2, 4).block_b == 8 and not choose(1024, 100, 2, 4).dot
+    assert choose(1024, 100, 3, 4).block_b == 4 and choose(1024, 100, 3, 4).resident
+    wide = choose(256, 256, 2, 4)
+    assert not wide.resident and not wide.dot
+    assert not choose(8, 100, 2, 8).resident  # float64 weights do not fit in registers
+    before = _common.allow_tf32()
+    try:
+        _common.set_allow_tf32(True)
+        assert choose(1024, 100, 2, 4).dot and choose(1024, 100, 2, 4).resident
+        assert not choose(1024, 100, 2, 4, shared_bytes=99 * 1024).resident
+        assert not choose(4, 100, 2, 4).dot       # a tile of 16 would be mostly padding
+        assert not choose(1024, 100, 2, 8).dot    # no TF32 for float64
+    finally:
+        _common.set_allow_tf32(before)
+    with use_config(CONFIGS["small-streamed"]):
+        assert choose(1024, 100, 2, 4) == CONFIGS["small-streamed"]
+
+
 def test_tf32_switch_is_off_by_default_and_restorable():
     assert tb.allow_tf32() is (os.environ.get("AGHMN_TRITON_TF32", "0") == "1")
     before = tb.allow_tf32()

@@ -1,21 +1,21 @@
-"""Shared pieces of the Triton kernels: gate math, the matmul helper, launch configurations.
+"""Shared pieces of the Triton kernels: gate math, matmul helpers, launch configurations.
 
-Launch configuration
---------------------
-Every recurrence kernel runs one program per (batch tile, direction) over the whole time loop.
-Three variants of the per-step ``h @ W^T`` exist, chosen per launch by :func:`choose_config`:
+Every recurrence kernel runs one program per (batch tile, direction) over the whole time loop,
+with the state in registers. The per-step ``h @ W^T`` (and ``dg @ W`` backwards) has variants
+chosen per launch by :func:`choose_config`, all compiled from the same kernel source:
 
-* resident + ``tl.dot`` (``block_b >= 16``): the recurrent weight is loaded once before the loop
-  (the compiler keeps it in shared memory) and every step is one small MMA per gate;
-* resident + broadcast-reduce (``block_b < 16``): for streaming batches of 1..8 a ``tl.dot``
-  would pad the batch to 16 rows; a multiply-and-sum over the weight held in registers does
-  only the useful work;
-* chunked (``resident=False``): when the weight does not fit on chip (large H), ``h`` goes
-  through a small scratch buffer each step and the weight is streamed from L2 in
-  ``block_k``-wide slices.
+* ``resident``: the recurrent weight is loaded once before the time loop, zero-padded to
+  HP x HP (HP = H rounded up to a power of two, at least 16);
+* streamed (``resident=False``): for weights too large to keep on chip, the state goes through
+  a small scratch buffer each step and the weight is read from L2 in ``block_k``-wide slices;
+* ``dot``: ``tl.dot`` on tiles of at least 16 rows (tensor cores with TF32 allowed); otherwise
+  a broadcast multiply-and-sum, which needs no padding of a small batch to 16 rows and, in
+  full fp32, compiles to far fewer spills than Triton's FMA ``tl.dot``.
 
-The heuristic is untuned (no GPU was available when it was written): ``use_config`` forces a
-configuration, and ``benchmarks/gpu_bench.py --sweep`` times the alternatives on a real card.
+The defaults were picked from register and spill counts of offline sm_90 compiles
+(:mod:`.compile_check`), not from timings: no GPU was available when they were written.
+:func:`use_config` forces a configuration, and ``benchmarks/gpu_bench.py --sweep`` times the
+alternatives on a real card.
 """
 from __future__ import annotations
 
@@ -141,12 +141,33 @@ def use_config(config: KernelConfig) -> Iterator[KernelConfig]:
         _forced = previous
 
 
-def choose_config(rows: int, H: int, gates: int, acc_bytes: int) -> KernelConfig:
+_H100_SHARED = 227 * 1024
+_shared_cache: dict = {}
+
+
+def shared_memory_bytes(device: Optional[torch.device]) -> int:
+    """Shared memory one program may use on ``device`` (an H100's 227 KiB when unknown)."""
+    if device is None or device.type != "cuda":
+        return _H100_SHARED
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _shared_cache:
+        try:
+            from triton.runtime import driver
+            props = driver.active.utils.get_device_properties(index)
+            _shared_cache[index] = int(props["max_shared_mem"])
+        except Exception:  # no answer from the driver: the smallest of recent cards
+            _shared_cache[index] = 99 * 1024
+    return _shared_cache[index]
+
+
+def choose_config(rows: int, H: int, gates: int, acc_bytes: int,
+                  shared_bytes: int = _H100_SHARED) -> KernelConfig:
     """The launch configuration for ``rows`` sequences of hidden size ``H``.
 
     ``gates``: square ``H x H`` recurrent blocks per step (2 for AGRU, 3 for the window GRU);
-    ``acc_bytes``: 4 (float32 state) or 8 (float64 state). The choices below were picked from
-    register and spill counts of offline sm_90 compiles (ptxas), not from timings.
+    ``acc_bytes``: 4 (float32 state) or 8 (float64 state); ``shared_bytes``: the device's
+    shared memory per program. The choices below were picked from register and spill counts of
+    offline sm_90 compiles (ptxas), not from timings.
     """
     if _forced is not None:
         return _forced
@@ -157,9 +178,10 @@ def choose_config(rows: int, H: int, gates: int, acc_bytes: int) -> KernelConfig
         # large tiles are fastest.
         return KernelConfig(block_b=max(16, min(64, pow2)), resident=True, num_warps=4, dot=True)
     if _allow_tf32 and acc_bytes == 4 and rows >= 16:
-        # Tensor cores: a resident weight stays in shared memory (64 KiB per gate at H = 128).
-        return KernelConfig(block_b=16, resident=gates * hp * hp * 4 <= 128 * 1024,
-                            block_k=32, num_warps=8, dot=True)
+        # Tensor cores: a resident weight stays in shared memory (64 KiB per gate at H = 128),
+        # next to the compiler's own staging buffers.
+        resident = gates * hp * hp * 4 + 64 * 1024 <= shared_bytes
+        return KernelConfig(block_b=16, resident=resident, block_k=32, num_warps=8, dot=True)
     weight_regs = gates * hp * hp * acc_bytes // 4
     if weight_regs <= 3 * 128 * 128:
         # The weight in registers, spread over all threads: no padding of a small batch to 16
@@ -171,10 +193,11 @@ def choose_config(rows: int, H: int, gates: int, acc_bytes: int) -> KernelConfig
                         block_k=8, num_warps=16)
 
 
-def launch_constants(rows: int, H: int, gates: int, dtype: torch.dtype):
+def launch_constants(rows: int, H: int, gates: int, dtype: torch.dtype,
+                     device: Optional[torch.device] = None):
     """``(config, state dtype, kernel constexprs)`` of a recurrence launch on ``dtype`` inputs."""
     acc = state_dtype(dtype)
-    cfg = choose_config(rows, H, gates, acc.itemsize)
+    cfg = choose_config(rows, H, gates, acc.itemsize, shared_memory_bytes(device))
     hp = padded_hidden(H)
     precision = "tf32" if _allow_tf32 and acc == torch.float32 and cfg.dot else "ieee"
     consts = dict(H=H, HP=hp, BLOCK_B=cfg.block_b, BK=min(cfg.block_k, hp),

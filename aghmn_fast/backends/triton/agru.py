@@ -170,7 +170,7 @@ def agru_forward(xproj: Tensor, attn: Tensor, weight_hh: Tensor, bias_hh: Tensor
     if T == 0:
         raise ValueError("xproj has zero time steps; agru_forward needs at least one")
 
-    cfg, acc, consts = launch_constants(B, H, 2, dt)
+    cfg, acc, consts = launch_constants(B, H, 2, dt, dev)
     output = new_buffer(B, T, H, dtype=dt, device=dev)
     gates = new_buffer(B, T, 3 * H, dtype=acc, device=dev)
     scratch = new_buffer(1 if cfg.resident else B * consts["HP"], dtype=acc, device=dev)
@@ -203,7 +203,7 @@ def agru_backward(grad_output: Tensor, attn: Tensor, weight_hh: Tensor, h0: Tens
     if T == 0:
         raise ValueError("output has zero time steps; agru_backward needs at least one")
 
-    cfg, acc, consts = launch_constants(B, H, 2, weight_hh.dtype)
+    cfg, acc, consts = launch_constants(B, H, 2, weight_hh.dtype, dev)
     grad_xproj = new_buffer(B, T, 2 * H, dtype=weight_hh.dtype, device=dev)
     grad_attn = new_buffer(B, T, dtype=attn.dtype, device=dev)
     grad_ghh = new_buffer(B, T, 2 * H, dtype=weight_hh.dtype, device=dev)

@@ -59,7 +59,7 @@ def _signature(kernel, dtype: torch.dtype, consts: Dict) -> Dict[str, str]:
 
 
 def variants(hidden_sizes: Iterable[int] = (100, 256),
-             dtypes: Iterable[torch.dtype] = (torch.float32, torch.bfloat16),
+             dtypes: Iterable[torch.dtype] = (torch.float32, torch.bfloat16, torch.float64),
              rows: Iterable[int] = (1, 4, 1024),
              tf32: Iterable[bool] = (False, True)) -> List[Dict]:
     """The distinct kernel compilations the backend's launch heuristic asks for."""

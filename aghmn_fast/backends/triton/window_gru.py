@@ -221,7 +221,7 @@ def window_gru_forward(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_h
     check_tensor("bias_hh", bias_hh, (D, 3 * H), dev, (dt,))
     Q, K = _check_windows(windows, dev)
 
-    cfg, acc, consts = launch_constants(Q, H, 3, dt)
+    cfg, acc, consts = launch_constants(Q, H, 3, dt, dev)
     output = new_buffer(D, Q, K, H, dtype=dt, device=dev)
     gates = new_buffer(D, Q, K, 4 * H, dtype=acc, device=dev)
     scratch = new_buffer(1 if cfg.resident else D * Q * consts["HP"], dtype=acc,
@@ -270,7 +270,7 @@ def window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: Tensor,
         raise ValueError(f"windows must have shape {(Q, K)}, got {tuple(windows.shape)}")
 
     N, dt = num_utterances, weight_hh.dtype
-    cfg, acc, consts = launch_constants(Q, H, 3, dt)
+    cfg, acc, consts = launch_constants(Q, H, 3, dt, dev)
     grad_slot = new_buffer(D, Q, K, 3 * H, dtype=acc, device=dev)
     grad_ghh = new_buffer(D, Q, K, 3 * H, dtype=dt, device=dev)
     grad_proj = new_buffer(D, N, 3 * H, dtype=dt, device=dev)
