@@ -15,7 +15,7 @@ def extensions():
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
-    cxx = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    cxx = ["-O3", "-fvisibility=hidden"]  # the C++ standard is torch's choice (C++20 from 2.13)
     if os.environ.get("AGHMN_NATIVE", "0") == "1":
         cxx.append("-march=native")
     include_dirs = [os.path.abspath("csrc/include")]
@@ -28,7 +28,7 @@ def extensions():
         and os.environ.get("AGHMN_NO_CUDA", "0") != "1"
     )
     if with_cuda:
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+        nvcc = ["-O3", "--use_fast_math", "-lineinfo",
                 "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
         return [CUDAExtension("aghmn_fast._C", cpu_sources + cuda_sources,
                               include_dirs=include_dirs,

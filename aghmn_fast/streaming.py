@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from . import reference
+from . import ops
 from .data import Vocabulary, tokenize
 from .models import AGHMN, pad_token_ids
 
@@ -74,6 +74,7 @@ class StreamingRecognizer:
         self.dtype = next(model.parameters()).dtype
         self.num_dirs = 0 if model.fusion is None else (2 if model.fusion.bidirectional else 1)
         self._fusion_weights()
+        self._fused_step = self._find_fused_step()
         self._blocks: Dict[Hashable, int] = {}      # conversation -> block of K store slots
         self._counts: Dict[Hashable, int] = {}      # conversation -> utterances seen
         self._free: List[int] = []
@@ -101,6 +102,21 @@ class StreamingRecognizer:
         self._pad_proj = torch.stack(self._b_ih)
         self._w_hh = torch.stack([flat[4 * i + 1] for i in d])
         self._b_hh = torch.stack([flat[4 * i + 3] for i in d])
+
+    def _find_fused_step(self):
+        # The one-op step needs the compiled recurrences for this device; else the ops path.
+        backend = ops.resolve_backend(self.model.config.backend, self.device).name
+        if backend not in ("cpu", "cuda") or not self.model.config.has_context:
+            return None
+        try:
+            step = torch.ops.aghmn_fast.stream_step
+        except (AttributeError, RuntimeError):
+            return None
+        agru = self.model.agru
+        self._summary_weights = [] if agru is None else [
+            getattr(agru, f"{n}_l0{s}").detach() for s in agru.suffixes
+            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        return step
 
     def _grow(self, capacity: int) -> None:
         K = self.window
@@ -248,33 +264,31 @@ class StreamingRecognizer:
                 self._blocks[cid], self._counts[cid] = self._free.pop(), 0
         tokens, lengths = pad_token_ids(token_ids, model.config.max_len)
         u = model.encode_utterances(tokens.to(self.device), lengths)
-        e = u
-        if model.config.has_context:
-            has_past = torch.tensor([self._counts[c] > 0 for c in cids], device=self.device)
-            q_idx = has_past.nonzero().squeeze(1)
-            if q_idx.numel():
-                windows = self._window_rows([c for c, h in zip(cids, has_past.tolist()) if h])
-                e_q = self.summarize(u[q_idx], windows)
-                e = u.index_copy(0, q_idx, e_q)
-        probs = F.softmax(model.classifier(e), dim=-1)
+        has_past = [self._counts[c] > 0 for c in cids]
+        if model.config.has_context and all(has_past):  # the steady state: one fused call
+            probs = self._context_probs(u, self._window_rows(cids))
+        else:
+            probs = F.softmax(model.classifier(u), dim=-1)
+            if model.config.has_context and any(has_past):
+                q_idx = torch.tensor([i for i, h in enumerate(has_past) if h], device=self.device)
+                windows = self._window_rows([c for c, h in zip(cids, has_past) if h])
+                probs = probs.index_copy(0, q_idx, self._context_probs(u[q_idx], windows))
         self._remember(cids, u)
         return probs
 
-    def summarize(self, q: Tensor, windows: Tensor) -> Tensor:
-        """Memory from the stored projections, attention and summary for queries q [B, H]."""
+    def _context_probs(self, q: Tensor, windows: Tensor) -> Tensor:
+        """Class probabilities of queries q [B, H] over their windows of stored utterances."""
+        model = self.model
+        if self._fused_step is not None:
+            return self._fused_step(q, windows, self._u, self._proj, self._pad_proj, self._w_hh,
+                                    self._b_hh, self._summary_weights, model.config.hops,
+                                    model.classifier.weight, model.classifier.bias)
         keep = (windows >= 0).unsqueeze(-1).to(q.dtype)
-        memory = self._u[windows.clamp(min=0)] * keep
-        states = self._window_states(windows)
-        memory = memory + states.sum(0)
-        return self.model.summarize(q, memory, windows >= 0)
-
-    def _window_states(self, windows: Tensor) -> Tensor:
-        from . import ops
-        backend = ops.resolve_backend(self.model.config.backend, self.device)
-        op = getattr(torch.ops.aghmn_fast, "window_gru_forward", None) if backend.name in ("cpu", "cuda") else None
-        if op is not None:
-            return op(self._proj, self._pad_proj, self._w_hh, self._b_hh, windows)[0]
-        return reference.window_gru(self._proj, self._pad_proj, self._w_hh, self._b_hh, windows)
+        memory = self._u[windows.clamp(min=0)] * keep + ops.window_gru(
+            self._proj, self._pad_proj, self._w_hh, self._b_hh, windows,
+            backend=model.config.backend).sum(0)
+        e = model.summarize(q, memory, windows >= 0)
+        return F.softmax(model.classifier(e), dim=-1)
 
     def _remember(self, cids: Sequence[Hashable], u: Tensor) -> None:
         K = self.window

@@ -5,6 +5,8 @@ import random
 import pytest
 import torch
 
+import aghmn_fast
+
 from aghmn_fast.data import MELD_LABELS, default_meld_root, load_meld
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.streaming import StreamingRecognizer
@@ -31,10 +33,12 @@ def _offline(rec, dialogues):
 pytestmark = pytest.mark.skipif(not HAVE_MELD, reason="MELD data not found (set AGHMN_DATA)")
 
 
-@pytest.mark.parametrize("summary,fusion,window", [("agru", "bif", 10), ("biagru", "unif", 4),
-                                                   ("att", "bif", 3)])
-def test_streaming_equals_offline_on_a_third_of_meld_test(summary, fusion, window):
-    rec, test = _recognizer(summary, fusion, window)
+@pytest.mark.parametrize("summary,fusion,window,backend", [
+    ("agru", "bif", 10, None), ("biagru", "unif", 4, None), ("att", "bif", 3, None),
+    ("agru", "bif", 10, "reference"), ("biagru", "bif", 5, "reference")])
+def test_streaming_equals_offline_on_a_third_of_meld_test(summary, fusion, window, backend):
+    rec, test = _recognizer(summary, fusion, window, backend=backend)
+    assert (rec._fused_step is not None) == (backend is None and "cpu" in aghmn_fast.backends())
     dialogues = test[::3]
     expect = _offline(rec, dialogues)
     # conversations interleaved at random, each in order
@@ -131,3 +135,17 @@ def test_stream_cli_json_lines(tmp_path):
     assert [l.get("id") for l in lines] == ["1", "2", None, None, "1"]
     assert "expected conversation_id" in lines[2]["error"] and "whitespace" in lines[3]["error"]
     assert lines[4]["index"] == 1 and set(lines[4]["probabilities"]) == set(MELD_LABELS)
+
+
+def test_stream_step_op_passes_opcheck():
+    rec, test = _recognizer(summary="biagru", window=4)
+    if rec._fused_step is None:
+        pytest.skip("the compiled extension is not available")
+    for text in ("hello", "how are you?", "fine!"):
+        rec.push("a", text)
+    windows = rec._window_rows(["a"])
+    q = torch.randn(1, rec.hidden)
+    args = (q, windows, rec._u, rec._proj, rec._pad_proj, rec._w_hh, rec._b_hh, rec._summary_weights,
+            1, rec.model.classifier.weight.detach(), rec.model.classifier.bias.detach())
+    torch.library.opcheck(torch.ops.aghmn_fast.stream_step.default, args,
+                          test_utils=("test_schema", "test_autograd_registration"))
