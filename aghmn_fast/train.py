@@ -133,7 +133,8 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
     enc_test = encode_dialogues(test_set, vocab, max_len)
     weights = class_weights(train_set, len(label_names), config.class_weight_rate)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    # fused Adam: one kernel over all parameters instead of ~6 small ops per tensor per step
+    optimizer = torch.optim.Adam(params, lr=config.lr, fused=True)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     best_acc, best_state, history, epoch_seconds = -1.0, None, [], []
