@@ -35,6 +35,7 @@ bench: build
 cmake-check:
 	cmake -S . -B cmake-build -DCMAKE_BUILD_TYPE=Release >/dev/null
 	cmake --build cmake-build -j 2
+	ctest --test-dir cmake-build --output-on-failure
 
 clean:
 	rm -rf build cmake-build aghmn_fast/_C*.so *.egg-info
