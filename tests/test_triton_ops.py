@@ -364,6 +364,32 @@ def test_opcheck_schemas_fake_tensors_and_autograd():
                               test_utils=utils)
 
 
+def test_ops_trace_with_symbolic_shapes():
+    """Shape propagation with symbolic sizes (torch.compile(dynamic=True), export)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    ns = torch.ops.aghmn_fast
+    H = 5
+
+    def agru_fwd_bwd(xproj, attn, w, b, h0):
+        out, gates = ns.triton_agru_forward(xproj, attn, w, b, h0, True)
+        return ns.triton_agru_backward(out, attn, w, h0, out, gates, True)
+
+    def window_fwd_bwd(proj, pad, w, b, windows):
+        out, gates = ns.triton_window_gru_forward(proj, pad, w, b, windows)
+        return ns.triton_window_gru_backward(out, w, windows, out, gates, proj.shape[1])
+
+    agru_args = (torch.randn(3, 4, 2 * H), torch.rand(3, 4), torch.randn(2 * H, H),
+                 torch.randn(2 * H), torch.randn(3, H))
+    window_args = (torch.randn(2, 4, 3 * H), torch.randn(2, 3 * H), torch.randn(2, 3 * H, H),
+                   torch.randn(2, 3 * H), torch.tensor([[-1, 1, 1], [0, 1, 3]]))
+    for fn, args in ((agru_fwd_bwd, agru_args), (window_fwd_bwd, window_args)):
+        args = [a.to(DEVICE) for a in args]
+        graph = make_fx(fn, tracing_mode="symbolic")(*args)
+        assert "triton" in graph.code
+        for got, want in zip(graph(*args), fn(*args)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_ops_reject_bad_arguments():
     B, T, H = 2, 3, 4
     xproj = torch.randn(B, T, 2 * H, device=DEVICE)

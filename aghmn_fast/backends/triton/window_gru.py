@@ -259,7 +259,7 @@ def window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: Tensor,
     if D not in (1, 2):
         raise ValueError(f"output must have shape [D in (1, 2), Q, K, H], "
                          f"got {tuple(output.shape)}")
-    if not isinstance(num_utterances, int) or num_utterances < 0:
+    if not isinstance(num_utterances, (int, torch.SymInt)) or num_utterances < 0:
         raise ValueError(f"num_utterances must be a non-negative int, got {num_utterances!r}")
     check_tensor("output", output, (D, Q, K, H), dev, FLOAT_DTYPES)
     check_tensor("grad_output", grad_output, (D, Q, K, H), dev, FLOAT_DTYPES)
