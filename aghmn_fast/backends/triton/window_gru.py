@@ -1,9 +1,10 @@
 """Triton kernels of the memory bank's window GRU (``window_gru_forward`` / ``_backward``).
 
 Semantics: docs/OPS.md. One launch covers both directions: program (window tile, direction d)
-runs the K slots of its windows in order (d = 0) or backwards (d = 1), gathering each slot's
-input projection from the per-utterance ``proj`` by window index (an empty slot takes
-``pad_proj``), so an utterance is projected once however many windows hold it.
+runs the K slots of its windows in order (d = 0) or backwards (d = 1); the direction is the
+program's grid index rather than a compile-time flag, so that both run as CTAs of one launch.
+Each slot's input projection is gathered from the per-utterance ``proj`` by window index (an
+empty slot takes ``pad_proj``), so an utterance is projected once however many windows hold it.
 
 The backward kernel writes per-slot projection gradients; a second, deterministic kernel sums
 them onto utterances: the slots are sorted by utterance index once with a stable torch sort,
