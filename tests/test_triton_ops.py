@@ -405,6 +405,8 @@ def test_ops_reject_bad_arguments():
         fwd(xproj, attn, w, b.double(), h0, False)
     with pytest.raises(ValueError, match="xproj"):
         fwd(xproj[:, :, :-1].contiguous(), attn, w, b, h0, False)
+    with pytest.raises(ValueError, match="weight_hh"):
+        fwd(xproj, attn, w[:-1].contiguous(), b, h0, False)
     with pytest.raises(ValueError, match="attn.*contiguous"):
         fwd(xproj, torch.rand(T, B, device=DEVICE).t(), w, b, h0, False)
     proj = torch.randn(1, 3, 3 * H, device=DEVICE)

@@ -159,6 +159,8 @@ def agru_forward(xproj: Tensor, attn: Tensor, weight_hh: Tensor, bias_hh: Tensor
     check_dims("xproj", xproj, 3)
     check_dims("weight_hh", weight_hh, 2)
     H = weight_hh.shape[1]
+    if H == 0 or weight_hh.shape[0] != 2 * H:
+        raise ValueError(f"weight_hh must have shape [2*H, H], got {tuple(weight_hh.shape)}")
     B, T = xproj.shape[0], xproj.shape[1]
     dev, dt = xproj.device, xproj.dtype
     check_device(xproj)
@@ -192,7 +194,7 @@ def agru_backward(grad_output: Tensor, attn: Tensor, weight_hh: Tensor, h0: Tens
     """
     check_dims("output", output, 3)
     B, T, H = output.shape
-    dev, dt = output.device, output.dtype
+    dev = output.device
     check_device(output)
     check_tensor("output", output, (B, T, H), dev, FLOAT_DTYPES)
     check_tensor("grad_output", grad_output, (B, T, H), dev, FLOAT_DTYPES)
