@@ -3,22 +3,22 @@
 The fused kernels do only the sequential part of each recurrence. Everything time-parallel is
 done here with ordinary torch ops, on whatever device the tensors live on: the input projections
 (one GEMM before the loop), the memory bank's residual and direction sum, and in the backward
-the weight-gradient GEMMs (``grad_ghh^T @ h_prev``) and bias sums. Autograd of the input
-projections comes for free from ``torch.nn.functional.linear``; the ops themselves get
-``torch.library.register_autograd`` rules, so ``torch.compile(fullgraph=True)`` and
-``torch.library.opcheck`` see ordinary custom ops.
+the projection and weight-gradient GEMMs (``grad_ghh^T @ h_prev``) and bias sums.
 
 The glue is written once for any set of op handles that follow the contract (an :class:`OpSet`):
 
-- :func:`register_autograd_rules` registers the backward of each forward op (its rule calls the
-  matching backward op and does the GEMMs);
+- :func:`make_backend` returns ``(agru, memory_bank)`` with the reference signatures. Each call
+  is one ``torch.autograd.Function`` (forward: projection GEMM + forward op; backward: backward
+  op + every GEMM), which ``torch.compile(fullgraph=True)`` traces like any autograd.Function;
+- :func:`register_autograd_rules` gives the forward ops themselves a backward
+  (``torch.library.register_autograd``), for direct callers of the ops, ``gradcheck`` and
+  ``torch.library.opcheck``;
 - :func:`register_fake_impls` registers shape functions (needed for ops defined in C++; a
-  ``torch.library.triton_op`` derives its own);
-- :func:`make_backend` returns ``(agru, memory_bank)`` with the reference signatures.
+  ``torch.library.triton_op`` derives its own).
 
-Importing this module loads the compiled extension and does all three for the
-``torch.ops.aghmn_fast`` ops (CPU kernels, and CUDA kernels when built), exposing :func:`agru`
-and :func:`memory_bank`.
+Both autograd paths share :func:`agru_hh_grads` and :func:`window_hh_grads`. Importing this
+module loads the compiled extension and does all three for the ``torch.ops.aghmn_fast`` ops
+(CPU kernels, and CUDA kernels when built), exposing :func:`agru` and :func:`memory_bank`.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ from torch import Tensor
 from .. import _extension
 
 __all__ = ["OpSet", "register_autograd_rules", "register_fake_impls", "make_agru",
-           "make_memory_bank", "make_backend", "agru", "memory_bank", "EXTENSION_OPS"]
+           "make_memory_bank", "make_backend", "agru_hh_grads", "window_hh_grads", "agru",
+           "memory_bank", "EXTENSION_OPS"]
 
 
 class OpSet(NamedTuple):

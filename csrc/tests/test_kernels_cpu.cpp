@@ -67,6 +67,19 @@ void test_activations() {
     check(std::fabs(aghmn::tanh_vec(x) - t) <= 3e-7 * std::fabs(t) + 1e-30, "tanh_vec",
           aghmn::tanh_vec(x), t, i);
   }
+  // Saturation far outside the polynomial's range, and NaN propagation.
+  for (float x : {1e6f, 1e30f, 3e38f}) {
+    check(aghmn::exp_vec(-x) == 0.0f, "exp_vec(-large)", aghmn::exp_vec(-x), 0, 0);
+    check(std::isinf(aghmn::exp_vec(x)), "exp_vec(large)", aghmn::exp_vec(x), 0, 0);
+    check(aghmn::sigmoid_vec(x) == 1.0f && aghmn::sigmoid_vec(-x) == 0.0f, "sigmoid_vec(large)",
+          aghmn::sigmoid_vec(-x), 0, 0);
+    check(aghmn::tanh_vec(x) == 1.0f && aghmn::tanh_vec(-x) == -1.0f, "tanh_vec(large)",
+          aghmn::tanh_vec(-x), -1, 0);
+  }
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  check(std::isnan(aghmn::exp_vec(nan)) && std::isnan(aghmn::sigmoid_vec(nan)) &&
+            std::isnan(aghmn::tanh_vec(nan)),
+        "NaN propagates", 0, 0, 0);
   for (float x : {1e-30f, -1e-20f, 1e-8f, 0.299999f, 0.3f, -0.3f, 9.0f, -9.0f, 0.0f})
     check(std::fabs(aghmn::tanh_vec(x) - std::tanh(static_cast<double>(x))) <=
               3e-7 * std::fabs(std::tanh(static_cast<double>(x))),

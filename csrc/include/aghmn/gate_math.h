@@ -96,21 +96,39 @@ AGHMN_HD GruBackward<T> gru_backward_unit(T dh, T r, T z, T n, T hn, T h_prev) {
 // tolerances. double keeps libm: its accuracy budget is tighter and it is not the fast path.
 namespace detail {
 
-// Rounds to nearest and reinterprets bits without <cstring> or type-punning UB.
+// Bits of an int as a float and back (union punning, defined by GCC, Clang and nvcc).
 AGHMN_HD float bits_to_float(int i) {
   union { int i; float f; } u;
   u.i = i;
   return u.f;
 }
 
+AGHMN_HD int float_to_bits(float f) {
+  union { float f; int i; } u;
+  u.f = f;
+  return u.i;
+}
+
+// c ? a : b as bit operations: a branch here would have the vectoriser speculate the FP work
+// of the other side, which it refuses to do (-ftrapping-math), leaving the loop scalar.
+AGHMN_HD float select(bool c, float a, float b) {
+  const int mask = -static_cast<int>(c);
+  return bits_to_float((float_to_bits(a) & mask) | (float_to_bits(b) & ~mask));
+}
+
 }  // namespace detail
 
 // e^x for float: x = n ln2 + r, |r| <= ln2/2, degree-7 Taylor in r, 2^n built in the exponent.
+// n is read from the mantissa of x log2(e) + 1.5 * 2^23 (which rounds it to an integer) and
+// clamped as an integer: a float clamp of x lets GCC thread constant paths through the
+// function, and the loops calling it then stay scalar on AVX2 ("control flow in loop").
+// Results below FLT_MIN (x < -87.33) are flushed to 0; above FLT_MAX they overflow to inf.
 AGHMN_HD float exp_vec(float x) {
-  x = x < -87.0f ? -87.0f : x;  // keeps 2^n normal; e^-87 ~ 1.6e-38 (results saturate anyway)
-  x = x > 88.0f ? 88.0f : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  float fn = (x * 1.44269504088896341f + magic) - magic;
+  const float magic = 12582912.0f;  // 1.5 * 2^23
+  int n = detail::float_to_bits(x * 1.44269504088896341f + magic) - detail::float_to_bits(magic);
+  n = n < -126 ? -126 : n;
+  n = n > 127 ? 127 : n;
+  const float fn = static_cast<float>(n);
   float r = x - fn * 0.693145751953125f;  // ln2 split in two for an exact n*ln2_hi
   r = r - fn * 1.42860682030941723212e-6f;
   float p = 1.0f / 5040.0f;
@@ -121,28 +139,27 @@ AGHMN_HD float exp_vec(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  int n = static_cast<int>(fn);
-  return p * detail::bits_to_float((n + 127) << 23);
+  const float v = p * detail::bits_to_float((n + 127) << 23);
+  return detail::select(x < -87.33f, 0.0f, v);
 }
 
 AGHMN_HD float sigmoid_vec(float x) { return 1.0f / (1.0f + exp_vec(-x)); }
 
 // tanh for float: an odd Taylor polynomial near 0 (where 1 - e^-2|x| would cancel), the exp
-// form elsewhere; both are computed and one selected so the loop stays branch-free.
+// form elsewhere; both are computed and one selected, so the loop stays branch-free.
 AGHMN_HD float tanh_vec(float x) {
-  float y = x < 0.0f ? -x : x;
-  float e = exp_vec(-2.0f * y);
-  float far = (1.0f - e) / (1.0f + e);
-  float y2 = y * y;
+  const float y = std::fabs(x);
+  const float e = exp_vec(-2.0f * y);
+  const float far = (1.0f - e) / (1.0f + e);
+  const float y2 = y * y;
   float p = 21844.0f / 6081075.0f;
   p = p * y2 - 1382.0f / 155925.0f;
   p = p * y2 + 62.0f / 2835.0f;
   p = p * y2 - 17.0f / 315.0f;
   p = p * y2 + 2.0f / 15.0f;
   p = p * y2 - 1.0f / 3.0f;
-  float near = y + y * y2 * p;
-  float t = y < 0.3f ? near : far;
-  return x < 0.0f ? -t : t;
+  const float near = y + y * y2 * p;
+  return std::copysign(detail::select(y < 0.3f, near, far), x);
 }
 
 AGHMN_HD double sigmoid_vec(double x) { return sigmoid(x); }
