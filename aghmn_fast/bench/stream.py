@@ -15,10 +15,12 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .. import ops
 from ..data import MELD_LABELS, Vocabulary, load_meld
 from ..models import AGHMN, AGHMNConfig, make_batch
 from ..streaming import StreamingRecognizer
-from ..train import build_vocabulary, encode_dialogues
+from ..train import build_vocabulary
+from .timing import num_threads
 
 
 def _percentiles(samples_ms: Sequence[float]) -> Dict[str, float]:
@@ -64,15 +66,17 @@ def single_conversation(model: AGHMN, vocab: Vocabulary, texts: Sequence[str], r
 
 
 def reference_path(model: AGHMN, vocab: Vocabulary, texts: Sequence[str], repeats: int) -> Dict:
-    """Per-utterance latency of re-running the model on the dialogue so far (tokenizing included)."""
+    """Per-utterance latency of re-running the model on the dialogue so far (tokenizing included),
+    on the model's device."""
     from ..data import tokenize
+    device = next(model.parameters()).device
     samples = []
     with torch.no_grad():
         for r in range(repeats + 1):
             for t in range(len(texts)):
                 t0 = time.perf_counter()
                 enc = [vocab.encode(tokenize(x)) for x in texts[: t + 1]]
-                model(make_batch([enc], model.config.window))[-1].argmax()
+                int(model(make_batch([enc], model.config.window).to(device))[-1].argmax())
                 if r:
                     samples.append((time.perf_counter() - t0) * 1e3)
     return _percentiles(samples)
@@ -90,8 +94,8 @@ def concurrent(model: AGHMN, vocab: Vocabulary, dialogues, conversations: int, r
         if r:
             round_ms.append((time.perf_counter() - t0) * 1e3)
     stats = _percentiles(round_ms)
-    return {"round_median_ms": stats["median_ms"], "round_p99_ms": stats["p99_ms"],
-            "per_utterance_ms": stats["median_ms"] / conversations,
+    return {"conversations": conversations, "round_median_ms": stats["median_ms"],
+            "round_p99_ms": stats["p99_ms"], "per_utterance_ms": stats["median_ms"] / conversations,
             "utterances_per_s": conversations / (stats["median_ms"] / 1e3), "rounds": rounds}
 
 
@@ -130,28 +134,40 @@ def memory_flatness(model: AGHMN, vocab: Vocabulary, dialogues, pushes: int, liv
 
 
 def run(quick: bool = False, backend: Optional[str] = None, data: Optional[str] = None,
-        flat_pushes: int = 0, log=print) -> Dict:
-    """The whole streaming benchmark; returns a JSON-ready dict. One torch thread."""
-    torch.set_num_threads(1)
+        flat_pushes: int = 0, log=print, threads: int = 1, device: str = "cpu",
+        concurrency: Optional[int] = None) -> Dict:
+    """The whole streaming benchmark; returns a JSON-ready dict.
+
+    ``threads``: torch threads for the run (the previous count is restored after);
+    ``device``: where the recognizer and the reference path run; ``concurrency``: live
+    conversations of the ``push_many`` case (default 64 quick, 1,024 otherwise).
+    """
+    with num_threads(threads):
+        return _run(quick, backend, data, flat_pushes, log, threads, device, concurrency)
+
+
+def _run(quick, backend, data, flat_pushes, log, threads, device, concurrency) -> Dict:
     test = load_meld(data, "test")
     vocab = build_vocabulary([test])
     repeats = 2 if quick else 10
-    result = {"threads": 1, "backend": backend, "cases": []}
+    conversations = concurrency or (64 if quick else 1024)
+    result = {"threads": threads, "device": device,
+              "backend": ops.resolve_backend(backend, torch.device(device)).name, "cases": []}
     for window, length in ((10, 18), (40, 60)):
         texts = _dialogue_of_length(test, length)
-        model = build_model(window, vocab, backend)
-        ref_model = build_model(window, vocab, "reference")
+        model = build_model(window, vocab, backend).to(device)
+        ref_model = build_model(window, vocab, "reference").to(device)
         stream = single_conversation(model, vocab, texts, repeats)
         ref = reference_path(ref_model, vocab, texts, max(1, repeats // 5))
         case = {"window": window, "dialogue_length": length, "stream": stream, "reference": ref,
-                "speedup_median": ref["median_ms"] / stream["median_ms"]}
-        for conversations in ((64,) if quick else (1024,)):
-            case[f"concurrent_{conversations}"] = concurrent(model, vocab, test, conversations,
-                                                             2 if quick else 10)
+                "speedup_median": ref["median_ms"] / stream["median_ms"],
+                "concurrent": concurrent(model, vocab, test, conversations, 2 if quick else 10)}
         result["cases"].append(case)
-        log(f"K={window}: stream median {stream['median_ms']:.3f} ms p99 {stream['p99_ms']:.3f} ms | "
-            f"reference median {ref['median_ms']:.2f} ms | x{case['speedup_median']:.1f}")
+        log(f"stream t={threads} K={window}: stream median {stream['median_ms']:.3f} ms "
+            f"p99 {stream['p99_ms']:.3f} ms | reference median {ref['median_ms']:.2f} ms | "
+            f"x{case['speedup_median']:.1f}")
     if flat_pushes:
-        result["memory"] = memory_flatness(build_model(10, vocab, backend), vocab, test, flat_pushes, 1000)
+        result["memory"] = memory_flatness(build_model(10, vocab, backend).to(device), vocab, test,
+                                           flat_pushes, 1000)
         log(f"memory: {result['memory']}")
     return result

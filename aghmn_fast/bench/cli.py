@@ -1,0 +1,135 @@
+"""``aghmn-fast bench``: the benchmark suite as one command (added to the CLI by ``aghmn_fast.cli``).
+
+    aghmn-fast bench [--device cpu|cuda] [--ops agru,memory_bank,model,stream] [--quick]
+                     [--threads 1,2] [--out-dir DIR] [--no-compile] [--no-readme] ...
+
+Writes ``DIR/<machine>/bench.json`` (the record), ``bench.md`` (the report) and ``agru.png`` /
+``memory_bank.png`` (latency plots); a full run also rewrites the "Performance" section of
+``README.md`` between its bench markers. ``--quick`` writes ``bench-quick.*`` and leaves the README
+alone unless ``--readme`` is given.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from typing import Dict, List
+
+from .shapes import shape_by_id
+
+__all__ = ["add_parser", "cmd_bench", "options_from_args", "COMMANDS"]
+
+
+def _csv(text: str) -> List[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _threads(text: str) -> List[int]:
+    try:
+        values = [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads takes integers like 1,2, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("--threads values must be >= 1")
+    return values
+
+
+def add_parser(sub) -> None:
+    """Add the ``bench`` subcommand to the CLI's subparsers."""
+    from .suite import PARTS
+    p = sub.add_parser("bench", help="benchmark the fused ops, the model and streaming against the "
+                                     "baselines; write a JSON record, a report and plots",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--ops", type=_csv, default=list(PARTS), metavar="LIST",
+                   help="parts to run, comma-separated among " + ",".join(PARTS)
+                   + " (default: all)")
+    p.add_argument("--quick", action="store_true",
+                   help="a few shapes and repeats, a few dozen dialogues (extrapolated); no "
+                        "torch.compile unless --compile; under two minutes on 2 cores")
+    p.add_argument("--threads", type=_threads, default=[1, 2], metavar="LIST",
+                   help="torch thread counts (default: 1,2)")
+    p.add_argument("--out-dir", default=os.path.join("benchmarks", "results"),
+                   help="results go to OUT_DIR/<machine>/ (default: %(default)s)")
+    comp = p.add_mutually_exclusive_group()
+    comp.add_argument("--no-compile", dest="compile", action="store_false", default=None,
+                      help="skip the reference-under-torch.compile baseline")
+    comp.add_argument("--compile", dest="compile", action="store_true",
+                      help="include the torch.compile baseline also in a --quick run")
+    p.add_argument("--compile-shapes", type=_csv, default=None, metavar="IDS",
+                   help="shape ids that get the compiled baseline (default: the standard shapes)")
+    p.add_argument("--shapes", type=_csv, default=None, metavar="IDS",
+                   help="shape ids like B32-T10-H100 (default: standard shapes and sweeps; quick: "
+                        "a subset)")
+    p.add_argument("--backends", type=_csv, default=None, metavar="LIST",
+                   help="columns to run (default: every backend for the device, "
+                        "reference-compiled, nn.GRU)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="correctness gate: largest error relative to a tensor's largest magnitude "
+                        "(default 1e-4 CPU, 1e-3 CUDA)")
+    p.add_argument("--data", default=None, help="MELD directory (default: ../shared/data/meld)")
+    p.add_argument("--model-dialogues", type=int, default=None,
+                   help="training dialogues timed by the model part (default: all; quick: 24)")
+    p.add_argument("--model-epochs", type=int, default=1, help="timed epochs per model row")
+    readme = p.add_mutually_exclusive_group()
+    readme.add_argument("--no-readme", action="store_true",
+                        help="do not rewrite the README's Performance section")
+    readme.add_argument("--readme", default=None, metavar="PATH",
+                        help="the README to update (default: ./README.md on full runs)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--name", default=None, help="results folder name (default: from the machine)")
+
+
+def _command_line(args) -> str:
+    parts = ["aghmn-fast", "bench", "--device", args.device, "--ops", ",".join(args.ops),
+             "--threads", ",".join(map(str, args.threads))]
+    if args.quick:
+        parts.append("--quick")
+    if args.compile is not None:
+        parts.append("--compile" if args.compile else "--no-compile")
+    for flag in ("compile_shapes", "shapes", "backends"):
+        if getattr(args, flag):
+            parts += ["--" + flag.replace("_", "-"), ",".join(getattr(args, flag))]
+    for flag in ("tolerance", "model_dialogues", "name"):
+        if getattr(args, flag) is not None:
+            parts += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    if args.model_epochs != 1:
+        parts += ["--model-epochs", str(args.model_epochs)]
+    if args.no_readme:
+        parts.append("--no-readme")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def options_from_args(args):
+    """The :class:`~aghmn_fast.bench.suite.SuiteOptions` that the parsed flags ask for."""
+    from .suite import SuiteOptions
+    readme = None
+    if args.readme:
+        readme = args.readme
+    elif not args.no_readme and not args.quick and os.path.exists("README.md"):
+        readme = "README.md"
+    return SuiteOptions(
+        device=args.device, parts=args.ops, quick=args.quick, threads=args.threads,
+        out_dir=args.out_dir, shapes=[shape_by_id(s) for s in args.shapes] if args.shapes else None,
+        compile=args.compile, compile_shapes=args.compile_shapes, tolerance=args.tolerance,
+        backends=args.backends, data=args.data, model_dialogues=args.model_dialogues,
+        model_epochs=args.model_epochs, readme=readme, plots=not args.no_plots, name=args.name,
+        command=_command_line(args))
+
+
+def cmd_bench(args) -> int:
+    """Run the suite; exit status 1 when a backend failed its correctness gate or raised."""
+    from .suite import run_suite
+    record: Dict = run_suite(options_from_args(args))
+    for path in record["files"]:
+        print("wrote", path)
+    bad = [r for r in record["ops"] if r["status"] in ("WRONG", "error")]
+    if bad:
+        print(f"{len(bad)} case(s) WRONG or failing: see the report")
+    return 1 if bad else 0
+
+
+COMMANDS = {"bench": cmd_bench}

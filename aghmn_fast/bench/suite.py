@@ -1,0 +1,152 @@
+"""One benchmark run: ops, model and streaming parts, then the JSON record, report, plots and the
+README section. The ``aghmn-fast bench`` command is a thin layer over :func:`run_suite`."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from . import report
+from .kernels import OPS, OpSuiteConfig, run_ops
+from .machine import machine_info, machine_slug
+from .shapes import BATCH_SWEEP, QUICK_SHAPES, SHAPES, WINDOW_SWEEP, Shape, all_shapes
+from .timing import FULL_BUDGET, QUICK_BUDGET, Budget
+
+__all__ = ["PARTS", "SuiteOptions", "run_suite"]
+
+PARTS = OPS + ("model", "stream")
+QUICK_MODEL_DIALOGUES = 24
+
+
+@dataclasses.dataclass
+class SuiteOptions:
+    """Options of :func:`run_suite` (the CLI flags). ``None`` means "the default for quick/full":
+
+    shapes: quick: :data:`QUICK_SHAPES`; full: the standard shapes plus the batch and window
+    sweeps. compile: the torch.compile baseline, default off in quick runs (compiling takes
+    minutes per shape on a small CPU). compile_shapes: shape ids compiled (default: the standard
+    shapes). model_dialogues: quick 24, full all. readme: the README to update (None: none).
+    """
+    device: str = "cpu"
+    parts: Sequence[str] = PARTS
+    quick: bool = False
+    threads: Sequence[int] = (1, 2)
+    out_dir: str = os.path.join("benchmarks", "results")
+    shapes: Optional[Sequence[Shape]] = None
+    compile: Optional[bool] = None
+    compile_shapes: Optional[Sequence[str]] = None
+    budget: Optional[Budget] = None
+    tolerance: Optional[float] = None
+    backends: Optional[Sequence[str]] = None
+    data: Optional[str] = None
+    model_dialogues: Optional[int] = None
+    model_epochs: int = 1
+    stream_concurrency: Optional[int] = None
+    readme: Optional[str] = None
+    plots: bool = True
+    name: Optional[str] = None
+    command: str = "aghmn-fast bench"
+
+    def __post_init__(self):
+        bad = [p for p in self.parts if p not in PARTS]
+        if bad:
+            raise ValueError(f"unknown benchmark part(s) {bad}; choose from {', '.join(PARTS)}")
+        if not self.threads or any(int(n) < 1 for n in self.threads):
+            raise ValueError(f"threads must be positive integers, got {list(self.threads)}")
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is visible to torch")
+
+
+def _resolved(opts: SuiteOptions) -> Dict:
+    shapes = opts.shapes or (QUICK_SHAPES if opts.quick else
+                             all_shapes(SHAPES, BATCH_SWEEP, WINDOW_SWEEP))
+    compile_on = (not opts.quick) if opts.compile is None else opts.compile
+    compile_shapes = (opts.compile_shapes if opts.compile_shapes is not None
+                      else [s.id for s in SHAPES] + [s.id for s in QUICK_SHAPES if opts.quick])
+    return {"shapes": list(shapes), "compile": compile_on, "compile_shapes": list(compile_shapes),
+            "budget": opts.budget or (QUICK_BUDGET if opts.quick else FULL_BUDGET),
+            "model_dialogues": (opts.model_dialogues if opts.model_dialogues is not None
+                                else (QUICK_MODEL_DIALOGUES if opts.quick else None))}
+
+
+def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> Dict:
+    """Run the selected parts and write ``<out_dir>/<machine>/bench[-quick].{json,md}`` and the
+    plots (and the README section when ``opts.readme`` is set). Returns the record, with the
+    written paths under ``"files"``."""
+    started = time.perf_counter()
+    res = _resolved(opts)
+    machine = machine_info(opts.device)
+    slug = machine_slug(machine, opts.name)
+    out_dir = os.path.join(opts.out_dir, slug)
+    os.makedirs(out_dir, exist_ok=True)
+    if torch.device(opts.device).type == "cuda":
+        # fp32 everywhere: baselines and fused kernels compared at full precision.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    record: Dict = {
+        "format": "aghmn_fast.bench.v1", "slug": slug, "command": opts.command, "machine": machine,
+        "config": {"device": opts.device, "parts": list(opts.parts), "quick": opts.quick,
+                   "threads": list(opts.threads), "shapes": [s.id for s in res["shapes"]],
+                   "compile": res["compile"], "compile_shapes": res["compile_shapes"],
+                   "budget": dataclasses.asdict(res["budget"]), "dtype": "float32"},
+        "notes": [], "ops": [], "model": None, "stream": []}
+    if machine.get("load_average_at_start") and machine["load_average_at_start"][0] > 1.5:
+        record["notes"].append(f"The machine was busy at the start (1-minute load average "
+                               f"{machine['load_average_at_start'][0]:.1f} on {machine['cores']} "
+                               "cores): other processes share the cores; times, two-thread ones "
+                               "most, may be inflated.")
+    if not res["compile"] and any(p in OPS for p in opts.parts):
+        record["notes"].append("No torch.compile baseline in this run"
+                               + (" (quick run)." if opts.quick and opts.compile is None else "."))
+    ops_parts = [p for p in opts.parts if p in OPS]
+    if ops_parts:
+        cfg = OpSuiteConfig(shapes=res["shapes"], device=opts.device, ops=ops_parts,
+                            threads=list(opts.threads), backends=opts.backends,
+                            compile=res["compile"], compile_shapes=res["compile_shapes"],
+                            budget=res["budget"], tolerance=opts.tolerance)
+        record["ops"] = run_ops(cfg, log)
+    if "model" in opts.parts:
+        from .model import run_model
+        record["model"] = run_model(opts.data, res["model_dialogues"], opts.model_epochs,
+                                    opts.threads, opts.device, log)
+    if "stream" in opts.parts:
+        from .stream import run as run_stream
+        record["stream"] = [run_stream(quick=opts.quick, data=opts.data, log=log, threads=n,
+                                       device=opts.device, concurrency=opts.stream_concurrency)
+                            for n in opts.threads]
+    return _write(record, opts, out_dir, started)
+
+
+def _write(record: Dict, opts: SuiteOptions, out_dir: str, started: float) -> Dict:
+    stem = "bench-quick" if opts.quick else "bench"
+    plots: List[str] = []
+    if opts.plots and record["ops"]:
+        for op in dict.fromkeys(r["op"] for r in record["ops"]):
+            # A quick run never overwrites the full run's files.
+            name = report.plot_ops(record["ops"], out_dir, op, prefix="quick-" if opts.quick else "")
+            if name:
+                plots.append(name)
+    try:
+        record["machine"]["load_average_at_end"] = list(os.getloadavg())
+    except OSError:
+        pass
+    record["plots"] = plots
+    record["elapsed_s"] = time.perf_counter() - started
+    files = [report.write_json(os.path.join(out_dir, stem + ".json"), record)]
+    md = os.path.join(out_dir, stem + ".md")
+    with open(md, "w") as f:
+        f.write(report.markdown(record) + "\n")
+    files.append(md)
+    files += [os.path.join(out_dir, p) for p in plots]
+    if opts.readme:
+        base = os.path.dirname(os.path.abspath(opts.readme))
+        rel = lambda p: os.path.relpath(os.path.abspath(p), base).replace(os.sep, "/")  # noqa: E731
+        plot = os.path.join(out_dir, plots[0]) if plots else None
+        report.update_readme(opts.readme, report.readme_section(
+            record, rel(md), rel(plot) if plot else None))
+        files.append(opts.readme)
+    record["files"] = files
+    return record
