@@ -44,6 +44,8 @@ VENDOR = "nn.GRU"
 # reference.memory_bank validates its window indices with a data-dependent check that dynamo
 # cannot trace: it compiles as two graphs around that check instead of one.
 _FULLGRAPH = {"agru": True, "memory_bank": False}
+# The torch.compile backend of the compiled baseline ("eager" in the fast tests of the machinery).
+COMPILE_BACKEND = "inductor"
 
 
 @dataclasses.dataclass
@@ -208,7 +210,8 @@ def _compiled_fn(op: str) -> Callable:
     # A fresh dynamo state per compiled case: the recompile limit counts per code object, and a
     # case silently falling back to eager would be timed as "compiled".
     torch._dynamo.reset()
-    return torch.compile(getattr(reference, op), fullgraph=_FULLGRAPH[op], dynamic=False)
+    return torch.compile(getattr(reference, op), fullgraph=_FULLGRAPH[op], dynamic=False,
+                         backend=COMPILE_BACKEND)
 
 
 def _skip_reason(backend: str, shape: Shape, cfg: OpSuiteConfig) -> Optional[str]:

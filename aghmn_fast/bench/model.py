@@ -26,18 +26,32 @@ __all__ = ["run_model"]
 
 
 def _subset(dialogues: Sequence, count: Optional[int], seed: int = 0) -> list:
+    """``count`` dialogues: first a few that together hold every label (the recipe's class
+    weights need every class present), then a seeded random sample of the rest."""
     if count is None or count >= len(dialogues):
         return list(dialogues)
     if count < 1:
         raise ValueError(f"dialogues must be >= 1, got {count}")
-    return random.Random(seed).sample(list(dialogues), count)
+    order = list(dialogues)
+    random.Random(seed).shuffle(order)
+    missing = {label for d in order for label in d.labels}
+    chosen = []
+    while missing and len(chosen) < count:
+        best = max(order, key=lambda d: len(missing & set(d.labels)))
+        chosen.append(best)
+        order.remove(best)
+        missing -= set(best.labels)
+    if missing:
+        raise ValueError(f"{count} dialogues cannot hold every label; time more dialogues")
+    return chosen + order[:count - len(chosen)]
 
 
 def _time_path(backend: Optional[str], vocab, train_set, held_out, epochs: int) -> Dict:
     model = build_model(10, vocab, backend)
     model.train()
-    result = train(model, train_set, held_out, held_out, vocab, MELD_LABELS,
-                   TrainConfig(epochs=epochs, progress=False), log=lambda *_: None)
+    config = TrainConfig(epochs=epochs, progress=False)
+    result = train(model, train_set, held_out, held_out, vocab, MELD_LABELS, config,
+                   log=lambda *_: None)
     seconds = [h["seconds"] for h in result["history"]]
     return {"epoch_seconds": seconds, "seconds": statistics.median(seconds)}
 

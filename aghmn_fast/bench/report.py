@@ -200,36 +200,58 @@ def markdown(record: Dict) -> str:
     return "\n".join(lines)
 
 
-def plot_ops(rows: Sequence[Dict], out_dir: str, op: str, prefix: str = "", batch_T: int = 10,
-             window_B: int = 32, H: int = 100) -> Optional[str]:
-    """``<out_dir>/<prefix><op>.png``: latency against the batch (T = ``batch_T``) and against the window
-    length (B = ``window_B``), per backend, forward and forward+backward, log-log; solid lines
-    one thread, dashed the others. Returns the file name, or None when fewer than two points
-    of any curve exist."""
+def _sweep_axis(rows: Sequence[Dict], vary: str, preferred: Dict[str, int]) -> Optional[Dict]:
+    """The fixed values of the other two of (B, T, H) under which ``vary`` takes the most
+    distinct values (``preferred`` on a tie); None when no group has two."""
+    fixed = [k for k in ("B", "T", "H") if k != vary]
+    groups: Dict[tuple, set] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in fixed), set()).add(r[vary])
+    if not groups:
+        return None
+    want = tuple(preferred.get(k) for k in fixed)
+    key = max(groups, key=lambda g: (len(groups[g]), g == want))
+    return dict(zip(fixed, key)) if len(groups[key]) >= 2 else None
+
+
+def plot_ops(rows: Sequence[Dict], out_dir: str, op: str, prefix: str = "") -> Optional[str]:
+    """``<out_dir>/<prefix><op>.png``: latency against the batch B and against the window length
+    T per backend, forward and forward+backward, log-log; solid lines for the first thread
+    count, dashed for the others. Each panel holds the other sizes fixed where the most sizes
+    were measured (preferably T = 10, H = 100 and B = 32, H = 100: the sweeps). Returns the
+    file name, or None when no curve has two points."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    ok = [r for r in rows if r["op"] == op and r["status"] == "ok" and r["H"] == H]
-    panels = [("B", lambda r: r["T"] == batch_T, f"batch B (T = {batch_T}, H = {H})"),
-              ("T", lambda r: r["B"] == window_B, f"window length T (B = {window_B}, H = {H})")]
+    ok = [r for r in rows if r["op"] == op and r["status"] == "ok"]
+    panels = []
+    for vary, preferred, title in (("B", {"T": 10, "H": 100}, "batch B"),
+                                   ("T", {"B": 32, "H": 100}, "window length T")):
+        fixed = _sweep_axis(ok, vary, preferred)
+        if fixed:
+            panels.append((vary, fixed, f"{title} ("
+                           + ", ".join(f"{k} = {v}" for k, v in fixed.items()) + ")"))
+    if not panels:
+        return None
     modes = list(dict.fromkeys(r["mode"] for r in ok))
     if not modes:
         return None
     backends = list(dict.fromkeys(r["backend"] for r in rows if r["op"] == op))
     colours = {b: f"C{i}" for i, b in enumerate(backends)}
     threads = sorted({r["threads"] for r in ok})
-    fig, axes = plt.subplots(len(modes), 2, figsize=(11, 4 * len(modes)), squeeze=False)
+    fig, axes = plt.subplots(len(modes), len(panels), figsize=(5.5 * len(panels), 4 * len(modes)),
+                             squeeze=False)
     drawn = False
     for i, mode in enumerate(modes):
-        for j, (axis, keep, label) in enumerate(panels):
+        for j, (axis, fixed, label) in enumerate(panels):
             ax = axes[i][j]
             for b in backends:
                 for n in threads:
                     pts = sorted((r[axis], r["median_us"]) for r in ok
                                  if r["mode"] == mode and r["backend"] == b and r["threads"] == n
-                                 and keep(r))
+                                 and all(r[k] == v for k, v in fixed.items()))
                     if len(pts) < 2:
                         continue
                     drawn = True

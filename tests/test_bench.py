@@ -1,0 +1,262 @@
+"""The benchmark suite's machinery (``aghmn-fast bench``) on tiny shapes, so that it never rots.
+
+Nothing here judges speed: the times are only checked to exist and be ordered statistics. What is
+checked: every column runs and passes the correctness gate, a wrong backend is reported WRONG and
+never timed, the files and README section are written (only between the markers), and the CLI
+flags reach the suite.
+"""
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from aghmn_fast import cli, ops, reference
+from aghmn_fast.bench import kernels, machine, report, shapes, suite, timing
+from aghmn_fast.data import default_meld_root
+
+TINY = [shapes.Shape(1, 3, 8, "tiny"), shapes.Shape(4, 3, 8, "tiny"), shapes.Shape(4, 5, 8, "tiny")]
+HAVE_MELD = os.path.exists(os.path.join(default_meld_root(), "train_sent_emo.csv"))
+TIMED = ("median_us", "q1_us", "q3_us", "p10_us", "p90_us", "min_us", "reps")
+
+
+def _opts(tmp_path, **kw):
+    base = dict(parts=("agru", "memory_bank"), quick=True, threads=(1,), out_dir=str(tmp_path),
+                shapes=TINY, compile=False, readme=None, name="test-machine")
+    base.update(kw)
+    return suite.SuiteOptions(**base)
+
+
+def _rows(record, **match):
+    return [r for r in record["ops"] if all(r[k] == v for k, v in match.items())]
+
+
+def test_suite_on_tiny_shapes_writes_record_report_and_plots(tmp_path):
+    record = suite.run_suite(_opts(tmp_path, threads=(1, 2)), log=lambda *_: None)
+    out = tmp_path / "test-machine"
+    assert sorted(os.listdir(out)) == ["bench-quick.json", "bench-quick.md", "quick-agru.png",
+                                       "quick-memory_bank.png"]
+    assert torch.get_num_threads() == 1  # restored after the two-thread rows
+    saved = json.loads((out / "bench-quick.json").read_text())
+    assert saved["ops"] == json.loads(json.dumps(record["ops"]))
+    for key in ("cpu_model", "cores", "isa_flags", "python", "torch", "triton", "date"):
+        assert key in saved["machine"], key
+    cols = kernels.columns("cpu", compile_reference=False)
+    assert {"cpu", "reference", "nn.GRU"} <= set(cols)
+    # every (op, shape, mode, threads) has one row per column
+    assert len(record["ops"]) == 2 * len(TINY) * 2 * 2 * len(cols)
+    for r in record["ops"]:
+        if r["backend"] == "triton":  # only its CPU interpreter exists here: never timed
+            assert r["status"] == "skipped" and "median_us" not in r
+            continue
+        assert r["status"] == "ok", r
+        assert r["p10_us"] <= r["q1_us"] <= r["median_us"] <= r["q3_us"] <= r["p90_us"]
+        if r["op"] == "agru" and r["backend"] == "nn.GRU":
+            assert "max_rel_err" not in r  # a yardstick computing another function
+        else:
+            assert r["max_rel_err"] <= kernels.default_tolerance("cpu"), r
+    # nn.GRU over the stacked windows is the same BiGRU as memory_bank: it passed the gate,
+    # gradients included
+    assert all("max_rel_err" in r for r in _rows(record, op="memory_bank", backend="nn.GRU"))
+    md = (out / "bench-quick.md").read_text()
+    assert "#### agru, forward+backward" in md and "#### memory_bank, forward" in md
+    assert "| B4-T5-H8 | 2 |" in md and "![quick-agru](quick-agru.png)" in md
+    assert (out / "quick-agru.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward, gradient times 1.01 backward: a kernel whose backward is slightly off."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 1.01
+
+
+def _register(name, agru, memory_bank):
+    ops.register_backend(name, agru=agru, memory_bank=memory_bank, devices=("cpu",), priority=-50)
+
+
+def test_wrong_backends_are_reported_not_timed(tmp_path):
+    def bad_forward_agru(x, attn, *rest):
+        out, h = reference.agru(x, attn, *rest)
+        return out * 1.001, h
+
+    def nan_bank(utterances, windows, flat):
+        out = reference.memory_bank(utterances, windows, flat)
+        return out.index_fill(0, torch.tensor([out.shape[0] - 1]), float("nan"))
+
+    def bad_backward_agru(x, *rest):
+        return reference.agru(_ScaleGrad.apply(x), *rest)
+
+    def raising_bank(utterances, windows, flat):
+        raise RuntimeError("this backend refuses every size")
+
+    try:
+        _register("test-wrong-fwd", bad_forward_agru, nan_bank)
+        _register("test-wrong-bwd", bad_backward_agru, raising_bank)
+        record = suite.run_suite(_opts(tmp_path, shapes=TINY[1:2]), log=lambda *_: None)
+    finally:
+        ops._REGISTRY.pop("test-wrong-fwd", None)
+        ops._REGISTRY.pop("test-wrong-bwd", None)
+    assert "test-wrong-fwd" not in ops.backends()
+
+    def status(op, backend, mode):
+        (row,) = _rows(record, op=op, backend=backend, mode=mode)
+        if row["status"] != "ok":
+            assert not any(k in row for k in TIMED), row  # not timed
+        return row
+
+    for mode in kernels.MODES:
+        row = status("agru", "test-wrong-fwd", mode)
+        assert row["status"] == "WRONG" and "> tolerance" in row["note"]
+        assert mode != "forward" or row["note"].startswith("output")
+        assert 5e-4 < row["max_rel_err"] < 2e-3
+        row = status("memory_bank", "test-wrong-fwd", mode)
+        assert row["status"] == "WRONG" and math.isinf(row["max_rel_err"])  # NaN never passes
+        row = status("memory_bank", "test-wrong-bwd", mode)
+        assert row["status"] == "error" and "refuses every size" in row["note"]
+    # right outputs, wrong input gradient: passes forward, caught forward+backward
+    assert status("agru", "test-wrong-bwd", "forward")["status"] == "ok"
+    row = status("agru", "test-wrong-bwd", "forward+backward")
+    assert row["status"] == "WRONG" and row["note"].startswith("grad of input 0")
+    # the real backends of the same run were still timed
+    assert all(r["status"] == "ok" for r in _rows(record, backend="cpu"))
+    md = open(os.path.join(tmp_path, "test-machine", "bench-quick.md")).read()
+    assert "**WRONG**" in md and "test-wrong-bwd: error: RuntimeError" in md
+
+
+def test_gate_tolerance_is_the_knob(tmp_path):
+    """A tolerance of zero fails even the exact-in-float64 comparison of float32 kernels, so the
+    gate really compares numbers (it is not a status that is always ok)."""
+    cfg = kernels.OpSuiteConfig(shapes=TINY[1:2], ops=("agru",), modes=("forward",), threads=(1,),
+                                backends=["cpu", "reference"], compile=False,
+                                budget=timing.QUICK_BUDGET, tolerance=0.0)
+    rows = kernels.run_ops(cfg, log=lambda *_: None)
+    assert [r["status"] for r in rows] == ["WRONG", "WRONG"]
+    assert all(0 < r["max_rel_err"] < 1e-5 for r in rows)
+
+
+def test_readme_section_only_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    head, tail = "# proj\n\nintro\n\n", "## License\nMIT\n"
+    readme.write_text(head + tail)
+    report.update_readme(str(readme), f"{report.README_START}\nFIRST\n{report.README_END}")
+    assert readme.read_text() == head + f"{report.README_START}\nFIRST\n{report.README_END}\n\n" + tail
+    report.update_readme(str(readme), f"{report.README_START}\nSECOND\n{report.README_END}")
+    assert readme.read_text() == head + f"{report.README_START}\nSECOND\n{report.README_END}\n\n" + tail
+    readme.write_text(f"x\n{report.README_START}\nhalf\n")
+    with pytest.raises(ValueError, match="only one of the markers"):
+        report.update_readme(str(readme), "new")
+
+
+def test_cli_end_to_end_writes_readme_section(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# proj\n\n## License\nMIT\n")
+    args = ["bench", "--ops", "agru", "--shapes", "B2-T3-H8,B5-T3-H8", "--threads", "1",
+            "--quick", "--out-dir", str(tmp_path / "res"), "--name", "box", "--readme", str(readme)]
+    assert cli.main(args) == 0
+    text = readme.read_text()
+    assert text.startswith("# proj\n\n" + report.README_START + "\n## Performance")
+    assert text.endswith(report.README_END + "\n\n## License\nMIT\n")
+    assert "res/box/bench-quick.md" in text and "(res/box/quick-agru.png)" in text
+    assert "`aghmn-fast bench --device cpu --ops agru --threads 1 --quick --shapes " in text
+    assert "wrote " + str(readme) in capsys.readouterr().out
+
+
+def test_cli_flags_reach_the_options(monkeypatch, tmp_path):
+    parser = cli.build_parser()
+    args = parser.parse_args(["bench", "--ops", "agru,model", "--threads", "2,1", "--no-compile",
+                              "--compile-shapes", "B1-T10-H100", "--no-readme",
+                              "--model-dialogues", "5"])
+    opts = cli.COMMANDS["bench"].__globals__["options_from_args"](args)
+    assert (opts.parts, list(opts.threads), opts.compile, opts.readme) == (["agru", "model"], [2, 1],
+                                                                          False, None)
+    assert opts.compile_shapes == ["B1-T10-H100"] and opts.model_dialogues == 5
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("x")
+    full = cli.COMMANDS["bench"].__globals__["options_from_args"](parser.parse_args(["bench"]))
+    quick = cli.COMMANDS["bench"].__globals__["options_from_args"](parser.parse_args(["bench", "--quick"]))
+    assert full.readme == "README.md" and quick.readme is None  # quick runs leave the README
+    for bad in (["bench", "--threads", "0"], ["bench", "--threads", "a"], ["bench", "--device", "tpu"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    with pytest.raises(ValueError, match="unknown benchmark part"):
+        suite.SuiteOptions(parts=("agru", "gpu"))
+    with pytest.raises(ValueError, match="shape id"):
+        shapes.shape_by_id("32x10")
+
+
+def test_summarize_and_machine_slug(tmp_path):
+    stats = timing.summarize([float(x) for x in range(100, 0, -1)])
+    assert (stats["median_us"], stats["q1_us"], stats["q3_us"]) == (50.5, 25.75, 75.25)
+    assert (stats["p10_us"], stats["p90_us"]) == pytest.approx((10.9, 90.1))
+    assert (stats["min_us"], stats["reps"]) == (1.0, 100)
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n"
+                    "flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw\n\nprocessor\t: 1\n")
+    info = machine.machine_info("cpu", cpuinfo_path=str(fake))
+    assert info["isa_flags"] == ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw"]
+    assert machine.machine_slug(dict(info, cores=4)) == "intel-xeon-platinum-8481c-4c"
+    assert machine.machine_slug({"gpu": "NVIDIA H100 80GB HBM3"}) == "nvidia-h100-80gb-hbm3"
+
+
+def test_benchmarks_shapes_is_a_reexport():
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "shapes.py")
+    spec = importlib.util.spec_from_file_location("bench_shapes_reexport", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.SHAPES is shapes.SHAPES and mod.agru_inputs is shapes.agru_inputs
+    assert mod.memory_bank_inputs is shapes.memory_bank_inputs
+    assert mod.stacked_windows is shapes.stacked_windows
+
+
+@pytest.mark.skipif(not HAVE_MELD, reason="MELD data not found (set AGHMN_DATA)")
+def test_model_and_stream_parts_on_a_few_dialogues(tmp_path):
+    record = suite.run_suite(_opts(tmp_path, parts=("model", "stream"), model_dialogues=3,
+                                   stream_concurrency=4), log=lambda *_: None)
+    model = record["model"]
+    assert model["extrapolated"] and model["dialogues_timed"] == 3
+    paths = {r["path"]: r for r in model["rows"]}
+    assert set(paths) == {"reference", f"fused ({ops.backends('cpu')[0]})"}
+    for r in paths.values():
+        assert r["step_ms"] > 0 and r["epoch_s"] > r["timed_epoch_s"][0]
+    (run,) = record["stream"]
+    assert [c["window"] for c in run["cases"]] == [10, 40]
+    assert run["cases"][0]["concurrent"]["conversations"] == 4
+    md = open(record["files"][1]).read()
+    assert "**epoch times extrapolated**" in md and "## Streaming" in md
+
+
+def _compiled_rows(tmp_path, shape_ids):
+    opts = _opts(tmp_path, shapes=TINY[:2], compile=True, compile_shapes=shape_ids,
+                 backends=["reference", "reference-compiled"])
+    return suite.run_suite(opts, log=lambda *_: None)
+
+
+def test_compiled_baseline_machinery(tmp_path, monkeypatch):
+    """The torch.compile column with dynamo's "eager" backend (tracing only, fast): gated, its
+    first call reported as compile time, limited to --compile-shapes."""
+    monkeypatch.setattr(kernels, "COMPILE_BACKEND", "eager")
+    record = _compiled_rows(tmp_path, [TINY[1].id])
+    compiled = _rows(record, backend="reference-compiled")
+    assert len(compiled) == 2 * 2 * 2
+    for r in compiled:
+        if r["shape"] == TINY[1].id:
+            assert r["status"] == "ok" and r["compile_s"] > 0 and r["max_rel_err"] < 1e-4, r
+        else:
+            assert r["status"] == "skipped" and "not compiled" in r["note"]
+    md = open(record["files"][1]).read()
+    assert "torch.compile time of the reference" in md
+
+
+@pytest.mark.slow
+def test_compiled_baseline_with_inductor(tmp_path):
+    record = _compiled_rows(tmp_path, [TINY[0].id])
+    ok = [r for r in _rows(record, backend="reference-compiled") if r["status"] != "skipped"]
+    assert len(ok) == 4 and all(r["status"] == "ok" for r in ok), ok
