@@ -77,5 +77,12 @@ if ! "$PY" benchmarks/gpu_bench.py --out-dir "$OUT" "$@" 2>&1 | tee -a "$LOG"; t
     say "BENCHMARK FAILED"
     status=1
 fi
+say "benchmark report (aghmn-fast bench: the CPU report's format, under benchmarks/results/<card>/)"
+# AGHMN_BENCH_OUT: another results folder; AGHMN_BENCH_ARGS: extra flags, e.g. "--no-compile".
+if ! "$PY" -m aghmn_fast.cli bench --device cuda --out-dir "${AGHMN_BENCH_OUT:-benchmarks/results}" \
+        --no-readme ${AGHMN_BENCH_ARGS:-} 2>&1 | tee -a "$LOG"; then
+    say "BENCHMARK REPORT FAILED (or a backend failed its correctness gate)"
+    status=1
+fi
 say "done (status $status); results in $OUT"
 exit $status
