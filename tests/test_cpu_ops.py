@@ -118,6 +118,14 @@ def test_agru_backend_is_dispatched():
     assert_close(out, r_out, F32, "output")
 
 
+def test_double_backward_raises_instead_of_returning_wrong_gradients():
+    x, attn, w_ih, w_hh, b_ih, b_hh, h0 = agru_inputs(2, 3, 4, 5, F64)
+    out, _ = ext.agru(x, attn, w_ih, w_hh, b_ih, b_hh, h0)
+    grad_x, = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad_x.sum().backward()
+
+
 # ---- memory bank ----------------------------------------------------------------------------
 
 def sliding_windows(N, K, extra=0, seed=0):

@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .. import _extension
 
@@ -217,6 +218,7 @@ def make_agru(agru_forward: Callable, agru_backward: Callable) -> Callable:
             return out, out[:, 0 if reverse else -1].clone()
 
         @staticmethod
+        @once_differentiable  # the backward ops have no derivative: say so, not silently zero
         def backward(ctx, grad_out, grad_hn):
             x, weight_ih, attn, weight_hh, h0, out, gates = ctx.saved_tensors
             reverse = ctx.reverse
@@ -283,6 +285,7 @@ def make_memory_bank(window_gru_forward: Callable, window_gru_backward: Callable
             return memory
 
         @staticmethod
+        @once_differentiable
         def backward(ctx, grad_memory):
             utterances, weight_hh, windows, index, out, gates, *w_ih = ctx.saved_tensors
             need = ctx.needs_input_grad
