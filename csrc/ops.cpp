@@ -57,7 +57,10 @@ void check_windows(const Tensor& windows, const char* op, const Tensor& like, in
 }
 
 // Rows per batch tile: enough tiles for every thread, at most kMaxTile rows so that a tile's
-// per-step state stays in L1 while the packed weights stream from L2.
+// per-step state stays in L1 while the packed weights stream from L2. (at::parallel_for is a
+// header template: it only runs tiles on several threads when this file is compiled with
+// -fopenmp; otherwise it runs them all on the calling thread. Results do not depend on it:
+// every tile computes its rows with the same per-element summation order.)
 constexpr int64_t kMaxTile = 32;
 
 int64_t tile_rows(int64_t batch) {
