@@ -15,7 +15,10 @@ def extensions():
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
-    cxx = ["-O3", "-fvisibility=hidden"]  # the C++ standard is torch's choice (C++20 from 2.13)
+    # The C++ standard is torch's choice (C++20 from 2.13). -fopenmp: at::parallel_for is a header
+    # template that runs serially unless the translation unit is built with OpenMP.
+    cxx = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+    link = ["-fopenmp"]
     if os.environ.get("AGHMN_NATIVE", "0") == "1":
         cxx.append("-march=native")
     include_dirs = [os.path.abspath("csrc/include")]
@@ -34,9 +37,10 @@ def extensions():
         return [CUDAExtension("aghmn_fast._C", cpu_sources + cuda_sources,
                               include_dirs=include_dirs,
                               define_macros=[("AGHMN_WITH_CUDA", "1")],
-                              extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
+                              extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                              extra_link_args=link)]
     return [CppExtension("aghmn_fast._C", cpu_sources, include_dirs=include_dirs,
-                         extra_compile_args={"cxx": cxx})]
+                         extra_compile_args={"cxx": cxx}, extra_link_args=link)]
 
 
 def cmdclass():
