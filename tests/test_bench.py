@@ -165,6 +165,7 @@ def test_cli_end_to_end_writes_readme_section(tmp_path, capsys):
     assert text.startswith("# proj\n\n" + report.README_START + "\n## Performance")
     assert text.endswith(report.README_END + "\n\n## License\nMIT\n")
     assert "res/box/bench-quick.md" in text and "(res/box/quick-agru.png)" in text
+    assert "| agru | B2-T3-H8 |" in text and "| agru | B5-T3-H8 |" in text
     assert "`aghmn-fast bench --device cpu --ops agru --threads 1 --quick --shapes " in text
     assert "wrote " + str(readme) in capsys.readouterr().out
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from .. import ops, reference
 from .shapes import Shape, agru_inputs, memory_bank_inputs, stacked_windows
-from .timing import FULL_BUDGET, Budget, measure, num_threads
+from .timing import FULL_BUDGET, Budget, num_threads, sample, summarize
 
 __all__ = ["OPS", "MODES", "COMPILED", "VENDOR", "OpSuiteConfig", "columns", "default_tolerance",
            "run_ops"]
@@ -229,7 +230,8 @@ def run_ops(cfg: OpSuiteConfig, log: Callable[[str], None] = print) -> List[Dict
 
     A row has op, mode, shape (id), B, T, H, kind, backend, threads, status ("ok", "WRONG",
     "error", "skipped"), and when timed median_us, q1_us, q3_us, p10_us, p90_us, min_us, reps;
-    ``max_rel_err`` when checked; ``compile_s`` for the compiled reference; ``note``.
+    ``max_rel_err`` when checked; ``compile_s`` for the compiled reference; ``load1``, the
+    1-minute load average after the case; ``note``.
     """
     tol = cfg.tolerance if cfg.tolerance is not None else default_tolerance(cfg.device)
     names = list(cfg.backends) if cfg.backends is not None else columns(cfg.device, cfg.compile)
@@ -241,45 +243,80 @@ def run_ops(cfg: OpSuiteConfig, log: Callable[[str], None] = print) -> List[Dict
                 expected = _expected(op, shape, cfg.device, grad)
                 for threads in cfg.threads:
                     with num_threads(threads):
-                        for backend in names:
-                            row = {"op": op, "mode": mode, "shape": shape.id, "B": shape.B,
-                                   "T": shape.T, "H": shape.H, "kind": shape.kind,
-                                   "backend": backend, "threads": threads, "device": cfg.device}
-                            row.update(_run_column(op, backend, shape, grad, expected, tol, cfg))
-                            rows.append(row)
-                            log(_progress(row))
+                        case = [dict(op=op, mode=mode, shape=shape.id, B=shape.B, T=shape.T,
+                                     H=shape.H, kind=shape.kind, backend=b, threads=threads,
+                                     device=cfg.device) for b in names]
+                        _run_case(case, shape, grad, expected, tol, cfg)
+                    for row in case:
+                        log(_progress(row))
+                    rows += case
     return rows
 
 
-def _run_column(op: str, backend: str, shape: Shape, grad: bool, expected, tol: float,
-                cfg: OpSuiteConfig) -> Dict:
+def _run_case(case: List[Dict], shape: Shape, grad: bool, expected, tol: float,
+              cfg: OpSuiteConfig) -> None:
+    """Gate every column of one case, then time the ones that passed, round by round."""
+    timed = []
+    try:
+        for row in case:
+            step = _prepare(row, shape, grad, expected, tol, cfg)
+            if step is not None:
+                timed.append((row, step, []))
+        for r in range(cfg.budget.rounds):
+            budget = cfg.budget.round()
+            if r == 0:
+                budget = dataclasses.replace(budget, warmup=cfg.budget.warmup)
+            for row, step, samples in timed:
+                if row.get("status") == "error":
+                    continue
+                try:
+                    samples += sample(step, budget, cfg.device)
+                except Exception as exc:  # e.g. out of memory on a large shape
+                    row.update(status="error", note=f"{type(exc).__name__}: {exc}"[:300])
+        for row, _, samples in timed:
+            if row.get("status") != "error":
+                row.update(summarize(samples), status="ok")
+    finally:
+        if any(row["backend"] == COMPILED for row, _, _ in timed):
+            torch._dynamo.reset()
+    load = _load1()
+    for row in case:
+        row["load1"] = load
+
+
+def _prepare(row: Dict, shape: Shape, grad: bool, expected, tol: float,
+             cfg: OpSuiteConfig) -> Optional[Callable[[], None]]:
+    """Skip or gate one column (filling ``row``); the step to time when it is to be timed."""
+    op, backend = row["op"], row["backend"]
     why = _skip_reason(backend, shape, cfg)
     if why:
-        return {"status": "skipped", "note": why}
-    out: Dict = {}
-    compiled = None
+        row.update(status="skipped", note=why)
+        return None
     try:
         compiled = _compiled_fn(op) if backend == COMPILED else None
         runner = _runner(op, backend, shape, cfg.device, grad, compiled)
         if runner.gate is None:
-            out["note"] = "yardstick: a plain GRU, not the same function (no check)"
+            row["note"] = "yardstick: a plain GRU, not the same function (no check)"
         else:
             start = _now(cfg.device)
             err, where = _gate(runner, expected, grad)
             if compiled is not None:
-                out["compile_s"] = _now(cfg.device) - start
-            out["max_rel_err"] = err
+                row["compile_s"] = _now(cfg.device) - start
+            row["max_rel_err"] = err
             if not err <= tol:
-                out.update(status="WRONG", note=f"{where}: error {err:.3g} > tolerance {tol:g}")
-                return out
-        out.update(measure(_step(runner, grad), cfg.budget, cfg.device))
-        out["status"] = "ok"
+                row.update(status="WRONG", note=f"{where}: error {err:.3g} > tolerance {tol:g}")
+                return None
+        return _step(runner, grad)
     except Exception as exc:  # a backend refusing a size is reported in its cell, not fatal
-        out.update(status="error", note=f"{type(exc).__name__}: {exc}"[:300])
-    finally:
-        if compiled is not None:
-            torch._dynamo.reset()
-    return out
+        row.update(status="error", note=f"{type(exc).__name__}: {exc}"[:300])
+        return None
+
+
+def _load1() -> Optional[float]:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def _now(device: str) -> float:

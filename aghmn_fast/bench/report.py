@@ -10,8 +10,8 @@ from typing import Dict, List, Optional, Sequence
 from .kernels import COMPILED, VENDOR
 from .shapes import SHAPES
 
-__all__ = ["write_json", "markdown", "plot_ops", "readme_section", "update_readme",
-           "README_START", "README_END", "fused_columns"]
+__all__ = ["write_json", "markdown", "op_tables", "summary_table", "plot_ops", "readme_section",
+           "update_readme", "README_START", "README_END", "fused_columns"]
 
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
@@ -184,7 +184,8 @@ def markdown(record: Dict) -> str:
         lines += op_tables(rows, spread=True)
         compiled = [r for r in rows if "compile_s" in r]
         if compiled:
-            lines += ["torch.compile time of the reference (first call, not timed): "
+            lines += ["torch.compile time of the reference (first call, not timed; a graph "
+                      "that inductor compiled before comes from its on-disk cache, faster): "
                       + "; ".join(f"{r['op']} {r['mode']} {r['shape']} t={r['threads']}: "
                                   f"{r['compile_s']:.0f} s" for r in compiled) + ".", ""]
         problems, skips = _problems(rows), _skips(rows)
@@ -278,25 +279,56 @@ def plot_ops(rows: Sequence[Dict], out_dir: str, op: str, prefix: str = "") -> O
     return name if drawn else None
 
 
+def summary_table(rows: Sequence[Dict], threads: int, shapes: Sequence[str]) -> List[str]:
+    """Markdown lines of one compact table: per op and shape, for each mode the fastest fused
+    backend's median and the baselines' medians over it."""
+    rows = [r for r in rows if r["threads"] == threads and r["shape"] in shapes]
+    fused = fused_columns(rows)
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    base = [b for b in _BASELINES if any(r["backend"] == b and r["status"] == "ok" for r in rows)]
+    label = "/".join(fused) if fused else "fused"
+    head = "| op | shape |"
+    for mode in modes:
+        head += f" {mode}: {label} (us) |" + "".join(f" {b} / {label} |" for b in base)
+    lines = [head, "|---|---|" + "---:|" * (len(modes) * (1 + len(base)))]
+    for op in dict.fromkeys(r["op"] for r in rows):
+        for shape in shapes:
+            line = f"| {op} | {shape} |"
+            for mode in modes:
+                cells = {r["backend"]: r for r in rows
+                         if r["op"] == op and r["shape"] == shape and r["mode"] == mode}
+                best = _best(cells, fused)
+                wrong = [b for b in fused if cells.get(b, {}).get("status") == "WRONG"]
+                line += (f" {_us(best['median_us'])} |" if best else
+                         (" **WRONG** |" if wrong else " – |"))
+                line += "".join(f" {_ratio(cells, b, fused)} |" for b in base)
+            lines.append(line)
+    return lines
+
+
 def readme_section(record: Dict, report_path: str, plot_path: Optional[str]) -> str:
-    """The README "Performance" section (markers included): the standard shapes at one thread,
-    model and streaming highlights, one plot; ``report_path``/``plot_path`` relative to the
-    README."""
+    """The README "Performance" section (markers included): one table of the standard shapes at
+    one thread, model and streaming highlights, one plot; ``report_path`` and ``plot_path``
+    relative to the README."""
     m, rows = record["machine"], record.get("ops", [])
     quick = " (quick run)" if record["config"].get("quick") else ""
-    hw = f"{m['gpu']}, " if m.get("gpu") else ""
+    hw = f"{m['gpu']} with " if m.get("gpu") else ""
+    load = m.get("load_average_at_start")
     lines = [README_START, "## Performance", "",
              f"Measured{quick} by `{record['command']}` on {hw}{m['cpu_model']} "
              f"({m['cores']} cores, {m['torch_cpu_capability']}), {m['date'][:10]}, torch "
-             f"{m['torch']}; load average at start {m['load_average_at_start'][0]:.1f}"
-             if m.get("load_average_at_start") else "", ""]
-    lines[-2] += f". Full report with spreads, sweeps and two threads: [{report_path}]({report_path})."
+             f"{m['torch']}" + (f", load average {load[0]:.1f} at the start" if load else "")
+             + f". Full report (spreads, sweeps, two threads, notes): [{report_path}]({report_path}).",
+             ""]
     if rows:
         first = min(r["threads"] for r in rows)
-        std = [s.id for s in SHAPES]
-        lines += [f"Median microseconds per call, float32, {first} thread, standard shapes:", ""]
-        lines += [line.replace("#### ", "**", 1) + "**" if line.startswith("#### ") else line
-                  for line in op_tables(rows, spread=False, threads=[first], shapes=std)]
+        std = ([s.id for s in SHAPES if any(r["shape"] == s.id for r in rows)]
+               or list(dict.fromkeys(r["shape"] for r in rows)))
+        lines += [f"Median microseconds per call, float32, {first} thread; `X / fused`: how many "
+                  "times slower X is than the fused kernels (reference = eager step loop, "
+                  "reference-compiled = the same under torch.compile, nn.GRU = oneDNN/cuDNN GRU "
+                  "yardstick).", ""]
+        lines += summary_table(rows, first, std) + [""]
     model = record.get("model") or {}
     for r in model.get("rows", []):
         if "speedup" in r:

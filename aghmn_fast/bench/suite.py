@@ -133,6 +133,12 @@ def _write(record: Dict, opts: SuiteOptions, out_dir: str, started: float) -> Di
         record["machine"]["load_average_at_end"] = list(os.getloadavg())
     except OSError:
         pass
+    loads = sorted(r["load1"] for r in record["ops"] if r.get("load1") is not None)
+    if loads:
+        record["notes"].append(
+            f"1-minute load average after each op case: median {loads[len(loads) // 2]:.2f}, "
+            f"max {loads[-1]:.2f} on {record['machine']['cores']} cores (this benchmark itself "
+            "adds up to its thread count); per-case values are in the JSON (`load1`).")
     record["plots"] = plots
     record["elapsed_s"] = time.perf_counter() - started
     files = [report.write_json(os.path.join(out_dir, stem + ".json"), record)]

@@ -9,21 +9,30 @@ from typing import Callable, Dict, Iterator, List, Sequence
 
 import torch
 
-__all__ = ["Budget", "QUICK_BUDGET", "FULL_BUDGET", "measure", "summarize", "num_threads"]
+__all__ = ["Budget", "QUICK_BUDGET", "FULL_BUDGET", "sample", "measure", "summarize",
+           "num_threads"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """How long to time one case: ``warmup`` untimed calls, then at least ``min_reps`` calls and
-    ``min_seconds`` of timed calls, at most ``max_reps``."""
+    ``min_seconds`` of timed calls, at most ``max_reps``, split into ``rounds`` rounds (the
+    columns of a case take turns round by round, so that a burst of load from other processes
+    lands on all of them rather than on one)."""
     warmup: int
     min_reps: int
     max_reps: int
     min_seconds: float
+    rounds: int = 1
+
+    def round(self) -> "Budget":
+        """The share of one round (no warm-up)."""
+        n = max(1, self.rounds)
+        return Budget(0, -(-self.min_reps // n), -(-self.max_reps // n), self.min_seconds / n)
 
 
 QUICK_BUDGET = Budget(warmup=1, min_reps=3, max_reps=15, min_seconds=0.02)
-FULL_BUDGET = Budget(warmup=3, min_reps=10, max_reps=400, min_seconds=0.4)
+FULL_BUDGET = Budget(warmup=3, min_reps=12, max_reps=400, min_seconds=0.4, rounds=4)
 
 
 def _quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -44,8 +53,8 @@ def summarize(samples_us: Sequence[float]) -> Dict[str, float]:
             "p90_us": _quantile(s, 0.90), "min_us": s[0], "reps": len(s)}
 
 
-def measure(step: Callable[[], object], budget: Budget, device: str = "cpu") -> Dict[str, float]:
-    """Time ``step()`` per call after ``budget.warmup`` untimed calls.
+def sample(step: Callable[[], object], budget: Budget, device: str = "cpu") -> List[float]:
+    """Per-call times of ``step()`` in microseconds after ``budget.warmup`` untimed calls.
 
     On CUDA each call is bracketed by CUDA events (the GPU time of the call, launch overhead
     included), synchronised at the end; on the CPU by ``time.perf_counter``.
@@ -55,28 +64,34 @@ def measure(step: Callable[[], object], budget: Budget, device: str = "cpu") -> 
         step()
     if cuda:
         torch.cuda.synchronize()
-    samples: List[float] = []
     start = time.perf_counter()
-    if cuda:
-        events = []
-        while len(events) < budget.max_reps and (
-                len(events) < budget.min_reps or time.perf_counter() - start < budget.min_seconds):
-            begin, end = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            begin.record()
-            step()
-            end.record()
-            events.append((begin, end))
-            if len(events) % 16 == 0:
-                torch.cuda.synchronize()  # so that the wall-clock budget tracks GPU time
-        torch.cuda.synchronize()
-        samples = [b.elapsed_time(e) * 1e3 for b, e in events]
-    else:
-        while len(samples) < budget.max_reps and (
-                len(samples) < budget.min_reps or time.perf_counter() - start < budget.min_seconds):
+
+    def more(done: int) -> bool:
+        return done < budget.max_reps and (
+            done < budget.min_reps or time.perf_counter() - start < budget.min_seconds)
+    if not cuda:
+        samples: List[float] = []
+        while more(len(samples)):
             t0 = time.perf_counter()
             step()
             samples.append((time.perf_counter() - t0) * 1e6)
-    return summarize(samples)
+        return samples
+    events = []
+    while more(len(events)):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        step()
+        end.record()
+        events.append((begin, end))
+        if len(events) % 16 == 0:
+            torch.cuda.synchronize()  # so that the wall-clock budget tracks GPU time
+    torch.cuda.synchronize()
+    return [b.elapsed_time(e) * 1e3 for b, e in events]
+
+
+def measure(step: Callable[[], object], budget: Budget, device: str = "cpu") -> Dict[str, float]:
+    """:func:`summarize` of :func:`sample` over all of ``budget`` (its rounds back to back)."""
+    return summarize(sample(step, budget, device))
 
 
 @contextlib.contextmanager
