@@ -9,10 +9,10 @@ Public entry points:
 """
 import torch  # noqa: F401  (must be imported before the compiled extension)
 
-from . import backends as _backend_modules  # noqa: F401  (loaded first: the name below wins)
+from . import backends  # a package that is also the callable ``backends(device=None)``
 from . import reference
 from ._validation import set_nan_check
-from .ops import agru, backend_errors, backends, memory_bank, window_gru
+from .ops import agru, backend_errors, memory_bank, window_gru
 
 __version__ = "0.1.0"
 __all__ = ["agru", "memory_bank", "window_gru", "backends", "backend_errors", "reference", "set_nan_check"]

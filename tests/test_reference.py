@@ -163,3 +163,10 @@ def test_backends_stays_a_function_after_backends_load():
     import aghmn_fast
     import aghmn_fast.backends.cpu  # noqa: F401  (may fail to build elsewhere; here it exists)
     assert callable(aghmn_fast.backends) and "reference" in aghmn_fast.backends()
+
+
+def test_backend_modules_import_by_dotted_name():
+    import aghmn_fast
+    import aghmn_fast.backends.cpu as cpu_backend
+    assert aghmn_fast.backends("cpu")[0] == "cpu"
+    assert cpu_backend.window_gru is aghmn_fast.ops.resolve_backend("cpu", torch.device("cpu")).window_gru
