@@ -126,6 +126,18 @@ def test_double_backward_raises_instead_of_returning_wrong_gradients():
         grad_x.sum().backward()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_backend_passes_other_dtypes_to_the_reference(dtype):
+    x, attn, w_ih, w_hh, b_ih, b_hh, h0 = (a.detach().to(dtype) for a in agru_inputs(2, 3, 4, 5, F32))
+    out, hn = aghmn_fast.ops.agru(x, attn, w_ih, w_hh, b_ih, b_hh, h0, backend="cpu")
+    r_out, r_hn = reference.agru(x, attn, w_ih, w_hh, b_ih, b_hh, h0)
+    assert out.dtype == dtype and torch.equal(out, r_out) and torch.equal(hn, r_hn)
+    leaves = [t.detach().to(dtype) for t in bank_inputs(5, 4, True, F32)]
+    windows = sliding_windows(5, 3)
+    mem = aghmn_fast.ops.memory_bank(leaves[0], windows, leaves[1:], backend="cpu")
+    assert torch.equal(mem, reference.memory_bank(leaves[0], windows, leaves[1:]))
+
+
 # ---- memory bank ----------------------------------------------------------------------------
 
 def sliding_windows(N, K, extra=0, seed=0):
