@@ -261,3 +261,25 @@ def test_compiled_baseline_with_inductor(tmp_path):
     record = _compiled_rows(tmp_path, [TINY[0].id])
     ok = [r for r in _rows(record, backend="reference-compiled") if r["status"] != "skipped"]
     assert len(ok) == 4 and all(r["status"] == "ok" for r in ok), ok
+
+
+def test_tables_ratios_and_noise_marks():
+    def row(backend, median, mode="forward", status="ok", p10=None, p90=None):
+        return dict(op="agru", mode=mode, shape="B1-T10-H100", B=1, T=10, H=100, threads=1,
+                    backend=backend, status=status, median_us=median, p10_us=p10 or median,
+                    p90_us=p90 or median, q1_us=median, q3_us=median)
+    rows = [row("cpu", 50.0), row("reference", 400.0), row("reference-compiled", 0, status="skipped"),
+            row("nn.GRU", 100.0, p10=90.0, p90=300.0),
+            row("cpu", 200.0, mode="forward+backward"), row("reference", 1000.0, mode="forward+backward"),
+            row("nn.GRU", 0, mode="forward+backward", status="WRONG")]
+    for r in rows:
+        if r["status"] != "ok":
+            for k in ("median_us", "p10_us", "p90_us", "q1_us", "q3_us"):
+                del r[k]
+    table = "\n".join(report.op_tables(rows))
+    assert "| B1-T10-H100 | 1 | 50.0 (50.0–50.0) | 400 (400–400) | – | 100† (90.0–300) | 8.0x |  | 2.0x |" in table
+    assert "| B1-T10-H100 | 1 | 200 (200–200) | 1000 (1000–1000) |  | **WRONG** | 5.0x |  |  |" in table
+    summary = report.summary_table(rows, 1, ["B1-T10-H100"])
+    assert summary[0] == ("| op | shape | forward: cpu (us) | reference / cpu | nn.GRU / cpu |"
+                          " forward+backward: cpu (us) | reference / cpu | nn.GRU / cpu |")
+    assert summary[2] == "| agru | B1-T10-H100 | 50.0 | 8.0x | 2.0x | 200 | 5.0x |  |"

@@ -36,11 +36,19 @@ def _cell(row: Optional[Dict], spread: bool) -> str:
         return ""
     status = row["status"]
     if status == "ok":
-        text = _us(row["median_us"])
+        text = _us(row["median_us"]) + ("†" if _noisy(row) else "")
         return f"{text} ({_us(row['p10_us'])}–{_us(row['p90_us'])})" if spread else text
     if status == "WRONG":
         return "**WRONG**"
     return "error" if status == "error" else "–"
+
+
+NOISY_SPREAD = 3.0
+
+
+def _noisy(row: Dict) -> bool:
+    """A spread this wide means other processes took the cores during the timing."""
+    return row["p90_us"] > NOISY_SPREAD * row["p10_us"]
 
 
 def _us(value: float) -> str:
@@ -182,6 +190,13 @@ def markdown(record: Dict) -> str:
                   "timed).", "",
                   "Standard shapes: " + "; ".join(f"{s.id} = {s.kind}" for s in SHAPES) + ".", ""]
         lines += op_tables(rows, spread=True)
+        noisy = [r for r in rows if r["status"] == "ok" and _noisy(r)]
+        if noisy:
+            lines += [f"† {len(noisy)} of {sum(r['status'] == 'ok' for r in rows)} timed cells "
+                      f"have a 90th percentile above {NOISY_SPREAD:g}x their 10th: other "
+                      "processes took the cores while they ran (most often with two threads, "
+                      "where a preempted thread stalls the other); read them as upper bounds.",
+                      ""]
         compiled = [r for r in rows if "compile_s" in r]
         if compiled:
             lines += ["torch.compile time of the reference (first call, not timed; a graph "
