@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= ../shared/data/meld
 DEMO_ARGS ?=
 
-.PHONY: install build test demo bench cmake-check clean
+.PHONY: install build test demo bench bench-pytest cmake-check clean
 
 $(VENV)/.deps: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,9 +13,13 @@ $(VENV)/.deps: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-# The package in editable mode; `build` recompiles the extension after a change under csrc/.
-install: $(VENV)/.deps
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+# The package in editable mode (once), then the extension built in place; `build` recompiles
+# only what changed under csrc/ (ninja).
+$(VENV)/.installed: $(VENV)/.deps setup.py
+	AGHMN_SKIP_EXT=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
 
 build: install
 	$(PY) setup.py -q build_ext --inplace
@@ -28,7 +32,12 @@ demo: build
 	$(VENV)/bin/aghmn-fast train --data $(DATA) --out runs/demo $(DEMO_ARGS)
 	$(VENV)/bin/aghmn-fast demo-stream --checkpoint runs/demo/best.pt --data $(DATA)
 
+# The benchmark report (JSON, Markdown, plots under benchmarks/results/<machine>/, README section).
 bench: build
+	$(VENV)/bin/aghmn-fast bench --device cpu
+
+# The pytest-benchmark suites of the ops.
+bench-pytest: build
 	$(PY) -m pytest benchmarks/ --benchmark-only
 
 # Framework-free kernel core (and CUDA with nvcc when present): a compile check, no torch.

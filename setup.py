@@ -3,7 +3,7 @@
 Install with ``pip install --no-build-isolation -e .`` (the build needs the installed torch).
 CPU sources (``csrc/*.cpp``) are always built; CUDA sources (``csrc/cuda/*.cu``) only when the
 installed torch has CUDA and a CUDA toolkit is found (set ``AGHMN_NO_CUDA=1`` to skip them).
-``AGHMN_NATIVE=1`` adds ``-march=native`` (off by default so that wheels stay portable).
+``AGHMN_SKIP_EXT=1`` installs without building the extension. ``AGHMN_NATIVE=1`` adds ``-march=native`` (off by default so that wheels stay portable).
 """
 import glob
 import os
@@ -55,7 +55,9 @@ setup(
                 "for real-time emotion recognition in conversations",
     packages=find_packages(include=["aghmn_fast", "aghmn_fast.*"]),
     python_requires=">=3.10",
-    ext_modules=extensions(),
+    # AGHMN_SKIP_EXT=1: install the Python package only (the Makefile then builds the extension
+    # in place once, incrementally, instead of pip compiling it again in a temporary directory).
+    ext_modules=[] if os.environ.get("AGHMN_SKIP_EXT", "0") == "1" else extensions(),
     cmdclass=cmdclass(),
     entry_points={"console_scripts": ["aghmn-fast=aghmn_fast.cli:main"]},
 )
