@@ -149,3 +149,8 @@ def test_stream_step_op_passes_opcheck():
             1, rec.model.classifier.weight.detach(), rec.model.classifier.bias.detach())
     torch.library.opcheck(torch.ops.aghmn_fast.stream_step.default, args,
                           test_utils=("test_schema", "test_autograd_registration"))
+
+
+def test_public_names():
+    assert aghmn_fast.StreamingRecognizer is StreamingRecognizer
+    assert aghmn_fast.nn.AGRU.__name__ == "AGRU"
