@@ -283,3 +283,13 @@ def test_tables_ratios_and_noise_marks():
     assert summary[0] == ("| op | shape | forward: cpu (us) | reference / cpu | nn.GRU / cpu |"
                           " forward+backward: cpu (us) | reference / cpu | nn.GRU / cpu |")
     assert summary[2] == "| agru | B1-T10-H100 | 50.0 | 8.0x | 2.0x | 200 | 5.0x |  |"
+
+
+def test_compile_shapes_defaults():
+    resolved = suite._resolved
+    assert resolved(suite.SuiteOptions())["compile_shapes"] == ["B1-T10-H100", "B1024-T10-H100"]
+    full_all = resolved(suite.SuiteOptions(compile_shapes=["all"]))
+    assert full_all["compile_shapes"] == [s.id for s in full_all["shapes"]]
+    assert resolved(suite.SuiteOptions(quick=True))["compile"] is False
+    quick = resolved(suite.SuiteOptions(quick=True, compile=True))
+    assert quick["compile"] and quick["compile_shapes"] == [s.id for s in shapes.QUICK_SHAPES]

@@ -60,7 +60,8 @@ def add_parser(sub) -> None:
     comp.add_argument("--compile", dest="compile", action="store_true",
                       help="include the torch.compile baseline also in a --quick run")
     p.add_argument("--compile-shapes", type=_csv, default=None, metavar="IDS",
-                   help="shape ids that get the compiled baseline (default: the standard shapes)")
+                   help="shape ids that get the compiled baseline, or 'all' (default: the "
+                        "standard shapes with T = 10: B1-T10-H100,B1024-T10-H100)")
     p.add_argument("--shapes", type=_csv, default=None, metavar="IDS",
                    help="shape ids like B32-T10-H100 (default: standard shapes and sweeps; quick: "
                         "a subset)")
