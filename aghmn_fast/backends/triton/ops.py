@@ -3,7 +3,7 @@
 Each op is a ``torch.library.triton_op`` (so ``torch.compile`` traces into the kernels and
 fake tensors come for free) with the schema and semantics of the matching op in docs/OPS.md.
 The autograd rules, the time-parallel GEMMs and the public ``agru`` / ``memory_bank`` come from
-the glue shared by all fused backends (:mod:`aghmn_fast.backends.extension_ops`).
+the glue shared by all fused backends (:mod:`aghmn_fast.backends.glue`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Tuple
 from torch import Tensor
 from torch.library import triton_op
 
-from ..extension_ops import OpSet, make_backend, register_autograd_rules
+from ..glue import OpSet, make_backend, register_autograd_rules
 from .agru import agru_backward, agru_forward
 from .window_gru import window_gru_backward, window_gru_forward
 
