@@ -59,9 +59,9 @@ def _add_demo_stream(sub):
 
 
 def cmd_train(args) -> int:
-    from .data import Vocabulary, build_embeddings  # noqa: F401
+    from .data import build_embeddings
     from .models import AGHMN, AGHMNConfig
-    from .train import TrainConfig, build_vocabulary, load_dataset, train
+    from .train import TrainConfig, build_vocabulary, load_dataset, set_seed, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,7 +73,6 @@ def cmd_train(args) -> int:
     emb, stats = build_embeddings(vocab, args.embeddings, seed=args.seed, dim=args.embedding_dim)
     print(f"data: {len(train_set)}/{len(dev_set)}/{len(test_set)} dialogues; vocabulary {len(vocab)} "
           f"words; embeddings {stats['source']} d={stats['dim']} coverage {100 * stats['coverage']:.1f}%")
-    from .train import set_seed
     set_seed(args.seed)
     cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=emb.shape[1], num_classes=len(labels),
                       hidden_size=args.hidden, window=args.window or (40 if iemocap else 10),

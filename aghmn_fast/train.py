@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
 import time
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import (MELD_LABELS, Dialogue, Vocabulary, build_embeddings, class_weights,
+from .data import (MELD_LABELS, Dialogue, Vocabulary, class_weights,
                    default_meld_root, load_json_dialogues, load_meld, tokenize)
 from .metrics import classification_metrics, format_report
 from .models import AGHMN, AGHMNConfig, make_batch

@@ -1,6 +1,5 @@
 """Training recipe, checkpoints and the CLI on tiny synthetic data."""
 import json
-import os
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from aghmn_fast.cli import main
 from aghmn_fast.data import Dialogue, IEMOCAP_LABELS
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.train import (TrainConfig, build_vocabulary, encode_dialogues, evaluate,
-                              load_checkpoint, predict, save_checkpoint, train)
+                              load_checkpoint, predict, train)
 
 WORDS = {0: "calm fine okay sure", 1: "wow really what no way", 2: "scared afraid help",
          3: "sad sorry miss", 4: "great love happy yay", 5: "gross ugh eww", 6: "angry hate stop"}
