@@ -135,3 +135,15 @@ def test_window_gru_reader_equals_packed_nn_gru(L, max_len):
 def backends_for_cpu():
     import aghmn_fast
     return [b for b in aghmn_fast.backends("cpu") if b != "reference"]
+
+
+@pytest.mark.parametrize("reader", ["bigru", "cnn"])
+def test_reader_vector_does_not_depend_on_the_batch_padding(reader):
+    # The <pad> row of the given embeddings is random here: padding must still not leak in.
+    model = _model(reader=reader).double().eval()
+    assert model.embedding.weight[0].abs().sum() > 0
+    short, long = [2, 3], [4, 5, 6, 7, 8, 9, 10]
+    with torch.no_grad():
+        alone = model.encode_utterances(torch.tensor([short]), torch.tensor([2]))
+        padded = model.encode_utterances(torch.tensor([short + [0] * 5, long]), torch.tensor([2, 7]))
+    torch.testing.assert_close(padded[:1], alone, rtol=0, atol=1e-12)

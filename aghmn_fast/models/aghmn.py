@@ -127,6 +127,10 @@ class CNNReader(nn.Module):
         self.proj = nn.Linear(3 * filters, hidden_size)
 
     def forward(self, embedded: Tensor, lengths: Tensor) -> Tensor:
+        # Positions past an utterance's end are zero whatever the <pad> row holds, so a reader
+        # vector does not depend on the other utterances of its batch.
+        valid = torch.arange(embedded.shape[1], device=embedded.device) < lengths.to(embedded.device).unsqueeze(1)
+        embedded = embedded * valid.unsqueeze(-1).to(embedded.dtype)
         x = F.pad(embedded, (0, 0, 0, max(self.max_len, 5) - embedded.shape[1])).transpose(1, 2)
         pooled = [F.relu(conv(x)).max(dim=2).values for conv in self.convs]
         return torch.tanh(self.proj(torch.cat(pooled, dim=1)))
