@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from . import ops
 from .data import Vocabulary, tokenize
 from .models import AGHMN, pad_token_ids
+from .models.aghmn import BiGRUReader
 
 STATE_FORMAT = "aghmn_fast.stream_state.v1"
 
@@ -50,6 +51,13 @@ class StreamingRecognizer:
         device: where to run (default: the model's device).
         vocab: the model's vocabulary (default: ``model.vocab``, set by :meth:`from_checkpoint`).
         label_names: class names (default: ``model.label_names``).
+        path: how a push is computed (the results agree within fp32 rounding):
+            ``"push"``: one compiled call per push does everything, the reader included, and
+            writes the ring store (CPU, float32/float64, "cpu" backend; weights are packed at
+            construction, so a model changed afterwards needs a new recognizer);
+            ``"step"``: the reader in PyTorch, then one compiled call for the rest (CPU or CUDA);
+            ``"ops"``: the model's own layers op by op (any backend). Default: the first of
+            these that is available.
 
     Text handling: utterances are tokenized as in training and truncated to the model's
     ``max_len`` (60) tokens, so a 10,000-word utterance costs as much as a 60-word one; empty or
@@ -57,7 +65,7 @@ class StreamingRecognizer:
     """
 
     def __init__(self, model: AGHMN, device=None, *, vocab: Optional[Vocabulary] = None,
-                 label_names: Optional[Sequence[str]] = None):
+                 label_names: Optional[Sequence[str]] = None, path: Optional[str] = None):
         if not isinstance(model, AGHMN):
             raise TypeError(f"model must be an aghmn_fast.models.AGHMN, got {type(model).__name__}")
         self.vocab = vocab if vocab is not None else getattr(model, "vocab", None)
@@ -74,7 +82,16 @@ class StreamingRecognizer:
         self.dtype = next(model.parameters()).dtype
         self.num_dirs = 0 if model.fusion is None else (2 if model.fusion.bidirectional else 1)
         self._fusion_weights()
-        self._fused_step = self._find_fused_step()
+        if path not in (None, "push", "step", "ops"):
+            raise ValueError(f"path must be 'push', 'step', 'ops' or None, got {path!r}")
+        self._engine = path in (None, "push") and self._find_engine()
+        self._fused_step = None
+        if path in (None, "step") and not self._engine:
+            self._fused_step = self._find_fused_step()
+        if path is not None and path != self.path:
+            raise ValueError(f"path {path!r} is not available here (device {self.device}, dtype "
+                             f"{self.dtype}, model backend {self.model.config.backend!r}, "
+                             f"backends loaded: {ops.backends()}); available: {self.path!r}")
         self._blocks: Dict[Hashable, int] = {}      # conversation -> block of K store slots
         self._counts: Dict[Hashable, int] = {}      # conversation -> utterances seen
         self._free: List[int] = []
@@ -103,6 +120,37 @@ class StreamingRecognizer:
         self._w_hh = torch.stack([flat[4 * i + 1] for i in d])
         self._b_hh = torch.stack([flat[4 * i + 3] for i in d])
 
+    def _find_engine(self) -> bool:
+        # The CPU one-call push (reader included) needs the compiled CPU kernels; it packs the
+        # weights once, here: a model changed after this needs a new recognizer.
+        model, cfg = self.model, self.model.config
+        if (self.device.type != "cpu" or self.dtype not in (torch.float32, torch.float64)
+                or ops.resolve_backend(cfg.backend, self.device).name != "cpu"):
+            return False
+        try:
+            self._push_op = torch.ops.aghmn_fast.stream_push
+            pack = torch.ops.aghmn_fast.stream_pack
+        except (AttributeError, RuntimeError):
+            return False
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        self._bigru = isinstance(model.reader, BiGRUReader)
+        weights = []
+        if self._bigru:
+            gru = model.reader.gru
+            weights += [getattr(gru, f"{n}_l0{s}") for s in ("", "_reverse") for n in names]
+            weights += [model.reader.proj.weight, model.reader.proj.bias]
+        if self.num_dirs:
+            weights += list(model.fusion._flat_weights)  # (w_ih, w_hh, b_ih, b_hh) per direction
+        cells = [] if model.agru is None else model.agru.suffixes
+        weights += [getattr(model.agru, f"{n}_l0{s}") for s in cells for n in names]
+        weights += [model.classifier.weight, model.classifier.bias]
+        self._dims = [self.hidden, cfg.embedding_dim, cfg.num_classes, self.window, self.num_dirs,
+                      len(cells), cfg.hops, cfg.max_len, int(self._bigru)]
+        with torch.no_grad():
+            self._packed = pack([w.detach().contiguous() for w in weights], self._dims)
+        self._embedding = model.embedding.weight.detach().contiguous()
+        return True
+
     def _find_fused_step(self):
         # The one-op step needs the compiled recurrences for this device; else the ops path.
         backend = ops.resolve_backend(self.model.config.backend, self.device).name
@@ -128,6 +176,11 @@ class StreamingRecognizer:
         self._capacity = capacity
 
     # ---- public API ----------------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        """How pushes are computed: ``"push"``, ``"step"`` or ``"ops"`` (see the class doc)."""
+        return "push" if self._engine else "step" if self._fused_step is not None else "ops"
+
     @property
     def conversations(self) -> List[Hashable]:
         """Ids of the open conversations."""
@@ -262,6 +315,8 @@ class StreamingRecognizer:
                 if not self._free:
                     self._grow(2 * self._capacity)
                 self._blocks[cid], self._counts[cid] = self._free.pop(), 0
+        if self._engine:
+            return self._engine_step(cids, token_ids)
         tokens, lengths = pad_token_ids(token_ids, model.config.max_len)
         u = model.encode_utterances(tokens.to(self.device), lengths)
         has_past = [self._counts[c] > 0 for c in cids]
@@ -274,6 +329,25 @@ class StreamingRecognizer:
                 windows = self._window_rows([c for c, h in zip(cids, has_past) if h])
                 probs = probs.index_copy(0, q_idx, self._context_probs(u[q_idx], windows))
         self._remember(cids, u)
+        return probs
+
+    def _engine_step(self, cids: Sequence[Hashable], token_ids: Sequence[List[int]]) -> Tensor:
+        """One call of the compiled push: reader, memory update, summary, classifier, ring write."""
+        max_len = self.model.config.max_len
+        ids = [t[:max_len] if t else [1] for t in token_ids]  # empty -> one <unk>, as offline
+        blocks = [self._blocks[c] for c in cids]
+        counts = [self._counts[c] for c in cids]
+        if self._bigru:
+            flat = ids[0] if len(ids) == 1 else [i for t in ids for i in t]
+            probs = self._push_op(self._packed, self._dims, self._embedding, flat,
+                                  [len(t) for t in ids], None, blocks, counts, self._u, self._proj)
+        else:
+            tokens, lengths = pad_token_ids(ids, max_len)
+            u = self.model.encode_utterances(tokens.to(self.device), lengths).contiguous()
+            probs = self._push_op(self._packed, self._dims, self._embedding, [], [], u, blocks,
+                                  counts, self._u, self._proj)
+        for c in cids:
+            self._counts[c] += 1
         return probs
 
     def _context_probs(self, q: Tensor, windows: Tensor) -> Tensor:

@@ -3,13 +3,20 @@
 // projections (incremental memory update), residual, attention hops with the AGRU / BiAGRU /
 // soft-attention summary, and the classifier. Composite: it calls the registered recurrence ops
 // and ATen, so it runs wherever those have kernels; inference only (no autograd).
+//
+// aghmn_fast::stream_pack / stream_push: the CPU path that also runs the reader and writes the
+// ring store, one call per push with weights packed once (kernel: aghmn/stream_cpu.h).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <string>
 #include <tuple>
 #include <vector>
+
+#include "aghmn/stream_cpu.h"
 
 namespace {
 
@@ -86,6 +93,174 @@ Tensor stream_step(const Tensor& q, const Tensor& windows, const Tensor& u_store
   return at::softmax(at::linear(e, classifier_weight, classifier_bias), -1);
 }
 
+// ---- stream_pack / stream_push ------------------------------------------------------------
+// dims = [H, E, C, K, D, S, hops, max_len, bigru_reader] (see aghmn::cpu::StreamDims).
+aghmn::cpu::StreamDims stream_dims(at::IntArrayRef dims) {
+  TORCH_CHECK(dims.size() == 9, "stream: dims must hold 9 integers [H, E, C, K, D, S, hops, "
+              "max_len, bigru_reader], got ", dims.size());
+  aghmn::cpu::StreamDims d{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7],
+                           dims[8] != 0};
+  TORCH_CHECK(d.H >= 1 && d.E >= 1 && d.C >= 1 && d.K >= 1 && d.hops >= 1 && d.max_len >= 1,
+              "stream: dims must be positive, got ", dims);
+  TORCH_CHECK(d.D >= 0 && d.D <= 2 && d.S >= 0 && d.S <= 2, "stream: D (fusion directions) and S "
+              "(summary cells) must be in [0, 2], got D = ", d.D, ", S = ", d.S);
+  TORCH_CHECK(d.D > 0 || d.S == 0, "stream: a context-free model (D = 0) has no summary cells");
+  return d;
+}
+
+template <typename T>
+const T* weight_ptr(at::TensorList w, size_t i, at::IntArrayRef shape, const Tensor& like) {
+  TORCH_CHECK(i < w.size(), "stream_pack: weights holds ", w.size(), " tensors, needs more");
+  const Tensor& t = w[i];
+  TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device().is_cpu() && t.is_contiguous(),
+              "stream_pack: weights[", i, "] must be a contiguous CPU ", like.scalar_type(),
+              " tensor");
+  TORCH_CHECK(t.sizes() == shape, "stream_pack: weights[", i, "] must have shape ", shape,
+              ", got ", t.sizes());
+  return t.data_ptr<T>();
+}
+
+// weights: the reader's GRU (w_ih, w_hh, b_ih, b_hh) forward then reverse and its Linear (w, b)
+// when bigru_reader; the fusion GRU's (w_ih, w_hh, b_ih, b_hh) per direction; the AGRU cells'
+// (w_ih, w_hh, b_ih, b_hh); the classifier (w, b).
+Tensor stream_pack(at::TensorList weights, at::IntArrayRef dims) {
+  const aghmn::cpu::StreamDims d = stream_dims(dims);
+  TORCH_CHECK(!weights.empty(), "stream_pack: weights is empty");
+  const Tensor& like = weights[0];
+  TORCH_CHECK(like.scalar_type() == at::kFloat || like.scalar_type() == at::kDouble,
+              "stream_pack: weights must be float32 or float64, got ", like.scalar_type());
+  const size_t expected = (d.bigru_reader ? 10 : 0) + 4 * d.D + 4 * d.S + 2;
+  TORCH_CHECK(weights.size() == expected, "stream_pack: expected ", expected, " weight tensors for "
+              "dims ", dims, ", got ", weights.size());
+  Tensor packed;
+  AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "stream_pack", [&] {
+    const int64_t H = d.H;
+    aghmn::cpu::StreamWeights<scalar_t> src{};
+    size_t i = 0;
+    auto next = [&](at::IntArrayRef shape) { return weight_ptr<scalar_t>(weights, i++, shape, like); };
+    if (d.bigru_reader) {
+      for (int r = 0; r < 2; ++r) {
+        src.reader_w_ih[r] = next({3 * H, d.E});
+        src.reader_w_hh[r] = next({3 * H, H});
+        src.reader_b_ih[r] = next({3 * H});
+        src.reader_b_hh[r] = next({3 * H});
+      }
+      src.reader_proj_w = next({H, 2 * H});
+      src.reader_proj_b = next({H});
+    }
+    for (int r = 0; r < d.D; ++r) {
+      src.fusion_w_ih[r] = next({3 * H, H});
+      src.fusion_w_hh[r] = next({3 * H, H});
+      src.fusion_b_ih[r] = next({3 * H});
+      src.fusion_b_hh[r] = next({3 * H});
+    }
+    for (int r = 0; r < d.S; ++r) {
+      src.summary_w_ih[r] = next({2 * H, H});
+      src.summary_w_hh[r] = next({2 * H, H});
+      src.summary_b_ih[r] = next({2 * H});
+      src.summary_b_hh[r] = next({2 * H});
+    }
+    src.cls_w = next({d.C, H});
+    src.cls_b = next({d.C});
+    packed = at::empty({aghmn::cpu::stream_layout<scalar_t>(d).total}, like.options());
+    aghmn::cpu::stream_pack(d, src, packed.data_ptr<scalar_t>());
+  });
+  return packed;
+}
+
+Tensor stream_push(const Tensor& packed, at::IntArrayRef dims, const Tensor& embedding,
+                   at::IntArrayRef tokens, at::IntArrayRef lengths, const std::optional<Tensor>& u,
+                   at::IntArrayRef blocks, at::IntArrayRef counts, Tensor& u_store,
+                   Tensor& proj_store) {
+  const aghmn::cpu::StreamDims d = stream_dims(dims);
+  const int64_t B = static_cast<int64_t>(blocks.size()), H = d.H, K = d.K;
+  TORCH_CHECK(packed.dim() == 1 && packed.is_contiguous() && packed.device().is_cpu() &&
+              (packed.scalar_type() == at::kFloat || packed.scalar_type() == at::kDouble),
+              "stream_push: packed must be a 1-D contiguous float32/float64 CPU tensor "
+              "(from stream_pack)");
+  const auto dtype = packed.scalar_type();
+  TORCH_CHECK(B >= 1, "stream_push: blocks is empty (no conversations)");
+  TORCH_CHECK(static_cast<int64_t>(counts.size()) == B, "stream_push: counts has ", counts.size(),
+              " entries, blocks has ", B);
+  TORCH_CHECK(u_store.dim() == 2 && u_store.size(1) == H && u_store.size(0) % K == 0 &&
+              u_store.scalar_type() == dtype && u_store.is_contiguous() && u_store.device().is_cpu(),
+              "stream_push: u_store must be a contiguous CPU [capacity * K, H] tensor of the packed "
+              "dtype, got ", u_store.sizes());
+  const int64_t rows = u_store.size(0);
+  TORCH_CHECK(proj_store.dim() == 3 && proj_store.size(0) == std::max<int64_t>(d.D, 1) &&
+              proj_store.size(1) == rows && proj_store.size(2) == 3 * H &&
+              proj_store.scalar_type() == dtype && proj_store.is_contiguous() &&
+              proj_store.device().is_cpu(),
+              "stream_push: proj_store must be a contiguous CPU [max(D, 1), ", rows, ", 3H] tensor "
+              "of the packed dtype, got ", proj_store.sizes());
+  std::vector<int64_t> sorted(blocks.begin(), blocks.end());
+  std::sort(sorted.begin(), sorted.end());
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(blocks[b] >= 0 && blocks[b] < rows / K, "stream_push: blocks[", b, "] = ",
+                blocks[b], " is outside the store's ", rows / K, " blocks");
+    TORCH_CHECK(counts[b] >= 0, "stream_push: counts[", b, "] = ", counts[b], " is negative");
+    TORCH_CHECK(b == 0 || sorted[b] != sorted[b - 1], "stream_push: block ", sorted[b],
+                " appears twice (one utterance per conversation per call)");
+  }
+  std::vector<int64_t> offsets(B + 1, 0);
+  if (d.bigru_reader) {
+    TORCH_CHECK(static_cast<int64_t>(lengths.size()) == B, "stream_push: lengths has ",
+                lengths.size(), " entries, blocks has ", B);
+    TORCH_CHECK(embedding.dim() == 2 && embedding.size(1) == d.E && embedding.scalar_type() == dtype &&
+                embedding.is_contiguous() && embedding.device().is_cpu(),
+                "stream_push: embedding must be a contiguous CPU [V, ", d.E, "] tensor of the packed "
+                "dtype, got ", embedding.sizes());
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(lengths[b] >= 1 && lengths[b] <= d.max_len, "stream_push: lengths[", b, "] = ",
+                  lengths[b], " is outside [1, ", d.max_len, "]");
+      offsets[b + 1] = offsets[b] + lengths[b];
+    }
+    TORCH_CHECK(static_cast<int64_t>(tokens.size()) == offsets[B], "stream_push: tokens has ",
+                tokens.size(), " ids, lengths sum to ", offsets[B]);
+    const int64_t V = embedding.size(0);
+    for (size_t t = 0; t < tokens.size(); ++t)
+      TORCH_CHECK(tokens[t] >= 0 && tokens[t] < V, "stream_push: tokens[", t, "] = ", tokens[t],
+                  " is outside the vocabulary [0, ", V, ")");
+  } else {
+    TORCH_CHECK(u.has_value() && u->dim() == 2 && u->size(0) == B && u->size(1) == H &&
+                u->scalar_type() == dtype && u->is_contiguous() && u->device().is_cpu(),
+                "stream_push: u must be a contiguous CPU [", B, ", ", H, "] tensor of the packed "
+                "dtype (reader vectors, for a model without the BiGRU reader)");
+  }
+  Tensor probs = at::empty({B, d.C}, packed.options());
+  Tensor u_out = at::empty({B, H}, packed.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "stream_push", [&] {
+    TORCH_CHECK(packed.numel() == aghmn::cpu::stream_layout<scalar_t>(d).total, "stream_push: "
+                "packed has ", packed.numel(), " elements, dims ", dims, " need ",
+                aghmn::cpu::stream_layout<scalar_t>(d).total, " (pack with the same dims)");
+    aghmn::cpu::StreamBatch<scalar_t> in{};
+    in.B = B;
+    in.embedding = d.bigru_reader ? embedding.data_ptr<scalar_t>() : nullptr;
+    in.tokens = tokens.data();
+    in.tok_offsets = offsets.data();
+    in.u_given = d.bigru_reader ? nullptr : u->data_ptr<scalar_t>();
+    in.blocks = blocks.data();
+    in.counts = counts.data();
+    in.u_store = u_store.data_ptr<scalar_t>();
+    in.proj_store = proj_store.data_ptr<scalar_t>();
+    in.store_rows = rows;
+    in.u_out = u_out.data_ptr<scalar_t>();
+    in.probs = probs.data_ptr<scalar_t>();
+    const scalar_t* w = packed.data_ptr<scalar_t>();
+    const int64_t R = aghmn::cpu::kStreamTileRows, tiles = (B + R - 1) / R;
+    // Reads of every conversation's window finish before any slot is overwritten.
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t)
+        aghmn::cpu::stream_forward_tile(d, w, in, t * R, std::min(R, B - t * R));
+    });
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t)
+        aghmn::cpu::stream_remember_tile(d, w, in, t * R, std::min(R, B - t * R));
+    });
+  });
+  return probs;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(aghmn_fast, m) {
@@ -93,6 +268,15 @@ TORCH_LIBRARY_FRAGMENT(aghmn_fast, m) {
       "stream_step(Tensor q, Tensor windows, Tensor u_store, Tensor proj_store, Tensor pad_proj, "
       "Tensor fusion_weight_hh, Tensor fusion_bias_hh, Tensor[] summary_weights, int hops, "
       "Tensor classifier_weight, Tensor classifier_bias) -> Tensor");
+  m.def("stream_pack(Tensor[] weights, int[] dims) -> Tensor");
+  m.def(
+      "stream_push(Tensor packed, int[] dims, Tensor embedding, int[] tokens, int[] lengths, "
+      "Tensor? u, int[] blocks, int[] counts, Tensor(a!) u_store, Tensor(b!) proj_store) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(aghmn_fast, CPU, m) {
+  m.impl("stream_pack", &stream_pack);
+  m.impl("stream_push", &stream_push);
 }
 
 TORCH_LIBRARY_IMPL(aghmn_fast, CompositeExplicitAutograd, m) {

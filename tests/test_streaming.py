@@ -15,14 +15,33 @@ from aghmn_fast.train import build_vocabulary, encode_dialogues, predict
 HAVE_MELD = os.path.exists(os.path.join(default_meld_root(), "test_sent_emo.csv"))
 
 
-def _recognizer(summary="agru", fusion="bif", window=10, seed=0, backend=None):
+HAVE_CPU_EXT = "cpu" in aghmn_fast.backends()
+
+
+def _recognizer(summary="agru", fusion="bif", window=10, seed=0, backend=None, path=None,
+                dtype=torch.float32, **config):
     test = load_meld(None, "test") if HAVE_MELD else None
     vocab = build_vocabulary([test]) if test else None
     torch.manual_seed(seed)
     cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=16, num_classes=7, hidden_size=24,
-                      window=window, summary=summary, fusion=fusion, backend=backend)
-    model = AGHMN(cfg, torch.randn(len(vocab), 16)).eval()
-    return StreamingRecognizer(model, vocab=vocab, label_names=MELD_LABELS), test
+                      window=window, summary=summary, fusion=fusion, backend=backend, **config)
+    model = AGHMN(cfg, torch.randn(len(vocab), 16)).eval().to(dtype)
+    return StreamingRecognizer(model, vocab=vocab, label_names=MELD_LABELS, path=path), test
+
+
+def _stream_interleaved(rec, dialogues, seed=0):
+    """Streams the dialogues with conversations interleaved at random; predictions in order."""
+    rng = random.Random(seed)
+    got = {d.id: [] for d in dialogues}
+    pending = {d.id: list(d.texts) for d in dialogues}
+    while any(pending.values()):
+        batch = [d.id for d in dialogues if pending[d.id] and rng.random() < 0.3]
+        if not batch:
+            continue
+        preds = rec.push_many([(cid, pending[cid].pop(0)) for cid in batch])
+        for p in preds:
+            got[p.conversation_id].append(p)
+    return got
 
 
 def _offline(rec, dialogues):
@@ -33,30 +52,51 @@ def _offline(rec, dialogues):
 pytestmark = pytest.mark.skipif(not HAVE_MELD, reason="MELD data not found (set AGHMN_DATA)")
 
 
-@pytest.mark.parametrize("summary,fusion,window,backend", [
-    ("agru", "bif", 10, None), ("biagru", "unif", 4, None), ("att", "bif", 3, None),
-    ("agru", "bif", 10, "reference"), ("biagru", "bif", 5, "reference")])
-def test_streaming_equals_offline_on_a_third_of_meld_test(summary, fusion, window, backend):
-    rec, test = _recognizer(summary, fusion, window, backend=backend)
-    assert (rec._fused_step is not None) == (backend is None and "cpu" in aghmn_fast.backends())
+@pytest.mark.parametrize("summary,fusion,window,backend,path", [
+    ("agru", "bif", 10, None, "push"), ("biagru", "unif", 4, None, "push"),
+    ("att", "bif", 3, None, "push"), ("agru", "bif", 10, None, "step"),
+    ("agru", "bif", 10, "reference", "ops"), ("biagru", "bif", 5, "reference", "ops")])
+def test_streaming_equals_offline_on_a_third_of_meld_test(summary, fusion, window, backend, path):
+    if path != "ops" and not HAVE_CPU_EXT:
+        pytest.skip("the compiled extension is not available")
+    rec, test = _recognizer(summary, fusion, window, backend=backend, path=path)
+    assert rec.path == path
     dialogues = test[::3]
     expect = _offline(rec, dialogues)
-    # conversations interleaved at random, each in order
-    rng = random.Random(0)
-    got = {d.id: [] for d in dialogues}
-    pending = {d.id: list(d.texts) for d in dialogues}
-    while any(pending.values()):
-        batch = [d.id for d in dialogues if pending[d.id] and rng.random() < 0.3]
-        if not batch:
-            continue
-        preds = rec.push_many([(cid, pending[cid].pop(0)) for cid in batch])
-        for p in preds:
-            got[p.conversation_id].append(p)
+    got = _stream_interleaved(rec, dialogues)
     flat = [p for d in dialogues for p in got[d.id]]
     probs = torch.tensor([[p.probabilities[l] for l in MELD_LABELS] for p in flat])
     torch.testing.assert_close(probs, expect, rtol=0, atol=1e-5)
     assert [p.label_id for p in flat] == expect.argmax(-1).tolist()
     assert [p.index for p in got[dialogues[0].id]] == list(range(len(dialogues[0].texts)))
+
+
+@pytest.mark.skipif(not HAVE_CPU_EXT, reason="the compiled extension is not available")
+@pytest.mark.parametrize("variant", [
+    dict(summary="agru", fusion="bif", window=40),           # windows never full in MELD test
+    dict(summary="biagru", fusion="bif", window=7, hops=2),
+    dict(summary="att", fusion="unif", window=5, hops=3),
+    dict(summary="agru", fusion="bif", window=6, reader="cnn"),
+    dict(summary="none", fusion="none"),                      # context-free baseline
+    dict(summary="biagru", fusion="bif", window=3, dtype=torch.float64),
+])
+def test_push_path_equals_offline_on_model_variants(variant):
+    rec, test = _recognizer(path="push", **variant)
+    dialogues = test[1::12]
+    expect = _offline(rec, dialogues)
+    got = _stream_interleaved(rec, dialogues, seed=1)
+    flat = [p for d in dialogues for p in got[d.id]]
+    probs = torch.tensor([[p.probabilities[l] for l in MELD_LABELS] for p in flat], dtype=expect.dtype)
+    atol = 1e-12 if expect.dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(probs, expect, rtol=0, atol=atol)
+    assert [p.label_id for p in flat] == expect.argmax(-1).tolist()
+
+
+def test_unavailable_path_is_a_clear_error():
+    with pytest.raises(ValueError, match="path must be"):
+        _recognizer(path="fast")
+    with pytest.raises(ValueError, match="not available"):
+        _recognizer(backend="reference", path="push")
 
 
 def test_save_and_load_state_mid_dialogue(tmp_path):
@@ -137,8 +177,47 @@ def test_stream_cli_json_lines(tmp_path):
     assert lines[4]["index"] == 1 and set(lines[4]["probabilities"]) == set(MELD_LABELS)
 
 
+@pytest.mark.skipif(not HAVE_CPU_EXT, reason="the compiled extension is not available")
+def test_stream_push_ops_pass_opcheck():
+    rec, test = _recognizer(summary="biagru", window=4, path="push")
+    for text in ("hello", "how are you?", "fine!"):
+        rec.push("a", text)
+    utils = ("test_schema", "test_autograd_registration")
+    torch.library.opcheck(torch.ops.aghmn_fast.stream_pack.default,
+                          ([rec.model.classifier.weight.detach(), rec.model.classifier.bias.detach()],
+                           [rec.hidden, 16, 7, 4, 0, 0, 1, 60, 0]), test_utils=utils)
+    args = (rec._packed, rec._dims, rec._embedding, [5, 6, 7], [3], None, [rec._blocks["a"]], [3],
+            rec._u.clone(), rec._proj.clone())
+    torch.library.opcheck(torch.ops.aghmn_fast.stream_push.default, args, test_utils=utils)
+
+
+@pytest.mark.skipif(not HAVE_CPU_EXT, reason="the compiled extension is not available")
+def test_stream_push_op_rejects_bad_arguments():
+    rec, _ = _recognizer(window=4, path="push")
+    rec.push("a", "hello")
+    push = torch.ops.aghmn_fast.stream_push
+    good = dict(packed=rec._packed, dims=rec._dims, embedding=rec._embedding, tokens=[5, 6],
+                lengths=[2], u=None, blocks=[rec._blocks["a"]], counts=[1], u_store=rec._u,
+                proj_store=rec._proj)
+    cases = [(dict(tokens=[5, 10 ** 9]), "outside the vocabulary"),
+             (dict(lengths=[3]), "lengths sum"),
+             (dict(lengths=[0], tokens=[]), "outside \\[1, 60\\]"),
+             (dict(blocks=[10 ** 6]), "outside the store"),
+             (dict(blocks=[0, 0], counts=[1, 1], lengths=[1, 1]), "appears twice"),
+             (dict(counts=[-1]), "negative"),
+             (dict(dims=rec._dims[:-1]), "9 integers"),
+             (dict(packed=rec._packed[:-1]), "pack with the same dims"),
+             (dict(u_store=rec._u.double()), "u_store"),
+             (dict(proj_store=rec._proj[:1]), "proj_store")]
+    before = rec._u.clone(), rec._proj.clone()
+    for change, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            push(**{**good, **change})
+    assert torch.equal(rec._u, before[0]) and torch.equal(rec._proj, before[1])
+
+
 def test_stream_step_op_passes_opcheck():
-    rec, test = _recognizer(summary="biagru", window=4)
+    rec, test = _recognizer(summary="biagru", window=4, path="step" if HAVE_CPU_EXT else None)
     if rec._fused_step is None:
         pytest.skip("the compiled extension is not available")
     for text in ("hello", "how are you?", "fine!"):

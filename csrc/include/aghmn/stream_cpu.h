@@ -1,0 +1,461 @@
+// The streaming recognizer's whole per-utterance step on the CPU (inference only, no torch
+// headers): BiGRU reader + max-pool + Linear/tanh, the incremental memory update (fusion GRU over
+// the stored projections of the window), attention hops with the AGRU / BiAGRU / soft-attention
+// summary, the classifier and softmax; then the new utterance's reader vector and fusion input
+// projections are written into the conversation's ring of K slots.
+//
+// Weights are packed once (stream_pack) into one flat buffer, transposed and padded for the
+// register-blocked small GEMM of gemm_cpu.h, so a push does no packing. Arithmetic is that of the
+// training kernels (gate_math.h), so predictions match the offline model within fp32 rounding.
+//
+// Work that cannot change a prediction is skipped, exactly: a window slot before a
+// conversation's first utterance (a pad) has attention weight exactly 0, so the AGRU leaves its
+// state unchanged there (h' = 0 * n + 1 * h) and its memory-bank row is never read; the backward
+// fusion direction reaches the pads last. Only the forward fusion direction feeds pads into real
+// slots, and from h_0 = 0 with the constant pad input that prefix is the same for every
+// conversation: its K + 1 states are computed once, at packing time.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "aghmn/gate_math.h"
+#include "aghmn/gemm_cpu.h"
+
+namespace aghmn {
+namespace cpu {
+
+// Model sizes. D: fusion directions (0: context-free baseline, 1: UniF, 2: BiF); S: summary
+// cells (0: soft attention, 1: AGRU, 2: BiAGRU); bigru_reader false: reader vectors are given.
+struct StreamDims {
+  int64_t H, E, C, K, D, S, hops, max_len;
+  bool bigru_reader;
+};
+
+// Element offsets of every packed block in the flat buffer (each a multiple of the vector width).
+struct StreamLayout {
+  int64_t W3, W2, Hp, Cp;  // padded row lengths: 3H, 2H, H, C
+  int64_t reader_ih[2], reader_bih[2], reader_hh[2], reader_bhh[2], reader_proj, reader_projb;
+  int64_t fusion_ih[2], fusion_bih[2], fusion_hh[2], fusion_bhh[2], pad_states;
+  int64_t summary_ih[2], summary_bih[2], summary_hh[2], summary_bhh[2];
+  int64_t cls, cls_b, total;
+};
+
+template <typename T>
+inline StreamLayout stream_layout(const StreamDims& d) {
+  const int64_t pw = pad_width<T>();
+  StreamLayout L{};
+  L.W3 = round_up(3 * d.H, pw);
+  L.W2 = round_up(2 * d.H, pw);
+  L.Hp = round_up(d.H, pw);
+  L.Cp = round_up(d.C, pw);
+  int64_t at = 0;
+  auto take = [&at](int64_t n) {
+    const int64_t o = at;
+    at += n;
+    return o;
+  };
+  if (d.bigru_reader) {
+    for (int i = 0; i < 2; ++i) {
+      L.reader_ih[i] = take(d.E * L.W3);
+      L.reader_bih[i] = take(L.W3);
+      L.reader_hh[i] = take(d.H * L.W3);
+      L.reader_bhh[i] = take(L.W3);
+    }
+    L.reader_proj = take(2 * d.H * L.Hp);
+    L.reader_projb = take(L.Hp);
+  }
+  for (int i = 0; i < d.D; ++i) {
+    L.fusion_ih[i] = take(d.H * L.W3);
+    L.fusion_bih[i] = take(L.W3);
+    L.fusion_hh[i] = take(d.H * L.W3);
+    L.fusion_bhh[i] = take(L.W3);
+  }
+  L.pad_states = take(d.D > 0 ? (d.K + 1) * L.Hp : 0);
+  for (int i = 0; i < d.S; ++i) {
+    L.summary_ih[i] = take(d.H * L.W2);
+    L.summary_bih[i] = take(L.W2);
+    L.summary_hh[i] = take(d.H * L.W2);
+    L.summary_bhh[i] = take(L.W2);
+  }
+  L.cls = take(d.H * L.Cp);
+  L.cls_b = take(L.Cp);
+  L.total = at;
+  return L;
+}
+
+// The model's weights in PyTorch layouts (contiguous). Reader and fusion GRUs: w_ih [3H, in],
+// w_hh [3H, H], b_ih, b_hh [3H] per direction; AGRU cells: w_ih, w_hh [2H, H], b_ih, b_hh [2H];
+// reader_proj [H, 2H]; classifier [C, H].
+template <typename T>
+struct StreamWeights {
+  const T* reader_w_ih[2];
+  const T* reader_w_hh[2];
+  const T* reader_b_ih[2];
+  const T* reader_b_hh[2];
+  const T* reader_proj_w;
+  const T* reader_proj_b;
+  const T* fusion_w_ih[2];
+  const T* fusion_w_hh[2];
+  const T* fusion_b_ih[2];
+  const T* fusion_b_hh[2];
+  const T* summary_w_ih[2];
+  const T* summary_w_hh[2];
+  const T* summary_b_ih[2];
+  const T* summary_b_hh[2];
+  const T* cls_w;
+  const T* cls_b;
+};
+
+template <typename T>
+inline void pack_bias(const T* b, int64_t n, int64_t np, T* out) {
+  for (int64_t i = 0; i < np; ++i) out[i] = i < n ? b[i] : T(0);
+}
+
+// ---- one step of a tile of recurrences (no gates kept: inference) ------------------------
+template <typename T>
+AGHMN_INLINE void gru_infer_row(int64_t H, const T* __restrict x, const T* __restrict g,
+                                const T* __restrict hp, T* __restrict out) {
+  for (int64_t j = 0; j < H; ++j)
+    out[j] = gru_forward_unit_vec(x[j], x[H + j], x[2 * H + j], g[j], g[H + j], g[2 * H + j],
+                                  hp[j]).h_new;
+}
+
+template <typename T>
+AGHMN_INLINE void gru_infer_row_max(int64_t H, const T* __restrict x, const T* __restrict g,
+                                    const T* __restrict hp, T* __restrict out,
+                                    T* __restrict pool) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T h = gru_forward_unit_vec(x[j], x[H + j], x[2 * H + j], g[j], g[H + j], g[2 * H + j],
+                                     hp[j]).h_new;
+    out[j] = h;
+    pool[j] = pool[j] < h ? h : pool[j];
+  }
+}
+
+template <typename T>
+AGHMN_INLINE void agru_infer_row(int64_t H, const T* __restrict x, const T* __restrict g,
+                                 const T* __restrict hp, T a, T* __restrict out) {
+  for (int64_t j = 0; j < H; ++j)
+    out[j] = agru_forward_unit_vec(x[j], x[H + j], g[j], g[H + j], a, hp[j]).h_new;
+}
+
+template <typename T>
+AGHMN_INLINE void add_row(int64_t n, const T* __restrict x, T* __restrict y) {
+  for (int64_t j = 0; j < n; ++j) y[j] += x[j];
+}
+
+// Precomputes the forward fusion direction's states over j = 0..K leading pads.
+template <typename T, typename Isa>
+AGHMN_INLINE void stream_pad_states_impl(const StreamDims& d, const StreamLayout& L, T* w) {
+  const int64_t H = d.H, Hp = L.Hp;
+  T* states = w + L.pad_states;
+  std::vector<T> g(L.W3);
+  for (int64_t j = 0; j < Hp; ++j) states[j] = T(0);
+  for (int64_t s = 0; s < d.K; ++s) {
+    const T* hp = states + s * Hp;
+    T* out = states + (s + 1) * Hp;
+    gemm_rows<T, Isa>(1, H, L.W3, hp, Hp, w + L.fusion_hh[0], w + L.fusion_bhh[0], 0, g.data(),
+                      L.W3);
+    gru_infer_row(H, w + L.fusion_bih[0], g.data(), hp, out);
+    for (int64_t j = H; j < Hp; ++j) out[j] = T(0);
+  }
+}
+
+// Packs the weights into w (stream_layout(d).total elements).
+template <typename T>
+inline void stream_pack(const StreamDims& d, const StreamWeights<T>& src, T* w) {
+  const StreamLayout L = stream_layout<T>(d);
+  const int64_t H = d.H;
+  if (d.bigru_reader) {
+    for (int i = 0; i < 2; ++i) {
+      pack_transposed(src.reader_w_ih[i], 3 * H, d.E, L.W3, w + L.reader_ih[i]);
+      pack_bias(src.reader_b_ih[i], 3 * H, L.W3, w + L.reader_bih[i]);
+      pack_transposed(src.reader_w_hh[i], 3 * H, H, L.W3, w + L.reader_hh[i]);
+      pack_bias(src.reader_b_hh[i], 3 * H, L.W3, w + L.reader_bhh[i]);
+    }
+    pack_transposed(src.reader_proj_w, H, 2 * H, L.Hp, w + L.reader_proj);
+    pack_bias(src.reader_proj_b, H, L.Hp, w + L.reader_projb);
+  }
+  for (int i = 0; i < d.D; ++i) {
+    pack_transposed(src.fusion_w_ih[i], 3 * H, H, L.W3, w + L.fusion_ih[i]);
+    pack_bias(src.fusion_b_ih[i], 3 * H, L.W3, w + L.fusion_bih[i]);
+    pack_transposed(src.fusion_w_hh[i], 3 * H, H, L.W3, w + L.fusion_hh[i]);
+    pack_bias(src.fusion_b_hh[i], 3 * H, L.W3, w + L.fusion_bhh[i]);
+  }
+  for (int i = 0; i < d.S; ++i) {
+    pack_transposed(src.summary_w_ih[i], 2 * H, H, L.W2, w + L.summary_ih[i]);
+    pack_bias(src.summary_b_ih[i], 2 * H, L.W2, w + L.summary_bih[i]);
+    pack_transposed(src.summary_w_hh[i], 2 * H, H, L.W2, w + L.summary_hh[i]);
+    pack_bias(src.summary_b_hh[i], 2 * H, L.W2, w + L.summary_bhh[i]);
+  }
+  pack_transposed(src.cls_w, d.C, H, L.Cp, w + L.cls);
+  pack_bias(src.cls_b, d.C, L.Cp, w + L.cls_b);
+  if (d.D > 0)
+    dispatch_isa([&](auto isa) { stream_pad_states_impl<T, decltype(isa)>(d, L, w); });
+}
+
+// One push of B conversations. Conversation b is at ring block blocks[b] (store rows
+// blocks[b] * K .. + K) and has counts[b] earlier utterances; its tokens are
+// tokens[tok_offsets[b] .. tok_offsets[b + 1]) (1..max_len of them), or its reader vector is
+// u_given[b] when the reader is not the BiGRU. Blocks are distinct.
+template <typename T>
+struct StreamBatch {
+  int64_t B;
+  const T* embedding;           // [V, E]
+  const int64_t* tokens;        // token ids, concatenated
+  const int64_t* tok_offsets;   // [B + 1]
+  const T* u_given;             // [B, H] or nullptr
+  const int64_t* blocks;        // [B]
+  const int64_t* counts;        // [B]
+  T* u_store;                   // [rows, H]
+  T* proj_store;                // [max(D, 1), rows, 3H]
+  int64_t store_rows;
+  T* u_out;                     // [B, H]: the new utterances' reader vectors
+  T* probs;                     // [B, C]
+};
+
+// Scratch of one tile, reused across calls (per thread) so a push allocates nothing.
+template <typename T>
+inline T* stream_scratch(int64_t n) {
+  static thread_local std::vector<T> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
+}
+
+// Reader vectors of rows b0 .. b0 + rows into u [rows][Hp].
+template <typename T, typename Isa>
+AGHMN_INLINE void stream_reader(const StreamDims& d, const StreamLayout& L, const T* w,
+                                const StreamBatch<T>& in, int64_t b0, int64_t rows, T* u,
+                                T* scratch) {
+  const int64_t H = d.H, E = d.E, W3 = L.W3, Hp = L.Hp;
+  const int64_t tok0 = in.tok_offsets[b0], ntok = in.tok_offsets[b0 + rows] - tok0;
+  int64_t steps = 0;
+  for (int64_t m = 0; m < rows; ++m)
+    steps = std::max(steps, in.tok_offsets[b0 + m + 1] - in.tok_offsets[b0 + m]);
+  T* x = scratch;                    // [ntok][E] embedded tokens
+  T* proj = x + ntok * E;            // [ntok][W3] input projections of one direction
+  T* g = proj + ntok * W3;           // [rows][W3]
+  T* h = g + rows * W3;              // [2][rows][Hp] (double buffer)
+  T* pool = h + 2 * rows * Hp;       // [rows][2H]
+  for (int64_t t = 0; t < ntok; ++t) {
+    const T* e = in.embedding + in.tokens[tok0 + t] * E;
+    std::copy(e, e + E, x + t * E);
+  }
+  for (int64_t i = 0; i < rows * 2 * H; ++i) pool[i] = -std::numeric_limits<T>::infinity();
+  for (int dir = 0; dir < 2; ++dir) {
+    gemm_rows<T, Isa>(ntok, E, W3, x, E, w + L.reader_ih[dir], w + L.reader_bih[dir], 0, proj, W3);
+    for (int64_t i = 0; i < 2 * rows * Hp; ++i) h[i] = T(0);
+    for (int64_t s = 0; s < steps; ++s) {
+      T* hp = h + (s & 1) * rows * Hp;
+      T* hn = h + ((s + 1) & 1) * rows * Hp;
+      gemm_rows<T, Isa>(rows, H, W3, hp, Hp, w + L.reader_hh[dir], w + L.reader_bhh[dir], 0, g,
+                        W3, s & 1);
+      for (int64_t m = 0; m < rows; ++m) {
+        const int64_t off = in.tok_offsets[b0 + m] - tok0;
+        const int64_t len = in.tok_offsets[b0 + m + 1] - in.tok_offsets[b0 + m];
+        if (s >= len) continue;  // finished: its state is never read again
+        const int64_t t = dir == 0 ? s : len - 1 - s;
+        gru_infer_row_max(H, proj + (off + t) * W3, g + m * W3, hp + m * Hp, hn + m * Hp,
+                          pool + m * 2 * H + dir * H);
+      }
+    }
+  }
+  // The authors pad the GRU outputs to max_len with zeros before the max.
+  for (int64_t m = 0; m < rows; ++m) {
+    const int64_t len = in.tok_offsets[b0 + m + 1] - in.tok_offsets[b0 + m];
+    if (len < d.max_len)
+      for (int64_t j = 0; j < 2 * H; ++j) pool[m * 2 * H + j] = std::max(pool[m * 2 * H + j], T(0));
+  }
+  gemm_rows<T, Isa>(rows, 2 * H, Hp, pool, 2 * H, w + L.reader_proj, w + L.reader_projb, 0, u, Hp);
+  for (int64_t i = 0; i < rows * Hp; ++i) u[i] = tanh_vec(u[i]);
+}
+
+template <typename T>
+inline int64_t stream_scratch_size(const StreamDims& d, const StreamLayout& L, int64_t rows,
+                                   int64_t ntok) {
+  const int64_t reader = ntok * (d.E + L.W3) + rows * (L.W3 + 2 * L.Hp + 2 * d.H);
+  const int64_t context = rows * (d.K * L.Hp + d.K * L.W2 + L.W3 + 3 * L.Hp + d.K + L.Hp) +
+                          rows * L.Cp;
+  return rows * L.Hp + std::max(reader, context) + 64;
+}
+
+// Probabilities of rows b0 .. b0 + rows, and their reader vectors into in.u_out.
+template <typename T, typename Isa>
+AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayout& L, const T* w,
+                                           const StreamBatch<T>& in, int64_t b0, int64_t rows) {
+  const int64_t H = d.H, K = d.K, Hp = L.Hp, W3 = L.W3, W2 = L.W2, C = d.C;
+  const int64_t ntok = in.tok_offsets[b0 + rows] - in.tok_offsets[b0];
+  T* const base = stream_scratch<T>(stream_scratch_size<T>(d, L, rows, ntok));
+  T* e = base;                   // [rows][Hp]: the query u, then e over the hops
+  T* scratch = e + rows * Hp;
+  if (d.bigru_reader) {
+    stream_reader<T, Isa>(d, L, w, in, b0, rows, e, scratch);
+  } else {
+    for (int64_t m = 0; m < rows; ++m)
+      for (int64_t j = 0; j < Hp; ++j) e[m * Hp + j] = j < H ? in.u_given[(b0 + m) * H + j] : T(0);
+  }
+  for (int64_t m = 0; m < rows; ++m) std::copy(e + m * Hp, e + m * Hp + H, in.u_out + (b0 + m) * H);
+
+  T* logits = scratch;  // [rows][Cp] (reused after the context part)
+  if (d.D > 0) {
+    T* mem = scratch;                  // [rows][K][Hp]: memory bank (real slots only)
+    T* xp = mem + rows * K * Hp;       // [rows][K][W2]: AGRU input projections
+    T* g = xp + rows * K * W2;         // [rows][W3]
+    T* h = g + rows * W3;              // [2][rows][Hp]
+    T* o = h + 2 * rows * Hp;          // [rows][Hp]
+    T* attn = o + rows * Hp;           // [rows][K]
+    logits = attn + rows * K;
+    // First real slot of each row (K: no history), and of the tile.
+    int64_t first[64];
+    int64_t s0 = K;
+    for (int64_t m = 0; m < rows; ++m) {
+      first[m] = K - std::min(in.counts[b0 + m], K);
+      s0 = std::min(s0, first[m]);
+    }
+    auto store_row = [&](int64_t m, int64_t k) {  // store row of slot k (k >= first[m])
+      const int64_t n = in.counts[b0 + m];
+      return in.blocks[b0 + m] * K + (n - K + k) % K;
+    };
+    const int64_t P = in.store_rows * 3 * H;  // one direction of proj_store
+    for (int64_t m = 0; m < rows; ++m)
+      for (int64_t k = s0; k < K; ++k) {
+        T* row = mem + (m * K + k) * Hp;
+        if (k >= first[m]) {
+          const T* u = in.u_store + store_row(m, k) * H;
+          for (int64_t j = 0; j < Hp; ++j) row[j] = j < H ? u[j] : T(0);
+        } else {
+          for (int64_t j = 0; j < Hp; ++j) row[j] = T(0);
+        }
+      }
+    if (s0 < K) {
+      // Forward fusion from the shared pad prefix; rows with more pads run them as inputs.
+      const T* pad_state = w + L.pad_states + s0 * Hp;
+      for (int64_t m = 0; m < rows; ++m) std::copy(pad_state, pad_state + Hp, h + m * Hp);
+      for (int dir = 0; dir < d.D; ++dir) {
+        if (dir == 1)
+          for (int64_t i = 0; i < rows * Hp; ++i) h[i] = T(0);
+        for (int64_t s = 0; s < K - s0; ++s) {
+          const int64_t k = dir == 0 ? s0 + s : K - 1 - s;
+          T* hp = h + (s & 1) * rows * Hp;
+          T* hn = h + ((s + 1) & 1) * rows * Hp;
+          gemm_rows<T, Isa>(rows, H, W3, hp, Hp, w + L.fusion_hh[dir], w + L.fusion_bhh[dir], 0,
+                            g, W3, s & 1);
+          for (int64_t m = 0; m < rows; ++m) {
+            const bool real = k >= first[m];
+            if (!real && dir == 1) continue;  // a pad after the real slots: never read
+            const T* x = real ? in.proj_store + dir * P + store_row(m, k) * 3 * H
+                              : w + L.fusion_bih[dir];
+            gru_infer_row(H, x, g + m * W3, hp + m * Hp, hn + m * Hp);
+            if (real) add_row(H, hn + m * Hp, mem + (m * K + k) * Hp);
+          }
+        }
+      }
+    }
+    for (int64_t hop = 0; hop < d.hops; ++hop) {
+      // Attention: a = softmax over the real slots of e . m_k (pads get exactly 0).
+      for (int64_t m = 0; m < rows; ++m) {
+        T* a = attn + m * K;
+        T mx = -std::numeric_limits<T>::infinity();
+        for (int64_t k = 0; k < K; ++k) {
+          a[k] = T(0);
+          if (k < first[m]) continue;
+          const T* mk = mem + (m * K + k) * Hp;
+          T s = 0;
+          for (int64_t j = 0; j < H; ++j) s += e[m * Hp + j] * mk[j];
+          a[k] = s;
+          mx = std::max(mx, s);
+        }
+        T sum = 0;
+        for (int64_t k = first[m]; k < K; ++k) sum += (a[k] = std::exp(a[k] - mx));
+        for (int64_t k = first[m]; k < K; ++k) a[k] /= sum;
+      }
+      for (int64_t i = 0; i < rows * Hp; ++i) o[i] = T(0);
+      if (d.S == 0) {
+        for (int64_t m = 0; m < rows; ++m)
+          for (int64_t k = first[m]; k < K; ++k) {
+            const T a = attn[m * K + k];
+            const T* mk = mem + (m * K + k) * Hp;
+            for (int64_t j = 0; j < H; ++j) o[m * Hp + j] += a * mk[j];
+          }
+      }
+      for (int cell = 0; cell < d.S && s0 < K; ++cell) {
+        for (int64_t m = 0; m < rows; ++m)
+          gemm_rows<T, Isa>(K - s0, H, W2, mem + (m * K + s0) * Hp, Hp, w + L.summary_ih[cell],
+                            w + L.summary_bih[cell], 0, xp + (m * K + s0) * W2, W2);
+        for (int64_t i = 0; i < rows * Hp; ++i) h[i] = T(0);
+        for (int64_t s = 0; s < K - s0; ++s) {
+          const int64_t k = cell == 0 ? s0 + s : K - 1 - s;
+          T* hp = h + (s & 1) * rows * Hp;
+          T* hn = h + ((s + 1) & 1) * rows * Hp;
+          gemm_rows<T, Isa>(rows, H, W2, hp, Hp, w + L.summary_hh[cell], w + L.summary_bhh[cell],
+                            0, g, W2, s & 1);
+          for (int64_t m = 0; m < rows; ++m) {
+            if (k < first[m]) {  // a pad: a = 0 leaves the state as it is
+              std::copy(hp + m * Hp, hp + m * Hp + Hp, hn + m * Hp);
+              continue;
+            }
+            agru_infer_row(H, xp + (m * K + k) * W2, g + m * W2, hp + m * Hp, attn[m * K + k],
+                           hn + m * Hp);
+          }
+        }
+        add_row(rows * Hp, h + ((K - s0) & 1) * rows * Hp, o);
+      }
+      add_row(rows * Hp, o, e);
+    }
+  }
+  gemm_rows<T, Isa>(rows, H, L.Cp, e, Hp, w + L.cls, w + L.cls_b, 0, logits, L.Cp);
+  for (int64_t m = 0; m < rows; ++m) {
+    const T* z = logits + m * L.Cp;
+    T* p = in.probs + (b0 + m) * C;
+    T mx = z[0];
+    for (int64_t c = 1; c < C; ++c) mx = std::max(mx, z[c]);
+    T sum = 0;
+    for (int64_t c = 0; c < C; ++c) sum += (p[c] = std::exp(z[c] - mx));
+    for (int64_t c = 0; c < C; ++c) p[c] /= sum;
+  }
+}
+
+// Largest tile (rows per call of stream_forward_tile): weight reuse across rows vs scratch size.
+constexpr int64_t kStreamTileRows = 16;
+
+template <typename T>
+inline void stream_forward_tile(const StreamDims& d, const T* w, const StreamBatch<T>& in,
+                                int64_t b0, int64_t rows) {
+  const StreamLayout L = stream_layout<T>(d);
+  dispatch_isa([&](auto isa) { stream_forward_tile_impl<T, decltype(isa)>(d, L, w, in, b0, rows); });
+}
+
+// Writes rows b0 .. b0 + rows of in.u_out, and their fusion input projections, into the slot
+// after each conversation's last utterance. Run after every forward tile (it overwrites the
+// oldest slot of a full window, which the forward step reads).
+template <typename T, typename Isa>
+AGHMN_INLINE void stream_remember_tile_impl(const StreamDims& d, const StreamLayout& L,
+                                            const T* w, const StreamBatch<T>& in, int64_t b0,
+                                            int64_t rows) {
+  const int64_t H = d.H, K = d.K, W3 = L.W3;
+  T* g = stream_scratch<T>(rows * W3);
+  for (int64_t m = 0; m < rows; ++m) {
+    const int64_t slot = in.blocks[b0 + m] * K + in.counts[b0 + m] % K;
+    std::copy(in.u_out + (b0 + m) * H, in.u_out + (b0 + m + 1) * H, in.u_store + slot * H);
+  }
+  for (int dir = 0; dir < d.D; ++dir) {
+    gemm_rows<T, Isa>(rows, H, W3, in.u_out + b0 * H, H, w + L.fusion_ih[dir],
+                      w + L.fusion_bih[dir], 0, g, W3);
+    for (int64_t m = 0; m < rows; ++m) {
+      const int64_t slot = in.blocks[b0 + m] * K + in.counts[b0 + m] % K;
+      std::copy(g + m * W3, g + m * W3 + 3 * H, in.proj_store + (dir * in.store_rows + slot) * 3 * H);
+    }
+  }
+}
+
+template <typename T>
+inline void stream_remember_tile(const StreamDims& d, const T* w, const StreamBatch<T>& in,
+                                 int64_t b0, int64_t rows) {
+  const StreamLayout L = stream_layout<T>(d);
+  dispatch_isa([&](auto isa) { stream_remember_tile_impl<T, decltype(isa)>(d, L, w, in, b0, rows); });
+}
+
+}  // namespace cpu
+}  // namespace aghmn
