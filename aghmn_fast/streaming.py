@@ -192,7 +192,13 @@ class StreamingRecognizer:
 
     def push(self, conversation_id: Hashable, utterance_text: str) -> Prediction:
         """Classify the next utterance of a conversation (opened on its first utterance)."""
-        return self.push_many([(conversation_id, utterance_text)])[0]
+        start = time.perf_counter()
+        ids = self._encode(0, (conversation_id, utterance_text))
+        with torch.no_grad():
+            probs = self._step([conversation_id], [ids]).tolist()[0]
+        prediction = self._prediction(conversation_id, self._counts[conversation_id] - 1, probs)
+        prediction.latency_ms = (time.perf_counter() - start) * 1e3
+        return prediction
 
     def push_many(self, items: Iterable[Tuple[Hashable, str]]) -> List[Prediction]:
         """Classify a batch of (conversation_id, utterance_text) in one fused step per round.
@@ -214,7 +220,8 @@ class StreamingRecognizer:
         out: List[Optional[Prediction]] = [None] * len(items)
         with torch.no_grad():
             for members in rounds:
-                probs = self._step([items[i][0] for i in members], [token_ids[i] for i in members])
+                probs = self._step([items[i][0] for i in members],
+                                   [token_ids[i] for i in members]).tolist()
                 for i, p in zip(members, probs):
                     cid = items[i][0]
                     out[i] = self._prediction(cid, self._counts[cid] - 1, p)
@@ -374,8 +381,7 @@ class StreamingRecognizer:
         for c in cids:
             self._counts[c] += 1
 
-    def _prediction(self, cid, index: int, probs: Tensor) -> Prediction:
-        p = probs.tolist()
+    def _prediction(self, cid, index: int, p: List[float]) -> Prediction:
         best = max(range(len(p)), key=p.__getitem__)
         return Prediction(cid, index, self.label_names[best], best,
                           dict(zip(self.label_names, p)), 0.0)

@@ -230,8 +230,12 @@ def test_model_and_stream_parts_on_a_few_dialogues(tmp_path):
     (run,) = record["stream"]
     assert [c["window"] for c in run["cases"]] == [10, 40]
     assert run["cases"][0]["concurrent"]["conversations"] == 4
+    for c in run["cases"]:  # 18- and 60-utterance dialogues: both have full windows
+        full = c["stream"]["full_window"]
+        assert full["n"] == (18 - 10 if c["window"] == 10 else 60 - 40) * 2 and full["median_ms"] > 0
+        assert c["stream"]["path"] == ("push" if ops.backends("cpu")[0] == "cpu" else "ops")
     md = open(record["files"][1]).read()
-    assert "**epoch times extrapolated**" in md and "## Streaming" in md
+    assert "**epoch times extrapolated**" in md and "## Streaming" in md and "full windows" in md
 
 
 def _compiled_rows(tmp_path, shape_ids):

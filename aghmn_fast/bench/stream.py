@@ -52,17 +52,23 @@ def build_model(window: int, vocab: Vocabulary, backend: Optional[str], seed: in
 
 
 def single_conversation(model: AGHMN, vocab: Vocabulary, texts: Sequence[str], repeats: int) -> Dict:
-    """Per-push latency of one conversation streamed ``repeats`` times (fresh id each time)."""
+    """Per-push latency of one conversation streamed ``repeats`` times (fresh id each time).
+
+    ``full_window``: the same statistics over the utterances that have K earlier ones (the
+    steady state of a long conversation, the most work per push)."""
     rec = StreamingRecognizer(model, vocab=vocab, label_names=MELD_LABELS)
-    samples = []
+    samples, full = [], []
     for r in range(repeats + 1):
-        for text in texts:
+        for i, text in enumerate(texts):
             t0 = time.perf_counter()
             rec.push(r, text)
             if r:  # the first pass warms up
                 samples.append((time.perf_counter() - t0) * 1e3)
+                if i >= model.config.window:
+                    full.append(samples[-1])
         rec.close(r)
-    return _percentiles(samples)
+    return {**_percentiles(samples), "path": rec.path,
+            "full_window": _percentiles(full) if full else None}
 
 
 def reference_path(model: AGHMN, vocab: Vocabulary, texts: Sequence[str], repeats: int) -> Dict:
@@ -163,8 +169,11 @@ def _run(quick, backend, data, flat_pushes, log, threads, device, concurrency) -
                 "speedup_median": ref["median_ms"] / stream["median_ms"],
                 "concurrent": concurrent(model, vocab, test, conversations, 2 if quick else 10)}
         result["cases"].append(case)
-        log(f"stream t={threads} K={window}: stream median {stream['median_ms']:.3f} ms "
-            f"p99 {stream['p99_ms']:.3f} ms | reference median {ref['median_ms']:.2f} ms | "
+        full = stream["full_window"]
+        log(f"stream t={threads} K={window} ({stream['path']}): stream median "
+            f"{stream['median_ms']:.3f} ms p99 {stream['p99_ms']:.3f} ms"
+            + (f" (full windows: {full['median_ms']:.3f} / {full['p99_ms']:.3f})" if full else "")
+            + f" | reference median {ref['median_ms']:.2f} ms | "
             f"x{case['speedup_median']:.1f}")
     if flat_pushes:
         result["memory"] = memory_flatness(build_model(10, vocab, backend).to(device), vocab, test,

@@ -40,6 +40,8 @@ _NOT_KEPT = re.compile(r"[^a-zA-Z!?]+")
 
 
 def _strip_accents(s: str) -> str:
+    if s.isascii():  # NFD leaves ASCII as it is and it has no combining marks (the common case)
+        return s
     return "".join(c for c in unicodedata.normalize("NFD", s) if unicodedata.category(c) != "Mn")
 
 
