@@ -233,3 +233,47 @@ def test_stream_step_op_passes_opcheck():
 def test_public_names():
     assert aghmn_fast.StreamingRecognizer is StreamingRecognizer
     assert aghmn_fast.nn.AGRU.__name__ == "AGRU"
+
+
+@pytest.mark.skipif(not HAVE_CPU_EXT, reason="the compiled extension is not available")
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
+def test_push_path_on_every_instruction_set_matches_the_offline_reference(isa):
+    """Synthetic dialogues (no data needed), 3 conversations per push_many with histories of
+    different lengths in one tile; AGHMN_CPU_ISA lowers the run-time dispatch."""
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import random, torch
+        from aghmn_fast.data import Vocabulary
+        from aghmn_fast.models import AGHMN, AGHMNConfig, make_batch
+        from aghmn_fast.streaming import StreamingRecognizer
+        words = [w + s for w in "ab cd ef gh ij kl mn op qr st".split() for s in ("", "x", "y")]
+        vocab = Vocabulary(["<pad>", "<unk>"] + words)
+        rng = random.Random(0)
+        dialogues = [[" ".join(rng.choice(words + ["zz"]) for _ in range(rng.randint(1, 70)))
+                      for _ in range(n)] for n in (9, 4, 13)]
+        for summary, fusion, dtype, tol in (("agru", "bif", torch.float32, 1e-5),
+                                            ("biagru", "unif", torch.float64, 1e-12)):
+            torch.manual_seed(1)
+            cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=11, num_classes=5, hidden_size=21,
+                              window=5, summary=summary, fusion=fusion, backend="reference")
+            model = AGHMN(cfg, torch.randn(len(vocab), 11)).to(dtype).eval()
+            with torch.no_grad():
+                enc = [[vocab.encode(t.split()[:60]) for t in d] for d in dialogues]
+                want = torch.softmax(model(make_batch(enc, 5)), -1)
+            model.config.backend = None
+            rec = StreamingRecognizer(model, vocab=vocab, label_names=list("abcde"), path="push")
+            got = {i: [] for i in range(3)}
+            for step in range(13):
+                items = [(i, d[step]) for i, d in enumerate(dialogues) if step < len(d)]
+                for p in rec.push_many(items):
+                    got[p.conversation_id].append([p.probabilities[c] for c in "abcde"])
+            got = torch.tensor([p for i in range(3) for p in got[i]], dtype=dtype)
+            torch.testing.assert_close(got, want, rtol=0, atol=tol)
+        print("ok")
+    """)
+    env = dict(os.environ, AGHMN_CPU_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
