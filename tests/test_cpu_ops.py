@@ -242,6 +242,28 @@ def test_gradcheck_public_functions():
     windows = torch.tensor([[-1, 0, 1], [3, 3, -1], [2, 1, 0]])
     assert torch.autograd.gradcheck(lambda u, *w: ext.memory_bank(u, windows, list(w)), leaves,
                                     eps=1e-6, atol=1e-7)
+    args, windows = raw_window_args(D=2)
+    assert torch.autograd.gradcheck(lambda *a: ext.window_gru(*a, windows), args, eps=1e-6,
+                                    atol=1e-7)
+
+
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_public_window_gru_matches_reference(D, dtype):
+    """The public window GRU from projections (one autograd node): outputs and all gradients,
+    with and without autograd."""
+    args, windows = raw_window_args(N=6, Q=4, K=3, H=5, D=D, dtype=dtype)
+    want = reference.window_gru(*args, windows)
+    got = ext.window_gru(*args, windows)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got, want, **tol)
+    upstream = torch.randn_like(want)
+    for g, r in zip(torch.autograd.grad((got * upstream).sum(), args),
+                    torch.autograd.grad((want * upstream).sum(), args)):
+        torch.testing.assert_close(g, r, **tol)
+    with torch.no_grad():
+        torch.testing.assert_close(ext.window_gru(*args, windows), want, **tol)
+    assert aghmn_fast.ops.resolve_backend(None, torch.device("cpu")).window_gru is not None
 
 
 OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor",

@@ -147,3 +147,36 @@ def test_reader_vector_does_not_depend_on_the_batch_padding(reader):
         alone = model.encode_utterances(torch.tensor([short]), torch.tensor([2]))
         padded = model.encode_utterances(torch.tensor([short + [0] * 5, long]), torch.tensor([2, 7]))
     torch.testing.assert_close(padded[:1], alone, rtol=0, atol=1e-12)
+
+
+def test_fused_reader_with_length_buckets_equals_packed_nn_gru():
+    """Many short utterances and one long one: the fused reader splits them into two length
+    buckets (each padded to its own longest); outputs and every gradient equal nn.GRU's."""
+    from aghmn_fast.models import BiGRUReader
+    from aghmn_fast.models.aghmn import length_buckets
+    lengths = torch.tensor([2, 1, 3, 17, 2, 3, 1, 2, 3, 2, 1, 3, 2, 3, 1, 2, 2, 3, 1, 2])
+    buckets = length_buckets(lengths.tolist())
+    assert len(buckets) == 2 and buckets[1] == [3]
+    torch.manual_seed(4)
+    reader = BiGRUReader(7, 6, 60).double()
+    emb = torch.randn(len(lengths), 17, 7, dtype=torch.float64, requires_grad=True)
+    ref = reader(emb, lengths, backend="reference")
+    weights = torch.randn_like(ref)  # a random upstream gradient
+    grads_ref = torch.autograd.grad((ref * weights).sum(), [emb, *reader.parameters()])
+    assert backends_for_cpu()
+    for b in backends_for_cpu():
+        got = reader(emb, lengths, backend=b)
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-10)
+        grads = torch.autograd.grad((got * weights).sum(), [emb, *reader.parameters()])
+        for g, gr in zip(grads, grads_ref):
+            torch.testing.assert_close(g, gr, rtol=1e-8, atol=1e-10)
+
+
+def test_length_buckets():
+    from aghmn_fast.models.aghmn import length_buckets
+    assert length_buckets([]) == [[]] and length_buckets([4]) == [[0]]
+    assert length_buckets([3, 5, 4]) == [[0, 1, 2]]            # saving too small: one bucket
+    long = [1] * 30 + [40]
+    assert length_buckets(long) == [list(range(30)), [30]]
+    got = length_buckets([5, 60, 6, 5, 59] + [4] * 20)
+    assert sorted(i for b in got for i in b) == list(range(25)) and set(got[1]) == {1, 4}

@@ -28,11 +28,8 @@ def memory_bank(utterances, windows, flat_weights):
 def window_gru(proj, pad_proj, weight_hh, bias_hh, windows):
     """Window GRU from precomputed projections on the C++ kernels (differentiable);
     see :func:`aghmn_fast.reference.window_gru`."""
-    if proj.dtype not in _DTYPES:
-        return reference.window_gru(proj, pad_proj, weight_hh, bias_hh, windows)
-    return torch.ops.aghmn_fast.window_gru_forward(
-        proj.contiguous(), pad_proj.contiguous(), weight_hh.contiguous(), bias_hh.contiguous(),
-        windows.contiguous())[0]
+    fn = extension_ops.window_gru if proj.dtype in _DTYPES else reference.window_gru
+    return fn(proj, pad_proj, weight_hh, bias_hh, windows)
 
 
 ops.register_backend("cpu", agru=agru, memory_bank=memory_bank, devices=("cpu",), priority=10,

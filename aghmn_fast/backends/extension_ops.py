@@ -2,8 +2,8 @@
 built) behind the shared glue of :mod:`aghmn_fast.backends.glue`.
 
 Importing this module loads the extension (ImportError when it is not built), registers the
-ops' fake and autograd rules, and exposes :func:`agru` and :func:`memory_bank` with the
-reference signatures.
+ops' fake and autograd rules, and exposes :func:`agru`, :func:`memory_bank` and
+:func:`window_gru` with the reference signatures.
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 
 from .. import _extension
 from .glue import (OpSet, agru_hh_grads, make_agru, make_backend, make_memory_bank,  # noqa: F401
-                   register_autograd_rules, register_fake_impls, window_hh_grads)
+                   make_window_gru, register_autograd_rules, register_fake_impls, window_hh_grads)
 
 __all__ = ["OpSet", "register_autograd_rules", "register_fake_impls", "make_agru",
            "make_memory_bank", "make_backend", "agru_hh_grads", "window_hh_grads", "agru",
-           "memory_bank", "EXTENSION_OPS"]
+           "memory_bank", "window_gru", "EXTENSION_OPS"]
 
 
 def _load() -> OpSet:
@@ -33,3 +33,5 @@ EXTENSION_OPS: OpSet = _load()
 agru, memory_bank = make_backend(EXTENSION_OPS)
 agru.__doc__ = "Attention GRU on the compiled extension's ops (CPU, and CUDA when built)."
 memory_bank.__doc__ = "Memory bank on the compiled extension's ops (CPU, and CUDA when built)."
+window_gru = make_window_gru(EXTENSION_OPS.window_gru_forward, EXTENSION_OPS.window_gru_backward)
+window_gru.__doc__ = "Window GRU from projections on the compiled extension's ops (CPU, and CUDA)."

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -94,23 +94,64 @@ class BiGRUReader(nn.Module):
         return torch.tanh(self.proj(pooled))
 
     def _fused_pool(self, embedded: Tensor, lengths: Tensor, backend: Optional[str]) -> Tensor:
-        N, L, _ = embedded.shape
-        flat = embedded.reshape(N * L, -1)
-        lengths = lengths.to(embedded.device).unsqueeze(1)
-        pos = torch.arange(L, device=embedded.device).unsqueeze(0)
-        valid = pos < lengths
-        base = torch.arange(N, device=embedded.device).unsqueeze(1) * L
-        # Slots past an utterance's end are fed as empty inputs after its real tokens, so they
-        # never reach a real step's state; their outputs are masked out of the max.
-        windows = (torch.where(valid, base + pos, -1), torch.where(valid, base + lengths - 1 - pos, -1))
+        device = embedded.device
+        lens = lengths.cpu()
+        valid = torch.arange(embedded.shape[1]) < lens.unsqueeze(1)
+        # Only the real tokens are projected and recurred: the utterances go in length buckets
+        # (each padded to its own longest), so short utterances do not run the longest one's steps.
+        tokens = embedded[valid.to(device)]                       # [sum(lens), d]
+        starts = torch.cumsum(lens, 0) - lens
+        buckets = []
+        for idx in length_buckets(lens.tolist()):
+            idx = torch.tensor(idx, dtype=torch.int64)
+            n, width = lens[idx], int(lens[idx].max())
+            pos = torch.arange(width).unsqueeze(0)
+            ok = pos < n.unsqueeze(1)
+            start = starts[idx].unsqueeze(1)
+            windows = (torch.where(ok, start + pos, -1).to(device),
+                       torch.where(ok, start + n.unsqueeze(1) - 1 - pos, -1).to(device))
+            buckets.append((idx, ok.to(device), windows))
         pooled = []
-        for suffix, win in zip(("", "_reverse"), windows):
+        for direction, suffix in enumerate(("", "_reverse")):
             w_ih, w_hh, b_ih, b_hh = (getattr(self.gru, f"{n}_l0{suffix}")
                                       for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-            states = ops.window_gru(F.linear(flat, w_ih, b_ih).unsqueeze(0), b_ih.unsqueeze(0),
-                                    w_hh.unsqueeze(0), b_hh.unsqueeze(0), win, backend=backend)[0]
-            pooled.append(states.masked_fill(~valid.unsqueeze(-1), float("-inf")).max(dim=1).values)
-        return torch.cat(pooled, dim=1)
+            proj = F.linear(tokens, w_ih, b_ih).unsqueeze(0)
+            parts = []
+            for _, ok, windows in buckets:
+                states = ops.window_gru(proj, b_ih.unsqueeze(0), w_hh.unsqueeze(0), b_hh.unsqueeze(0),
+                                        windows[direction], backend=backend)[0]
+                parts.append(states.masked_fill(~ok.unsqueeze(-1), float("-inf")).max(dim=1).values)
+            pooled.append(parts[0] if len(parts) == 1 else torch.cat(parts))
+        pooled = torch.cat(pooled, dim=1)
+        if len(buckets) == 1:
+            return pooled
+        order = torch.cat([idx for idx, _, _ in buckets]).to(device)
+        return torch.empty_like(pooled).index_copy(0, order, pooled)
+
+
+# A window-GRU call costs about as much as this many extra recurrence slots (forward + backward
+# on the reference machine): a second length bucket is used only when it saves more.
+BUCKET_COST_SLOTS = 48
+
+
+def length_buckets(lengths: Sequence[int]) -> List[List[int]]:
+    """Utterance indices in at most two buckets of similar length: the split of the length-sorted
+    utterances that minimises the padded slots (count x longest per bucket), when it saves more
+    than :data:`BUCKET_COST_SLOTS`; else one bucket in the original order."""
+    n = len(lengths)
+    one = list(range(n))
+    if n < 2:
+        return [one]
+    order = sorted(one, key=lengths.__getitem__)
+    longest = lengths[order[-1]]
+    best, split = n * longest, n
+    for s in range(1, n):
+        cost = s * lengths[order[s - 1]] + (n - s) * longest
+        if cost < best:
+            best, split = cost, s
+    if n * longest - best <= BUCKET_COST_SLOTS:
+        return [one]
+    return [order[:split], order[split:]]
 
 
 class CNNReader(nn.Module):
