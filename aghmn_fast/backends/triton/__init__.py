@@ -34,6 +34,8 @@ if not interpreting() and not torch.cuda.is_available() and not _COMPILE_ONLY:
 
 from ... import ops as _dispatch  # noqa: E402
 from .ops import TRITON_OPS, agru, memory_bank  # noqa: E402
+# Not re-exported: the name would shadow the kernels' submodule `window_gru` on this package.
+from .ops import window_gru as _window_gru  # noqa: E402
 
 __all__ = ["agru", "memory_bank", "TRITON_OPS", "KernelConfig", "use_config", "set_allow_tf32",
            "allow_tf32", "interpreting"]
@@ -42,7 +44,7 @@ if _COMPILE_ONLY and not torch.cuda.is_available() and not interpreting():
     pass
 elif interpreting():
     _dispatch.register_backend("triton", agru=agru, memory_bank=memory_bank,
-                               devices=("cuda", "cpu"), priority=-1)
+                               devices=("cuda", "cpu"), priority=-1, window_gru=_window_gru)
 else:
     _dispatch.register_backend("triton", agru=agru, memory_bank=memory_bank, devices=("cuda",),
-                               priority=5)
+                               priority=5, window_gru=_window_gru)

@@ -12,12 +12,12 @@ from typing import Tuple
 from torch import Tensor
 from torch.library import triton_op
 
-from ..glue import OpSet, make_backend, register_autograd_rules
+from ..glue import OpSet, make_backend, make_window_gru, register_autograd_rules
 from .agru import agru_backward, agru_forward
 from .window_gru import window_gru_backward, window_gru_forward
 
 __all__ = ["triton_agru_forward", "triton_agru_backward", "triton_window_gru_forward",
-           "triton_window_gru_backward", "TRITON_OPS", "agru", "memory_bank"]
+           "triton_window_gru_backward", "TRITON_OPS", "agru", "memory_bank", "window_gru"]
 
 
 @triton_op("aghmn_fast::triton_agru_forward", mutates_args={})
@@ -60,3 +60,6 @@ agru, memory_bank = make_backend(TRITON_OPS)
 agru.__doc__ = "Attention GRU on the Triton kernels; see :func:`aghmn_fast.reference.agru`."
 memory_bank.__doc__ = ("Memory bank on the Triton kernels; see "
                        ":func:`aghmn_fast.reference.memory_bank`.")
+window_gru = make_window_gru(TRITON_OPS.window_gru_forward, TRITON_OPS.window_gru_backward)
+window_gru.__doc__ = ("Window GRU from projections on the Triton kernels; see "
+                      ":func:`aghmn_fast.reference.window_gru`.")
