@@ -62,6 +62,10 @@ class StreamingRecognizer:
     Text handling: utterances are tokenized as in training and truncated to the model's
     ``max_len`` (60) tokens, so a 10,000-word utterance costs as much as a 60-word one; empty or
     whitespace-only text raises ``ValueError`` and leaves every conversation untouched.
+
+    One recognizer is not safe to share between Python threads without a lock (its conversation
+    table and store are updated in place); to serve from several threads, give each its own
+    recognizer or serialise the calls. ``push_many`` already uses the torch threads for a batch.
     """
 
     def __init__(self, model: AGHMN, device=None, *, vocab: Optional[Vocabulary] = None,
