@@ -277,3 +277,22 @@ def test_push_path_on_every_instruction_set_matches_the_offline_reference(isa):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_stream_exactness_script_on_a_checkpoint(tmp_path, capsys):
+    """benchmarks/stream_exactness.py: every MELD test dialogue streamed vs the offline model."""
+    import importlib.util
+    import json as _json
+
+    from aghmn_fast.train import save_checkpoint
+    rec, _ = _recognizer(window=5)
+    save_checkpoint(str(tmp_path / "m.pt"), rec.model, rec.vocab, MELD_LABELS)
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "stream_exactness.py")
+    spec = importlib.util.spec_from_file_location("stream_exactness", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--checkpoint", str(tmp_path / "m.pt")]) == 0
+    result = _json.loads(capsys.readouterr().out)
+    assert result["utterances"] == 2610 and result["labels_equal"] == 2610
+    assert result["max_abs_probability_difference"] < 1e-5
+    assert result["streamed"]["accuracy"] == result["offline"]["accuracy"]
