@@ -2,8 +2,9 @@
 // AGHMN written from docs (AGHMN.md sections 1-6): the reader, the fusion GRU over the whole
 // left-padded window (pads fed through in both directions), attention over all K slots with
 // masked pads, the AGRU over all K slots, the classifier. The kernel skips pads and starts from
-// precomputed pad states; this checks that the shortcut is exact. Two conversations share each
-// push, at different history lengths, in one tile; every instruction-set variant, fp32 and fp64.
+// precomputed pad states; this checks that the shortcut is exact. Several conversations share
+// each push, at different history lengths, in one and in several tiles; every instruction-set
+// variant, fp32 and fp64.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -171,8 +172,10 @@ std::vector<T> cast(const Vec& v) {
   return std::vector<T>(v.begin(), v.end());
 }
 
+// `conversations` conversations share each push; conversation c starts at step c % 3 and owns
+// store block (conversations - 1 - c), so tiles mix histories of different lengths.
 template <typename T>
-void run_case(const Model& m, std::mt19937& rng, double tol, const char* name) {
+void run_case(const Model& m, std::mt19937& rng, double tol, const char* name, int conversations) {
   using namespace aghmn::cpu;
   const StreamDims d{m.H, m.E, m.C, m.K, m.D, m.S, m.hops, m.L, true};
   std::vector<std::vector<T>> keep;  // owns the cast weights
@@ -203,17 +206,16 @@ void run_case(const Model& m, std::mt19937& rng, double tol, const char* name) {
   stream_pack(d, w, packed.data());
   const std::vector<T> emb = cast<T>(m.emb);
 
-  // Two conversations in blocks 2 and 0 of a 3-block store; the second starts 3 pushes later.
-  const int64_t rows = 3 * m.K, Dp = std::max<int64_t>(m.D, 1);
+  const int64_t rows = (conversations + 1) * m.K, Dp = std::max<int64_t>(m.D, 1);
   std::vector<T> u_store(rows * m.H, T(7)), proj_store(Dp * rows * 3 * m.H, T(7));
-  std::vector<std::vector<Vec>> history(2);
+  std::vector<std::vector<Vec>> history(conversations);
   std::uniform_int_distribution<int64_t> token(0, m.V - 1), length(1, m.L);
   for (int64_t step = 0; step < 9; ++step) {
     std::vector<int64_t> blocks, counts, tokens, offsets{0}, who;
-    for (int c = 0; c < 2; ++c) {
-      if (c == 1 && step < 3) continue;
+    for (int c = 0; c < conversations; ++c) {
+      if (step < c % 3) continue;
       who.push_back(c);
-      blocks.push_back(c == 0 ? 2 : 0);
+      blocks.push_back(conversations - 1 - c);
       counts.push_back(static_cast<int64_t>(history[c].size()));
       const int64_t len = step == 4 ? m.L : length(rng);  // max_len: no zero in the pool
       for (int64_t t = 0; t < len; ++t) tokens.push_back(token(rng));
@@ -257,8 +259,10 @@ int main() {
     const int before = g_failures;
     for (const auto& c : cases) {
       const Model m = random_model(c[0], c[1], c[2], rng);
-      run_case<float>(m, rng, 2e-5, "float");
-      run_case<double>(m, rng, 1e-11, "double");
+      for (int conversations : {2, 21}) {  // 21: more than one tile of kStreamTileRows
+        run_case<float>(m, rng, 2e-5, "float", conversations);
+        run_case<double>(m, rng, 1e-11, "double", conversations);
+      }
     }
     std::printf("instruction set level %d: %s\n", static_cast<int>(level),
                 g_failures == before ? "ok" : "FAILED");

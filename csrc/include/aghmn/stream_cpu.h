@@ -281,7 +281,11 @@ inline int64_t stream_scratch_size(const StreamDims& d, const StreamLayout& L, i
   return rows * L.Hp + std::max(reader, context) + 64;
 }
 
-// Probabilities of rows b0 .. b0 + rows, and their reader vectors into in.u_out.
+// Largest tile: weight reuse across rows vs scratch size (and the size of `first` below).
+constexpr int64_t kStreamTileRows = 16;
+
+// Probabilities of rows b0 .. b0 + rows (rows <= kStreamTileRows), and their reader vectors
+// into in.u_out.
 template <typename T, typename Isa>
 AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayout& L, const T* w,
                                            const StreamBatch<T>& in, int64_t b0, int64_t rows) {
@@ -308,7 +312,7 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
     T* attn = o + rows * Hp;           // [rows][K]
     logits = attn + rows * K;
     // First real slot of each row (K: no history), and of the tile.
-    int64_t first[64];
+    int64_t first[kStreamTileRows];
     int64_t s0 = K;
     for (int64_t m = 0; m < rows; ++m) {
       first[m] = K - std::min(in.counts[b0 + m], K);
@@ -417,14 +421,16 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
   }
 }
 
-// Largest tile (rows per call of stream_forward_tile): weight reuse across rows vs scratch size.
-constexpr int64_t kStreamTileRows = 16;
-
+// Computes rows b0 .. b0 + rows in tiles of at most kStreamTileRows.
 template <typename T>
 inline void stream_forward_tile(const StreamDims& d, const T* w, const StreamBatch<T>& in,
                                 int64_t b0, int64_t rows) {
   const StreamLayout L = stream_layout<T>(d);
-  dispatch_isa([&](auto isa) { stream_forward_tile_impl<T, decltype(isa)>(d, L, w, in, b0, rows); });
+  dispatch_isa([&](auto isa) {
+    for (int64_t r = 0; r < rows; r += kStreamTileRows)
+      stream_forward_tile_impl<T, decltype(isa)>(d, L, w, in, b0 + r,
+                                                 std::min(kStreamTileRows, rows - r));
+  });
 }
 
 // Writes rows b0 .. b0 + rows of in.u_out, and their fusion input projections, into the slot
