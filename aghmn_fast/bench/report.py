@@ -152,8 +152,9 @@ def _stream_lines(runs: Sequence[Dict]) -> List[str]:
     lines = ["## Streaming", "",
              "Per-utterance latency of the streaming recognizer (one conversation, one utterance "
              "per push) against re-running the model on the dialogue so far (the reference path); "
-             "`push_many` rounds of one utterance for each of N live conversations. \"full "
-             "windows\": the pushes of utterances with K earlier ones (the most work per push).", "",
+             "`push_many` rounds of one utterance for each of N live conversations (after K "
+             "untimed rounds in a full run, so every window is full). \"full windows\": the "
+             "pushes of utterances with K earlier ones (the most work per push).", "",
              "| threads | K | stream median (p99) ms | full windows median (p99) ms | "
              "reference median (p99) ms | speedup | concurrent N | ms / round | utterances / s |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
