@@ -139,6 +139,11 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
     best_acc, best_state, history, epoch_seconds = -1.0, None, [], []
     order = list(range(len(train_set)))
     rng = random.Random(config.seed)
+    # One dialogue per step (the recipe): build each dialogue's batch once, not every epoch.
+    single = None
+    if config.batch_dialogues == 1:
+        single = [make_batch([enc], model.config.window, [d.labels], max_len)
+                  for enc, d in zip(enc_train, train_set)]
     for epoch in range(1, config.epochs + 1):
         model.train()
         rng.shuffle(order)
@@ -146,8 +151,9 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
         bar = tqdm(list(_chunks(order, config.batch_dialogues)), desc=f"epoch {epoch}/{config.epochs}",
                    disable=not config.progress, leave=False, unit="step")
         for chunk in bar:
-            batch = make_batch([enc_train[i] for i in chunk], model.config.window,
-                               [train_set[i].labels for i in chunk], max_len)
+            batch = single[chunk[0]] if single is not None else make_batch(
+                [enc_train[i] for i in chunk], model.config.window,
+                [train_set[i].labels for i in chunk], max_len)
             log_probs = model(batch)
             nll = -log_probs.gather(1, batch.labels.unsqueeze(1)).squeeze(1)
             loss = (weights[batch.labels] * nll).sum() / batch.labels.numel()
