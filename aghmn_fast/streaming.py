@@ -136,20 +136,19 @@ class StreamingRecognizer:
             pack = torch.ops.aghmn_fast.stream_pack
         except (AttributeError, RuntimeError):
             return False
-        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         self._bigru = isinstance(model.reader, BiGRUReader)
         weights = []
         if self._bigru:
             gru = model.reader.gru
-            weights += [getattr(gru, f"{n}_l0{s}") for s in ("", "_reverse") for n in names]
+            weights += [getattr(gru, f"{n}_l0{s}") for s in ("", "_reverse")
+                        for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             weights += [model.reader.proj.weight, model.reader.proj.bias]
         if self.num_dirs:
             weights += list(model.fusion._flat_weights)  # (w_ih, w_hh, b_ih, b_hh) per direction
-        cells = [] if model.agru is None else model.agru.suffixes
-        weights += [getattr(model.agru, f"{n}_l0{s}") for s in cells for n in names]
-        weights += [model.classifier.weight, model.classifier.bias]
+        summary = self._agru_weights()
+        weights += summary + [model.classifier.weight, model.classifier.bias]
         self._dims = [self.hidden, cfg.embedding_dim, cfg.num_classes, self.window, self.num_dirs,
-                      len(cells), cfg.hops, cfg.max_len, int(self._bigru)]
+                      len(summary) // 4, cfg.hops, cfg.max_len, int(self._bigru)]
         with torch.no_grad():
             self._packed = pack([w.detach().contiguous() for w in weights], self._dims)
         self._embedding = model.embedding.weight.detach().contiguous()
@@ -164,11 +163,15 @@ class StreamingRecognizer:
             step = torch.ops.aghmn_fast.stream_step
         except (AttributeError, RuntimeError):
             return None
-        agru = self.model.agru
-        self._summary_weights = [] if agru is None else [
-            getattr(agru, f"{n}_l0{s}").detach() for s in agru.suffixes
-            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        self._summary_weights = [w.detach() for w in self._agru_weights()]
         return step
+
+    def _agru_weights(self) -> List[Tensor]:
+        """The AGRU cells' (weight_ih, weight_hh, bias_ih, bias_hh), forward cell first."""
+        agru = self.model.agru
+        return [] if agru is None else [
+            getattr(agru, f"{n}_l0{s}") for s in agru.suffixes
+            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
 
     def _grow(self, capacity: int) -> None:
         K = self.window

@@ -53,7 +53,7 @@ template <typename T>
 inline void agru_pack_forward(AgruPlan<T>& p, const T* weight_hh, const T* bias_hh, T* buf) {
   pack_transposed(weight_hh, 2 * p.H, p.H, p.Np, buf);
   T* bias = buf + p.H * p.Np;
-  for (int64_t i = 0; i < p.Np; ++i) bias[i] = i < 2 * p.H ? bias_hh[i] : T(0);
+  pack_bias(bias_hh, 2 * p.H, p.Np, bias);
   p.wt = buf;
   p.bias = bias;
 }

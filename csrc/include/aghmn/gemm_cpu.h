@@ -190,6 +190,12 @@ inline void pack_padded(const T* W, int64_t N, int64_t K, int64_t Kp, T* A) {
   }
 }
 
+// out[0:np) = b[0:n), zero beyond: a bias padded to the packed row length.
+template <typename T>
+inline void pack_bias(const T* b, int64_t n, int64_t np, T* out) {
+  for (int64_t i = 0; i < np; ++i) out[i] = i < n ? b[i] : T(0);
+}
+
 // ---- run-time instruction-set dispatch ----------------------------------------------------
 // dispatch_isa(f) calls f(IsaAvx512{}), f(IsaAvx2{}) or f(IsaBaseline{}). On x86 with GCC or
 // Clang each variant is compiled inside a function with the matching target attribute, and

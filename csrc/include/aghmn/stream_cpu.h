@@ -108,11 +108,6 @@ struct StreamWeights {
   const T* cls_b;
 };
 
-template <typename T>
-inline void pack_bias(const T* b, int64_t n, int64_t np, T* out) {
-  for (int64_t i = 0; i < np; ++i) out[i] = i < n ? b[i] : T(0);
-}
-
 // ---- one step of a tile of recurrences (no gates kept: inference) ------------------------
 template <typename T>
 AGHMN_INLINE void gru_infer_row(int64_t H, const T* __restrict x, const T* __restrict g,
@@ -144,6 +139,17 @@ AGHMN_INLINE void agru_infer_row(int64_t H, const T* __restrict x, const T* __re
 template <typename T>
 AGHMN_INLINE void add_row(int64_t n, const T* __restrict x, T* __restrict y) {
   for (int64_t j = 0; j < n; ++j) y[j] += x[j];
+}
+
+// p[0:n) = softmax(z[0:n)); p may be z. n = 0 writes nothing.
+template <typename T>
+AGHMN_INLINE void softmax_row(int64_t n, const T* z, T* p) {
+  if (n == 0) return;
+  T mx = z[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, z[i]);
+  T sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += (p[i] = std::exp(z[i] - mx));
+  for (int64_t i = 0; i < n; ++i) p[i] /= sum;
 }
 
 // Precomputes the forward fusion direction's states over j = 0..K leading pads.
@@ -361,19 +367,15 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
       // Attention: a = softmax over the real slots of e . m_k (pads get exactly 0).
       for (int64_t m = 0; m < rows; ++m) {
         T* a = attn + m * K;
-        T mx = -std::numeric_limits<T>::infinity();
         for (int64_t k = 0; k < K; ++k) {
           a[k] = T(0);
           if (k < first[m]) continue;
           const T* mk = mem + (m * K + k) * Hp;
-          T s = 0;
-          for (int64_t j = 0; j < H; ++j) s += e[m * Hp + j] * mk[j];
-          a[k] = s;
-          mx = std::max(mx, s);
+          T score = 0;
+          for (int64_t j = 0; j < H; ++j) score += e[m * Hp + j] * mk[j];
+          a[k] = score;
         }
-        T sum = 0;
-        for (int64_t k = first[m]; k < K; ++k) sum += (a[k] = std::exp(a[k] - mx));
-        for (int64_t k = first[m]; k < K; ++k) a[k] /= sum;
+        softmax_row(K - first[m], a + first[m], a + first[m]);
       }
       for (int64_t i = 0; i < rows * Hp; ++i) o[i] = T(0);
       if (d.S == 0) {
@@ -410,15 +412,7 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
     }
   }
   gemm_rows<T, Isa>(rows, H, L.Cp, e, Hp, w + L.cls, w + L.cls_b, 0, logits, L.Cp);
-  for (int64_t m = 0; m < rows; ++m) {
-    const T* z = logits + m * L.Cp;
-    T* p = in.probs + (b0 + m) * C;
-    T mx = z[0];
-    for (int64_t c = 1; c < C; ++c) mx = std::max(mx, z[c]);
-    T sum = 0;
-    for (int64_t c = 0; c < C; ++c) sum += (p[c] = std::exp(z[c] - mx));
-    for (int64_t c = 0; c < C; ++c) p[c] /= sum;
-  }
+  for (int64_t m = 0; m < rows; ++m) softmax_row(C, logits + m * L.Cp, in.probs + (b0 + m) * C);
 }
 
 // Computes rows b0 .. b0 + rows in tiles of at most kStreamTileRows.

@@ -59,7 +59,7 @@ inline void window_gru_pack_forward(WindowGruPlan<T>& p, const T* weight_hh, con
   T* bias = buf + p.D * H * Np;
   for (int64_t d = 0; d < p.D; ++d) {
     pack_transposed(weight_hh + d * 3 * H * H, 3 * H, H, Np, buf + d * H * Np);
-    for (int64_t i = 0; i < Np; ++i) bias[d * Np + i] = i < 3 * H ? bias_hh[d * 3 * H + i] : T(0);
+    pack_bias(bias_hh + d * 3 * H, 3 * H, Np, bias + d * Np);
   }
   p.wt = buf;
   p.bias = bias;
