@@ -2,21 +2,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DATA ?= ../shared/data/meld
+# MELD: DATA=DIR, else $AGHMN_DATA, else ../shared/data/meld (a data folder beside the checkout).
+DATA ?= $(or $(AGHMN_DATA),../shared/data/meld)
 DEMO_ARGS ?=
 
-.PHONY: install build test demo bench bench-pytest cmake-check clean
+.PHONY: install build test demo bench bench-pytest wheel-smoke cmake-check clean
 
-$(VENV)/.deps: requirements.txt
+# The environment: torch and triton at the versions in constraints.txt (a CPU machine), the
+# package in editable mode with its test extras, as the README's install line does; the extension
+# is then built in place by `build` (incremental, ninja) rather than once more by pip.
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	touch $@
-
-# The package in editable mode (once), then the extension built in place; `build` recompiles
-# only what changed under csrc/ (ninja).
-$(VENV)/.installed: $(VENV)/.deps setup.py
-	AGHMN_SKIP_EXT=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -m pip install -q -c constraints.txt torch "setuptools>=64" wheel ninja
+	AGHMN_SKIP_EXT=1 $(PY) -m pip install -q -c constraints.txt --no-build-isolation -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,20 +23,25 @@ build: install
 	$(PY) setup.py -q build_ext --inplace
 
 test: build
-	$(PY) -m pytest -q -x tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+	AGHMN_DATA=$(DATA) $(PY) -m pytest -q -x tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
 # Train BiF-AGRU on MELD with the authors' recipe, evaluate on test, then stream a test dialogue.
 demo: build
 	$(VENV)/bin/aghmn-fast train --data $(DATA) --out runs/demo $(DEMO_ARGS)
 	$(VENV)/bin/aghmn-fast demo-stream --checkpoint runs/demo/best.pt --data $(DATA)
 
-# The benchmark report (JSON, Markdown, plots under benchmarks/results/<machine>/, README section).
+# The benchmark report (JSON, Markdown, plots) in a new folder under benchmarks/results/.
 bench: build
-	$(VENV)/bin/aghmn-fast bench --device cpu
+	$(VENV)/bin/aghmn-fast bench --device cpu --data $(DATA)
 
 # The pytest-benchmark suites of the ops.
 bench-pytest: build
 	$(PY) -m pytest benchmarks/ --benchmark-only
+
+# The install a user does: build the wheel, install it with its dependencies into a fresh venv
+# outside the repository, and run the smoke script there.
+wheel-smoke: build
+	.ci/wheel_smoke.sh $(PY)
 
 # Framework-free kernel core (and CUDA with nvcc when present): a compile check, no torch.
 cmake-check:

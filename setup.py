@@ -1,6 +1,7 @@
-"""Build of aghmn_fast and its one C++/CUDA extension, ``aghmn_fast._C``.
+"""The one C++/CUDA extension of aghmn_fast, ``aghmn_fast._C`` (metadata: pyproject.toml).
 
-Install with ``pip install --no-build-isolation -e .`` (the build needs the installed torch).
+Install with ``pip install --no-build-isolation -e .`` after torch: the extension is compiled
+against the torch of the environment, so pip must not build it in an isolated one.
 CPU sources (``csrc/*.cpp``) are always built; CUDA sources (``csrc/cuda/*.cu``) only when the
 installed torch has CUDA and a CUDA toolkit is found (set ``AGHMN_NO_CUDA=1`` to skip them).
 ``AGHMN_SKIP_EXT=1`` installs without building the extension. ``AGHMN_NATIVE=1`` adds ``-march=native`` (off by default so that wheels stay portable).
@@ -8,11 +9,16 @@ installed torch has CUDA and a CUDA toolkit is found (set ``AGHMN_NO_CUDA=1`` to
 import glob
 import os
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 
 def extensions():
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("aghmn_fast compiles its extension against the installed torch: install "
+                         "torch first (e.g. `pip install torch`), then `pip install "
+                         "--no-build-isolation .`") from None
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
     # The C++ standard is torch's choice (C++20 from 2.13). -fopenmp: at::parallel_for is a header
@@ -48,16 +54,7 @@ def cmdclass():
     return {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-setup(
-    name="aghmn_fast",
-    version="0.1.0",
-    description="Fast, faithful AGHMN (attention gated hierarchical memory network) "
-                "for real-time emotion recognition in conversations",
-    packages=find_packages(include=["aghmn_fast", "aghmn_fast.*"]),
-    python_requires=">=3.10",
-    # AGHMN_SKIP_EXT=1: install the Python package only (the Makefile then builds the extension
-    # in place once, incrementally, instead of pip compiling it again in a temporary directory).
-    ext_modules=[] if os.environ.get("AGHMN_SKIP_EXT", "0") == "1" else extensions(),
-    cmdclass=cmdclass(),
-    entry_points={"console_scripts": ["aghmn-fast=aghmn_fast.cli:main"]},
-)
+# AGHMN_SKIP_EXT=1: install the Python package only (the Makefile then builds the extension
+# in place once, incrementally, instead of pip compiling it again in a temporary directory).
+setup(**({} if os.environ.get("AGHMN_SKIP_EXT", "0") == "1"
+         else {"ext_modules": extensions(), "cmdclass": cmdclass()}))

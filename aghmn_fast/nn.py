@@ -22,13 +22,17 @@ class AGRU(nn.Module):
     Args:
         input_size: features of ``x`` (D).
         hidden_size: features of the state (H).
+        num_layers: must be 1 (one attention-gated layer, as in AGHMN); kept for the signature of
+            ``torch.nn.GRU``.
         bias: with ``bias_ih_l0`` and ``bias_hh_l0`` (and their ``_reverse``); without them the
             biases are zero.
-        batch_first: ``x`` is [B, T, D] and ``attn`` [B, T] (default, as in AGHMN); otherwise
-            ``x`` is [T, B, D] and ``attn`` [T, B], and ``output`` is time-major too.
+        batch_first: if True, ``x`` is [B, T, D], ``attn`` [B, T] and ``output`` batch-major;
+            by default (False, as ``torch.nn.GRU``) they are time-major: [T, B, D] and [T, B].
+        dropout: must be 0 (``torch.nn.GRU`` applies it between layers, and there is one).
         bidirectional: also run a reverse direction (t = T-1 .. 0); outputs are concatenated
             [forward | reverse] along the features, as in ``torch.nn.GRU``.
-        backend: which implementation of :func:`aghmn_fast.ops.agru` to use ("cpu", "cuda",
+        device, dtype: of the parameters, as in ``torch.nn.GRU``.
+        backend (keyword only): which implementation of :func:`aghmn_fast.ops.agru` to use ("cpu", "cuda",
             "triton", "reference"), or None for the fastest available for the input's device.
 
     Parameters (``torch.nn.GRU`` naming, gates stacked ``[r | n]``): ``weight_ih_l0`` [2H, D],
@@ -44,13 +48,19 @@ class AGRU(nn.Module):
     repeat the neighbouring state and should be masked by the caller.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
-                 batch_first: bool = True, bidirectional: bool = False,
-                 backend: Optional[str] = None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, backend: Optional[str] = None) -> None:
         super().__init__()
         if input_size <= 0 or hidden_size <= 0:
             raise ValueError(f"input_size and hidden_size must be positive, got {input_size} "
                              f"and {hidden_size}")
+        if num_layers != 1:
+            raise ValueError(f"num_layers must be 1 (AGRU is one attention-gated layer), got {num_layers}")
+        if dropout != 0:
+            raise ValueError(f"dropout must be 0 with one layer, got {dropout}")
+        self.num_layers = num_layers
+        self.dropout = float(dropout)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
@@ -59,12 +69,13 @@ class AGRU(nn.Module):
         self.num_directions = 2 if bidirectional else 1
         self.backend = backend
         H = hidden_size
+        factory = {"device": device, "dtype": dtype}
         for suffix in self._suffixes():
-            self.register_parameter("weight_ih_l0" + suffix, nn.Parameter(torch.empty(2 * H, input_size)))
-            self.register_parameter("weight_hh_l0" + suffix, nn.Parameter(torch.empty(2 * H, H)))
+            self.register_parameter("weight_ih_l0" + suffix, nn.Parameter(torch.empty(2 * H, input_size, **factory)))
+            self.register_parameter("weight_hh_l0" + suffix, nn.Parameter(torch.empty(2 * H, H, **factory)))
             if bias:
-                self.register_parameter("bias_ih_l0" + suffix, nn.Parameter(torch.empty(2 * H)))
-                self.register_parameter("bias_hh_l0" + suffix, nn.Parameter(torch.empty(2 * H)))
+                self.register_parameter("bias_ih_l0" + suffix, nn.Parameter(torch.empty(2 * H, **factory)))
+                self.register_parameter("bias_hh_l0" + suffix, nn.Parameter(torch.empty(2 * H, **factory)))
             else:
                 self.register_parameter("bias_ih_l0" + suffix, None)
                 self.register_parameter("bias_hh_l0" + suffix, None)
@@ -127,8 +138,8 @@ class AGRU(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
-        if not self.batch_first:
-            s += ", batch_first=False"
+        if self.batch_first:
+            s += ", batch_first=True"
         if self.bidirectional:
             s += ", bidirectional=True"
         if self.backend is not None:

@@ -10,8 +10,8 @@ model (:class:`aghmn_fast.models.AGHMN` in eval mode), so predictions match it.
 from __future__ import annotations
 
 import dataclasses
-import io
-import os
+import hashlib
+import json
 import time
 from typing import Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
@@ -20,11 +20,12 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from . import ops
+from ._io import atomic_torch_save
 from .data import Vocabulary, tokenize
 from .models import AGHMN, pad_token_ids
 from .models.aghmn import BiGRUReader
 
-STATE_FORMAT = "aghmn_fast.stream_state.v1"
+STATE_FORMAT = "aghmn_fast.stream_state.v2"  # v2: the fingerprint hashes the weights' bytes
 
 
 @dataclasses.dataclass
@@ -79,7 +80,7 @@ class StreamingRecognizer:
             raise ValueError("vocab is required (or use StreamingRecognizer.from_checkpoint)")
         if len(self.label_names) != model.config.num_classes:
             raise ValueError(f"label_names must name the model's {model.config.num_classes} classes")
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = _usable_device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         cfg = model.config
         self.window, self.hidden = cfg.window, cfg.hidden_size
@@ -108,8 +109,14 @@ class StreamingRecognizer:
     # ---- construction ------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str, device=None, backend: Optional[str] = None) -> "StreamingRecognizer":
-        """A recognizer for a checkpoint written by ``aghmn-fast train``."""
+        """A recognizer for a checkpoint written by ``aghmn-fast train``.
+
+        Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not
+        a valid checkpoint, an unavailable ``device`` or an unavailable ``backend``.
+        """
         from .train import load_checkpoint
+        if device is not None:
+            device = _usable_device(device)
         model, vocab, labels, _ = load_checkpoint(path, backend=backend)
         return cls(model, device, vocab=vocab, label_names=labels)
 
@@ -253,39 +260,46 @@ class StreamingRecognizer:
                  "ids": [_id_to_json(c) for c in ids], "counts": [self._counts[c] for c in ids],
                  "u": self._u[slots.to(self.device)].cpu(),
                  "proj": self._proj[:, slots.to(self.device)].cpu()}
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
+        atomic_torch_save(state, path)
 
     def load_state(self, path: str) -> None:
         """Replace all conversations with those saved by :meth:`save_state` of the same model.
 
-        A file from another model, or a corrupted one, raises ``ValueError`` and leaves the
-        current state untouched.
+        A missing file raises ``FileNotFoundError``. A file that is not a stream state, is
+        corrupted (bad shapes, counts or ids, duplicate ids) or was saved by another model
+        (different weights, configuration or dtype) raises ``ValueError``; in every case the
+        current state is left untouched.
         """
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
             raise
         except Exception as exc:
-            raise ValueError(f"{path} is not a readable stream state: {exc}") from exc
+            raise ValueError(f"{path} is not a readable stream state (corrupt, truncated or not "
+                             f"written by save_state: {type(exc).__name__})") from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError(f"{path} is not an aghmn_fast stream state")
+            raise ValueError(f"{path} is not an aghmn_fast stream state ({STATE_FORMAT})")
         if state.get("fingerprint") != self._fingerprint():
-            raise ValueError(f"{path} was saved by another model (weights or configuration differ)")
-        ids, counts = [_id_from_json(c) for c in state["ids"]], list(state["counts"])
-        K, n = self.window, len(ids)
-        u, proj = state["u"], state["proj"]
-        if (tuple(u.shape) != (n * K, self.hidden) or len(counts) != n
-                or tuple(proj.shape) != (self._proj.shape[0], n * K, 3 * self.hidden)
-                or any(not isinstance(c, int) or c < 1 for c in counts)):
-            raise ValueError(f"{path} is corrupted (inconsistent shapes or counts)")
+            raise ValueError(f"{path} was saved by another model (weights, configuration or "
+                             "dtype differ)")
+        ids, counts, u, proj = (state.get(k) for k in ("ids", "counts", "u", "proj"))
+        K, width = self.window, self._proj.shape[0]
+        if not isinstance(ids, list) or not isinstance(counts, list) or len(ids) != len(counts):
+            raise ValueError(f"{path} is corrupted (ids and counts must be lists of one length)")
+        n = len(ids)
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in counts):
+            raise ValueError(f"{path} is corrupted (counts must be positive integers)")
+        if (not isinstance(u, Tensor) or not isinstance(proj, Tensor)
+                or tuple(u.shape) != (n * K, self.hidden)
+                or tuple(proj.shape) != (width, n * K, 3 * self.hidden)
+                or not u.is_floating_point() or not proj.is_floating_point()):
+            raise ValueError(f"{path} is corrupted (stored tensors have the wrong shape or type)")
+        ids = [_id_from_json(c) for c in ids]
+        if len(set(ids)) != n:
+            raise ValueError(f"{path} is corrupted (a conversation id appears twice)")
         self._blocks, self._counts, self._free, self._capacity = {}, {}, [], 0
         self._u = self._u.new_zeros(0, self.hidden)
-        self._proj = self._proj.new_zeros(self._proj.shape[0], 0, 3 * self.hidden)
+        self._proj = self._proj.new_zeros(width, 0, 3 * self.hidden)
         self._grow(max(4, n))
         for b, (cid, count) in enumerate(zip(ids, counts)):
             self._free.remove(b)
@@ -308,11 +322,16 @@ class StreamingRecognizer:
             raise ValueError(f"utterance_text of item {position} is empty or whitespace only")
         return self.vocab.encode(tokenize(text, self.model.config.max_len))
 
-    def _fingerprint(self) -> list:
+    def _fingerprint(self) -> str:
+        """SHA-256 of the model's configuration and the exact bytes of every weight."""
         cfg = dataclasses.asdict(self.model.config)
         cfg.pop("backend", None)
-        sums = [float(p.detach().double().sum()) for p in self.model.parameters()]
-        return [sorted(cfg.items()), [round(s, 6) for s in sums]]
+        digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+        for name, tensor in self.model.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return digest.hexdigest()
 
     def _window_rows(self, cids: Sequence[Hashable]) -> Tensor:
         K, rows = self.window, []
@@ -400,7 +419,25 @@ def _id_to_json(cid):
     raise TypeError(f"save_state supports str or int conversation ids, got {type(cid).__name__}")
 
 
+def _usable_device(device) -> torch.device:
+    """``device`` as a ``torch.device``; ``ValueError`` if it is malformed or not present."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device: {exc}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} is not available: this torch "
+                             f"({torch.__version__}) has no CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} is not available: "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type not in ("cpu", "meta"):
+        raise ValueError(f"device {device!r} is not supported (use cpu or cuda)")
+    return dev
+
+
 def _id_from_json(cid):
-    if not isinstance(cid, (str, int)):
+    if isinstance(cid, bool) or not isinstance(cid, (str, int)):
         raise ValueError("stream state holds an invalid conversation id")
     return cid

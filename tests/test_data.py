@@ -211,12 +211,13 @@ def test_default_meld_root_search_order(monkeypatch, tmp_path):
     local.mkdir(parents=True)
     assert default_meld_root() == str(local)
     local.rmdir()
-    # Not found next to the current directory: falls back to the repository root's sibling, or
-    # the fixed shared path; whichever it is, it is absolute.
-    root = default_meld_root()
-    assert os.path.isabs(root) and root != str(local)
+    # Only ever resolved against the current directory: an installed package guesses no other
+    # location, and the error names the directory and how to get MELD.
+    assert default_meld_root() == str(local)
     monkeypatch.setenv("AGHMN_DATA", "")
-    assert default_meld_root() == root
+    assert default_meld_root() == str(local)
+    with pytest.raises(FileNotFoundError, match="AGHMN_DATA.*declare-lab/MELD"):
+        load_meld(None, "test")
 
 
 # ---------------------------------------------------------------- MELD on synthetic files

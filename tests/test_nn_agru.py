@@ -43,7 +43,7 @@ def _reference_layer(layer, x, attn, h0):
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_matches_reference_with_all_gradients(backend, bidirectional, with_h0):
     B, T, D, H = 3, 6, 5, 7
-    layer = AGRU(D, H, bidirectional=bidirectional, backend=backend).double()
+    layer = AGRU(D, H, batch_first=True, bidirectional=bidirectional, backend=backend).double()
     with torch.no_grad():
         for p in layer.parameters():
             p.normal_(0, 0.3)  # non-zero biases too
@@ -65,11 +65,11 @@ def test_matches_reference_with_all_gradients(backend, bidirectional, with_h0):
 
 
 def test_time_major_layout():
-    layer = AGRU(4, 6, batch_first=False, bidirectional=True)
+    layer = AGRU(4, 6, bidirectional=True)  # time-major by default, as torch.nn.GRU
     x, attn = torch.randn(5, 2, 4), torch.rand(5, 2)  # [T, B, D], [T, B]
     out, hn = layer(x, attn)
     assert out.shape == (5, 2, 12) and hn.shape == (2, 2, 6)
-    layer_bf = AGRU(4, 6, bidirectional=True)
+    layer_bf = AGRU(4, 6, batch_first=True, bidirectional=True)
     layer_bf.load_state_dict(layer.state_dict())
     out_bf, hn_bf = layer_bf(x.transpose(0, 1), attn.t())
     torch.testing.assert_close(out, out_bf.transpose(0, 1))
@@ -79,7 +79,7 @@ def test_time_major_layout():
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_zero_attention_padding_gives_variable_lengths_in_both_directions(backend):
     torch.manual_seed(1)
-    layer = AGRU(4, 9, bidirectional=True, backend=backend)
+    layer = AGRU(4, 9, batch_first=True, bidirectional=True, backend=backend)
     lengths = [6, 3, 1]
     T = max(lengths)
     x = torch.randn(len(lengths), T, 4)
@@ -95,6 +95,34 @@ def test_zero_attention_padding_gives_variable_lengths_in_both_directions(backen
 
 
 def test_bad_h0_shape_is_rejected():
-    layer = AGRU(3, 4, bidirectional=True)
+    layer = AGRU(3, 4, batch_first=True, bidirectional=True)
     with pytest.raises(ValueError, match="h0"):
         layer(torch.randn(2, 5, 3), torch.rand(2, 5), torch.zeros(1, 2, 4))
+
+
+def test_signature_defaults_and_weight_names_match_torch_gru():
+    """A drop-in for torch.nn.GRU: same arguments, same defaults, same parameter names."""
+    import inspect
+    gru_params = inspect.signature(torch.nn.GRU.__init__).parameters
+    agru_params = inspect.signature(AGRU.__init__).parameters
+    # torch.nn.GRU takes *args, **kwargs; its documented arguments live on RNNBase
+    rnn_params = inspect.signature(torch.nn.RNNBase.__init__).parameters
+    expected = {n: p.default for n, p in rnn_params.items()
+                if n not in ("self", "mode", "proj_size") and p.kind is not p.VAR_KEYWORD}
+    if "input_size" in gru_params:  # newer torch spells them on GRU itself
+        expected = {n: p.default for n, p in gru_params.items()
+                    if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    ours = {n: p.default for n, p in agru_params.items() if n in expected}
+    assert ours == expected
+    assert list(ours) == list(expected)  # same positional order
+    for bidirectional in (False, True):
+        for bias in (False, True):
+            gru = torch.nn.GRU(3, 4, bias=bias, bidirectional=bidirectional)
+            layer = AGRU(3, 4, bias=bias, bidirectional=bidirectional)
+            assert [n for n, _ in layer.named_parameters()] == [n for n, _ in gru.named_parameters()]
+    layer = AGRU(3, 4, dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in layer.parameters())
+    with pytest.raises(ValueError, match="num_layers"):
+        AGRU(3, 4, num_layers=2)
+    with pytest.raises(ValueError, match="dropout"):
+        AGRU(3, 4, dropout=0.5)

@@ -79,7 +79,7 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(str(tmp_path / "missing.pt"))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="not readable: corrupt"):
         load_checkpoint(str(bad))
     torch.save({"hello": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an aghmn_fast checkpoint"):

@@ -21,10 +21,9 @@ IEMOCAP_LABELS = ("happy", "sad", "neutral", "angry", "excited", "frustrated")
 
 MELD_SPLITS = ("train", "dev", "test")
 _MELD_COLUMNS = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
+# A checkout next to a shared data folder (the layout of the Makefile's default); only ever
+# resolved against the current directory, so an installed package never guesses a location.
 _SHARED_MELD = os.path.join("..", "shared", "data", "meld")
-_FALLBACK_MELD = "/work/shared/data/meld"
-# aghmn_fast/data/datasets.py -> the repository root is three levels up.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass
@@ -50,29 +49,18 @@ class Dialogue:
         return len(self.texts)
 
 
-def _meld_root_candidates() -> list[str]:
-    return [os.path.abspath(_SHARED_MELD),
-            os.path.abspath(os.path.join(_REPO_ROOT, _SHARED_MELD)),
-            _FALLBACK_MELD]
-
-
 def default_meld_root() -> str:
     """Return the MELD directory to use when none is given.
 
-    In order: ``$AGHMN_DATA`` if set and non-empty (returned as given, even if it does not exist,
-    so that a wrong setting fails loudly); else the first existing directory among
-    ``../shared/data/meld`` resolved against the current directory, the same resolved against the
-    repository root, and ``/work/shared/data/meld``. If none exists, returns the first of those
-    (absolute) so that callers get a ``FileNotFoundError`` naming it when they read from it.
+    ``$AGHMN_DATA`` if set and non-empty (returned as given, even if it does not exist, so that
+    a wrong setting fails loudly), else ``../shared/data/meld`` resolved against the current
+    directory (absolute). Readers raise a ``FileNotFoundError`` naming the directory, and how to
+    get MELD, when it holds no MELD files.
     """
     env = os.environ.get("AGHMN_DATA")
     if env:
         return env
-    candidates = _meld_root_candidates()
-    for path in candidates:
-        if os.path.isdir(path):
-            return path
-    return candidates[0]
+    return os.path.abspath(_SHARED_MELD)
 
 
 def _read_utf8(path: str) -> str:
@@ -128,7 +116,9 @@ def load_meld(root: str | None, split: str) -> list[Dialogue]:
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"MELD data directory not found: {root} (pass the directory "
-                                "holding {train,dev,test}_sent_emo.csv as root, or set AGHMN_DATA)")
+                                "holding {train,dev,test}_sent_emo.csv with --data or set "
+                                "AGHMN_DATA; MELD's CSVs come from github.com/declare-lab/MELD, "
+                                "data/MELD/, see the README)")
     path = os.path.join(root, f"{split}_sent_emo.csv")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MELD file not found: {path}")
