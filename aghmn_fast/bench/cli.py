@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmark the fused ops, the model and streaming against the "
                                      "baselines; write a JSON record, a report and plots",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="device to benchmark (default: %(default)s)")
     p.add_argument("--ops", type=_csv, default=list(PARTS), metavar="LIST",
                    help="parts to run, comma-separated among " + ",".join(PARTS)
                    + " (default: all)")

@@ -1,0 +1,265 @@
+"""Every user-caused failure is one clean line and a documented exit code (the CLI run in a
+subprocess, as a user runs it), and the library raises ValueError for malformed files."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from aghmn_fast._io import atomic_write
+from aghmn_fast.data import IEMOCAP_LABELS, Dialogue
+from aghmn_fast.models import AGHMN, AGHMNConfig
+from aghmn_fast.streaming import StreamingRecognizer
+from aghmn_fast.train import build_vocabulary, load_checkpoint, save_checkpoint
+
+LABELS = list(IEMOCAP_LABELS)
+WORDS = ["calm", "fine", "wow", "scared", "sad", "great", "gross", "angry", "really", "help"]
+
+
+def _dialogues(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        size = int(torch.randint(2, 6, (1,), generator=g))
+        labels = torch.randint(0, len(LABELS), (size,), generator=g).tolist()
+        texts = [" ".join(WORDS[(l + j) % len(WORDS)] for j in range(1 + k % 3)) for k, l in
+                 enumerate(labels)]
+        out.append(Dialogue(f"d{seed}-{i}", ["A"] * size, texts, labels))
+    return out
+
+
+def _model(seed=0, window=3):
+    splits = [_dialogues(12, 1), _dialogues(4, 2), _dialogues(4, 3)]
+    vocab = build_vocabulary(splits, min_count=1)
+    cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=8, num_classes=len(LABELS),
+                      hidden_size=6, window=window)
+    torch.manual_seed(seed)
+    return AGHMN(cfg, torch.randn(len(vocab), 8)).eval(), vocab, splits
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A checkpoint, its malformed variants and a dataset in the authors' JSON layout."""
+    root = tmp_path_factory.mktemp("errors")
+    model, vocab, splits = _model()
+    good = root / "good.pt"
+    save_checkpoint(str(good), model, vocab, LABELS)
+    ckpt = torch.load(good, weights_only=True)
+    broken = {
+        "no_state": {k: v for k, v in ckpt.items() if k != "state_dict"},
+        "unknown_key": {**ckpt, "config": {**ckpt["config"], "colour": "blue"}},
+        "bad_value": {**ckpt, "config": {**ckpt["config"], "fusion": "sideways"}},
+        "wrong_shape": {**ckpt, "state_dict": {
+            k: (torch.zeros(v.shape[0] + 1, *v.shape[1:]) if k == "classifier.weight" else v)
+            for k, v in ckpt["state_dict"].items()}},
+    }
+    for name, obj in broken.items():
+        torch.save(obj, root / f"{name}.pt")
+    (root / "random.pt").write_bytes(os.urandom(4096))
+    data = root / "data"
+    data.mkdir()
+    for split, dialogues in zip(("train", "dev", "test"), splits):
+        (data / f"{split}.json").write_text(json.dumps(
+            [[{"speaker": s, "utterance": t, "emotion": LABELS[l]}
+              for s, t, l in zip(d.speakers, d.texts, d.labels)] for d in dialogues]))
+    return root
+
+
+def _cli(*args, stdin=None, timeout=120, env=None):
+    return subprocess.run([sys.executable, "-m", "aghmn_fast.cli", *args], input=stdin,
+                          capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def _one_clean_line(proc, code, pattern):
+    err = proc.stderr.decode()
+    assert proc.returncode == code, (proc.returncode, err)
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert pattern in lines[0], err
+    return lines[0]
+
+
+@pytest.mark.parametrize("name, pattern", [
+    ("missing", "checkpoint not found"),
+    ("no_state", "incomplete: no state_dict"),
+    ("unknown_key", "unknown config keys: colour"),
+    ("bad_value", "invalid config"),
+    ("wrong_shape", "does not fit its config"),
+    ("random", "not readable: corrupt"),
+])
+def test_eval_on_a_bad_checkpoint_is_one_line_and_exit_2(workdir, name, pattern):
+    proc = _cli("eval", "--checkpoint", str(workdir / f"{name}.pt"), "--dataset", "iemocap",
+                "--data", str(workdir / "data"))
+    line = _one_clean_line(proc, 2, pattern)
+    assert "weights_only" not in line  # torch's advice is wrong for a corrupt file
+
+
+def test_debug_shows_the_traceback(workdir):
+    proc = _cli("eval", "--checkpoint", str(workdir / "random.pt"), "--debug")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr.decode()
+
+
+def test_missing_data_directory_says_where_meld_comes_from(workdir, tmp_path):
+    proc = _cli("eval", "--checkpoint", str(workdir / "good.pt"), "--data", str(tmp_path / "nope"))
+    _one_clean_line(proc, 2, "MELD data directory not found")
+
+
+def test_closed_pipe_is_exit_141_without_traceback(workdir):
+    # `true` exits before eval writes, so the write meets a closed pipe (as `| head` does).
+    cmd = (f"{sys.executable} -m aghmn_fast.cli eval --checkpoint {workdir / 'good.pt'} "
+           f"--dataset iemocap --data {workdir / 'data'} --json | true; exit ${{PIPESTATUS[0]}}")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=120)
+    _one_clean_line(proc, 141, "broken pipe")
+
+
+def test_eval_json_works(workdir):
+    proc = _cli("eval", "--checkpoint", str(workdir / "good.pt"), "--dataset", "iemocap",
+                "--data", str(workdir / "data"), "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "weighted_f1" in json.loads(proc.stdout)
+
+
+def test_stream_on_an_absent_device_is_one_line(workdir):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the error under test cannot happen")
+    proc = _cli("stream", "--checkpoint", str(workdir / "good.pt"), "--device", "cuda", stdin=b"")
+    _one_clean_line(proc, 2, "'cuda' is not available")
+    with pytest.raises(ValueError, match="not available"):
+        StreamingRecognizer.from_checkpoint(str(workdir / "good.pt"), device="cuda")
+    with pytest.raises(ValueError, match="not a torch device"):
+        StreamingRecognizer.from_checkpoint(str(workdir / "good.pt"), device="gpu please")
+
+
+def test_stream_survives_undecodable_bytes(workdir):
+    stdin = b"a\tcalm fine\n" + b"a\t\xff\xfe broken\n" + b"b\twow\n" + b"a\tsad\n"
+    proc = _cli("stream", "--checkpoint", str(workdir / "good.pt"), stdin=stdin)
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert lines[1] == {"line": 2, "error": "not valid UTF-8"}
+    assert [(l.get("id"), l.get("index")) for l in lines] == [("a", 0), (None, None), ("b", 0),
+                                                              ("a", 1)]
+
+
+def test_stream_help_describes_the_output_fields():
+    proc = _cli("stream", "--help")
+    text = proc.stdout.decode()
+    for field in ("id", "index", "label", "probabilities", "latency_ms", "error"):
+        assert f"  {field}" in text or f'"{field}"' in text, field
+
+
+def test_every_option_has_help():
+    from aghmn_fast.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"aghmn-fast {name} {action.option_strings[0]} has no help"
+
+
+def _interrupt(args, ready, stdin=None):
+    proc = subprocess.Popen([sys.executable, "-m", "aghmn_fast.cli", *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if stdin is not None:
+        proc.stdin.write(stdin)
+        proc.stdin.flush()
+    seen = b""
+    deadline = time.monotonic() + 120
+    while ready not in seen and time.monotonic() < deadline:
+        seen += proc.stdout.readline()
+    assert ready in seen, seen
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    proc.returncode = proc.wait()
+    return subprocess.CompletedProcess(args, proc.returncode, seen + out, err)
+
+
+def test_ctrl_c_in_train_and_stream_is_exit_130(workdir, tmp_path):
+    proc = _interrupt(["train", "--dataset", "iemocap", "--data", str(workdir / "data"),
+                       "--embeddings", "random", "--embedding-dim", "8", "--hidden", "6",
+                       "--epochs", "100000", "--out", str(tmp_path / "run"), "--no-progress"],
+                      ready=b"epoch  1")
+    _one_clean_line(proc, 130, "interrupted")
+    load_checkpoint(str(tmp_path / "run" / "best.pt"))  # the best checkpoint so far is intact
+    proc = _interrupt(["stream", "--checkpoint", str(workdir / "good.pt")], ready=b"latency_ms",
+                      stdin=b"a\tcalm\n")
+    _one_clean_line(proc, 130, "interrupted")
+
+
+# ---------------------------------------------------------------- library-level errors
+
+def _state_file(rec, path, **changes):
+    state = torch.load(path, weights_only=True)
+    state.update(changes)
+    bad = path.with_name("bad.pt")
+    torch.save(state, bad)
+    return bad
+
+
+def test_load_state_raises_value_error_for_every_malformed_file(tmp_path):
+    model, vocab, _ = _model()
+    rec = StreamingRecognizer(model, vocab=vocab, label_names=LABELS)
+    for cid, text in [("a", "calm"), ("b", "wow"), ("a", "sad fine")]:
+        rec.push(cid, text)
+    path = tmp_path / "state.pt"
+    rec.save_state(str(path))
+    state = torch.load(path, weights_only=True)
+    cases = {
+        "a list": [1, 2],
+        "no ids": {k: v for k, v in state.items() if k != "ids"},
+        "ids not a list": {**state, "ids": "ab"},
+        "count zero": {**state, "counts": [0, 1]},
+        "count bool": {**state, "counts": [True, 1]},
+        "counts too short": {**state, "counts": [1]},
+        "u wrong shape": {**state, "u": state["u"][:-1]},
+        "u not a tensor": {**state, "u": [1.0]},
+        "proj missing": {k: v for k, v in state.items() if k != "proj"},
+        "bad id type": {**state, "ids": [1.5, "b"]},
+        "duplicate ids": {**state, "ids": ["a", "a"]},
+        "another format": {**state, "format": "v0"},
+    }
+    fresh = StreamingRecognizer(model, vocab=vocab, label_names=LABELS)
+    fresh.push("keep", "fine")
+    for name, obj in cases.items():
+        torch.save(obj, tmp_path / "bad.pt")
+        with pytest.raises(ValueError):
+            fresh.load_state(str(tmp_path / "bad.pt"))
+        assert fresh.conversations == ["keep"], name
+    with pytest.raises(FileNotFoundError):
+        fresh.load_state(str(tmp_path / "missing.pt"))
+    fresh.load_state(str(path))
+    assert sorted(fresh.conversations) == ["a", "b"] and fresh.utterances_seen("a") == 2
+
+
+def test_state_of_another_model_with_the_same_weight_sums_is_refused(tmp_path):
+    model, vocab, _ = _model()
+    rec = StreamingRecognizer(model, vocab=vocab, label_names=LABELS)
+    rec.push("a", "calm")
+    rec.save_state(str(tmp_path / "state.pt"))
+    swapped, _, _ = _model()
+    with torch.no_grad():  # two rows swapped: every per-tensor sum is unchanged
+        w = swapped.classifier.weight
+        w[[0, 1]] = w[[1, 0]]
+    other = StreamingRecognizer(swapped, vocab=vocab, label_names=LABELS)
+    with pytest.raises(ValueError, match="another model"):
+        other.load_state(str(tmp_path / "state.pt"))
+
+
+def test_interrupted_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "best.pt"
+    path.write_bytes(b"previous")
+
+    def fails_half_way(f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(path), fails_half_way)
+    assert path.read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == ["best.pt"]  # no temporary file left behind
