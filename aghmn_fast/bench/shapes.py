@@ -5,7 +5,7 @@ A shape is (B, T, H): for ``agru``, B sequences of T steps with input size D = H
 (window q holds utterances q .. q + K - 1: every utterance sits in up to K windows, as in the
 model's sliding windows), BiF (two directions) unless stated.
 
-- :data:`SHAPES`: the standard shapes (the workloads of ``/work/shared/docs/KERNELS.md``);
+- :data:`SHAPES`: the standard shapes (the workloads of the kernel design notes, KERNELS.md);
 - :data:`BATCH_SWEEP`, :data:`WINDOW_SWEEP`: latency against the batch at K = 10 and against
   the window length at B = 32 (H = 100), for the plots of ``aghmn-fast bench``;
 - :data:`QUICK_SHAPES`: the ``--quick`` subset.
