@@ -63,7 +63,8 @@ NO_GPU = "skipped: no CUDA device"
 SKIPPED_RC = 3
 # The GPU test files (the CPU-only suites gain nothing from a GPU run and cost its time).
 GPU_TESTS = ["tests/test_cuda_ops.py", "tests/test_triton_ops.py", "tests/test_streaming.py",
-             "tests/test_cuda_build.py", "tests/test_gpu_suite.py"]
+             "tests/test_cuda_build.py", "tests/test_gpu_suite.py",
+             "tests/test_gpu_readiness.py"]
 
 
 # ---- helpers shared by the stages (run in the child process) ----------------------------------

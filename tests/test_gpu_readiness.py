@@ -96,3 +96,68 @@ def test_triton_launches_are_device_guarded(monkeypatch):
     monkeypatch.setattr(common, "wrap_triton", lambda k: {(1,): lambda *a, **kw: None})
     common.launch(object(), (1,), 3, torch.zeros(1), torch.zeros(2))
     assert seen == [torch.device("cpu")]
+
+
+def _recognizers(K=5, device="cpu", path="step"):
+    from aghmn_fast.bench.stream import build_model
+    from aghmn_fast.data import MELD_LABELS, Vocabulary
+    from aghmn_fast.streaming import StreamingRecognizer
+    words = [f"w{i}" for i in range(50)]
+    vocab = Vocabulary.build([words], min_count=1)
+    model = build_model(K, vocab, None, hidden=16, embedding_dim=8).to(device)
+    make = lambda p: StreamingRecognizer(model, device, vocab=vocab, label_names=MELD_LABELS,  # noqa: E731
+                                         path=p)
+    return make, words
+
+
+def test_graph_step_buffers_buckets_and_chunks_match_the_step_path(monkeypatch):
+    """The graph path's bucketing, padding (rows repeating row 0), chunking and store-write,
+    run eagerly (capture=False: no CUDA here), against the "step" path: equal predictions."""
+    from aghmn_fast import streaming
+    make, words = _recognizers()
+    plain = make("step")
+    if plain.path != "step":
+        pytest.skip("the fused step op is not available")
+    graphed = make("step")
+    graphed._graph = streaming._GraphedStep(graphed, capture=False)
+    monkeypatch.setattr(streaming._GraphedStep, "BUCKETS", (1, 2, 4))  # chunks of 4
+    g = torch.Generator().manual_seed(0)
+    for rnd in range(8):
+        n = 1 + rnd % 7  # 1..7 conversations per round: padding and chunking
+        items = [(f"c{j}", " ".join(words[int(i)] for i in torch.randint(0, 50, (4,), generator=g)))
+                 for j in range(n)]
+        want = plain.push_many(items)
+        got = graphed.push_many(items)
+        for a, b in zip(got, want):
+            assert a.index == b.index and a.label == b.label
+            for name in a.probabilities:
+                assert a.probabilities[name] == pytest.approx(b.probabilities[name], abs=1e-6)
+    assert torch.equal(graphed._u, plain._u) and torch.equal(graphed._proj, plain._proj)
+    assert set(graphed._graph._graphs) <= {1, 2, 4}
+    # the store grew (new conversations): buffers rebuilt for the new addresses
+    before = graphed._graph._store
+    graphed.push_many([(f"new{j}", "w1 w2") for j in range(12)])
+    graphed.push_many([(f"new{j}", "w3") for j in range(12)])
+    assert graphed._graph._store != before
+
+
+def test_graph_path_is_refused_without_cuda():
+    make, _ = _recognizers()
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ValueError, match="path 'graph' is not available"):
+        make("graph")
+    assert make(None).path != "graph"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graph_path_matches_step_path_on_cuda():
+    make, words = _recognizers(K=10, device="cuda")
+    step, graph = make("step"), make("graph")
+    assert graph.path == "graph"
+    for rnd in range(14):
+        items = [(f"c{j}", f"w{rnd} w{j} w{(rnd * j) % 50}") for j in range(1 + rnd % 5)]
+        for a, b in zip(graph.push_many(items), step.push_many(items)):
+            for name in a.probabilities:
+                assert a.probabilities[name] == pytest.approx(b.probabilities[name], abs=1e-5)
+    torch.testing.assert_close(graph._u, step._u, rtol=1e-5, atol=1e-6)
