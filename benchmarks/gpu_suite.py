@@ -39,6 +39,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -50,7 +51,7 @@ HERE = os.path.join(ROOT, "benchmarks")
 # (name, nominal timeout s, seconds kept back for it while earlier stages run)
 STAGES: List[Tuple[str, int, int]] = [
     ("env", 30, 5),
-    ("build", 210, 60),
+    ("build", 240, 60),
     ("tests", 150, 45),
     ("compile", 45, 15),
     ("correctness", 90, 30),
@@ -68,6 +69,25 @@ GPU_TESTS = ["tests/test_cuda_ops.py", "tests/test_triton_ops.py", "tests/test_s
 
 
 # ---- helpers shared by the stages (run in the child process) ----------------------------------
+
+def run_bounded(cmd: List[str], timeout: float, log=None, **kwargs) -> Tuple[int, str]:
+    """Run ``cmd`` in its own process group; after ``timeout`` seconds kill the whole group
+    (compilers, test workers: nothing is left to slow the next stage). Returns (exit code, or
+    124 on timeout; output, or "" when written to the open file ``log``)."""
+    stdout = log if log is not None else subprocess.PIPE
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kwargs)
+    try:
+        out, _ = proc.communicate(timeout=max(1.0, timeout))
+        return proc.returncode, out or ""
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out, _ = proc.communicate()
+        return 124, (out or "") + f"\n[killed after {timeout:.0f} s]\n"
+
 
 def _cmd(cmd: List[str], timeout: float = 30) -> str:
     try:
@@ -155,36 +175,31 @@ def stage_build(out: str, timeout: float) -> Dict:
     env = dict(os.environ, MAX_JOBS=str(os.cpu_count() or 4), PIP_NO_INDEX="1")
     env.pop("TRITON_INTERPRET", None)
     report: Dict = {"attempts": []}
-    start = time.perf_counter()
+    deadline = time.perf_counter() + timeout - 5
     for label, extra in (("cuda+cpu", {}), ("cpu-only", {"AGHMN_NO_CUDA": "1"})):
-        left = timeout - (time.perf_counter() - start) - 15
+        left = deadline - time.perf_counter() - 20  # 20 s kept for the probe below
         if left < 20:
             report["attempts"].append({"build": label, "ok": False, "error": "no time left"})
             break
         t0 = time.perf_counter()
-        try:
-            done = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"],
-                                  cwd=ROOT, env=dict(env, **extra), capture_output=True,
-                                  text=True, timeout=left)
-            ok, log = done.returncode == 0, done.stdout + done.stderr
-        except subprocess.TimeoutExpired as exc:
-            ok, log = False, f"timed out after {left:.0f} s\n{exc.stdout or ''}"
+        rc, log = run_bounded([sys.executable, "setup.py", "build_ext", "--inplace"], left,
+                              cwd=ROOT, env=dict(env, **extra))
         with open(os.path.join(out, "logs", f"build-{label}.log"), "w") as f:
-            f.write(_machine_free(log if isinstance(log, str) else log.decode(errors="replace")))
-        report["attempts"].append({"build": label, "ok": ok,
+            f.write(_machine_free(log))
+        report["attempts"].append({"build": label, "ok": rc == 0,
                                    "seconds": round(time.perf_counter() - t0, 1),
-                                   "log_tail": _machine_free(str(log)[-1500:]) if not ok else ""})
-        if ok:
+                                   "log_tail": _machine_free(log[-1500:]) if rc else ""})
+        if rc == 0:
             break
     probe = ("import json, torch\nfrom aghmn_fast import ops\n"
              "print(json.dumps({'cpu': ops.backends('cpu'), 'cuda': ops.backends('cuda') "
              "if torch.cuda.is_available() else [], 'errors': ops.backend_errors()}))")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    rc, text = run_bounded([sys.executable, "-c", probe], deadline - time.perf_counter(),
+                           cwd=ROOT, env=env)
     try:
-        report["backends"] = json.loads(done.stdout.strip().splitlines()[-1])
+        report["backends"] = json.loads(text.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        report["backends"] = {"error": _machine_free((done.stdout + done.stderr)[-1500:])}
+        report["backends"] = {"error": _machine_free(text[-1500:])}
     print(json.dumps(report, indent=1))
     report["ok"] = any(a["ok"] for a in report["attempts"]) and report["attempts"][0]["ok"]
     return report
@@ -200,13 +215,8 @@ def stage_tests(out: str, timeout: float) -> Dict:
     files = [f for f in GPU_TESTS if os.path.exists(os.path.join(ROOT, f))]
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider",
            f"--junitxml={xml}", "-m", "not slow", *files]
-    try:
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=timeout - 10)
-        log, rc = done.stdout + done.stderr, done.returncode
-    except subprocess.TimeoutExpired as exc:
-        log, rc = f"timed out\n{exc.stdout or ''}", 124
-    log = _machine_free(log if isinstance(log, str) else log.decode(errors="replace"))
+    rc, log = run_bounded(cmd, timeout - 10, cwd=ROOT, env=env)
+    log = _machine_free(log)
     with open(os.path.join(out, "logs", "tests.log"), "w") as f:
         f.write(log)
     counts: Dict = {}
@@ -238,12 +248,13 @@ def stage_compile(out: str, timeout: float) -> Dict:
     env.pop("TRITON_INTERPRET", None)
     cmd = [sys.executable, "-m", "aghmn_fast.backends.triton.compile_check", "--arch", str(arch),
            "--subset", "representative", "--json", "--deadline", str(max(10, timeout - 15))]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout - 5)
+    env["PYTHONWARNINGS"] = "ignore"  # stdout is the JSON list
+    rc, text = run_bounded(cmd, timeout - 5, cwd=ROOT, env=env)
+    start = text.find("[")
     try:
-        results = json.loads(done.stdout)
+        results = json.loads(text[start:text.rindex("]") + 1])
     except ValueError:
-        return {"ok": False, "arch": arch, "error": _machine_free((done.stdout + done.stderr)[-2000:])}
+        return {"ok": False, "arch": arch, "rc": rc, "error": _machine_free(text[-2000:])}
     failed = [r for r in results if not r.get("ok")]
     for r in results:
         print(("ok  " if r.get("ok") else "FAIL"), r["variant"], r.get("registers"),
@@ -369,12 +380,11 @@ def stage_timing(out: str, timeout: float) -> Dict:
            "--warmup", "5", "--out-dir", timing_dir, "--name", "timing"]
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("TRITON_INTERPRET", None)
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout - 5)
-    print(done.stdout[-6000:], done.stderr[-3000:])
+    rc, text = run_bounded(cmd, timeout - 5, cwd=ROOT, env=env)
+    print(text[-8000:])
     path = os.path.join(timing_dir, "timing.json")
-    if done.returncode != 0 or not os.path.exists(path):
-        return {"ok": False, "rc": done.returncode, "error": _machine_free(done.stderr[-2000:])}
+    if rc != 0 or not os.path.exists(path):
+        return {"ok": False, "rc": rc, "error": _machine_free(text[-2000:])}
     with open(path) as f:
         results = json.load(f)["results"]
     return {"ok": True, "table": "timing/timing.md", "targets": timing_targets(results),
@@ -576,14 +586,9 @@ def drive(stages: List[str], budget: float, out: str, mirror: Optional[str]) -> 
         else:
             log_path = os.path.join(out, "logs", f"{name}.log")
             with open(log_path, "w") as log:
-                try:
-                    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--stage",
-                                           name, "--dir", out, "--timeout", str(timeout)],
-                                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          timeout=timeout)
-                    rc = proc.returncode
-                except subprocess.TimeoutExpired:
-                    rc = 124
+                rc, _ = run_bounded([sys.executable, os.path.abspath(__file__), "--stage", name,
+                                     "--dir", out, "--timeout", str(timeout)], timeout, log=log,
+                                    cwd=ROOT, env=env)
             with open(log_path) as f:
                 tail = f.read()[-2500:]
             print(tail, flush=True)

@@ -107,3 +107,23 @@ def test_timing_targets_from_rows():
     assert got["B1-T40-H100"]["speedup_vs_nn_gru"] == 3.0 and got["B1-T40-H100"]["met"]
     assert got["B1024-T10-H100"]["target"] == 1.0 and got["B1024-T10-H100"]["met"] is False
     assert got["B32-T40-H100"]["met"] is None
+
+
+def test_run_bounded_kills_the_whole_process_group(tmp_path):
+    """A stage that overruns leaves nothing behind (e.g. a compiler started by setup.py)."""
+    import time
+    pid_file = tmp_path / "grandchild.pid"
+    script = f"sleep 60 & echo $! > {pid_file}; wait"
+    start = time.perf_counter()
+    rc, out = suite.run_bounded(["sh", "-c", script], 1.5)
+    assert rc == 124 and "killed after" in out
+    assert time.perf_counter() - start < 30
+    grandchild = int(pid_file.read_text())
+    time.sleep(0.2)
+    try:  # gone, or a zombie waiting for its new parent to reap it: not running either way
+        with open(f"/proc/{grandchild}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z", "X"), state
+    assert suite.run_bounded(["sh", "-c", "echo hi"], 10) == (0, "hi\n")
