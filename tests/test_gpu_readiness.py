@@ -161,3 +161,24 @@ def test_graph_path_matches_step_path_on_cuda():
             for name in a.probabilities:
                 assert a.probabilities[name] == pytest.approx(b.probabilities[name], abs=1e-5)
     torch.testing.assert_close(graph._u, step._u, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_default_backend_per_shape_class(monkeypatch):
+    """backend=None on CUDA follows ops.CUDA_CHOICE (a documented guess until measured), and
+    falls back to the priority order for what is not registered."""
+    registry = dict(ops._REGISTRY)
+    monkeypatch.setattr(ops, "_REGISTRY", registry)
+    for name, prio in (("cuda", 20), ("triton", 5)):
+        registry[name] = ops.Backend(name, reference.agru, reference.memory_bank, ("cuda",), prio)
+    cuda = torch.device("cuda")
+    assert ops.resolve_backend(None, cuda, "agru", 1).name == "triton"
+    assert ops.resolve_backend(None, cuda, "agru", ops.LATENCY_ROWS + 1).name == "cuda"
+    assert ops.resolve_backend(None, cuda, "memory_bank", 1).name == "cuda"
+    assert ops.resolve_backend(None, cuda).name == "cuda"  # no shape: priority order
+    assert ops.resolve_backend("cuda", cuda, "agru", 1).name == "cuda"  # an explicit choice
+    del registry["triton"]
+    assert ops.resolve_backend(None, cuda, "agru", 1).name == "cuda"
+    del registry["cuda"]
+    assert ops.resolve_backend(None, cuda, "agru", 1).name in ("reference", "triton")
+    cpu = torch.device("cpu")
+    assert ops.resolve_backend(None, cpu, "agru", 1).name == ops.backends("cpu")[0]
