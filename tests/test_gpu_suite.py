@@ -127,3 +127,17 @@ def test_run_bounded_kills_the_whole_process_group(tmp_path):
         state = "gone"
     assert state in ("gone", "Z", "X"), state
     assert suite.run_bounded(["sh", "-c", "echo hi"], 10) == (0, "hi\n")
+
+
+def test_stream_report_keeps_other_paths_when_one_fails(monkeypatch):
+    real = suite._stream_path
+
+    def flaky(rec, path, *args):
+        if path == "step":
+            raise RuntimeError("capture failed")
+        return real(rec, path, *args)
+    monkeypatch.setattr(suite, "_stream_path", flaky)
+    report = suite.stream_report("cpu", windows=(4,), concurrency=(), extra=2)
+    rows = {r["path"]: r for r in report["rows"] if "K" in r and "max_prob_diff_vs_ops" not in r}
+    assert "capture failed" in rows["step"]["error"] and "median_us" in rows["ops"]
+    assert report["ok"] is False
