@@ -38,8 +38,10 @@ def extensions():
     )
     if with_cuda:
         # no --use_fast_math: its tanh.approx (rel. error ~5e-4) would break the fp32 tolerances
-        nvcc = ["-O3", "-lineinfo",
-                "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+        nvcc = ["-O3", "-lineinfo", "--threads=0",  # the three targets compiled in parallel
+                "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+                # PTX too: GPUs newer than sm_90 JIT-compile it (forward compatibility)
+                "-gencode=arch=compute_90,code=compute_90"]
         return [CUDAExtension("aghmn_fast._C", cpu_sources + cuda_sources,
                               include_dirs=include_dirs,
                               define_macros=[("AGHMN_WITH_CUDA", "1")],

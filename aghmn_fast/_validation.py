@@ -2,6 +2,14 @@
 
 Each check raises a ``TypeError`` or ``ValueError`` whose message names the offending argument,
 so that bad input never reaches a kernel (where it would crash or produce silent garbage).
+
+The checks read only shapes, dtypes and devices, never tensor values, with two exceptions that
+read values: the NaN/Inf check (off by default, ``AGHMN_CHECK_NAN=1``) and the range check of
+``memory_bank``'s window indices. The latter runs always on CPU tensors, but on CUDA tensors
+only when ``AGHMN_CHECK_WINDOWS=1`` (or :func:`set_window_check`): reading a value back is a
+device synchronisation, which costs a GPU call its asynchrony and makes CUDA-graph capture of
+the streaming step impossible. Without the check, the fused CUDA and Triton kernels treat an
+index outside [-1, N) as an empty slot (memory-safe, but the result is then meaningless).
 """
 from __future__ import annotations
 
@@ -11,6 +19,25 @@ import torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _nan_check = os.environ.get("AGHMN_CHECK_NAN", "0") == "1"
+_window_check = os.environ.get("AGHMN_CHECK_WINDOWS", "0") == "1"
+
+
+def set_window_check(enabled: bool) -> None:
+    """Check ``memory_bank``'s window indices on CUDA tensors too (True), at the cost of one
+    device synchronisation per call, or only on CPU tensors (False, the default).
+
+    ``AGHMN_CHECK_WINDOWS=1`` turns it on at import time; a debugging aid.
+    """
+    global _window_check
+    _window_check = bool(enabled)
+
+
+def window_check_enabled(device: torch.device) -> bool:
+    """Whether window indices on ``device`` are range-checked (see :func:`set_window_check`);
+    never on the meta device, whose tensors have no values."""
+    if device.type == "meta":
+        return False
+    return device.type == "cpu" or _window_check
 
 
 def set_nan_check(enabled: bool) -> None:
@@ -101,8 +128,11 @@ def check_memory_bank_args(utterances, windows, flat_weights):
     Q, K = windows.shape
     if K == 0:
         raise ValueError("windows has K = 0 slots; memory_bank needs at least one")
-    if windows.numel() and (int(windows.min()) < -1 or int(windows.max()) >= N):
-        raise ValueError(f"windows holds an index outside [-1, {N - 1}] (utterances has {N} rows)")
+    if windows.numel() and window_check_enabled(windows.device):
+        lo, hi = (int(v) for v in torch.aminmax(windows))  # one reduction, one read-back
+        if lo < -1 or hi >= N:
+            raise ValueError(f"windows holds an index outside [-1, {N - 1}] "
+                             f"(utterances has {N} rows)")
     if not isinstance(flat_weights, (list, tuple)) or len(flat_weights) not in (4, 8):
         raise ValueError("flat_weights must be a list of 4 tensors (one direction) or 8 (two), "
                          "in torch.nn.GRU._flat_weights order")

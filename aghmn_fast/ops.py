@@ -1,8 +1,8 @@
 """The one dispatch point for the two hot ops: ``agru`` and ``memory_bank``.
 
 Backends register themselves with :func:`register_backend`. ``backend=None`` picks the fastest
-backend available for the tensors' device (CPU: "cpu" then "reference"; CUDA: "cuda", "triton",
-then "reference").
+backend available for the tensors' device (CPU: "cpu" then "reference"; CUDA: per shape class
+from :data:`CUDA_CHOICE`, else "cuda", "triton", then "reference").
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from . import reference
 from ._validation import check_agru_args, check_memory_bank_args
 
 __all__ = ["agru", "memory_bank", "window_gru", "backends", "register_backend", "backend_errors",
-           "resolve_backend"]
+           "resolve_backend", "CUDA_CHOICE", "LATENCY_ROWS"]
 
 
 @dataclasses.dataclass
@@ -30,6 +30,22 @@ class Backend:
     priority: int  # higher wins when backend=None
     window_gru: Callable = reference.window_gru
 
+
+#: ``backend=None`` on CUDA tensors, per (op, shape class): the backends to try, in order.
+#: Shape classes: "latency" (at most :data:`LATENCY_ROWS` sequences / windows), "throughput".
+#: A GUESS until measured (no GPU has run these kernels yet; replace it with the winners of the
+#: first GPU run's timing table, benchmarks/gpu_suite.sh): at batch 1 the Triton AGRU keeps
+#: weight_hh in registers while the CUDA kernel re-reads it from shared memory every step; at
+#: larger batches the CUDA kernels share each weight load over a tile of sequences.
+CUDA_CHOICE: Dict[Tuple[str, str], Tuple[str, ...]] = {
+    ("agru", "latency"): ("triton", "cuda"),
+    ("agru", "throughput"): ("cuda", "triton"),
+    ("memory_bank", "latency"): ("cuda", "triton"),
+    ("memory_bank", "throughput"): ("cuda", "triton"),
+    ("window_gru", "latency"): ("cuda", "triton"),
+    ("window_gru", "throughput"): ("cuda", "triton"),
+}
+LATENCY_ROWS = 16
 
 _REGISTRY: Dict[str, Backend] = {}
 _LOAD_ERRORS: Dict[str, str] = {}
@@ -82,10 +98,21 @@ def backend_errors() -> Dict[str, str]:
     return dict(_LOAD_ERRORS)
 
 
-def resolve_backend(backend: Optional[str], device: torch.device) -> Backend:
-    """The backend that ``backend`` (a name or None = fastest) means for ``device``."""
+def resolve_backend(backend: Optional[str], device: torch.device, op: Optional[str] = None,
+                    rows: Optional[int] = None) -> Backend:
+    """The backend that ``backend`` (a name or None = fastest) means for ``device``.
+
+    With ``backend=None`` on CUDA, ``op`` and ``rows`` (batch or window count) choose from
+    :data:`CUDA_CHOICE`; otherwise the highest-priority backend for the device.
+    """
     _load_backends()
     if backend is None:
+        if device.type == "cuda" and op is not None and rows is not None:
+            shape_class = "latency" if rows <= LATENCY_ROWS else "throughput"
+            available = backends("cuda")
+            for name in CUDA_CHOICE.get((op, shape_class), ()):
+                if name in available:
+                    return _REGISTRY[name]
         for name in backends(device.type):
             return _REGISTRY[name]
         raise RuntimeError(f"no backend runs on device type {device.type!r}")
@@ -112,7 +139,7 @@ def agru(x: Tensor, attn: Tensor, weight_ih: Tensor, weight_hh: Tensor,
     ``backend``: "reference", "cpu", "triton", "cuda", or None for the fastest available one.
     """
     check_agru_args(x, attn, weight_ih, weight_hh, bias_ih, bias_hh, h0)
-    return resolve_backend(backend, x.device).agru(
+    return resolve_backend(backend, x.device, "agru", x.shape[0]).agru(
         x, attn, weight_ih, weight_hh, bias_ih, bias_hh, h0, reverse)
 
 
@@ -123,12 +150,14 @@ def memory_bank(utterances: Tensor, windows: Tensor, flat_weights: Sequence[Tens
     ``backend``: "reference", "cpu", "triton", "cuda", or None for the fastest available one.
     """
     check_memory_bank_args(utterances, windows, flat_weights)
-    return resolve_backend(backend, utterances.device).memory_bank(
-        utterances, windows, flat_weights)
+    chosen = resolve_backend(backend, utterances.device, "memory_bank", windows.shape[0])
+    return chosen.memory_bank(utterances, windows, flat_weights)
 
 
 def window_gru(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor, windows: Tensor,
                backend: Optional[str] = None) -> Tensor:
     """The window GRU from precomputed input projections; see
     :func:`aghmn_fast.reference.window_gru`. Returns the states [D, Q, K, H]."""
-    return resolve_backend(backend, proj.device).window_gru(proj, pad_proj, weight_hh, bias_hh, windows)
+    rows = windows.shape[0] if isinstance(windows, Tensor) and windows.dim() >= 1 else None
+    return resolve_backend(backend, proj.device, "window_gru", rows).window_gru(
+        proj, pad_proj, weight_hh, bias_hh, windows)

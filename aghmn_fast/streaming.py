@@ -56,9 +56,14 @@ class StreamingRecognizer:
             ``"push"``: one compiled call per push does everything, the reader included, and
             writes the ring store (CPU, float32/float64, "cpu" backend; weights are packed at
             construction, so a model changed afterwards needs a new recognizer);
+            ``"graph"`` (CUDA only): the "step" path with everything after the reader (memory
+            update, summary, classifier, ring-store write) replayed as one CUDA graph per batch
+            bucket (1, 2, 4, .., 1,024 conversations; larger rounds in chunks), captured on
+            first use; see :class:`_GraphedStep`;
             ``"step"``: the reader in PyTorch, then one compiled call for the rest (CPU or CUDA);
             ``"ops"``: the model's own layers op by op (any backend). Default: the first of
-            these that is available.
+            "push", "step", "ops" that is available ("graph" only when asked for: it has not
+            run on a GPU yet).
 
     Text handling: utterances are tokenized as in training and truncated to the model's
     ``max_len`` (60) tokens, so a 10,000-word utterance costs as much as a 60-word one; empty or
@@ -87,12 +92,13 @@ class StreamingRecognizer:
         self.dtype = next(model.parameters()).dtype
         self.num_dirs = 0 if model.fusion is None else (2 if model.fusion.bidirectional else 1)
         self._fusion_weights()
-        if path not in (None, "push", "step", "ops"):
-            raise ValueError(f"path must be 'push', 'step', 'ops' or None, got {path!r}")
+        if path not in (None, "push", "graph", "step", "ops"):
+            raise ValueError(f"path must be 'push', 'graph', 'step', 'ops' or None, got {path!r}")
         self._engine = path in (None, "push") and self._find_engine()
         self._fused_step = None
-        if path in (None, "step") and not self._engine:
+        if path in (None, "graph", "step") and not self._engine:
             self._fused_step = self._find_fused_step()
+        self._graph = _GraphedStep.for_recognizer(self, path)
         if path is not None and path != self.path:
             raise ValueError(f"path {path!r} is not available here (device {self.device}, dtype "
                              f"{self.dtype}, model backend {self.model.config.backend!r}, "
@@ -192,8 +198,13 @@ class StreamingRecognizer:
     # ---- public API ----------------------------------------------------------------------------
     @property
     def path(self) -> str:
-        """How pushes are computed: ``"push"``, ``"step"`` or ``"ops"`` (see the class doc)."""
-        return "push" if self._engine else "step" if self._fused_step is not None else "ops"
+        """How pushes are computed: ``"push"``, ``"graph"``, ``"step"`` or ``"ops"`` (see the
+        class doc)."""
+        if self._engine:
+            return "push"
+        if self._graph is not None:
+            return "graph"
+        return "step" if self._fused_step is not None else "ops"
 
     @property
     def conversations(self) -> List[Hashable]:
@@ -354,6 +365,8 @@ class StreamingRecognizer:
         u = model.encode_utterances(tokens.to(self.device), lengths)
         has_past = [self._counts[c] > 0 for c in cids]
         if model.config.has_context and all(has_past):  # the steady state: one fused call
+            if self._graph is not None:  # the same call and the store write, graph-replayed
+                return self._graph.step(cids, u)
             probs = self._context_probs(u, self._window_rows(cids))
         else:
             probs = F.softmax(model.classifier(u), dim=-1)
@@ -411,6 +424,111 @@ class StreamingRecognizer:
         best = max(range(len(p)), key=p.__getitem__)
         return Prediction(cid, index, self.label_names[best], best,
                           dict(zip(self.label_names, p)), 0.0)
+
+
+class _GraphedStep:
+    """The post-reader part of a steady-state push as CUDA graphs, one per batch bucket.
+
+    A step of B conversations that all have a past is: the fused ``stream_step`` call over the
+    ring store, then the store write of the new utterances (their vectors and fusion
+    projections). Eagerly that is dozens of kernel launches; here it is one graph replay per
+    bucket of up to 1,024 conversations (``BUCKETS``; larger rounds run in chunks, which
+    touch disjoint conversations). Inputs go through static buffers; the rows that pad B up to
+    the bucket repeat row 0, so they compute and write exactly what row 0 does (duplicate,
+    identical writes) and their outputs are dropped.
+
+    Graphs hold the store's addresses: when the store is reallocated (it grew, or a state was
+    loaded) they are dropped and captured again. Capture needs CUDA; with ``capture=False``
+    (tests on the CPU) the same buffers and bucketing run eagerly instead of being replayed.
+    """
+
+    BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+    def __init__(self, rec: "StreamingRecognizer", capture: bool = True):
+        self.rec = rec
+        self.capture = capture
+        self._graphs: Dict[int, tuple] = {}
+        self._store = None
+        self._pool = None
+
+    @classmethod
+    def for_recognizer(cls, rec: "StreamingRecognizer", path: Optional[str]):
+        """The graph step when ``path`` asks for it (or is None) and it can run, else None."""
+        # Opt-in until measured on a GPU (benchmarks/gpu_suite.sh compares it with "step").
+        if path != "graph" or rec._fused_step is None or rec._engine:
+            return None
+        if rec.device.type != "cuda" or not torch.cuda.is_available():
+            return None
+        return cls(rec)
+
+    def step(self, cids: Sequence[Hashable], u: Tensor) -> Tensor:
+        """Class probabilities [B, C] of u [B, H] (every conversation has a past); writes the
+        store and advances the counts as ``_remember`` does."""
+        rec, K = self.rec, self.rec.window
+        windows = rec._window_rows(cids)
+        slots = torch.tensor([rec._blocks[c] * K + rec._counts[c] % K for c in cids],
+                             dtype=torch.int64, device=rec.device)
+        store = (rec._u.data_ptr(), rec._proj.data_ptr(), rec._u.shape[0])
+        if store != self._store:
+            self._graphs.clear()
+            self._store = store
+        top = self.BUCKETS[-1]
+        probs = [self._run(u[i:i + top], windows[i:i + top], slots[i:i + top])
+                 for i in range(0, u.shape[0], top)]
+        for c in cids:
+            rec._counts[c] += 1
+        return probs[0] if len(probs) == 1 else torch.cat(probs)
+
+    def _run(self, u: Tensor, windows: Tensor, slots: Tensor) -> Tensor:
+        B = u.shape[0]
+        bucket = next(b for b in self.BUCKETS if b >= B)
+        entry = self._graphs.get(bucket)
+        if entry is None:
+            entry = self._graphs[bucket] = self._build(bucket, u.dtype)
+        graph, q, win, slot, out = entry
+        q[:B].copy_(u)
+        win[:B].copy_(windows)
+        slot[:B].copy_(slots)
+        if B < bucket:  # pad with row 0: the same computation and the same write
+            q[B:].copy_(u[:1].expand(bucket - B, -1))
+            win[B:].copy_(windows[:1].expand(bucket - B, -1))
+            slot[B:].copy_(slots[:1].expand(bucket - B))
+        if graph is None:
+            out = self._body(q, win, slot)
+        else:
+            graph.replay()
+        return out[:B].clone()
+
+    def _body(self, q: Tensor, win: Tensor, slot: Tensor, write: bool = True) -> Tensor:
+        rec = self.rec
+        probs = rec._context_probs(q, win)
+        if write:
+            rec._u.index_copy_(0, slot, q)
+            for d in range(rec.num_dirs):
+                rec._proj[d].index_copy_(0, slot, F.linear(q, rec._w_ih[d], rec._b_ih[d]))
+        return probs
+
+    def _build(self, bucket: int, dtype: torch.dtype) -> tuple:
+        rec = self.rec
+        q = torch.zeros(bucket, rec.hidden, dtype=dtype, device=rec.device)
+        win = torch.full((bucket, rec.window), -1, dtype=torch.int64, device=rec.device)
+        slot = torch.zeros(bucket, dtype=torch.int64, device=rec.device)
+        if not self.capture:
+            return None, q, win, slot, None
+        # Warm-up off the capture (library handles, kernel attributes), without the store
+        # write: every window is empty, so nothing stored is read either.
+        side = torch.cuda.Stream(rec.device)
+        side.wait_stream(torch.cuda.current_stream(rec.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._body(q, win, slot, write=False)
+        torch.cuda.current_stream(rec.device).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self._body(q, win, slot)
+        return graph, q, win, slot, out
 
 
 def _id_to_json(cid):

@@ -2,8 +2,9 @@
 
 Nothing here judges speed: the times are only checked to exist and be ordered statistics. What is
 checked: every column runs and passes the correctness gate, a wrong backend is reported WRONG and
-never timed, the files and README section are written (only between the markers), and the CLI
-flags reach the suite.
+never timed, the files are written (JSON first; plots optional; never over a file git tracks),
+the README section is refreshed only by ``benchmarks/refresh_readme.py`` and only between its
+markers, and the CLI flags reach the suite.
 """
 import importlib.util
 import json
@@ -24,7 +25,7 @@ TIMED = ("median_us", "q1_us", "q3_us", "p10_us", "p90_us", "min_us", "reps")
 
 def _opts(tmp_path, **kw):
     base = dict(parts=("agru", "memory_bank"), quick=True, threads=(1,), out_dir=str(tmp_path),
-                shapes=TINY, compile=False, readme=None, name="test-machine")
+                shapes=TINY, compile=False, name="test-machine")
     base.update(kw)
     return suite.SuiteOptions(**base)
 
@@ -155,36 +156,100 @@ def test_readme_section_only_between_markers(tmp_path):
         report.update_readme(str(readme), "new")
 
 
-def test_cli_end_to_end_writes_readme_section(tmp_path, capsys):
+def _refresh_readme_module():
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "refresh_readme.py")
+    spec = importlib.util.spec_from_file_location("refresh_readme", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_end_to_end_then_refresh_readme(tmp_path, capsys):
+    """The CLI writes only under --out-dir; the developer script then rewrites the README."""
     readme = tmp_path / "README.md"
     readme.write_text("# proj\n\n## License\nMIT\n")
     args = ["bench", "--ops", "agru", "--shapes", "B2-T3-H8,B5-T3-H8", "--threads", "1",
-            "--quick", "--out-dir", str(tmp_path / "res"), "--name", "box", "--readme", str(readme)]
+            "--quick", "--out-dir", str(tmp_path / "res"), "--name", "box"]
     assert cli.main(args) == 0
+    assert readme.read_text() == "# proj\n\n## License\nMIT\n"  # untouched by the command
+    assert sorted(os.listdir(tmp_path / "res" / "box")) == ["bench-quick.json", "bench-quick.md",
+                                                            "quick-agru.png"]
+    assert "README" not in capsys.readouterr().out
+    refresh = _refresh_readme_module()
+    assert refresh.main([str(tmp_path / "res" / "box" / "bench-quick.json"), "--readme",
+                         str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("# proj\n\n" + report.README_START + "\n## Performance")
     assert text.endswith(report.README_END + "\n\n## License\nMIT\n")
     assert "res/box/bench-quick.md" in text and "(res/box/quick-agru.png)" in text
     assert "| agru | B2-T3-H8 |" in text and "| agru | B5-T3-H8 |" in text
     assert "`aghmn-fast bench --device cpu --ops agru --threads 1 --quick --shapes " in text
-    assert "wrote " + str(readme) in capsys.readouterr().out
+    (tmp_path / "not-a-record.json").write_text("{}")
+    assert refresh.main([str(tmp_path / "not-a-record.json"), "--readme", str(readme)]) == 2
+    assert "not an aghmn-fast bench record" in capsys.readouterr().err
+
+
+def test_cli_default_out_dir_is_a_new_folder_here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "--ops", "agru", "--shapes", "B2-T3-H8", "--threads", "1", "--quick",
+            "--name", "box", "--no-plots"]
+    assert cli.main(args) == 0
+    (made,) = os.listdir(tmp_path)
+    assert made.startswith("aghmn-bench-")
+    assert sorted(os.listdir(tmp_path / made / "box")) == ["bench-quick.json", "bench-quick.md"]
+    assert cli.main(args) == 0  # a second run gets its own folder
+    assert len(os.listdir(tmp_path)) == 2
+
+
+def test_never_overwrites_a_tracked_file(tmp_path, capsys):
+    import shutil
+    import subprocess
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    out = tmp_path / "box"
+    out.mkdir()
+    (out / "bench-quick.json").write_text("committed\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(git + ["add", "box/bench-quick.json"], cwd=tmp_path, check=True)
+    subprocess.run(git + ["commit", "-qm", "results"], cwd=tmp_path, check=True)
+    args = ["bench", "--ops", "agru", "--shapes", "B2-T3-H8", "--threads", "1", "--quick",
+            "--out-dir", str(tmp_path), "--name", "box"]
+    assert cli.main(args) == 2
+    assert "refusing to overwrite files tracked by git" in capsys.readouterr().out
+    assert (out / "bench-quick.json").read_text() == "committed\n"
+    assert suite.tracked_files([str(tmp_path / "elsewhere" / "x.json")]) == []
+
+
+def test_json_is_written_without_matplotlib(tmp_path, monkeypatch):
+    """A missing plotting library costs the plots (a note says so), never the record."""
+    import sys
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import raises ImportError
+    record = suite.run_suite(_opts(tmp_path, parts=("agru",), shapes=TINY[:1]),
+                             log=lambda *_: None)
+    out = tmp_path / "test-machine"
+    assert sorted(os.listdir(out)) == ["bench-quick.json", "bench-quick.md"]
+    saved = json.loads((out / "bench-quick.json").read_text())
+    assert saved["plots"] == [] and any("matplotlib is not available" in n for n in saved["notes"])
+    assert saved["ops"] == json.loads(json.dumps(record["ops"]))
 
 
 def test_cli_flags_reach_the_options(monkeypatch, tmp_path):
     parser = cli.build_parser()
     args = parser.parse_args(["bench", "--ops", "agru,model", "--threads", "2,1", "--no-compile",
-                              "--compile-shapes", "B1-T10-H100", "--no-readme",
-                              "--model-dialogues", "5"])
+                              "--compile-shapes", "B1-T10-H100",
+                              "--model-dialogues", "5", "--out-dir", "somewhere"])
     opts = cli.COMMANDS["bench"].__globals__["options_from_args"](args)
-    assert (opts.parts, list(opts.threads), opts.compile, opts.readme) == (["agru", "model"], [2, 1],
-                                                                          False, None)
+    assert (opts.parts, list(opts.threads), opts.compile, opts.out_dir) == (
+        ["agru", "model"], [2, 1], False, "somewhere")
     assert opts.compile_shapes == ["B1-T10-H100"] and opts.model_dialogues == 5
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "README.md").write_text("x")
     full = cli.COMMANDS["bench"].__globals__["options_from_args"](parser.parse_args(["bench"]))
-    quick = cli.COMMANDS["bench"].__globals__["options_from_args"](parser.parse_args(["bench", "--quick"]))
-    assert full.readme == "README.md" and quick.readme is None  # quick runs leave the README
-    for bad in (["bench", "--threads", "0"], ["bench", "--threads", "a"], ["bench", "--device", "tpu"]):
+    assert full.out_dir.startswith("aghmn-bench-") and not os.path.exists(full.out_dir)
+    for bad in (["bench", "--threads", "0"], ["bench", "--threads", "a"], ["bench", "--device", "tpu"],
+                ["bench", "--readme", "README.md"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
     with pytest.raises(ValueError, match="unknown benchmark part"):

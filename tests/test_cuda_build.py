@@ -1,10 +1,14 @@
 """Compile check of the CUDA sources with nvcc (no GPU needed).
 
-The kernels (csrc/cuda/*_kernels.cu) are compiled for sm_80 and sm_90 with the flags of the CUDA
-block of CMakeLists.txt (`make cmake-check`): warnings are errors, and ptxas reports each kernel's
-registers, stack frame and spills, which must all be free of local memory. The binding
-(csrc/cuda/cuda_ops.cu, torch headers) is compile-checked too.
+The kernels (csrc/cuda/*_kernels.cu) are compiled with the architectures of setup.py's nvcc
+flags (SASS for sm_80 and sm_90, PTX for compute_90) and the flags of the CUDA block of
+CMakeLists.txt (`make cmake-check`): warnings are errors, and ptxas reports each kernel's
+registers, stack frame and spills, which must all be free of local memory; the object must
+embed the PTX (forward compatibility). The binding (csrc/cuda/cuda_ops.cu, torch headers) is
+compile-checked too, and the CUDA backend's capability table must match the built
+architectures.
 """
+import ast
 import pathlib
 import re
 import shutil
@@ -16,7 +20,35 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 INCLUDE = ROOT / "csrc" / "include"
-ARCHS = ("80", "90")
+ARCHS = ("80", "90")  # SASS
+
+
+def setup_nvcc_flags():
+    """The ``nvcc = [...]`` list of setup.py (read, not executed)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and getattr(node.targets[0], "id", None) == "nvcc"):
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py has no nvcc = [...] list")
+
+
+def _gencode():
+    return [f for f in setup_nvcc_flags() if f.startswith("-gencode")]
+
+
+def test_setup_builds_sass_and_ptx_that_the_backend_knows():
+    flags = _gencode()
+    sass = sorted(re.findall(r"code=sm_(\d+)", " ".join(flags)))
+    ptx = re.findall(r"code=compute_(\d+)", " ".join(flags))
+    assert sass == sorted(ARCHS) and ptx == ["90"], flags
+    # aghmn_fast/backends/cuda.py's table (read from the source: it imports only with CUDA)
+    tree = ast.parse((ROOT / "aghmn_fast" / "backends" / "cuda.py").read_text())
+    table = {node.target.id: ast.literal_eval(node.value) for node in ast.walk(tree)
+             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+             and node.target.id in ("SASS_ARCHES", "PTX_ARCH")}
+    assert sorted(f"{a}{b}" for a, b in table["SASS_ARCHES"]) == sass
+    assert f"{table['PTX_ARCH'][0]}{table['PTX_ARCH'][1]}" == ptx[0]
 # Mirrors the CUDA block of CMakeLists.txt.
 FLAGS = ["-std=c++17", "-O3", "-lineinfo", "-Werror=all-warnings",
          "-Xptxas=-v,--warn-on-spills,--warn-on-local-memory-usage"]
@@ -50,6 +82,20 @@ def parse_ptxas(log):
     return report
 
 
+def _cuobjdump(nvcc):
+    """cuobjdump next to nvcc, on the PATH, or the one bundled with triton (None if none)."""
+    found = shutil.which("cuobjdump", path=str(pathlib.Path(nvcc).parent)) or shutil.which(
+        "cuobjdump")
+    if found:
+        return found
+    try:
+        import triton
+    except ImportError:
+        return None
+    bundled = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(bundled) if bundled.exists() else None
+
+
 def test_parse_ptxas_reads_a_report():
     log = ("ptxas info    : Compiling entry function '_Z1kPf' for 'sm_90'\n"
            "ptxas info    : Function properties for _Z1kPf\n"
@@ -60,7 +106,7 @@ def test_parse_ptxas_reads_a_report():
 
 def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
     nvcc = _nvcc()
-    arch = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]
+    arch = _gencode()
     jobs = {}
     for name in EXPECTED_ENTRIES:  # both files at once: the machine has two cores
         cmd = [nvcc, *FLAGS, *arch, f"-I{INCLUDE}", "-c", str(CUDA_DIR / name),
@@ -77,6 +123,11 @@ def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
         for (kernel, sm), (regs, stack, stores, loads) in sorted(report.items()):
             print(f"{name} {sm} regs={regs} stack={stack} spill={stores}/{loads} {kernel}")
             assert (stack, stores, loads) == (0, 0, 0), f"{kernel} ({sm}) uses local memory"
+        cuobjdump = _cuobjdump(nvcc)
+        if cuobjdump:
+            listed = subprocess.run([cuobjdump, "--list-ptx", str(tmp_path / (name + ".o"))],
+                                    capture_output=True, text=True, timeout=60).stdout
+            assert "sm_90" in listed, f"{name}: no compute_90 PTX embedded:\n{listed}"
 
 
 def test_binding_compiles_against_torch_headers(tmp_path):

@@ -687,29 +687,54 @@ def fresh_cuda_backend(monkeypatch):
 
 
 def test_cuda_backend_registers_and_falls_back(fresh_cuda_backend, monkeypatch):
-    """The backend module's wiring: registration, fallback on "unsupported size" and on dtypes the
-    kernels do not run, and any other NotImplementedError passed through."""
+    """The backend module's wiring: registration, fallback when kernels_support says no (dtypes
+    the kernels do not run) and when the extension refuses (NotImplementedError, by type: a
+    size that does not fit or no kernel image for the GPU), other errors passed through."""
     mod = fresh_cuda_backend
     assert ops._REGISTRY["cuda"].devices == ("cuda",) and ops._REGISTRY["cuda"].priority == 20
     fallbacks = []
     monkeypatch.setattr(mod, "_fallback", lambda device: fallbacks.append(device)
                         or ops.resolve_backend("reference", device))
+    # CPU tensors stand in for CUDA ones: the capability/shape check by dtype only.
+    monkeypatch.setattr(mod, "kernels_support",
+                        lambda first, hidden, gates, steps: first.dtype in mod._DTYPES)
     x, attn = torch.randn(2, 4, 3, dtype=D64), torch.rand(2, 4, dtype=D64)
     w_ih, w_hh = torch.randn(10, 3, dtype=D64), torch.randn(10, 5, dtype=D64)
     want, _ = reference.agru(x, attn, w_ih, w_hh)
 
-    def unsupported(*args):
-        raise NotImplementedError("agru_forward (CUDA): unsupported size: hidden size 5 ...")
-    monkeypatch.setattr(mod.extension_ops, "agru", unsupported)
-    torch.testing.assert_close(mod.agru(x, attn, w_ih, w_hh)[0], want)
-    assert len(fallbacks) == 1
+    for message in ("agru_forward (CUDA): unsupported size: hidden size 5 ...",
+                    "agru_forward (CUDA): no kernel image for this GPU (...)"):
+        def refused(*args, message=message):
+            raise NotImplementedError(message)
+        monkeypatch.setattr(mod.extension_ops, "agru", refused)
+        torch.testing.assert_close(mod.agru(x, attn, w_ih, w_hh)[0], want)
+    assert len(fallbacks) == 2
 
-    def missing_kernel(*args):
-        raise NotImplementedError("Could not run 'aghmn_fast::agru_forward' with arguments")
-    monkeypatch.setattr(mod.extension_ops, "agru", missing_kernel)
-    with pytest.raises(NotImplementedError, match="Could not run"):
+    def bad_input(*args):
+        raise RuntimeError("agru_forward: attn must have shape [2, 4]")
+    monkeypatch.setattr(mod.extension_ops, "agru", bad_input)
+    with pytest.raises(RuntimeError, match="attn must have shape"):
         mod.agru(x, attn, w_ih, w_hh)
 
     half = [t.to(torch.bfloat16) for t in (x, attn, w_ih, w_hh)]
-    mod.agru(*half)  # never reaches the kernels (missing_kernel would raise)
-    assert len(fallbacks) == 2
+    mod.agru(*half)  # never reaches the kernels (bad_input would raise)
+    assert len(fallbacks) == 3
+
+
+def test_cuda_backend_capability_and_shape_check(fresh_cuda_backend):
+    """runs_on: SASS sm_80 / sm_90 by binary compatibility, PTX compute_90 for newer GPUs;
+    fits: dtype, hidden size and the shared memory of the smallest launch layout."""
+    mod = fresh_cuda_backend
+    for cap, ok in (((7, 5), False), ((8, 0), True), ((8, 6), True), ((8, 9), True),
+                    ((9, 0), True), ((10, 0), True), ((12, 0), True)):
+        assert mod.runs_on(cap) is ok, cap
+    smem = 227 * 1024
+    assert mod.fits((9, 0), smem, torch.float32, 100, 2, 40)
+    assert mod.fits((9, 0), smem, torch.float64, 300, 3, 40)
+    assert not mod.fits((7, 5), smem, torch.float32, 100, 2, 40)
+    assert not mod.fits((9, 0), smem, torch.bfloat16, 100, 2, 40)
+    assert not mod.fits((9, 0), smem, torch.float32, mod.MAX_HIDDEN + 1, 2, 40)
+    # state buffers alone beyond the device's shared memory: refused before any launch
+    assert not mod.fits((9, 0), 48 * 1024, torch.float64, 2000, 3, 10)
+    assert mod.fits((9, 0), 48 * 1024, torch.float32, 1000, 3, 10)
+    assert not mod.kernels_support(torch.zeros(1), 100, 2, 10)  # not a CUDA tensor

@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["OpSet", "register_autograd_rules", "register_fake_impls", "make_agru",
            "make_memory_bank", "make_window_gru", "make_backend", "agru_hh_grads",
-           "window_hh_grads"]
+           "window_hh_grads", "segment_offsets", "segment_sum", "residual_grad"]
 
 
 class OpSet(NamedTuple):
@@ -86,6 +86,45 @@ def window_hh_grads(grad_ghh: Tensor, out: Tensor, need_w: bool,
     if need_b:
         grad_b = grad_ghh.sum((1, 2))
     return grad_w, grad_b
+
+
+def segment_offsets(index: Tensor, num_segments: int) -> Tuple[Tensor, Tensor]:
+    """``(order, offsets)``: positions sorted by ``index`` (stable: each segment in increasing
+    position) and the bounds ``offsets[s] .. offsets[s + 1]`` of segment s in that order
+    (``num_segments + 1`` entries). Static shapes, no host read-back."""
+    key, order = torch.sort(index, stable=True)
+    bounds = torch.arange(num_segments + 1, dtype=key.dtype, device=key.device)
+    return order, torch.searchsorted(key, bounds)
+
+
+def segment_sum(rows: Tensor, index: Tensor, num_segments: int) -> Tensor:
+    """``out[s] = sum of rows[i] over i with index[i] == s`` ([num_segments, C]), each segment
+    added in increasing i, with no atomics: bitwise reproducible on every device, and equal to
+    ``index_add_`` done sequentially (as on the CPU).
+
+    The rows are put in segment order by a stable sort of ``index``; segment boundaries come from
+    ``searchsorted`` and ``torch.segment_reduce`` adds each segment. No value is read back to the
+    host (``unsafe=True`` skips segment_reduce's own consistency check, a device sync; the
+    offsets are consistent by construction). ``index`` must lie in [0, num_segments).
+    """
+    order, offsets = segment_offsets(index, num_segments)
+    if rows.shape[0] == 0:
+        return rows.new_zeros(num_segments, *rows.shape[1:])
+    return torch.segment_reduce(rows.index_select(0, order), "sum", offsets=offsets, axis=0,
+                                unsafe=True)
+
+
+def residual_grad(grad_rows: Tensor, index: Tensor, num_rows: int) -> Tensor:
+    """The memory bank residual's gradient: ``grad_rows`` (one per window slot) summed onto
+    the ``num_rows`` utterance rows (the last row collects the empty slots).
+
+    CUDA's ``index_add_`` accumulates with atomics, so its rounding differs from run to run;
+    there :func:`segment_sum` gives the same sum deterministically. On the CPU ``index_add_``
+    already adds in index order (deterministic, and the cheapest), so it is kept.
+    """
+    if grad_rows.device.type == "cpu":
+        return grad_rows.new_zeros(num_rows, grad_rows.shape[1]).index_add_(0, index, grad_rows)
+    return segment_sum(grad_rows, index, num_rows)
 
 
 # ---- op-level autograd (torch.library) ----------------------------------------------------------
@@ -296,8 +335,7 @@ def make_memory_bank(window_gru_forward: Callable, window_gru_backward: Callable
                                                                 gates, N)
             grad_u = None
             if need[0]:
-                grad_u = grad_memory.new_zeros(N + 1, H).index_add_(
-                    0, index, grad_memory.view(-1, H))[:N]
+                grad_u = residual_grad(grad_memory.view(-1, H), index, N + 1)[:N]
                 for d in range(D):
                     grad_u = grad_u.addmm(grad_proj[d], w_ih[d])
             grad_w_hh, grad_b_hh = window_hh_grads(grad_ghh, out, any(need[3::4]),

@@ -1,23 +1,26 @@
 """``aghmn-fast bench``: the benchmark suite as one command (added to the CLI by ``aghmn_fast.cli``).
 
     aghmn-fast bench [--device cpu|cuda] [--ops agru,memory_bank,model,stream] [--quick]
-                     [--threads 1,2] [--out-dir DIR] [--no-compile] [--no-readme] ...
+                     [--threads 1,2] [--out-dir DIR] [--no-compile] [--no-plots] ...
 
-Writes ``DIR/<machine>/bench.json`` (the record), ``bench.md`` (the report) and ``agru.png`` /
-``memory_bank.png`` (latency plots); a full run also rewrites the "Performance" section of
-``README.md`` between its bench markers. ``--quick`` writes ``bench-quick.*`` and leaves the README
-alone unless ``--readme`` is given.
+Writes ``DIR/<machine>/bench.json`` (the record, first), ``bench.md`` (the report) and
+``agru.png`` / ``memory_bank.png`` (latency plots, last; skipped with a note when matplotlib is
+missing). DIR defaults to a new folder ``aghmn-bench-<date>-<time>`` under the current
+directory; a file tracked by git is never overwritten. ``--quick`` writes ``bench-quick.*``.
+The README's "Performance" section is refreshed from a ``bench.json`` by the developer script
+``benchmarks/refresh_readme.py``, never by this command.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import shlex
 from typing import Dict, List
 
 from .shapes import shape_by_id
 
-__all__ = ["add_parser", "cmd_bench", "options_from_args", "COMMANDS"]
+__all__ = ["add_parser", "cmd_bench", "options_from_args", "default_out_dir", "COMMANDS"]
 
 
 def _csv(text: str) -> List[str]:
@@ -53,8 +56,9 @@ def add_parser(sub) -> None:
                         "torch.compile unless --compile; under two minutes on 2 cores")
     p.add_argument("--threads", type=_threads, default=[1, 2], metavar="LIST",
                    help="torch thread counts (default: 1,2)")
-    p.add_argument("--out-dir", default=os.path.join("benchmarks", "results"),
-                   help="results go to OUT_DIR/<machine>/ (default: %(default)s)")
+    p.add_argument("--out-dir", default=None,
+                   help="results go to OUT_DIR/<machine>/ (default: a new folder "
+                        "aghmn-bench-<date>-<time> under the current directory)")
     comp = p.add_mutually_exclusive_group()
     comp.add_argument("--no-compile", dest="compile", action="store_false", default=None,
                       help="skip the reference-under-torch.compile baseline")
@@ -76,11 +80,6 @@ def add_parser(sub) -> None:
     p.add_argument("--model-dialogues", type=int, default=None,
                    help="training dialogues timed by the model part (default: all; quick: 24)")
     p.add_argument("--model-epochs", type=int, default=1, help="timed epochs per model row")
-    readme = p.add_mutually_exclusive_group()
-    readme.add_argument("--no-readme", action="store_true",
-                        help="do not rewrite the README's Performance section")
-    readme.add_argument("--readme", default=None, metavar="PATH",
-                        help="the README to update (default: ./README.md on full runs)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--name", default=None, help="results folder name (default: from the machine)")
 
@@ -100,32 +99,39 @@ def _command_line(args) -> str:
             parts += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     if args.model_epochs != 1:
         parts += ["--model-epochs", str(args.model_epochs)]
-    if args.no_readme:
-        parts.append("--no-readme")
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def default_out_dir() -> str:
+    """A new folder under the current directory, named after the current local time."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = f"aghmn-bench-{stamp}", 1
+    while os.path.exists(path):
+        n += 1
+        path = f"aghmn-bench-{stamp}-{n}"
+    return path
 
 
 def options_from_args(args):
     """The :class:`~aghmn_fast.bench.suite.SuiteOptions` that the parsed flags ask for."""
     from .suite import SuiteOptions
-    readme = None
-    if args.readme:
-        readme = args.readme
-    elif not args.no_readme and not args.quick and os.path.exists("README.md"):
-        readme = "README.md"
     return SuiteOptions(
         device=args.device, parts=args.ops, quick=args.quick, threads=args.threads,
-        out_dir=args.out_dir, shapes=[shape_by_id(s) for s in args.shapes] if args.shapes else None,
+        out_dir=args.out_dir or default_out_dir(), shapes=[shape_by_id(s) for s in args.shapes] if args.shapes else None,
         compile=args.compile, compile_shapes=args.compile_shapes, tolerance=args.tolerance,
         backends=args.backends, data=args.data, model_dialogues=args.model_dialogues,
-        model_epochs=args.model_epochs, readme=readme, plots=not args.no_plots, name=args.name,
+        model_epochs=args.model_epochs, plots=not args.no_plots, name=args.name,
         command=_command_line(args))
 
 
 def cmd_bench(args) -> int:
     """Run the suite; exit status 1 when a backend failed its correctness gate or raised."""
-    from .suite import run_suite
-    record: Dict = run_suite(options_from_args(args))
+    from .suite import TrackedFileError, run_suite
+    try:
+        record: Dict = run_suite(options_from_args(args))
+    except TrackedFileError as exc:
+        print(f"aghmn-fast bench: {exc}")
+        return 2
     for path in record["files"]:
         print("wrote", path)
     bad = [r for r in record["ops"] if r["status"] in ("WRONG", "error")]

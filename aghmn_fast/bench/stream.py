@@ -19,7 +19,6 @@ from .. import ops
 from ..data import MELD_LABELS, Vocabulary, load_meld
 from ..models import AGHMN, AGHMNConfig, make_batch
 from ..streaming import StreamingRecognizer
-from ..train import build_vocabulary
 from .timing import num_threads
 
 
@@ -157,6 +156,9 @@ def run(quick: bool = False, backend: Optional[str] = None, data: Optional[str] 
 
 
 def _run(quick, backend, data, flat_pushes, log, threads, device, concurrency) -> Dict:
+    # Imported here: the training module needs tqdm, which build_model's users (the GPU suite,
+    # on an image without it) do not.
+    from ..train import build_vocabulary
     test = load_meld(data, "test")
     vocab = build_vocabulary([test])
     repeats = 2 if quick else 10

@@ -1,9 +1,12 @@
-"""One benchmark run: ops, model and streaming parts, then the JSON record, report, plots and the
-README section. The ``aghmn-fast bench`` command is a thin layer over :func:`run_suite`."""
+"""One benchmark run: ops, model and streaming parts, then the JSON record (first), the report
+and the plots (last; optional). The ``aghmn-fast bench`` command is a thin layer over
+:func:`run_suite`. Nothing here writes a file that git tracks (the README's section is
+refreshed by ``benchmarks/refresh_readme.py``)."""
 from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -15,7 +18,8 @@ from .machine import machine_info, machine_slug
 from .shapes import BATCH_SWEEP, QUICK_SHAPES, SHAPES, WINDOW_SWEEP, Shape, all_shapes
 from .timing import FULL_BUDGET, QUICK_BUDGET, Budget
 
-__all__ = ["PARTS", "DEFAULT_COMPILE_SHAPES", "SuiteOptions", "run_suite"]
+__all__ = ["PARTS", "DEFAULT_COMPILE_SHAPES", "SuiteOptions", "run_suite", "TrackedFileError",
+           "tracked_files"]
 
 PARTS = OPS + ("model", "stream")
 # The compiled baseline by default only at the K = 10 standard shapes (streaming and MELD
@@ -32,7 +36,8 @@ class SuiteOptions:
     shapes: quick: :data:`QUICK_SHAPES`; full: the standard shapes plus the batch and window
     sweeps. compile: the torch.compile baseline, default off in quick runs (compiling takes
     minutes per shape on a small CPU). compile_shapes: shape ids compiled, or ["all"] (default:
-    :data:`DEFAULT_COMPILE_SHAPES`; quick with compile: every shape). model_dialogues: quick 24, full all. readme: the README to update (None: none).
+    :data:`DEFAULT_COMPILE_SHAPES`; quick with compile: every shape). model_dialogues: quick
+    24, full all. plots: PNG plots (skipped with a note when matplotlib is missing).
     """
     device: str = "cpu"
     parts: Sequence[str] = PARTS
@@ -49,7 +54,6 @@ class SuiteOptions:
     model_dialogues: Optional[int] = None
     model_epochs: int = 1
     stream_concurrency: Optional[int] = None
-    readme: Optional[str] = None
     plots: bool = True
     name: Optional[str] = None
     command: str = "aghmn-fast bench"
@@ -62,6 +66,34 @@ class SuiteOptions:
             raise ValueError(f"threads must be positive integers, got {list(self.threads)}")
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is visible to torch")
+
+
+class TrackedFileError(ValueError):
+    """The run would overwrite a file that git tracks (committed results)."""
+
+
+def tracked_files(paths: Sequence[str]) -> List[str]:
+    """Those of ``paths`` that git tracks (none when git or a repository is missing)."""
+    found = []
+    for path in paths:
+        folder = os.path.dirname(os.path.abspath(path))
+        while not os.path.isdir(folder):
+            folder = os.path.dirname(folder)
+        try:
+            done = subprocess.run(["git", "ls-files", "--error-unmatch", os.path.abspath(path)],
+                                  cwd=folder, capture_output=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return []
+        if done.returncode == 0:
+            found.append(path)
+    return found
+
+
+def _outputs(opts: SuiteOptions, out_dir: str) -> List[str]:
+    stem = "bench-quick" if opts.quick else "bench"
+    prefix = "quick-" if opts.quick else ""
+    return ([os.path.join(out_dir, stem + ext) for ext in (".json", ".md")]
+            + [os.path.join(out_dir, f"{prefix}{op}.png") for op in OPS])
 
 
 def _resolved(opts: SuiteOptions) -> Dict:
@@ -82,13 +114,17 @@ def _resolved(opts: SuiteOptions) -> Dict:
 
 def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> Dict:
     """Run the selected parts and write ``<out_dir>/<machine>/bench[-quick].{json,md}`` and the
-    plots (and the README section when ``opts.readme`` is set). Returns the record, with the
-    written paths under ``"files"``."""
+    plots. Returns the record, with the written paths under ``"files"``. Raises
+    :class:`TrackedFileError` before running anything when one of the files is tracked by git."""
     started = time.perf_counter()
     res = _resolved(opts)
     machine = machine_info(opts.device)
     slug = machine_slug(machine, opts.name)
     out_dir = os.path.join(opts.out_dir, slug)
+    tracked = tracked_files(_outputs(opts, out_dir))
+    if tracked:
+        raise TrackedFileError(f"refusing to overwrite files tracked by git: {', '.join(tracked)}; "
+                               "choose another --out-dir (or --name)")
     os.makedirs(out_dir, exist_ok=True)
     if torch.device(opts.device).type == "cuda":
         # fp32 everywhere: baselines and fused kernels compared at full precision.
@@ -129,14 +165,8 @@ def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> Dict:
 
 
 def _write(record: Dict, opts: SuiteOptions, out_dir: str, started: float) -> Dict:
+    # The record is written before any plot: a plotting failure never loses the timings.
     stem = "bench-quick" if opts.quick else "bench"
-    plots: List[str] = []
-    if opts.plots and record["ops"]:
-        for op in dict.fromkeys(r["op"] for r in record["ops"]):
-            # A quick run never overwrites the full run's files.
-            name = report.plot_ops(record["ops"], out_dir, op, prefix="quick-" if opts.quick else "")
-            if name:
-                plots.append(name)
     try:
         record["machine"]["load_average_at_end"] = list(os.getloadavg())
     except OSError:
@@ -147,20 +177,45 @@ def _write(record: Dict, opts: SuiteOptions, out_dir: str, started: float) -> Di
             f"1-minute load average after each op case: median {loads[len(loads) // 2]:.2f}, "
             f"max {loads[-1]:.2f} on {record['machine']['cores']} cores (this benchmark itself "
             "adds up to its thread count); per-case values are in the JSON (`load1`).")
-    record["plots"] = plots
+    record["plots"] = []
     record["elapsed_s"] = time.perf_counter() - started
-    files = [report.write_json(os.path.join(out_dir, stem + ".json"), record)]
+    files = _write_record(record, out_dir, stem)
+    notes = len(record["notes"])
+    plots = _plots(record, opts, out_dir)
+    if plots or len(record["notes"]) != notes:
+        record["plots"] = plots
+        _write_record(record, out_dir, stem)  # the same record, now listing its plots
+    files += [os.path.join(out_dir, p) for p in plots]
+    record["files"] = files
+    return record
+
+
+def _write_record(record: Dict, out_dir: str, stem: str) -> List[str]:
+    json_path = report.write_json(os.path.join(out_dir, stem + ".json"), record)
     md = os.path.join(out_dir, stem + ".md")
     with open(md, "w") as f:
         f.write(report.markdown(record) + "\n")
-    files.append(md)
-    files += [os.path.join(out_dir, p) for p in plots]
-    if opts.readme:
-        base = os.path.dirname(os.path.abspath(opts.readme))
-        rel = lambda p: os.path.relpath(os.path.abspath(p), base).replace(os.sep, "/")  # noqa: E731
-        plot = os.path.join(out_dir, plots[0]) if plots else None
-        report.update_readme(opts.readme, report.readme_section(
-            record, rel(md), rel(plot) if plot else None))
-        files.append(opts.readme)
-    record["files"] = files
-    return record
+    return [json_path, md]
+
+
+def _plots(record: Dict, opts: SuiteOptions, out_dir: str) -> List[str]:
+    """The PNG plots (file names); a note in the record instead when they cannot be drawn."""
+    if not opts.plots or not record["ops"]:
+        return []
+    try:
+        import matplotlib  # noqa: F401
+    except Exception as exc:  # optional: the JSON and the report hold every number
+        record["notes"].append(f"No plots: matplotlib is not available ({type(exc).__name__}).")
+        return []
+    plots = []
+    for op in dict.fromkeys(r["op"] for r in record["ops"]):
+        try:
+            # A quick run never overwrites the full run's files.
+            name = report.plot_ops(record["ops"], out_dir, op,
+                                   prefix="quick-" if opts.quick else "")
+        except Exception as exc:  # a broken plotting stack must not fail the run
+            record["notes"].append(f"No {op} plot: {type(exc).__name__}: {exc}")
+            continue
+        if name:
+            plots.append(name)
+    return plots

@@ -2,8 +2,9 @@
 // The only CUDA file with torch headers: it checks arguments, allocates outputs (and the window
 // backward's workspace) with the caching allocator on the inputs' device, and calls the
 // framework-free launchers of aghmn/cuda_kernels.h on the current stream (so CUDA graphs
-// capture them). A size the kernels cannot hold raises NotImplementedError whose message
-// contains "unsupported size"; aghmn_fast/backends/cuda.py then falls back to another backend.
+// capture them). A size the kernels cannot hold, or a GPU the binary has no code for, raises
+// NotImplementedError (and nothing else does); aghmn_fast/backends/cuda.py then falls back to
+// another backend.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -61,6 +62,14 @@ struct Checks {
       TORCH_CHECK_NOT_IMPLEMENTED(false, op, " (CUDA): unsupported size: hidden size ", hidden,
                                   " does not fit the kernels' shared-memory buffers on this "
                                   "device; use backend='triton' or backend='reference'");
+    // No code in the binary this GPU can run (an architecture newer than the embedded PTX
+    // allows, or older than the SASS): not the caller's fault, the next backend takes it.
+    // These launch errors are not sticky, so the context stays usable.
+    if (err == cudaErrorNoKernelImageForDevice || err == cudaErrorInvalidKernelImage ||
+        err == cudaErrorUnsupportedPtxVersion || err == cudaErrorInvalidDeviceFunction)
+      TORCH_CHECK_NOT_IMPLEMENTED(false, op, " (CUDA): no kernel image for this GPU (",
+                                  cudaGetErrorString(err),
+                                  "); use backend='triton' or backend='reference'");
     TORCH_CHECK(err == cudaSuccess, op, " (CUDA): ", cudaGetErrorString(err));
   }
 };

@@ -30,7 +30,8 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 __all__ = ["KernelConfig", "choose_config", "use_config", "set_allow_tf32", "allow_tf32",
-           "set_poison_outputs", "new_buffer", "launch", "interpreting", "padded_hidden"]
+           "set_poison_outputs", "new_buffer", "launch", "device_guard", "interpreting",
+           "padded_hidden"]
 
 _allow_tf32 = os.environ.get("AGHMN_TRITON_TF32", "0") == "1"
 _forced: Optional["KernelConfig"] = None
@@ -82,7 +83,21 @@ def launch(kernel, grid, *args, **kwargs) -> None:
         from torch._subclasses.fake_tensor import is_fake
         if any(isinstance(a, torch.Tensor) and is_fake(a) for a in args):
             return
-    wrap_triton(kernel)[grid](*args, **kwargs)
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    with device_guard(first.device if first is not None else None):
+        wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+def device_guard(device: Optional[torch.device]):
+    """A context that makes ``device`` the current CUDA device (a no-op for other devices).
+
+    Triton launches on the current device and stream, not on the tensors' device: without this
+    guard a launch with tensors on ``cuda:1`` while ``cuda:0`` is current would run on the wrong
+    GPU (an illegal address, or silently wrong memory).
+    """
+    if device is not None and device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def interpreting() -> bool:

@@ -8,7 +8,11 @@ and reads registers, spill stack and shared memory from the cubin with ``cuobjdu
 Usage (on a machine without a GPU the backend refuses to import unless told to compile only)::
 
     AGHMN_TRITON_COMPILE_ONLY=1 python -m aghmn_fast.backends.triton.compile_check \
-        [--arch 90] [--hidden 100 256] [--json]
+        [--arch 90] [--subset full|representative] [--jobs N] [--json]
+
+The full matrix (every hidden size of :data:`HIDDEN_SIZES`, dtype, tile size, TF32 setting and
+AGRU direction, with 16-byte aligned pointers as torch's allocator gives) is a slow-marked test;
+the representative subset is the fast CI test.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 import triton
@@ -30,7 +34,8 @@ from . import _common
 from .agru import _agru_bwd_kernel, _agru_fwd_kernel
 from .window_gru import _segment_sum_kernel, _wgru_bwd_kernel, _wgru_fwd_kernel
 
-__all__ = ["variants", "compile_variant", "main"]
+__all__ = ["variants", "representative_variants", "compile_variant", "spill_budget", "label",
+           "HIDDEN_SIZES", "DTYPES", "ROWS", "main"]
 
 _TYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
                torch.float64: "fp64", torch.int64: "i64"}
@@ -58,39 +63,86 @@ def _signature(kernel, dtype: torch.dtype, consts: Dict) -> Dict[str, str]:
     return sig
 
 
-def variants(hidden_sizes: Iterable[int] = (100, 256),
-             dtypes: Iterable[torch.dtype] = (torch.float32, torch.bfloat16, torch.float64),
-             rows: Iterable[int] = (1, 4, 1024),
-             tf32: Iterable[bool] = (False, True)) -> List[Dict]:
-    """The distinct kernel compilations the backend's launch heuristic asks for."""
+#: Hidden sizes the launchers must compile for: the paper's 100, powers of two, and 300 (a
+#: padded size past 256, where the weights stop fitting in registers).
+HIDDEN_SIZES = (100, 128, 256, 300)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+#: Row counts that reach every tile size and warp count :func:`_common.choose_config` picks.
+ROWS = (1, 2, 4, 1024)
+
+#: Local-memory (stack) bytes a variant may use in full fp32/fp64 precision: a few bytes of
+#: loop-invariant values at padded sizes up to 256, a small spill at HP = 512 (H = 300, weights
+#: streamed from L2 with 128 registers per thread). TF32 variants (opt-in) are reported only.
+SPILL_BUDGET = {256: 64, 512: 256}
+
+
+def spill_budget(variant: Dict) -> Optional[int]:
+    """Stack bytes allowed for ``variant`` (None: no budget, reported only)."""
+    consts = variant["consts"]
+    if consts.get("PRECISION") == "tf32":
+        return None
+    return SPILL_BUDGET.get(max(256, consts.get("HP", 16)), 0)
+
+
+def variants(hidden_sizes: Iterable[int] = HIDDEN_SIZES,
+             dtypes: Iterable[torch.dtype] = DTYPES,
+             rows: Iterable[int] = ROWS,
+             tf32: Iterable[bool] = (False, True),
+             reverse: Iterable[bool] = (False, True),
+             aligned: Iterable[bool] = (True,)) -> List[Dict]:
+    """The distinct kernel compilations the backend's launch heuristic asks for.
+
+    ``reverse``: the AGRU's compile-time direction (the window GRU's direction is a program id,
+    both in one compilation). ``aligned``: pointer arguments 16-byte aligned (what torch's
+    allocator gives, and so what a real launch specialises on) and/or without that hint (a view
+    with an odd storage offset).
+    """
     seen, out = set(), []
     before = _common.allow_tf32()
+
+    def add(kernel, dtype, c, align):
+        key = (_unwrap(kernel).__name__, str(dtype), align, tuple(sorted(c.items())))
+        if key not in seen:
+            seen.add(key)
+            out.append(dict(kernel=kernel, dtype=dtype, consts=c, aligned=align))
+
     try:
         for H in hidden_sizes:
             for dtype in dtypes:
-                for allow in tf32:
-                    _common.set_allow_tf32(allow)
-                    for n in rows:
-                        for gates, kernels in ((2, (_agru_fwd_kernel, _agru_bwd_kernel)),
-                                               (3, (_wgru_fwd_kernel, _wgru_bwd_kernel))):
-                            _, _, consts = _common.launch_constants(n, H, gates, dtype)
-                            for kernel in kernels:
-                                c = dict(consts)
-                                if "REVERSE" in _unwrap(kernel).arg_names:
-                                    c["REVERSE"] = True
-                                key = (_unwrap(kernel).__name__, str(dtype),
-                                       tuple(sorted(c.items())))
-                                if key not in seen:
-                                    seen.add(key)
-                                    out.append(dict(kernel=kernel, dtype=dtype, consts=c))
-            for dtype in dtypes:
-                C = 3 * H
-                c = dict(C=C, BLOCK_S=16, BLOCK_C=min(triton.next_power_of_2(C), 128),
-                         num_warps=4)
-                out.append(dict(kernel=_segment_sum_kernel, dtype=dtype, consts=c))
+                for align in aligned:
+                    for allow in tf32:
+                        _common.set_allow_tf32(allow)
+                        for n in rows:
+                            for gates, kernels in ((2, (_agru_fwd_kernel, _agru_bwd_kernel)),
+                                                   (3, (_wgru_fwd_kernel, _wgru_bwd_kernel))):
+                                _, _, consts = _common.launch_constants(n, H, gates, dtype)
+                                for kernel in kernels:
+                                    if "REVERSE" in _unwrap(kernel).arg_names:
+                                        for rev in reverse:
+                                            add(kernel, dtype, dict(consts, REVERSE=rev), align)
+                                    else:
+                                        add(kernel, dtype, dict(consts), align)
+                    C = 3 * H
+                    # The segment sum reads the slot gradients, kept in the state dtype.
+                    add(_segment_sum_kernel, dtype, dict(C=C, BLOCK_S=16,
+                                                         BLOCK_C=min(triton.next_power_of_2(C), 128),
+                                                         num_warps=4), align)
     finally:
         _common.set_allow_tf32(before)
     return out
+
+
+def representative_variants() -> List[Dict]:
+    """A subset for the fast CI test and a GPU run with little time: every kernel, both AGRU
+    directions, the smallest and largest tiles, every dtype class, the padded sizes 128 (exact
+    power of two) and 300 (streamed weights), and one unaligned set."""
+    picked = variants((100, 300), (torch.float32, torch.bfloat16), rows=(1, 1024),
+                      tf32=(False,))
+    picked += variants((128,), (torch.float16, torch.float64), rows=(4,), tf32=(False,),
+                       reverse=(False,))
+    picked += variants((100,), (torch.float32,), rows=(1024,), tf32=(True,), reverse=(False,),
+                       aligned=(False,))
+    return picked
 
 
 def _cuobjdump() -> str:
@@ -113,48 +165,135 @@ def _resources(cubin: bytes) -> Dict[str, int]:
     return {"registers": found.get("reg", -1), "stack_bytes": found.get("stack", -1)}
 
 
+def _alignment_attrs(kernel, consts: Dict) -> Dict:
+    # What a launch with 16-byte aligned tensors specialises on: tt.divisibility=16 on every
+    # pointer argument (triton.runtime.jit; the integer arguments are do_not_specialize).
+    names = _unwrap(kernel).arg_names
+    return {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+            if n.endswith("_ptr") and n not in consts}
+
+
+def label(variant: Dict) -> str:
+    """One-line name of a variant: kernel, dtype, alignment, warps and constexprs."""
+    kernel, dtype = _unwrap(variant["kernel"]), variant["dtype"]
+    consts = {k: v for k, v in variant["consts"].items() if k != "num_warps"}
+    warps = variant["consts"].get("num_warps", 4)
+    align = "align=16" if variant.get("aligned", True) else "align=none"
+    return (f"{kernel.__name__} {_TYPE_NAMES[dtype]} {align} warps={warps} "
+            + " ".join(f"{k}={v}" for k, v in sorted(consts.items())))
+
+
 def compile_variant(variant: Dict, arch: int = 90) -> Dict:
-    """Compile one variant for ``sm_<arch>``; return its name, resources and compile time."""
+    """Compile one variant for ``sm_<arch>``; return its name, resources, compile time and
+    whether its stack use is within :func:`spill_budget` (``within_budget``)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     kernel, dtype = _unwrap(variant["kernel"]), variant["dtype"]
     consts = {k: v for k, v in variant["consts"].items() if k != "num_warps"}
     warps = variant["consts"].get("num_warps", 4)
-    label = (f"{kernel.__name__} {_TYPE_NAMES[dtype]} warps={warps} "
-             + " ".join(f"{k}={v}" for k, v in sorted(consts.items())))
+    name = label(variant)
+    attrs = _alignment_attrs(kernel, consts) if variant.get("aligned", True) else {}
     start = time.perf_counter()
     try:
-        src = ASTSource(kernel, _signature(kernel, dtype, consts), constexprs=consts)
+        src = ASTSource(kernel, _signature(kernel, dtype, consts), constexprs=consts, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": warps})
     except Exception as exc:  # report every failure, keep compiling the rest
-        return {"variant": label, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
-    result = {"variant": label, "ok": True, "seconds": round(time.perf_counter() - start, 2),
+        return {"variant": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+    result = {"variant": name, "ok": True, "seconds": round(time.perf_counter() - start, 2),
               "shared_bytes": int(compiled.metadata.shared)}
     result.update(_resources(compiled.asm["cubin"]))
+    budget = spill_budget(variant)
+    result["spill_budget"] = budget
+    result["within_budget"] = budget is None or result.get("stack_bytes", 0) <= budget
     return result
 
 
+def _compile_all(chosen: List[Dict], arch: int, jobs: int, deadline: float) -> List[Dict]:
+    """Compile ``chosen`` (in ``jobs`` processes when > 1); variants not started before
+    ``deadline`` (a ``time.perf_counter`` value) are reported as not compiled."""
+    results: List[Optional[Dict]] = [None] * len(chosen)
+    if jobs > 1:
+        import concurrent.futures as cf
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding triton state
+        with cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            futures = {pool.submit(_compile_by_index, i, _variant_key(v), arch): i
+                       for i, v in enumerate(chosen)}
+            for fut in cf.as_completed(futures):
+                results[futures[fut]] = fut.result()
+    else:
+        for i, v in enumerate(chosen):
+            if time.perf_counter() > deadline:
+                break
+            results[i] = compile_variant(v, arch)
+    return [r if r is not None else {"variant": label(v), "ok": True, "skipped": "deadline"}
+            for r, v in zip(results, chosen)]
+
+
+def _variant_key(v: Dict) -> Dict:
+    # A picklable description (kernel by name) for a worker process.
+    return dict(kernel=_unwrap(v["kernel"]).__name__, dtype=v["dtype"], consts=v["consts"],
+                aligned=v.get("aligned", True))
+
+
+_KERNELS = {k.__name__: k for k in (_unwrap(_agru_fwd_kernel), _unwrap(_agru_bwd_kernel),
+                                     _unwrap(_wgru_fwd_kernel), _unwrap(_wgru_bwd_kernel),
+                                     _unwrap(_segment_sum_kernel))}
+
+
+def _compile_by_index(index: int, key: Dict, arch: int) -> Dict:
+    return compile_variant(dict(key, kernel=_KERNELS[key["kernel"]]), arch)
+
+
 def main(argv=None) -> int:
-    """Command line: compile every variant, print one line (or a JSON list); exit 1 on failure."""
+    """Command line: compile the variants, print one line each (or a JSON list); exit 1 when one
+    fails to compile or spills past its budget."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[100, 256])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 1024])
+    parser.add_argument("--subset", choices=("full", "representative"), default="full",
+                        help="every variant the launchers can pick (default), or a "
+                             "representative subset (the fast CI test, a short GPU run)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=None,
+                        help="hidden sizes of the full matrix (default: %s)" % (HIDDEN_SIZES,))
+    parser.add_argument("--rows", type=int, nargs="+", default=None,
+                        help="row counts of the full matrix (default: %s)" % (ROWS,))
+    parser.add_argument("--unaligned", action="store_true",
+                        help="full matrix: also compile without the 16-byte pointer alignment")
+    parser.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds after which no new variant is started (serial runs); "
+                             "the rest are listed as skipped")
     parser.add_argument("--json", action="store_true", help="print a JSON list")
     args = parser.parse_args(argv)
     if _common.interpreting():
         parser.error("TRITON_INTERPRET=1 is set: the kernels are interpreted, not compiled")
-    results = [compile_variant(v, args.arch) for v in variants(args.hidden, rows=args.rows)]
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    if args.subset == "representative":
+        chosen = representative_variants()
+    else:
+        chosen = variants(args.hidden or HIDDEN_SIZES, rows=args.rows or ROWS,
+                          aligned=(True, False) if args.unaligned else (True,))
+    deadline = time.perf_counter() + (args.deadline if args.deadline else float("inf"))
+    results = _compile_all(chosen, args.arch, args.jobs, deadline)
     if args.json:
         print(json.dumps(results, indent=1))
     else:
         for r in results:
-            state = (f"regs={r.get('registers')} stack={r.get('stack_bytes')}B "
-                     f"smem={r['shared_bytes']}B {r['seconds']}s" if r["ok"] else r["error"])
-            print(f"{'ok ' if r['ok'] else 'FAIL'} {r['variant']}: {state}")
-    return 0 if all(r["ok"] for r in results) else 1
+            if r.get("skipped"):
+                state = "not compiled (deadline)"
+            elif r["ok"]:
+                state = (f"regs={r.get('registers')} stack={r.get('stack_bytes')}B "
+                         f"(budget {r.get('spill_budget')}) smem={r['shared_bytes']}B "
+                         f"{r['seconds']}s")
+            else:
+                state = r["error"]
+            flag = "ok " if r["ok"] and r.get("within_budget", True) else "FAIL"
+            print(f"{flag} {r['variant']}: {state}")
+    bad = [r for r in results if not r["ok"] or not r.get("within_budget", True)]
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

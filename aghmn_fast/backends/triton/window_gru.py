@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..glue import segment_offsets
 from ._common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
                       check_device, check_dims, check_tensor, launch, launch_constants,
                       new_buffer)
@@ -236,14 +237,10 @@ def window_gru_forward(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_h
 
 
 def _segments(windows: Tensor, num_utterances: int) -> Tuple[Tensor, Tensor]:
-    # Slots sorted by utterance (empty slots last, as segment N), each segment in slot order;
-    # offsets[s] .. offsets[s + 1] delimit segment s. Static shapes: no bincount.
+    # Slots sorted by utterance (empty slots last, as segment N), each segment in slot order.
     key = windows.reshape(-1)
     key = torch.where(key < 0, torch.full_like(key, num_utterances), key)
-    sorted_key, order = torch.sort(key, stable=True)
-    bounds = torch.arange(num_utterances + 2, dtype=key.dtype, device=key.device)
-    offsets = torch.searchsorted(sorted_key, bounds)
-    return order, offsets
+    return segment_offsets(key, num_utterances + 1)
 
 
 def window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: Tensor, output: Tensor,
