@@ -2,6 +2,7 @@
 (or MELD) dialogues, the offline reference, a real redis-server and a real server subprocess."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -9,13 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
 import pytest
 import torch
 
-from aghmn_fast.data import MELD_LABELS, Dialogue, Vocabulary, default_meld_root, load_meld
+from aghmn_fast.data import MELD_LABELS, Dialogue, Vocabulary, load_meld
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.streaming import StreamingRecognizer
 from aghmn_fast.train import build_vocabulary, encode_dialogues, predict, save_checkpoint
@@ -162,3 +164,56 @@ def stop_server(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30.
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+@contextlib.contextmanager
+def running_app(serving):
+    """Serve a ServingApp with uvicorn on a free loopback port in a thread; yields the base URL."""
+    from aghmn_fast.serving.cli import bind_socket, build_server
+
+    sock = bind_socket("127.0.0.1", 0)
+    server = build_server(serving)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the in-thread server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+async def stream_dialogues_http(base: str, dialogues, start: Dict[str, int], stop: Dict[str, int],
+                                headers=None, seed: int = 0, retry_until: float = 0.0) -> Dict[str, List[dict]]:
+    """One concurrent client per dialogue, each POSTing utterances start[id]..stop[id]-1 in order
+    (with random tiny pauses, so that the server interleaves them). A connection error is retried
+    until ``retry_until`` (a time.time()), for clients that outlive a server restart."""
+    import asyncio
+
+    import httpx
+
+    rng = random.Random(seed)
+    limits = httpx.Limits(max_connections=len(dialogues) + 1, max_keepalive_connections=len(dialogues) + 1)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
+        async def one(d, pauses):
+            out = []
+            for i in range(start[d.id], stop[d.id]):
+                await asyncio.sleep(pauses[i])
+                while True:
+                    try:
+                        r = await client.post(f"/v1/conversations/{d.id}/utterances", json={"text": d.texts[i]})
+                        break
+                    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+                        if time.time() > retry_until:
+                            raise
+                        await asyncio.sleep(0.05)
+                assert r.status_code == 200, r.text
+                out.append(r.json())
+            return d.id, out
+        tasks = [one(d, [rng.random() * 0.004 for _ in d.texts]) for d in dialogues]
+        return dict(await asyncio.gather(*tasks))

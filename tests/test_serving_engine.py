@@ -1,6 +1,5 @@
 """Serving engine and stores: exact rebuilds from the last K texts, restarts, capacity, expiry."""
 import random
-import sqlite3
 import time
 
 import pytest

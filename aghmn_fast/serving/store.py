@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 # (conversation id, index of the utterance in its conversation, text)
 Append = Tuple[str, int, str]
@@ -234,8 +234,3 @@ def open_store(url: Optional[str], window: int, ttl_seconds: Optional[float] = N
         return RedisStore(url, window, ttl_seconds=ttl_seconds)
     return SQLiteStore(url, window)
 
-
-def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
-    """Consecutive slices of at most ``size`` items."""
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
