@@ -122,6 +122,7 @@ class ServingApp:
         self._expected_auth = f"Bearer {config.token}".encode() if config.token else None
         self._observe = {r: (self.metrics.request_seconds.labels(r), {}) for r in
                          ("utterance", "batch", "delete", "stream", "metrics")}
+        self._in_flight = {r: self.metrics.in_flight.labels(r) for r in ("utterance", "batch", "stream")}
         self.app = Starlette(
             routes=[
                 Route("/v1/conversations/{cid}/utterances", self.post_utterance, methods=["POST"]),
@@ -200,13 +201,17 @@ class ServingApp:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ServingError(400, f"body is not valid JSON: {exc}") from None
 
-    async def _submit(self, items: List[Tuple[str, str]]):
+    async def _submit(self, route: str, items: List[Tuple[str, str]]):
         if self.batcher is None or not self.ready:
             raise ServingError(503, "the server is shutting down")
+        in_flight = self._in_flight[route]
+        in_flight.inc()
         try:
             return await self.batcher.submit(items)
         except Overloaded as exc:
             raise ServingError(503, f"overloaded: {exc}") from None
+        finally:
+            in_flight.dec()
 
     def _error(self, route: str, err: ServingError, start: float) -> Response:
         reason = {400: "bad_request", 401: "unauthorized", 404: "not_found", 409: "conflict",
@@ -248,7 +253,7 @@ class ServingApp:
             if not isinstance(body, dict) or "text" not in body:
                 raise ServingError(422, "body must be a JSON object with a 'text' string")
             text = check_text(body["text"], self.config.max_text_chars)
-            result = (await self._submit([(cid, text)]))[0]
+            result = (await self._submit("utterance", [(cid, text)]))[0]
             if isinstance(result, ServingError):
                 raise result
         except ServingError as err:
@@ -276,7 +281,7 @@ class ServingApp:
                                   check_text(entry.get("text"), self.config.max_text_chars)))
                 except ServingError as err:
                     raise ServingError(err.status, f"utterances[{n}]: {err.message}") from None
-            results = await self._submit(items)
+            results = await self._submit("batch", items)
         except ServingError as err:
             return self._error("batch", err, start)
         out = [{"id": cid, "error": r.message, "status": r.status} if isinstance(r, ServingError) else r
@@ -362,7 +367,7 @@ class ServingApp:
             cid = body.get("id")
             cid = check_conversation_id(cid)
             text = check_text(body.get("text"), self.config.max_text_chars)
-            result = (await self._submit([(cid, text)]))[0]
+            result = (await self._submit("stream", [(cid, text)]))[0]
             if isinstance(result, ServingError):
                 raise result
         except ServingError as err:

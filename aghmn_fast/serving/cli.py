@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import sys
 
@@ -115,6 +116,11 @@ def run_server(config) -> int:
     port = sock.getsockname()[1]
     print(f"aghmn-fast serve: http://{config.host}:{port} ({serving.restored} conversation(s) "
           f"restored from {config.state})", file=sys.stderr, flush=True)
+    # uvicorn re-raises the signal that stopped it once it has drained; with these handlers in
+    # place that re-raise is a no-op, so a clean shutdown exits 0 instead of dying by SIGTERM
+    # (or printing a KeyboardInterrupt traceback for SIGINT).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run(sockets=[sock])
     return 0
 
