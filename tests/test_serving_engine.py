@@ -1,5 +1,8 @@
 """Serving engine and stores: exact rebuilds from the last K texts, restarts, capacity, expiry."""
+import os
 import random
+import subprocess
+import sys
 import time
 
 import pytest
@@ -9,7 +12,7 @@ from aghmn_fast.serving.engine import ConversationEngine, ServingError, check_co
 from aghmn_fast.serving.store import MemoryStore, SQLiteStore, StoreConflict
 from aghmn_fast.streaming import StreamingRecognizer
 
-from serving_fixtures import (assert_matches_offline, meld_model, meld_test_third, offline_probabilities,
+from serving_fixtures import (REPO, assert_matches_offline, meld_model, meld_test_third, offline_probabilities,
                               redis_url, synthetic_dialogues, tiny_model)  # noqa: F401 (fixture)
 
 
@@ -83,19 +86,23 @@ def test_engine_equals_offline_with_restarts_on_sqlite(tmp_path):
     assert not rebuilt  # the embedded store restores everything eagerly on start
 
 
-def test_sqlite_survives_an_unclosed_connection(tmp_path):
-    """What a kill -9 leaves: committed appends without a close (the WAL is not checkpointed)."""
+def test_sqlite_survives_a_killed_writer(tmp_path):
+    """What a kill -9 leaves: committed appends, no close (the WAL is not checkpointed)."""
     path = str(tmp_path / "state.db")
+    code = ("import os, sys; from aghmn_fast.serving.store import SQLiteStore; s = SQLiteStore(sys.argv[1], 3); "
+            "s.append([('a', 0, 'one'), ('a', 1, 'two'), ('b', 0, 'x')]); s.append([('a', 2, 'three'), "
+            "('a', 3, 'four')]); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code, path], check=True, env=dict(os.environ, PYTHONPATH=REPO))
     store = SQLiteStore(path, 3)
-    store.append([("a", 0, "one"), ("a", 1, "two"), ("b", 0, "x"), ("a", 2, "three"), ("a", 3, "four")])
-    # no close(): a second connection sees exactly what was committed
-    other = SQLiteStore(path, 3)
-    assert other.load(["a", "b", "c"]) == {"a": (4, ["two", "three", "four"]), "b": (1, ["x"])}
-    assert sorted(other.ids()) == ["a", "b"]
+    assert store.load(["a", "b", "c"]) == {"a": (4, ["two", "three", "four"]), "b": (1, ["x"])}
+    assert sorted(store.ids()) == ["a", "b"]
     with pytest.raises(StoreConflict):
-        other.append([("b", 0, "again")])
-    assert other.load(["b"]) == {"b": (1, ["x"])}  # a refused batch writes nothing
-    other.close()
+        store.append([("b", 0, "again")])
+    assert store.load(["b"]) == {"b": (1, ["x"])}  # a refused batch writes nothing
+    with pytest.raises(ValueError, match="in use by another server"):
+        SQLiteStore(path, 3)
+    store.close()
+    SQLiteStore(path, 3).close()   # free again once closed
 
 
 def test_sqlite_store_refuses_another_window_and_garbage(tmp_path):
@@ -178,11 +185,14 @@ def test_meld_third_through_the_engine_with_a_restart(tmp_path):
     engines = {}
 
     def engine_at(step):
-        g = int(step >= 40)
+        g = int(step >= 20)
         if g not in engines:
+            if g:
+                engines[0].close()
             engines[g] = ConversationEngine(_rec(model), SQLiteStore(path, model.config.window))
             engines[g].restore()
         return engines[g]
 
-    got = _serve_interleaved(engine_at, dialogues, max_batch=64)
+    got = _serve_interleaved(engine_at, dialogues, max_batch=16)
+    assert len(engines) == 2 and engines[1].live > 0
     assert_matches_offline(got, dialogues, expect)

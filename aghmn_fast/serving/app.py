@@ -26,6 +26,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import os
 import time
 from typing import List, Optional, Tuple
 
@@ -64,6 +65,7 @@ class ServeConfig:
     max_batch_items: int = 1024
     threads: int = 1
     backend: Optional[str] = None
+    worker_thread: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range option."""
@@ -78,6 +80,21 @@ class ServeConfig:
             raise ValueError(f"--ttl must be > 0, got {self.ttl_seconds}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be in [0, 65535], got {self.port}")
+
+
+class _Headers:
+    """Case-insensitive lookup in raw ASGI headers (the few the fast path reads)."""
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw):
+        self._raw = raw
+
+    def get(self, name: str, default=None):
+        key = name.encode()
+        for k, v in self._raw:
+            if k.lower() == key:
+                return v.decode("latin-1")
+        return default
 
 
 def _json(status: int, payload, headers=None) -> Response:
@@ -114,7 +131,7 @@ class ServingApp:
             raise
         self.batcher = MicroBatcher(self.engine.process, max_batch=config.max_batch,
                                     max_wait_ms=config.max_wait_ms, max_queue=config.max_queue,
-                                    on_batch=self.metrics.on_batch)
+                                    on_batch=self.metrics.on_batch, worker_thread=config.worker_thread)
         self.metrics.live.set_function(lambda: self.engine.live)
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.ready = False
@@ -123,7 +140,8 @@ class ServingApp:
         self._observe = {r: (self.metrics.request_seconds.labels(r), {}) for r in
                          ("utterance", "batch", "delete", "stream", "metrics")}
         self._in_flight = {r: self.metrics.in_flight.labels(r) for r in ("utterance", "batch", "stream")}
-        self.app = Starlette(
+        self.app = self   # the ASGI app (see __call__)
+        self._starlette = Starlette(
             routes=[
                 Route("/v1/conversations/{cid}/utterances", self.post_utterance, methods=["POST"]),
                 Route("/v1/utterances", self.post_batch, methods=["POST"]),
@@ -186,18 +204,21 @@ class ServingApp:
             raise ServingError(401, "invalid bearer token")
 
     async def _json_body(self, request: Request):
+        return await self._read_json(request.headers.get("content-length"), request.stream())
+
+    async def _read_json(self, declared: Optional[str], chunks):
+        """Parse a JSON body of at most ``max_body_bytes`` (checked before and while reading)."""
         limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ServingError(413, f"request body larger than {limit} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
+        parts, size = [], 0
+        async for chunk in chunks:
             size += len(chunk)
             if size > limit:
                 raise ServingError(413, f"request body larger than {limit} bytes")
-            chunks.append(chunk)
+            parts.append(chunk)
         try:
-            return json.loads(b"".join(chunks))
+            return json.loads(b"".join(parts))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ServingError(400, f"body is not valid JSON: {exc}") from None
 
@@ -222,14 +243,16 @@ class ServingApp:
         return self._done(route, _json(err.status, {"error": err.message}, headers), start)
 
     def _done(self, route: str, response: Response, start: float) -> Response:
+        self._count(route, response.status_code, start)
+        return response
+
+    def _count(self, route: str, status: int, start: float) -> None:
         histogram, counters = self._observe[route]
         histogram.observe(time.perf_counter() - start)
-        counter = counters.get(response.status_code)
+        counter = counters.get(status)
         if counter is None:
-            counter = counters[response.status_code] = self.metrics.requests.labels(
-                route, str(response.status_code))
+            counter = counters[status] = self.metrics.requests.labels(route, str(status))
         counter.inc()
-        return response
 
     async def _http_exception(self, request, exc: HTTPException) -> Response:
         message = {404: f"no route {request.url.path}",
@@ -244,12 +267,20 @@ class ServingApp:
 
     # ---- routes --------------------------------------------------------------------------------
     async def post_utterance(self, request: Request) -> Response:
-        """``POST /v1/conversations/{id}/utterances`` ``{"text": ...}``."""
+        """``POST /v1/conversations/{id}/utterances`` ``{"text": ...}`` (through Starlette: only
+        reached by requests the fast path in :meth:`__call__` leaves alone)."""
+        status, payload, headers = await self._utterance(
+            request.headers, request.path_params["cid"], request.headers.get("content-length"),
+            request.stream())
+        return Response(payload, status, headers, media_type="application/json")
+
+    async def _utterance(self, headers, cid: str, declared: Optional[str], chunks):
+        """The utterance route: (status, JSON bytes, extra headers)."""
         start = time.perf_counter()
         try:
-            self._authorize(request.headers)
-            cid = check_conversation_id(request.path_params["cid"])
-            body = await self._json_body(request)
+            self._authorize(headers)
+            cid = check_conversation_id(cid)
+            body = await self._read_json(declared, chunks)
             if not isinstance(body, dict) or "text" not in body:
                 raise ServingError(422, "body must be a JSON object with a 'text' string")
             text = check_text(body["text"], self.config.max_text_chars)
@@ -257,9 +288,47 @@ class ServingApp:
             if isinstance(result, ServingError):
                 raise result
         except ServingError as err:
-            return self._error("utterance", err, start)
+            response = self._error("utterance", err, start)
+            return response.status_code, response.body, {k: v for k, v in response.headers.items()
+                                                          if k in ("www-authenticate", "retry-after")}
         result["latency_ms"] = round((time.perf_counter() - start) * 1e3, 4)
-        return self._done("utterance", _json(200, result), start)
+        self._count("utterance", 200, start)
+        return 200, json.dumps(result, ensure_ascii=False).encode(), None
+
+    async def __call__(self, scope, receive, send) -> None:
+        """The ASGI entry point: the hot route (``POST /v1/conversations/{id}/utterances``) is
+        served here directly, the rest by Starlette (its routing and middleware cost about as
+        much as the model at batch size 1)."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path.startswith("/v1/conversations/") and path.endswith("/utterances") and path.count("/") == 4:
+                await self._fast_utterance(scope, receive, send, path[18:-11])
+                return
+        await self._starlette(scope, receive, send)
+
+    async def _fast_utterance(self, scope, receive, send, cid: str) -> None:
+        headers = _Headers(scope["headers"])
+
+        async def chunks():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ServingError(400, "client disconnected")
+                yield message.get("body", b"")
+                if not message.get("more_body", False):
+                    return
+
+        try:
+            status, payload, extra = await self._utterance(headers, cid, headers.get("content-length"), chunks())
+        except Exception as exc:   # the engine failed: a JSON 500, like every other route
+            log.error("internal error on POST %s", scope["path"], exc_info=exc)
+            self.metrics.rejections.labels("internal").inc()
+            status, payload, extra = 500, json.dumps({"error": f"internal error: {type(exc).__name__}"}).encode(), None
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        if extra:
+            raw += [(k.encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": payload})
 
     async def post_batch(self, request: Request) -> Response:
         """``POST /v1/utterances`` ``{"utterances": [{"id": ..., "text": ...}, ...]}``."""
@@ -315,7 +384,7 @@ class ServingApp:
         """``GET /readyz``: 200 when accepting work, 503 while starting or draining."""
         if not self.ready:
             return _json(503, {"status": "not ready"})
-        return _json(200, {"status": "ready", "live_conversations": self.engine.live,
+        return _json(200, {"status": "ready", "pid": os.getpid(), "live_conversations": self.engine.live,
                            "queue_depth": self.batcher.depth if self.batcher else 0})
 
     async def render_metrics(self, request: Request) -> Response:

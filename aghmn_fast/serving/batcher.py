@@ -7,10 +7,14 @@ queued (up to ``max_batch`` utterances) forms the next batch, so batches grow wi
 themselves. ``max_wait_ms`` > 0 additionally lets a batch linger that long for companions, but
 only right after a batch of more than one utterance (that is, under load).
 
-All engine work (batches, deletes, expiry sweeps) runs on the one worker thread, in the order it
-was submitted: the engine and its recognizer are not thread-safe, and a single owner needs no
-lock. The thread releases the GIL inside the recognizer's compiled kernels, so the event loop
-parses the next requests on the other core meanwhile.
+All engine work (batches, deletes, expiry sweeps) runs in one place, in the order it was
+submitted: the engine and its recognizer are not thread-safe, and a single owner needs no lock.
+By default that place is the event loop itself (``worker_thread=False``): a batch blocks the loop
+while it computes, and the requests that arrive meanwhile wait in the sockets and form the next
+batch. A worker thread (``worker_thread=True``) lets the loop parse requests while a batch
+computes, but the two threads then contend for the GIL (Python hands it over only every
+``sys.getswitchinterval()``, 5 ms by default), which costs more than the overlap gains on a small
+machine; measure before choosing it.
 """
 from __future__ import annotations
 
@@ -50,11 +54,13 @@ class MicroBatcher:
         max_queue: the most utterances waiting; beyond it :meth:`submit` raises
             :class:`Overloaded`.
         on_batch: optional ``on_batch(n_items, seconds)`` called after every batch (metrics).
+        worker_thread: run the engine on a dedicated thread instead of the event loop (see the
+            module doc).
     """
 
     def __init__(self, process: Callable[[List[Any]], List[Any]], max_batch: int = 256,
                  max_wait_ms: float = 0.0, max_queue: int = 8192,
-                 on_batch: Optional[Callable[[int, float], None]] = None):
+                 on_batch: Optional[Callable[[int, float], None]] = None, worker_thread: bool = False):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -67,7 +73,8 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._queue: "collections.deque" = collections.deque()
         self._depth = 0          # utterances queued (not yet handed to the worker thread)
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aghmn-engine")
+        self._executor = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aghmn-engine")
+                          if worker_thread else None)
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         self._closing = False
@@ -90,7 +97,8 @@ class MicroBatcher:
             self._wake.set()
             await self._task
             self._task = None
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     async def submit(self, items: Sequence[Any]) -> List[Any]:
         """Queue items (kept together in one batch) and wait for their results."""
@@ -127,6 +135,7 @@ class MicroBatcher:
                 job = queue.popleft()
                 await self._execute(loop, job.future, job.fn)
                 continue
+            await self._settle()
             groups = self._take([])
             if self.max_wait and self._last_batch > 1:
                 deadline = time.perf_counter() + self.max_wait
@@ -146,7 +155,7 @@ class MicroBatcher:
             self._last_batch = len(items)
             start = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._executor, self._process, items)
+                results = await self._in_worker(loop, self._process, items)
             except Exception as exc:  # the engine failed as a whole: every request learns why
                 for g in groups:
                     if not g.future.done():
@@ -172,9 +181,25 @@ class MicroBatcher:
             size += len(g.items)
         return groups
 
+    async def _in_worker(self, loop, fn, *args):
+        if self._executor is None:
+            return fn(*args)
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def _settle(self) -> None:
+        """Let the event loop turn requests that already arrived into queued items (a few loop
+        iterations, until the queue stops growing), so that they join this batch. A lone request
+        costs one iteration, no timer."""
+        previous = -1
+        for _ in range(8):
+            if self._depth == previous:
+                return
+            previous = self._depth
+            await asyncio.sleep(0)
+
     async def _execute(self, loop, future, fn) -> None:
         try:
-            result = await loop.run_in_executor(self._executor, fn)
+            result = await self._in_worker(loop, fn)
         except Exception as exc:
             if not future.done():
                 future.set_exception(exc)

@@ -40,6 +40,8 @@ def add_parser(sub) -> None:
                    help="most utterances in one POST /v1/utterances (default 1024)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the engine (default 1)")
     p.add_argument("--backend", default=None, help="op backend (default: fastest available)")
+    p.add_argument("--worker-thread", action="store_true",
+                   help="run the model on its own thread instead of the event loop (see docs/SERVING.md)")
     p.add_argument("--ray", action="store_true",
                    help="deploy on Ray Serve (needs --redis); runs until interrupted")
     p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas (default 2)")
@@ -60,7 +62,8 @@ def config_from_args(args):
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_conversations=args.max_conversations, ttl_seconds=args.ttl or None,
         max_body_bytes=args.max_body_bytes, max_text_chars=args.max_text_chars,
-        max_batch_items=args.max_batch_items, threads=args.threads, backend=args.backend)
+        max_batch_items=args.max_batch_items, threads=args.threads, backend=args.backend,
+        worker_thread=args.worker_thread)
     config.validate()
     return config
 

@@ -104,7 +104,13 @@ class MemoryStore(ConversationStore):
 
 
 class SQLiteStore(ConversationStore):
-    """The embedded durable store: one SQLite database file in WAL mode.
+    """The embedded durable store: one SQLite database file in WAL mode, owned by one process.
+
+    Each conversation has a row with its utterance count and K text slots (utterance ``i`` goes
+    to slot ``i mod K``), so an append is two upserts in the batch's one transaction. The file is
+    locked exclusively while open: a second server on the same file is refused with
+    ``ValueError`` (the engine's in-memory counts are the truth only with a single writer), and
+    the lock dies with the process, so a killed server can be restarted at once.
 
     Args:
         path: the database file (created if absent; its directory must exist).
@@ -119,79 +125,92 @@ class SQLiteStore(ConversationStore):
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"state directory not found: {directory}")
+        db = None
         try:
-            # check_same_thread=False: the store is used by the engine's one worker thread, but
-            # created and closed by the server's main thread.
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-            self._db.executescript(
+            # check_same_thread=False: the engine may run on a worker thread while the server's
+            # main thread opens and closes the store.
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.5)
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            db.executescript(   # BEGIN IMMEDIATE takes the exclusive lock now, not at the first append
+                "BEGIN IMMEDIATE;"
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
                 "CREATE TABLE IF NOT EXISTS conversations (id TEXT PRIMARY KEY, count INTEGER NOT NULL,"
                 " last_seen REAL NOT NULL);"
-                "CREATE TABLE IF NOT EXISTS utterances (id TEXT NOT NULL, idx INTEGER NOT NULL,"
-                " text TEXT NOT NULL, PRIMARY KEY (id, idx)) WITHOUT ROWID;"
-                "CREATE INDEX IF NOT EXISTS by_last_seen ON conversations (last_seen);")
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'window'").fetchone()
+                "CREATE TABLE IF NOT EXISTS texts (id TEXT NOT NULL, slot INTEGER NOT NULL,"
+                " idx INTEGER NOT NULL, text TEXT NOT NULL, PRIMARY KEY (id, slot)) WITHOUT ROWID;"
+                "CREATE INDEX IF NOT EXISTS by_last_seen ON conversations (last_seen);"
+                "COMMIT;")
+            row = db.execute("SELECT value FROM meta WHERE key = 'window'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('window', ?)", (json.dumps(window),))
+        except sqlite3.OperationalError as exc:
+            if db is not None:
+                db.close()
+            if "locked" in str(exc):
+                raise ValueError(f"{path} is in use by another server (one state file per server)") from None
+            raise ValueError(f"{path} is not a usable conversation store: {exc}") from None
         except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{path} is not a usable conversation store: {exc}") from exc
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('window', ?)", (json.dumps(window),))
-        elif json.loads(row[0]) != window:
-            self._db.close()
+            if db is not None:
+                db.close()
+            raise ValueError(f"{path} is not a usable conversation store: {exc}") from None
+        if row is not None and json.loads(row[0]) != window:
+            db.close()
             raise ValueError(f"{path} holds conversations of a model with window K={row[0]}, "
                              f"this model has K={window}: use another --state file")
+        self._db = db
         self._lock = threading.Lock()
+        self._counts: Dict[str, int] = dict(db.execute("SELECT id, count FROM conversations"))
         self.path = path
 
     def load(self, conversation_ids):
         out: Dict[str, Tuple[int, List[str]]] = {}
         with self._lock:
             for cid in conversation_ids:
-                row = self._db.execute("SELECT count FROM conversations WHERE id = ?", (cid,)).fetchone()
-                if row is None:
-                    continue
-                texts = [t for (t,) in self._db.execute(
-                    "SELECT text FROM utterances WHERE id = ? ORDER BY idx", (cid,))]
-                out[cid] = (row[0], texts)
+                count = self._counts.get(cid)
+                if count is not None:
+                    out[cid] = (count, [t for (t,) in self._db.execute(
+                        "SELECT text FROM texts WHERE id = ? ORDER BY idx", (cid,))])
         return out
 
     def append(self, items):
+        # The exclusive lock makes this process the only writer, so the counts mirrored in
+        # memory are the stored ones: the index check needs no query.
+        counts = dict()
+        bad = []
+        for cid, index, _ in items:
+            if counts.get(cid, self._counts.get(cid, 0)) != index:
+                bad.append(cid)
+            counts[cid] = index + 1
+        if bad:
+            raise StoreConflict(bad)
         now = time.time()
+        K = self.window
         with self._lock:
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN")
             try:
-                expected: Dict[str, int] = {}
-                bad = []
-                for cid, index, _ in items:
-                    if cid not in expected:
-                        row = db.execute("SELECT count FROM conversations WHERE id = ?", (cid,)).fetchone()
-                        expected[cid] = 0 if row is None else row[0]
-                    if expected[cid] != index:
-                        bad.append(cid)
-                    expected[cid] = index + 1
-                if bad:
-                    raise StoreConflict(bad)
-                db.executemany("INSERT INTO utterances VALUES (?, ?, ?)", items)
-                db.executemany(
-                    "INSERT INTO conversations VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                    "count = excluded.count, last_seen = excluded.last_seen",
-                    [(cid, n, now) for cid, n in expected.items()])
-                db.executemany("DELETE FROM utterances WHERE id = ? AND idx < ?",
-                               [(cid, n - self.window) for cid, n in expected.items() if n > self.window])
+                db.executemany("INSERT OR REPLACE INTO texts VALUES (?, ?, ?, ?)",
+                               [(cid, index % K, index, text) for cid, index, text in items])
+                db.executemany("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?)",
+                               [(cid, n, now) for cid, n in counts.items()])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._counts.update(counts)
 
     def delete(self, conversation_id):
+        return bool(self._delete([conversation_id]))
+
+    def _delete(self, ids: Sequence[str]) -> List[str]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            gone = self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount
-            self._db.execute("DELETE FROM utterances WHERE id = ?", (conversation_id,))
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM conversations WHERE id = ?", [(c,) for c in ids])
+            self._db.executemany("DELETE FROM texts WHERE id = ?", [(c,) for c in ids])
             self._db.execute("COMMIT")
-        return gone > 0
+            return [c for c in ids if self._counts.pop(c, None) is not None]
 
     def ids(self):
         with self._lock:
@@ -202,12 +221,7 @@ class SQLiteStore(ConversationStore):
         with self._lock:
             gone = [c for (c,) in self._db.execute(
                 "SELECT id FROM conversations WHERE last_seen < ?", (cutoff,))]
-            if gone:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("DELETE FROM conversations WHERE id = ?", [(c,) for c in gone])
-                self._db.executemany("DELETE FROM utterances WHERE id = ?", [(c,) for c in gone])
-                self._db.execute("COMMIT")
-        return gone
+        return self._delete(gone) if gone else []
 
     def close(self):
         with self._lock:
