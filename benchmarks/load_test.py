@@ -153,8 +153,8 @@ async def http_load(base: str, texts: List[str], conversations: int, window: int
     async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as session:
         # fill the windows (untimed) through the batch route
         for r in range(window):
-            for start in range(0, conversations, 1024):
-                chunk = ids[start:start + 1024]
+            for start in range(0, conversations, 128):   # 128 texts stay under the body limit
+                chunk = ids[start:start + 128]
                 body = {"utterances": [{"id": cid, "text": texts[(c * 7 + r) % len(texts)]}
                                        for c, cid in enumerate(chunk, start)]}
                 async with session.post("/v1/utterances", json=body) as resp:
@@ -283,6 +283,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="most timed seconds per level")
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--server-args", default="", help="extra aghmn-fast serve options (one string)")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     modes = args.modes.split(",")
@@ -304,7 +305,7 @@ def main(argv=None) -> int:
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             cmd = [sys.executable, "-m", "aghmn_fast.cli", "serve", "--checkpoint", checkpoint,
-                   "--port", str(port), "--max-conversations", "1000000"]
+                   "--port", str(port), "--max-conversations", "1000000", *args.server_args.split()]
             if mode == "single":
                 cmd += ["--state", os.path.join(tmp, "state.db")]
             else:

@@ -94,7 +94,7 @@ def test_sqlite_survives_a_killed_writer(tmp_path):
             "('a', 3, 'four')]); os._exit(0)")
     subprocess.run([sys.executable, "-c", code, path], check=True, env=dict(os.environ, PYTHONPATH=REPO))
     store = SQLiteStore(path, 3)
-    assert store.load(["a", "b", "c"]) == {"a": (4, ["two", "three", "four"]), "b": (1, ["x"])}
+    assert store.load(["a", "b", "c"]) == {"a": (4, ["one", "two", "three", "four"]), "b": (1, ["x"])}
     assert sorted(store.ids()) == ["a", "b"]
     with pytest.raises(StoreConflict):
         store.append([("b", 0, "again")])
@@ -134,6 +134,33 @@ def test_capacity_delete_and_ttl():
     assert engine.process([("c", "ok")])[0]["index"] == 2
 
 
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+def test_expected_index_makes_retries_exact(store_kind, tmp_path):
+    """A retried last utterance is answered again exactly (not counted twice); out-of-sequence
+    indexes are refused; windows full and not full."""
+    model = tiny_model(window=3)
+    texts = synthetic_dialogues(1, seed=8, min_len=9, max_len=9)[0].texts
+    rec_ref = _rec(model)
+    reference = [rec_ref.push("c", t) for t in texts]
+    store = MemoryStore(3) if store_kind == "memory" else SQLiteStore(str(tmp_path / "s.db"), 3)
+    engine = ConversationEngine(_rec(model), store)
+    for n, text in enumerate(texts):
+        first = engine.process([("c", text, n)])[0]
+        again = engine.process([("c", text, n)])[0]        # the answer was "lost": retry
+        assert first["index"] == again["index"] == n and again["replayed"]
+        for r in (first, again):
+            got = torch.tensor(list(r["probabilities"].values()))
+            torch.testing.assert_close(got, torch.tensor(list(reference[n].probabilities.values())),
+                                       rtol=0, atol=1e-5)
+            assert r["label"] == reference[n].label
+        stale = engine.process([("c", "other text", n), ("c", text, n + 5)])
+        assert [e.status for e in stale] == [409, 409]
+    assert engine.replays == len(texts) and engine.live == 1
+    # several in one batch, in order, with and without indexes
+    out = engine.process([("d", "hi", 0), ("d", "yes", 1), ("d", "no"), ("d", "ok", 3), ("d", "ok", 9)])
+    assert [r["index"] if isinstance(r, dict) else r.status for r in out] == [0, 1, 2, 3, 409]
+
+
 def test_bad_items_are_refused_alone():
     with pytest.raises(ServingError) as e:
         check_conversation_id("no spaces")
@@ -168,8 +195,8 @@ def test_redis_ttl_and_delete(redis_url):
     from aghmn_fast.serving.redis_store import RedisStore
 
     store = RedisStore(redis_url, 2, ttl_seconds=1)
-    store.append([("a", 0, "x"), ("a", 1, "y"), ("a", 2, "z")])
-    assert store.load(["a"]) == {"a": (3, ["y", "z"])}
+    store.append([("a", 0, "w"), ("a", 1, "x"), ("a", 2, "y"), ("a", 3, "z")])
+    assert store.load(["a"]) == {"a": (4, ["x", "y", "z"])}   # K + 1 texts
     assert store.ids() == ["a"]
     time.sleep(1.3)
     assert store.load(["a"]) == {} and store.ids() == []

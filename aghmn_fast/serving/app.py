@@ -4,7 +4,9 @@ Routes (all answers are JSON; errors are ``{"error": message}`` with a 4xx/5xx s
 
 - ``POST /v1/conversations/{id}/utterances`` ``{"text": ...}``: the next utterance of a
   conversation (opened by its first utterance) -> ``{"id", "index", "label", "probabilities",
-  "rebuilt", "latency_ms"}``;
+  "rebuilt", "latency_ms"}``; with ``"index": n`` (optional, everywhere) a retry is safe: the
+  answer to the conversation's last utterance is given again instead of counting it twice, and
+  an index out of sequence is refused with 409;
 - ``POST /v1/utterances`` ``{"utterances": [{"id": ..., "text": ...}, ...]}``: many at once, in
   order -> ``{"predictions": [...]}`` (an item the engine refuses gets ``{"id", "error",
   "status"}`` in its place);
@@ -40,7 +42,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..streaming import StreamingRecognizer
 from .batcher import MicroBatcher, Overloaded
-from .engine import ConversationEngine, ServingError, check_conversation_id, check_text
+from .engine import ConversationEngine, ServingError, check_conversation_id, check_index, check_text
 from .metrics import ServerMetrics
 from .store import ConversationStore, open_store
 
@@ -284,7 +286,8 @@ class ServingApp:
             if not isinstance(body, dict) or "text" not in body:
                 raise ServingError(422, "body must be a JSON object with a 'text' string")
             text = check_text(body["text"], self.config.max_text_chars)
-            result = (await self._submit("utterance", [(cid, text)]))[0]
+            index = check_index(body.get("index"))
+            result = (await self._submit("utterance", [(cid, text, index)]))[0]
             if isinstance(result, ServingError):
                 raise result
         except ServingError as err:
@@ -347,14 +350,15 @@ class ServingApp:
                     if not isinstance(entry, dict):
                         raise ServingError(422, "must be an object with 'id' and 'text'")
                     items.append((check_conversation_id(entry.get("id")),
-                                  check_text(entry.get("text"), self.config.max_text_chars)))
+                                  check_text(entry.get("text"), self.config.max_text_chars),
+                                  check_index(entry.get("index"))))
                 except ServingError as err:
                     raise ServingError(err.status, f"utterances[{n}]: {err.message}") from None
             results = await self._submit("batch", items)
         except ServingError as err:
             return self._error("batch", err, start)
-        out = [{"id": cid, "error": r.message, "status": r.status} if isinstance(r, ServingError) else r
-               for (cid, _), r in zip(items, results)]
+        out = [{"id": item[0], "error": r.message, "status": r.status} if isinstance(r, ServingError) else r
+               for item, r in zip(items, results)]
         return self._done("batch", _json(200, {"predictions": out, "latency_ms": round(
             (time.perf_counter() - start) * 1e3, 4)}), start)
 
@@ -436,7 +440,8 @@ class ServingApp:
             cid = body.get("id")
             cid = check_conversation_id(cid)
             text = check_text(body.get("text"), self.config.max_text_chars)
-            result = (await self._submit("stream", [(cid, text)]))[0]
+            index = check_index(body.get("index"))
+            result = (await self._submit("stream", [(cid, text, index)]))[0]
             if isinstance(result, ServingError):
                 raise result
         except ServingError as err:

@@ -101,7 +101,7 @@ def build_server(serving):
     return uvicorn.Server(uvicorn.Config(
         serving.app, lifespan="on", log_level="warning", access_log=False, ws="websockets-sansio",
         ws_max_size=serving.config.max_body_bytes, backlog=4096, timeout_graceful_shutdown=30,
-        timeout_keep_alive=75,
+        timeout_keep_alive=75, proxy_headers=False,
         **extras))
 
 
@@ -116,6 +116,10 @@ def run_server(config) -> int:
         sock.close()
         raise
     server = build_server(serving)
+    if config.worker_thread:
+        # the engine thread must get the GIL back soon after each kernel call, not after the
+        # default 5 ms the busy event-loop thread may keep it
+        sys.setswitchinterval(float(os.environ.get("AGHMN_SWITCH_INTERVAL", "0.0002")))
     port = sock.getsockname()[1]
     print(f"aghmn-fast serve: http://{config.host}:{port} ({serving.restored} conversation(s) "
           f"restored from {config.state})", file=sys.stderr, flush=True)

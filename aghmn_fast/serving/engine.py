@@ -54,6 +54,13 @@ def check_text(text, max_chars: int) -> str:
     return text
 
 
+def check_index(index) -> Optional[int]:
+    """The optional expected utterance index: None or an int >= 0; else ServingError(422)."""
+    if index is None or (isinstance(index, int) and not isinstance(index, bool) and index >= 0):
+        return index
+    raise ServingError(422, "'index' must be an integer >= 0 (the utterance's expected index)")
+
+
 Result = Union[dict, ServingError]
 
 
@@ -87,7 +94,7 @@ class ConversationEngine:
         self.stats = stats
         self._count: Dict[str, int] = {}                 # in memory: true utterances seen
         self._used: "collections.OrderedDict[str, float]" = collections.OrderedDict()  # LRU order
-        self.hits = self.rebuilds = self.new_conversations = 0
+        self.hits = self.rebuilds = self.new_conversations = self.replays = 0
 
     # ---- public --------------------------------------------------------------------------------
     @property
@@ -113,18 +120,38 @@ class ConversationEngine:
             self._rebuild(stored)
         return len(ids)
 
-    def process(self, items: Sequence[Tuple[str, str]], _retry: bool = True) -> List[Result]:
-        """Classify a batch of (conversation id, text); one result per item, in order.
+    def process(self, items: Sequence[Tuple], _retry: bool = True) -> List[Result]:
+        """Classify a batch of (conversation id, text[, expected index]); one result per item.
 
         A result is a dict (``id``, ``index``, ``label``, ``probabilities``, ``rebuilt``) or a
         :class:`ServingError` for that item alone; the other items are served.
+
+        An expected index makes retries safe: if it is the conversation's next index the
+        utterance is served as usual; if it is the index of the conversation's last utterance
+        and the text is the same (a retry whose first answer was lost), that answer is computed
+        again, exactly, without storing anything (``"replayed": true``); otherwise the item is
+        refused with 409.
         """
         results: List[Optional[Result]] = [None] * len(items)
-        stored = self._load([cid for cid, _ in items])
+        stored = self._load([item[0] for item in items])
         accepted: List[int] = []
+        replays: List[int] = []
         rebuild: Dict[str, Tuple[int, List[str]]] = {}
         admitted_new = set()
-        for i, (cid, _) in enumerate(items):
+        next_index: Dict[str, int] = {}
+        for i, item in enumerate(items):
+            cid = item[0]
+            expected = item[2] if len(item) > 2 else None
+            first = cid not in next_index
+            if first:
+                next_index[cid] = self._count[cid] if cid in self._count else stored.get(cid, (0,))[0]
+            if expected is not None and expected != next_index[cid]:
+                if first and expected == next_index[cid] - 1:
+                    replays.append(i)
+                else:
+                    results[i] = ServingError(409, f"conversation {cid} is at utterance index "
+                                                   f"{next_index[cid]}, not {expected}")
+                continue
             if cid in self._count or cid in rebuild or cid in admitted_new:
                 accepted.append(i)
             elif cid in stored:
@@ -137,12 +164,17 @@ class ConversationEngine:
             else:
                 results[i] = ServingError(429, f"too many live conversations (limit "
                                                f"{self.max_conversations}); retry later or close some")
+                continue
+            next_index[cid] += 1
+        for i in replays:
+            results[i] = self._replay(items[i][0], items[i][1], items[i][2])
         if not accepted:
             return results
-        batch = [items[i] for i in accepted]
+        batch = [(items[i][0], items[i][1]) for i in accepted]
         involved = {cid for cid, _ in batch}
+        K = self.window
         try:
-            replay = [(cid, text) for cid, (_, texts) in rebuild.items() for text in texts]
+            replay = [(cid, text) for cid, (_, texts) in rebuild.items() for text in texts[-K:]]
             predictions = self.recognizer.push_many(replay + batch)[len(replay):]
         except Exception:
             self._forget(involved)   # the recognizer may be part-way: rebuild from the store later
@@ -236,8 +268,30 @@ class ConversationEngine:
         self._forget(stale)
         return {c: v for c, v in stored.items() if c not in self._count}
 
+    def _replay(self, cid: str, text: str, index: int) -> Result:
+        """The answer to utterance ``index`` (the conversation's last) computed again from the
+        stored texts: the K before it and itself (the store keeps K + 1)."""
+        stored = self.store.load([cid]).get(cid)
+        if stored is None or stored[0] != index + 1 or stored[1][-1] != text:
+            return ServingError(409, f"utterance {index} of conversation {cid} is not this text; "
+                                     "cannot replay it")
+        scratch = ("replay", cid)   # a tuple: never one of the str ids of real conversations
+        try:
+            predictions = self.recognizer.push_many(
+                [(scratch, t) for t in stored[1][:-1][-self.window:]] + [(scratch, text)])
+        finally:
+            try:
+                self.recognizer.close(scratch)
+            except KeyError:
+                pass
+        out = predictions[-1].to_dict()
+        out.pop("latency_ms", None)
+        out.update(id=cid, index=index, rebuilt=True, replayed=True)
+        self.replays += 1
+        return out
+
     def _rebuild(self, stored: Dict[str, Tuple[int, List[str]]]) -> None:
-        replay = [(cid, text) for cid, (_, texts) in stored.items() for text in texts]
+        replay = [(cid, text) for cid, (_, texts) in stored.items() for text in texts[-self.window:]]
         try:
             self.recognizer.push_many(replay)
         except Exception:

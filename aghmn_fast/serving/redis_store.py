@@ -1,7 +1,7 @@
 """The Redis conversation store, shared by every replica of a Ray Serve deployment.
 
 Per conversation two keys: ``{prefix}n:{id}`` (the utterance count) and ``{prefix}t:{id}`` (a list
-of its last K texts); a sorted set ``{prefix}ids`` scores every id by its last activity. A batch
+of its last K + 1 texts); a sorted set ``{prefix}ids`` scores every id by its last activity. A batch
 is appended by one Lua script, atomically and only if every stored count equals the index the
 replica computed: a replica whose in-memory copy is stale can never interleave a conversation
 (it gets :class:`~aghmn_fast.serving.store.StoreConflict` and rebuilds).
@@ -48,7 +48,7 @@ class RedisStore(ConversationStore):
 
     Args:
         url: ``redis://host:port/db`` (or ``unix://``).
-        window: K, the number of texts kept per conversation; a server holding conversations of
+        window: K (K + 1 texts are kept per conversation); a server holding conversations of
             another K (recorded under ``{prefix}window``) is refused with ``ValueError``.
         ttl_seconds: idle expiry, applied by Redis itself to both keys (None: never).
         prefix: key prefix, so that several deployments can share a server.
@@ -98,7 +98,7 @@ class RedisStore(ConversationStore):
         if not items:
             return
         keys: List[str] = []
-        args: List = [self.window, self.ttl, time.time()]
+        args: List = [self.window + 1, self.ttl, time.time()]
         for cid, index, text in items:
             keys.extend(self._keys(cid))
             args.extend((cid, index, text))

@@ -1,7 +1,7 @@
-"""Durable conversation stores: the last K utterance texts and the true utterance count of each
-live conversation, from which :class:`~aghmn_fast.serving.engine.ConversationEngine` rebuilds a
+"""Durable conversation stores: the last K + 1 utterance texts and the true utterance count of
+each live conversation, from which :class:`~aghmn_fast.serving.engine.ConversationEngine` rebuilds a
 conversation exactly (the recognizer's state for the next utterance is a function of the last K
-texts only).
+texts only; the one more lets the engine answer a retried last utterance again, exactly).
 
 Two implementations share one small interface:
 
@@ -41,7 +41,7 @@ class ConversationStore:
     shared = False
 
     def load(self, conversation_ids: Sequence[str]) -> Dict[str, Tuple[int, List[str]]]:
-        """``{id: (utterance count, last K texts oldest first)}`` for the ids that are stored."""
+        """``{id: (utterance count, last K + 1 texts oldest first)}`` for the ids that are stored."""
         raise NotImplementedError
 
     def append(self, items: Sequence[Append]) -> None:
@@ -69,6 +69,7 @@ class MemoryStore(ConversationStore):
 
     def __init__(self, window: int):
         self.window = _check_window(window)
+        self.keep = window + 1
         self._data: Dict[str, Tuple[int, List[str], float]] = {}
 
     def load(self, conversation_ids):
@@ -87,7 +88,7 @@ class MemoryStore(ConversationStore):
         for cid, index, text in items:
             texts = self._data.get(cid, (0, [], now))[1]
             texts.append(text)
-            self._data[cid] = (index + 1, texts[-self.window:], now)
+            self._data[cid] = (index + 1, texts[-self.keep:], now)
 
     def delete(self, conversation_id):
         return self._data.pop(conversation_id, None) is not None
@@ -106,15 +107,15 @@ class MemoryStore(ConversationStore):
 class SQLiteStore(ConversationStore):
     """The embedded durable store: one SQLite database file in WAL mode, owned by one process.
 
-    Each conversation has a row with its utterance count and K text slots (utterance ``i`` goes
-    to slot ``i mod K``), so an append is two upserts in the batch's one transaction. The file is
+    Each conversation has a row with its utterance count and K + 1 text slots (utterance ``i``
+    goes to slot ``i mod (K + 1)``), so an append is two upserts in the batch's one transaction. The file is
     locked exclusively while open: a second server on the same file is refused with
     ``ValueError`` (the engine's in-memory counts are the truth only with a single writer), and
     the lock dies with the process, so a killed server can be restarted at once.
 
     Args:
         path: the database file (created if absent; its directory must exist).
-        window: K, the number of texts kept per conversation. A file written for another K is
+        window: K (K + 1 texts are kept per conversation). A file written for another K is
             refused with ``ValueError`` (rebuilding with fewer texts than K would not be exact).
         fsync: also survive an operating-system crash (``synchronous=FULL``); the default
             survives a crash or ``kill -9`` of the server process.
@@ -186,13 +187,13 @@ class SQLiteStore(ConversationStore):
         if bad:
             raise StoreConflict(bad)
         now = time.time()
-        K = self.window
+        keep = self.window + 1
         with self._lock:
             db = self._db
             db.execute("BEGIN")
             try:
                 db.executemany("INSERT OR REPLACE INTO texts VALUES (?, ?, ?, ?)",
-                               [(cid, index % K, index, text) for cid, index, text in items])
+                               [(cid, index % keep, index, text) for cid, index, text in items])
                 db.executemany("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?)",
                                [(cid, n, now) for cid, n in counts.items()])
                 db.execute("COMMIT")
