@@ -1,0 +1,467 @@
+"""The ASGI app of ``aghmn-fast serve`` (Starlette): routes, limits, token, metrics, lifecycle.
+
+Routes (all answers are JSON; errors are ``{"error": message}`` with a 4xx/5xx status):
+
+- ``POST /v1/conversations/{id}/utterances`` ``{"text": ...}``: the next utterance of a
+  conversation (opened by its first utterance) -> ``{"id", "index", "label", "probabilities",
+  "rebuilt", "latency_ms"}``; with ``"index": n`` (optional, everywhere) a retry is safe: the
+  answer to the conversation's last utterance is given again instead of counting it twice, and
+  an index out of sequence is refused with 409;
+- ``POST /v1/utterances`` ``{"utterances": [{"id": ..., "text": ...}, ...]}``: many at once, in
+  order -> ``{"predictions": [...]}`` (an item the engine refuses gets ``{"id", "error",
+  "status"}`` in its place);
+- ``DELETE /v1/conversations/{id}``: forget a conversation;
+- ``WS /v1/stream``: JSON messages ``{"id", "text"}`` in, one prediction (or error) out per
+  message, in order; messages may be pipelined;
+- ``GET /healthz`` (the process is up), ``GET /readyz`` (model loaded, state restored, not
+  draining), ``GET /metrics`` (Prometheus).
+
+With a token (``--token`` / ``$AGHMN_SERVE_TOKEN``) every route except ``/healthz`` and
+``/readyz`` requires ``Authorization: Bearer <token>`` (WebSocket clients that cannot set headers
+may pass ``?token=``).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import logging
+import os
+import time
+from typing import List, Optional, Tuple
+
+import torch
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..streaming import StreamingRecognizer
+from .batcher import MicroBatcher, Overloaded
+from .engine import ConversationEngine, ServingError, check_conversation_id, check_index, check_text
+from .metrics import ServerMetrics
+from .store import ConversationStore, open_store
+
+log = logging.getLogger("aghmn_fast.serving")
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """Everything ``aghmn-fast serve`` can be told (the CLI options map one to one)."""
+    checkpoint: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    state: Optional[str] = "aghmn-serve-state.db"   # SQLite file, "memory", or a redis:// URL
+    token: Optional[str] = None
+    max_batch: int = 256
+    max_wait_ms: float = 0.0
+    max_queue: int = 8192
+    max_conversations: int = 100_000
+    ttl_seconds: Optional[float] = 3600.0
+    max_body_bytes: int = 65_536
+    max_text_chars: int = 10_000
+    max_batch_items: int = 1024
+    threads: int = 1
+    backend: Optional[str] = None
+    worker_thread: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first out-of-range option."""
+        positive = ("max_batch", "max_queue", "max_conversations", "max_body_bytes", "max_text_chars",
+                    "max_batch_items", "threads")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
+        if self.ttl_seconds is not None and self.ttl_seconds <= 0:
+            raise ValueError(f"--ttl must be > 0, got {self.ttl_seconds}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be in [0, 65535], got {self.port}")
+
+
+class _Headers:
+    """Case-insensitive lookup in raw ASGI headers (the few the fast path reads)."""
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw):
+        self._raw = raw
+
+    def get(self, name: str, default=None):
+        key = name.encode()
+        for k, v in self._raw:
+            if k.lower() == key:
+                return v.decode("latin-1")
+        return default
+
+
+def _json(status: int, payload, headers=None) -> Response:
+    return Response(json.dumps(payload, ensure_ascii=False).encode(), status, headers,
+                    media_type="application/json")
+
+
+class ServingApp:
+    """One model served over HTTP and WebSocket: builds the engine, batcher, metrics and routes.
+
+    Construction loads the checkpoint and restores the stored conversations (so that a bad
+    checkpoint or state file fails before any port is opened); :attr:`app` is the ASGI app,
+    whose lifespan starts the batcher and, on shutdown, finishes queued work and closes the store.
+
+    Args:
+        config: the options.
+        store: a store to use instead of the one ``config.state`` names (tests, Ray).
+    """
+
+    def __init__(self, config: ServeConfig, store: Optional[ConversationStore] = None):
+        config.validate()
+        self.config = config
+        torch.set_num_threads(config.threads)
+        recognizer = StreamingRecognizer.from_checkpoint(config.checkpoint, backend=config.backend)
+        self.metrics = ServerMetrics()
+        if store is None:
+            store = open_store(config.state, recognizer.window, config.ttl_seconds)
+        self.engine = ConversationEngine(recognizer, store, max_conversations=config.max_conversations,
+                                         ttl_seconds=config.ttl_seconds, stats=self.metrics)
+        try:
+            self.restored = self.engine.restore()
+        except Exception:
+            store.close()
+            raise
+        self.batcher = MicroBatcher(self.engine.process, max_batch=config.max_batch,
+                                    max_wait_ms=config.max_wait_ms, max_queue=config.max_queue,
+                                    on_batch=self.metrics.on_batch, worker_thread=config.worker_thread)
+        self.metrics.live.set_function(lambda: self.engine.live)
+        self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        self.ready = False
+        self._sweeper: Optional[asyncio.Task] = None
+        self._expected_auth = f"Bearer {config.token}".encode() if config.token else None
+        self._observe = {r: (self.metrics.request_seconds.labels(r), {}) for r in
+                         ("utterance", "batch", "delete", "stream", "metrics")}
+        self._in_flight = {r: self.metrics.in_flight.labels(r) for r in ("utterance", "batch", "stream")}
+        self.app = self   # the ASGI app (see __call__)
+        self._starlette = Starlette(
+            routes=[
+                Route("/v1/conversations/{cid}/utterances", self.post_utterance, methods=["POST"]),
+                Route("/v1/utterances", self.post_batch, methods=["POST"]),
+                Route("/v1/conversations/{cid}", self.delete_conversation, methods=["DELETE"]),
+                WebSocketRoute("/v1/stream", self.stream),
+                Route("/healthz", self.healthz, methods=["GET"]),
+                Route("/readyz", self.readyz, methods=["GET"]),
+                Route("/metrics", self.render_metrics, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: self._http_exception, Exception: self._internal_error},
+            lifespan=self._lifespan)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app):
+        self.batcher.start()
+        if self.config.ttl_seconds is not None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self.ready = True
+        log.info("serving %s: %d conversation(s) restored", self.config.checkpoint, self.restored)
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop taking work, finish what is queued, close the store (idempotent)."""
+        self.ready = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self.batcher is not None:
+            batcher, self.batcher = self.batcher, None
+            await batcher.stop()
+            self.engine.close()
+
+    async def _sweep(self) -> None:
+        interval = min(30.0, max(0.05, self.config.ttl_seconds / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                n = await self.batcher.call(self.engine.expire)
+                if n:
+                    log.info("expired %d idle conversation(s)", n)
+            except Overloaded:
+                return
+            except Exception:   # a store hiccup must not end expiry for good
+                log.exception("expiry sweep failed")
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def _authorize(self, headers, query_token: Optional[str] = None) -> None:
+        if self._expected_auth is None:
+            return
+        given = headers.get("authorization")
+        if given is None and query_token is not None:
+            given = f"Bearer {query_token}"
+        if given is None:
+            raise ServingError(401, "missing bearer token (Authorization: Bearer <token>)")
+        if not hmac.compare_digest(given.encode(), self._expected_auth):
+            raise ServingError(401, "invalid bearer token")
+
+    async def _json_body(self, request: Request):
+        return await self._read_json(request.headers.get("content-length"), request.stream())
+
+    async def _read_json(self, declared: Optional[str], chunks):
+        """Parse a JSON body of at most ``max_body_bytes`` (checked before and while reading)."""
+        limit = self.config.max_body_bytes
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ServingError(413, f"request body larger than {limit} bytes")
+        parts, size = [], 0
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise ServingError(413, f"request body larger than {limit} bytes")
+            parts.append(chunk)
+        try:
+            return json.loads(b"".join(parts))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ServingError(400, f"body is not valid JSON: {exc}") from None
+
+    async def _submit(self, route: str, items: List[Tuple[str, str]]):
+        if self.batcher is None or not self.ready:
+            raise ServingError(503, "the server is shutting down")
+        in_flight = self._in_flight[route]
+        in_flight.inc()
+        try:
+            return await self.batcher.submit(items)
+        except Overloaded as exc:
+            raise ServingError(503, f"overloaded: {exc}") from None
+        finally:
+            in_flight.dec()
+
+    def _error(self, route: str, err: ServingError, start: float) -> Response:
+        reason = {400: "bad_request", 401: "unauthorized", 404: "not_found", 409: "conflict",
+                  413: "too_large", 422: "invalid", 429: "capacity", 503: "unavailable"}
+        self.metrics.rejections.labels(reason.get(err.status, str(err.status))).inc()
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else (
+            {"Retry-After": "1"} if err.status in (429, 503) else None)
+        return self._done(route, _json(err.status, {"error": err.message}, headers), start)
+
+    def _done(self, route: str, response: Response, start: float) -> Response:
+        self._count(route, response.status_code, start)
+        return response
+
+    def _count(self, route: str, status: int, start: float) -> None:
+        histogram, counters = self._observe[route]
+        histogram.observe(time.perf_counter() - start)
+        counter = counters.get(status)
+        if counter is None:
+            counter = counters[status] = self.metrics.requests.labels(route, str(status))
+        counter.inc()
+
+    async def _http_exception(self, request, exc: HTTPException) -> Response:
+        message = {404: f"no route {request.url.path}",
+                   405: f"method {request.method} not allowed on {request.url.path}"}
+        self.metrics.rejections.labels("no_route" if exc.status_code == 404 else "method").inc()
+        return _json(exc.status_code, {"error": message.get(exc.status_code, exc.detail)}, exc.headers)
+
+    async def _internal_error(self, request, exc: Exception) -> Response:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        self.metrics.rejections.labels("internal").inc()
+        return _json(500, {"error": f"internal error: {type(exc).__name__}"})
+
+    # ---- routes --------------------------------------------------------------------------------
+    async def post_utterance(self, request: Request) -> Response:
+        """``POST /v1/conversations/{id}/utterances`` ``{"text": ...}`` (through Starlette: only
+        reached by requests the fast path in :meth:`__call__` leaves alone)."""
+        status, payload, headers = await self._utterance(
+            request.headers, request.path_params["cid"], request.headers.get("content-length"),
+            request.stream())
+        return Response(payload, status, headers, media_type="application/json")
+
+    async def _utterance(self, headers, cid: str, declared: Optional[str], chunks):
+        """The utterance route: (status, JSON bytes, extra headers)."""
+        start = time.perf_counter()
+        try:
+            self._authorize(headers)
+            cid = check_conversation_id(cid)
+            body = await self._read_json(declared, chunks)
+            if not isinstance(body, dict) or "text" not in body:
+                raise ServingError(422, "body must be a JSON object with a 'text' string")
+            text = check_text(body["text"], self.config.max_text_chars)
+            index = check_index(body.get("index"))
+            result = (await self._submit("utterance", [(cid, text, index)]))[0]
+            if isinstance(result, ServingError):
+                raise result
+        except ServingError as err:
+            response = self._error("utterance", err, start)
+            return response.status_code, response.body, {k: v for k, v in response.headers.items()
+                                                          if k in ("www-authenticate", "retry-after")}
+        result["latency_ms"] = round((time.perf_counter() - start) * 1e3, 4)
+        self._count("utterance", 200, start)
+        return 200, json.dumps(result, ensure_ascii=False).encode(), None
+
+    async def __call__(self, scope, receive, send) -> None:
+        """The ASGI entry point: the hot route (``POST /v1/conversations/{id}/utterances``) is
+        served here directly, the rest by Starlette (its routing and middleware cost about as
+        much as the model at batch size 1)."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path.startswith("/v1/conversations/") and path.endswith("/utterances") and path.count("/") == 4:
+                await self._fast_utterance(scope, receive, send, path[18:-11])
+                return
+        await self._starlette(scope, receive, send)
+
+    async def _fast_utterance(self, scope, receive, send, cid: str) -> None:
+        headers = _Headers(scope["headers"])
+
+        async def chunks():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ServingError(400, "client disconnected")
+                yield message.get("body", b"")
+                if not message.get("more_body", False):
+                    return
+
+        try:
+            status, payload, extra = await self._utterance(headers, cid, headers.get("content-length"), chunks())
+        except Exception as exc:   # the engine failed: a JSON 500, like every other route
+            log.error("internal error on POST %s", scope["path"], exc_info=exc)
+            self.metrics.rejections.labels("internal").inc()
+            status, payload, extra = 500, json.dumps({"error": f"internal error: {type(exc).__name__}"}).encode(), None
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        if extra:
+            raw += [(k.encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def post_batch(self, request: Request) -> Response:
+        """``POST /v1/utterances`` ``{"utterances": [{"id": ..., "text": ...}, ...]}``."""
+        start = time.perf_counter()
+        try:
+            self._authorize(request.headers)
+            body = await self._json_body(request)
+            entries = body.get("utterances") if isinstance(body, dict) else None
+            if not isinstance(entries, list) or not entries:
+                raise ServingError(422, "body must be {\"utterances\": [{\"id\": ..., \"text\": ...}, ...]}")
+            if len(entries) > self.config.max_batch_items:
+                raise ServingError(413, f"more than {self.config.max_batch_items} utterances in one request")
+            items = []
+            for n, entry in enumerate(entries):
+                try:
+                    if not isinstance(entry, dict):
+                        raise ServingError(422, "must be an object with 'id' and 'text'")
+                    items.append((check_conversation_id(entry.get("id")),
+                                  check_text(entry.get("text"), self.config.max_text_chars),
+                                  check_index(entry.get("index"))))
+                except ServingError as err:
+                    raise ServingError(err.status, f"utterances[{n}]: {err.message}") from None
+            results = await self._submit("batch", items)
+        except ServingError as err:
+            return self._error("batch", err, start)
+        out = [{"id": item[0], "error": r.message, "status": r.status} if isinstance(r, ServingError) else r
+               for item, r in zip(items, results)]
+        return self._done("batch", _json(200, {"predictions": out, "latency_ms": round(
+            (time.perf_counter() - start) * 1e3, 4)}), start)
+
+    async def delete_conversation(self, request: Request) -> Response:
+        """``DELETE /v1/conversations/{id}``: 200 if it existed, else 404."""
+        start = time.perf_counter()
+        try:
+            self._authorize(request.headers)
+            cid = check_conversation_id(request.path_params["cid"])
+            if self.batcher is None:
+                raise ServingError(503, "the server is shutting down")
+            try:
+                existed = await self.batcher.call(lambda: self.engine.delete(cid))
+            except Overloaded as exc:
+                raise ServingError(503, str(exc)) from None
+            if not existed:
+                raise ServingError(404, f"no conversation {cid}")
+        except ServingError as err:
+            return self._error("delete", err, start)
+        return self._done("delete", _json(200, {"id": cid, "deleted": True}), start)
+
+    async def healthz(self, request: Request) -> Response:
+        """``GET /healthz``: the process answers (no token needed)."""
+        return _json(200, {"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """``GET /readyz``: 200 when accepting work, 503 while starting or draining."""
+        if not self.ready:
+            return _json(503, {"status": "not ready"})
+        return _json(200, {"status": "ready", "pid": os.getpid(), "live_conversations": self.engine.live,
+                           "queue_depth": self.batcher.depth if self.batcher else 0})
+
+    async def render_metrics(self, request: Request) -> Response:
+        """``GET /metrics``: the Prometheus text format."""
+        start = time.perf_counter()
+        try:
+            self._authorize(request.headers)
+        except ServingError as err:
+            return self._error("metrics", err, start)
+        return self._done("metrics", Response(self.metrics.render(), 200,
+                                              media_type=self.metrics.content_type), start)
+
+    async def stream(self, websocket: WebSocket) -> None:
+        """``WS /v1/stream``: ``{"id", "text"}`` messages in, predictions out in the same order."""
+        try:
+            self._authorize(websocket.headers, websocket.query_params.get("token"))
+        except ServingError as err:
+            self.metrics.rejections.labels("unauthorized").inc()
+            await websocket.close(code=1008, reason=err.message)
+            return
+        await websocket.accept()
+        # at most 1,024 answers outstanding per connection: a client that never reads stalls
+        # itself, not the server
+        answers: asyncio.Queue = asyncio.Queue(maxsize=1024)
+        writer = asyncio.get_running_loop().create_task(self._stream_writer(websocket, answers))
+        try:
+            while True:
+                message = await websocket.receive_text()
+                await answers.put(asyncio.ensure_future(self._stream_one(message)))
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            await answers.put(None)
+            with contextlib.suppress(Exception):
+                await writer
+
+    async def _stream_one(self, message: str) -> dict:
+        start = time.perf_counter()
+        cid = None
+        try:
+            if len(message) > self.config.max_body_bytes:
+                raise ServingError(413, f"message larger than {self.config.max_body_bytes} bytes")
+            try:
+                body = json.loads(message)
+            except ValueError as exc:
+                raise ServingError(400, f"message is not valid JSON: {exc}") from None
+            if not isinstance(body, dict):
+                raise ServingError(422, "message must be an object with 'id' and 'text'")
+            cid = body.get("id")
+            cid = check_conversation_id(cid)
+            text = check_text(body.get("text"), self.config.max_text_chars)
+            index = check_index(body.get("index"))
+            result = (await self._submit("stream", [(cid, text, index)]))[0]
+            if isinstance(result, ServingError):
+                raise result
+        except ServingError as err:
+            self._error("stream", err, start)
+            return {"id": cid, "error": err.message, "status": err.status}
+        result["latency_ms"] = round((time.perf_counter() - start) * 1e3, 4)
+        self._done("stream", Response(status_code=200), start)
+        return result
+
+    async def _stream_writer(self, websocket: WebSocket, answers: asyncio.Queue) -> None:
+        while True:
+            pending = await answers.get()
+            if pending is None:
+                return
+            try:
+                payload = await pending
+            except Exception as exc:   # an engine failure: tell the client, keep the connection
+                log.exception("stream request failed")
+                payload = {"error": f"internal error: {type(exc).__name__}", "status": 500}
+            try:
+                await websocket.send_text(json.dumps(payload, ensure_ascii=False))
+            except Exception:
+                return   # the client left; remaining answers are dropped

@@ -1,0 +1,52 @@
+"""Prometheus metrics of one server (its own registry, so that several apps can live in a process)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class ServerMetrics:
+    """The metrics ``/metrics`` exposes (names start with ``aghmn_``; see docs/SERVING.md)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.request_seconds = Histogram("aghmn_request_seconds", "Request latency in the server, by route",
+                                         ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.requests = Counter("aghmn_requests", "Requests answered, by route and HTTP status",
+                                ["route", "status"], registry=r)
+        self.rejections = Counter("aghmn_rejections", "Requests refused, by reason", ["reason"], registry=r)
+        self.batch_size = Histogram("aghmn_batch_size", "Utterances per engine batch",
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("aghmn_batch_seconds", "Engine time per batch",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.utterances = Counter("aghmn_utterances", "Utterances classified", registry=r)
+        self.conversations = Counter(
+            "aghmn_conversation_lookups",
+            "Conversations per batch by where their state came from: memory (hit), store (rebuilt), new",
+            ["source"], registry=r)
+        self.live = Gauge("aghmn_live_conversations", "Conversations held in memory", registry=r)
+        self.in_flight = Gauge("aghmn_in_flight_requests", "Requests waiting for the engine, by route",
+                               ["route"], registry=r)
+        self.queue_depth = Gauge("aghmn_queue_depth", "Utterances waiting for the engine", registry=r)
+        self._sources = [self.conversations.labels(s) for s in ("hit", "rebuilt", "new")]
+
+    def record(self, hits: int, rebuilds: int, new: int) -> None:
+        """Engine callback: where the conversations of one batch came from."""
+        for counter, n in zip(self._sources, (hits, rebuilds, new)):
+            if n:
+                counter.inc(n)
+
+    def on_batch(self, size: int, seconds: float) -> None:
+        """Batcher callback: one engine batch done."""
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+        self.utterances.inc(size)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,94 @@
+"""The serving app on Ray Serve: N replicas of :class:`~aghmn_fast.serving.app.ServingApp`, one
+Redis store shared by all of them, and conversation-affine routing.
+
+Routing: the deployment uses Ray Serve's consistent-hash request router keyed on the
+``X-Session-Id`` header; clients put the conversation id there, so every request of a
+conversation reaches the replica that holds it in memory while that replica is alive. Requests
+without the header, or that land elsewhere after a replica died, are still answered exactly: the
+replica rebuilds the conversation from its last K texts in Redis (and a stale in-memory copy is
+detected by comparing counts with Redis). ``aghmn_conversation_lookups_total{source=...}`` counts
+memory hits and rebuilds per replica; responses carry ``"rebuilt": true`` when a rebuild happened.
+
+Use ``aghmn-fast serve --ray --redis redis://HOST:PORT ...`` or, from Python,
+``serve.run(build_app(config, replicas, redis_url), route_prefix="/")``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+from typing import Optional
+
+ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
+SESSION_HEADER = "X-Session-Id"
+
+
+class AGHMNReplica:
+    """One Ray Serve replica: a ServingApp whose store is the shared Redis."""
+
+    def __init__(self, config: dict):
+        from .app import ServeConfig, ServingApp
+        self.serving = ServingApp(ServeConfig(**config))
+
+    def __serve_build_asgi_app__(self):
+        """Ray Serve's hook for an ASGI app built in the replica (it runs the app's lifespan)."""
+        return self.serving.app
+
+
+def build_app(config, replicas: int = 2, redis_url: Optional[str] = None, max_ongoing: int = 4096,
+              cpus_per_replica: float = 0.5):
+    """The bound Ray Serve application (pass it to ``serve.run``).
+
+    Args:
+        config: a :class:`~aghmn_fast.serving.app.ServeConfig`; its ``state`` is replaced by
+            ``redis_url``.
+        replicas: number of replicas.
+        redis_url: the shared store (required: replicas must see each other's conversations).
+        max_ongoing: requests a replica accepts at once (Ray's default of a few would starve the
+            micro-batcher).
+        cpus_per_replica: the Ray CPU resource each replica reserves.
+    """
+    from ray import serve
+    from ray.serve.config import RequestRouterConfig
+
+    if not redis_url or not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("--ray needs --redis redis://HOST:PORT (the store every replica shares)")
+    if replicas < 1:
+        raise ValueError(f"--replicas must be >= 1, got {replicas}")
+    options = dataclasses.asdict(config)
+    options["state"] = redis_url
+    deployment = serve.deployment(
+        serve.ingress()(AGHMNReplica), name="aghmn", num_replicas=replicas,
+        max_ongoing_requests=max_ongoing, ray_actor_options={"num_cpus": cpus_per_replica},
+        request_router_config=RequestRouterConfig(request_router_class=ROUTER,
+                                                  request_router_kwargs={"num_fallback_replicas": 1}),
+        health_check_period_s=2, health_check_timeout_s=10, graceful_shutdown_timeout_s=30)
+    return deployment.bind(options)
+
+
+def run_ray(config, replicas: int, redis_url: Optional[str], address: Optional[str] = None) -> int:
+    """Start (or join) Ray, deploy, and serve on ``config.host:config.port`` until SIGINT/SIGTERM."""
+    import os
+
+    import ray
+    from ray import serve
+
+    app = build_app(config, replicas, redis_url)
+    # the replicas must import this package as the driver does
+    pythonpath = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), os.environ.get("PYTHONPATH")) if p)
+    ray.init(address=address, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    try:
+        serve.start(http_options={"host": config.host, "port": config.port})
+        serve.run(app, name="aghmn", route_prefix="/")
+        print(f"aghmn-fast serve: Ray Serve on http://{config.host}:{config.port} with {replicas} "
+              f"replica(s), store {redis_url}; route with the {SESSION_HEADER} header", flush=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+    return 0

@@ -1,0 +1,352 @@
+#!/usr/bin/env python
+"""Load test of ``aghmn-fast serve`` over loopback HTTP, against in-process ``push_many``.
+
+For each concurrency C (conversations, each a closed-loop client on its own keep-alive
+connection): the conversations' windows are first filled (K utterances each, untimed, through the
+batch route), then every client POSTs its next utterance as soon as the previous answer came back,
+until ``--requests`` answers or ``--seconds`` passed. Reported: answers per second and the
+client-side end-to-end latency p50/p99. The in-process baseline (``push_many`` of C conversations
+per round, full windows, one torch thread) is measured in the same run, before the servers start.
+
+Servers: ``single`` = one ``aghmn-fast serve`` process (SQLite state, the default);
+``ray`` = ``aghmn-fast serve --ray --replicas 2`` with a redis-server started here; its clients
+send ``X-Session-Id`` (conversation-affine routing) and the run reports the memory-hit rate (the
+share of answers not rebuilt from Redis), also for one run without the header.
+
+    python benchmarks/load_test.py [--data MELD_DIR] [--modes single,ray] [--concurrency 1,64,1024]
+        [--requests 20000] [--seconds 20] [--out results.json]
+
+Only 127.0.0.1 is contacted. Every process started here is stopped before exit.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from aghmn_fast.data import MELD_LABELS, Vocabulary, load_meld  # noqa: E402
+from aghmn_fast.streaming import StreamingRecognizer  # noqa: E402
+from aghmn_fast.train import build_vocabulary, save_checkpoint  # noqa: E402
+
+WORDS = ("okay so what do you mean by that i really do not know why you would say this to me "
+         "oh my god that is amazing no way please stop it right now come on").split()
+
+
+def _percentile(sorted_ms: List[float], q: float) -> float:
+    return sorted_ms[min(len(sorted_ms) - 1, int(round(q * (len(sorted_ms) - 1))))]
+
+
+def corpus(data: Optional[str]):
+    """(vocabulary, utterance texts): MELD test if available, else synthetic sentences."""
+    if data and os.path.isfile(os.path.join(data, "test_sent_emo.csv")):
+        test = load_meld(data, "test")
+        return build_vocabulary([test]), [t for d in test for t in d.texts], "MELD test utterances"
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 20))) for _ in range(3000)]
+    vocab = Vocabulary.build([t.split() for t in texts], min_count=1)
+    return vocab, texts, "synthetic sentences"
+
+
+def make_checkpoint(path: str, vocab: Vocabulary, window: int) -> None:
+    """The paper-size BiF-AGRU model (hidden 100, 50-d embeddings) with random weights."""
+    from aghmn_fast.bench.stream import build_model
+    model = build_model(window, vocab, None)
+    save_checkpoint(path, model, vocab, MELD_LABELS)
+
+
+def in_process(checkpoint: str, texts: List[str], conversations: int, seconds: float) -> Dict:
+    """push_many of all conversations per round (push for one), full windows, 1 torch thread."""
+    torch.set_num_threads(1)
+    rec = StreamingRecognizer.from_checkpoint(checkpoint)
+    K = rec.window
+    for r in range(K):
+        rec.push_many([(c, texts[(c * 7 + r) % len(texts)]) for c in range(conversations)])
+    lat, done, r = [], 0, K
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds and done < 200_000:
+        batch = [(c, texts[(c * 7 + r) % len(texts)]) for c in range(conversations)]
+        t0 = time.perf_counter()
+        if conversations == 1:
+            rec.push(0, batch[0][1])
+        else:
+            rec.push_many(batch)
+        lat.append((time.perf_counter() - t0) * 1e3)
+        done += conversations
+        r += 1
+    elapsed = time.perf_counter() - start
+    lat.sort()
+    return {"utterances_per_s": done / elapsed, "p50_ms": _percentile(lat, 0.5),
+            "p99_ms": _percentile(lat, 0.99), "utterances": done, "path": rec.path}
+
+
+class _HTTPConnection(asyncio.Protocol):
+    """A minimal HTTP/1.1 keep-alive client connection (Content-Length bodies only): the load
+    generator shares the machine with the server, so its cost per request must be small."""
+
+    def __init__(self):
+        self.transport = None
+        self.buffer = b""
+        self.waiter: Optional[asyncio.Future] = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.buffer += data
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0 or self.waiter is None:
+            return
+        head = self.buffer[:head_end].decode("latin-1")
+        length = 0
+        for line in head.split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+            elif name.strip().lower() == "transfer-encoding":
+                self.waiter.set_exception(RuntimeError("chunked responses are not supported"))
+                return
+        if len(self.buffer) < head_end + 4 + length:
+            return
+        body = self.buffer[head_end + 4:head_end + 4 + length]
+        self.buffer = self.buffer[head_end + 4 + length:]
+        waiter, self.waiter = self.waiter, None
+        waiter.set_result((int(head[9:12]), body))
+
+    def connection_lost(self, exc):
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("server closed the connection"))
+
+    async def post(self, path: str, body: bytes, headers: str = "") -> tuple:
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(body)}\r\n{headers}\r\n".encode() + body)
+        return await self.waiter
+
+
+async def http_load(base: str, texts: List[str], conversations: int, window: int, max_requests: int,
+                    seconds: float, affinity: bool, tag: str, client: str = "raw") -> Dict:
+    """Closed-loop clients, one per conversation (see the module doc). ``client``: ``raw`` (the
+    minimal HTTP/1.1 client above) or ``aiohttp``."""
+    import aiohttp
+    from urllib.parse import urlparse
+
+    ids = [f"{tag}-{c}" for c in range(conversations)]
+    u = urlparse(base)
+    connector = aiohttp.TCPConnector(limit=conversations + 8, limit_per_host=conversations + 8)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as session:
+        # fill the windows (untimed) through the batch route
+        for r in range(window):
+            for start in range(0, conversations, 128):   # 128 texts stay under the body limit
+                chunk = ids[start:start + 128]
+                body = {"utterances": [{"id": cid, "text": texts[(c * 7 + r) % len(texts)]}
+                                       for c, cid in enumerate(chunk, start)]}
+                async with session.post("/v1/utterances", json=body) as resp:
+                    assert resp.status == 200, await resp.text()
+                    await resp.read()
+        latencies: List[float] = []
+        rebuilt = errors = 0
+        deadline = time.perf_counter() + seconds
+        issued = 0
+        loop = asyncio.get_running_loop()
+
+        async def one(c: int, cid: str):
+            nonlocal rebuilt, errors, issued
+            url = f"/v1/conversations/{cid}/utterances"
+            r = window
+            if client == "raw":
+                _, conn = await loop.create_connection(_HTTPConnection, u.hostname, u.port)
+                extra = f"X-Session-Id: {cid}\r\n" if affinity else ""
+            try:
+                while issued < max_requests and time.perf_counter() < deadline:
+                    issued += 1
+                    text = texts[(c * 7 + r) % len(texts)]
+                    t0 = time.perf_counter()
+                    if client == "raw":
+                        status, payload = await conn.post(url, json.dumps({"text": text}).encode(), extra)
+                    else:
+                        headers = {"X-Session-Id": cid} if affinity else None
+                        async with session.post(url, json={"text": text}, headers=headers) as resp:
+                            payload, status = await resp.read(), resp.status
+                    latencies.append((time.perf_counter() - t0) * 1e3)
+                    if status != 200:
+                        errors += 1
+                        continue
+                    rebuilt += b'"rebuilt": true' in payload
+                    r += 1
+            finally:
+                if client == "raw":
+                    conn.transport.close()
+
+        start = time.perf_counter()
+        cpu0 = time.process_time()
+        await asyncio.gather(*[one(c, cid) for c, cid in enumerate(ids)])
+        elapsed = time.perf_counter() - start
+        client_cpu = time.process_time() - cpu0
+    latencies.sort()
+    n = len(latencies)
+    return {"client": client, "requests": n, "errors": errors, "seconds": elapsed,
+            "utterances_per_s": (n - errors) / elapsed, "p50_ms": _percentile(latencies, 0.5),
+            "p99_ms": _percentile(latencies, 0.99), "memory_hit_rate": 1 - rebuilt / max(1, n - errors),
+            "client_cpu_per_request_us": 1e6 * client_cpu / max(1, n)}
+
+
+def lone_http_client(base: str, texts: List[str], window: int, requests: int) -> Dict:
+    """One conversation with the standard library's blocking client (the leanest client)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port)
+    headers = {"Content-Type": "application/json", "X-Session-Id": "lone-stdlib"}
+    lat = []
+    for r in range(window + requests):
+        body = json.dumps({"text": texts[r % len(texts)]})
+        t0 = time.perf_counter()
+        conn.request("POST", "/v1/conversations/lone-stdlib/utterances", body, headers)
+        resp = conn.getresponse()
+        resp.read()
+        if r >= window:
+            lat.append((time.perf_counter() - t0) * 1e3)
+        assert resp.status == 200
+    conn.close()
+    lat.sort()
+    return {"requests": len(lat), "p50_ms": _percentile(lat, 0.5), "p99_ms": _percentile(lat, 0.99)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> None:
+    import urllib.request
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{base} not ready after {timeout} s")
+
+
+def stop(proc: Optional[subprocess.Popen], timeout: float = 60) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def machine() -> str:
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=os.environ.get("AGHMN_DATA"), help="MELD directory (texts, vocabulary)")
+    p.add_argument("--window", type=int, default=40, help="K of the random paper-size model (default 40)")
+    p.add_argument("--modes", default="single,ray", help="single and/or ray (default both)")
+    p.add_argument("--concurrency", default="1,64,1024", help="conversations per level")
+    p.add_argument("--requests", type=int, default=20_000, help="most timed requests per level")
+    p.add_argument("--seconds", type=float, default=20.0, help="most timed seconds per level")
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--server-args", default="", help="extra aghmn-fast serve options (one string)")
+    args = p.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    modes = args.modes.split(",")
+    tmp = tempfile.mkdtemp(prefix="aghmn-load-")
+    procs: List[subprocess.Popen] = []
+    vocab, texts, source = corpus(args.data)
+    checkpoint = os.path.join(tmp, "model.pt")
+    make_checkpoint(checkpoint, vocab, args.window)
+    results = {"machine": machine(), "texts": source, "window": args.window,
+               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                                        capture_output=True, text=True).stdout.strip(),
+               "in_process": {}, "single": {}, "ray": {}}
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        for c in levels:
+            results["in_process"][c] = r = in_process(checkpoint, texts, c, min(args.seconds, 10))
+            print(f"in-process C={c}: {r['utterances_per_s']:.0f} utt/s, p50 {r['p50_ms']:.3f} ms", flush=True)
+        for mode in modes:
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            cmd = [sys.executable, "-m", "aghmn_fast.cli", "serve", "--checkpoint", checkpoint,
+                   "--port", str(port), "--max-conversations", "1000000", *args.server_args.split()]
+            if mode == "single":
+                cmd += ["--state", os.path.join(tmp, "state.db")]
+            else:
+                redis_port = free_port()
+                redis = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
+                                          "--bind", "127.0.0.1", "--dir", tmp, "--save", "", "--appendonly", "no"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                procs.append(redis)
+                cmd += ["--ray", "--replicas", str(args.replicas), "--redis", f"redis://127.0.0.1:{redis_port}/0"]
+            server = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL,
+                                      stderr=open(os.path.join(tmp, f"{mode}.log"), "w"))
+            procs.append(server)
+            wait_ready(base, server, 300)
+            for c in levels:
+                r = asyncio.run(http_load(base, texts, c, args.window, args.requests, args.seconds,
+                                          affinity=True, tag=f"c{c}"))
+                if c == 1:
+                    r["stdlib_client"] = lone_http_client(base, texts, args.window, 2000)
+                r["vs_in_process"] = r["utterances_per_s"] / results["in_process"][c]["utterances_per_s"]
+                results[mode][c] = r
+                print(f"{mode} C={c}: {r['utterances_per_s']:.0f} utt/s ({100 * r['vs_in_process']:.0f}% of "
+                      f"in-process), p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, errors {r['errors']}, "
+                      f"memory hits {100 * r['memory_hit_rate']:.1f}%"
+                      + (f"; stdlib client p50 {r['stdlib_client']['p50_ms']:.3f} ms" if c == 1 else ""),
+                      flush=True)
+            if mode == "ray":
+                r = asyncio.run(http_load(base, texts, 64, args.window, min(args.requests, 5000), args.seconds,
+                                          affinity=False, tag="noaff"))
+                results["ray"]["64_without_session_header"] = r
+                print(f"ray C=64 without X-Session-Id: memory hits {100 * r['memory_hit_rate']:.1f}%, "
+                      f"{r['utterances_per_s']:.0f} utt/s", flush=True)
+            stop(server, 120)
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Shared helpers of the serving tests: a small random model saved as a checkpoint, synthetic
+(or MELD) dialogues, the offline reference, a real redis-server and a real server subprocess."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+import pytest
+import torch
+
+from aghmn_fast.data import MELD_LABELS, Dialogue, Vocabulary, load_meld
+from aghmn_fast.models import AGHMN, AGHMNConfig
+from aghmn_fast.streaming import StreamingRecognizer
+from aghmn_fast.train import build_vocabulary, encode_dialogues, predict, save_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORDS = ("hi hello yes no okay what why really great terrible sorry thanks love hate you me we "
+         "they it this that is was not very so the a ! ? . , oh wow fine bad good happy sad").split()
+
+
+def synthetic_dialogues(n: int, seed: int = 0, min_len: int = 1, max_len: int = 14) -> List[Dialogue]:
+    """Random dialogues over a tiny vocabulary (ids ``syn-<i>``), lengths min_len..max_len."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        length = rng.randint(min_len, max_len)
+        texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 9))) for _ in range(length)]
+        out.append(Dialogue(id=f"syn-{i}", speakers=["A"] * length, texts=texts, labels=[0] * length))
+    return out
+
+
+def tiny_model(window: int = 4, seed: int = 0, vocab: Optional[Vocabulary] = None, hidden: int = 24,
+               embedding_dim: int = 16) -> AGHMN:
+    """A randomly initialised BiF-AGRU model over the synthetic words (or ``vocab``)."""
+    if vocab is None:
+        vocab = build_vocabulary([synthetic_dialogues(50, seed=99)], min_count=1)
+    torch.manual_seed(seed)
+    cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=embedding_dim, num_classes=len(MELD_LABELS),
+                      hidden_size=hidden, window=window)
+    model = AGHMN(cfg, torch.randn(len(vocab), embedding_dim)).eval()
+    model.vocab, model.label_names = vocab, list(MELD_LABELS)
+    return model
+
+
+def save_tiny_checkpoint(path: str, **kwargs) -> str:
+    """Save :func:`tiny_model` as a checkpoint ``aghmn-fast serve`` can load; returns the path."""
+    model = tiny_model(**kwargs)
+    save_checkpoint(str(path), model, model.vocab, model.label_names)
+    return str(path)
+
+
+def recognizer_for(checkpoint: str) -> StreamingRecognizer:
+    """A fresh recognizer of the checkpoint (what the server builds)."""
+    return StreamingRecognizer.from_checkpoint(checkpoint)
+
+
+def offline_probabilities(recognizer: StreamingRecognizer, dialogues: Sequence[Dialogue]) -> torch.Tensor:
+    """The offline model's class probabilities for every utterance, dialogues in order."""
+    enc = encode_dialogues(dialogues, recognizer.vocab, recognizer.model.config.max_len)
+    return torch.softmax(predict(recognizer.model, enc), -1)
+
+
+def assert_matches_offline(results: Dict[str, List[dict]], dialogues: Sequence[Dialogue],
+                           expect: torch.Tensor, labels: Sequence[str] = MELD_LABELS) -> None:
+    """Per dialogue, the served predictions (dicts in utterance order) equal the offline ones."""
+    flat = []
+    for d in dialogues:
+        got = results[d.id]
+        assert [r["index"] for r in got] == list(range(len(d.texts))), d.id
+        flat.extend(got)
+    probs = torch.tensor([[r["probabilities"][l] for l in labels] for r in flat], dtype=expect.dtype)
+    torch.testing.assert_close(probs, expect, rtol=0, atol=1e-5)
+    assert [labels.index(r["label"]) for r in flat] == expect.argmax(-1).tolist()
+
+
+def meld_test_third() -> List[Dialogue]:
+    """A third of the MELD test dialogues (every third), or skip if $AGHMN_DATA is unset/absent."""
+    root = os.environ.get("AGHMN_DATA")
+    if not root or not os.path.isfile(os.path.join(root, "test_sent_emo.csv")):
+        pytest.skip("MELD data not found: set AGHMN_DATA to the MELD directory to run this test")
+    return load_meld(root, "test")[::3]
+
+
+def meld_model(dialogues, window: int = 5) -> AGHMN:
+    """A random model over the vocabulary of the given MELD dialogues."""
+    return tiny_model(window=window, vocab=build_vocabulary([dialogues]), hidden=32)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: Optional[subprocess.Popen] = None) -> None:
+    """Wait until something accepts connections on 127.0.0.1:port."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A real redis-server on a free loopback port in a temporary directory (stopped after)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+                             "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, 10, proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def serve_command(checkpoint: str, port: int, *extra: str) -> List[str]:
+    """The argv of ``aghmn-fast serve`` run with this interpreter."""
+    return [sys.executable, "-m", "aghmn_fast.cli", "serve", "--checkpoint", checkpoint,
+            "--host", "127.0.0.1", "--port", str(port), *extra]
+
+
+def start_server(checkpoint: str, *extra: str, env: Optional[dict] = None):
+    """Start ``aghmn-fast serve`` in a subprocess; returns (process, base URL) once it listens."""
+    port = free_port()
+    full_env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                    **(env or {}))
+    proc = subprocess.Popen(serve_command(checkpoint, port, *extra), env=full_env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, 60, proc)
+    except Exception:
+        stop_server(proc, signal.SIGKILL)
+        raise
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop_server(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30.0) -> int:
+    """Signal the server and wait for it; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+@contextlib.contextmanager
+def running_app(serving):
+    """Serve a ServingApp with uvicorn on a free loopback port in a thread; yields the base URL."""
+    from aghmn_fast.serving.cli import bind_socket, build_server
+
+    sock = bind_socket("127.0.0.1", 0)
+    server = build_server(serving)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the in-thread server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+async def stream_dialogues_http(base: str, dialogues, start: Dict[str, int], stop: Dict[str, int],
+                                headers=None, seed: int = 0, retry_until: float = 0.0) -> Dict[str, List[dict]]:
+    """One concurrent client per dialogue, each POSTing utterances start[id]..stop[id]-1 in order
+    (with random tiny pauses, so that the server interleaves them). A connection error is retried
+    until ``retry_until`` (a time.time()), for clients that outlive a server restart."""
+    import asyncio
+
+    import httpx
+
+    rng = random.Random(seed)
+    limits = httpx.Limits(max_connections=len(dialogues) + 1, max_keepalive_connections=len(dialogues) + 1)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
+        async def one(d, pauses):
+            out = []
+            for i in range(start[d.id], stop[d.id]):
+                await asyncio.sleep(pauses[i])
+                while True:
+                    try:
+                        r = await client.post(f"/v1/conversations/{d.id}/utterances", json={"text": d.texts[i]})
+                        break
+                    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+                        if time.time() > retry_until:
+                            raise
+                        await asyncio.sleep(0.05)
+                assert r.status_code == 200, r.text
+                out.append(r.json())
+            return d.id, out
+        tasks = [one(d, [rng.random() * 0.004 for _ in d.texts]) for d in dialogues]
+        return dict(await asyncio.gather(*tasks))
