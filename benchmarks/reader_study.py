@@ -9,6 +9,7 @@ weighted F1, macro F1, per-class F1 and seconds per epoch::
         --settings wordllama minilm --seeds 1 2 3 4 5
     python benchmarks/reader_study.py aggregate --out-root /tmp/readers \\
         --json benchmarks/results/readers/study.json --md benchmarks/results/readers/study.md
+    python benchmarks/reader_study.py latency --data DIR --json benchmarks/results/readers/latency.json
 
 The aggregate holds numbers and settings only (no data, no paths of the machine).
 """
@@ -134,6 +135,30 @@ def aggregate(args) -> int:
     return 0
 
 
+def latency(args) -> int:
+    """Streaming latency per reader (aghmn_fast.bench.stream.reader_latency) into JSON."""
+    import platform
+
+    import torch
+
+    from aghmn_fast.bench.stream import reader_latency
+    from aghmn_fast.data.sentences import default_cache_dir
+
+    if default_cache_dir() is not None:
+        os.environ["AGHMN_FAST_CACHE"] = "off"  # every timed push pays the sentence encoder
+    load = os.getloadavg()
+    result = reader_latency(args.data, threads=1, repeats=args.repeats,
+                            conversations=args.conversations)
+    result["machine"] = {"cpu": platform.processor() or platform.machine(),
+                         "cores": os.cpu_count(), "torch": torch.__version__,
+                         "load_average_start": load, "load_average_end": os.getloadavg()}
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
 def main(argv=None) -> int:
     """Command line of the study (``run`` or ``aggregate``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -148,8 +173,13 @@ def main(argv=None) -> int:
     a.add_argument("--out-root", required=True)
     a.add_argument("--json", default=None)
     a.add_argument("--md", default=None)
+    t = sub.add_parser("latency", help="streaming latency per reader (one core)")
+    t.add_argument("--data", default=None, help="MELD directory")
+    t.add_argument("--json", default=None)
+    t.add_argument("--repeats", type=int, default=5)
+    t.add_argument("--conversations", type=int, default=1024)
     args = parser.parse_args(argv)
-    return run(args) if args.command == "run" else aggregate(args)
+    return {"run": run, "aggregate": aggregate, "latency": latency}[args.command](args)
 
 
 if __name__ == "__main__":
