@@ -354,9 +354,10 @@ def test_cli_trains_each_reader_and_records_it(tmp_path, capsys, reader_args, re
     model, _, _, _ = load_checkpoint(str(out / "best.pt"))
     assert model.config.embeddings == recorded
     assert model.config.train_embeddings == ("--train-embeddings" in reader_args)
-    if "--embedding-scale" in reader_args:  # found words: unit norm times the scale
-        norms = model.embedding.weight.norm(dim=1)
-        assert float(norms.max()) == pytest.approx(2.0, abs=1e-5)
+    if "--embedding-scale" in reader_args:  # found words: unit norm times 2, then one epoch
+        norms = model.embedding.weight.norm(dim=1)[3:]  # of fine-tuning moves them a little
+        assert float(norms.median()) == pytest.approx(2.0, abs=0.05)
+        assert float((norms - 2).abs().max()) > 1e-4
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model_config"]["embeddings"] == recorded
     rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--dataset", "meld-json", "--data",
