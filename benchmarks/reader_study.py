@@ -35,6 +35,8 @@ SETTINGS = {
     "wordllama-h200": ["--embeddings", "wordllama", "--hidden", "200"],
     "wordllama-lr1e-3": ["--embeddings", "wordllama", "--lr", "1e-3"],
     "wordllama-cnn": ["--embeddings", "wordllama", "--reader", "cnn"],
+    "wordllama-scale3": ["--embeddings", "wordllama", "--embedding-scale", "3"],
+    "wordllama-ft": ["--embeddings", "wordllama", "--train-embeddings"],
     "minilm": ["--reader", "minilm"],
     "minilm-cw1": ["--reader", "minilm", "--class-weight-rate", "1.0"],
     "minilm-h200": ["--reader", "minilm", "--hidden", "200"],
