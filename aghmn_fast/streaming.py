@@ -67,7 +67,9 @@ class StreamingRecognizer:
 
     Text handling: utterances are tokenized as in training and truncated to the model's
     ``max_len`` (60) tokens, so a 10,000-word utterance costs as much as a 60-word one; empty or
-    whitespace-only text raises ``ValueError`` and leaves every conversation untouched.
+    whitespace-only text raises ``ValueError`` and leaves every conversation untouched. A
+    sentence reader (``reader="minilm"``) gets the whole text, encoded by the model's frozen
+    sentence encoder (cached per text, shared with the offline model) in PyTorch.
 
     One recognizer is not safe to share between Python threads without a lock (its conversation
     table and store are updated in place); to serve from several threads, give each its own
@@ -164,7 +166,10 @@ class StreamingRecognizer:
                       len(summary) // 4, cfg.hops, cfg.max_len, int(self._bigru)]
         with torch.no_grad():
             self._packed = pack([w.detach().contiguous() for w in weights], self._dims)
-        self._embedding = model.embedding.weight.detach().contiguous()
+        # A sentence reader has no word table; the push then takes u, and never reads this.
+        table = (model.embedding.weight if model.embedding is not None
+                 else torch.zeros(0, cfg.embedding_dim, dtype=self.dtype))
+        self._embedding = table.detach().contiguous()
         return True
 
     def _find_fused_step(self):
@@ -331,6 +336,8 @@ class StreamingRecognizer:
             raise TypeError(f"utterance_text of item {position} must be a str, got {type(text).__name__}")
         if not text.strip():
             raise ValueError(f"utterance_text of item {position} is empty or whitespace only")
+        if self.model.embedding is None:  # a sentence reader reads the text itself
+            return text
         return self.vocab.encode(tokenize(text, self.model.config.max_len))
 
     def _fingerprint(self) -> str:
@@ -361,8 +368,7 @@ class StreamingRecognizer:
                 self._blocks[cid], self._counts[cid] = self._free.pop(), 0
         if self._engine:
             return self._engine_step(cids, token_ids)
-        tokens, lengths = pad_token_ids(token_ids, model.config.max_len)
-        u = model.encode_utterances(tokens.to(self.device), lengths)
+        u = self._reader_vectors(token_ids)
         has_past = [self._counts[c] > 0 for c in cids]
         if model.config.has_context and all(has_past):  # the steady state: one fused call
             if self._graph is not None:  # the same call and the store write, graph-replayed
@@ -379,22 +385,30 @@ class StreamingRecognizer:
 
     def _engine_step(self, cids: Sequence[Hashable], token_ids: Sequence[List[int]]) -> Tensor:
         """One call of the compiled push: reader, memory update, summary, classifier, ring write."""
-        max_len = self.model.config.max_len
-        ids = [t[:max_len] if t else [1] for t in token_ids]  # empty -> one <unk>, as offline
         blocks = [self._blocks[c] for c in cids]
         counts = [self._counts[c] for c in cids]
         if self._bigru:
+            max_len = self.model.config.max_len
+            ids = [t[:max_len] if t else [1] for t in token_ids]  # empty -> one <unk>, as offline
             flat = ids[0] if len(ids) == 1 else [i for t in ids for i in t]
             probs = self._push_op(self._packed, self._dims, self._embedding, flat,
                                   [len(t) for t in ids], None, blocks, counts, self._u, self._proj)
         else:
-            tokens, lengths = pad_token_ids(ids, max_len)
-            u = self.model.encode_utterances(tokens.to(self.device), lengths).contiguous()
+            u = self._reader_vectors(token_ids).contiguous()
             probs = self._push_op(self._packed, self._dims, self._embedding, [], [], u, blocks,
                                   counts, self._u, self._proj)
         for c in cids:
             self._counts[c] += 1
         return probs
+
+    def _reader_vectors(self, items: Sequence) -> Tensor:
+        """Reader vectors u [B, H] of the pushed utterances (token ids, or texts for a sentence
+        reader), computed by the model's own reader."""
+        model = self.model
+        if model.embedding is None:
+            return model.encode_texts(items)
+        tokens, lengths = pad_token_ids(items, model.config.max_len)
+        return model.encode_utterances(tokens.to(self.device), lengths)
 
     def _context_probs(self, q: Tensor, windows: Tensor) -> Tensor:
         """Class probabilities of queries q [B, H] over their windows of stored utterances."""

@@ -49,8 +49,13 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def encode_dialogues(dialogues: Sequence[Dialogue], vocab: Vocabulary, max_len: int) -> List[List[List[int]]]:
-    """Token ids of every utterance of every dialogue."""
+def encode_dialogues(dialogues: Sequence[Dialogue], vocab: Vocabulary, max_len: int,
+                     model: Optional[AGHMN] = None) -> List[List[List[int]]]:
+    """Token ids of every utterance of every dialogue; for a sentence-reader ``model``, its frozen
+    sentence vector instead (each distinct text encoded once)."""
+    encoder = None if model is None else model.sentence_encoder
+    if encoder is not None:
+        return encoder.encode_dialogues(dialogues)
     return [[vocab.encode(tokenize(text, max_len)) for text in d.texts] for d in dialogues]
 
 
@@ -172,9 +177,8 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
         raise ValueError("the training set has no dialogues")
     set_seed(config.seed)
     max_len = model.config.max_len
-    enc_train = encode_dialogues(train_set, vocab, max_len)
-    enc_dev = encode_dialogues(dev_set, vocab, max_len)
-    enc_test = encode_dialogues(test_set, vocab, max_len)
+    enc_train, enc_dev, enc_test = (encode_dialogues(split, vocab, max_len, model)
+                                    for split in (train_set, dev_set, test_set))
     weights = class_weights(train_set, len(label_names), config.class_weight_rate)
     params = [p for p in model.parameters() if p.requires_grad]
     # fused Adam: one kernel over all parameters instead of ~6 small ops per tensor per step

@@ -38,8 +38,8 @@ def main(argv=None) -> int:
                                   path=args.path)
     dialogues = load_meld(args.data, args.split)
     with torch.no_grad():
-        offline = torch.softmax(predict(rec.model, encode_dialogues(dialogues, rec.vocab,
-                                                                    rec.model.config.max_len)), -1)
+        offline = torch.softmax(predict(rec.model, encode_dialogues(
+            dialogues, rec.vocab, rec.model.config.max_len, rec.model)), -1)
     rng = random.Random(args.seed)
     pending = {d.id: list(d.texts) for d in dialogues}
     got = {d.id: [] for d in dialogues}

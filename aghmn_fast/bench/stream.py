@@ -4,6 +4,8 @@ Per-utterance latency (median, p99) at K = 10 and K = 40 for one conversation an
 concurrent conversations served by ``push_many``; the reference path (what the authors' code
 does: re-run the model on the dialogue so far for every new utterance) measured in the same run;
 and a memory-flatness run (many pushes over rotating conversations, resident memory sampled).
+:func:`reader_latency` compares the readers (GloVe 50-d, wordllama 256-d, MiniLM sentence
+vectors) on the same cases.
 """
 from __future__ import annotations
 
@@ -42,31 +44,45 @@ def _dialogue_of_length(dialogues, n: int) -> List[str]:
 
 
 def build_model(window: int, vocab: Vocabulary, backend: Optional[str], seed: int = 0,
-                embedding_dim: int = 50, hidden: int = 100) -> AGHMN:
-    """A BiF-AGRU model of the paper's size with random weights (latency does not need training)."""
+                embedding_dim: int = 50, hidden: int = 100, reader: str = "bigru") -> AGHMN:
+    """A BiF-AGRU model of the paper's size with random weights (latency does not need training);
+    ``reader="minilm"`` reads 384-d sentence vectors (``embedding_dim`` must then be 384)."""
     torch.manual_seed(seed)
     cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=embedding_dim, num_classes=len(MELD_LABELS),
-                      hidden_size=hidden, window=window, backend=backend)
-    return AGHMN(cfg, torch.randn(len(vocab), embedding_dim)).eval()
+                      hidden_size=hidden, window=window, backend=backend, reader=reader)
+    table = None if reader == "minilm" else torch.randn(len(vocab), embedding_dim)
+    return AGHMN(cfg, table).eval()
+
+
+def _forget_texts(model: AGHMN) -> None:
+    # A sentence reader caches vectors per text; a live stream's utterances are new texts, so
+    # the benchmark makes every timed push pay the sentence encoder.
+    if model.sentence_encoder is not None:
+        model.sentence_encoder.clear()
 
 
 def single_conversation(model: AGHMN, vocab: Vocabulary, texts: Sequence[str], repeats: int) -> Dict:
     """Per-push latency of one conversation streamed ``repeats`` times (fresh id each time).
 
     ``full_window``: the same statistics over the utterances that have K earlier ones (the
-    steady state of a long conversation, the most work per push)."""
+    steady state of a long conversation, the most work per push). ``cpu_ms_mean``: the process's
+    CPU time per timed push (on a shared machine, closer to the cost than wall time, which
+    includes waiting for a core). A sentence reader's text cache is emptied before every push
+    (not timed)."""
     rec = StreamingRecognizer(model, vocab=vocab, label_names=MELD_LABELS)
-    samples, full = [], []
+    samples, full, cpu = [], [], 0.0
     for r in range(repeats + 1):
         for i, text in enumerate(texts):
-            t0 = time.perf_counter()
+            _forget_texts(model)
+            c0, t0 = time.process_time(), time.perf_counter()
             rec.push(r, text)
             if r:  # the first pass warms up
                 samples.append((time.perf_counter() - t0) * 1e3)
+                cpu += time.process_time() - c0
                 if i >= model.config.window:
                     full.append(samples[-1])
         rec.close(r)
-    return {**_percentiles(samples), "path": rec.path,
+    return {**_percentiles(samples), "path": rec.path, "cpu_ms_mean": 1e3 * cpu / len(samples),
             "full_window": _percentiles(full) if full else None}
 
 
@@ -97,6 +113,7 @@ def concurrent(model: AGHMN, vocab: Vocabulary, dialogues, conversations: int, r
     round_ms = []
     for r in range(warmup + rounds):
         batch = [(c, texts[(c * 7 + r) % len(texts)]) for c in range(conversations)]
+        _forget_texts(model)
         t0 = time.perf_counter()
         rec.push_many(batch)
         if r >= warmup:
@@ -187,3 +204,43 @@ def _run(quick, backend, data, flat_pushes, log, threads, device, concurrency) -
                                            flat_pushes, 1000)
         log(f"memory: {result['memory']}")
     return result
+
+
+# Reader settings of the per-reader latency: (label, build_model keyword arguments).
+READER_CASES = (("glove-50d", dict(embedding_dim=50)),
+                ("wordllama-256d", dict(embedding_dim=256)),
+                ("minilm", dict(reader="minilm", embedding_dim=384)))
+
+
+def reader_latency(data: Optional[str] = None, threads: int = 1, repeats: int = 5,
+                   conversations: int = 1024, sentence_conversations: int = 64,
+                   log=print) -> Dict:
+    """Streaming latency per reader (random weights of the trained models' sizes, CPU).
+
+    For each reader and K in (10, 40): one conversation (a MELD test dialogue of 18 / 60
+    utterances, ``repeats`` passes) and ``conversations`` concurrent ones in ``push_many``
+    rounds (``sentence_conversations`` for the sentence reader, whose encoder runs once per
+    new text: 1,024 would take minutes per round). Static readers are expected on the one-call
+    ``push`` path; the field ``path`` says which one ran.
+    """
+    with num_threads(threads):
+        test = load_meld(data, "test")
+        vocab = build_vocabulary([test])
+        out = {"threads": threads, "readers": []}
+        for label, kwargs in READER_CASES:
+            sentence = kwargs.get("reader") == "minilm"
+            for window, length in ((10, 18), (40, 60)):
+                model = build_model(window, vocab, None, **kwargs)
+                texts = _dialogue_of_length(test, length)
+                stream = single_conversation(model, vocab, texts, repeats)
+                n = sentence_conversations if sentence else conversations
+                many = concurrent(model, vocab, test, n, 3 if sentence else 10,
+                                  warmup=1 if sentence else window)
+                out["readers"].append({"reader": label, "window": window, "stream": stream,
+                                       "concurrent": many})
+                full = stream["full_window"] or stream
+                log(f"{label} K={window} ({stream['path']}): one conversation median "
+                    f"{stream['median_ms']:.3f} ms (full windows {full['median_ms']:.3f}, p99 "
+                    f"{full['p99_ms']:.3f}; CPU {stream['cpu_ms_mean']:.3f}); {n} conversations {many['per_utterance_ms']:.4f} "
+                    f"ms/utterance ({many['utterances_per_s']:.0f} utt/s)")
+        return out

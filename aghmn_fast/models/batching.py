@@ -15,7 +15,8 @@ class Batch:
     tokens [N, L] int64 (0 = <pad>), lengths [N] int64 (>= 1), windows [Q, K] int64 global
     utterance indices (-1 = empty slot), query_index [Q] int64 (the utterance each window serves:
     every utterance that is not the first of its dialogue), labels [N] int64 or None,
-    dialogue_sizes: utterances per dialogue.
+    dialogue_sizes: utterances per dialogue, features [N, F] float (the frozen sentence vectors
+    of a sentence reader; then tokens are a placeholder [N, 1] of ones) or None.
     """
     tokens: Tensor
     lengths: Tensor
@@ -23,12 +24,14 @@ class Batch:
     query_index: Tensor
     labels: Tensor | None
     dialogue_sizes: List[int]
+    features: Tensor | None = None
 
     def to(self, device) -> "Batch":
         """The same batch with its tensors on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Batch(move(self.tokens), move(self.lengths), move(self.windows),
-                     move(self.query_index), move(self.labels), list(self.dialogue_sizes))
+                     move(self.query_index), move(self.labels), list(self.dialogue_sizes),
+                     move(self.features))
 
 
 def dialogue_windows(sizes: Sequence[int], window: int) -> tuple[Tensor, Tensor]:
@@ -66,16 +69,25 @@ def pad_token_ids(token_ids: Sequence[Sequence[int]], max_len: int) -> tuple[Ten
 
 def make_batch(dialogues_token_ids: Sequence[Sequence[Sequence[int]]], window: int,
                labels: Sequence[Sequence[int]] | None = None, max_len: int = 60) -> Batch:
-    """Build a :class:`Batch` from dialogues given as lists of utterance token-id lists."""
+    """Build a :class:`Batch` from dialogues given as lists of utterance token-id lists, or as
+    lists of per-utterance sentence vectors (1-d tensors, for a sentence reader)."""
     sizes = [len(d) for d in dialogues_token_ids]
     if not sizes:
         raise ValueError("no dialogues given")
     flat = [u for d in dialogues_token_ids for u in d]
     windows, query_index = dialogue_windows(sizes, window)
-    tokens, lengths = pad_token_ids(flat, max_len)
+    features = None
+    if isinstance(flat[0], Tensor):
+        if not all(isinstance(u, Tensor) and u.shape == flat[0].shape for u in flat) or flat[0].dim() != 1:
+            raise ValueError("sentence vectors must all be 1-d tensors of one size")
+        features = torch.stack(flat)
+        tokens = torch.ones(len(flat), 1, dtype=torch.int64)
+        lengths = torch.ones(len(flat), dtype=torch.int64)
+    else:
+        tokens, lengths = pad_token_ids(flat, max_len)
     y = None
     if labels is not None:
         y = torch.tensor([l for d in labels for l in d], dtype=torch.int64)
         if y.numel() != len(flat):
             raise ValueError(f"labels give {y.numel()} utterances but the dialogues have {len(flat)}")
-    return Batch(tokens, lengths, windows, query_index, y, sizes)
+    return Batch(tokens, lengths, windows, query_index, y, sizes, features)
