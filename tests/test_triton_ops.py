@@ -578,11 +578,12 @@ def test_kernels_compile_for_sm90_representative_subset():
 
 @pytest.mark.slow
 @NEEDS_PTXAS
-def test_kernels_compile_for_sm90_full_matrix():
+def test_kernels_compile_for_sm90_full_matrix(monkeypatch):
     """Every variant the launchers can choose (H in 100/128/256/300, four dtypes, tile sizes,
     TF32 on/off, both AGRU directions, 16-byte aligned pointers) compiles within budget."""
     from aghmn_fast.backends.triton import compile_check as cc
     results = _compile_check("--subset", "full", "--jobs", "2")
+    monkeypatch.setattr(_common, "interpreting", lambda: False)  # the GPU's launch choices
     assert len(results) == len(cc.variants()) >= 400
 
 
