@@ -30,7 +30,8 @@ demo: build
 	$(VENV)/bin/aghmn-fast train --data $(DATA) --out runs/demo $(DEMO_ARGS)
 	$(VENV)/bin/aghmn-fast demo-stream --checkpoint runs/demo/best.pt --data $(DATA)
 
-# The benchmark report (JSON, Markdown, plots) in a new folder under benchmarks/results/.
+# The benchmark report (JSON first, Markdown, plots) in a new folder aghmn-bench-<date>-<time>/;
+# `python benchmarks/refresh_readme.py DIR/<machine>/bench.json` then refreshes the README section.
 bench: build
 	$(VENV)/bin/aghmn-fast bench --device cpu --data $(DATA)
 

@@ -17,7 +17,18 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # a declared dependency, but the lent GPU image runs the tests without it
+    class tqdm:  # noqa: N801 - stands in for tqdm's bar: iterates, shows nothing
+        def __init__(self, iterable, **_):
+            self._iterable = iterable
+
+        def __iter__(self):
+            return iter(self._iterable)
+
+        def set_postfix(self, **_):
+            pass
 
 from .data import (MELD_LABELS, Dialogue, Vocabulary, class_weights,
                    default_meld_root, load_json_dialogues, load_meld, tokenize)
