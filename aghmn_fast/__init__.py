@@ -2,7 +2,7 @@
 
 Public entry points:
 
-- :func:`agru`, :func:`memory_bank`: the two hot ops, with ``backend=None`` dispatch;
+- :func:`agru`, :func:`memory_bank`, :func:`window_gru`: the ops, with ``backend=None`` dispatch;
 - :func:`backends`: which backends are available;
 - :mod:`aghmn_fast.reference`: the pure-PyTorch references;
 - :mod:`aghmn_fast.models`: the AGHMN model and its variants;
@@ -11,10 +11,9 @@ Public entry points:
 """
 import torch  # noqa: F401  (must be imported before the compiled extension)
 
-from . import backends  # a package that is also the callable ``backends(device=None)``
 from . import reference
-from ._validation import set_nan_check
-from .ops import agru, backend_errors, memory_bank, window_gru
+from .ops import agru, backend_errors, backends, memory_bank, window_gru
+from .ops.validation import set_nan_check
 
 __version__ = "0.1.0"
 

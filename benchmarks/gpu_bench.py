@@ -15,7 +15,7 @@ forward+backward (gradients of a sum into every input):
 Times are medians of per-call CUDA-event intervals after a warm-up (on a CPU ``--device cpu``
 dry run: wall-clock medians). Results go to ``<out-dir>/<card>.md`` and ``.json`` with the card,
 driver and torch/triton/CUDA versions. ``--sweep`` also times every candidate Triton launch
-configuration, to tune ``aghmn_fast.backends.triton._common.choose_config``.
+configuration, to tune ``aghmn_fast.ops.triton_common.choose_config``.
 
     python benchmarks/gpu_bench.py [--out-dir benchmarks/results/gpu] [--no-compile] [--sweep]
 """
@@ -140,7 +140,7 @@ def _compiled(name: str, fn: Callable) -> Callable:
 
 @contextlib.contextmanager
 def _tf32(enabled: bool):
-    from aghmn_fast.backends import triton as tb
+    from aghmn_fast.ops import triton_common as tb
     before = tb.allow_tf32()
     tb.set_allow_tf32(enabled)
     try:
@@ -272,8 +272,8 @@ def _progress(row: Dict) -> str:
 
 def sweep_configs(H: int):
     """Candidate Triton launch configurations for hidden size ``H``."""
-    from aghmn_fast.backends.triton import KernelConfig
-    from aghmn_fast.backends.triton._common import padded_hidden
+    from aghmn_fast.ops.triton_common import KernelConfig
+    from aghmn_fast.ops.triton_common import padded_hidden
     small = padded_hidden(H) <= 128
     configs = []
     for bb in (1, 2, 4, 8, 16):
@@ -293,7 +293,7 @@ def sweep_configs(H: int):
 
 def run_sweep(args: argparse.Namespace) -> List[Dict]:
     """Time the Triton backend under every candidate configuration (TF32 off and on)."""
-    from aghmn_fast.backends.triton import use_config
+    from aghmn_fast.ops.triton_common import use_config
     dtype = getattr(torch, args.dtype)
     results = []
     for op in args.ops:

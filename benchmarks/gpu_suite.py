@@ -253,7 +253,7 @@ def stage_compile(out: str, timeout: float) -> Dict:
         arch = major * 10 + minor
     env = dict(os.environ, AGHMN_TRITON_COMPILE_ONLY="1", PYTHONPATH=ROOT)
     env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "-m", "aghmn_fast.backends.triton.compile_check", "--arch", str(arch),
+    cmd = [sys.executable, "-m", "aghmn_fast.ops.compile_check", "--arch", str(arch),
            "--subset", "representative", "--json", "--deadline", str(max(10, timeout - 15))]
     env["PYTHONWARNINGS"] = "ignore"  # stdout is the JSON list
     rc, text = run_bounded(cmd, timeout - 5, cwd=ROOT, env=env)

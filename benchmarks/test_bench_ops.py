@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from aghmn_fast import reference
-from aghmn_fast.backends import extension_ops
+from aghmn_fast import ops
 from shapes import SHAPES, agru_inputs, memory_bank_inputs, stacked_windows  # noqa: E402
 
 MODES = ["forward", "forward+backward"]
@@ -36,7 +36,7 @@ def _agru_case(backend, shape, mode):
         gru = torch.nn.GRU(shape.H, shape.H, batch_first=True)
         return (lambda x: gru(x)[0]), args[:1], args[:1] + list(gru.parameters())
     fn = {"reference": reference.agru, "reference-compiled": _compiled(reference.agru),
-          "cpu": extension_ops.agru}[backend]
+          "cpu": ops.resolve_backend("cpu", torch.device("cpu")).agru}[backend]
     return (lambda *a: fn(*a)[0]), args, args
 
 
@@ -47,7 +47,7 @@ def _bank_case(backend, shape, mode):
         stacked = stacked_windows(utterances.detach(), windows).requires_grad_(mode != "forward")
         return (lambda x: gru(x)[0]), [stacked], [stacked] + list(gru.parameters())
     fn = {"reference": reference.memory_bank, "reference-compiled": _compiled(reference.memory_bank),
-          "cpu": extension_ops.memory_bank}[backend]
+          "cpu": ops.resolve_backend("cpu", torch.device("cpu")).memory_bank}[backend]
     return (lambda u, w, *fl: fn(u, w, list(fl))), [utterances, windows, *flat], [utterances, *flat]
 
 

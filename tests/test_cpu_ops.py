@@ -1,4 +1,4 @@
-"""The C++ CPU kernels (``torch.ops.aghmn_fast.*``) and their glue (``backends.extension_ops``)
+"""The C++ CPU kernels (``torch.ops.aghmn_fast.*``) and their autograd (``aghmn_fast.ops.<op>.autograd``)
 against the pure-PyTorch reference: outputs and every gradient, many shapes, both dtypes."""
 import os
 import subprocess
@@ -10,9 +10,10 @@ import torch
 
 import aghmn_fast
 from aghmn_fast import reference
-from aghmn_fast.backends import extension_ops as ext
 
 OPS = torch.ops.aghmn_fast
+#: The compiled extension's implementation of the ops on CPU tensors (arguments unvalidated).
+ext = aghmn_fast.ops.resolve_backend("extension", torch.device("cpu"))
 F32, F64 = torch.float32, torch.float64
 
 
@@ -385,8 +386,8 @@ def test_narrower_instruction_sets_match_reference(isa):
     """AGHMN_CPU_ISA lowers the run-time dispatch, so one machine runs every variant."""
     script = textwrap.dedent("""
         import torch
-        from aghmn_fast import reference
-        from aghmn_fast.backends import extension_ops as ext
+        from aghmn_fast import ops, reference
+        ext = ops.resolve_backend("extension", torch.device("cpu"))
         torch.manual_seed(0)
         for dtype, tol in ((torch.float32, 2e-5), (torch.float64, 1e-10)):
             for reverse in (False, True):

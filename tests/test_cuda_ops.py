@@ -641,10 +641,12 @@ def test_cuda_unsupported_size_raises_and_public_api_falls_back(cuda, monkeypatc
     w, b = torch.randn(1, 3 * H, H, dtype=D64) * 0.01, torch.randn(1, 3 * H, dtype=D64)
     with pytest.raises(NotImplementedError, match="unsupported size"):
         cuda.window_gru_forward(proj, pad, w, b, windows)
-    import aghmn_fast.backends.cuda as cuda_backend
-    fallbacks = []  # the next backend would be Triton where it runs; pin it to the reference
-    ref = ops.resolve_backend("reference", torch.device("cuda"))
-    monkeypatch.setattr(cuda_backend, "_fallback", lambda device: fallbacks.append(device) or ref)
+    # The next backend would be Triton where it runs; pin it to the reference, and count.
+    monkeypatch.delitem(ops._REGISTRY, "triton", raising=False)
+    ref = ops._REGISTRY["reference"]
+    fallbacks = []
+    monkeypatch.setattr(ref, "memory_bank", lambda *args: fallbacks.append(args[0].device)
+                        or reference.memory_bank(*args))
     u = torch.randn(2, H, dtype=D64)
     flat = [w[0], w[0], b[0], b[0]]
     want = reference.memory_bank(u, windows, flat)
@@ -666,38 +668,44 @@ def test_backend_reports_why_it_is_missing():
 
 @pytest.fixture
 def fresh_cuda_backend(monkeypatch):
-    """aghmn_fast.backends.cuda imported as if the extension had CUDA kernels (on CPU tensors),
-    the dispatcher's registry restored afterwards."""
+    """The extension's backends registered again as if it had CUDA kernels (to run on CPU
+    tensors); the registry restored afterwards. Yields :mod:`aghmn_fast.ops.extension`."""
+    from aghmn_fast.ops import extension, registry
     ops.backends()
     if "cpu" not in ops.backends("cpu"):
         pytest.skip(f"the compiled extension is not built: {ops.backend_errors().get('cpu')}")
+    saved, errors = dict(ops._REGISTRY), dict(ops._LOAD_ERRORS)
     monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", lambda op, key: True)
-    registry = dict(ops._REGISTRY)
-    package = sys.modules["aghmn_fast.backends"]
-    had_attr = hasattr(package, "cuda")
-    sys.modules.pop("aghmn_fast.backends.cuda", None)
     try:
-        yield importlib.import_module("aghmn_fast.backends.cuda")
+        registry.reload()
+        yield extension
     finally:
-        sys.modules.pop("aghmn_fast.backends.cuda", None)
-        if not had_attr and hasattr(package, "cuda"):
-            delattr(package, "cuda")
         ops._REGISTRY.clear()
-        ops._REGISTRY.update(registry)
+        ops._REGISTRY.update(saved)
+        ops._LOAD_ERRORS.clear()
+        ops._LOAD_ERRORS.update(errors)
 
 
 def test_cuda_backend_registers_and_falls_back(fresh_cuda_backend, monkeypatch):
-    """The backend module's wiring: registration, fallback when kernels_support says no (dtypes
-    the kernels do not run) and when the extension refuses (NotImplementedError, by type: a
-    size that does not fit or no kernel image for the GPU), other errors passed through."""
+    """The registry's wiring of the CUDA kernels: registration, fallback when the capability
+    check says no (dtypes the kernels do not run) and when the extension refuses
+    (NotImplementedError, by type: a size that does not fit or no kernel image for the GPU),
+    other errors passed through."""
     mod = fresh_cuda_backend
-    assert ops._REGISTRY["cuda"].devices == ("cuda",) and ops._REGISTRY["cuda"].priority == 20
-    fallbacks = []
-    monkeypatch.setattr(mod, "_fallback", lambda device: fallbacks.append(device)
-                        or ops.resolve_backend("reference", device))
-    # CPU tensors stand in for CUDA ones: the capability/shape check by dtype only.
-    monkeypatch.setattr(mod, "kernels_support",
+    cuda = ops._REGISTRY["cuda"]
+    assert cuda.devices == ("cuda",) and cuda.priority == 20 and cuda.implementation == "extension"
+    assert cuda.supports is mod.kernels_support and cuda.refuses == (NotImplementedError,)
+    assert ops.resolve_backend("extension", torch.device("cuda")) is cuda
+    # CPU tensors stand in for CUDA ones: the "cuda" backend runs on them, the capability
+    # check by dtype only; the next backend for CPU tensors is counted.
+    monkeypatch.setattr(cuda, "devices", ("cuda", "cpu"))
+    monkeypatch.setattr(cuda, "supports",
                         lambda first, hidden, gates, steps: first.dtype in mod._DTYPES)
+    fallbacks = []
+    for name in ("cpu", "reference"):
+        backend = ops._REGISTRY[name]
+        monkeypatch.setattr(backend, "agru", lambda *args, fn=backend.agru:
+                            fallbacks.append(args[0].dtype) or fn(*args))
     x, attn = torch.randn(2, 4, 3, dtype=D64), torch.rand(2, 4, dtype=D64)
     w_ih, w_hh = torch.randn(10, 3, dtype=D64), torch.randn(10, 5, dtype=D64)
     want, _ = reference.agru(x, attn, w_ih, w_hh)
@@ -706,19 +714,19 @@ def test_cuda_backend_registers_and_falls_back(fresh_cuda_backend, monkeypatch):
                     "agru_forward (CUDA): no kernel image for this GPU (...)"):
         def refused(*args, message=message):
             raise NotImplementedError(message)
-        monkeypatch.setattr(mod.extension_ops, "agru", refused)
-        torch.testing.assert_close(mod.agru(x, attn, w_ih, w_hh)[0], want)
+        monkeypatch.setattr(cuda, "agru", refused)
+        torch.testing.assert_close(ops.agru(x, attn, w_ih, w_hh, backend="cuda")[0], want)
     assert len(fallbacks) == 2
 
     def bad_input(*args):
         raise RuntimeError("agru_forward: attn must have shape [2, 4]")
-    monkeypatch.setattr(mod.extension_ops, "agru", bad_input)
+    monkeypatch.setattr(cuda, "agru", bad_input)
     with pytest.raises(RuntimeError, match="attn must have shape"):
-        mod.agru(x, attn, w_ih, w_hh)
+        ops.agru(x, attn, w_ih, w_hh, backend="cuda")
 
     half = [t.to(torch.bfloat16) for t in (x, attn, w_ih, w_hh)]
-    mod.agru(*half)  # never reaches the kernels (bad_input would raise)
-    assert len(fallbacks) == 3
+    ops.agru(*half, backend="cuda")  # never reaches the kernels (bad_input would raise)
+    assert fallbacks == [D64, D64, torch.bfloat16]
 
 
 def test_cuda_backend_capability_and_shape_check(fresh_cuda_backend):

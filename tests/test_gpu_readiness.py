@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from aghmn_fast import _validation, ops, reference
-from aghmn_fast.backends import glue
+from aghmn_fast.ops import common as glue
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -84,7 +84,7 @@ def test_window_range_check_is_free_on_cuda_unless_asked(monkeypatch):
 
 
 def test_triton_launches_are_device_guarded(monkeypatch):
-    common = pytest.importorskip("aghmn_fast.backends.triton._common")
+    common = pytest.importorskip("aghmn_fast.ops.triton_common")
     guard = common.device_guard(torch.device("cuda", 1))
     assert isinstance(guard, torch.cuda.device) and guard.idx == 1
     assert not isinstance(common.device_guard(torch.device("cpu")), torch.cuda.device)
@@ -167,7 +167,7 @@ def test_cuda_default_backend_per_shape_class(monkeypatch):
     """backend=None on CUDA follows ops.CUDA_CHOICE (a documented guess until measured), and
     falls back to the priority order for what is not registered."""
     registry = dict(ops._REGISTRY)
-    monkeypatch.setattr(ops, "_REGISTRY", registry)
+    monkeypatch.setattr(ops.registry, "_REGISTRY", registry)
     for name, prio in (("cuda", 20), ("triton", 5)):
         registry[name] = ops.Backend(name, reference.agru, reference.memory_bank, ("cuda",), prio)
     cuda = torch.device("cuda")

@@ -161,12 +161,19 @@ def test_unknown_backend_is_a_clear_error():
 
 def test_backends_stays_a_function_after_backends_load():
     import aghmn_fast
-    import aghmn_fast.backends.cpu  # noqa: F401  (may fail to build elsewhere; here it exists)
+    import aghmn_fast.ops.extension  # noqa: F401  (may fail to build elsewhere; here it exists)
     assert callable(aghmn_fast.backends) and "reference" in aghmn_fast.backends()
 
 
-def test_backend_modules_import_by_dotted_name():
+def test_op_modules_import_by_dotted_name():
     import aghmn_fast
-    import aghmn_fast.backends.cpu as cpu_backend
+    # `from` form: the attribute aghmn_fast.ops.agru is the op, the folder is aghmn_fast.ops.agru
+    from aghmn_fast.ops.agru import reference as agru_reference
+    from aghmn_fast.ops.window_gru import reference as window_reference
+    assert callable(aghmn_fast.ops.agru) and callable(aghmn_fast.ops.window_gru)
     assert aghmn_fast.backends("cpu")[0] == "cpu"
-    assert cpu_backend.window_gru is aghmn_fast.ops.resolve_backend("cpu", torch.device("cpu")).window_gru
+    cpu = aghmn_fast.ops.resolve_backend("cpu", torch.device("cpu"))
+    assert cpu is aghmn_fast.ops.resolve_backend("extension", torch.device("cpu"))
+    assert cpu.implementation == "extension"
+    ref = aghmn_fast.ops.resolve_backend("reference", torch.device("cpu"))
+    assert ref.agru is agru_reference.agru_ref and ref.window_gru is window_reference.window_gru_ref

@@ -16,12 +16,13 @@ pytest.importorskip("triton", reason="triton cannot be imported, so there is no 
 
 import aghmn_fast  # noqa: E402
 from aghmn_fast import ops, reference  # noqa: E402
-from aghmn_fast.backends import triton as tb  # noqa: E402
-from aghmn_fast.backends.triton import KernelConfig, use_config  # noqa: E402
-from aghmn_fast.backends.triton import _common  # noqa: E402
+from aghmn_fast.ops import triton_common as _common  # noqa: E402
+from aghmn_fast.ops.triton_common import KernelConfig, use_config  # noqa: E402
 
 ON_GPU = os.environ.get("AGHMN_TRITON_GPU", "0") == "1"
 DEVICE = "cuda" if ON_GPU else "cpu"
+#: The Triton implementation of the ops (arguments unvalidated).
+tb = ops.resolve_backend("triton", torch.device(DEVICE))
 D64, F32 = torch.float64, torch.float32
 
 # Every kernel variant: the default (interpreter: one large tile, tl.dot, resident weight),
@@ -487,23 +488,23 @@ def test_gpu_launch_heuristic(monkeypatch):
 
 
 def test_tf32_switch_is_off_by_default_and_restorable():
-    assert tb.allow_tf32() is (os.environ.get("AGHMN_TRITON_TF32", "0") == "1")
-    before = tb.allow_tf32()
+    assert _common.allow_tf32() is (os.environ.get("AGHMN_TRITON_TF32", "0") == "1")
+    before = _common.allow_tf32()
     try:
-        tb.set_allow_tf32(True)
-        assert tb.allow_tf32()
+        _common.set_allow_tf32(True)
+        assert _common.allow_tf32()
         # TF32 rounds fp32 matmul inputs on a GPU (the interpreter computes them exactly).
         _check_agru(_agru_inputs(17, 4, 3, 16, dtype=F32), False, 3e-3)
         u, flat = _memory_inputs(5, 16, 2, dtype=F32)
         _check_memory(u, _windows(5, 17, 3, seed=1), flat, 3e-3)
     finally:
-        tb.set_allow_tf32(before)
-    assert tb.allow_tf32() is before
+        _common.set_allow_tf32(before)
+    assert _common.allow_tf32() is before
 
 
 @pytest.mark.skipif(not ON_GPU, reason="compile caching is only observable for compiled kernels")
 def test_sequence_length_does_not_recompile():
-    from aghmn_fast.backends.triton.agru import _agru_fwd_kernel as kernel
+    from aghmn_fast.ops.agru.triton import _agru_fwd_kernel as kernel
 
     def compiled():
         caches = getattr(kernel, "device_caches", None)
@@ -543,7 +544,7 @@ def _compile_check(*args):
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["AGHMN_TRITON_COMPILE_ONLY"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "aghmn_fast.backends.triton.compile_check",
+    proc = subprocess.run([sys.executable, "-m", "aghmn_fast.ops.compile_check",
                            "--arch", "90", "--json", *args], env=env, capture_output=True,
                           text=True, timeout=1200)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
@@ -566,7 +567,7 @@ def test_kernels_compile_for_sm90_representative_subset():
     """The real GPU compiler accepts a representative set of the variants the launchers pick:
     every kernel, both AGRU directions, H = 100 / 128 / 300, fp32 / bf16 / fp16 / fp64,
     aligned and unaligned pointers, TF32 on and off, within the spill budget."""
-    from aghmn_fast.backends.triton import compile_check as cc
+    from aghmn_fast.ops import compile_check as cc
     results = _compile_check("--subset", "representative")
     names = " ".join(r["variant"] for r in results)
     for needle in ("REVERSE=True", "REVERSE=False", "H=300", "H=128", "H=100", " bf16 ",
@@ -581,7 +582,7 @@ def test_kernels_compile_for_sm90_representative_subset():
 def test_kernels_compile_for_sm90_full_matrix(monkeypatch):
     """Every variant the launchers can choose (H in 100/128/256/300, four dtypes, tile sizes,
     TF32 on/off, both AGRU directions, 16-byte aligned pointers) compiles within budget."""
-    from aghmn_fast.backends.triton import compile_check as cc
+    from aghmn_fast.ops import compile_check as cc
     results = _compile_check("--subset", "full", "--jobs", "2")
     monkeypatch.setattr(_common, "interpreting", lambda: False)  # the GPU's launch choices
     assert len(results) == len(cc.variants()) >= 400
@@ -590,7 +591,7 @@ def test_kernels_compile_for_sm90_full_matrix(monkeypatch):
 def test_compile_matrix_covers_every_launch_choice(monkeypatch):
     """The variant list holds the constants that choose_config gives (on a GPU) every
     (rows, H, dtype, TF32 setting, direction)."""
-    from aghmn_fast.backends.triton import compile_check as cc
+    from aghmn_fast.ops import compile_check as cc
     monkeypatch.setattr(_common, "interpreting", lambda: False)  # the GPU's choices
     keys = {cc.label(v) for v in cc.variants()}
     for tf32 in (False, True):

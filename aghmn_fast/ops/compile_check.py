@@ -7,7 +7,7 @@ and reads registers, spill stack and shared memory from the cubin with ``cuobjdu
 
 Usage (on a machine without a GPU the backend refuses to import unless told to compile only)::
 
-    AGHMN_TRITON_COMPILE_ONLY=1 python -m aghmn_fast.backends.triton.compile_check \
+    AGHMN_TRITON_COMPILE_ONLY=1 python -m aghmn_fast.ops.compile_check \
         [--arch 90] [--subset full|representative] [--jobs N] [--json]
 
 The full matrix (every hidden size of :data:`HIDDEN_SIZES`, dtype, tile size, TF32 setting and
@@ -30,9 +30,9 @@ from typing import Dict, Iterable, List, Optional
 import torch
 import triton
 
-from . import _common
-from .agru import _agru_bwd_kernel, _agru_fwd_kernel
-from .window_gru import _segment_sum_kernel, _wgru_bwd_kernel, _wgru_fwd_kernel
+from . import triton_common as _common
+from .agru.triton import _agru_bwd_kernel, _agru_fwd_kernel
+from .window_gru.triton import _segment_sum_kernel, _wgru_bwd_kernel, _wgru_fwd_kernel
 
 __all__ = ["variants", "representative_variants", "compile_variant", "spill_budget", "label",
            "HIDDEN_SIZES", "DTYPES", "ROWS", "main"]

@@ -19,13 +19,15 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.library import triton_op
 
-from ..glue import segment_offsets
-from ._common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
+from ..common import segment_offsets
+from ..triton_common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
                       check_device, check_dims, check_tensor, launch, launch_constants,
                       new_buffer)
 
-__all__ = ["window_gru_forward", "window_gru_backward"]
+__all__ = ["window_gru_forward", "window_gru_backward", "triton_window_gru_forward",
+           "triton_window_gru_backward"]
 
 
 @triton.jit(do_not_specialize=["Q", "K", "N"])
@@ -286,3 +288,22 @@ def window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: Tensor,
            grad_slot, order, offsets, grad_proj, grad_pad, N, Q * K, C=3 * H, BLOCK_S=16,
            BLOCK_C=block_c, num_warps=4)
     return grad_proj, grad_pad, grad_ghh
+
+
+# ---- the kernels as torch.ops.aghmn_fast.triton_* ops (docs/OPS.md) -----------------------------
+
+@triton_op("aghmn_fast::triton_window_gru_forward", mutates_args={})
+def triton_window_gru_forward(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor,
+                              bias_hh: Tensor, windows: Tensor) -> Tuple[Tensor, Tensor]:
+    """Window GRU of the memory bank, both directions: ``(output, gates)`` (docs/OPS.md)."""
+    return window_gru_forward(proj, pad_proj, weight_hh, bias_hh, windows)
+
+
+@triton_op("aghmn_fast::triton_window_gru_backward", mutates_args={})
+def triton_window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: Tensor,
+                               output: Tensor, gates: Tensor, num_utterances: int
+                               ) -> Tuple[Tensor, Tensor, Tensor]:
+    """Window GRU reverse loops and deterministic scatter onto utterances: ``(grad_proj,
+    grad_pad_proj, grad_ghh)`` (docs/OPS.md)."""
+    return window_gru_backward(grad_output, weight_hh, windows, output, gates,
+                               num_utterances)

@@ -2,7 +2,7 @@
 
 Semantics: docs/OPS.md. One program per batch tile runs the whole time loop with the state in
 registers; ``REVERSE`` (a compile-time flag) serves both directions. The input projection and
-the weight gradients are GEMMs done by the caller (see ``ops.py``).
+the weight gradients are GEMMs done by the caller (:mod:`.autograd`).
 
 The time loops are ``while`` loops over a runtime ``T`` (marked ``do_not_specialize``, so one
 compiled kernel serves every sequence length): Triton 3.6's interpreter cannot take a runtime
@@ -17,12 +17,13 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.library import triton_op
 
-from ._common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
+from ..triton_common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
                       check_device, check_dims, check_tensor, launch, launch_constants,
                       new_buffer)
 
-__all__ = ["agru_forward", "agru_backward"]
+__all__ = ["agru_forward", "agru_backward", "triton_agru_forward", "triton_agru_backward"]
 
 
 @triton.jit(do_not_specialize=["B", "T"])
@@ -218,3 +219,21 @@ def agru_backward(grad_output: Tensor, attn: Tensor, weight_hh: Tensor, h0: Tens
                grad_xproj, grad_attn, grad_ghh, grad_h0, scratch, B, T,
                REVERSE=bool(reverse), **consts)
     return grad_xproj, grad_attn, grad_ghh, grad_h0
+
+
+# ---- the kernels as torch.ops.aghmn_fast.triton_* ops (torch.compile traces into them; fake
+# tensors come for free), with the schemas and semantics of docs/OPS.md ----------------------
+
+@triton_op("aghmn_fast::triton_agru_forward", mutates_args={})
+def triton_agru_forward(xproj: Tensor, attn: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+                        h0: Tensor, reverse: bool) -> Tuple[Tensor, Tensor]:
+    """AGRU recurrence over precomputed projections: ``(output, gates)`` (docs/OPS.md)."""
+    return agru_forward(xproj, attn, weight_hh, bias_hh, h0, reverse)
+
+
+@triton_op("aghmn_fast::triton_agru_backward", mutates_args={})
+def triton_agru_backward(grad_output: Tensor, attn: Tensor, weight_hh: Tensor, h0: Tensor,
+                         output: Tensor, gates: Tensor, reverse: bool
+                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """AGRU reverse loop: ``(grad_xproj, grad_attn, grad_ghh, grad_h0)`` (docs/OPS.md)."""
+    return agru_backward(grad_output, attn, weight_hh, h0, output, gates, reverse)
