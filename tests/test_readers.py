@@ -164,6 +164,19 @@ def test_lean_minilm_equals_sentence_transformers():
     torch.testing.assert_close(got, expect, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("mkldnn", [True, False])
+def test_packed_linear_equals_f_linear(monkeypatch, mkldnn):
+    if not mkldnn:  # the fallback of a torch without oneDNN
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(70, 33, generator=g), torch.randn(70, generator=g)
+    f = sentences.packed_linear(weight, bias)
+    for rows in (1, 3, 16, 41, 300):
+        x = torch.randn(rows, 33, generator=g)
+        torch.testing.assert_close(f(x), torch.nn.functional.linear(x, weight, bias),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_sentence_disk_cache_round_trip(tmp_path, monkeypatch):
     texts = ["A secret sentence about pickles.", "Another one.", "A third."]
     first = sentences.SentenceEncoder(cache_dir=str(tmp_path))
