@@ -116,17 +116,28 @@ def test_wordllama_rejects_bad_dims(dim):
 
 
 def test_wordllama_missing_package_names_the_install(monkeypatch):
-    import importlib.resources
+    import importlib.util
 
-    def missing(name):
-        raise ModuleNotFoundError(name)
-    monkeypatch.setattr(importlib.resources, "files", missing)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wordllama" else real(name, *a))
     wordllama._load.cache_clear()
     try:
         with pytest.raises(ImportError, match="pip install wordllama"):
             build_embeddings(_vocab(["hi"]), "wordllama")
     finally:
         wordllama._load.cache_clear()
+
+
+def test_wordllama_is_located_not_imported():
+    import subprocess
+    import sys
+    code = ("import logging, sys\n"
+            "from aghmn_fast.data import Vocabulary, build_embeddings\n"
+            "build_embeddings(Vocabulary.build([['hi']], min_count=1), 'wordllama', dim=8)\n"
+            "assert 'wordllama' not in sys.modules\n"
+            "assert not logging.getLogger().handlers  # its __init__ would call basicConfig\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 # ---- MiniLM sentence vectors ------------------------------------------------------------------
