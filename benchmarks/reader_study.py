@@ -151,6 +151,11 @@ def latency(args) -> int:
     load = os.getloadavg()
     result = reader_latency(args.data, threads=1, repeats=args.repeats,
                             conversations=args.conversations)
+    try:
+        result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                          capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        result["commit"] = None
     result["machine"] = {"cpu": platform.processor() or platform.machine(),
                          "cores": os.cpu_count(), "torch": torch.__version__,
                          "load_average_start": load, "load_average_end": os.getloadavg()}

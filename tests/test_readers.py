@@ -116,17 +116,28 @@ def test_wordllama_rejects_bad_dims(dim):
 
 
 def test_wordllama_missing_package_names_the_install(monkeypatch):
-    import importlib.resources
+    import importlib.util
 
-    def missing(name):
-        raise ModuleNotFoundError(name)
-    monkeypatch.setattr(importlib.resources, "files", missing)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wordllama" else real(name, *a))
     wordllama._load.cache_clear()
     try:
         with pytest.raises(ImportError, match="pip install wordllama"):
             build_embeddings(_vocab(["hi"]), "wordllama")
     finally:
         wordllama._load.cache_clear()
+
+
+def test_wordllama_is_located_not_imported():
+    import subprocess
+    import sys
+    code = ("import logging, sys\n"
+            "from aghmn_fast.data import Vocabulary, build_embeddings\n"
+            "build_embeddings(Vocabulary.build([['hi']], min_count=1), 'wordllama', dim=8)\n"
+            "assert 'wordllama' not in sys.modules\n"
+            "assert not logging.getLogger().handlers  # its __init__ would call basicConfig\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 # ---- MiniLM sentence vectors ------------------------------------------------------------------
@@ -162,6 +173,19 @@ def test_lean_minilm_equals_sentence_transformers():
     expect = reference.encode(texts, convert_to_tensor=True, batch_size=1)
     got = torch.stack([ours.encode(t) for t in texts])
     torch.testing.assert_close(got, expect, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("mkldnn", [True, False])
+def test_packed_linear_equals_f_linear(monkeypatch, mkldnn):
+    if not mkldnn:  # the fallback of a torch without oneDNN
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(70, 33, generator=g), torch.randn(70, generator=g)
+    f = sentences.packed_linear(weight, bias)
+    for rows in (1, 3, 16, 41, 300):
+        x = torch.randn(rows, 33, generator=g)
+        torch.testing.assert_close(f(x), torch.nn.functional.linear(x, weight, bias),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_sentence_disk_cache_round_trip(tmp_path, monkeypatch):
@@ -355,7 +379,7 @@ def test_cli_trains_each_reader_and_records_it(tmp_path, capsys, reader_args, re
     assert model.config.embeddings == recorded
     assert model.config.train_embeddings == ("--train-embeddings" in reader_args)
     if "--embedding-scale" in reader_args:  # found words: unit norm times 2, then one epoch
-        norms = model.embedding.weight.norm(dim=1)[3:]  # of fine-tuning moves them a little
+        norms = model.embedding.weight.detach().norm(dim=1)[3:]  # of fine-tuning moves them a little
         assert float(norms.median()) == pytest.approx(2.0, abs=0.05)
         assert float((norms - 2).abs().max()) > 1e-4
     metrics = json.loads((out / "metrics.json").read_text())

@@ -46,15 +46,32 @@ def default_cache_dir() -> str | None:
     return os.path.join(base, "aghmn_fast")
 
 
+def packed_linear(weight: torch.Tensor, bias: torch.Tensor):
+    """``x -> F.linear(x, weight, bias)`` for float32 CPU inputs, with the weight packed once
+    for oneDNN where this torch has it (about 1.6x faster than ``F.linear`` for the 10-30 rows
+    of one utterance on AVX-512; the same float32 products, summed in another order)."""
+    mkldnn = torch.ops.mkldnn
+    if torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_linear_pointwise"):
+        try:
+            packed = mkldnn._reorder_linear_weight(weight, 16)
+            mkldnn._linear_pointwise(torch.zeros(1, weight.shape[1]), packed, bias, "none", [], "")
+        except (RuntimeError, AttributeError):
+            pass
+        else:
+            return lambda x: mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return lambda x: F.linear(x, weight, bias)
+
+
 class MiniLM:
     """all-MiniLM-L6-v2 as sentence-transformers runs it (BERT, 6 layers, 12 heads, 384-d; mean of
     the token states; L2 normalisation), for one text at a time, read from the package's own
     ``model.safetensors`` and ``tokenizer.json``.
 
     Written out as a dozen tensor ops per layer (one fused Q/K/V projection, PyTorch's
-    scaled-dot-product attention) because a lone short utterance is what streaming encodes, and
-    for that the generic module stack spends more time dispatching than computing. The vectors
-    equal sentence-transformers' within float32 rounding (tested).
+    scaled-dot-product attention, weights packed once by :func:`packed_linear`) because a lone
+    short utterance is what streaming encodes, and for that the generic module stack spends more
+    time dispatching than computing. The vectors equal sentence-transformers' within float32
+    rounding (tested).
     """
 
     HEADS, LAYERS, MAX_TOKENS, EPS = 12, 6, 256, 1e-12
@@ -72,26 +89,26 @@ class MiniLM:
         self.word, self.position = w[e + "word_embeddings.weight"], w[e + "position_embeddings.weight"]
         self.type0 = w[e + "token_type_embeddings.weight"][0]
         self.norm0 = (w[e + "LayerNorm.weight"], w[e + "LayerNorm.bias"])
+        self.weights = [self.word, self.position, self.type0, *self.norm0]
         self.layers = []
         for i in range(self.LAYERS):
             p = f"encoder.layer.{i}."
             a = p + "attention.self."
-            self.layers.append((
-                torch.cat([w[a + n + ".weight"] for n in ("query", "key", "value")]),
-                torch.cat([w[a + n + ".bias"] for n in ("query", "key", "value")]),
-                w[p + "attention.output.dense.weight"], w[p + "attention.output.dense.bias"],
-                (w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
-                w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"],
-                w[p + "output.dense.weight"], w[p + "output.dense.bias"],
-                (w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"])))
+            linears = [
+                (torch.cat([w[a + n + ".weight"] for n in ("query", "key", "value")]),
+                 torch.cat([w[a + n + ".bias"] for n in ("query", "key", "value")])),
+                (w[p + "attention.output.dense.weight"], w[p + "attention.output.dense.bias"]),
+                (w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"]),
+                (w[p + "output.dense.weight"], w[p + "output.dense.bias"])]
+            norms = [(w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
+                     (w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"])]
+            self.weights += [t for pair in linears + norms for t in pair]
+            self.layers.append(([packed_linear(*pair) for pair in linears], norms))
         self.dim = self.word.shape[1]
 
     def parameters(self):
         """Every weight tensor (all frozen: none requires grad)."""
-        yield from (self.word, self.position, self.type0, *self.norm0)
-        for layer in self.layers:
-            for t in layer:
-                yield from (t if isinstance(t, tuple) else (t,))
+        return iter(self.weights)
 
     def _norm(self, x, wb):
         return F.layer_norm(x, (self.dim,), wb[0], wb[1], self.EPS)
@@ -102,11 +119,11 @@ class MiniLM:
         ids = torch.tensor(self.tokenizer.encode(text).ids, dtype=torch.int64)
         n, heads = ids.numel(), self.HEADS
         x = self._norm(self.word[ids] + self.position[:n] + self.type0, self.norm0)
-        for w_qkv, b_qkv, w_o, b_o, norm1, w_i, b_i, w_out, b_out, norm2 in self.layers:
-            q, k, v = F.linear(x, w_qkv, b_qkv).view(n, 3, heads, -1).permute(1, 2, 0, 3)
+        for (qkv, out, up, down), (norm1, norm2) in self.layers:
+            q, k, v = qkv(x).view(n, 3, heads, -1).permute(1, 2, 0, 3)
             a = F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(n, self.dim)
-            x = self._norm(x + F.linear(a, w_o, b_o), norm1)
-            x = self._norm(x + F.linear(F.gelu(F.linear(x, w_i, b_i)), w_out, b_out), norm2)
+            x = self._norm(x + out(a), norm1)
+            x = self._norm(x + down(F.gelu(up(x))), norm2)
         return F.normalize(x.mean(dim=0), dim=0)
 
 

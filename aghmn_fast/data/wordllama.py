@@ -4,7 +4,7 @@ WordLlama (MIT) ships a 32,000 x 256 float16 token-embedding table (``l2_superca
 Matryoshka-style so that the leading 64 or 128 columns are usable on their own) and the
 tokenizer that goes with it, both inside the wheel. Its own loader looks for the tokenizer in a
 folder the wheel does not have and then downloads it, so both files are opened here directly
-from the installed package: nothing touches the network.
+from the installed package (which is located, never imported): nothing touches the network.
 
 A word of our vocabulary (the authors' tokens: lower-case ASCII letters, ``!`` or ``?``) gets the
 mean of the vectors of its WordLlama pieces, the word tokenized alone as at the start of a word.
@@ -14,7 +14,8 @@ L2 norm per row), so the reader, the checkpoint and the one-call streaming push 
 from __future__ import annotations
 
 import functools
-import importlib.resources
+import importlib.util
+import os
 from collections.abc import Iterable
 
 import numpy as np
@@ -27,17 +28,18 @@ _TENSOR_KEY = "embedding.weight"
 
 
 def _package_file(parts: tuple[str, str]) -> str:
-    try:
-        root = importlib.resources.files("wordllama")
-    except ModuleNotFoundError as e:
+    # find_spec locates the package without running its __init__, which would reconfigure
+    # the root logger (logging.basicConfig at INFO) of whatever program imports us.
+    spec = importlib.util.find_spec("wordllama")
+    if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"embeddings {SOURCE!r} need the wordllama package: "
-                          "pip install wordllama") from e
-    path = root.joinpath(*parts)
-    if not path.is_file():
+                          "pip install wordllama")
+    path = os.path.join(list(spec.submodule_search_locations)[0], *parts)
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"the wordllama package is installed but {'/'.join(parts)} is "
                                 "missing from it; reinstall it with "
                                 "pip install --force-reinstall wordllama")
-    return str(path)
+    return path
 
 
 @functools.lru_cache(maxsize=1)
