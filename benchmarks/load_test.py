@@ -72,9 +72,9 @@ def make_checkpoint(path: str, vocab: Vocabulary, window: int) -> None:
     save_checkpoint(path, model, vocab, MELD_LABELS)
 
 
-def in_process(checkpoint: str, texts: List[str], conversations: int, seconds: float) -> Dict:
-    """push_many of all conversations per round (push for one), full windows, 1 torch thread."""
-    torch.set_num_threads(1)
+def in_process(checkpoint: str, texts: List[str], conversations: int, seconds: float, threads: int = 1) -> Dict:
+    """push_many of all conversations per round (push for one), full windows."""
+    torch.set_num_threads(threads)
     rec = StreamingRecognizer.from_checkpoint(checkpoint)
     K = rec.window
     for r in range(K):
@@ -289,6 +289,8 @@ def main(argv=None) -> int:
     p.add_argument("--ray-proxies", default="haproxy,python", help="Ray ingresses to measure (default both)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--server-args", default="", help="extra aghmn-fast serve options (one string)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads, in-process and in the servers (default 1)")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     modes = args.modes.split(",")
@@ -297,14 +299,14 @@ def main(argv=None) -> int:
     vocab, texts, source = corpus(args.data)
     checkpoint = os.path.join(tmp, "model.pt")
     make_checkpoint(checkpoint, vocab, args.window)
-    results = {"machine": machine(), "texts": source, "window": args.window,
+    results = {"machine": machine(), "texts": source, "window": args.window, "threads": args.threads,
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                         capture_output=True, text=True).stdout.strip(),
                "in_process": {}}
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
         for c in levels:
-            results["in_process"][c] = r = in_process(checkpoint, texts, c, min(args.seconds, 10))
+            results["in_process"][c] = r = in_process(checkpoint, texts, c, min(args.seconds, 10), args.threads)
             print(f"in-process C={c}: {r['utterances_per_s']:.0f} utt/s, p50 {r['p50_ms']:.3f} ms", flush=True)
         runs = [m for m in modes if m != "ray"] + [f"ray-{p}" for p in args.ray_proxies.split(",") if "ray" in modes]
         for mode in runs:
@@ -312,7 +314,8 @@ def main(argv=None) -> int:
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             cmd = [sys.executable, "-m", "aghmn_fast.cli", "serve", "--checkpoint", checkpoint,
-                   "--port", str(port), "--max-conversations", "1000000", *args.server_args.split()]
+                   "--port", str(port), "--max-conversations", "1000000", "--threads", str(args.threads),
+                   *args.server_args.split()]
             if mode == "single":
                 cmd += ["--state", os.path.join(tmp, "state.db")]
             else:
