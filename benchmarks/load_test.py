@@ -11,7 +11,9 @@ per round, full windows, one torch thread) is measured in the same run, before t
 Servers: ``single`` = one ``aghmn-fast serve`` process (SQLite state, the default);
 ``ray`` = ``aghmn-fast serve --ray --replicas 2`` with a redis-server started here; its clients
 send ``X-Session-Id`` (conversation-affine routing) and the run reports the memory-hit rate (the
-share of answers not rebuilt from Redis), also for one run without the header.
+share of answers not rebuilt from Redis, each conversation's first timed answer excluded: the
+untimed warm-up goes through the batch route, which has no affinity), also for one run without
+the header. Both Ray ingresses are measured: HAProxy and Ray's Python proxy.
 
     python benchmarks/load_test.py [--data MELD_DIR] [--modes single,ray] [--concurrency 1,64,1024]
         [--requests 20000] [--seconds 20] [--out results.json]
@@ -70,9 +72,9 @@ def make_checkpoint(path: str, vocab: Vocabulary, window: int) -> None:
     save_checkpoint(path, model, vocab, MELD_LABELS)
 
 
-def in_process(checkpoint: str, texts: List[str], conversations: int, seconds: float) -> Dict:
-    """push_many of all conversations per round (push for one), full windows, 1 torch thread."""
-    torch.set_num_threads(1)
+def in_process(checkpoint: str, texts: List[str], conversations: int, seconds: float, threads: int = 1) -> Dict:
+    """push_many of all conversations per round (push for one), full windows."""
+    torch.set_num_threads(threads)
     rec = StreamingRecognizer.from_checkpoint(checkpoint)
     K = rec.window
     for r in range(K):
@@ -161,13 +163,13 @@ async def http_load(base: str, texts: List[str], conversations: int, window: int
                     assert resp.status == 200, await resp.text()
                     await resp.read()
         latencies: List[float] = []
-        rebuilt = errors = 0
+        rebuilt = errors = counted = 0
         deadline = time.perf_counter() + seconds
         issued = 0
         loop = asyncio.get_running_loop()
 
         async def one(c: int, cid: str):
-            nonlocal rebuilt, errors, issued
+            nonlocal rebuilt, errors, issued, counted
             url = f"/v1/conversations/{cid}/utterances"
             r = window
             if client == "raw":
@@ -188,7 +190,9 @@ async def http_load(base: str, texts: List[str], conversations: int, window: int
                     if status != 200:
                         errors += 1
                         continue
-                    rebuilt += b'"rebuilt": true' in payload
+                    if r > window:   # the first answer may move the conversation off its warm-up replica
+                        rebuilt += b'"rebuilt": true' in payload
+                        counted += 1
                     r += 1
             finally:
                 if client == "raw":
@@ -203,7 +207,7 @@ async def http_load(base: str, texts: List[str], conversations: int, window: int
     n = len(latencies)
     return {"client": client, "requests": n, "errors": errors, "seconds": elapsed,
             "utterances_per_s": (n - errors) / elapsed, "p50_ms": _percentile(latencies, 0.5),
-            "p99_ms": _percentile(latencies, 0.99), "memory_hit_rate": 1 - rebuilt / max(1, n - errors),
+            "p99_ms": _percentile(latencies, 0.99), "memory_hit_rate": 1 - rebuilt / max(1, counted),
             "client_cpu_per_request_us": 1e6 * client_cpu / max(1, n)}
 
 
@@ -282,8 +286,11 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=20_000, help="most timed requests per level")
     p.add_argument("--seconds", type=float, default=20.0, help="most timed seconds per level")
     p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--ray-proxies", default="haproxy,python", help="Ray ingresses to measure (default both)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--server-args", default="", help="extra aghmn-fast serve options (one string)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads, in-process and in the servers (default 1)")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     modes = args.modes.split(",")
@@ -292,20 +299,23 @@ def main(argv=None) -> int:
     vocab, texts, source = corpus(args.data)
     checkpoint = os.path.join(tmp, "model.pt")
     make_checkpoint(checkpoint, vocab, args.window)
-    results = {"machine": machine(), "texts": source, "window": args.window,
+    results = {"machine": machine(), "texts": source, "window": args.window, "threads": args.threads,
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                         capture_output=True, text=True).stdout.strip(),
-               "in_process": {}, "single": {}, "ray": {}}
+               "in_process": {}}
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
         for c in levels:
-            results["in_process"][c] = r = in_process(checkpoint, texts, c, min(args.seconds, 10))
+            results["in_process"][c] = r = in_process(checkpoint, texts, c, min(args.seconds, 10), args.threads)
             print(f"in-process C={c}: {r['utterances_per_s']:.0f} utt/s, p50 {r['p50_ms']:.3f} ms", flush=True)
-        for mode in modes:
+        runs = [m for m in modes if m != "ray"] + [f"ray-{p}" for p in args.ray_proxies.split(",") if "ray" in modes]
+        for mode in runs:
+            results.setdefault(mode, {})
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             cmd = [sys.executable, "-m", "aghmn_fast.cli", "serve", "--checkpoint", checkpoint,
-                   "--port", str(port), "--max-conversations", "1000000", *args.server_args.split()]
+                   "--port", str(port), "--max-conversations", "1000000", "--threads", str(args.threads),
+                   *args.server_args.split()]
             if mode == "single":
                 cmd += ["--state", os.path.join(tmp, "state.db")]
             else:
@@ -314,7 +324,8 @@ def main(argv=None) -> int:
                                           "--bind", "127.0.0.1", "--dir", tmp, "--save", "", "--appendonly", "no"],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 procs.append(redis)
-                cmd += ["--ray", "--replicas", str(args.replicas), "--redis", f"redis://127.0.0.1:{redis_port}/0"]
+                cmd += ["--ray", "--replicas", str(args.replicas), "--redis", f"redis://127.0.0.1:{redis_port}/0",
+                        "--ray-proxy", mode.split("-", 1)[1]]
             server = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL,
                                       stderr=open(os.path.join(tmp, f"{mode}.log"), "w"))
             procs.append(server)
@@ -331,10 +342,10 @@ def main(argv=None) -> int:
                       f"memory hits {100 * r['memory_hit_rate']:.1f}%"
                       + (f"; stdlib client p50 {r['stdlib_client']['p50_ms']:.3f} ms" if c == 1 else ""),
                       flush=True)
-            if mode == "ray":
+            if mode.startswith("ray"):
                 r = asyncio.run(http_load(base, texts, 64, args.window, min(args.requests, 5000), args.seconds,
                                           affinity=False, tag="noaff"))
-                results["ray"]["64_without_session_header"] = r
+                results[mode]["64_without_session_header"] = r
                 print(f"ray C=64 without X-Session-Id: memory hits {100 * r['memory_hit_rate']:.1f}%, "
                       f"{r['utterances_per_s']:.0f} utt/s", flush=True)
             stop(server, 120)

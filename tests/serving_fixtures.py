@@ -189,10 +189,13 @@ def running_app(serving):
 
 
 async def stream_dialogues_http(base: str, dialogues, start: Dict[str, int], stop: Dict[str, int],
-                                headers=None, seed: int = 0, retry_until: float = 0.0) -> Dict[str, List[dict]]:
+                                headers=None, seed: int = 0, retry_until: float = 0.0,
+                                affinity: bool = False, on_answer=None) -> Dict[str, List[dict]]:
     """One concurrent client per dialogue, each POSTing utterances start[id]..stop[id]-1 in order
-    (with random tiny pauses, so that the server interleaves them). A connection error is retried
-    until ``retry_until`` (a time.time()), for clients that outlive a server restart."""
+    (with random tiny pauses, so that the server interleaves them). Each request carries its
+    expected index, so a connection error or a 5xx is retried (until ``retry_until``, a
+    time.time()) without ever counting an utterance twice. ``affinity``: send the conversation id
+    as ``X-Session-Id`` (Ray routing). ``on_answer()`` is called after every answer."""
     import asyncio
 
     import httpx
@@ -202,18 +205,23 @@ async def stream_dialogues_http(base: str, dialogues, start: Dict[str, int], sto
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
         async def one(d, pauses):
             out = []
+            extra = {"X-Session-Id": d.id} if affinity else None
             for i in range(start[d.id], stop[d.id]):
                 await asyncio.sleep(pauses[i])
                 while True:
                     try:
-                        r = await client.post(f"/v1/conversations/{d.id}/utterances", json={"text": d.texts[i]})
-                        break
+                        r = await client.post(f"/v1/conversations/{d.id}/utterances",
+                                              json={"text": d.texts[i], "index": i}, headers=extra)
+                        if r.status_code < 500 or time.time() > retry_until:
+                            break
                     except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
                         if time.time() > retry_until:
                             raise
-                        await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)
                 assert r.status_code == 200, r.text
                 out.append(r.json())
+                if on_answer is not None:
+                    on_answer()
             return d.id, out
         tasks = [one(d, [rng.random() * 0.004 for _ in d.texts]) for d in dialogues]
         return dict(await asyncio.gather(*tasks))

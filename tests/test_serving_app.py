@@ -2,6 +2,7 @@
 concurrency, bad input, the token, limits and metrics."""
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -184,3 +185,14 @@ def test_options_are_validated(checkpoint, tmp_path):
         _serving(checkpoint, tmp_path, ttl_seconds=-1)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         _serving(str(tmp_path / "missing.pt"), tmp_path)
+
+
+def test_idle_conversations_expire(checkpoint, tmp_path):
+    serving = _serving(checkpoint, tmp_path, ttl_seconds=0.3)
+    with running_app(serving) as base:
+        url = base + "/v1/conversations/idle/utterances"
+        assert httpx.post(url, json={"text": "hi"}).json()["index"] == 0
+        assert httpx.post(url, json={"text": "again"}).json()["index"] == 1
+        time.sleep(1.0)   # the sweeper runs every ttl / 4
+        assert httpx.get(base + "/readyz").json()["live_conversations"] == 0
+        assert httpx.post(url, json={"text": "hi"}).json()["index"] == 0   # a new conversation

@@ -48,6 +48,9 @@ def add_parser(sub) -> None:
     p.add_argument("--redis", default=None, help="Redis URL of the shared store in --ray mode")
     p.add_argument("--ray-address", default=None,
                    help="Ray cluster to join (default: start a local one)")
+    p.add_argument("--ray-proxy", default="haproxy", choices=["haproxy", "python"],
+                   help="Ray Serve ingress: haproxy (default; balances on a hash of X-Session-Id) or "
+                        "python (Ray's HTTP proxy with its consistent-hash router on X-Session-Id)")
 
 
 def config_from_args(args):
@@ -137,7 +140,8 @@ def run(args) -> int:
     config = config_from_args(args)
     if args.ray:
         from .ray_app import run_ray
-        return run_ray(config, replicas=args.replicas, redis_url=args.redis, address=args.ray_address)
+        return run_ray(config, replicas=args.replicas, redis_url=args.redis, address=args.ray_address,
+                       proxy=args.ray_proxy)
     if args.redis:
         raise ValueError("--redis is for --ray; for one server use --state redis://...")
     return run_server(config)

@@ -107,11 +107,12 @@ class MemoryStore(ConversationStore):
 class SQLiteStore(ConversationStore):
     """The embedded durable store: one SQLite database file in WAL mode, owned by one process.
 
-    Each conversation has a row with its utterance count and K + 1 text slots (utterance ``i``
-    goes to slot ``i mod (K + 1)``), so an append is two upserts in the batch's one transaction. The file is
-    locked exclusively while open: a second server on the same file is refused with
-    ``ValueError`` (the engine's in-memory counts are the truth only with a single writer), and
-    the lock dies with the process, so a killed server can be restarted at once.
+    One table of text slots: utterance ``i`` of a conversation goes to slot ``i mod (K + 1)``
+    with its index and time, so an append is one upsert per utterance in the batch's one
+    transaction, and a conversation's count is its largest index + 1. The file is locked
+    exclusively while open: a second server on the same file is refused with ``ValueError``
+    (the counts and activity times mirrored in memory are the truth only with a single writer),
+    and the lock dies with the process, so a killed server can be restarted at once.
 
     Args:
         path: the database file (created if absent; its directory must exist).
@@ -137,15 +138,14 @@ class SQLiteStore(ConversationStore):
             db.executescript(   # BEGIN IMMEDIATE takes the exclusive lock now, not at the first append
                 "BEGIN IMMEDIATE;"
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-                "CREATE TABLE IF NOT EXISTS conversations (id TEXT PRIMARY KEY, count INTEGER NOT NULL,"
-                " last_seen REAL NOT NULL);"
                 "CREATE TABLE IF NOT EXISTS texts (id TEXT NOT NULL, slot INTEGER NOT NULL,"
-                " idx INTEGER NOT NULL, text TEXT NOT NULL, PRIMARY KEY (id, slot)) WITHOUT ROWID;"
-                "CREATE INDEX IF NOT EXISTS by_last_seen ON conversations (last_seen);"
+                " idx INTEGER NOT NULL, text TEXT NOT NULL, seen REAL NOT NULL,"
+                " PRIMARY KEY (id, slot)) WITHOUT ROWID;"
                 "COMMIT;")
             row = db.execute("SELECT value FROM meta WHERE key = 'window'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('window', ?)", (json.dumps(window),))
+            rows = db.execute("SELECT id, MAX(idx) + 1, MAX(seen) FROM texts GROUP BY id").fetchall()
         except sqlite3.OperationalError as exc:
             if db is not None:
                 db.close()
@@ -162,7 +162,8 @@ class SQLiteStore(ConversationStore):
                              f"this model has K={window}: use another --state file")
         self._db = db
         self._lock = threading.Lock()
-        self._counts: Dict[str, int] = dict(db.execute("SELECT id, count FROM conversations"))
+        self._counts: Dict[str, int] = {cid: n for cid, n, _ in rows}
+        self._seen: Dict[str, float] = {cid: t for cid, _, t in rows}
         self.path = path
 
     def load(self, conversation_ids):
@@ -178,7 +179,7 @@ class SQLiteStore(ConversationStore):
     def append(self, items):
         # The exclusive lock makes this process the only writer, so the counts mirrored in
         # memory are the stored ones: the index check needs no query.
-        counts = dict()
+        counts: Dict[str, int] = {}
         bad = []
         for cid, index, _ in items:
             if counts.get(cid, self._counts.get(cid, 0)) != index:
@@ -192,15 +193,15 @@ class SQLiteStore(ConversationStore):
             db = self._db
             db.execute("BEGIN")
             try:
-                db.executemany("INSERT OR REPLACE INTO texts VALUES (?, ?, ?, ?)",
-                               [(cid, index % keep, index, text) for cid, index, text in items])
-                db.executemany("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?)",
-                               [(cid, n, now) for cid, n in counts.items()])
+                db.executemany("INSERT OR REPLACE INTO texts VALUES (?, ?, ?, ?, ?)",
+                               [(cid, index % keep, index, text, now) for cid, index, text in items])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             self._counts.update(counts)
+            for cid in counts:
+                self._seen[cid] = now
 
     def delete(self, conversation_id):
         return bool(self._delete([conversation_id]))
@@ -208,20 +209,20 @@ class SQLiteStore(ConversationStore):
     def _delete(self, ids: Sequence[str]) -> List[str]:
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM conversations WHERE id = ?", [(c,) for c in ids])
             self._db.executemany("DELETE FROM texts WHERE id = ?", [(c,) for c in ids])
             self._db.execute("COMMIT")
+            for c in ids:
+                self._seen.pop(c, None)
             return [c for c in ids if self._counts.pop(c, None) is not None]
 
     def ids(self):
         with self._lock:
-            return [c for (c,) in self._db.execute("SELECT id FROM conversations ORDER BY last_seen")]
+            return sorted(self._seen, key=self._seen.__getitem__)
 
     def expire(self, idle_seconds):
         cutoff = time.time() - idle_seconds
         with self._lock:
-            gone = [c for (c,) in self._db.execute(
-                "SELECT id FROM conversations WHERE last_seen < ?", (cutoff,))]
+            gone = [c for c, t in self._seen.items() if t < cutoff]
         return self._delete(gone) if gone else []
 
     def close(self):
