@@ -192,9 +192,19 @@ def cmd_demo_stream(args) -> int:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "demo-stream": cmd_demo_stream}
 
 
+class UsageError(Exception):
+    """A command line that does not parse (raised instead of argparse's usage dump and exit)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, like every other user error (argparse would print the whole usage first).
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``aghmn-fast``."""
-    parser = argparse.ArgumentParser(prog="aghmn-fast", description=__doc__,
+    """The argument parser of ``aghmn-fast``; a bad command line raises :class:`UsageError`."""
+    parser = _Parser(prog="aghmn-fast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
@@ -224,7 +234,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     The one error boundary of the CLI: a user-caused failure becomes one line on stderr and its
     exit code, never a traceback, unless ``--debug`` or ``AGHMN_DEBUG=1`` asks for it.
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
     debug = args.debug or os.environ.get("AGHMN_DEBUG", "") not in ("", "0")
     command = args.command
     try:

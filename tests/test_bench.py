@@ -250,7 +250,7 @@ def test_cli_flags_reach_the_options(monkeypatch, tmp_path):
     assert full.out_dir.startswith("aghmn-bench-") and not os.path.exists(full.out_dir)
     for bad in (["bench", "--threads", "0"], ["bench", "--threads", "a"], ["bench", "--device", "tpu"],
                 ["bench", "--readme", "README.md"]):
-        with pytest.raises(SystemExit):
+        with pytest.raises(cli.UsageError):
             parser.parse_args(bad)
     with pytest.raises(ValueError, match="unknown benchmark part"):
         suite.SuiteOptions(parts=("agru", "gpu"))
