@@ -181,10 +181,17 @@ async def http_load(base: str, texts: List[str], conversations: int, window: int
                     text = texts[(c * 7 + r) % len(texts)]
                     t0 = time.perf_counter()
                     if client == "raw":
-                        status, payload = await conn.post(url, json.dumps({"text": text}).encode(), extra)
+                        body = json.dumps({"text": text, "index": r}).encode()
+                        try:
+                            status, payload = await conn.post(url, body, extra)
+                        except ConnectionError:
+                            # a proxy closed the keep-alive connection: reconnect and resend
+                            # (the expected index makes the resend safe)
+                            _, conn = await loop.create_connection(_HTTPConnection, u.hostname, u.port)
+                            status, payload = await conn.post(url, body, extra)
                     else:
                         headers = {"X-Session-Id": cid} if affinity else None
-                        async with session.post(url, json={"text": text}, headers=headers) as resp:
+                        async with session.post(url, json={"text": text, "index": r}, headers=headers) as resp:
                             payload, status = await resp.read(), resp.status
                     latencies.append((time.perf_counter() - t0) * 1e3)
                     if status != 200:
