@@ -113,14 +113,14 @@ def _recognizers(K=5, device="cpu", path="step"):
 def test_graph_step_buffers_buckets_and_chunks_match_the_step_path(monkeypatch):
     """The graph path's bucketing, padding (rows repeating row 0), chunking and store-write,
     run eagerly (capture=False: no CUDA here), against the "step" path: equal predictions."""
-    from aghmn_fast import streaming
+    from aghmn_fast.streaming import GraphEngine
     make, words = _recognizers()
     plain = make("step")
     if plain.path != "step":
         pytest.skip("the fused step op is not available")
     graphed = make("step")
-    graphed._graph = streaming._GraphedStep(graphed, capture=False)
-    monkeypatch.setattr(streaming._GraphedStep, "BUCKETS", (1, 2, 4))  # chunks of 4
+    graphed.engine = GraphEngine.create(graphed, capture=False)
+    monkeypatch.setattr(GraphEngine, "BUCKETS", (1, 2, 4))  # chunks of 4
     g = torch.Generator().manual_seed(0)
     for rnd in range(8):
         n = 1 + rnd % 7  # 1..7 conversations per round: padding and chunking
@@ -133,12 +133,12 @@ def test_graph_step_buffers_buckets_and_chunks_match_the_step_path(monkeypatch):
             for name in a.probabilities:
                 assert a.probabilities[name] == pytest.approx(b.probabilities[name], abs=1e-6)
     assert torch.equal(graphed._u, plain._u) and torch.equal(graphed._proj, plain._proj)
-    assert set(graphed._graph._graphs) <= {1, 2, 4}
+    assert set(graphed.engine._graphs) <= {1, 2, 4}
     # the store grew (new conversations): buffers rebuilt for the new addresses
-    before = graphed._graph._store
+    before = graphed.engine._store
     graphed.push_many([(f"new{j}", "w1 w2") for j in range(12)])
     graphed.push_many([(f"new{j}", "w3") for j in range(12)])
-    assert graphed._graph._store != before
+    assert graphed.engine._store != before
 
 
 def test_graph_path_is_refused_without_cuda():

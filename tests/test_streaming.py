@@ -186,7 +186,8 @@ def test_stream_push_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.aghmn_fast.stream_pack.default,
                           ([rec.model.classifier.weight.detach(), rec.model.classifier.bias.detach()],
                            [rec.hidden, 16, 7, 4, 0, 0, 1, 60, 0]), test_utils=utils)
-    args = (rec._packed, rec._dims, rec._embedding, [5, 6, 7], [3], None, [rec._blocks["a"]], [3],
+    push = rec.engine
+    args = (push.packed, push.dims, push.embedding, [5, 6, 7], [3], None, [rec._blocks["a"]], [3],
             rec._u.clone(), rec._proj.clone())
     torch.library.opcheck(torch.ops.aghmn_fast.stream_push.default, args, test_utils=utils)
 
@@ -196,7 +197,8 @@ def test_stream_push_op_rejects_bad_arguments():
     rec, _ = _recognizer(window=4, path="push")
     rec.push("a", "hello")
     push = torch.ops.aghmn_fast.stream_push
-    good = dict(packed=rec._packed, dims=rec._dims, embedding=rec._embedding, tokens=[5, 6],
+    engine = rec.engine
+    good = dict(packed=engine.packed, dims=engine.dims, embedding=engine.embedding, tokens=[5, 6],
                 lengths=[2], u=None, blocks=[rec._blocks["a"]], counts=[1], u_store=rec._u,
                 proj_store=rec._proj)
     cases = [(dict(tokens=[5, 10 ** 9]), "outside the vocabulary"),
@@ -205,8 +207,8 @@ def test_stream_push_op_rejects_bad_arguments():
              (dict(blocks=[10 ** 6]), "outside the store"),
              (dict(blocks=[0, 0], counts=[1, 1], lengths=[1, 1]), "appears twice"),
              (dict(counts=[-1]), "negative"),
-             (dict(dims=rec._dims[:-1]), "9 integers"),
-             (dict(packed=rec._packed[:-1]), "pack with the same dims"),
+             (dict(dims=engine.dims[:-1]), "9 integers"),
+             (dict(packed=engine.packed[:-1]), "pack with the same dims"),
              (dict(u_store=rec._u.double()), "u_store"),
              (dict(proj_store=rec._proj[:1]), "proj_store")]
     before = rec._u.clone(), rec._proj.clone()
@@ -218,13 +220,13 @@ def test_stream_push_op_rejects_bad_arguments():
 
 def test_stream_step_op_passes_opcheck():
     rec, test = _recognizer(summary="biagru", window=4, path="step" if HAVE_CPU_EXT else None)
-    if rec._fused_step is None:
+    if rec.path != "step":
         pytest.skip("the compiled extension is not available")
     for text in ("hello", "how are you?", "fine!"):
         rec.push("a", text)
     windows = rec._window_rows(["a"])
     q = torch.randn(1, rec.hidden)
-    args = (q, windows, rec._u, rec._proj, rec._pad_proj, rec._w_hh, rec._b_hh, rec._summary_weights,
+    args = (q, windows, rec._u, rec._proj, rec._pad_proj, rec._w_hh, rec._b_hh, rec.engine.summary_weights,
             1, rec.model.classifier.weight.detach(), rec.model.classifier.bias.detach())
     torch.library.opcheck(torch.ops.aghmn_fast.stream_step.default, args,
                           test_utils=("test_schema", "test_autograd_registration"))

@@ -1,4 +1,5 @@
-"""Real-time streaming recognition: one utterance in, its emotion out, many conversations at once.
+"""The public streaming API: :class:`StreamingRecognizer` (conversation table, ring store, state
+files) and :class:`Prediction`. How a push is computed is an engine (:mod:`.engines`).
 
 Per conversation the recognizer keeps only what the next utterance needs: the reader vector and
 the fusion-GRU input projections (every direction) of its last K utterances, in a ring of K slots
@@ -19,11 +20,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from . import ops
-from ._io import atomic_torch_save
-from .data import Vocabulary, tokenize
-from .models import AGHMN, pad_token_ids
-from .models.aghmn import BiGRUReader
+from .. import ops
+from .._io import atomic_torch_save
+from ..data import Vocabulary, tokenize
+from ..models import AGHMN, pad_token_ids
+from .engines import DEFAULT_ORDER, ENGINES, Engine
 
 STATE_FORMAT = "aghmn_fast.stream_state.v2"  # v2: the fingerprint hashes the weights' bytes
 
@@ -59,7 +60,7 @@ class StreamingRecognizer:
             ``"graph"`` (CUDA only): the "step" path with everything after the reader (memory
             update, summary, classifier, ring-store write) replayed as one CUDA graph per batch
             bucket (1, 2, 4, .., 1,024 conversations; larger rounds in chunks), captured on
-            first use; see :class:`_GraphedStep`;
+            first use; see :class:`~aghmn_fast.streaming.engines.GraphEngine`;
             ``"step"``: the reader in PyTorch, then one compiled call for the rest (CPU or CUDA);
             ``"ops"``: the model's own layers op by op (any backend). Default: the first of
             "push", "step", "ops" that is available ("graph" only when asked for: it has not
@@ -74,6 +75,9 @@ class StreamingRecognizer:
     One recognizer is not safe to share between Python threads without a lock (its conversation
     table and store are updated in place); to serve from several threads, give each its own
     recognizer or serialise the calls. ``push_many`` already uses the torch threads for a batch.
+
+    Attributes: ``engine``, the :class:`~aghmn_fast.streaming.engines.Engine` that computes the
+    pushes (``engine.name == path``).
     """
 
     def __init__(self, model: AGHMN, device=None, *, vocab: Optional[Vocabulary] = None,
@@ -94,17 +98,10 @@ class StreamingRecognizer:
         self.dtype = next(model.parameters()).dtype
         self.num_dirs = 0 if model.fusion is None else (2 if model.fusion.bidirectional else 1)
         self._fusion_weights()
-        if path not in (None, "push", "graph", "step", "ops"):
-            raise ValueError(f"path must be 'push', 'graph', 'step', 'ops' or None, got {path!r}")
-        self._engine = path in (None, "push") and self._find_engine()
-        self._fused_step = None
-        if path in (None, "graph", "step") and not self._engine:
-            self._fused_step = self._find_fused_step()
-        self._graph = _GraphedStep.for_recognizer(self, path)
-        if path is not None and path != self.path:
-            raise ValueError(f"path {path!r} is not available here (device {self.device}, dtype "
-                             f"{self.dtype}, model backend {self.model.config.backend!r}, "
-                             f"backends loaded: {ops.backends()}); available: {self.path!r}")
+        if path is not None and path not in ENGINES:
+            raise ValueError(f"path must be one of {', '.join(map(repr, ENGINES))} or None, "
+                             f"got {path!r}")
+        self.engine: Engine = self._choose_engine(path)
         self._blocks: Dict[Hashable, int] = {}      # conversation -> block of K store slots
         self._counts: Dict[Hashable, int] = {}      # conversation -> utterances seen
         self._free: List[int] = []
@@ -122,7 +119,7 @@ class StreamingRecognizer:
         Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not
         a valid checkpoint, an unavailable ``device`` or an unavailable ``backend``.
         """
-        from .train import load_checkpoint
+        from ..train import load_checkpoint
         if device is not None:
             device = _usable_device(device)
         model, vocab, labels, _ = load_checkpoint(path, backend=backend)
@@ -139,50 +136,17 @@ class StreamingRecognizer:
         self._w_hh = torch.stack([flat[4 * i + 1] for i in d])
         self._b_hh = torch.stack([flat[4 * i + 3] for i in d])
 
-    def _find_engine(self) -> bool:
-        # The CPU one-call push (reader included) needs the compiled CPU kernels; it packs the
-        # weights once, here: a model changed after this needs a new recognizer.
-        model, cfg = self.model, self.model.config
-        if (self.device.type != "cpu" or self.dtype not in (torch.float32, torch.float64)
-                or ops.resolve_backend(cfg.backend, self.device).name != "cpu"):
-            return False
-        try:
-            self._push_op = torch.ops.aghmn_fast.stream_push
-            pack = torch.ops.aghmn_fast.stream_pack
-        except (AttributeError, RuntimeError):
-            return False
-        self._bigru = isinstance(model.reader, BiGRUReader)
-        weights = []
-        if self._bigru:
-            gru = model.reader.gru
-            weights += [getattr(gru, f"{n}_l0{s}") for s in ("", "_reverse")
-                        for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            weights += [model.reader.proj.weight, model.reader.proj.bias]
-        if self.num_dirs:
-            weights += list(model.fusion._flat_weights)  # (w_ih, w_hh, b_ih, b_hh) per direction
-        summary = self._agru_weights()
-        weights += summary + [model.classifier.weight, model.classifier.bias]
-        self._dims = [self.hidden, cfg.embedding_dim, cfg.num_classes, self.window, self.num_dirs,
-                      len(summary) // 4, cfg.hops, cfg.max_len, int(self._bigru)]
-        with torch.no_grad():
-            self._packed = pack([w.detach().contiguous() for w in weights], self._dims)
-        # A sentence reader has no word table; the push then takes u, and never reads this.
-        table = (model.embedding.weight if model.embedding is not None
-                 else torch.zeros(0, cfg.embedding_dim, dtype=self.dtype))
-        self._embedding = table.detach().contiguous()
-        return True
-
-    def _find_fused_step(self):
-        # The one-op step needs the compiled recurrences for this device; else the ops path.
-        backend = ops.resolve_backend(self.model.config.backend, self.device).name
-        if backend not in ("cpu", "cuda") or not self.model.config.has_context:
-            return None
-        try:
-            step = torch.ops.aghmn_fast.stream_step
-        except (AttributeError, RuntimeError):
-            return None
-        self._summary_weights = [w.detach() for w in self._agru_weights()]
-        return step
+    def _choose_engine(self, path: Optional[str]) -> Engine:
+        # Engines pack or look up what they need here: a model changed afterwards needs a new
+        # recognizer.
+        for name in (path,) if path is not None else DEFAULT_ORDER:
+            engine = ENGINES[name].create(self)
+            if engine is not None:
+                return engine
+        available = next(e.name for e in map(lambda n: ENGINES[n].create(self), DEFAULT_ORDER) if e)
+        raise ValueError(f"path {path!r} is not available here (device {self.device}, dtype "
+                         f"{self.dtype}, model backend {self.model.config.backend!r}, "
+                         f"backends loaded: {ops.backends()}); available: {available!r}")
 
     def _agru_weights(self) -> List[Tensor]:
         """The AGRU cells' (weight_ih, weight_hh, bias_ih, bias_hh), forward cell first."""
@@ -205,11 +169,7 @@ class StreamingRecognizer:
     def path(self) -> str:
         """How pushes are computed: ``"push"``, ``"graph"``, ``"step"`` or ``"ops"`` (see the
         class doc)."""
-        if self._engine:
-            return "push"
-        if self._graph is not None:
-            return "graph"
-        return "step" if self._fused_step is not None else "ops"
+        return self.engine.name
 
     @property
     def conversations(self) -> List[Hashable]:
@@ -359,47 +319,15 @@ class StreamingRecognizer:
             rows.append([-1] * (K - m) + [base + (i % K) for i in range(n - m, n)])
         return torch.tensor(rows, dtype=torch.int64, device=self.device).reshape(-1, K)
 
-    def _step(self, cids: Sequence[Hashable], token_ids: Sequence[List[int]]) -> Tensor:
-        model = self.model
+    def _step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:
+        """Open unknown conversations, then one engine step (which also writes the store and
+        advances the counts)."""
         for cid in cids:
             if cid not in self._blocks:
                 if not self._free:
                     self._grow(2 * self._capacity)
                 self._blocks[cid], self._counts[cid] = self._free.pop(), 0
-        if self._engine:
-            return self._engine_step(cids, token_ids)
-        u = self._reader_vectors(token_ids)
-        has_past = [self._counts[c] > 0 for c in cids]
-        if model.config.has_context and all(has_past):  # the steady state: one fused call
-            if self._graph is not None:  # the same call and the store write, graph-replayed
-                return self._graph.step(cids, u)
-            probs = self._context_probs(u, self._window_rows(cids))
-        else:
-            probs = F.softmax(model.classifier(u), dim=-1)
-            if model.config.has_context and any(has_past):
-                q_idx = torch.tensor([i for i, h in enumerate(has_past) if h], device=self.device)
-                windows = self._window_rows([c for c, h in zip(cids, has_past) if h])
-                probs = probs.index_copy(0, q_idx, self._context_probs(u[q_idx], windows))
-        self._remember(cids, u)
-        return probs
-
-    def _engine_step(self, cids: Sequence[Hashable], token_ids: Sequence[List[int]]) -> Tensor:
-        """One call of the compiled push: reader, memory update, summary, classifier, ring write."""
-        blocks = [self._blocks[c] for c in cids]
-        counts = [self._counts[c] for c in cids]
-        if self._bigru:
-            max_len = self.model.config.max_len
-            ids = [t[:max_len] if t else [1] for t in token_ids]  # empty -> one <unk>, as offline
-            flat = ids[0] if len(ids) == 1 else [i for t in ids for i in t]
-            probs = self._push_op(self._packed, self._dims, self._embedding, flat,
-                                  [len(t) for t in ids], None, blocks, counts, self._u, self._proj)
-        else:
-            u = self._reader_vectors(token_ids).contiguous()
-            probs = self._push_op(self._packed, self._dims, self._embedding, [], [], u, blocks,
-                                  counts, self._u, self._proj)
-        for c in cids:
-            self._counts[c] += 1
-        return probs
+        return self.engine.step(cids, items)
 
     def _reader_vectors(self, items: Sequence) -> Tensor:
         """Reader vectors u [B, H] of the pushed utterances (token ids, or texts for a sentence
@@ -410,139 +338,32 @@ class StreamingRecognizer:
         tokens, lengths = pad_token_ids(items, model.config.max_len)
         return model.encode_utterances(tokens.to(self.device), lengths)
 
-    def _context_probs(self, q: Tensor, windows: Tensor) -> Tensor:
-        """Class probabilities of queries q [B, H] over their windows of stored utterances."""
-        model = self.model
-        if self._fused_step is not None:
-            return self._fused_step(q, windows, self._u, self._proj, self._pad_proj, self._w_hh,
-                                    self._b_hh, self._summary_weights, model.config.hops,
-                                    model.classifier.weight, model.classifier.bias)
-        keep = (windows >= 0).unsqueeze(-1).to(q.dtype)
-        memory = self._u[windows.clamp(min=0)] * keep + ops.window_gru(
-            self._proj, self._pad_proj, self._w_hh, self._b_hh, windows,
-            backend=model.config.backend).sum(0)
-        e = model.summarize(q, memory, windows >= 0)
-        return F.softmax(model.classifier(e), dim=-1)
-
-    def _remember(self, cids: Sequence[Hashable], u: Tensor) -> None:
+    def _slots(self, cids: Sequence[Hashable]) -> Tensor:
+        """The store slot each conversation's next utterance goes to."""
         K = self.window
-        slots = torch.tensor([self._blocks[c] * K + self._counts[c] % K for c in cids],
-                             dtype=torch.int64, device=self.device)
-        self._u[slots] = u
+        return torch.tensor([self._blocks[c] * K + self._counts[c] % K for c in cids],
+                            dtype=torch.int64, device=self.device)
+
+    def _write(self, slots: Tensor, u: Tensor) -> None:
+        """Store reader vectors and their fusion projections (every engine but the one-call push,
+        whose kernel writes the same values itself)."""
+        self._u.index_copy_(0, slots, u)
         for d in range(self.num_dirs):
-            self._proj[d, slots] = F.linear(u, self._w_ih[d], self._b_ih[d])
+            self._proj[d].index_copy_(0, slots, F.linear(u, self._w_ih[d], self._b_ih[d]))
+
+    def _advance(self, cids: Sequence[Hashable]) -> None:
         for c in cids:
             self._counts[c] += 1
+
+    def _remember(self, cids: Sequence[Hashable], u: Tensor) -> None:
+        """Write the new utterances of ``cids`` into the store and count them."""
+        self._write(self._slots(cids), u)
+        self._advance(cids)
 
     def _prediction(self, cid, index: int, p: List[float]) -> Prediction:
         best = max(range(len(p)), key=p.__getitem__)
         return Prediction(cid, index, self.label_names[best], best,
                           dict(zip(self.label_names, p)), 0.0)
-
-
-class _GraphedStep:
-    """The post-reader part of a steady-state push as CUDA graphs, one per batch bucket.
-
-    A step of B conversations that all have a past is: the fused ``stream_step`` call over the
-    ring store, then the store write of the new utterances (their vectors and fusion
-    projections). Eagerly that is dozens of kernel launches; here it is one graph replay per
-    bucket of up to 1,024 conversations (``BUCKETS``; larger rounds run in chunks, which
-    touch disjoint conversations). Inputs go through static buffers; the rows that pad B up to
-    the bucket repeat row 0, so they compute and write exactly what row 0 does (duplicate,
-    identical writes) and their outputs are dropped.
-
-    Graphs hold the store's addresses: when the store is reallocated (it grew, or a state was
-    loaded) they are dropped and captured again. Capture needs CUDA; with ``capture=False``
-    (tests on the CPU) the same buffers and bucketing run eagerly instead of being replayed.
-    """
-
-    BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-    def __init__(self, rec: "StreamingRecognizer", capture: bool = True):
-        self.rec = rec
-        self.capture = capture
-        self._graphs: Dict[int, tuple] = {}
-        self._store = None
-        self._pool = None
-
-    @classmethod
-    def for_recognizer(cls, rec: "StreamingRecognizer", path: Optional[str]):
-        """The graph step when ``path`` asks for it (or is None) and it can run, else None."""
-        # Opt-in until measured on a GPU (benchmarks/gpu_suite.sh compares it with "step").
-        if path != "graph" or rec._fused_step is None or rec._engine:
-            return None
-        if rec.device.type != "cuda" or not torch.cuda.is_available():
-            return None
-        return cls(rec)
-
-    def step(self, cids: Sequence[Hashable], u: Tensor) -> Tensor:
-        """Class probabilities [B, C] of u [B, H] (every conversation has a past); writes the
-        store and advances the counts as ``_remember`` does."""
-        rec, K = self.rec, self.rec.window
-        windows = rec._window_rows(cids)
-        slots = torch.tensor([rec._blocks[c] * K + rec._counts[c] % K for c in cids],
-                             dtype=torch.int64, device=rec.device)
-        store = (rec._u.data_ptr(), rec._proj.data_ptr(), rec._u.shape[0])
-        if store != self._store:
-            self._graphs.clear()
-            self._store = store
-        top = self.BUCKETS[-1]
-        probs = [self._run(u[i:i + top], windows[i:i + top], slots[i:i + top])
-                 for i in range(0, u.shape[0], top)]
-        for c in cids:
-            rec._counts[c] += 1
-        return probs[0] if len(probs) == 1 else torch.cat(probs)
-
-    def _run(self, u: Tensor, windows: Tensor, slots: Tensor) -> Tensor:
-        B = u.shape[0]
-        bucket = next(b for b in self.BUCKETS if b >= B)
-        entry = self._graphs.get(bucket)
-        if entry is None:
-            entry = self._graphs[bucket] = self._build(bucket, u.dtype)
-        graph, q, win, slot, out = entry
-        q[:B].copy_(u)
-        win[:B].copy_(windows)
-        slot[:B].copy_(slots)
-        if B < bucket:  # pad with row 0: the same computation and the same write
-            q[B:].copy_(u[:1].expand(bucket - B, -1))
-            win[B:].copy_(windows[:1].expand(bucket - B, -1))
-            slot[B:].copy_(slots[:1].expand(bucket - B))
-        if graph is None:
-            out = self._body(q, win, slot)
-        else:
-            graph.replay()
-        return out[:B].clone()
-
-    def _body(self, q: Tensor, win: Tensor, slot: Tensor, write: bool = True) -> Tensor:
-        rec = self.rec
-        probs = rec._context_probs(q, win)
-        if write:
-            rec._u.index_copy_(0, slot, q)
-            for d in range(rec.num_dirs):
-                rec._proj[d].index_copy_(0, slot, F.linear(q, rec._w_ih[d], rec._b_ih[d]))
-        return probs
-
-    def _build(self, bucket: int, dtype: torch.dtype) -> tuple:
-        rec = self.rec
-        q = torch.zeros(bucket, rec.hidden, dtype=dtype, device=rec.device)
-        win = torch.full((bucket, rec.window), -1, dtype=torch.int64, device=rec.device)
-        slot = torch.zeros(bucket, dtype=torch.int64, device=rec.device)
-        if not self.capture:
-            return None, q, win, slot, None
-        # Warm-up off the capture (library handles, kernel attributes), without the store
-        # write: every window is empty, so nothing stored is read either.
-        side = torch.cuda.Stream(rec.device)
-        side.wait_stream(torch.cuda.current_stream(rec.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._body(q, win, slot, write=False)
-        torch.cuda.current_stream(rec.device).wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = self._body(q, win, slot)
-        return graph, q, win, slot, out
 
 
 def _id_to_json(cid):

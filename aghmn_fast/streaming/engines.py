@@ -1,0 +1,276 @@
+"""How a push is computed: one named engine per path, all with the same contract.
+
+``Engine.step(cids, items)`` takes conversations that are already open in the recognizer (their
+store blocks assigned) and one utterance each (token ids, or the text for a sentence reader),
+returns the class probabilities [B, C], writes the new utterances into the ring store and
+advances the conversations' counts. The engines, fastest first:
+
+- :class:`PushEngine` ("push"): one compiled call does everything, the reader and the store
+  write included (CPU, float32/float64, the "cpu" backend);
+- :class:`GraphEngine` ("graph", opt-in, CUDA): :class:`StepEngine` with the steady state
+  replayed as CUDA graphs;
+- :class:`StepEngine` ("step"): the reader in PyTorch, then one compiled call for the memory
+  update, the summary and the classifier (CPU or CUDA);
+- :class:`OpsEngine` ("ops"): the model's own layers op by op (any backend).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from .. import ops
+from ..models.aghmn import BiGRUReader
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .recognizer import StreamingRecognizer
+
+
+class Engine:
+    """The contract of every engine (see the module doc); ``create`` returns None where the
+    engine cannot run (device, dtype, backend, model or a missing compiled op)."""
+
+    name = ""
+
+    def __init__(self, rec: "StreamingRecognizer"):
+        self.rec = rec
+
+    @classmethod
+    def create(cls, rec: "StreamingRecognizer") -> Optional["Engine"]:
+        """This engine for ``rec``, or None if it cannot run there."""
+        return cls(rec)
+
+    def step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:
+        """Probabilities [B, C] of one utterance per conversation; writes the store, counts."""
+        raise NotImplementedError
+
+
+class OpsEngine(Engine):
+    """The model's layers op by op: runs wherever the model runs."""
+
+    name = "ops"
+
+    def step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:
+        rec = self.rec
+        model = rec.model
+        u = rec._reader_vectors(items)
+        has_past = [rec._counts[c] > 0 for c in cids]
+        if model.config.has_context and all(has_past):
+            return self.steady_step(cids, u)
+        probs = F.softmax(model.classifier(u), dim=-1)
+        if model.config.has_context and any(has_past):
+            q_idx = torch.tensor([i for i, h in enumerate(has_past) if h], device=rec.device)
+            windows = rec._window_rows([c for c, h in zip(cids, has_past) if h])
+            probs = probs.index_copy(0, q_idx, self.context_probs(u[q_idx], windows))
+        rec._remember(cids, u)
+        return probs
+
+    def steady_step(self, cids: Sequence[Hashable], u: Tensor) -> Tensor:
+        """Every conversation has a past: context probabilities, then the store write."""
+        rec = self.rec
+        probs = self.context_probs(u, rec._window_rows(cids))
+        rec._remember(cids, u)
+        return probs
+
+    def context_probs(self, q: Tensor, windows: Tensor) -> Tensor:
+        """Class probabilities of queries q [B, H] over their windows of stored utterances."""
+        rec = self.rec
+        model = rec.model
+        keep = (windows >= 0).unsqueeze(-1).to(q.dtype)
+        memory = rec._u[windows.clamp(min=0)] * keep + ops.window_gru(
+            rec._proj, rec._pad_proj, rec._w_hh, rec._b_hh, windows,
+            backend=model.config.backend).sum(0)
+        e = model.summarize(q, memory, windows >= 0)
+        return F.softmax(model.classifier(e), dim=-1)
+
+
+class StepEngine(OpsEngine):
+    """The reader in PyTorch, then the compiled ``stream_step`` op for the rest."""
+
+    name = "step"
+
+    def __init__(self, rec: "StreamingRecognizer", op):
+        super().__init__(rec)
+        self.op = op
+        self.summary_weights = [w.detach() for w in rec._agru_weights()]
+
+    @classmethod
+    def create(cls, rec: "StreamingRecognizer") -> Optional["StepEngine"]:
+        backend = ops.resolve_backend(rec.model.config.backend, rec.device).name
+        if backend not in ("cpu", "cuda") or not rec.model.config.has_context:
+            return None
+        try:
+            op = torch.ops.aghmn_fast.stream_step
+        except (AttributeError, RuntimeError):
+            return None
+        return cls(rec, op)
+
+    def context_probs(self, q: Tensor, windows: Tensor) -> Tensor:
+        rec = self.rec
+        model = rec.model
+        return self.op(q, windows, rec._u, rec._proj, rec._pad_proj, rec._w_hh, rec._b_hh,
+                       self.summary_weights, model.config.hops, model.classifier.weight,
+                       model.classifier.bias)
+
+
+class GraphEngine(StepEngine):
+    """:class:`StepEngine` whose steady state (every conversation has a past) is replayed as
+    CUDA graphs, one per batch bucket.
+
+    That step is the fused ``stream_step`` call over the ring store, then the store write of the
+    new utterances; eagerly dozens of kernel launches, here one graph replay per bucket of up to
+    1,024 conversations (``BUCKETS``; larger rounds run in chunks, which touch disjoint
+    conversations). Inputs go through static buffers; the rows that pad B up to the bucket
+    repeat row 0, so they compute and write exactly what row 0 does (duplicate, identical writes)
+    and their outputs are dropped.
+
+    Graphs hold the store's addresses: when the store is reallocated (it grew, or a state was
+    loaded) they are dropped and captured again. Capture needs CUDA; with ``capture=False``
+    (tests on the CPU) the same buffers and bucketing run eagerly instead of being replayed.
+    """
+
+    name = "graph"
+    BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+    def __init__(self, rec: "StreamingRecognizer", op, capture: bool = True):
+        super().__init__(rec, op)
+        self.capture = capture
+        self._graphs: Dict[int, tuple] = {}
+        self._store = None
+        self._pool = None
+
+    @classmethod
+    def create(cls, rec: "StreamingRecognizer", capture: bool = True) -> Optional["GraphEngine"]:
+        # Opt-in until measured on a GPU (benchmarks/gpu_suite.sh compares it with "step").
+        if capture and (rec.device.type != "cuda" or not torch.cuda.is_available()):
+            return None
+        step = StepEngine.create(rec)
+        return None if step is None else cls(rec, step.op, capture)
+
+    def steady_step(self, cids: Sequence[Hashable], u: Tensor) -> Tensor:
+        rec = self.rec
+        windows = rec._window_rows(cids)
+        slots = rec._slots(cids)
+        store = (rec._u.data_ptr(), rec._proj.data_ptr(), rec._u.shape[0])
+        if store != self._store:
+            self._graphs.clear()
+            self._store = store
+        top = self.BUCKETS[-1]
+        probs = [self._run(u[i:i + top], windows[i:i + top], slots[i:i + top])
+                 for i in range(0, u.shape[0], top)]
+        rec._advance(cids)
+        return probs[0] if len(probs) == 1 else torch.cat(probs)
+
+    def _run(self, u: Tensor, windows: Tensor, slots: Tensor) -> Tensor:
+        B = u.shape[0]
+        bucket = next(b for b in self.BUCKETS if b >= B)
+        entry = self._graphs.get(bucket)
+        if entry is None:
+            entry = self._graphs[bucket] = self._build(bucket, u.dtype)
+        graph, q, win, slot, out = entry
+        q[:B].copy_(u)
+        win[:B].copy_(windows)
+        slot[:B].copy_(slots)
+        if B < bucket:  # pad with row 0: the same computation and the same write
+            q[B:].copy_(u[:1].expand(bucket - B, -1))
+            win[B:].copy_(windows[:1].expand(bucket - B, -1))
+            slot[B:].copy_(slots[:1].expand(bucket - B))
+        if graph is None:
+            out = self._body(q, win, slot)
+        else:
+            graph.replay()
+        return out[:B].clone()
+
+    def _body(self, q: Tensor, win: Tensor, slot: Tensor, write: bool = True) -> Tensor:
+        probs = self.context_probs(q, win)
+        if write:
+            self.rec._write(slot, q)
+        return probs
+
+    def _build(self, bucket: int, dtype: torch.dtype) -> tuple:
+        rec = self.rec
+        q = torch.zeros(bucket, rec.hidden, dtype=dtype, device=rec.device)
+        win = torch.full((bucket, rec.window), -1, dtype=torch.int64, device=rec.device)
+        slot = torch.zeros(bucket, dtype=torch.int64, device=rec.device)
+        if not self.capture:
+            return None, q, win, slot, None
+        # Warm-up off the capture (library handles, kernel attributes), without the store
+        # write: every window is empty, so nothing stored is read either.
+        side = torch.cuda.Stream(rec.device)
+        side.wait_stream(torch.cuda.current_stream(rec.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._body(q, win, slot, write=False)
+        torch.cuda.current_stream(rec.device).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self._body(q, win, slot)
+        return graph, q, win, slot, out
+
+
+class PushEngine(Engine):
+    """One compiled call per push: reader, memory update, summary, classifier and ring write,
+    over weights packed once at construction."""
+
+    name = "push"
+
+    def __init__(self, rec: "StreamingRecognizer", op, packed: List[Tensor], dims: List[int],
+                 embedding: Tensor, bigru: bool):
+        super().__init__(rec)
+        self.op, self.packed, self.dims, self.embedding, self.bigru = op, packed, dims, embedding, bigru
+
+    @classmethod
+    def create(cls, rec: "StreamingRecognizer") -> Optional["PushEngine"]:
+        model, cfg = rec.model, rec.model.config
+        if (rec.device.type != "cpu" or rec.dtype not in (torch.float32, torch.float64)
+                or ops.resolve_backend(cfg.backend, rec.device).name != "cpu"):
+            return None
+        try:
+            op = torch.ops.aghmn_fast.stream_push
+            pack = torch.ops.aghmn_fast.stream_pack
+        except (AttributeError, RuntimeError):
+            return None
+        bigru = isinstance(model.reader, BiGRUReader)
+        weights = []
+        if bigru:
+            gru = model.reader.gru
+            weights += [getattr(gru, f"{n}_l0{s}") for s in ("", "_reverse")
+                        for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            weights += [model.reader.proj.weight, model.reader.proj.bias]
+        if rec.num_dirs:
+            weights += list(model.fusion._flat_weights)  # (w_ih, w_hh, b_ih, b_hh) per direction
+        summary = rec._agru_weights()
+        weights += summary + [model.classifier.weight, model.classifier.bias]
+        dims = [rec.hidden, cfg.embedding_dim, cfg.num_classes, rec.window, rec.num_dirs,
+                len(summary) // 4, cfg.hops, cfg.max_len, int(bigru)]
+        with torch.no_grad():
+            packed = pack([w.detach().contiguous() for w in weights], dims)
+        # A sentence reader has no word table; the push then takes u, and never reads this.
+        table = (model.embedding.weight if model.embedding is not None
+                 else torch.zeros(0, cfg.embedding_dim, dtype=rec.dtype))
+        return cls(rec, op, packed, dims, table.detach().contiguous(), bigru)
+
+    def step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:
+        rec = self.rec
+        blocks = [rec._blocks[c] for c in cids]
+        counts = [rec._counts[c] for c in cids]
+        if self.bigru:
+            max_len = rec.model.config.max_len
+            ids = [t[:max_len] if t else [1] for t in items]  # empty -> one <unk>, as offline
+            flat = ids[0] if len(ids) == 1 else [i for t in ids for i in t]
+            probs = self.op(self.packed, self.dims, self.embedding, flat, [len(t) for t in ids],
+                            None, blocks, counts, rec._u, rec._proj)
+        else:
+            u = rec._reader_vectors(items).contiguous()
+            probs = self.op(self.packed, self.dims, self.embedding, [], [], u, blocks, counts,
+                            rec._u, rec._proj)
+        rec._advance(cids)
+        return probs
+
+
+ENGINES = {"push": PushEngine, "graph": GraphEngine, "step": StepEngine, "ops": OpsEngine}
+DEFAULT_ORDER = ("push", "step", "ops")  # "graph" only when asked for: not yet run on a GPU
