@@ -175,8 +175,9 @@ def _interrupt(args, ready, stdin=None):
         seen += proc.stdout.readline()
     assert ready in seen, seen
     proc.send_signal(signal.SIGINT)
+    # Wait before closing stdin: an end of input that wins the race would end `stream` normally.
+    proc.wait(timeout=60)
     out, err = proc.communicate(timeout=60)
-    proc.returncode = proc.wait()
     return subprocess.CompletedProcess(args, proc.returncode, seen + out, err)
 
 
