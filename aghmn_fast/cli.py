@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 a failed check (e.g. a benchmark case that gave wrong results) or an
 internal error; 2 a usage or data error (bad option, missing or corrupt file, unavailable
-device or backend); 130 interrupted (Ctrl-C); 141 the output was closed early (broken pipe).
+device, backend or optional package); 130 interrupted (Ctrl-C); 141 the output was closed early (broken pipe).
 Errors are one line on stderr; ``--debug`` (or ``AGHMN_DEBUG=1``) shows the traceback instead.
 """
 from __future__ import annotations
@@ -258,6 +258,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if debug:
             raise
         return _fail(command, f"error: {_one_line(exc)}", EXIT_USAGE)
+    except ImportError as exc:  # an optional dependency the chosen option needs
+        if debug:
+            raise
+        return _fail(command, f"error: {_one_line(exc)} (install the extra that provides it, "
+                              "e.g. pip install 'aghmn-fast[readers]'; see the README)", EXIT_USAGE)
     except Exception as exc:  # noqa: BLE001 - the CLI's last resort: one line, not a traceback
         if debug:
             raise

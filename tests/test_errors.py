@@ -264,3 +264,15 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path):
         atomic_write(str(path), fails_half_way)
     assert path.read_bytes() == b"previous"
     assert os.listdir(tmp_path) == ["best.pt"]  # no temporary file left behind
+
+
+def test_a_missing_optional_package_is_one_line_and_exit_2(monkeypatch, capsys):
+    from aghmn_fast import cli
+
+    def needs_a_package(args):
+        raise ModuleNotFoundError("No module named 'wordllama'")
+
+    monkeypatch.setitem(cli.COMMANDS, "eval", needs_a_package)
+    assert cli.main(["eval", "--checkpoint", "x.pt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "wordllama" in err and "aghmn-fast[readers]" in err
