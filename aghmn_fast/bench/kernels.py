@@ -36,7 +36,7 @@ from .shapes import Shape, agru_inputs, memory_bank_inputs, stacked_windows
 from .timing import FULL_BUDGET, Budget, num_threads, sample, summarize
 
 __all__ = ["OPS", "MODES", "COMPILED", "VENDOR", "OpSuiteConfig", "columns", "default_tolerance",
-           "run_ops"]
+           "run_ops", "timed_step", "compile_reference"]
 
 OPS = ("agru", "memory_bank")
 MODES = ("forward", "forward+backward")
@@ -205,9 +205,19 @@ def _step(runner: _Runner, grad: bool) -> Callable[[], None]:
     return step
 
 
+def timed_step(op: str, backend: str, shape: Shape, device: str, grad: bool,
+               compiled: Optional[Callable] = None) -> Callable[[], None]:
+    """The step that the suite times for one column (``backend``, or ``COMPILED`` with
+    ``compiled`` from :func:`compile_reference`, or ``VENDOR``) of one case: a forward under
+    ``torch.no_grad()``, or with ``grad`` a forward and a backward of its sum into every input.
+    The pytest-benchmark suite (``benchmarks/test_bench_ops.py``) times the same steps."""
+    return _step(_runner(op, backend, shape, device, grad, compiled), grad)
+
+
 # ---- the suite --------------------------------------------------------------------------------
 
-def _compiled_fn(op: str) -> Callable:
+def compile_reference(op: str) -> Callable:
+    """The op's reference under ``torch.compile`` as the ``COMPILED`` column runs it."""
     # A fresh dynamo state per compiled case: the recompile limit counts per code object, and a
     # case silently falling back to eager would be timed as "compiled".
     torch._dynamo.reset()
@@ -293,7 +303,7 @@ def _prepare(row: Dict, shape: Shape, grad: bool, expected, tol: float,
         row.update(status="skipped", note=why)
         return None
     try:
-        compiled = _compiled_fn(op) if backend == COMPILED else None
+        compiled = compile_reference(op) if backend == COMPILED else None
         runner = _runner(op, backend, shape, cfg.device, grad, compiled)
         if runner.gate is None:
             row["note"] = "yardstick: a plain GRU, not the same function (no check)"
