@@ -2,7 +2,9 @@
 
 Install with ``pip install --no-build-isolation -e .`` after torch: the extension is compiled
 against the torch of the environment, so pip must not build it in an isolated one.
-CPU sources (``csrc/*.cpp``) are always built; CUDA sources (``csrc/cuda/*.cu``) only when the
+The sources are organised by op (``csrc/library.cpp`` holds every schema; ``csrc/<op>/`` the kernels
+and bindings; ``csrc/common/`` the shared headers; ``csrc/tests/`` is not part of the extension).
+C++ sources (``*.cpp``) are always built; CUDA sources (``*.cu``) only when the
 installed torch has CUDA and a CUDA toolkit is found (set ``AGHMN_NO_CUDA=1`` to skip them).
 ``AGHMN_SKIP_EXT=1`` installs without building the extension. ``AGHMN_NATIVE=1`` adds ``-march=native`` (off by default so that wheels stay portable).
 """
@@ -10,6 +12,12 @@ import glob
 import os
 
 from setuptools import setup
+
+
+def extension_sources(ext):
+    """The extension's ``*.<ext>`` sources under csrc/ (every folder but the core's tests)."""
+    return sorted(path for path in glob.glob(f"csrc/**/*.{ext}", recursive=True)
+                  if not path.startswith(os.path.join("csrc", "tests", "")))
 
 
 def extensions():
@@ -27,9 +35,9 @@ def extensions():
     link = ["-fopenmp"]
     if os.environ.get("AGHMN_NATIVE", "0") == "1":
         cxx.append("-march=native")
-    include_dirs = [os.path.abspath("csrc/include")]
-    cpu_sources = sorted(glob.glob("csrc/*.cpp"))
-    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    include_dirs = [os.path.abspath("csrc")]  # includes read "common/gate_math.h", "agru/..."
+    cpu_sources = extension_sources("cpp")
+    cuda_sources = extension_sources("cu")
     with_cuda = (
         torch.version.cuda is not None
         and CUDA_HOME is not None

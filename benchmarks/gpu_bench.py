@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ if HERE not in sys.path:
 
 import torch  # noqa: E402
 
-from shapes import SHAPES, agru_inputs, memory_bank_inputs, stacked_windows  # noqa: E402
+from shapes import SHAPES  # noqa: E402
 
 OPS = ("agru", "memory_bank")
 MODES = ("forward", "forward+backward")
@@ -129,15 +128,6 @@ def _shape(shape_id: str):
     return next(s for s in SHAPES if s.id == shape_id)
 
 
-_compiled_cache: Dict[str, Callable] = {}
-
-
-def _compiled(name: str, fn: Callable) -> Callable:
-    if name not in _compiled_cache:
-        _compiled_cache[name] = torch.compile(fn, fullgraph=True, dynamic=False)
-    return _compiled_cache[name]
-
-
 @contextlib.contextmanager
 def _tf32(enabled: bool):
     from aghmn_fast.ops import triton_common as tb
@@ -149,85 +139,37 @@ def _tf32(enabled: bool):
         tb.set_allow_tf32(before)
 
 
-def _op_fn(op: str, backend: str, device: str) -> Callable:
-    from aghmn_fast import ops, reference
-    if backend == "reference-compiled":
-        return _compiled(op, getattr(reference, op))
-    name = "triton" if backend == "triton+tf32" else backend
-    return getattr(ops.resolve_backend(name, torch.device(device)), op)
-
-
 def make_case(op: str, backend: str, shape_id: str, mode: str, device: str,
               dtype: torch.dtype) -> Callable[[], None]:
-    """A no-argument callable running one timed call (forward, or forward and backward)."""
-    shape = _shape(shape_id)
-    grad = mode != "forward"
-    if op == "agru":
-        args = [a.detach().to(device).requires_grad_(grad)
-                for a in agru_inputs(shape, dtype=dtype)]
-        if backend == "nn.GRU":
-            gru = torch.nn.GRU(shape.H, shape.H, batch_first=True).to(device, dtype)
-            call, leaves = (lambda: gru(args[0])[0]), [args[0], *gru.parameters()]
-        else:
-            fn = _op_fn(op, backend, device)
-            call, leaves = (lambda: fn(*args)[0]), args
-    else:
-        u, windows, flat = memory_bank_inputs(shape, dtype=dtype)
-        u, windows = u.detach().to(device).requires_grad_(grad), windows.to(device)
-        flat = [w.detach().to(device).requires_grad_(grad) for w in flat]
-        if backend == "nn.GRU":
-            gru = torch.nn.GRU(shape.H, shape.H, batch_first=True,
-                               bidirectional=True).to(device, dtype)
-            stacked = stacked_windows(u.detach(), windows).requires_grad_(grad)
-            call, leaves = (lambda: gru(stacked)[0]), [stacked, *gru.parameters()]
-        else:
-            fn = _op_fn(op, backend, device)
-            call, leaves = (lambda: fn(u, windows, flat)), [u, *flat]
+    """A no-argument callable running one timed call (forward, or forward and backward): the
+    step of ``aghmn-fast bench`` (:func:`aghmn_fast.bench.kernels.timed_step`) in ``dtype``, with
+    TF32 allowed around it for the "triton+tf32" column."""
+    from aghmn_fast.bench import kernels
+    compiled = kernels.compile_reference(op) if backend == kernels.COMPILED else None
+    name = "triton" if backend == "triton+tf32" else backend
+    step = kernels.timed_step(op, name, _shape(shape_id), device, mode != "forward", compiled,
+                              dtype=dtype)
+    if backend != "triton+tf32":
+        return step
 
-    tf32 = backend == "triton+tf32"
-    if not grad:
-        def step():
-            with torch.no_grad(), (_tf32(True) if tf32 else contextlib.nullcontext()):
-                call()
-    else:
-        def step():
-            with _tf32(True) if tf32 else contextlib.nullcontext():
-                out = call()
-                torch.autograd.grad(out.float().sum(), leaves)
-    return step
+    def tf32_step():
+        with _tf32(True):
+            step()
+    return tf32_step
 
 
 def time_call(step: Callable[[], None], device: str, warmup: int, reps: int) -> Dict[str, float]:
-    """Median and 10th/90th percentiles in microseconds; ``first_call_s``: the first call
-    (compilation included) in seconds."""
+    """Median, quartiles and 10th/90th percentiles in microseconds of ``reps`` calls after
+    ``warmup`` (timed by :mod:`aghmn_fast.bench.timing`: CUDA events on a GPU); ``first_call_s``:
+    the first call (compilation included) in seconds."""
+    from aghmn_fast.bench import timing
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     start = time.perf_counter()
     step()
     sync()
     first = time.perf_counter() - start
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    if device == "cuda":
-        events = []
-        for _ in range(reps):
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            step()
-            end.record()
-            events.append((begin, end))
-        sync()
-        times = [b.elapsed_time(e) * 1e3 for b, e in events]
-    else:
-        for _ in range(reps):
-            begin = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - begin) * 1e6)
-    times.sort()
-    pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
-    return {"median_us": statistics.median(times), "p10_us": pick(0.1), "p90_us": pick(0.9),
-            "reps": reps, "first_call_s": first}
+    budget = timing.Budget(warmup=warmup, min_reps=reps, max_reps=reps, min_seconds=0.0)
+    return {**timing.summarize(timing.sample(step, budget, device)), "first_call_s": first}
 
 
 # ---- runs ------------------------------------------------------------------------------------

@@ -482,7 +482,7 @@ def test_cpp_kernel_core_unit_tests(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     exe = str(tmp_path / "test_kernels_cpu")
     build = subprocess.run([compiler, "-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror",
-                            "-I", os.path.join(root, "csrc", "include"),
+                            "-I", os.path.join(root, "csrc"),
                             os.path.join(root, "csrc", "tests", "test_kernels_cpu.cpp"), "-o", exe],
                            capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-3000:]

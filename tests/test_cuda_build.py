@@ -1,10 +1,10 @@
 """Compile check of the CUDA sources with nvcc (no GPU needed).
 
-The kernels (csrc/cuda/*_kernels.cu) are compiled with the architectures of setup.py's nvcc
+The kernels (csrc/<op>/<op>_kernels.cu) are compiled with the architectures of setup.py's nvcc
 flags (SASS for sm_80 and sm_90, PTX for compute_90) and the flags of the CUDA block of
 CMakeLists.txt (`make cmake-check`): warnings are errors, and ptxas reports each kernel's
 registers, stack frame and spills, which must all be free of local memory; the object must
-embed the PTX (forward compatibility). The binding (csrc/cuda/cuda_ops.cu, torch headers) is
+embed the PTX (forward compatibility). The bindings (csrc/<op>/<op>_cuda.cu, torch headers) are
 compile-checked too, and the CUDA backend's capability table must match the built
 architectures.
 """
@@ -18,8 +18,8 @@ import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CUDA_DIR = ROOT / "csrc" / "cuda"
-INCLUDE = ROOT / "csrc" / "include"
+CSRC = ROOT / "csrc"
+INCLUDE = CSRC  # includes read "common/...", "agru/...", as setup.py and CMakeLists.txt give them
 ARCHS = ("80", "90")  # SASS
 
 
@@ -54,7 +54,9 @@ FLAGS = ["-std=c++17", "-O3", "-lineinfo", "-Werror=all-warnings",
          "-Xptxas=-v,--warn-on-spills,--warn-on-local-memory-usage"]
 # Kernel entry points per file and architecture: (2 dtypes x 2 tile configurations x weights in
 # shared or global memory) x (forward, backward), plus the window GRU's gather kernels.
-EXPECTED_ENTRIES = {"agru_kernels.cu": 16, "window_gru_kernels.cu": 22}
+EXPECTED_ENTRIES = {"agru/agru_kernels.cu": 16, "window_gru/window_gru_kernels.cu": 22}
+# The torch bindings, one per op with CUDA kernels.
+BINDINGS = ("agru/agru_cuda.cu", "window_gru/window_gru_cuda.cu")
 
 _ENTRY = re.compile(r"Compiling entry function '(\S+)' for '(sm_\d+)'")
 _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -109,8 +111,8 @@ def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
     arch = _gencode()
     jobs = {}
     for name in EXPECTED_ENTRIES:  # both files at once: the machine has two cores
-        cmd = [nvcc, *FLAGS, *arch, f"-I{INCLUDE}", "-c", str(CUDA_DIR / name),
-               "-o", str(tmp_path / (name + ".o"))]
+        cmd = [nvcc, *FLAGS, *arch, f"-I{INCLUDE}", "-c", str(CSRC / name),
+               "-o", str(tmp_path / (pathlib.Path(name).name + ".o"))]
         jobs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True)
     for name, job in jobs.items():
@@ -125,13 +127,15 @@ def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
             assert (stack, stores, loads) == (0, 0, 0), f"{kernel} ({sm}) uses local memory"
         cuobjdump = _cuobjdump(nvcc)
         if cuobjdump:
-            listed = subprocess.run([cuobjdump, "--list-ptx", str(tmp_path / (name + ".o"))],
+            listed = subprocess.run([cuobjdump, "--list-ptx",
+                                     str(tmp_path / (pathlib.Path(name).name + ".o"))],
                                     capture_output=True, text=True, timeout=60).stdout
             assert "sm_90" in listed, f"{name}: no compute_90 PTX embedded:\n{listed}"
 
 
-def test_binding_compiles_against_torch_headers(tmp_path):
-    """cuda_ops.cu with the installed torch's headers (~30 s): here, where torch has no CUDA,
+@pytest.mark.parametrize("binding", BINDINGS)
+def test_binding_compiles_against_torch_headers(tmp_path, binding):
+    """A CUDA binding with the installed torch's headers (~30 s): here, where torch has no CUDA,
     the only check the binding gets before a CUDA-enabled build compiles it for real."""
     nvcc = _nvcc()
     from torch.utils.cpp_extension import include_paths
@@ -142,7 +146,7 @@ def test_binding_compiles_against_torch_headers(tmp_path):
     # torch its generated cuda_cmake_macros.h is missing, which only sets export macros.
     cmd = [nvcc, "-std=c++20", "-O0", "-Werror=all-warnings", "-gencode=arch=compute_90,code=sm_90",
            "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", f"-I{INCLUDE}", *includes, "-c",
-           str(CUDA_DIR / "cuda_ops.cu"), "-o", str(tmp_path / "cuda_ops.o")]
+           str(CSRC / binding), "-o", str(tmp_path / "binding.o")]
     built = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stdout + built.stderr
     assert torch.__version__  # the headers checked are this torch's

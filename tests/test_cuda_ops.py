@@ -1,9 +1,9 @@
-"""The CUDA kernels (csrc/cuda/) against float64 references.
+"""The CUDA kernels (csrc/<op>/<op>_kernels.cu) against float64 references.
 
 The same checks run on two executors of the four ops of docs/OPS.md:
 
 - ``emulated``: the very CUDA sources (kernels and launchers) compiled with the host C++ compiler
-  for the CPU SIMT emulator (csrc/cuda/simt_emulator.h) and called through ctypes. It runs
+  for the CPU SIMT emulator (csrc/tests/simt_emulator.h) and called through ctypes. It runs
   anywhere, and exercises the kernels' indexing, double buffering, barriers, shuffles and launch
   plans; its arithmetic is the CPU's (no FMA contraction, precise exp/tanh), so it does not
   stand in for the GPU's rounding. Output buffers start as NaN and are surrounded by NaN guard
@@ -267,8 +267,8 @@ def emulator(tmp_path_factory):
     lib = tmp_path_factory.mktemp("emulator") / "aghmn_cuda_emulated.so"
     built = subprocess.run(
         [cxx, "-std=c++20", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-         "-Wno-unknown-pragmas", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc' / 'cuda'}",
-         str(ROOT / "csrc" / "cuda" / "emulated_kernels.cpp"), "-o", str(lib)],
+         "-Wno-unknown-pragmas", f"-I{ROOT / 'csrc'}",
+         str(ROOT / "csrc" / "tests" / "emulated_kernels.cpp"), "-o", str(lib)],
         capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     return EmulatedOps(ctypes.CDLL(str(lib)))

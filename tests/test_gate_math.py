@@ -1,4 +1,4 @@
-"""The shared per-unit gate math (csrc/include/aghmn/gate_math.h) on the CPU.
+"""The shared per-unit gate math (csrc/common/gate_math.h) on the CPU.
 
 The CPU and CUDA kernels call the same header; csrc/tests/test_gate_math.cpp checks its forward
 formulas and its backward against finite differences in float and double. Here it is built with
@@ -13,7 +13,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "csrc" / "tests" / "test_gate_math.cpp"
-INCLUDE = ROOT / "csrc" / "include"
+INCLUDE = ROOT / "csrc"
 
 
 def _build_and_run(command, binary):

@@ -36,7 +36,7 @@ from .shapes import Shape, agru_inputs, memory_bank_inputs, stacked_windows
 from .timing import FULL_BUDGET, Budget, num_threads, sample, summarize
 
 __all__ = ["OPS", "MODES", "COMPILED", "VENDOR", "OpSuiteConfig", "columns", "default_tolerance",
-           "run_ops"]
+           "run_ops", "timed_step", "compile_reference"]
 
 OPS = ("agru", "memory_bank")
 MODES = ("forward", "forward+backward")
@@ -117,15 +117,16 @@ def _apply(op: str, fn: Callable, args: List) -> Tensor:
     return fn(*args)[0] if op == "agru" else fn(*args)
 
 
-def _vendor_runner(op: str, shape: Shape, device: str, grad: bool) -> _Runner:
+def _vendor_runner(op: str, shape: Shape, device: str, grad: bool,
+                   dtype=torch.float32) -> _Runner:
     H = shape.H
-    args, leaves = _inputs(op, shape, device, grad)
+    args, leaves = _inputs(op, shape, device, grad, dtype)
     if op == "agru":
         torch.manual_seed(0)
-        gru = torch.nn.GRU(H, H, batch_first=True).to(device)
+        gru = torch.nn.GRU(H, H, batch_first=True).to(device, dtype)
         return _Runner(None, lambda: gru(args[0])[0], [args[0], *gru.parameters()])
     u, windows, flat = args
-    gru = torch.nn.GRU(H, H, batch_first=True, bidirectional=True).to(device)
+    gru = torch.nn.GRU(H, H, batch_first=True, bidirectional=True).to(device, dtype)
     with torch.no_grad():
         for p, w in zip(gru._flat_weights, flat):
             p.copy_(w)
@@ -142,12 +143,12 @@ def _vendor_runner(op: str, shape: Shape, device: str, grad: bool) -> _Runner:
 
 
 def _runner(op: str, backend: str, shape: Shape, device: str, grad: bool,
-            compiled: Optional[Callable]) -> _Runner:
-    """The callables of one column for one case (fresh float32 inputs, always the same values)."""
+            compiled: Optional[Callable], dtype=torch.float32) -> _Runner:
+    """The callables of one column for one case (fresh inputs, always the same values)."""
     if backend == VENDOR:
-        return _vendor_runner(op, shape, device, grad)
+        return _vendor_runner(op, shape, device, grad, dtype)
     fn = compiled or getattr(ops.resolve_backend(backend, torch.device(device)), op)
-    args, leaves = _inputs(op, shape, device, grad)
+    args, leaves = _inputs(op, shape, device, grad, dtype)
 
     def call():
         return _apply(op, fn, args)
@@ -197,7 +198,8 @@ def _gate(runner: _Runner, expected, grad: bool) -> Tuple[float, str]:
 def _step(runner: _Runner, grad: bool) -> Callable[[], None]:
     if grad:
         def step():
-            torch.autograd.grad(runner.call().sum(), runner.leaves)
+            # the sum in float32: a float16 sum of a large output could overflow
+            torch.autograd.grad(runner.call().float().sum(), runner.leaves)
     else:
         def step():
             with torch.no_grad():
@@ -205,9 +207,20 @@ def _step(runner: _Runner, grad: bool) -> Callable[[], None]:
     return step
 
 
+def timed_step(op: str, backend: str, shape: Shape, device: str, grad: bool,
+               compiled: Optional[Callable] = None, dtype=torch.float32) -> Callable[[], None]:
+    """The step that the suite times for one column (``backend``, or ``COMPILED`` with
+    ``compiled`` from :func:`compile_reference`, or ``VENDOR``) of one case: a forward under
+    ``torch.no_grad()``, or with ``grad`` a forward and a backward of its sum into every input.
+    ``dtype``: of the inputs (the suite times float32). The pytest-benchmark suite
+    (``benchmarks/test_bench_ops.py``) and ``benchmarks/gpu_bench.py`` time the same steps."""
+    return _step(_runner(op, backend, shape, device, grad, compiled, dtype), grad)
+
+
 # ---- the suite --------------------------------------------------------------------------------
 
-def _compiled_fn(op: str) -> Callable:
+def compile_reference(op: str) -> Callable:
+    """The op's reference under ``torch.compile`` as the ``COMPILED`` column runs it."""
     # A fresh dynamo state per compiled case: the recompile limit counts per code object, and a
     # case silently falling back to eager would be timed as "compiled".
     torch._dynamo.reset()
@@ -293,7 +306,7 @@ def _prepare(row: Dict, shape: Shape, grad: bool, expected, tol: float,
         row.update(status="skipped", note=why)
         return None
     try:
-        compiled = _compiled_fn(op) if backend == COMPILED else None
+        compiled = compile_reference(op) if backend == COMPILED else None
         runner = _runner(op, backend, shape, cfg.device, grad, compiled)
         if runner.gate is None:
             row["note"] = "yardstick: a plain GRU, not the same function (no check)"

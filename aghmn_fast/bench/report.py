@@ -1,20 +1,18 @@
-"""The outputs of ``aghmn-fast bench``: a JSON record, a Markdown report, PNG plots and the README
-"Performance" section."""
+"""The outputs of ``aghmn-fast bench``: a JSON record, a Markdown report and PNG plots.
+
+The package never edits the repository's README: its "Performance" section is written by the
+developer script ``benchmarks/refresh_readme.py`` from a committed ``bench.json``."""
 from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Dict, List, Optional, Sequence
 
 from .kernels import COMPILED, VENDOR
 from .shapes import SHAPES
 
-__all__ = ["write_json", "markdown", "op_tables", "summary_table", "plot_ops", "readme_section",
-           "update_readme", "README_START", "README_END", "fused_columns"]
+__all__ = ["write_json", "markdown", "op_tables", "summary_table", "plot_ops", "fused_columns"]
 
-README_START = "<!-- bench:start -->"
-README_END = "<!-- bench:end -->"
 _BASELINES = ("reference", COMPILED, VENDOR)
 
 
@@ -323,69 +321,3 @@ def summary_table(rows: Sequence[Dict], threads: int, shapes: Sequence[str]) -> 
                 line += "".join(f" {_ratio(cells, b, fused)} |" for b in base)
             lines.append(line)
     return lines
-
-
-def readme_section(record: Dict, report_path: str, plot_path: Optional[str]) -> str:
-    """The README "Performance" section (markers included): one table of the standard shapes at
-    one thread, model and streaming highlights, one plot; ``report_path`` and ``plot_path``
-    relative to the README."""
-    m, rows = record["machine"], record.get("ops", [])
-    quick = " (quick run)" if record["config"].get("quick") else ""
-    hw = f"{m['gpu']} with " if m.get("gpu") else ""
-    load = m.get("load_average_at_start")
-    lines = [README_START, "## Performance", "",
-             f"Measured{quick} by `{record['command']}` on {hw}{m['cpu_model']} "
-             f"({m['cores']} cores, {m['torch_cpu_capability']}), {m['date'][:10]}, torch "
-             f"{m['torch']}" + (f", load average {load[0]:.1f} at the start" if load else "")
-             + f". Full report (spreads, sweeps, two threads, notes): [{report_path}]({report_path}).",
-             ""]
-    if rows:
-        first = min(r["threads"] for r in rows)
-        std = ([s.id for s in SHAPES if any(r["shape"] == s.id for r in rows)]
-               or list(dict.fromkeys(r["shape"] for r in rows)))
-        lines += [f"Median microseconds per call, float32, {first} thread; `X / fused`: how many "
-                  "times slower X is than the fused kernels (reference = eager step loop, "
-                  "reference-compiled = the same under torch.compile, nn.GRU = oneDNN/cuDNN GRU "
-                  "yardstick).", ""]
-        lines += summary_table(rows, first, std) + [""]
-    model = record.get("model") or {}
-    for r in model.get("rows", []):
-        if "speedup" in r:
-            est = ", extrapolated" if model["extrapolated"] else ""
-            ref = next(x for x in model["rows"] if x["threads"] == r["threads"]
-                       and x["path"] == "reference")
-            lines.append(f"- MELD training, {r['threads']} thread{'s' if r['threads'] > 1 else ''}: "
-                         f"{r['step_ms']:.1f} ms/step ({r['epoch_s']:.0f} s/epoch{est}) fused vs "
-                         f"{ref['step_ms']:.1f} ms/step ({ref['epoch_s']:.0f} s/epoch) reference: "
-                         f"{r['speedup']:.1f}x")
-    for run in (record.get("stream") or [])[:1]:
-        for c in run["cases"]:
-            lines.append(f"- streaming, K = {c['window']}, {run['threads']} thread: "
-                         f"{c['stream']['median_ms']:.2f} ms per utterance (median) vs "
-                         f"{c['reference']['median_ms']:.1f} ms re-running the model: "
-                         f"{c['speedup_median']:.0f}x")
-    if plot_path:
-        lines += ["", f"![latency against batch and window length]({plot_path})"]
-    lines += ["", README_END]
-    return "\n".join(lines)
-
-
-def update_readme(path: str, section: str) -> None:
-    """Replace the text between the bench markers of the README at ``path`` with ``section``
-    (which carries the markers); without markers, insert it before the "## License" heading
-    (at the end when there is none). Nothing else of the file changes."""
-    with open(path) as f:
-        text = f.read()
-    start, end = text.find(README_START), text.find(README_END)
-    if start >= 0 and end > start:
-        text = text[:start] + section + text[end + len(README_END):]
-    elif start >= 0 or end >= 0:
-        raise ValueError(f"{path}: only one of the markers {README_START} / {README_END} is present")
-    else:
-        match = re.search(r"^## License\b", text, flags=re.M)
-        if match:
-            text = text[:match.start()] + section + "\n\n" + text[match.start():]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-    with open(path, "w") as f:
-        f.write(text)

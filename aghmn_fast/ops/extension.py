@@ -30,7 +30,7 @@ _DTYPES = (torch.float32, torch.float64)
 #: driver for any capability >= X.Y (newer GPUs: forward compatibility).
 SASS_ARCHES: Tuple[Tuple[int, int], ...] = ((8, 0), (9, 0))
 PTX_ARCH: Tuple[int, int] = (9, 0)
-#: The kernels' largest hidden size (kMaxHidden in csrc/cuda/recurrence.cuh).
+#: The kernels' largest hidden size (kMaxHidden in csrc/common/recurrence.cuh).
 MAX_HIDDEN = 1 << 16
 
 

@@ -1,4 +1,4 @@
-// Unit test of aghmn/gate_math.h, the per-unit gate math that the CPU and CUDA kernels share:
+// Unit test of common/gate_math.h, the per-unit gate math that the CPU and CUDA kernels share:
 // forward against the plain formulas, backward against central finite differences (double) and
 // against the double results (float). Prints "gate_math: N checks passed" and exits 0, or prints
 // every failure and exits 1. Built by CMake (ctest) and by tests/test_gate_math.py; also valid as
@@ -7,7 +7,7 @@
 #include <cstdio>
 #include <random>
 
-#include "aghmn/gate_math.h"
+#include "common/gate_math.h"
 
 namespace {
 

@@ -9,8 +9,8 @@
 #include <random>
 #include <vector>
 
-#include "aghmn/agru_cpu.h"
-#include "aghmn/window_gru_cpu.h"
+#include "agru/agru_cpu.h"
+#include "window_gru/window_gru_cpu.h"
 
 namespace {
 

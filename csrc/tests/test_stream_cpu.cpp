@@ -1,4 +1,4 @@
-// Framework-free test of the streaming step (aghmn/stream_cpu.h) against a naive double-precision
+// Framework-free test of the streaming step (stream/stream_cpu.h) against a naive double-precision
 // AGHMN written from docs (AGHMN.md sections 1-6): the reader, the fusion GRU over the whole
 // left-padded window (pads fed through in both directions), attention over all K slots with
 // masked pads, the AGRU over all K slots, the classifier. The kernel skips pads and starts from
@@ -12,7 +12,7 @@
 #include <random>
 #include <vector>
 
-#include "aghmn/stream_cpu.h"
+#include "stream/stream_cpu.h"
 
 namespace {
 

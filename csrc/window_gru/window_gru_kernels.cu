@@ -6,7 +6,7 @@
 // is built with integer counting, and one block per utterance adds that utterance's slot
 // gradients in that fixed order. Integer atomics place slots in a row in arbitrary order, but a
 // rank pass then sorts each row by slot id, so the index (and the sums) are the same every run.
-#include "recurrence.cuh"
+#include "common/recurrence.cuh"
 
 namespace aghmn {
 namespace cuda {

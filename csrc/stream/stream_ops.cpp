@@ -5,7 +5,7 @@
 // and ATen, so it runs wherever those have kernels; inference only (no autograd).
 //
 // aghmn_fast::stream_pack / stream_push: the CPU path that also runs the reader and writes the
-// ring store, one call per push with weights packed once (kernel: aghmn/stream_cpu.h).
+// ring store, one call per push with weights packed once (kernel: stream/stream_cpu.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -16,7 +16,7 @@
 #include <tuple>
 #include <vector>
 
-#include "aghmn/stream_cpu.h"
+#include "stream/stream_cpu.h"
 
 namespace {
 
@@ -263,17 +263,7 @@ Tensor stream_push(const Tensor& packed, at::IntArrayRef dims, const Tensor& emb
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(aghmn_fast, m) {
-  m.def(
-      "stream_step(Tensor q, Tensor windows, Tensor u_store, Tensor proj_store, Tensor pad_proj, "
-      "Tensor fusion_weight_hh, Tensor fusion_bias_hh, Tensor[] summary_weights, int hops, "
-      "Tensor classifier_weight, Tensor classifier_bias) -> Tensor");
-  m.def("stream_pack(Tensor[] weights, int[] dims) -> Tensor");
-  m.def(
-      "stream_push(Tensor packed, int[] dims, Tensor embedding, int[] tokens, int[] lengths, "
-      "Tensor? u, int[] blocks, int[] counts, Tensor(a!) u_store, Tensor(b!) proj_store) -> Tensor");
-}
-
+// Schemas: csrc/library.cpp.
 TORCH_LIBRARY_IMPL(aghmn_fast, CPU, m) {
   m.impl("stream_pack", &stream_pack);
   m.impl("stream_push", &stream_push);

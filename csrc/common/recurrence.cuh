@@ -6,7 +6,7 @@
 // and each thread owns one hidden unit j for every sequence of the tile. A step's matvec splits
 // its contraction over kSplit adjacent lanes, which then add their partial sums with xor
 // shuffles (a fixed order, so results are bit-reproducible). The per-unit gate math comes from
-// aghmn/gate_math.h, the same code the CPU kernels run. What differs between the two recurrences
+// common/gate_math.h, the same code the CPU kernels run. What differs between the two recurrences
 // (input layout, gate count, what is written) is a small "cell" policy class.
 //
 // Cost model (not measured: no GPU was available when this was written). Every step streams the
@@ -20,8 +20,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "aghmn/cuda_kernels.h"
-#include "aghmn/gate_math.h"
+#include "common/cuda_kernels.h"
+#include "common/gate_math.h"
 
 // Cell policy methods: always inlined, so that no call ABI (and no spill around it) sits in a loop.
 #define AGHMN_CELL __device__ __forceinline__ static

@@ -1,13 +1,13 @@
-// The CUDA kernels and launchers of this folder built for the CPU SIMT emulator, with a C ABI
-// for the tests (tests/test_cuda_ops.py loads it with ctypes). Not part of the extension: the
-// tests compile it with the host C++ compiler, e.g.
-//   g++ -std=c++20 -O2 -shared -fPIC -Icsrc/include -Icsrc/cuda csrc/cuda/emulated_kernels.cpp
+// The CUDA kernels and launchers of csrc/agru/ and csrc/window_gru/ built for the CPU SIMT
+// emulator, with a C ABI for the tests (tests/test_cuda_ops.py loads it with ctypes). Not part of
+// the extension: the tests compile it with the host C++ compiler, e.g.
+//   g++ -std=c++20 -O2 -shared -fPIC -Icsrc csrc/tests/emulated_kernels.cpp
 // Pointers are host pointers (the emulated device memory is the host's).
 #define AGHMN_SIMT_EMULATION 1
 #include "simt_emulator.h"
 // clang-format off
-#include "agru_kernels.cu"
-#include "window_gru_kernels.cu"
+#include "agru/agru_kernels.cu"
+#include "window_gru/window_gru_kernels.cu"
 // clang-format on
 
 namespace {

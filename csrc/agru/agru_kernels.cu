@@ -1,5 +1,5 @@
 // AGRU (attention GRU) recurrences: the cells plugged into recurrence.cuh and their launchers.
-#include "recurrence.cuh"
+#include "common/recurrence.cuh"
 
 namespace aghmn {
 namespace cuda {

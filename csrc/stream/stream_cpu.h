@@ -20,8 +20,8 @@
 #include <limits>
 #include <vector>
 
-#include "aghmn/gate_math.h"
-#include "aghmn/gemm_cpu.h"
+#include "common/gate_math.h"
+#include "common/gemm_cpu.h"
 
 namespace aghmn {
 namespace cpu {
