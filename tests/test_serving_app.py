@@ -175,7 +175,11 @@ def test_flood_and_capacity_are_refused_cleanly(checkpoint, tmp_path):
         assert new_codes == [200] * (20 - live) + [429] * (5 + live)
         assert "too many live conversations" in next(r for r in new if r.status_code == 429).json()["error"]
         assert httpx.get(base + "/readyz").status_code == 200   # still serving
-        assert httpx.post(base + "/v1/conversations/f0/utterances", json={"text": "ok"}).status_code == 200
+        # a live conversation still gets answers (which f-conversations were accepted depends on
+        # the flood's timing: one of those)
+        live_id = next(r.json()["id"] for r in rs if r.status_code == 200)
+        assert httpx.post(base + f"/v1/conversations/{live_id}/utterances",
+                          json={"text": "ok"}).status_code == 200
 
 
 def test_options_are_validated(checkpoint, tmp_path):
