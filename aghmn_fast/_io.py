@@ -7,6 +7,10 @@ from typing import Any, Callable
 
 import torch
 
+# Read once: os.umask can only be read by setting it, which would race with other threads.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write ``path`` by calling ``write(file)`` on a temporary file in the same folder, flushing
@@ -14,7 +18,7 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -31,9 +35,3 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)``, atomically (see :func:`atomic_write`)."""
     atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -195,14 +195,6 @@ def test_ctrl_c_in_train_and_stream_is_exit_130(workdir, tmp_path):
 
 # ---------------------------------------------------------------- library-level errors
 
-def _state_file(rec, path, **changes):
-    state = torch.load(path, weights_only=True)
-    state.update(changes)
-    bad = path.with_name("bad.pt")
-    torch.save(state, bad)
-    return bad
-
-
 def test_load_state_raises_value_error_for_every_malformed_file(tmp_path):
     model, vocab, _ = _model()
     rec = StreamingRecognizer(model, vocab=vocab, label_names=LABELS)

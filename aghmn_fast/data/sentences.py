@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+
+from .._io import atomic_write
 from torch.nn import functional as F
 
 MINILM = "minilm"
@@ -233,10 +235,8 @@ class SentenceEncoder:
             os.makedirs(root, exist_ok=True)
             name = hashlib.sha256(b"".join(keys)).hexdigest()[:24]
             path = os.path.join(root, f"shard-{name}.npz")
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
-                np.savez(f, keys=np.array(keys, dtype=f"S{_DIGEST}"), vectors=vecs)
-            os.replace(tmp, path)
+            atomic_write(path, lambda f: np.savez(f, keys=np.array(keys, dtype=f"S{_DIGEST}"),
+                                                  vectors=vecs))
         except OSError:
             pass  # a read-only or full cache directory must not stop training or streaming
 

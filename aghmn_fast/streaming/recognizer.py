@@ -143,7 +143,7 @@ class StreamingRecognizer:
             engine = ENGINES[name].create(self)
             if engine is not None:
                 return engine
-        available = next(e.name for e in map(lambda n: ENGINES[n].create(self), DEFAULT_ORDER) if e)
+        available = next(n for n in DEFAULT_ORDER if ENGINES[n].create(self) is not None)
         raise ValueError(f"path {path!r} is not available here (device {self.device}, dtype "
                          f"{self.dtype}, model backend {self.model.config.backend!r}, "
                          f"backends loaded: {ops.backends()}); available: {available!r}")
