@@ -1,4 +1,6 @@
 import os
+import pathlib
+import sys
 
 # Triton kernels run on CPU tensors under the interpreter; it must be set before triton is imported.
 if os.environ.get("AGHMN_TRITON_GPU", "0") != "1":
@@ -21,3 +23,22 @@ def _seeded():
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long tests (torch.compile, full-data runs); "
                                        "deselect with -m 'not slow'")
+
+
+# Helper modules of the suite (serving_fixtures, cuda_emulator) import by name from any folder.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """The CUDA kernels built for the CPU SIMT emulator (tests/cuda_emulator.py), once a session."""
+    from cuda_emulator import build_emulator
+    return build_emulator(tmp_path_factory.mktemp("emulator"))
+
+
+@pytest.fixture
+def emulated(emulator):
+    """The emulator with its default (H100-like) device properties, restored afterwards."""
+    emulator.configure()
+    yield emulator
+    emulator.configure()
