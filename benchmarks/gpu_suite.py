@@ -64,8 +64,8 @@ NO_GPU = "skipped: no CUDA device"
 SKIPPED_RC = 3
 # The test files that use a GPU, most valuable first (a timeout keeps the verbose log of what
 # ran). CPU-only suites, and the nvcc compile tests that CI runs, gain nothing from the loan.
-GPU_TESTS = ["tests/test_triton_ops.py", "tests/test_cuda_ops.py", "tests/test_gpu_readiness.py",
-             "tests/test_streaming.py"]
+GPU_TESTS = ["tests/ops", "tests/test_triton_ops.py", "tests/test_cuda_ops.py",
+             "tests/test_gpu_readiness.py", "tests/test_streaming.py"]
 
 
 # ---- helpers shared by the stages (run in the child process) ----------------------------------

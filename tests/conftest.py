@@ -25,8 +25,10 @@ def pytest_configure(config):
                                        "deselect with -m 'not slow'")
 
 
-# Helper modules of the suite (serving_fixtures, cuda_emulator) import by name from any folder.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+# Helper modules of the suite (serving_fixtures, cuda_emulator, ops/conformance) import by name
+# from any folder.
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(_HERE), str(_HERE / "ops")]
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,12 @@
-"""The CUDA kernels (csrc/<op>/<op>_kernels.cu) against float64 references.
+"""The CUDA kernels (csrc/<op>/<op>_kernels.cu) beyond the conformance suites of tests/ops/
+(which sweep them, emulated and on a GPU, with every other implementation): launch plans, data
+races, device limits, NaN-poisoned memory, CUDA graphs and the cuda backend's registration.
 
-The same checks run on two executors of the four ops of docs/OPS.md:
-
-- ``emulated``: the very CUDA sources (kernels and launchers) compiled with the host C++ compiler
-  for the CPU SIMT emulator (csrc/tests/simt_emulator.h) and called through ctypes. It runs
-  anywhere, and exercises the kernels' indexing, double buffering, barriers, shuffles and launch
-  plans; its arithmetic is the CPU's (no FMA contraction, precise exp/tanh), so it does not
-  stand in for the GPU's rounding. Output buffers start as NaN and are surrounded by NaN guard
-  zones that must stay untouched; inputs are surrounded by NaN so out-of-bounds reads show.
-- ``cuda``: the registered ops ``torch.ops.aghmn_fast.*`` on a CUDA device (skipped without one).
-
-References: op-level step loops in float64 (below, checked against ``aghmn_fast.reference``),
-with gradients by autograd; the gradient of ``h_prev @ weight_hh^T + bias_hh`` (``grad_ghh``) is
-read through a zero "tap" added to it.
+Executors (tests/cuda_emulator.py): ``emulated``, the very CUDA sources on the CPU SIMT emulator
+(its arithmetic is the CPU's: no FMA contraction, precise exp/tanh, so it does not stand in for
+the GPU's rounding), and ``cuda``, the registered ops on a CUDA device (skipped without one).
+References: tests/ops/conformance.py (the raw ops' float64 step loops of
+``aghmn_fast.ops.<op>.reference``, gradients by autograd).
 """
 from __future__ import annotations
 
@@ -22,106 +16,13 @@ import pytest
 import torch
 
 from aghmn_fast import ops, reference
+from conformance import (agru_op_expected, agru_op_inputs, randn, window_op_expected,
+                         window_op_inputs)
+from conformance import make_windows as conformance_windows
 from cuda_emulator import DeviceOps, require_cuda
 
 D64 = torch.float64
 DTYPES = (torch.float32, torch.float64)
-
-# ---- op-level references (float64, autograd) ------------------------------------------------
-
-
-def agru_op_reference(xproj, attn, weight_hh, bias_hh, h0, reverse):
-    """agru_forward's semantics as a step loop: (output, gates, taps)."""
-    B, T, H2 = xproj.shape
-    H = H2 // 2
-    taps = torch.zeros(B, T, 2 * H, dtype=xproj.dtype, requires_grad=True)
-    h, outs, gates = h0, [None] * T, [None] * T
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        g = h @ weight_hh.T + bias_hh + taps[:, t]
-        r = torch.sigmoid(xproj[:, t, :H] + g[:, :H])
-        n = torch.tanh(xproj[:, t, H:] + r * g[:, H:])
-        a = attn[:, t, None]
-        h = a * n + (1 - a) * h
-        outs[t], gates[t] = h, torch.cat([r, n, g[:, H:]], -1)
-    return torch.stack(outs, 1), torch.stack(gates, 1), taps
-
-
-def window_op_reference(proj, pad_proj, weight_hh, bias_hh, windows):
-    """window_gru_forward's semantics as a step loop: (output, gates, taps)."""
-    D, N, H3 = proj.shape
-    H = H3 // 3
-    Q, K = windows.shape
-    taps = torch.zeros(D, Q, K, 3 * H, dtype=proj.dtype, requires_grad=True)
-    empty = (windows < 0).unsqueeze(-1)
-    outs, gates = [], []
-    for d in range(D):
-        x = torch.where(empty, pad_proj[d].expand(Q, K, 3 * H), proj[d][windows.clamp(min=0)])
-        h, o, gl = proj.new_zeros(Q, H), [None] * K, [None] * K
-        for k in (range(K - 1, -1, -1) if d == 1 else range(K)):
-            g = h @ weight_hh[d].T + bias_hh[d] + taps[d, :, k]
-            r = torch.sigmoid(x[:, k, :H] + g[:, :H])
-            z = torch.sigmoid(x[:, k, H:2 * H] + g[:, H:2 * H])
-            n = torch.tanh(x[:, k, 2 * H:] + r * g[:, 2 * H:])
-            h = (1 - z) * n + z * h
-            o[k], gl[k] = h, torch.cat([r, z, n, g[:, 2 * H:]], -1)
-        outs.append(torch.stack(o, 1))
-        gates.append(torch.stack(gl, 1))
-    return torch.stack(outs), torch.stack(gates), taps
-
-
-def _leaves(*tensors):
-    return [t.detach().double().requires_grad_(True) for t in tensors]
-
-
-def agru_expected(xproj, attn, weight_hh, bias_hh, h0, reverse, grad_output):
-    """Reference (output, gates) and (grad_xproj, grad_attn, grad_ghh, grad_h0) in float64."""
-    xproj, attn, h0 = _leaves(xproj, attn, h0)
-    out, gates, taps = agru_op_reference(xproj, attn, weight_hh.double(), bias_hh.double(), h0,
-                                         reverse)
-    gx, ga, gt, gh = torch.autograd.grad(out, [xproj, attn, taps, h0], grad_output.double())
-    return (out.detach(), gates.detach()), (gx, ga, gt, gh)
-
-
-def window_expected(proj, pad_proj, weight_hh, bias_hh, windows, grad_output):
-    """Reference (output, gates) and (grad_proj, grad_pad_proj, grad_ghh) in float64."""
-    proj, pad_proj = _leaves(proj, pad_proj)
-    out, gates, taps = window_op_reference(proj, pad_proj, weight_hh.double(), bias_hh.double(),
-                                           windows)
-    gp, gpad, gt = torch.autograd.grad(out, [proj, pad_proj, taps], grad_output.double())
-    return (out.detach(), gates.detach()), (gp, gpad, gt)
-
-
-def test_op_references_match_the_package_reference():
-    """The op-level references compose to aghmn_fast.reference's agru and memory_bank."""
-    B, T, D, H = 3, 6, 4, 5
-    x, attn = torch.randn(B, T, D, dtype=D64), torch.rand(B, T, dtype=D64)
-    w_ih, w_hh = torch.randn(2 * H, D, dtype=D64), torch.randn(2 * H, H, dtype=D64)
-    b_ih, b_hh, h0 = torch.randn(2 * H, dtype=D64), torch.randn(2 * H, dtype=D64), torch.randn(B, H, dtype=D64)
-    for reverse in (False, True):
-        want, _ = reference.agru(x, attn, w_ih, w_hh, b_ih, b_hh, h0, reverse)
-        got, _, _ = agru_op_reference(x @ w_ih.T + b_ih, attn, w_hh, b_hh, h0, reverse)
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    N, Q, K = 7, 5, 4
-    u = torch.randn(N, H, dtype=D64)
-    windows = torch.randint(-1, N, (Q, K))
-    flat = [torch.randn(s, dtype=D64) for s in ((3 * H, H), (3 * H, H), (3 * H,), (3 * H,))] * 2
-    want = reference.memory_bank(u, windows, flat)
-    w_ih, w_hh, b_ih, b_hh = (torch.stack(flat[i::4]) for i in range(4))
-    proj = torch.stack([u @ w_ih[d].T + b_ih[d] for d in range(2)])
-    out, _, _ = window_op_reference(proj, b_ih, w_hh, b_hh, windows)
-    residual = torch.where(windows.unsqueeze(-1) < 0, 0.0, u[windows.clamp(min=0)])
-    torch.testing.assert_close(out[0] + out[1] + residual, want, rtol=1e-12, atol=1e-12)
-
-
-# ---- executors (tests/cuda_emulator.py; fixtures ``emulator`` / ``emulated`` in conftest) ----
-
-@pytest.fixture(params=["emulated", "cuda"])
-def executor(request):
-    if request.param == "cuda":
-        require_cuda()
-        return DeviceOps()
-    return request.getfixturevalue("emulated")
-
 
 # ---- inputs and tolerances -------------------------------------------------------------------
 
@@ -140,48 +41,31 @@ def assert_matches(got, want, dtype, what):
     torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
-def agru_inputs(B, T, H, dtype, zero_attn=True):
-    """Fresh random op inputs in ``dtype`` (weights scaled so gates are not all saturated)."""
-    xproj = torch.randn(B, T, 2 * H, dtype=D64)
-    attn = torch.rand(B, T, dtype=D64)
-    if zero_attn and T > 2:
-        attn[:, 1] = 0  # a pad slot: the state passes through unchanged
-    weight_hh = torch.randn(2 * H, H, dtype=D64) / math.sqrt(H)
-    bias_hh = torch.randn(2 * H, dtype=D64) * 0.1
-    h0 = torch.randn(B, H, dtype=D64) * 0.5
-    grad_output = torch.randn(B, T, H, dtype=D64)
-    return [t.to(dtype) for t in (xproj, attn, weight_hh, bias_hh, h0, grad_output)]
+def _generator():
+    """A generator seeded from the global RNG, so that torch.manual_seed fixes the inputs."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
+
+
+def agru_inputs(B, T, H, dtype):
+    """Fresh random raw-op inputs in ``dtype`` (conformance.agru_op_inputs)."""
+    return [t.to(dtype) for t in agru_op_inputs(B, T, H, _generator())]
 
 
 def make_windows(Q, K, N):
-    """Windows with left padding (as the model builds them), holes, fully empty windows,
-    repeated utterances (within and across windows) and utterances no window uses."""
-    used = max(1, N - 2)
-    w = torch.randint(0, used, (Q, K))
-    for q in range(Q):
-        w[q, : q % K] = -1
-    if Q > 1:
-        w[1] = 0  # one utterance in every slot of a window
-    if Q > 2:
-        w[2] = -1  # a window with no utterance at all
-    if Q > 3 and K > 2:
-        w[3, K // 2] = -1  # a hole in the middle
-    return w
+    return conformance_windows(Q, K, N, _generator())
 
 
 def window_inputs(D, N, Q, K, H, dtype):
-    proj = torch.randn(D, N, 3 * H, dtype=D64)
-    pad_proj = torch.randn(D, 3 * H, dtype=D64) * 0.1
-    weight_hh = torch.randn(D, 3 * H, H, dtype=D64) / math.sqrt(H)
-    bias_hh = torch.randn(D, 3 * H, dtype=D64) * 0.1
-    grad_output = torch.randn(D, Q, K, H, dtype=D64)
-    return [t.to(dtype) for t in (proj, pad_proj, weight_hh, bias_hh, grad_output)], \
-        make_windows(Q, K, N)
+    gen = _generator()
+    proj, pad, w, b = (t.to(dtype) for t in window_op_inputs(D, N, H, gen))
+    windows = conformance_windows(Q, K, N, gen)
+    return [proj, pad, w, b, randn(D, Q, K, H, gen=gen).to(dtype)], windows
 
 
-def check_agru(run, B, T, H, dtype, reverse, zero_attn=True):
-    xproj, attn, w, b, h0, go = agru_inputs(B, T, H, dtype, zero_attn)
-    (out_ref, gates_ref), grads_ref = agru_expected(xproj, attn, w, b, h0, reverse, go)
+def check_agru(run, B, T, H, dtype, reverse):
+    """Raw AGRU ops on executor ``run`` against the float64 reference; returns its results."""
+    xproj, attn, w, b, h0, go = agru_inputs(B, T, H, dtype)
+    (out_ref, gates_ref), grads_ref = agru_op_expected(xproj, attn, w, b, h0, reverse, go)
     out, gates = run.agru_forward(xproj, attn, w, b, h0, reverse)
     assert_matches(out, out_ref, dtype, "output")
     assert_matches(gates, gates_ref, dtype, "gates")
@@ -193,8 +77,9 @@ def check_agru(run, B, T, H, dtype, reverse, zero_attn=True):
 
 
 def check_window(run, D, N, Q, K, H, dtype):
+    """Raw window-GRU ops on executor ``run`` against the float64 reference."""
     (proj, pad, w, b, go), windows = window_inputs(D, N, Q, K, H, dtype)
-    (out_ref, gates_ref), grads_ref = window_expected(proj, pad, w, b, windows, go)
+    (out_ref, gates_ref), grads_ref = window_op_expected(proj, pad, w, b, windows, go)
     out, gates = run.window_gru_forward(proj, pad, w, b, windows)
     assert_matches(out, out_ref, dtype, "output")
     assert_matches(gates, gates_ref, dtype, "gates")
@@ -202,84 +87,6 @@ def check_window(run, D, N, Q, K, H, dtype):
     for name, got, want in zip(("grad_proj", "grad_pad_proj", "grad_ghh"), grads, grads_ref):
         assert_matches(got, want, dtype, name)
     return out, gates, grads
-
-
-# ---- both executors --------------------------------------------------------------------------
-
-AGRU_SIZES = [(3, 7, 5), (2, 9, 33), (2, 12, 100), (1, 5, 128), (2, 4, 256)]  # (B, T, H)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("B,T,H", AGRU_SIZES)
-def test_agru_matches_reference(executor, B, T, H, reverse, dtype):
-    check_agru(executor, B, T, H, dtype, reverse)
-
-
-WINDOW_SIZES = [(9, 7, 4, 5), (6, 5, 3, 33), (11, 6, 5, 100), (5, 4, 3, 128), (5, 3, 2, 256)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("D", [1, 2])
-@pytest.mark.parametrize("N,Q,K,H", WINDOW_SIZES)
-def test_window_gru_matches_reference(executor, N, Q, K, H, D, dtype):
-    check_window(executor, D, N, Q, K, H, dtype)
-
-
-def test_agru_with_all_zero_attention_keeps_h0(executor):
-    xproj, attn, w, b, h0, go = agru_inputs(2, 5, 33, torch.float64)
-    attn.zero_()
-    out, gates = executor.agru_forward(xproj, attn, w, b, h0, False)
-    assert torch.equal(out, h0.unsqueeze(1).expand_as(out))
-    grads = executor.agru_backward(go, attn, w, h0, out, gates, False)
-    torch.testing.assert_close(grads[3], go.sum(1))  # grad_h0: every step passes dh through
-    assert not grads[0].any()  # no gradient reaches the inputs
-
-
-def test_empty_batches_and_windows(executor):
-    """B = 0, Q = 0 and windows without a single utterance still write every output."""
-    xproj, attn, w, b, h0, go = agru_inputs(0, 4, 5, torch.float64)
-    out, gates = executor.agru_forward(xproj, attn, w, b, h0, False)
-    assert out.shape == (0, 4, 5) and gates.shape == (0, 4, 15)
-    (proj, pad, w, b, _), _ = window_inputs(2, 4, 1, 3, 5, torch.float64)
-    go = torch.randn(2, 0, 3, 5, dtype=D64)
-    windows = torch.zeros(0, 3, dtype=torch.int64)
-    out, gates = executor.window_gru_forward(proj, pad, w, b, windows)
-    assert out.shape == (2, 0, 3, 5)
-    gp, gpad, gt = executor.window_gru_backward(go, w, windows, out, gates, 4)
-    assert not gp.any() and not gpad.any() and gt.shape == (2, 0, 3, 15)
-    check_window_all_empty = torch.full((3, 2), -1, dtype=torch.int64)
-    out, gates = executor.window_gru_forward(proj, pad, w, b, check_window_all_empty)
-    gp, gpad, _ = executor.window_gru_backward(torch.randn(2, 3, 2, 5, dtype=D64), w,
-                                               check_window_all_empty, out, gates, 4)
-    assert not gp.any() and gpad.abs().sum() > 0
-
-
-def _cpu_ops():
-    if "cpu" not in ops.backends("cpu"):
-        pytest.skip(f"the C++ CPU ops are not built: {ops.backend_errors().get('cpu')}")
-    return torch.ops.aghmn_fast
-
-
-def test_emulated_kernels_agree_with_the_cpu_ops(emulated):
-    """Same contract, two implementations: the CUDA kernels (emulated) and the C++ CPU ops."""
-    cpu = _cpu_ops()
-    xproj, attn, w, b, h0, go = agru_inputs(3, 9, 33, torch.float64)
-    for reverse in (False, True):
-        fwd = emulated.agru_forward(xproj, attn, w, b, h0, reverse)
-        want = cpu.agru_forward(xproj, attn, w, b, h0, reverse)
-        for got, ref in zip(fwd, want):
-            torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
-        for got, ref in zip(emulated.agru_backward(go, attn, w, h0, *fwd, reverse),
-                            cpu.agru_backward(go, attn, w, h0, *fwd, reverse)):
-            torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
-    (proj, pad, w, b, go), windows = window_inputs(2, 9, 7, 5, 33, torch.float64)
-    fwd = emulated.window_gru_forward(proj, pad, w, b, windows)
-    for got, ref in zip(fwd, cpu.window_gru_forward(proj, pad, w, b, windows)):
-        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
-    for got, ref in zip(emulated.window_gru_backward(go, w, windows, *fwd, 9),
-                        cpu.window_gru_backward(go, w, windows, *fwd, 9)):
-        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
 
 
 # ---- emulator only: launch plans, races, limits ----------------------------------------------

@@ -39,6 +39,49 @@ def test_agru_matches_hand_unrolled(B, T, D, H):
     torch.testing.assert_close(hn, h)
 
 
+def test_raw_op_references_save_the_gates_and_read_grad_ghh():
+    """The raw-op references (what tests/ops compares every kernel's ``gates`` and ``grad_ghh``
+    with): gates per step [r | n | hn] (AGRU) and [r | z | n | hn] (window GRU) as computed by
+    hand, and the tap's gradient equal to the gradient of h_prev @ weight_hh^T + bias_hh."""
+    from aghmn_fast.ops.agru.reference import agru_forward_ref
+    from aghmn_fast.ops.window_gru.reference import window_gru_forward_ref
+    B, T, H = 2, 4, 3
+    x, attn, _, w_hh, _, b_hh = _agru_args(B, T, 2 * H, H)
+    h0 = torch.randn(B, H, dtype=D64)
+    out, gates = agru_forward_ref(x, attn, w_hh, b_hh, h0, reverse=True)
+    h = h0
+    for t in reversed(range(T)):
+        r = torch.sigmoid(x[:, t, :H] + h @ w_hh[:H].T + b_hh[:H])
+        hn = h @ w_hh[H:].T + b_hh[H:]
+        n = torch.tanh(x[:, t, H:] + r * hn)
+        torch.testing.assert_close(gates[:, t], torch.cat([r, n, hn], -1), rtol=1e-12, atol=1e-12)
+        h = attn[:, t, None] * n + (1 - attn[:, t, None]) * h
+        torch.testing.assert_close(out[:, t], h, rtol=1e-12, atol=1e-12)
+    # d(loss)/d(tap) = d(loss)/d(g): perturbing the tap is perturbing g = h_prev @ W^T + b.
+    tap = torch.zeros(B, T, 2 * H, dtype=D64, requires_grad=True)
+    b_leaf = b_hh.clone().requires_grad_()
+    out, _ = agru_forward_ref(x, attn, w_hh, b_leaf, h0, ghh_tap=tap)
+    g_tap, g_b = torch.autograd.grad(out.sum(), [tap, b_leaf])
+    torch.testing.assert_close(g_tap.sum((0, 1)), g_b, rtol=1e-12, atol=1e-12)
+    N, Q, K = 4, 3, 2
+    proj, pad = torch.randn(2, N, 3 * H, dtype=D64), torch.randn(2, 3 * H, dtype=D64)
+    w, b = torch.randn(2, 3 * H, H, dtype=D64) * 0.3, torch.randn(2, 3 * H, dtype=D64)
+    windows = torch.tensor([[-1, 0], [2, 2], [3, -1]])
+    out, gates = window_gru_forward_ref(proj, pad, w, b, windows)
+    for d in range(2):
+        h = torch.zeros(Q, H, dtype=D64)
+        for k in (reversed(range(K)) if d else range(K)):
+            p = torch.where(windows[:, k, None] < 0, pad[d], proj[d, windows[:, k].clamp(min=0)])
+            g = h @ w[d].T + b[d]
+            r = torch.sigmoid(p[:, :H] + g[:, :H])
+            z = torch.sigmoid(p[:, H:2 * H] + g[:, H:2 * H])
+            n = torch.tanh(p[:, 2 * H:] + r * g[:, 2 * H:])
+            torch.testing.assert_close(gates[d, :, k], torch.cat([r, z, n, g[:, 2 * H:]], -1),
+                                       rtol=1e-12, atol=1e-12)
+            h = (1 - z) * n + z * h
+            torch.testing.assert_close(out[d, :, k], h, rtol=1e-12, atol=1e-12)
+
+
 def test_agru_zero_attention_keeps_state():
     x, attn, w_ih, w_hh, b_ih, b_hh = _agru_args(2, 6, 5, 4)
     attn[:, 2] = 0

@@ -11,7 +11,20 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["agru_ref", "agru_cell"]
+__all__ = ["agru_ref", "agru_forward_ref", "agru_cell"]
+
+
+def _agru_step(xr: Tensor, xn: Tensor, a: Tensor, h: Tensor, weight_hh: Tensor,
+               bias_hh: Optional[Tensor], tap: Optional[Tensor] = None):
+    """One step: ``(h', r, n, hn)`` with ``hn = U h + b_U`` (+ the tap's half, if given)."""
+    g = torch.nn.functional.linear(h, weight_hh, bias_hh)
+    if tap is not None:
+        g = g + tap
+    hr, hn = g.chunk(2, dim=-1)
+    r = torch.sigmoid(xr + hr)
+    n = torch.tanh(xn + r * hn)
+    a = a.unsqueeze(-1)
+    return a * n + (1 - a) * h, r, n, hn
 
 
 def agru_cell(xr: Tensor, xn: Tensor, a: Tensor, h: Tensor, weight_hh: Tensor,
@@ -21,12 +34,35 @@ def agru_cell(xr: Tensor, xn: Tensor, a: Tensor, h: Tensor, weight_hh: Tensor,
     ``r = sigmoid(xr + U_r h + b_Ur)``, ``n = tanh(xn + r * (U h + b_U))``,
     ``h' = a * n + (1 - a) * h`` with ``a`` of shape [B].
     """
-    g = torch.nn.functional.linear(h, weight_hh, bias_hh)
-    hr, hn = g.chunk(2, dim=-1)
-    r = torch.sigmoid(xr + hr)
-    n = torch.tanh(xn + r * hn)
-    a = a.unsqueeze(-1)
-    return a * n + (1 - a) * h
+    return _agru_step(xr, xn, a, h, weight_hh, bias_hh)[0]
+
+
+def agru_forward_ref(xproj: Tensor, attn: Tensor, weight_hh: Tensor, bias_hh: Optional[Tensor],
+                     h0: Tensor, reverse: bool = False,
+                     ghh_tap: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The raw ``agru_forward`` op (docs/OPS.md) as a step loop: ``(output, gates)``.
+
+    Args:
+        xproj: [B, T, 2H] input projections ``x @ weight_ih^T + bias_ih``, columns [xr | xn].
+        attn, weight_hh, bias_hh, h0, reverse: as in :func:`agru_ref` (h0 required).
+        ghh_tap: optional [B, T, 2H] added to step t's ``h_prev @ weight_hh^T + bias_hh``. A
+            zero tensor that requires grad reads, through autograd, the ``grad_ghh`` output of
+            the ``agru_backward`` op.
+
+    Returns:
+        output [B, T, H] (the state right after position t) and gates [B, T, 3H], per step
+        ``[r | n | hn]`` with ``hn = U h_prev + b_U``: what the backward op consumes.
+    """
+    T, H = xproj.shape[1], weight_hh.shape[1]
+    xr, xn = xproj[..., :H], xproj[..., H:]
+    h, outputs, gates = h0, [None] * T, [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        tap = None if ghh_tap is None else ghh_tap[:, t]
+        h, r, n, hn = _agru_step(xr[:, t], xn[:, t], attn[:, t], h, weight_hh, bias_hh, tap)
+        outputs[t], gates[t] = h, torch.cat([r, n, hn], dim=-1)
+    if T == 0:
+        return xproj.new_zeros(xproj.shape[0], 0, H), xproj.new_zeros(xproj.shape[0], 0, 3 * H)
+    return torch.stack(outputs, dim=1), torch.stack(gates, dim=1)
 
 
 def agru_ref(x: Tensor, attn: Tensor, weight_ih: Tensor, weight_hh: Tensor,
@@ -47,14 +83,8 @@ def agru_ref(x: Tensor, attn: Tensor, weight_ih: Tensor, weight_hh: Tensor,
         ``(output, h_n)``: output [B, T, H] where ``output[:, t]`` is the state right after
         consuming position t; h_n [B, H] the state after the last step processed.
     """
-    B, T = x.shape[0], x.shape[1]
-    H = weight_hh.shape[1]
+    B, H = x.shape[0], weight_hh.shape[1]
     xproj = torch.nn.functional.linear(x, weight_ih, bias_ih)  # [B, T, 2H], time-parallel
-    xr, xn = xproj.chunk(2, dim=-1)
-    h = x.new_zeros(B, H) if h0 is None else h0
-    outputs = [None] * T
-    steps = range(T - 1, -1, -1) if reverse else range(T)
-    for t in steps:
-        h = agru_cell(xr[:, t], xn[:, t], attn[:, t], h, weight_hh, bias_hh)
-        outputs[t] = h
-    return torch.stack(outputs, dim=1), h
+    h0 = x.new_zeros(B, H) if h0 is None else h0
+    output, _ = agru_forward_ref(xproj, attn, weight_hh, bias_hh, h0, reverse)
+    return output, output[:, 0 if reverse else -1]

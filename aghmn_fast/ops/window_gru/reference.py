@@ -7,22 +7,62 @@ The specification every implementation of ``window_gru`` and ``memory_bank`` is 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["window_gru_ref", "memory_bank_ref", "gru_cell"]
+__all__ = ["window_gru_ref", "window_gru_forward_ref", "memory_bank_ref", "gru_cell"]
+
+
+def _gru_step(p: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+              tap: Optional[Tensor] = None):
+    """One step: ``(h', r, z, n, hn)`` with ``hn = U_n h + b_hn`` (+ the tap's third, if given)."""
+    pr, pz, pn = p.chunk(3, dim=-1)
+    g = torch.nn.functional.linear(h, weight_hh, bias_hh)
+    if tap is not None:
+        g = g + tap
+    hr, hz, hn = g.chunk(3, dim=-1)
+    r = torch.sigmoid(pr + hr)
+    z = torch.sigmoid(pz + hz)
+    n = torch.tanh(pn + r * hn)
+    return (1 - z) * n + z * h, r, z, n, hn
 
 
 def gru_cell(p: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor) -> Tensor:
     """One step of a PyTorch-layout GRU given the input projection ``p`` = W_i x + b_i ([.., 3H])."""
-    pr, pz, pn = p.chunk(3, dim=-1)
-    hr, hz, hn = torch.nn.functional.linear(h, weight_hh, bias_hh).chunk(3, dim=-1)
-    r = torch.sigmoid(pr + hr)
-    z = torch.sigmoid(pz + hz)
-    n = torch.tanh(pn + r * hn)
-    return (1 - z) * n + z * h
+    return _gru_step(p, h, weight_hh, bias_hh)[0]
+
+
+def window_gru_forward_ref(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor,
+                           windows: Tensor,
+                           ghh_tap: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The raw ``window_gru_forward`` op (docs/OPS.md) as a step loop: ``(output, gates)``.
+
+    Args: as :func:`window_gru_ref`, plus ``ghh_tap``: optional [D, Q, K, 3H] added to slot k's
+    ``h_prev @ weight_hh^T + bias_hh``; a zero tensor that requires grad reads, through autograd,
+    the ``grad_ghh`` output of the ``window_gru_backward`` op.
+
+    Returns:
+        output [D, Q, K, H] as :func:`window_gru_ref`, and gates [D, Q, K, 4H], per slot
+        ``[r | z | n | hn]``: what the backward op consumes.
+    """
+    D, Q, K = proj.shape[0], windows.shape[0], windows.shape[1]
+    H = weight_hh.shape[-1]
+    empty = (windows < 0).unsqueeze(-1)
+    outputs, gates = [], []
+    for d in range(D):
+        p = proj[d][windows.clamp(min=0)]
+        p = torch.where(empty, pad_proj[d].expand_as(p), p)
+        h = proj.new_zeros(Q, H)
+        states, slot_gates = [None] * K, [None] * K
+        for k in (range(K - 1, -1, -1) if d == 1 else range(K)):
+            tap = None if ghh_tap is None else ghh_tap[d, :, k]
+            h, r, z, n, hn = _gru_step(p[:, k], h, weight_hh[d], bias_hh[d], tap)
+            states[k], slot_gates[k] = h, torch.cat([r, z, n, hn], dim=-1)
+        outputs.append(torch.stack(states, dim=1))
+        gates.append(torch.stack(slot_gates, dim=1))
+    return torch.stack(outputs), torch.stack(gates)
 
 
 def window_gru_ref(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor,
@@ -39,20 +79,7 @@ def window_gru_ref(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_hh: T
         [D, Q, K, H]: direction d's state right after slot k (direction 1 runs k = K-1 .. 0),
         h_0 = 0 for every window.
     """
-    D, Q, K = proj.shape[0], windows.shape[0], windows.shape[1]
-    H = weight_hh.shape[-1]
-    empty = (windows < 0).unsqueeze(-1)
-    out = []
-    for d in range(D):
-        p = proj[d][windows.clamp(min=0)]
-        p = torch.where(empty, pad_proj[d].expand_as(p), p)
-        h = proj.new_zeros(Q, H)
-        states = [None] * K
-        for k in (range(K - 1, -1, -1) if d == 1 else range(K)):
-            h = gru_cell(p[:, k], h, weight_hh[d], bias_hh[d])
-            states[k] = h
-        out.append(torch.stack(states, dim=1))
-    return torch.stack(out)
+    return window_gru_forward_ref(proj, pad_proj, weight_hh, bias_hh, windows)[0]
 
 
 def memory_bank_ref(utterances: Tensor, windows: Tensor, flat_weights: Sequence[Tensor]) -> Tensor:
