@@ -37,6 +37,21 @@ def agru_cell(xr: Tensor, xn: Tensor, a: Tensor, h: Tensor, weight_hh: Tensor,
     return _agru_step(xr, xn, a, h, weight_hh, bias_hh)[0]
 
 
+def _agru_loop(xproj, attn, weight_hh, bias_hh, h0, reverse, ghh_tap, keep_gates):
+    T, H = xproj.shape[1], weight_hh.shape[1]
+    xr, xn = xproj[..., :H], xproj[..., H:]
+    h, outputs, gates = h0, [None] * T, [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        tap = None if ghh_tap is None else ghh_tap[:, t]
+        h, r, n, hn = _agru_step(xr[:, t], xn[:, t], attn[:, t], h, weight_hh, bias_hh, tap)
+        outputs[t] = h
+        if keep_gates:  # only the raw op's reference saves them (the public one stays lean)
+            gates[t] = torch.cat([r, n, hn], dim=-1)
+    if T == 0:
+        return xproj.new_zeros(xproj.shape[0], 0, H), xproj.new_zeros(xproj.shape[0], 0, 3 * H)
+    return torch.stack(outputs, dim=1), torch.stack(gates, dim=1) if keep_gates else None
+
+
 def agru_forward_ref(xproj: Tensor, attn: Tensor, weight_hh: Tensor, bias_hh: Optional[Tensor],
                      h0: Tensor, reverse: bool = False,
                      ghh_tap: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -53,16 +68,7 @@ def agru_forward_ref(xproj: Tensor, attn: Tensor, weight_hh: Tensor, bias_hh: Op
         output [B, T, H] (the state right after position t) and gates [B, T, 3H], per step
         ``[r | n | hn]`` with ``hn = U h_prev + b_U``: what the backward op consumes.
     """
-    T, H = xproj.shape[1], weight_hh.shape[1]
-    xr, xn = xproj[..., :H], xproj[..., H:]
-    h, outputs, gates = h0, [None] * T, [None] * T
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        tap = None if ghh_tap is None else ghh_tap[:, t]
-        h, r, n, hn = _agru_step(xr[:, t], xn[:, t], attn[:, t], h, weight_hh, bias_hh, tap)
-        outputs[t], gates[t] = h, torch.cat([r, n, hn], dim=-1)
-    if T == 0:
-        return xproj.new_zeros(xproj.shape[0], 0, H), xproj.new_zeros(xproj.shape[0], 0, 3 * H)
-    return torch.stack(outputs, dim=1), torch.stack(gates, dim=1)
+    return _agru_loop(xproj, attn, weight_hh, bias_hh, h0, reverse, ghh_tap, True)
 
 
 def agru_ref(x: Tensor, attn: Tensor, weight_ih: Tensor, weight_hh: Tensor,
@@ -86,5 +92,5 @@ def agru_ref(x: Tensor, attn: Tensor, weight_ih: Tensor, weight_hh: Tensor,
     B, H = x.shape[0], weight_hh.shape[1]
     xproj = torch.nn.functional.linear(x, weight_ih, bias_ih)  # [B, T, 2H], time-parallel
     h0 = x.new_zeros(B, H) if h0 is None else h0
-    output, _ = agru_forward_ref(xproj, attn, weight_hh, bias_hh, h0, reverse)
+    output, _ = _agru_loop(xproj, attn, weight_hh, bias_hh, h0, reverse, None, False)
     return output, output[:, 0 if reverse else -1]

@@ -34,6 +34,28 @@ def gru_cell(p: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor) -> Tensor
     return _gru_step(p, h, weight_hh, bias_hh)[0]
 
 
+def _window_loop(proj, pad_proj, weight_hh, bias_hh, windows, ghh_tap, keep_gates):
+    D, Q, K = proj.shape[0], windows.shape[0], windows.shape[1]
+    H = weight_hh.shape[-1]
+    empty = (windows < 0).unsqueeze(-1)
+    outputs, gates = [], []
+    for d in range(D):
+        p = proj[d][windows.clamp(min=0)]
+        p = torch.where(empty, pad_proj[d].expand_as(p), p)
+        h = proj.new_zeros(Q, H)
+        states, slot_gates = [None] * K, [None] * K
+        for k in (range(K - 1, -1, -1) if d == 1 else range(K)):
+            tap = None if ghh_tap is None else ghh_tap[d, :, k]
+            h, r, z, n, hn = _gru_step(p[:, k], h, weight_hh[d], bias_hh[d], tap)
+            states[k] = h
+            if keep_gates:  # only the raw op's reference saves them (the public one stays lean)
+                slot_gates[k] = torch.cat([r, z, n, hn], dim=-1)
+        outputs.append(torch.stack(states, dim=1))
+        if keep_gates:
+            gates.append(torch.stack(slot_gates, dim=1))
+    return torch.stack(outputs), torch.stack(gates) if keep_gates else None
+
+
 def window_gru_forward_ref(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor,
                            windows: Tensor,
                            ghh_tap: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -47,22 +69,7 @@ def window_gru_forward_ref(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bi
         output [D, Q, K, H] as :func:`window_gru_ref`, and gates [D, Q, K, 4H], per slot
         ``[r | z | n | hn]``: what the backward op consumes.
     """
-    D, Q, K = proj.shape[0], windows.shape[0], windows.shape[1]
-    H = weight_hh.shape[-1]
-    empty = (windows < 0).unsqueeze(-1)
-    outputs, gates = [], []
-    for d in range(D):
-        p = proj[d][windows.clamp(min=0)]
-        p = torch.where(empty, pad_proj[d].expand_as(p), p)
-        h = proj.new_zeros(Q, H)
-        states, slot_gates = [None] * K, [None] * K
-        for k in (range(K - 1, -1, -1) if d == 1 else range(K)):
-            tap = None if ghh_tap is None else ghh_tap[d, :, k]
-            h, r, z, n, hn = _gru_step(p[:, k], h, weight_hh[d], bias_hh[d], tap)
-            states[k], slot_gates[k] = h, torch.cat([r, z, n, hn], dim=-1)
-        outputs.append(torch.stack(states, dim=1))
-        gates.append(torch.stack(slot_gates, dim=1))
-    return torch.stack(outputs), torch.stack(gates)
+    return _window_loop(proj, pad_proj, weight_hh, bias_hh, windows, ghh_tap, True)
 
 
 def window_gru_ref(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_hh: Tensor,
@@ -79,7 +86,7 @@ def window_gru_ref(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_hh: T
         [D, Q, K, H]: direction d's state right after slot k (direction 1 runs k = K-1 .. 0),
         h_0 = 0 for every window.
     """
-    return window_gru_forward_ref(proj, pad_proj, weight_hh, bias_hh, windows)[0]
+    return _window_loop(proj, pad_proj, weight_hh, bias_hh, windows, None, False)[0]
 
 
 def memory_bank_ref(utterances: Tensor, windows: Tensor, flat_weights: Sequence[Tensor]) -> Tensor:
