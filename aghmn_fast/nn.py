@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -87,17 +87,18 @@ class AGRU(nn.Module):
     def reset_parameters(self) -> None:
         """Xavier-normal weights per gate block ([H, in] each, so r and n get the fan of one
         gate), zero biases."""
-        H = self.hidden_size
         with torch.no_grad():
             for suffix in self._suffixes():
-                for name in ("weight_ih_l0", "weight_hh_l0"):
-                    weight = getattr(self, name + suffix)
-                    for gate in weight.split(H):
-                        std = math.sqrt(2.0 / (gate.shape[0] + gate.shape[1]))
-                        gate.normal_(0.0, std)
-                if self.bias:
-                    getattr(self, "bias_ih_l0" + suffix).zero_()
-                    getattr(self, "bias_hh_l0" + suffix).zero_()
+                self._reset_direction(suffix)
+
+    def _reset_direction(self, suffix: str) -> None:
+        H = self.hidden_size
+        for name in ("weight_ih_l0", "weight_hh_l0"):
+            for gate in getattr(self, name + suffix).split(H):
+                gate.normal_(0.0, math.sqrt(2.0 / (gate.shape[0] + gate.shape[1])))
+        if self.bias:
+            getattr(self, "bias_ih_l0" + suffix).zero_()
+            getattr(self, "bias_hh_l0" + suffix).zero_()
 
     def forward(self, x: Tensor, attn: Tensor, h0: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Run the layer.
@@ -120,19 +121,25 @@ class AGRU(nn.Module):
         if h0 is not None and tuple(h0.shape) != (self.num_directions, B, self.hidden_size):
             raise ValueError(f"h0 must have shape {(self.num_directions, B, self.hidden_size)}, "
                              f"got {tuple(h0.shape)}")
+        outputs, finals = self._directions(x, attn, h0, self.backend)
+        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+        if not self.batch_first:
+            output = output.transpose(0, 1)
+        return output, torch.stack(finals)
+
+    def _directions(self, x: Tensor, attn: Tensor, h0: Optional[Tensor],
+                    backend: Optional[str]) -> Tuple[List[Tensor], List[Tensor]]:
+        """Per direction (forward first): outputs [B, T, H] and final states [B, H]."""
         outputs, finals = [], []
         for d, suffix in enumerate(self._suffixes()):
             out, h_n = ops.agru(
                 x, attn, getattr(self, "weight_ih_l0" + suffix),
                 getattr(self, "weight_hh_l0" + suffix), getattr(self, "bias_ih_l0" + suffix),
                 getattr(self, "bias_hh_l0" + suffix), None if h0 is None else h0[d],
-                reverse=d == 1, backend=self.backend)
+                reverse=d == 1, backend=backend)
             outputs.append(out)
             finals.append(h_n)
-        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
-        if not self.batch_first:
-            output = output.transpose(0, 1)
-        return output, torch.stack(finals)
+        return outputs, finals
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

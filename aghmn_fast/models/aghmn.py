@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .. import ops
+from ..nn import AGRU
 from .batching import Batch
 
 WORD_READERS = ("bigru", "cnn")
@@ -207,33 +208,31 @@ class SentenceReader(nn.Module):
         return torch.tanh(self.proj(features))
 
 
-class AttentionGRU(nn.Module):
-    """The AGRU summary cell(s): W_r, W, U_r, U (Linear(H, H) each, Xavier-normal weights), stored
-    stacked in ``torch.nn.GRU``-style names; ``bidirectional`` adds a second cell run backwards."""
+class AttentionGRU(AGRU):
+    """The AGRU summary: :class:`aghmn_fast.nn.AGRU` (batch first) over the memory, returning the
+    final states summed over directions. The authors' cells are four ``Linear(H, H)`` (W_r, W,
+    U_r, U): Xavier-normal weights per block as ``AGRU``, biases uniform as ``nn.Linear``'s
+    default; each direction is initialised in turn (weights, then biases)."""
 
     def __init__(self, hidden_size: int, bidirectional: bool):
-        super().__init__()
-        H = hidden_size
-        suffixes = ["", "_reverse"] if bidirectional else [""]
-        self.suffixes = suffixes
-        bound = 1.0 / math.sqrt(H)  # nn.Linear's default bias init, as the four Linear layers had
-        for s in suffixes:
-            w_ih, w_hh = torch.empty(2 * H, H), torch.empty(2 * H, H)
-            for w in (w_ih[:H], w_ih[H:], w_hh[:H], w_hh[H:]):
-                nn.init.xavier_normal_(w)
-            setattr(self, "weight_ih_l0" + s, nn.Parameter(w_ih))
-            setattr(self, "weight_hh_l0" + s, nn.Parameter(w_hh))
-            setattr(self, "bias_ih_l0" + s, nn.Parameter(torch.empty(2 * H).uniform_(-bound, bound)))
-            setattr(self, "bias_hh_l0" + s, nn.Parameter(torch.empty(2 * H).uniform_(-bound, bound)))
+        super().__init__(hidden_size, hidden_size, batch_first=True, bidirectional=bidirectional)
+
+    @property
+    def suffixes(self) -> Tuple[str, ...]:
+        """Parameter-name suffix of each direction, forward first ("" and "_reverse")."""
+        return self._suffixes()
+
+    def _reset_direction(self, suffix: str) -> None:
+        super()._reset_direction(suffix)
+        bound = 1.0 / math.sqrt(self.hidden_size)  # nn.Linear's default bias init
+        getattr(self, "bias_ih_l0" + suffix).uniform_(-bound, bound)
+        getattr(self, "bias_hh_l0" + suffix).uniform_(-bound, bound)
 
     def forward(self, memory: Tensor, attn: Tensor, backend: Optional[str]) -> Tensor:
-        out = None
-        for s in self.suffixes:
-            _, h_n = ops.agru(memory, attn, getattr(self, "weight_ih_l0" + s),
-                              getattr(self, "weight_hh_l0" + s), getattr(self, "bias_ih_l0" + s),
-                              getattr(self, "bias_hh_l0" + s), reverse=bool(s), backend=backend)
-            out = h_n if out is None else out + h_n
-        return out
+        """Summary [Q, H] of memory [Q, K, H] under attention [Q, K] (``backend`` as
+        :func:`aghmn_fast.ops.agru`)."""
+        finals = self._directions(memory, attn, None, backend)[1]
+        return finals[0] if len(finals) == 1 else finals[0] + finals[1]
 
 
 class AGHMN(nn.Module):
