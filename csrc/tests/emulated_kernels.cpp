@@ -80,7 +80,8 @@ const char* emu_launch_kernel(int i) { return aghmn_emu::rt().launches.at(i).ker
 /// Each warp instruction writes 32 element offsets (-1: lane inactive) into `offsets` while
 /// `capacity` (instructions) allows; returns the number of instructions (-1: unknown pattern,
 /// -2: no plan). info = [weights (0 global, 1 shared, 2 registers), slice, throughput, ldw, ldv,
-/// bytes per access].
+/// bytes per access, shared bytes the padded layout of the chosen configuration needs, whether
+/// ldw is the padded one].
 int64_t emu_smem_accesses(int pattern, int dtype, int64_t gates, int64_t hidden, int64_t rows,
                           int backward, int64_t* offsets, int64_t capacity, int64_t* info) {
   return with_dtype(dtype, [&](auto zero) -> int64_t {
@@ -99,9 +100,16 @@ int64_t emu_smem_accesses(int pattern, int dtype, int64_t gates, int64_t hidden,
     const d::Geometry& g = plan.geo;
     const int H = g.hidden, G = static_cast<int>(gates), warps = plan.block.x / d::kWarp;
     const int KS = plan.throughput ? d::ThroughputConfig<T>::kSplit : d::LatencyConfig::kSplit;
-    const int64_t v[6] = {static_cast<int64_t>(plan.weights), plan.slice, plan.throughput, g.ldw,
-                          g.ldv, pattern == 2 ? 16 : static_cast<int64_t>(sizeof(T))};
-    std::copy(v, v + 6, info);
+    d::Plan padded;
+    if (plan.throughput) {
+      d::make_layout<T, d::ThroughputConfig<T>>(shape, d::WeightsIn::kShared, true, 0, &padded);
+    } else {
+      d::make_layout<T, d::LatencyConfig>(shape, d::WeightsIn::kShared, true, 0, &padded);
+    }
+    const int64_t v[8] = {static_cast<int64_t>(plan.weights), plan.slice, plan.throughput, g.ldw,
+                          g.ldv, pattern == 2 ? 16 : static_cast<int64_t>(sizeof(T)),
+                          static_cast<int64_t>(padded.smem), padded.geo.ldw == g.ldw};
+    std::copy(v, v + 8, info);
     int64_t n = 0;
     auto emit = [&](auto&& offset_of) {  // offset_of(tid) -> element offset or -1
       for (int w = 0; w < warps; ++w) {
