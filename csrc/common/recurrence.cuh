@@ -1,21 +1,28 @@
 // The persistent recurrence kernels shared by the AGRU and the window GRU, and their launch plans.
 //
-// One CTA runs the whole time loop of a tile of sequences (one direction): weight_hh is staged
-// once into shared memory (or, when it does not fit, read from global memory / L2 every step),
-// the state lives in shared memory (double-buffered, so a step needs exactly one __syncthreads),
-// and each thread owns one hidden unit j for every sequence of the tile. A step's matvec splits
-// its contraction over kSplit adjacent lanes, which then add their partial sums with xor
-// shuffles (a fixed order, so results are bit-reproducible). The per-unit gate math comes from
-// common/gate_math.h, the same code the CPU kernels run. What differs between the two recurrences
-// (input layout, gate count, what is written) is a small "cell" policy class.
+// One CTA runs the whole time loop of a tile of sequences (one direction). weight_hh stays on
+// chip for the whole loop where it can (WeightsIn): in registers (each lane holds its slice; one
+// sequence per CTA), else staged once into shared memory, else it is read from global memory /
+// L2 every step. The state lives in shared memory (double-buffered, so a step needs exactly one
+// __syncthreads), and each thread owns one hidden unit j for every sequence of the tile. A
+// step's matvec splits its contraction over kSplit adjacent lanes, which then add their partial
+// sums with xor shuffles (a fixed order, so results are bit-reproducible). The per-unit gate
+// math comes from common/gate_math.h, the same code the CPU kernels run. What differs between
+// the two recurrences (input layout, gate count, what is written) is a small "cell" policy
+// class; the weight placement and the tile shape are template parameters of the same kernels.
 //
-// Cost model (not measured: no GPU was available when this was written). Every step streams the
-// whole weight tile through the SM's shared memory once per CTA (80 KB for the AGRU at H = 100
-// fp32: ~625 cycles at 128 B/clock), plus one load of the state per contraction element, so at
-// batch 1 a step costs roughly 1,000 cycles. Keeping the weights in registers instead (about 50
-// per thread at H = 100, as persistent RNNs do) would roughly halve that; it is the next step if
-// the latency target is missed. The tiled configuration reuses each weight load for kTile
-// sequences and is bound by FMA throughput instead.
+// Cost model (not measured: no GPU has run these kernels; per step, one sequence, H = 100, fp32
+// AGRU, 416 threads). Shared-memory weights: the step streams the whole 80 KB weight tile
+// through the SM's shared memory (~625 cycles at 128 B/clock), plus one load of the state per
+// contraction element: ~1,000 cycles a step. Register weights: each lane holds 2 x 32 weights
+// (slice 32: H padded to 128) and reads the state as 8 broadcast 16-byte pieces (~1 KB of
+// shared-memory traffic per warp instead of 80 KB per CTA); its 64 FMAs run as 8 independent
+// chains of 8, then 2 shuffle rounds, the gate math on one lane per unit and the barrier: a few
+// hundred cycles a step, bound by latency rather than bandwidth. The register variants are
+// instantiated where the slice takes at most 64 registers (ptxas: float AGRU slice 32 uses
+// 117 / 128 registers forward / backward on sm_90, no spills; a double slice 32 or a window-GRU
+// float slice 32 would spill). The throughput configuration (several sequences per CTA) reuses
+// each shared-memory weight load for kTile sequences and is bound by FMA throughput instead.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -81,9 +88,10 @@ template <int KS>
 AGHMN_HD int lane_unit(int tid) { return tid / KS; }
 
 /// Shared-memory offset of weight_hh element (row r, column k) in the staged tile: weight_hh
-/// keeps its row-major layout, rows padded to ldw. The forward contraction reads it transposed
-/// (lanes of a unit walk a row, units walk rows), the backward as it is (lanes of a unit walk a
-/// column, units walk columns); padded_ld picks ldw per direction so that neither conflicts.
+/// keeps its row-major layout, rows padded to ldw. In the forward the kSplit lanes of a unit read
+/// consecutive columns of the unit's row and the units of a warp sit on consecutive rows; in the
+/// backward the lanes of a unit read consecutive rows of the unit's column and the units sit on
+/// consecutive columns. padded_ld picks ldw per direction so that neither read conflicts.
 AGHMN_HD int staged_weight_offset(int r, int k, int ldw) { return r * ldw + k; }
 
 /// Staging of weight_hh ([rows][cols], row-major) into shared memory: warp w copies rows w,
@@ -569,12 +577,12 @@ inline cudaError_t query_limits(DeviceLimits* d, int* device) {
   return e;
 }
 
-/// Smallest leading dimension >= cols with ld / step odd. A warp access in which lanes
-/// (a, b), a < 32 / step... reads element (row r0 + b, column c0 + a) for b < step lanes of one
-/// unit and a < kWarp / step units is conflict-free exactly when ld / step is odd: its banks
-/// a * ld + b (mod 32 words, or mod 16 doubles per half warp) are then all distinct. The forward
-/// reads the staged weight_hh with step = kSplit (a unit's lanes walk along its row), the
-/// backward with step = lanes per wavefront / kSplit (a unit's lanes walk down its column).
+/// Smallest leading dimension >= cols with ld / step odd. When the lanes of one wavefront read
+/// the elements (row r0 + a, column c0 + b) for a < lanes / step and b < step, their banks
+/// a * ld + b (mod 32 words, or mod 16 doubles a half warp) are all distinct exactly when
+/// ld / step is odd. The forward reads the staged weight_hh with step = kSplit (a unit's lanes
+/// along its row, units on consecutive rows), the backward with rows and columns swapped:
+/// step = lanes per wavefront / kSplit (units on consecutive columns, lanes down them).
 inline int64_t padded_ld(int64_t cols, int64_t step) {
   int64_t ld = (cols + step - 1) / step * step;
   if ((ld / step) % 2 == 0) ld += step;
