@@ -53,8 +53,10 @@ def test_setup_builds_sass_and_ptx_that_the_backend_knows():
 FLAGS = ["-std=c++17", "-O3", "-lineinfo", "-Werror=all-warnings",
          "-Xptxas=-v,--warn-on-spills,--warn-on-local-memory-usage"]
 # Kernel entry points per file and architecture: (2 dtypes x 2 tile configurations x weights in
-# shared or global memory) x (forward, backward), plus the window GRU's gather kernels.
-EXPECTED_ENTRIES = {"agru/agru_kernels.cu": 16, "window_gru/window_gru_kernels.cu": 22}
+# shared or global memory + the register-resident variants) x (forward, backward), plus the
+# window GRU's gather kernels. Register variants (recurrence.cuh, kRegisterSlices): the AGRU in
+# float for H <= 64 and H <= 128 and in double for H <= 64; the window GRU in float for H <= 64.
+EXPECTED_ENTRIES = {"agru/agru_kernels.cu": 16 + 3 * 2, "window_gru/window_gru_kernels.cu": 22 + 2}
 # The torch bindings, one per op with CUDA kernels.
 BINDINGS = ("agru/agru_cuda.cu", "window_gru/window_gru_cuda.cu")
 
@@ -106,18 +108,30 @@ def test_parse_ptxas_reads_a_report():
     assert parse_ptxas(log) == {("_Z1kPf", "sm_90"): (40, 8, 4, 12)}
 
 
-def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
+@pytest.fixture(scope="module")
+def ptxas_reports(tmp_path_factory):
+    """{file: (nvcc return code, log, object path)} of each kernel file, compiled once for the
+    module (both files at once: the machine has two cores)."""
     nvcc = _nvcc()
     arch = _gencode()
+    out = tmp_path_factory.mktemp("kernels")
     jobs = {}
-    for name in EXPECTED_ENTRIES:  # both files at once: the machine has two cores
-        cmd = [nvcc, *FLAGS, *arch, f"-I{INCLUDE}", "-c", str(CSRC / name),
-               "-o", str(tmp_path / (pathlib.Path(name).name + ".o"))]
-        jobs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True)
-    for name, job in jobs.items():
+    for name in EXPECTED_ENTRIES:
+        obj = out / (pathlib.Path(name).name + ".o")
+        cmd = [nvcc, *FLAGS, *arch, f"-I{INCLUDE}", "-c", str(CSRC / name), "-o", str(obj)]
+        jobs[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True), obj)
+    reports = {}
+    for name, (job, obj) in jobs.items():
         log, _ = job.communicate(timeout=300)
-        assert job.returncode == 0, f"nvcc failed on {name}:\n{log}"
+        reports[name] = (job.returncode, log, obj)
+    return reports
+
+
+def test_kernels_compile_for_sm80_sm90_without_spills(ptxas_reports):
+    nvcc = _nvcc()
+    for name, (returncode, log, obj) in ptxas_reports.items():
+        assert returncode == 0, f"nvcc failed on {name}:\n{log}"
         report = parse_ptxas(log)
         for sm in ARCHS:
             entries = {k: v for k, v in report.items() if k[1] == f"sm_{sm}"}
@@ -127,10 +141,31 @@ def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
             assert (stack, stores, loads) == (0, 0, 0), f"{kernel} ({sm}) uses local memory"
         cuobjdump = _cuobjdump(nvcc)
         if cuobjdump:
-            listed = subprocess.run([cuobjdump, "--list-ptx",
-                                     str(tmp_path / (pathlib.Path(name).name + ".o"))],
+            listed = subprocess.run([cuobjdump, "--list-ptx", str(obj)],
                                     capture_output=True, text=True, timeout=60).stdout
             assert "sm_90" in listed, f"{name}: no compute_90 PTX embedded:\n{listed}"
+
+
+# The register-resident variants (WeightsIn::kRegisters = 2 in the mangled name), forward and
+# backward: AGRU float slices 16 and 32 and double slice 16; window GRU float slice 16.
+REGISTER_ENTRIES = {"agru/agru_kernels.cu": 6, "window_gru/window_gru_kernels.cu": 2}
+_REGISTER_KERNEL = re.compile(r"9WeightsInE2ELi(\d+)E")
+
+
+def test_register_kernels_hold_weight_hh_without_spills(ptxas_reports):
+    """Every register-resident kernel keeps its weight slice in registers: no stack frame, no
+    spills, and at most the 128 registers a thread of its 512-thread CTA may have (65,536 per
+    SM), on sm_80 and sm_90."""
+    for name, (returncode, log, _) in ptxas_reports.items():
+        assert returncode == 0, f"nvcc failed on {name}:\n{log}"
+        found = {k: v for k, v in parse_ptxas(log).items() if _REGISTER_KERNEL.search(k[0])}
+        for sm in ARCHS:
+            assert sum(k[1] == f"sm_{sm}" for k in found) == REGISTER_ENTRIES[name], (name, sm)
+        for (kernel, sm), (regs, stack, stores, loads) in sorted(found.items()):
+            slice_len = _REGISTER_KERNEL.search(kernel).group(1)
+            print(f"{name} {sm} slice={slice_len} regs={regs} spill={stores}/{loads} {kernel}")
+            assert (stack, stores, loads) == (0, 0, 0), f"{kernel} ({sm}) spills"
+            assert regs <= 65536 // 512, f"{kernel} ({sm}): {regs} registers"
 
 
 @pytest.mark.parametrize("binding", BINDINGS)

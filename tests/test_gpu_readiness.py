@@ -168,6 +168,7 @@ def test_cuda_default_backend_per_shape_class(monkeypatch):
     falls back to the priority order for what is not registered."""
     registry = dict(ops._REGISTRY)
     monkeypatch.setattr(ops.registry, "_REGISTRY", registry)
+    monkeypatch.setitem(ops.CUDA_CHOICE, ("agru", "latency"), ("triton", "cuda"))  # vs priority
     for name, prio in (("cuda", 20), ("triton", 5)):
         registry[name] = ops.Backend(name, reference.agru, reference.memory_bank, ("cuda",), prio)
     cuda = torch.device("cuda")

@@ -65,11 +65,14 @@ class Backend:
 #: ``backend=None`` on CUDA tensors, per (op, shape class): the backends to try, in order.
 #: Shape classes: "latency" (at most :data:`LATENCY_ROWS` sequences / windows), "throughput".
 #: A GUESS until measured (no GPU has run these kernels yet; replace it with the winners of the
-#: first GPU run's timing table, benchmarks/gpu_suite.sh): at batch 1 the Triton AGRU keeps
-#: weight_hh in registers while the CUDA kernel re-reads it from shared memory every step; at
+#: first GPU run's timing table, benchmarks/gpu_suite.sh). At batch 1 both the CUDA and the
+#: Triton AGRU keep weight_hh in registers for the whole loop (CUDA: csrc/common/recurrence.cuh,
+#: float up to H = 128, double up to H = 64); the CUDA step then costs one barrier and two rounds
+#: of warp shuffles, while Triton's broadcast multiply-and-sum over a tile padded to a power of
+#: two reduces across warps through shared memory every step, so CUDA is guessed first. At
 #: larger batches the CUDA kernels share each weight load over a tile of sequences.
 CUDA_CHOICE: Dict[Tuple[str, str], Tuple[str, ...]] = {
-    ("agru", "latency"): ("triton", "cuda"),
+    ("agru", "latency"): ("cuda", "triton"),
     ("agru", "throughput"): ("cuda", "triton"),
     ("memory_bank", "latency"): ("cuda", "triton"),
     ("memory_bank", "throughput"): ("cuda", "triton"),

@@ -1,7 +1,7 @@
 // CUDA implementation of the AGRU ops (schemas: csrc/library.cpp, contract: docs/OPS.md). A thin
 // binding: it checks the arguments (agru_checks.h, shared with the CPU binding), allocates the
 // outputs with the caching allocator on the inputs' device, and calls the framework-free
-// launchers of common/cuda_kernels.h (kernels: agru_kernels.cu) on the current stream.
+// launchers of agru_kernels.h (defined in agru_kernels.cu) on the current stream.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -11,7 +11,7 @@
 #include <tuple>
 
 #include "agru/agru_checks.h"
-#include "common/cuda_kernels.h"
+#include "agru/agru_kernels.h"
 #include "common/cuda_launch.h"
 
 namespace {

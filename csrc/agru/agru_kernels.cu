@@ -1,4 +1,5 @@
 // AGRU (attention GRU) recurrences: the cells plugged into recurrence.cuh and their launchers.
+#include "agru/agru_kernels.h"
 #include "common/recurrence.cuh"
 
 namespace aghmn {

@@ -1,21 +1,28 @@
 // The persistent recurrence kernels shared by the AGRU and the window GRU, and their launch plans.
 //
-// One CTA runs the whole time loop of a tile of sequences (one direction): weight_hh is staged
-// once into shared memory (or, when it does not fit, read from global memory / L2 every step),
-// the state lives in shared memory (double-buffered, so a step needs exactly one __syncthreads),
-// and each thread owns one hidden unit j for every sequence of the tile. A step's matvec splits
-// its contraction over kSplit adjacent lanes, which then add their partial sums with xor
-// shuffles (a fixed order, so results are bit-reproducible). The per-unit gate math comes from
-// common/gate_math.h, the same code the CPU kernels run. What differs between the two recurrences
-// (input layout, gate count, what is written) is a small "cell" policy class.
+// One CTA runs the whole time loop of a tile of sequences (one direction). weight_hh stays on
+// chip for the whole loop where it can (WeightsIn): in registers (each lane holds its slice; one
+// sequence per CTA), else staged once into shared memory, else it is read from global memory /
+// L2 every step. The state lives in shared memory (double-buffered, so a step needs exactly one
+// __syncthreads), and each thread owns one hidden unit j for every sequence of the tile. A
+// step's matvec splits its contraction over kSplit adjacent lanes, which then add their partial
+// sums with xor shuffles (a fixed order, so results are bit-reproducible). The per-unit gate
+// math comes from common/gate_math.h, the same code the CPU kernels run. What differs between
+// the two recurrences (input layout, gate count, what is written) is a small "cell" policy
+// class; the weight placement and the tile shape are template parameters of the same kernels.
 //
-// Cost model (not measured: no GPU was available when this was written). Every step streams the
-// whole weight tile through the SM's shared memory once per CTA (80 KB for the AGRU at H = 100
-// fp32: ~625 cycles at 128 B/clock), plus one load of the state per contraction element, so at
-// batch 1 a step costs roughly 1,000 cycles. Keeping the weights in registers instead (about 50
-// per thread at H = 100, as persistent RNNs do) would roughly halve that; it is the next step if
-// the latency target is missed. The tiled configuration reuses each weight load for kTile
-// sequences and is bound by FMA throughput instead.
+// Cost model (not measured: no GPU has run these kernels; per step, one sequence, H = 100, fp32
+// AGRU, 416 threads). Shared-memory weights: the step streams the whole 80 KB weight tile
+// through the SM's shared memory (~625 cycles at 128 B/clock), plus one load of the state per
+// contraction element: ~1,000 cycles a step. Register weights: each lane holds 2 x 32 weights
+// (slice 32: H padded to 128) and reads the state as 8 broadcast 16-byte pieces (~1 KB of
+// shared-memory traffic per warp instead of 80 KB per CTA); its 64 FMAs run as 8 independent
+// chains of 8, then 2 shuffle rounds, the gate math on one lane per unit and the barrier: a few
+// hundred cycles a step, bound by latency rather than bandwidth. The register variants are
+// instantiated where the slice takes at most 64 registers (ptxas: float AGRU slice 32 uses
+// 117 / 128 registers forward / backward on sm_90, no spills; a double slice 32 or a window-GRU
+// float slice 32 would spill). The throughput configuration (several sequences per CTA) reuses
+// each shared-memory weight load for kTile sequences and is bound by FMA throughput instead.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -28,7 +35,7 @@
 
 #if defined(AGHMN_SIMT_EMULATION)
 #define AGHMN_LAUNCH(kernel, grid, block, smem, stream, ...) \
-  ((void)(stream), ::aghmn_emu::launch(kernel, grid, block, smem, __VA_ARGS__))
+  ((void)(stream), ::aghmn_emu::launch<kernel>(grid, block, smem, __VA_ARGS__))
 #else
 #define AGHMN_LAUNCH(kernel, grid, block, smem, stream, ...) \
   kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
@@ -37,6 +44,7 @@
 namespace aghmn {
 namespace cuda {
 namespace detail {
+
 
 constexpr int kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
@@ -63,6 +71,44 @@ struct TileConfig {
   static_assert(Split == 1 || Split == 2 || Split == 4 || Split == 8, "split within a warp");
 };
 
+/// Where a kernel keeps weight_hh during the time loop.
+enum class WeightsIn : int {
+  kGlobal = 0,     ///< read from global memory (L1/L2) every step: when nothing else fits
+  kShared = 1,     ///< staged once into shared memory, [rows][ldw] row-major
+  kRegisters = 2,  ///< each lane holds its slice in registers (one sequence per CTA, one pass)
+};
+
+// ---- index mappings (host and device: tests/test_cuda_register_kernel.py computes the banks
+// that a warp's lanes hit with these very functions, through the emulator build's C ABI) ----
+
+/// The unit's lane (0 .. kSplit-1) and the hidden unit (within a pass) of thread `tid`.
+template <int KS>
+AGHMN_HD int lane_split(int tid) { return tid % KS; }
+template <int KS>
+AGHMN_HD int lane_unit(int tid) { return tid / KS; }
+
+/// Shared-memory offset of weight_hh element (row r, column k) in the staged tile: weight_hh
+/// keeps its row-major layout, rows padded to ldw. In the forward the kSplit lanes of a unit read
+/// consecutive columns of the unit's row and the units of a warp sit on consecutive rows; in the
+/// backward the lanes of a unit read consecutive rows of the unit's column and the units sit on
+/// consecutive columns. padded_ld picks ldw per direction so that neither read conflicts.
+AGHMN_HD int staged_weight_offset(int r, int k, int ldw) { return r * ldw + k; }
+
+/// Staging of weight_hh ([rows][cols], row-major) into shared memory: warp w copies rows w,
+/// w + warps, ..., lane l columns l, l + 32, ...: global reads are coalesced and the 32 stores
+/// of a warp go to 32 consecutive words (no bank conflict, padded rows or not).
+AGHMN_HD int staged_row(int warp, int warps, int it) { return warp + it * warps; }
+AGHMN_HD int staged_column(int lane, int it) { return lane + it * kWarp; }
+
+/// Register-resident weights: lane `split` of a unit holds the contraction indices
+/// register_slice_index(split, q) + e (e < kVec, q < kSlice / kVec), where kVec elements make 16
+/// bytes. The KS lanes of a unit read KS consecutive 16-byte pieces of the state vector, which all
+/// units share (a broadcast): one conflict-free wavefront per quarter warp.
+template <typename T, int KS>
+AGHMN_HD int register_slice_index(int split, int q) {
+  return (q * KS + split) * static_cast<int>(16 / sizeof(T));
+}
+
 /// Small batches: one sequence per CTA and 4 lanes per unit, to shorten the per-step chain.
 using LatencyConfig = TileConfig<1, 4, 512>;
 /// Large batches: several sequences per CTA share every weight load from shared memory.
@@ -75,7 +121,8 @@ struct Geometry {
   int steps = 0;           // T (AGRU) or K (window GRU)
   int units_per_pass = 0;  // hidden units covered by the block at once
   int passes = 0;          // ceil(H / units_per_pass)
-  int ldw = 0;             // leading dimension of the staged weight (0: weight stays in global)
+  int ldw = 0;             // leading dimension of the weight the kernel reads (staged or global)
+  int ldv = 0;             // per-gate stride of the state / gate-gradient vectors in shared memory
   int64_t rows = 0;        // sequences: B or Q
   unsigned off_w = 0, off_bias = 0, off_vec = 0, off_carry = 0, off_part = 0, off_idx = 0;
 };
@@ -88,13 +135,15 @@ struct UnitGrads {
   T da;         // contribution to the attention gradient (AGRU only)
 };
 
-/// Element (i, c) of the matrix a step contracts over i: shared memory or global (read-only).
-template <typename T, bool kShared>
+/// The element of weight_hh (row-major, leading dimension ld: the staged copy in shared memory
+/// or the tensor in global memory) that a step contracts at index i for output c: W[c][i] in
+/// the forward (kTransposed = false: output c is a gate row), W[i][c] in the backward.
+template <typename T, bool kShared, bool kTransposed>
 struct MatView {
   const T* base;
-  int64_t si, sc;
+  int ld;
   __device__ __forceinline__ T at(int i, int c) const {
-    const T* p = base + i * si + c * sc;
+    const T* p = base + (kTransposed ? staged_weight_offset(i, c, ld) : staged_weight_offset(c, i, ld));
     if constexpr (kShared) {
       return *p;
     } else {
@@ -102,6 +151,16 @@ struct MatView {
     }
   }
 };
+
+/// Copies weight_hh ([rows][cols]) into shared memory with rows padded to ldw (see staged_row).
+template <typename T>
+__device__ __forceinline__ void stage_weights(T* w_s, const T* w, int rows, int cols, int ldw) {
+  const int warps = blockDim.x / kWarp, warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  for (int it = 0, r = staged_row(warp, warps, 0); r < rows; r = staged_row(warp, warps, ++it)) {
+    for (int kt = 0, k = staged_column(lane, 0); k < cols; k = staged_column(lane, ++kt))
+      w_s[staged_weight_offset(r, k, ldw)] = w[static_cast<int64_t>(r) * cols + k];
+  }
+}
 
 template <typename T>
 __device__ __forceinline__ T shfl_xor(T v, int lane_mask) {
@@ -133,8 +192,9 @@ __device__ __forceinline__ T pick(const T (&v)[N], int idx) {
 }
 
 /// acc[g][b] += sum over i = split, split + KS, ... < len of vec[i * TB + b] * M(i, col + g * col_step).
-template <typename T, int TB, int KS, int NG, bool kShared>
-__device__ __forceinline__ void contract(const MatView<T, kShared>& m, const T* vec, int len,
+template <typename T, int TB, int KS, int NG, bool kShared, bool kTransposed>
+__device__ __forceinline__ void contract(const MatView<T, kShared, kTransposed>& m, const T* vec,
+                                         int len,
                                          int split, int col, int col_step, T (&acc)[NG][TB]) {
 #pragma unroll 4
   for (int i = split; i < len; i += KS) {
@@ -147,6 +207,98 @@ __device__ __forceinline__ void contract(const MatView<T, kShared>& m, const T* 
       for (int b = 0; b < TB; ++b) acc[g][b] += w * v[b];
     }
   }
+}
+
+/// A lane's slice of weight_hh for the register-resident kernels: w[g][q * kVec + e] is the
+/// weight of gate block g at contraction index register_slice_index(split, q) + e of the lane's
+/// unit (zero beyond H, so that the padded tail of the vectors contributes nothing).
+template <typename T, int G, int S>
+struct RegisterSlice {
+  static constexpr int kVec = static_cast<int>(16 / sizeof(T));
+  static_assert(S % kVec == 0, "a slice is made of whole 16-byte pieces");
+  T w[G][S];
+
+  /// Loads the slice of unit j (lanes of units j >= H hold zeros). The forward contracts over
+  /// the columns of row g * H + j, the backward (kTransposed) over the rows g * H + i of column j.
+  template <int KS, bool kTransposed>
+  __device__ __forceinline__ void load(const T* weight, int H, int j, int split) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+      for (int q = 0; q < S / kVec; ++q) {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          const int i = register_slice_index<T, KS>(split, q) + e;
+          const int64_t at = kTransposed ? static_cast<int64_t>(g * H + i) * H + j
+                                         : static_cast<int64_t>(g * H + j) * H + i;
+          w[g][q * kVec + e] = (j < H && i < H) ? __ldg(weight + at) : T(0);
+        }
+      }
+    }
+  }
+};
+
+/// Sum of kVec partial sums in a fixed (pairwise) order.
+template <typename T, int N>
+__device__ __forceinline__ T sum_parts(const T (&part)[N]) {
+  if constexpr (N == 1) {
+    return part[0];
+  } else if constexpr (N == 2) {
+    return part[0] + part[1];
+  } else {
+    static_assert(N == 4, "16-byte pieces of float or double");
+    return (part[0] + part[1]) + (part[2] + part[3]);
+  }
+}
+
+/// Forward with register-resident weights: acc[g][0] = this lane's part of row g * H + j of
+/// weight_hh times the state vec (one sequence). kVec independent partial sums per gate keep the
+/// dependent FMA chain short; their order is fixed, so results are bit-reproducible.
+template <typename T, int KS, int G, int S>
+__device__ __forceinline__ void contract_registers(const RegisterSlice<T, G, S>& ws, const T* vec,
+                                                   int split, T (&acc)[G][1]) {
+  constexpr int V = RegisterSlice<T, G, S>::kVec;
+  T part[G][V];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+#pragma unroll
+    for (int e = 0; e < V; ++e) part[g][e] = T(0);
+  }
+#pragma unroll
+  for (int q = 0; q < S / V; ++q) {
+    T v[V];
+    load_tile(vec + register_slice_index<T, KS>(split, q), v);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+      for (int e = 0; e < V; ++e) part[g][e] += ws.w[g][q * V + e] * v[e];
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < G; ++g) acc[g][0] = sum_parts(part[g]);
+}
+
+/// Backward with register-resident weights: acc[0][0] = this lane's part of column j of
+/// weight_hh times the gate gradients vec ([G][ldv], one sequence).
+template <typename T, int KS, int G, int S>
+__device__ __forceinline__ void contract_registers_transposed(const RegisterSlice<T, G, S>& ws,
+                                                              const T* vec, int ldv, int split,
+                                                              T (&acc)[1][1]) {
+  constexpr int V = RegisterSlice<T, G, S>::kVec;
+  T part[V];
+#pragma unroll
+  for (int e = 0; e < V; ++e) part[e] = T(0);
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+#pragma unroll
+    for (int q = 0; q < S / V; ++q) {
+      T v[V];
+      load_tile(vec + g * ldv + register_slice_index<T, KS>(split, q), v);
+#pragma unroll
+      for (int e = 0; e < V; ++e) part[e] += ws.w[g][q * V + e] * v[e];
+    }
+  }
+  acc[0][0] = sum_parts(part);
 }
 
 /// Adds the partial sums of the KS lanes of a unit; every one of them ends with the total.
@@ -204,37 +356,38 @@ struct DirectionSteps {
 // ---- forward ---------------------------------------------------------------------------------
 // Cell interface: Scalar, Args, kGates, kSlotIndex, In, weight, bias, initial, time_of, slot,
 // load (the step's inputs of one unit), finish (gate math + stores; returns the new state).
-template <class Cell, class C, bool kSharedW>
+// kW: where weight_hh lives; kSlice: the register slice length per gate block (kRegisters only,
+// with one sequence per CTA and every unit in one pass; the plan guarantees both).
+template <class Cell, class C, WeightsIn kW, int kSlice>
 __global__ void __launch_bounds__(C::kMaxThreads, 1)
     recurrence_forward(typename Cell::Args args, Geometry geo) {
   using T = typename Cell::Scalar;
   constexpr int TB = C::kTile, KS = C::kSplit, G = Cell::kGates;
+  constexpr bool kInRegisters = kW == WeightsIn::kRegisters;
+  static_assert(!kInRegisters || (TB == 1 && kSlice > 0), "register weights: one sequence per CTA");
   unsigned char* smem = dynamic_smem();
-  const int H = geo.hidden, steps = geo.steps;
+  const int H = geo.hidden, steps = geo.steps, ldv = geo.ldv;
   const int dir = blockIdx.y;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * TB;
   const int tid = threadIdx.x, nthreads = blockDim.x;
-  const int split = tid % KS, lane_unit = tid / KS;
+  const int split = lane_split<KS>(tid), unit = lane_unit<KS>(tid);
 
   const T* w = Cell::weight(args, dir);
   const T* bias = Cell::bias(args, dir);
-  T* w_s = reinterpret_cast<T*>(smem + geo.off_w);  // [H][ldw]: column c = row c of weight_hh
+  T* w_s = reinterpret_cast<T*>(smem + geo.off_w);  // [G*H][ldw]: weight_hh, row-major
   T* bias_s = reinterpret_cast<T*>(smem + geo.off_bias);
-  T* h_s = reinterpret_cast<T*>(smem + geo.off_vec);  // [2][H][TB]
+  T* h_s = reinterpret_cast<T*>(smem + geo.off_vec);  // [2][ldv][TB], zero beyond H
   int* idx_s = reinterpret_cast<int*>(smem + geo.off_idx);  // [TB][steps]
 
-  if constexpr (kSharedW) {
-    for (int e = tid; e < G * H * H; e += nthreads) {
-      const int c = e / H, k = e - c * H;
-      w_s[k * geo.ldw + c] = w[e];
-    }
-  }
+  if constexpr (kW == WeightsIn::kShared) stage_weights(w_s, w, G * H, H, geo.ldw);
+  [[maybe_unused]] RegisterSlice<T, G, kInRegisters ? kSlice : RegisterSlice<T, G, 16>::kVec> w_r;
+  if constexpr (kInRegisters) w_r.template load<KS, false>(w, H, unit, split);
   for (int e = tid; e < G * H; e += nthreads) bias_s[e] = bias[e];
-  for (int e = tid; e < H * TB; e += nthreads) {
+  for (int e = tid; e < ldv * TB; e += nthreads) {
     const int k = e / TB, bb = e - k * TB;
     const int64_t row = row0 + bb;
-    h_s[e] = row < geo.rows ? Cell::initial(args, row, k) : T(0);
-    h_s[H * TB + e] = T(0);
+    h_s[e] = k < H && row < geo.rows ? Cell::initial(args, row, k) : T(0);
+    h_s[ldv * TB + e] = T(0);
   }
   if constexpr (Cell::kSlotIndex) {
     for (int e = tid; e < TB * steps; e += nthreads) {
@@ -245,19 +398,15 @@ __global__ void __launch_bounds__(C::kMaxThreads, 1)
   }
   __syncthreads();
 
-  MatView<T, kSharedW> mat;
-  if constexpr (kSharedW) {
-    mat = {w_s, geo.ldw, 1};
-  } else {
-    mat = {w, 1, H};  // weight_hh is [G*H, H]: element (k, c) is w[c * H + k]
-  }
+  [[maybe_unused]] const MatView<T, kW == WeightsIn::kShared, false> mat{
+      kW == WeightsIn::kShared ? w_s : w, geo.ldw};
 
   for (int i = 0; i < steps; ++i) {
     const int t = Cell::time_of(args, dir, i, steps);
-    const T* h_cur = h_s + (i & 1) * H * TB;
-    T* h_next = h_s + ((i + 1) & 1) * H * TB;
+    const T* h_cur = h_s + (i & 1) * ldv * TB;
+    T* h_next = h_s + ((i + 1) & 1) * ldv * TB;
     for (int pass = 0; pass < geo.passes; ++pass) {
-      const int j = pass * geo.units_per_pass + lane_unit;
+      const int j = pass * geo.units_per_pass + unit;
       const bool active = j < H;
       // The step's inputs do not depend on the state: issue their loads before the matvec.
       typename Cell::In in[C::kOwned] = {};
@@ -266,7 +415,13 @@ __global__ void __launch_bounds__(C::kMaxThreads, 1)
       });
       T acc[G][TB];
       zero(acc);
-      if (active) contract<T, TB, KS, G>(mat, h_cur, H, split, j, H, acc);
+      if (active) {
+        if constexpr (kInRegisters) {
+          contract_registers<T, KS>(w_r, h_cur, split, acc);
+        } else {
+          contract<T, TB, KS, G>(mat, h_cur, H, split, j, H, acc);
+        }
+      }
       reduce_split<T, TB, KS, G>(acc);
       for_owned_rows<C>(active, split, row0, geo.rows, [&](int m, int bb, int64_t row) {
         T hg[G];
@@ -287,46 +442,41 @@ __global__ void __launch_bounds__(C::kMaxThreads, 1)
 // double-buffered in shared memory. With kInitialGrad, one extra round (i = -1) turns the last
 // carry into grad_h0. The attention gradient sum over j is reduced per warp with shuffles and
 // the warps' partial sums are added in a fixed order one step later.
-template <class Cell, class C, bool kSharedW>
+template <class Cell, class C, WeightsIn kW, int kSlice>
 __global__ void __launch_bounds__(C::kMaxThreads, 1)
     recurrence_backward(typename Cell::Args args, Geometry geo) {
   using T = typename Cell::Scalar;
   constexpr int TB = C::kTile, KS = C::kSplit, G = Cell::kGates;
   constexpr int kLast = Cell::kInitialGrad ? -1 : 0;
+  constexpr bool kInRegisters = kW == WeightsIn::kRegisters;
+  static_assert(!kInRegisters || (TB == 1 && kSlice > 0), "register weights: one sequence per CTA");
   unsigned char* smem = dynamic_smem();
-  const int H = geo.hidden, GH = G * geo.hidden, steps = geo.steps;
+  const int H = geo.hidden, GH = G * geo.hidden, steps = geo.steps, ldv = geo.ldv;
   const int dir = blockIdx.y;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * TB;
   const int tid = threadIdx.x, nthreads = blockDim.x;
-  const int split = tid % KS, lane_unit = tid / KS;
+  const int split = lane_split<KS>(tid), unit = lane_unit<KS>(tid);
   const int warps = nthreads / kWarp, warp = tid / kWarp, lane = tid % kWarp;
 
   const T* w = Cell::weight(args, dir);
   T* w_s = reinterpret_cast<T*>(smem + geo.off_w);      // [G*H][ldw]: weight_hh, row-major
-  T* dg_s = reinterpret_cast<T*>(smem + geo.off_vec);   // [2][G*H][TB]
+  T* dg_s = reinterpret_cast<T*>(smem + geo.off_vec);   // [2][G][ldv][TB], zero beyond H
   T* carry_s = reinterpret_cast<T*>(smem + geo.off_carry);  // [H][TB]: dh_direct of step i+1
   T* part_s = reinterpret_cast<T*>(smem + geo.off_part);    // [2][TB][warps]
 
-  if constexpr (kSharedW) {
-    for (int e = tid; e < GH * H; e += nthreads) {
-      const int r = e / H, j = e - r * H;
-      w_s[r * geo.ldw + j] = w[e];
-    }
-  }
-  for (int e = tid; e < 2 * GH * TB; e += nthreads) dg_s[e] = T(0);
+  if constexpr (kW == WeightsIn::kShared) stage_weights(w_s, w, GH, H, geo.ldw);
+  [[maybe_unused]] RegisterSlice<T, G, kInRegisters ? kSlice : RegisterSlice<T, G, 16>::kVec> w_r;
+  if constexpr (kInRegisters) w_r.template load<KS, true>(w, H, unit, split);
+  for (int e = tid; e < 2 * G * ldv * TB; e += nthreads) dg_s[e] = T(0);
   for (int e = tid; e < H * TB; e += nthreads) carry_s[e] = T(0);
   __syncthreads();
 
-  MatView<T, kSharedW> mat;
-  if constexpr (kSharedW) {
-    mat = {w_s, geo.ldw, 1};
-  } else {
-    mat = {w, H, 1};
-  }
+  [[maybe_unused]] const MatView<T, kW == WeightsIn::kShared, true> mat{
+      kW == WeightsIn::kShared ? w_s : w, geo.ldw};
 
   for (int i = steps - 1; i >= kLast; --i) {
-    const T* dg_next = dg_s + ((i + 1) & 1) * GH * TB;  // written while processing step i+1
-    T* dg_cur = dg_s + (i & 1) * GH * TB;
+    const T* dg_next = dg_s + ((i + 1) & 1) * G * ldv * TB;  // written while processing step i+1
+    T* dg_cur = dg_s + (i & 1) * G * ldv * TB;
     const int t = i >= 0 ? Cell::time_of(args, dir, i, steps) : -1;
     const int t_prev = i > 0 ? Cell::time_of(args, dir, i - 1, steps) : -1;
     T da[C::kOwned];
@@ -334,7 +484,7 @@ __global__ void __launch_bounds__(C::kMaxThreads, 1)
     for (int m = 0; m < C::kOwned; ++m) da[m] = T(0);
 
     for (int pass = 0; pass < geo.passes; ++pass) {
-      const int j = pass * geo.units_per_pass + lane_unit;
+      const int j = pass * geo.units_per_pass + unit;
       const bool active = j < H;
       typename Cell::In in[C::kOwned] = {};
       for_owned_rows<C>(i >= 0 && active, split, row0, geo.rows, [&](int m, int, int64_t row) {
@@ -342,14 +492,20 @@ __global__ void __launch_bounds__(C::kMaxThreads, 1)
       });
       T acc[1][TB];
       zero(acc);
-      if (active && i < steps - 1) contract<T, TB, KS, 1>(mat, dg_next, GH, split, j, 0, acc);
+      if (active && i < steps - 1) {
+        if constexpr (kInRegisters) {
+          contract_registers_transposed<T, KS>(w_r, dg_next, ldv, split, acc);
+        } else {
+          contract<T, TB, KS, 1>(mat, dg_next, GH, split, j, 0, acc);  // here ldv == H
+        }
+      }
       reduce_split<T, TB, KS, 1>(acc);
       for_owned_rows<C>(active, split, row0, geo.rows, [&](int m, int bb, int64_t row) {
         const T carry = carry_s[j * TB + bb] + pick(acc[0], bb);
         if (i >= 0) {
           const UnitGrads<T, G> u = Cell::step(args, geo, dir, row, t, j, in[m], carry);
 #pragma unroll
-          for (int g = 0; g < G; ++g) dg_cur[(g * H + j) * TB + bb] = u.dg[g];
+          for (int g = 0; g < G; ++g) dg_cur[(g * ldv + j) * TB + bb] = u.dg[g];
           carry_s[j * TB + bb] = u.dh_direct;
           da[m] += u.da;
         } else if constexpr (Cell::kInitialGrad) {
@@ -401,7 +557,8 @@ struct Plan {
   Geometry geo;
   dim3 grid, block;
   size_t smem = 0;
-  bool shared_w = false;
+  WeightsIn weights = WeightsIn::kGlobal;
+  int slice = 0;  // register slice length per gate block (kRegisters)
   bool throughput = false;
 };
 
@@ -420,21 +577,34 @@ inline cudaError_t query_limits(DeviceLimits* d, int* device) {
   return e;
 }
 
-/// Smallest leading dimension >= cols that keeps the kSplit lanes of a unit, which read the same
-/// column offset from rows i, i+1, .. (i+KS-1), in different shared-memory banks.
-inline int64_t padded_ld(int64_t cols, int split, size_t elem_bytes) {
-  const int64_t phase = elem_bytes >= 8 ? 16 : 32;  // lanes one shared-memory wavefront serves
-  if (split <= 1) return cols;
-  const int64_t want = (phase / split) % phase;
-  int64_t ld = cols;
-  while (ld % phase != want) ++ld;
+/// Smallest leading dimension >= cols with ld / step odd. When the lanes of one wavefront read
+/// the elements (row r0 + a, column c0 + b) for a < lanes / step and b < step, their banks
+/// a * ld + b (mod 32 words, or mod 16 doubles a half warp) are all distinct exactly when
+/// ld / step is odd. The forward reads the staged weight_hh with step = kSplit (a unit's lanes
+/// along its row, units on consecutive rows), the backward with rows and columns swapped:
+/// step = lanes per wavefront / kSplit (units on consecutive columns, lanes down them).
+inline int64_t padded_ld(int64_t cols, int64_t step) {
+  int64_t ld = (cols + step - 1) / step * step;
+  if ((ld / step) % 2 == 0) ld += step;
   return ld;
 }
 
-/// Geometry and shared-memory layout of configuration C; `pad` pads the staged weight's leading
-/// dimension against bank conflicts (skipped when only the unpadded tile fits).
+/// Lanes one shared-memory wavefront serves for elements of `elem_bytes` (128 bytes a wavefront).
+inline int64_t lanes_per_wavefront(size_t elem_bytes) { return elem_bytes >= 8 ? 16 : 32; }
+
+/// The staged weight's leading dimension for configuration C (see padded_ld).
 template <typename T, class C>
-void make_layout(const Shape& s, bool shared_w, bool pad, Plan* plan) {
+int64_t staged_ld(int64_t H, bool backward) {
+  const int64_t KS = C::kSplit, phase = lanes_per_wavefront(sizeof(T));
+  if (!backward) return padded_ld(H, KS);
+  return KS == 1 ? H : padded_ld(H, phase / KS);  // one lane per unit: no row ever repeats
+}
+
+/// Geometry and shared-memory layout of configuration C with weight_hh in `where` (register
+/// slice `slice`); `pad` pads the staged weight's rows against bank conflicts (skipped when only
+/// the unpadded tile fits).
+template <typename T, class C>
+void make_layout(const Shape& s, WeightsIn where, bool pad, int slice, Plan* plan) {
   const int64_t H = s.hidden, G = s.gates, TB = C::kTile, KS = C::kSplit;
   const int64_t unit_step = kWarp / KS;
   const int64_t cap = C::kMaxThreads / KS;
@@ -447,7 +617,11 @@ void make_layout(const Shape& s, bool shared_w, bool pad, Plan* plan) {
   g.units_per_pass = static_cast<int>(upp);
   g.passes = static_cast<int>((H + upp - 1) / upp);
   g.rows = s.rows;
-  g.ldw = 0;
+  // Register slices read whole 16-byte pieces up to KS * slice: the vectors are zero-padded.
+  const int64_t ldv = where == WeightsIn::kRegisters ? KS * slice : H;
+  g.ldv = static_cast<int>(ldv);
+  const int64_t ld = where != WeightsIn::kShared ? H : pad ? staged_ld<T, C>(H, s.backward) : H;
+  g.ldw = static_cast<int>(ld);
   size_t off = 0;
   auto region = [&off](int64_t bytes) {
     const size_t at = off;
@@ -455,26 +629,21 @@ void make_layout(const Shape& s, bool shared_w, bool pad, Plan* plan) {
     return static_cast<unsigned>(at);
   };
   const int64_t e = sizeof(T);
+  g.off_w = region(where == WeightsIn::kShared ? G * H * ld * e : 0);
   if (!s.backward) {
-    const int64_t cols = G * H;
-    const int64_t ld = !shared_w ? 0 : pad ? padded_ld(cols, static_cast<int>(KS), sizeof(T)) : cols;
-    g.ldw = static_cast<int>(ld);
-    g.off_w = region(H * ld * e);
     g.off_bias = region(G * H * e);
-    g.off_vec = region(2 * H * TB * e);
+    g.off_vec = region(2 * ldv * TB * e);
     g.off_idx = region(s.slot_index ? TB * s.steps * static_cast<int64_t>(sizeof(int)) : 0);
     g.off_carry = g.off_part = 0;
   } else {
-    const int64_t ld = !shared_w ? 0 : pad ? padded_ld(H, static_cast<int>(KS), sizeof(T)) : H;
-    g.ldw = static_cast<int>(ld);
-    g.off_w = region(G * H * ld * e);
-    g.off_vec = region(2 * G * H * TB * e);
+    g.off_vec = region(2 * G * ldv * TB * e);
     g.off_carry = region(H * TB * e);
     g.off_part = region(s.attn_grad ? 2 * TB * (threads / kWarp) * e : 0);
     g.off_bias = g.off_idx = 0;
   }
   plan->smem = off;
-  plan->shared_w = shared_w;
+  plan->weights = where;
+  plan->slice = where == WeightsIn::kRegisters ? slice : 0;
   plan->throughput = TB > 1;
   plan->grid = dim3(static_cast<unsigned>((s.rows + TB - 1) / TB),
                     static_cast<unsigned>(s.directions));
@@ -485,9 +654,10 @@ void make_layout(const Shape& s, bool shared_w, bool pad, Plan* plan) {
 /// (padded, else unpadded), else read from global memory.
 template <typename T, class C>
 bool fit(const Shape& s, const DeviceLimits& d, Plan* plan) {
-  const bool shared[] = {true, true, false}, pad[] = {true, false, false};
+  const WeightsIn where[] = {WeightsIn::kShared, WeightsIn::kShared, WeightsIn::kGlobal};
+  const bool pad[] = {true, false, false};
   for (int i = 0; i < 3; ++i) {
-    make_layout<T, C>(s, shared[i], pad[i], plan);
+    make_layout<T, C>(s, where[i], pad[i], 0, plan);
     if (plan->smem <= static_cast<size_t>(d.smem_optin)) return true;
   }
   return false;
@@ -500,9 +670,35 @@ inline int64_t resident_blocks(const Plan& p, const DeviceLimits& d) {
   return n > 0 ? n : 1;
 }
 
+// ---- register-resident variants --------------------------------------------------------------
+// Slice lengths (per gate block and lane, latency configuration: 4 lanes per unit) that are
+// instantiated: H <= 64 and H <= 128. A variant exists where its weights take at most 64 of the
+// 128 registers a thread of a 512-thread CTA may use (ptxas then reports no spills; checked by
+// tests/test_cuda_build.py): float AGRU up to H = 128, double AGRU and float window GRU up to
+// H = 64. Other shapes keep the shared-memory kernels.
+constexpr int kRegisterSlices[] = {16, 32};
+constexpr int kRegisterWeightBytes = 64 * 4;
+
+template <typename T>
+constexpr bool has_register_variant(int gates, int slice) {
+  return gates * slice * static_cast<int>(sizeof(T)) <= kRegisterWeightBytes;
+}
+
+/// The smallest instantiated register slice that covers `hidden` units (0: none).
+template <typename T>
+int register_slice_for(int gates, int64_t hidden) {
+  for (int slice : kRegisterSlices) {
+    if (hidden <= LatencyConfig::kSplit * slice && has_register_variant<T>(gates, slice))
+      return slice;
+  }
+  return 0;
+}
+
 /// Picks the configuration for a launch. The latency configuration wins while all its CTAs
 /// run at once; beyond that the throughput one, whose CTAs share each weight load over several
-/// sequences, needs fewer waves. cudaErrorNotSupported when nothing fits in shared memory; with
+/// sequences, needs fewer waves. Within the latency configuration, weight_hh goes to registers
+/// where a variant exists for (T, gates, H) and there are at most as many CTAs as SMs (a
+/// register-resident CTA may need a whole SM's register file). cudaErrorNotSupported when nothing fits in shared memory; with
 /// `require_backward`, also when the matching backward could not run (so that autograd never
 /// meets an unsupported backward after a successful forward).
 template <typename T>
@@ -527,9 +723,17 @@ cudaError_t choose_plan(const Shape& s, bool require_backward, Plan* out) {
   const bool thr_ok = fit<T, ThroughputConfig<T>>(s, d, &thr);
   if (!lat_ok && !thr_ok) return cudaErrorNotSupported;
   const int64_t ctas = static_cast<int64_t>(lat.grid.x) * lat.grid.y;
-  const bool use_lat = !thr_ok || (lat_ok && ((lat.shared_w && !thr.shared_w) ||
+  const bool lat_shared = lat.weights == WeightsIn::kShared;
+  const bool thr_shared = thr.weights == WeightsIn::kShared;
+  const bool use_lat = !thr_ok || (lat_ok && ((lat_shared && !thr_shared) ||
                                               ctas <= d.sms * resident_blocks(lat, d)));
   *out = use_lat ? lat : thr;
+  const int slice = register_slice_for<T>(s.gates, s.hidden);
+  if (use_lat && slice > 0 && ctas <= d.sms) {
+    Plan reg;
+    make_layout<T, LatencyConfig>(s, WeightsIn::kRegisters, false, slice, &reg);
+    if (reg.smem <= static_cast<size_t>(d.smem_optin)) *out = reg;
+  }
   return cudaSuccess;
 }
 
@@ -547,6 +751,35 @@ cudaError_t start(const Plan& plan, const Args& args, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+/// The kernel of `Cell` (forward or backward) for configuration C, weights in kW, slice kSlice.
+template <class Cell, bool kBackward, class C, WeightsIn kW, int kSlice = 0>
+cudaError_t start_kernel(const Plan& plan, const typename Cell::Args& args, cudaStream_t stream) {
+  if constexpr (kBackward) {
+    return start<recurrence_backward<Cell, C, kW, kSlice>>(plan, args, stream);
+  } else {
+    return start<recurrence_forward<Cell, C, kW, kSlice>>(plan, args, stream);
+  }
+}
+
+/// The register-resident kernel of slice kRegisterSlices[kI] or a later one, as plan.slice says.
+template <class Cell, bool kBackward, int kI = 0>
+cudaError_t start_register_kernel(const Plan& plan, const typename Cell::Args& args,
+                                  cudaStream_t stream) {
+  using T = typename Cell::Scalar;
+  constexpr int kCount = sizeof(kRegisterSlices) / sizeof(kRegisterSlices[0]);
+  if constexpr (kI >= kCount) {
+    return cudaErrorInvalidValue;  // choose_plan never picks a slice that was not instantiated
+  } else {
+    constexpr int kSlice = kRegisterSlices[kI];
+    if constexpr (has_register_variant<T>(Cell::kGates, kSlice)) {
+      if (plan.slice == kSlice)
+        return start_kernel<Cell, kBackward, LatencyConfig, WeightsIn::kRegisters, kSlice>(
+            plan, args, stream);
+    }
+    return start_register_kernel<Cell, kBackward, kI + 1>(plan, args, stream);
+  }
+}
+
 /// Runs the forward (kBackward = false) or backward recurrence of `Cell` with `plan`.
 template <class Cell, bool kBackward>
 cudaError_t run_recurrence(const Plan& plan, const typename Cell::Args& args,
@@ -554,19 +787,15 @@ cudaError_t run_recurrence(const Plan& plan, const typename Cell::Args& args,
   using T = typename Cell::Scalar;
   using Lat = LatencyConfig;
   using Thr = ThroughputConfig<T>;
-  if constexpr (kBackward) {
-    if (plan.throughput)
-      return plan.shared_w ? start<recurrence_backward<Cell, Thr, true>>(plan, args, stream)
-                           : start<recurrence_backward<Cell, Thr, false>>(plan, args, stream);
-    return plan.shared_w ? start<recurrence_backward<Cell, Lat, true>>(plan, args, stream)
-                         : start<recurrence_backward<Cell, Lat, false>>(plan, args, stream);
-  } else {
-    if (plan.throughput)
-      return plan.shared_w ? start<recurrence_forward<Cell, Thr, true>>(plan, args, stream)
-                           : start<recurrence_forward<Cell, Thr, false>>(plan, args, stream);
-    return plan.shared_w ? start<recurrence_forward<Cell, Lat, true>>(plan, args, stream)
-                         : start<recurrence_forward<Cell, Lat, false>>(plan, args, stream);
-  }
+  constexpr WeightsIn kShared = WeightsIn::kShared, kGlobal = WeightsIn::kGlobal;
+  const bool shared = plan.weights == kShared;
+  if (plan.weights == WeightsIn::kRegisters)
+    return start_register_kernel<Cell, kBackward>(plan, args, stream);
+  if (plan.throughput)
+    return shared ? start_kernel<Cell, kBackward, Thr, kShared>(plan, args, stream)
+                  : start_kernel<Cell, kBackward, Thr, kGlobal>(plan, args, stream);
+  return shared ? start_kernel<Cell, kBackward, Lat, kShared>(plan, args, stream)
+                : start_kernel<Cell, kBackward, Lat, kGlobal>(plan, args, stream);
 }
 
 }  // namespace detail

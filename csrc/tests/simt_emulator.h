@@ -10,6 +10,8 @@
 // for floating point), so reading shared memory before writing it shows up in the results.
 // Checked at run time: block size, grid size, the dynamic shared-memory limit (including the
 // cudaFuncSetAttribute opt-in above 48 KiB), full-warp shuffles, barriers reached by every thread.
+// Each launch is recorded (grid, block, shared bytes and the kernel's name with its template
+// arguments), so that tests can tell which kernel variant a launch plan picked.
 #pragma once
 #if !defined(AGHMN_SIMT_EMULATION)
 #error "simt_emulator.h is only for the CPU emulation build (define AGHMN_SIMT_EMULATION)"
@@ -77,7 +79,20 @@ struct Fiber {
 struct LaunchRecord {
   dim3 grid, block;
   size_t smem;
+  std::string kernel;  // the launched function, as the compiler spells its template arguments
 };
+
+/// The name of kernel K with its template arguments (from the compiler's signature string).
+template <auto K>
+std::string kernel_name() {
+  // GCC: "... [with auto K = NAME; std::string = ...]", Clang: "... [K = NAME]"
+  const std::string sig = __PRETTY_FUNCTION__;
+  const size_t at = sig.find("K = ");
+  if (at == std::string::npos) return sig;
+  size_t end = sig.find("; ", at);
+  if (end == std::string::npos) end = sig.rfind(']');
+  return sig.substr(at + 4, end == std::string::npos ? std::string::npos : end - at - 4);
+}
 
 /// Emulated device properties (defaults: an H100 SXM) and scheduler settings.
 struct Settings {
@@ -212,9 +227,10 @@ inline bool run_block(int n) {
 
 /// Runs `kernel(args...)` over the grid, block after block.
 template <typename... P, typename... A>
-cudaError_t launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&... args) {
+cudaError_t launch_kernel(void (*kernel)(P...), std::string name, dim3 grid, dim3 block,
+                          size_t smem, A&&... args) {
   Runtime& r = rt();
-  r.launches.push_back({grid, block, smem});
+  r.launches.push_back({grid, block, smem, std::move(name)});
   const unsigned long threads = static_cast<unsigned long>(block.x) * block.y * block.z;
   auto reject = [&](cudaError_t e, const std::string& why) {
     r.last_error = e;
@@ -244,6 +260,12 @@ cudaError_t launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&
         if (!run_block(static_cast<int>(threads))) return r.last_error;
       }
   return cudaSuccess;
+}
+
+/// kernel<<<grid, block, smem>>>(args...), recorded under the kernel's name.
+template <auto K, typename... A>
+cudaError_t launch(dim3 grid, dim3 block, size_t smem, A&&... args) {
+  return launch_kernel(K, kernel_name<K>(), grid, block, smem, std::forward<A>(args)...);
 }
 
 inline unsigned char* dynamic_smem() { return rt().smem; }

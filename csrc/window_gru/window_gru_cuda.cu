@@ -1,8 +1,8 @@
 // CUDA implementation of the window-GRU ops (schemas: csrc/library.cpp, contract: docs/OPS.md).
 // A thin binding: it checks the arguments (window_gru_checks.h, shared with the CPU binding),
 // allocates the outputs (and the backward's workspace) with the caching allocator on the inputs'
-// device, and calls the framework-free launchers of common/cuda_kernels.h (kernels:
-// window_gru_kernels.cu) on the current stream.
+// device, and calls the framework-free launchers of window_gru_kernels.h (defined
+// in window_gru_kernels.cu) on the current stream.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -11,9 +11,9 @@
 
 #include <tuple>
 
-#include "common/cuda_kernels.h"
 #include "common/cuda_launch.h"
 #include "window_gru/window_gru_checks.h"
+#include "window_gru/window_gru_kernels.h"
 
 namespace {
 

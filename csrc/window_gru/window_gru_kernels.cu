@@ -7,6 +7,7 @@
 // gradients in that fixed order. Integer atomics place slots in a row in arbitrary order, but a
 // rank pass then sorts each row by slot id, so the index (and the sums) are the same every run.
 #include "common/recurrence.cuh"
+#include "window_gru/window_gru_kernels.h"
 
 namespace aghmn {
 namespace cuda {
