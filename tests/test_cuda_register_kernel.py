@@ -17,9 +17,18 @@ import ctypes
 import pytest
 import torch
 
-from cuda_emulator import DeviceOps
-# executor: the fixture of test_cuda_ops (the emulator, and the CUDA device where one exists)
-from test_cuda_ops import check_agru, check_window, executor  # noqa: F401
+from cuda_emulator import DeviceOps, require_cuda
+from test_cuda_ops import check_agru, check_window
+
+
+@pytest.fixture(params=["emulated", "cuda"])
+def executor(request):
+    """The raw ops on the SIMT emulator, and on the CUDA device where one exists."""
+    if request.param == "cuda":
+        require_cuda()
+        return DeviceOps()
+    return request.getfixturevalue("emulated")
+
 
 DTYPES = (torch.float32, torch.float64)
 REGISTERS, SHARED, GLOBAL = 2, 1, 0  # WeightsIn
