@@ -188,13 +188,14 @@ def aggregate_runs(out_root: str, previous: dict = None) -> dict:
 
 def to_markdown(study: dict) -> str:
     """The aggregate as Markdown tables."""
-    lines = ["| setting | seeds | accuracy | weighted F1 | macro F1 | s/epoch |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| setting | seeds | accuracy | weighted F1 | macro F1 | s/epoch | commits |",
+             "|---|---|---:|---:|---:|---:|---|"]
     fmt = lambda s: f"{s['mean']:.2f} ± {s['std']:.2f}"  # noqa: E731
     for name, e in study.items():
-        lines.append(f"| {name} (`{' '.join(e['args']) or 'defaults'}`) | {len(e['seeds'])} | "
-                     f"{fmt(e['accuracy'])} | {fmt(e['weighted_f1'])} | {fmt(e['macro_f1'])} | "
-                     f"{e['seconds_per_epoch']['mean']:.1f} |")
+        lines.append(f"| {name} (`{' '.join(e['args']) or 'defaults'}`) | "
+                     f"{','.join(map(str, e['seeds']))} | {fmt(e['accuracy'])} | "
+                     f"{fmt(e['weighted_f1'])} | {fmt(e['macro_f1'])} | "
+                     f"{e['seconds_per_epoch']['mean']:.1f} | {', '.join(e.get('commits', []))} |")
     if study:
         labels = list(next(iter(study.values()))["per_class_f1"])
         lines += ["", "Per-class test F1 (mean ± std over the seeds):", "",
