@@ -1,8 +1,9 @@
 """The readers study script (benchmarks/reader_study.py): aggregation, provenance, merging."""
-import importlib.util
 import json
 import os
+import runpy
 import statistics
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,10 +12,7 @@ LABELS = ["neutral", "fear"]
 
 def _study_module():
     path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "reader_study.py")
-    spec = importlib.util.spec_from_file_location("reader_study", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return SimpleNamespace(**runpy.run_path(path, run_name="reader_study"))
 
 
 def _write_run(root, setting, seed, acc, wf1, macro, fear, commit="abc1234", best_epoch=None):
