@@ -45,6 +45,7 @@ SETTINGS = {
 # Levers screened on wordllama alone and on top of x3-scaled vectors (wordllama-scale3-<lever>).
 LEVERS = {"cw0.3": ["--class-weight-rate", "0.3"], "cw0.75": ["--class-weight-rate", "0.75"],
           "selwf1": ["--select-on", "weighted-f1"], "drop0.5": ["--dropout", "0.5"],
+          "drop0.2": ["--dropout", "0.2"],
           "128": ["--embedding-dim", "128"], "cnn": ["--reader", "cnn"]}
 for _lever, _args in LEVERS.items():
     SETTINGS.setdefault(f"wordllama-{_lever}", ["--embeddings", "wordllama", *_args])
