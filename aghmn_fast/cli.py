@@ -63,6 +63,12 @@ def _add_train(sub):
     p.add_argument("--epochs", type=positive_int, default=None, help="default 20 MELD, 60 IEMOCAP")
     p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--class-weight-rate", type=float, default=None, help="default 0.5 MELD, 0 IEMOCAP")
+    p.add_argument("--dropout", type=float, default=0.3,
+                   help="dropout on the reader and memory vectors, in [0, 1) (default: %(default)s, "
+                        "the recipe)")
+    p.add_argument("--select-on", default="accuracy", choices=["accuracy", "weighted-f1"],
+                   help="dev metric that selects the checkpoint and drives the lr decay (default: "
+                        "%(default)s, the recipe)")
     p.add_argument("--batch-dialogues", type=positive_int, default=1,
                    help="dialogues per optimizer step (1 = the recipe; more is a speed option)")
     p.add_argument("--vocab-from", default="all", choices=["all", "train"],
@@ -115,7 +121,7 @@ def cmd_train(args) -> int:
                       hidden_size=args.hidden, window=args.window or (40 if iemocap else 10),
                       reader=args.reader, fusion=args.fusion, summary=args.summary, hops=args.hops,
                       max_len=max_len, backend=args.backend, embeddings=source,
-                      train_embeddings=args.train_embeddings)
+                      train_embeddings=args.train_embeddings, dropout=args.dropout)
     model = AGHMN(cfg, emb)
     if model.sentence_encoder is not None:
         model.sentence_encoder.progress = not args.no_progress and sys.stderr.isatty()
@@ -123,6 +129,7 @@ def cmd_train(args) -> int:
                        class_weight_rate=(args.class_weight_rate if args.class_weight_rate is not None
                                           else (0.0 if iemocap else 0.5)),
                        batch_dialogues=args.batch_dialogues, seed=args.seed,
+                       select_on=args.select_on.replace("-", "_"),
                        progress=not args.no_progress and sys.stderr.isatty())
     result = train(model, train_set, dev_set, test_set, vocab, labels, tcfg, out_dir=args.out)
     t = result["test"]

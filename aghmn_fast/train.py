@@ -4,6 +4,8 @@ Adam (lr 5e-4), gradient-norm clip 5, one dialogue per step (``batch_dialogues``
 option), dialogues reshuffled every epoch, class-weighted NLL summed over the step's utterances
 divided by their number, lr *= 0.95 after an epoch whose dev accuracy did not improve, model
 selection on dev accuracy, one test evaluation with the selected checkpoint.
+``TrainConfig.select_on = "weighted_f1"`` (an option, not the recipe) uses dev weighted F1 instead,
+for both the selection and the lr decay.
 """
 from __future__ import annotations
 
@@ -51,6 +53,10 @@ class TrainConfig:
     seed: int = 1
     eval_batch_dialogues: int = 64
     progress: bool = True
+    select_on: str = "accuracy"
+
+
+SELECT_ON = ("accuracy", "weighted_f1")
 
 
 def set_seed(seed: int) -> None:
@@ -179,13 +185,19 @@ def load_checkpoint(path: str, backend: Optional[str] = None):
 def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogue],
           test_set: Sequence[Dialogue], vocab: Vocabulary, label_names: Sequence[str],
           config: TrainConfig = TrainConfig(), out_dir: Optional[str] = None, log=print) -> Dict:
-    """Train with the recipe, select on dev accuracy, evaluate the selected model on test.
+    """Train with the recipe, select on dev ``config.select_on`` (accuracy by default), evaluate
+    the selected model on test.
 
-    Returns a dict with per-epoch history, the best dev metrics, the test metrics and seconds per
-    epoch. With ``out_dir``, writes ``best.pt`` and ``metrics.json`` there.
+    The lr decays after every epoch that does not strictly improve the selection metric; the first
+    epoch reaching its best value is kept. Returns a dict with per-epoch history, the best dev
+    metrics and epoch, the test metrics and seconds per epoch. With ``out_dir``, writes
+    ``best.pt`` and ``metrics.json`` there. Raises ``ValueError`` for an empty training set or an
+    unknown ``select_on``.
     """
     if not train_set:
         raise ValueError("the training set has no dialogues")
+    if config.select_on not in SELECT_ON:
+        raise ValueError(f"select_on must be one of {SELECT_ON}, got {config.select_on!r}")
     set_seed(config.seed)
     max_len = model.config.max_len
     enc_train, enc_dev, enc_test = (encode_dialogues(split, vocab, max_len, model)
@@ -196,7 +208,7 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
     optimizer = torch.optim.Adam(params, lr=config.lr, fused=True)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-    best_acc, best_state, history, epoch_seconds = -1.0, None, [], []
+    best_score, best_epoch, best_state, history, epoch_seconds = -1.0, 0, None, [], []
     order = list(range(len(train_set)))
     rng = random.Random(config.seed)
     # One dialogue per step (the recipe): build each dialogue's batch once, not every epoch.
@@ -227,9 +239,9 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
                 bar.set_postfix(loss=f"{total_loss / steps:.4f}")
         epoch_seconds.append(time.perf_counter() - start)
         dev = evaluate(model, enc_dev, dev_set, label_names, config.eval_batch_dialogues)
-        improved = dev["accuracy"] > best_acc
+        improved = dev[config.select_on] > best_score
         if improved:
-            best_acc = dev["accuracy"]
+            best_score, best_epoch = dev[config.select_on], epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if out_dir:
                 save_checkpoint(os.path.join(out_dir, "best.pt"), model, vocab, label_names,
@@ -245,8 +257,7 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
             f"{'*' if improved else ' '}  {epoch_seconds[-1]:.1f}s")
     model.load_state_dict(best_state)
     test = evaluate(model, enc_test, test_set, label_names, config.eval_batch_dialogues)
-    result = {"history": history, "best_dev": next(h["dev"] for h in history
-                                                   if h["dev"]["accuracy"] == best_acc),
+    result = {"history": history, "best_dev": history[best_epoch - 1]["dev"], "best_epoch": best_epoch,
               "test": test, "seconds_per_epoch": float(np.mean(epoch_seconds)),
               "train_config": dataclasses.asdict(config),
               "model_config": dataclasses.asdict(model.config)}

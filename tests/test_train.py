@@ -92,17 +92,20 @@ def _write_json_split(path, dialogues, labels):
     path.write_text(json.dumps(data))
 
 
-def test_cli_train_and_eval_on_iemocap_json(tmp_path, capsys):
-    labels = list(IEMOCAP_LABELS)
+def _iemocap_json(tmp_path):
     for split, seed in (("train", 1), ("dev", 2), ("test", 3)):
         ds = _dialogues(5, seed)
         for d in ds:
             d.labels[:] = [l % 6 for l in d.labels]
-        _write_json_split(tmp_path / f"{split}.json", ds, labels)
+        _write_json_split(tmp_path / f"{split}.json", ds, list(IEMOCAP_LABELS))
+    return ["train", "--dataset", "iemocap", "--data", str(tmp_path), "--epochs", "2",
+            "--embeddings", "random", "--embedding-dim", "8", "--hidden", "6", "--window", "4",
+            "--no-progress", "--backend", "reference"]
+
+
+def test_cli_train_and_eval_on_iemocap_json(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--dataset", "iemocap", "--data", str(tmp_path), "--out", str(out),
-               "--epochs", "1", "--embeddings", "random", "--embedding-dim", "8", "--hidden", "6",
-               "--window", "4", "--no-progress", "--backend", "reference"])
+    rc = main(_iemocap_json(tmp_path) + ["--out", str(out)])
     assert rc == 0
     assert "TEST  accuracy" in capsys.readouterr().out
     rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--dataset", "iemocap", "--data",
@@ -117,3 +120,80 @@ def test_cli_reports_missing_data_cleanly(tmp_path, capsys):
                "--epochs", "1", "--no-progress"])
     assert rc == 2
     assert "error" in capsys.readouterr().err
+
+
+def _scripted_dev(monkeypatch, dev_set, accuracy, weighted_f1):
+    """Make train() see the given dev accuracy / weighted F1 per epoch (test metrics stay real),
+    so that the two selection metrics disagree on the best epoch by construction."""
+    import aghmn_fast.train as train_module
+
+    real, epoch = train_module.evaluate, iter(range(len(accuracy)))
+
+    def evaluate(model, encoded, dialogues, label_names, batch_dialogues=64):
+        metrics = real(model, encoded, dialogues, label_names, batch_dialogues)
+        if dialogues is dev_set:
+            i = next(epoch)
+            metrics.update(accuracy=accuracy[i], weighted_f1=weighted_f1[i])
+        return metrics
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+
+
+@pytest.mark.parametrize("select_on, best_epoch, decayed_after", [
+    ("accuracy", 2, {3, 4, 5}), ("weighted_f1", 5, {2, 4})])
+def test_select_on_picks_the_epoch_and_drives_the_lr_decay(monkeypatch, tmp_path, select_on,
+                                                          best_epoch, decayed_after):
+    model, tr, dv, te, vocab = _setup()
+    _scripted_dev(monkeypatch, dv, accuracy=[50, 60, 55, 58, 40],
+                  weighted_f1=[50, 45, 70, 65, 71])
+    snapshots = {}  # epoch -> weights after it (train() logs once per epoch)
+    result = train(model, tr, dv, te, vocab, list(map(str, range(7))),
+                   TrainConfig(epochs=5, lr=1e-3, progress=False, select_on=select_on),
+                   out_dir=str(tmp_path),
+                   log=lambda s: snapshots.setdefault(len(snapshots) + 1, {
+                       k: v.clone() for k, v in model.state_dict().items()}))
+    assert result["best_epoch"] == best_epoch
+    assert result["best_dev"] == result["history"][best_epoch - 1]["dev"]
+    lr = 1e-3
+    for h in result["history"]:
+        lr *= 0.95 if h["epoch"] in decayed_after else 1.0
+        assert h["lr"] == pytest.approx(lr)
+    saved = json.load(open(tmp_path / "metrics.json"))
+    assert saved["train_config"]["select_on"] == select_on and saved["best_epoch"] == best_epoch
+    # the model tested (and the checkpoint) is the selected epoch's, not the last one's
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, snapshots[best_epoch][k])
+    loaded, _, _, extra = load_checkpoint(str(tmp_path / "best.pt"))
+    assert extra["epoch"] == best_epoch
+
+
+def test_select_on_rejects_an_unknown_metric():
+    model, tr, dv, te, vocab = _setup()
+    with pytest.raises(ValueError, match="select_on"):
+        train(model, tr, dv, te, vocab, list(map(str, range(7))),
+              TrainConfig(epochs=1, progress=False, select_on="macro_f1"), log=lambda s: None)
+
+
+def test_cli_select_on_and_dropout_are_recorded(tmp_path):
+    args = _iemocap_json(tmp_path)
+    out = tmp_path / "run"
+    assert main(args + ["--out", str(out), "--select-on", "weighted-f1", "--dropout", "0.5"]) == 0
+    saved = json.load(open(out / "metrics.json"))
+    assert saved["train_config"]["select_on"] == "weighted_f1"
+    assert saved["model_config"]["dropout"] == 0.5
+    model, _, _, _ = load_checkpoint(str(out / "best.pt"))
+    assert model.config.dropout == 0.5 and model.dropout.p == 0.5
+    out2 = tmp_path / "default"
+    assert main(args + ["--out", str(out2)]) == 0
+    saved = json.load(open(out2 / "metrics.json"))
+    assert saved["train_config"]["select_on"] == "accuracy"
+    assert saved["model_config"]["dropout"] == 0.3
+
+
+@pytest.mark.parametrize("extra, word", [(["--dropout", "1.0"], "dropout"),
+                                         (["--dropout", "nan"], "dropout"),
+                                         (["--select-on", "macro-f1"], "--select-on")])
+def test_cli_rejects_bad_select_on_and_dropout(tmp_path, capsys, extra, word):
+    rc = main(_iemocap_json(tmp_path) + ["--out", str(tmp_path / "o")] + extra)
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert word in err and len(err.splitlines()) == 1
