@@ -12,6 +12,7 @@ import torch
 
 import aghmn_fast
 from aghmn_fast import reference
+from conformance import sliding_windows
 
 OPS = torch.ops.aghmn_fast
 #: The compiled extension's implementation of the ops on CPU tensors (arguments unvalidated).
@@ -78,19 +79,6 @@ def test_cpu_backend_passes_other_dtypes_to_the_reference(dtype):
 
 
 # ---- memory bank ----------------------------------------------------------------------------
-
-def sliding_windows(N, K, extra=0, seed=0):
-    """Windows of the K utterances up to each one (-1 before the start: empty leading slots),
-    plus ``extra`` random windows with repeats and empty slots anywhere."""
-    idx = torch.arange(N).unsqueeze(1) - torch.arange(K - 1, -1, -1).unsqueeze(0)
-    windows = torch.where(idx < 0, torch.full_like(idx, -1), idx)
-    if extra:
-        gen = torch.Generator().manual_seed(seed)
-        rand = torch.randint(-1, N, (extra, K), generator=gen)
-        rand[0] = rand[0, 0].clamp(min=0)  # one window repeating a single utterance
-        windows = torch.cat([windows, rand])
-    return windows
-
 
 def bank_inputs(N, H, bidirectional, dtype):
     u = torch.randn(N, H, dtype=F64)

@@ -218,6 +218,21 @@ def make_windows(Q: int, K: int, N: int, gen: torch.Generator) -> torch.Tensor:
     return w
 
 
+def sliding_windows(N: int, K: int, extra: int = 0,
+                    gen: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The windows the model builds (the K utterances up to each one, -1 before the start),
+    plus ``extra`` random ones with repeats and empty slots anywhere (drawn from ``gen``, a
+    generator seeded 0 when None)."""
+    idx = torch.arange(N).unsqueeze(1) - torch.arange(K - 1, -1, -1).unsqueeze(0)
+    windows = torch.where(idx < 0, torch.full_like(idx, -1), idx)
+    if extra:
+        gen = torch.Generator().manual_seed(0) if gen is None else gen
+        rand = torch.randint(-1, N, (extra, K), generator=gen)
+        rand[0] = rand[0, 0].clamp(min=0)  # one window repeating a single utterance
+        windows = torch.cat([windows, rand])
+    return windows
+
+
 def scaled(H: int) -> float:
     """Weight scale that keeps the gates out of saturation for hidden size H."""
     return 1.0 / math.sqrt(H)

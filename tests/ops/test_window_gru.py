@@ -6,7 +6,8 @@ import torch
 
 from aghmn_fast.ops.window_gru.reference import memory_bank_ref, window_gru_ref
 from conformance import (D64, F32, IMPLEMENTATIONS, assert_close, grads_of, make_windows, pairs,
-                         randn, saved_dtype, scaled, window_op_expected, window_op_inputs)
+                         randn, saved_dtype, scaled, sliding_windows, window_op_expected,
+                         window_op_inputs)
 
 DIRECTIONS = pytest.mark.parametrize("D", [1, 2], ids=["UniF", "BiF"])
 
@@ -94,18 +95,6 @@ def test_window_gru_matches_reference(impl, dtype, D):
         assert_close(g, r, dtype, f"grad of {name}")
     with torch.no_grad():
         assert_close(impl.window_gru(*args, impl.put(windows)), want, dtype, "output, no grad")
-
-
-def sliding_windows(N, K, extra, gen):
-    """The windows the model builds (the K utterances up to each one, -1 before the start),
-    plus ``extra`` random ones with repeats and empty slots anywhere."""
-    idx = torch.arange(N).unsqueeze(1) - torch.arange(K - 1, -1, -1).unsqueeze(0)
-    windows = torch.where(idx < 0, torch.full_like(idx, -1), idx)
-    if extra:
-        rand = torch.randint(-1, N, (extra, K), generator=gen)
-        rand[0] = rand[0, 0].clamp(min=0)  # one window repeating a single utterance
-        windows = torch.cat([windows, rand])
-    return windows
 
 
 def bank_inputs(N, H, D, gen):
