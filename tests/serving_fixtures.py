@@ -166,6 +166,14 @@ def stop_server(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30.
         return proc.wait()
 
 
+def make_serving(checkpoint: str, tmp_path, **options):
+    """A ServingApp of the checkpoint (SQLite state in ``tmp_path`` unless ``state`` is given)."""
+    from aghmn_fast.serving.app import ServeConfig, ServingApp
+
+    options.setdefault("state", str(tmp_path / "state.db"))
+    return ServingApp(ServeConfig(checkpoint=checkpoint, **options))
+
+
 @contextlib.contextmanager
 def running_app(serving, handle: Optional[dict] = None):
     """Serve a ServingApp with uvicorn on a free loopback port in a thread; yields the base URL

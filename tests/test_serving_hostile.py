@@ -10,14 +10,14 @@ import time
 import httpx
 import pytest
 
-from aghmn_fast.serving.app import ServeConfig, ServingApp
+from aghmn_fast.serving.app import ServingApp
 from aghmn_fast.serving.batcher import MicroBatcher, Overloaded
 from aghmn_fast.serving.cli import add_parser, config_from_args
 from aghmn_fast.serving.engine import ConversationEngine, ServingError, check_conversation_id
 from aghmn_fast.serving.store import MemoryStore, SQLiteStore
 from aghmn_fast.streaming import StreamingRecognizer
 
-from serving_fixtures import running_app, save_tiny_checkpoint, tiny_model
+from serving_fixtures import make_serving, running_app, save_tiny_checkpoint, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +25,7 @@ def checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", window=3)
 
 
-def _serving(checkpoint, tmp_path, **options):
-    options.setdefault("state", str(tmp_path / "state.db"))
-    return ServingApp(ServeConfig(checkpoint=checkpoint, **options))
+_serving = make_serving
 
 
 def _engine(store=None, **kwargs):
