@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-queue", type=int, default=8192,
                    help="most utterances waiting; beyond it requests get 503 (default 8192)")
     p.add_argument("--max-conversations", type=int, default=20_000,
-                   help="most stored conversations, and most held in memory (about 40 KB each); a new "
+                   help="most stored conversations, and most held in memory (about 140 KB each for a K = 40 model); a new "
                         "one beyond it gets 429 (default 20000)")
     p.add_argument("--ttl", type=float, default=3600.0,
                    help="seconds after which an idle conversation is forgotten (default 3600; 0 = never)")
