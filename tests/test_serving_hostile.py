@@ -274,6 +274,8 @@ def test_token_empty_file_env_and_non_ascii(checkpoint, tmp_path, monkeypatch):
 
 # ---- 2, 3: head and URL limits, timeouts, the connection limit ---------------------------------------
 def test_header_url_timeouts_and_connection_limits(checkpoint, tmp_path):
+    from websockets.sync.client import connect
+
     serving = _serving(checkpoint, tmp_path, state="memory", max_header_bytes=4096, max_url_bytes=1024,
                        idle_timeout=0.5, request_timeout=0.5, max_connections=6)
     with running_app(serving) as base:
@@ -286,6 +288,10 @@ def test_header_url_timeouts_and_connection_limits(checkpoint, tmp_path):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
             assert idle.recv(10) == b""   # closed by the server, not by our timeout
         assert time.perf_counter() - start < 4
+        with connect(base.replace("http", "ws") + "/v1/stream") as ws:   # a WebSocket outlives both
+            time.sleep(1.2)
+            ws.send(json.dumps({"id": "late", "text": "still here"}))
+            assert json.loads(ws.recv(timeout=10))["index"] == 0
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
         try:
             time.sleep(0.1)

@@ -126,6 +126,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head = True
         super().on_message_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        self._cancel_request_timer()   # the request is complete; the connection is no longer ours
+        super().handle_websocket_upgrade()
+
     # timers
     def _cancel_request_timer(self) -> None:
         if self._request_timer is not None:
