@@ -264,20 +264,24 @@ def case_ws_tiny_flood(s: Server, ctx) -> Tuple[str, bool]:
 
 
 def case_replay_cost(s: Server, ctx) -> Tuple[str, bool]:
-    n = 512
-    first = [{"id": f"rp-{i}", "text": "one two", "index": 0} for i in range(n)]
-    body = json.dumps({"utterances": first}).encode()
-    post(s.base, "/v1/utterances", body)
-    start = time.perf_counter()
-    post(s.base, "/v1/utterances", json.dumps({"utterances": [dict(u, text="three", index=1) for u in first]}).encode())
-    new = time.perf_counter() - start
-    replays = json.dumps({"utterances": [dict(u, text="three", index=1) for u in first]}).encode()
-    start = time.perf_counter()
-    r = post(s.base, "/v1/utterances", replays)
-    replay = time.perf_counter() - start
-    replayed = sum(1 for p in r.json()["predictions"] if p.get("replayed"))
-    return (f"{n} new utterances {new * 1e3:.0f} ms, {replayed} replays {replay * 1e3:.0f} ms "
-            f"({replay / new:.1f}x)", replay <= 1.5 * new)
+    """512 new utterances vs the same 512 sent again (replays), 5 rounds, the fastest of each."""
+    n, new_times, replay_times, replayed = 512, [], [], 0
+    for round_ in range(5):
+        ids = [f"rp{round_}-{i}" for i in range(n)]
+        post(s.base, "/v1/utterances", json.dumps({"utterances": [
+            {"id": c, "text": "one two", "index": 0} for c in ids]}).encode())
+        second = json.dumps({"utterances": [{"id": c, "text": "three", "index": 1} for c in ids]}).encode()
+        start = time.perf_counter()
+        post(s.base, "/v1/utterances", second)
+        new_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        r = post(s.base, "/v1/utterances", second)
+        replay_times.append(time.perf_counter() - start)
+        replayed += sum(1 for p in r.json()["predictions"] if p.get("replayed"))
+    new, replay = min(new_times), min(replay_times)
+    return (f"{n} new utterances {new * 1e3:.0f} ms, the same {n} again (replays) {replay * 1e3:.0f} ms "
+            f"({replay / new:.1f}x; best of 5; {replayed} of {5 * n} replayed)",
+            replay <= 1.2 * new and replayed == 5 * n)
 
 
 def case_misc(s: Server, ctx) -> Tuple[str, bool]:
@@ -292,8 +296,9 @@ def case_misc(s: Server, ctx) -> Tuple[str, bool]:
 
 
 def case_ws_sigterm(ckpt: str, tmp: str) -> Tuple[str, bool]:
-    """2,000 pipelined WebSocket messages, SIGTERM: the restarted server's count must equal the
-    predictions answered (nothing stored that was not answered), then a 1012 close."""
+    """2,000 pipelined WebSocket messages, SIGTERM after the first answer: the restarted server's
+    count must equal the predictions answered (nothing stored that was not answered), then a
+    1012 close."""
     state = os.path.join(tmp, "sigterm.db")
     s = Server(ckpt, state)
     n = 2000
@@ -302,7 +307,7 @@ def case_ws_sigterm(ckpt: str, tmp: str) -> Tuple[str, bool]:
         with connect(f"ws://127.0.0.1:{s.port}/v1/stream", open_timeout=5) as ws:
             for i in range(n):
                 ws.send(json.dumps({"id": "drain", "text": f"message {i}"}))
-            time.sleep(0.05)
+            got.append(json.loads(ws.recv(timeout=30)))   # processing has begun
             s.proc.send_signal(signal.SIGTERM)
             try:
                 while True:
