@@ -11,12 +11,13 @@ Routes (all answers are JSON; errors are ``{"error": message}`` with a 4xx/5xx s
   order -> ``{"predictions": [...]}`` (an item the engine refuses gets ``{"id", "error",
   "status"}`` in its place);
 - ``DELETE /v1/conversations/{id}``: forget a conversation;
-- ``WS /v1/stream``: JSON messages ``{"id", "text"}`` in, one prediction (or error) out per
-  message, in order; messages may be pipelined;
+- ``WS /v1/stream``: JSON messages ``{"id", "text"}`` in (text or binary frames), exactly one
+  prediction (or error) out per message, in order; messages may be pipelined; on drain the
+  unprocessed ones are refused and the connection closes with 1012 (see :meth:`ServingApp.stream`);
 - ``GET /healthz`` (the process is up), ``GET /readyz`` (model loaded, state restored, not
   draining), ``GET /metrics`` (Prometheus).
 
-With a token (``--token`` / ``$AGHMN_SERVE_TOKEN``) every route except ``/healthz`` and
+With a token (``--token``, ``--token-file`` or ``$AGHMN_SERVE_TOKEN``) every route except ``/healthz`` and
 ``/readyz`` requires ``Authorization: Bearer <token>`` (WebSocket clients that cannot set headers
 may pass ``?token=``).
 """
