@@ -83,7 +83,9 @@ def test_engine_equals_offline_with_restarts_on_sqlite(tmp_path):
     assert len(engines) > 2
     assert_matches_offline(got, dialogues, expect)
     rebuilt = [r for rs in got.values() for r in rs if r["rebuilt"]]
-    assert not rebuilt  # the embedded store restores everything eagerly on start
+    # a restart rebuilds nothing eagerly: a stored conversation is rebuilt when first touched,
+    # once per restart at most
+    assert rebuilt and len(rebuilt) <= len(dialogues) * (len(engines) - 1)
 
 
 def test_sqlite_survives_a_killed_writer(tmp_path):
