@@ -155,7 +155,7 @@ def test_closed_slots_are_reused_so_memory_stays_flat():
         rec.push(f"c{i}", "bye!")
         if i >= 3:
             rec.close(f"c{i - 3}")
-    assert rec._capacity <= 8
+    assert rec.store.capacity <= 8
 
 
 def test_stream_cli_json_lines(tmp_path):
@@ -187,8 +187,8 @@ def test_stream_push_ops_pass_opcheck():
                           ([rec.model.classifier.weight.detach(), rec.model.classifier.bias.detach()],
                            [rec.hidden, 16, 7, 4, 0, 0, 1, 60, 0]), test_utils=utils)
     push = rec.engine
-    args = (push.packed, push.dims, push.embedding, [5, 6, 7], [3], None, [rec._blocks["a"]], [3],
-            rec._u.clone(), rec._proj.clone())
+    args = (push.packed, push.dims, push.embedding, [5, 6, 7], [3], None, rec.store.blocks(["a"]), [3],
+            rec.store.u.clone(), rec.store.proj.clone())
     torch.library.opcheck(torch.ops.aghmn_fast.stream_push.default, args, test_utils=utils)
 
 
@@ -199,8 +199,8 @@ def test_stream_push_op_rejects_bad_arguments():
     push = torch.ops.aghmn_fast.stream_push
     engine = rec.engine
     good = dict(packed=engine.packed, dims=engine.dims, embedding=engine.embedding, tokens=[5, 6],
-                lengths=[2], u=None, blocks=[rec._blocks["a"]], counts=[1], u_store=rec._u,
-                proj_store=rec._proj)
+                lengths=[2], u=None, blocks=rec.store.blocks(["a"]), counts=[1], u_store=rec.store.u,
+                proj_store=rec.store.proj)
     cases = [(dict(tokens=[5, 10 ** 9]), "outside the vocabulary"),
              (dict(lengths=[3]), "lengths sum"),
              (dict(lengths=[0], tokens=[]), "outside \\[1, 60\\]"),
@@ -209,13 +209,13 @@ def test_stream_push_op_rejects_bad_arguments():
              (dict(counts=[-1]), "negative"),
              (dict(dims=engine.dims[:-1]), "9 integers"),
              (dict(packed=engine.packed[:-1]), "pack with the same dims"),
-             (dict(u_store=rec._u.double()), "u_store"),
-             (dict(proj_store=rec._proj[:1]), "proj_store")]
-    before = rec._u.clone(), rec._proj.clone()
+             (dict(u_store=rec.store.u.double()), "u_store"),
+             (dict(proj_store=rec.store.proj[:1]), "proj_store")]
+    before = rec.store.u.clone(), rec.store.proj.clone()
     for change, message in cases:
         with pytest.raises(RuntimeError, match=message):
             push(**{**good, **change})
-    assert torch.equal(rec._u, before[0]) and torch.equal(rec._proj, before[1])
+    assert torch.equal(rec.store.u, before[0]) and torch.equal(rec.store.proj, before[1])
 
 
 def test_stream_step_op_passes_opcheck():
@@ -224,10 +224,11 @@ def test_stream_step_op_passes_opcheck():
         pytest.skip("the compiled extension is not available")
     for text in ("hello", "how are you?", "fine!"):
         rec.push("a", text)
-    windows = rec._window_rows(["a"])
+    windows = rec.store.window_rows(["a"])
     q = torch.randn(1, rec.hidden)
-    args = (q, windows, rec._u, rec._proj, rec._pad_proj, rec._w_hh, rec._b_hh, rec.engine.summary_weights,
-            1, rec.model.classifier.weight.detach(), rec.model.classifier.bias.detach())
+    args = (q, windows, rec.store.u, rec.store.proj, rec.store.pad_proj, rec.engine.w_hh,
+            rec.engine.b_hh, rec.engine.summary_weights, 1, rec.model.classifier.weight.detach(),
+            rec.model.classifier.bias.detach())
     torch.library.opcheck(torch.ops.aghmn_fast.stream_step.default, args,
                           test_utils=("test_schema", "test_autograd_registration"))
 

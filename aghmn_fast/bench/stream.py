@@ -155,7 +155,7 @@ def memory_flatness(model: AGHMN, vocab: Vocabulary, dialogues, pushes: int, liv
             gc.collect()
             samples[i + 1] = _rss_mb()
     return {"pushes": pushes, "live_conversations": live, "rss_mb": samples,
-            "conversations_opened": next_id, "store_capacity": rec._capacity,
+            "conversations_opened": next_id, "store_capacity": rec.store.capacity,
             "seconds": time.perf_counter() - t0}
 
 

@@ -1,9 +1,10 @@
 """How a push is computed: one named engine per path, all with the same contract.
 
-``Engine.step(cids, items)`` takes conversations that are already open in the recognizer (their
-store blocks assigned) and one utterance each (token ids, or the text for a sentence reader),
-returns the class probabilities [B, C], writes the new utterances into the ring store and
-advances the conversations' counts. The engines, fastest first:
+An engine is built over a model and a :class:`~aghmn_fast.streaming.store.RingStore` (it reads
+and writes the store only through the store's public contract). ``Engine.step(cids, items)``
+takes conversations that are already open in the store and one utterance each (token ids, or the
+text for a sentence reader), returns the class probabilities [B, C], writes the new utterances
+into the store and advances the conversations' counts. The engines, fastest first:
 
 - :class:`PushEngine` ("push"): one compiled call does everything, the reader and the store
   write included (CPU, float32/float64, the "cpu" backend);
@@ -15,17 +16,16 @@ advances the conversations' counts. The engines, fastest first:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Sequence
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from .. import ops
+from ..models import AGHMN, pad_token_ids
 from ..models.aghmn import BiGRUReader
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .recognizer import StreamingRecognizer
+from .store import RingStore
 
 
 class Engine:
@@ -34,13 +34,13 @@ class Engine:
 
     name = ""
 
-    def __init__(self, rec: "StreamingRecognizer"):
-        self.rec = rec
+    def __init__(self, model: AGHMN, store: RingStore):
+        self.model, self.store = model, store
 
     @classmethod
-    def create(cls, rec: "StreamingRecognizer") -> Optional["Engine"]:
-        """This engine for ``rec``, or None if it cannot run there."""
-        return cls(rec)
+    def create(cls, model: AGHMN, store: RingStore) -> Optional["Engine"]:
+        """This engine for ``model`` over ``store``, or None if it cannot run there."""
+        return cls(model, store)
 
     def step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:
         """Probabilities [B, C] of one utterance per conversation; writes the store, counts."""
@@ -52,35 +52,36 @@ class OpsEngine(Engine):
 
     name = "ops"
 
+    def __init__(self, model: AGHMN, store: RingStore):
+        super().__init__(model, store)
+        self.w_hh, self.b_hh = fusion_weights(model)[2:]
+
     def step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:
-        rec = self.rec
-        model = rec.model
-        u = rec._reader_vectors(items)
-        has_past = [rec._counts[c] > 0 for c in cids]
+        model, store = self.model, self.store
+        u = reader_vectors(model, items, store.device)
+        has_past = [n > 0 for n in store.counts(cids)]
         if model.config.has_context and all(has_past):
             return self.steady_step(cids, u)
         probs = F.softmax(model.classifier(u), dim=-1)
         if model.config.has_context and any(has_past):
-            q_idx = torch.tensor([i for i, h in enumerate(has_past) if h], device=rec.device)
-            windows = rec._window_rows([c for c, h in zip(cids, has_past) if h])
+            q_idx = torch.tensor([i for i, h in enumerate(has_past) if h], device=store.device)
+            windows = store.window_rows([c for c, h in zip(cids, has_past) if h])
             probs = probs.index_copy(0, q_idx, self.context_probs(u[q_idx], windows))
-        rec._remember(cids, u)
+        store.remember(cids, u)
         return probs
 
     def steady_step(self, cids: Sequence[Hashable], u: Tensor) -> Tensor:
         """Every conversation has a past: context probabilities, then the store write."""
-        rec = self.rec
-        probs = self.context_probs(u, rec._window_rows(cids))
-        rec._remember(cids, u)
+        probs = self.context_probs(u, self.store.window_rows(cids))
+        self.store.remember(cids, u)
         return probs
 
     def context_probs(self, q: Tensor, windows: Tensor) -> Tensor:
         """Class probabilities of queries q [B, H] over their windows of stored utterances."""
-        rec = self.rec
-        model = rec.model
+        model, store = self.model, self.store
         keep = (windows >= 0).unsqueeze(-1).to(q.dtype)
-        memory = rec._u[windows.clamp(min=0)] * keep + ops.window_gru(
-            rec._proj, rec._pad_proj, rec._w_hh, rec._b_hh, windows,
+        memory = store.u[windows.clamp(min=0)] * keep + ops.window_gru(
+            store.proj, store.pad_proj, self.w_hh, self.b_hh, windows,
             backend=model.config.backend).sum(0)
         e = model.summarize(q, memory, windows >= 0)
         return F.softmax(model.classifier(e), dim=-1)
@@ -91,26 +92,25 @@ class StepEngine(OpsEngine):
 
     name = "step"
 
-    def __init__(self, rec: "StreamingRecognizer", op):
-        super().__init__(rec)
+    def __init__(self, model: AGHMN, store: RingStore, op):
+        super().__init__(model, store)
         self.op = op
-        self.summary_weights = [w.detach() for w in rec._agru_weights()]
+        self.summary_weights = [w.detach() for w in agru_weights(model)]
 
     @classmethod
-    def create(cls, rec: "StreamingRecognizer") -> Optional["StepEngine"]:
-        backend = ops.resolve_backend(rec.model.config.backend, rec.device).name
-        if backend not in ("cpu", "cuda") or not rec.model.config.has_context:
+    def create(cls, model: AGHMN, store: RingStore) -> Optional["StepEngine"]:
+        backend = ops.resolve_backend(model.config.backend, store.device).name
+        if backend not in ("cpu", "cuda") or not model.config.has_context:
             return None
         try:
             op = torch.ops.aghmn_fast.stream_step
         except (AttributeError, RuntimeError):
             return None
-        return cls(rec, op)
+        return cls(model, store, op)
 
     def context_probs(self, q: Tensor, windows: Tensor) -> Tensor:
-        rec = self.rec
-        model = rec.model
-        return self.op(q, windows, rec._u, rec._proj, rec._pad_proj, rec._w_hh, rec._b_hh,
+        model, store = self.model, self.store
+        return self.op(q, windows, store.u, store.proj, store.pad_proj, self.w_hh, self.b_hh,
                        self.summary_weights, model.config.hops, model.classifier.weight,
                        model.classifier.bias)
 
@@ -134,33 +134,34 @@ class GraphEngine(StepEngine):
     name = "graph"
     BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
-    def __init__(self, rec: "StreamingRecognizer", op, capture: bool = True):
-        super().__init__(rec, op)
+    def __init__(self, model: AGHMN, store: RingStore, op, capture: bool = True):
+        super().__init__(model, store, op)
         self.capture = capture
         self._graphs: Dict[int, tuple] = {}
         self._store = None
         self._pool = None
 
     @classmethod
-    def create(cls, rec: "StreamingRecognizer", capture: bool = True) -> Optional["GraphEngine"]:
+    def create(cls, model: AGHMN, store: RingStore,
+               capture: bool = True) -> Optional["GraphEngine"]:
         # Opt-in until measured on a GPU (benchmarks/gpu_suite.sh compares it with "step").
-        if capture and (rec.device.type != "cuda" or not torch.cuda.is_available()):
+        if capture and (store.device.type != "cuda" or not torch.cuda.is_available()):
             return None
-        step = StepEngine.create(rec)
-        return None if step is None else cls(rec, step.op, capture)
+        step = StepEngine.create(model, store)
+        return None if step is None else cls(model, store, step.op, capture)
 
     def steady_step(self, cids: Sequence[Hashable], u: Tensor) -> Tensor:
-        rec = self.rec
-        windows = rec._window_rows(cids)
-        slots = rec._slots(cids)
-        store = (rec._u.data_ptr(), rec._proj.data_ptr(), rec._u.shape[0])
-        if store != self._store:
+        store = self.store
+        windows = store.window_rows(cids)
+        slots = store.slots(cids)
+        layout = (store.u.data_ptr(), store.proj.data_ptr(), store.u.shape[0])
+        if layout != self._store:
             self._graphs.clear()
-            self._store = store
+            self._store = layout
         top = self.BUCKETS[-1]
         probs = [self._run(u[i:i + top], windows[i:i + top], slots[i:i + top])
                  for i in range(0, u.shape[0], top)]
-        rec._advance(cids)
+        store.advance(cids)
         return probs[0] if len(probs) == 1 else torch.cat(probs)
 
     def _run(self, u: Tensor, windows: Tensor, slots: Tensor) -> Tensor:
@@ -186,24 +187,25 @@ class GraphEngine(StepEngine):
     def _body(self, q: Tensor, win: Tensor, slot: Tensor, write: bool = True) -> Tensor:
         probs = self.context_probs(q, win)
         if write:
-            self.rec._write(slot, q)
+            self.store.write(slot, q)
         return probs
 
     def _build(self, bucket: int, dtype: torch.dtype) -> tuple:
-        rec = self.rec
-        q = torch.zeros(bucket, rec.hidden, dtype=dtype, device=rec.device)
-        win = torch.full((bucket, rec.window), -1, dtype=torch.int64, device=rec.device)
-        slot = torch.zeros(bucket, dtype=torch.int64, device=rec.device)
+        store = self.store
+        device = store.device
+        q = torch.zeros(bucket, store.hidden, dtype=dtype, device=device)
+        win = torch.full((bucket, store.window), -1, dtype=torch.int64, device=device)
+        slot = torch.zeros(bucket, dtype=torch.int64, device=device)
         if not self.capture:
             return None, q, win, slot, None
         # Warm-up off the capture (library handles, kernel attributes), without the store
         # write: every window is empty, so nothing stored is read either.
-        side = torch.cuda.Stream(rec.device)
-        side.wait_stream(torch.cuda.current_stream(rec.device))
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
                 self._body(q, win, slot, write=False)
-        torch.cuda.current_stream(rec.device).wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
@@ -218,16 +220,16 @@ class PushEngine(Engine):
 
     name = "push"
 
-    def __init__(self, rec: "StreamingRecognizer", op, packed: List[Tensor], dims: List[int],
-                 embedding: Tensor, bigru: bool):
-        super().__init__(rec)
+    def __init__(self, model: AGHMN, store: RingStore, op, packed: List[Tensor],
+                 dims: List[int], embedding: Tensor, bigru: bool):
+        super().__init__(model, store)
         self.op, self.packed, self.dims, self.embedding, self.bigru = op, packed, dims, embedding, bigru
 
     @classmethod
-    def create(cls, rec: "StreamingRecognizer") -> Optional["PushEngine"]:
-        model, cfg = rec.model, rec.model.config
-        if (rec.device.type != "cpu" or rec.dtype not in (torch.float32, torch.float64)
-                or ops.resolve_backend(cfg.backend, rec.device).name != "cpu"):
+    def create(cls, model: AGHMN, store: RingStore) -> Optional["PushEngine"]:
+        cfg = model.config
+        if (store.device.type != "cpu" or store.dtype not in (torch.float32, torch.float64)
+                or ops.resolve_backend(cfg.backend, store.device).name != "cpu"):
             return None
         try:
             op = torch.ops.aghmn_fast.stream_push
@@ -241,35 +243,64 @@ class PushEngine(Engine):
             weights += [getattr(gru, f"{n}_l0{s}") for s in ("", "_reverse")
                         for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             weights += [model.reader.proj.weight, model.reader.proj.bias]
-        if rec.num_dirs:
+        if store.num_dirs:
             weights += list(model.fusion._flat_weights)  # (w_ih, w_hh, b_ih, b_hh) per direction
-        summary = rec._agru_weights()
+        summary = agru_weights(model)
         weights += summary + [model.classifier.weight, model.classifier.bias]
-        dims = [rec.hidden, cfg.embedding_dim, cfg.num_classes, rec.window, rec.num_dirs,
+        dims = [store.hidden, cfg.embedding_dim, cfg.num_classes, store.window, store.num_dirs,
                 len(summary) // 4, cfg.hops, cfg.max_len, int(bigru)]
         with torch.no_grad():
             packed = pack([w.detach().contiguous() for w in weights], dims)
         # A sentence reader has no word table; the push then takes u, and never reads this.
         table = (model.embedding.weight if model.embedding is not None
-                 else torch.zeros(0, cfg.embedding_dim, dtype=rec.dtype))
-        return cls(rec, op, packed, dims, table.detach().contiguous(), bigru)
+                 else torch.zeros(0, cfg.embedding_dim, dtype=store.dtype))
+        return cls(model, store, op, packed, dims, table.detach().contiguous(), bigru)
 
     def step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:
-        rec = self.rec
-        blocks = [rec._blocks[c] for c in cids]
-        counts = [rec._counts[c] for c in cids]
+        store = self.store
+        blocks, counts = store.blocks(cids), store.counts(cids)
         if self.bigru:
-            max_len = rec.model.config.max_len
+            max_len = self.model.config.max_len
             ids = [t[:max_len] if t else [1] for t in items]  # empty -> one <unk>, as offline
             flat = ids[0] if len(ids) == 1 else [i for t in ids for i in t]
             probs = self.op(self.packed, self.dims, self.embedding, flat, [len(t) for t in ids],
-                            None, blocks, counts, rec._u, rec._proj)
+                            None, blocks, counts, store.u, store.proj)
         else:
-            u = rec._reader_vectors(items).contiguous()
+            u = reader_vectors(self.model, items, store.device).contiguous()
             probs = self.op(self.packed, self.dims, self.embedding, [], [], u, blocks, counts,
-                            rec._u, rec._proj)
-        rec._advance(cids)
+                            store.u, store.proj)
+        store.advance(cids)
         return probs
+
+
+def reader_vectors(model: AGHMN, items: Sequence, device: torch.device) -> Tensor:
+    """Reader vectors u [B, H] of utterances (token ids, or texts for a sentence reader),
+    computed by the model's own reader."""
+    if model.embedding is None:
+        return model.encode_texts(items)
+    tokens, lengths = pad_token_ids(items, model.config.max_len)
+    return model.encode_utterances(tokens.to(device), lengths)
+
+
+def agru_weights(model: AGHMN) -> List[Tensor]:
+    """The AGRU cells' (weight_ih, weight_hh, bias_ih, bias_hh), forward cell first."""
+    agru = model.agru
+    return [] if agru is None else [
+        getattr(agru, f"{n}_l0{s}") for s in agru.suffixes
+        for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
+
+def fusion_weights(model: AGHMN) -> Tuple[List[Tensor], List[Tensor], Optional[Tensor],
+                                          Optional[Tensor]]:
+    """The fusion GRU's ``(w_ih, b_ih, w_hh, b_hh)``: the input weights and biases as lists (one
+    per direction, what the store projects with), the recurrent ones stacked [D, ...] (None
+    without fusion)."""
+    if model.fusion is None:
+        return [], [], None, None
+    flat = [w.detach() for w in model.fusion._flat_weights]
+    d = range(2 if model.fusion.bidirectional else 1)
+    return ([flat[4 * i] for i in d], [flat[4 * i + 2] for i in d],
+            torch.stack([flat[4 * i + 1] for i in d]), torch.stack([flat[4 * i + 3] for i in d]))
 
 
 ENGINES = {"push": PushEngine, "graph": GraphEngine, "step": StepEngine, "ops": OpsEngine}
