@@ -18,7 +18,7 @@ correctness     every op and backend on the GPU against the reference in fp64: o
                 gradients in fp32, bf16 and fp16; bitwise determinism of the backward
 timing          ``benchmarks/gpu_bench.py`` on the standard shapes (CUDA events), incl. nn.GRU
 stream          streaming on the GPU: one conversation at K = 40, 1,024 and 10,000 concurrent
-                conversations, every available step path (CUDA graph included) against "ops"
+                conversations, every available streaming mode (CUDA graph included) against "ops"
 plots           PNG plots of the timing table (matplotlib optional: a note when missing)
 ==============  ==================================================================================
 
@@ -418,14 +418,14 @@ def timing_targets(results: List[Dict]) -> List[Dict]:
     return out
 
 
-STREAM_PATHS = ("graph", "step", "ops")
+STREAM_MODES = ("graph", "step", "ops")
 
 
 def stream_report(device, windows=(40, 10), concurrency=(1024, 10000), extra=30,
                   deadline: float = float("inf")) -> Dict:
-    """Streaming latency and throughput on ``device`` for every available push path, with a
-    random-weight model of the paper's size and random texts (no data set needed); each path's
-    probabilities are compared with the "ops" path (the model's own layers)."""
+    """Streaming latency and throughput on ``device`` for every available streaming mode, with a
+    random-weight model of the paper's size and random texts (no data set needed); each mode's
+    probabilities are compared with the "ops" mode (the model's own layers)."""
     import torch
     from aghmn_fast.bench.stream import build_model
     from aghmn_fast.data import MELD_LABELS, Vocabulary
@@ -443,42 +443,42 @@ def stream_report(device, windows=(40, 10), concurrency=(1024, 10000), extra=30,
     report: Dict = {"device": str(device), "rows": []}
     for K in windows:
         model = build_model(K, vocab, None).to(device)
-        paths = []
-        for path in STREAM_PATHS:
+        recognizers = []
+        for mode in STREAM_MODES:
             try:
-                paths.append((path, StreamingRecognizer(model, device, vocab=vocab,
-                                                        label_names=MELD_LABELS, path=path)))
+                recognizers.append((mode, StreamingRecognizer(
+                    model, device, vocab=vocab, label_names=MELD_LABELS, mode=mode)))
             except (ValueError, RuntimeError) as exc:
-                report["rows"].append({"K": K, "path": path, "unavailable": str(exc)[:300]})
+                report["rows"].append({"K": K, "mode": mode, "unavailable": str(exc)[:300]})
         texts = [text() for _ in range(K + extra)]
         probs = {}
-        for path, rec in paths:
+        for mode, rec in recognizers:
             if time.perf_counter() > deadline:
                 report["incomplete"] = "stopped at the stage deadline"
                 break
             try:
-                row = _stream_path(rec, path, K, texts, probs, sync,
+                row = _stream_mode(rec, mode, K, texts, probs, sync,
                                    concurrency if K == windows[0] else (), deadline)
-            except Exception as exc:  # one path's failure (e.g. a capture) spares the others
-                row = {"K": K, "path": path, "error": f"{type(exc).__name__}: {exc}"[:400]}
+            except Exception as exc:  # one mode's failure (e.g. a capture) spares the others
+                row = {"K": K, "mode": mode, "error": f"{type(exc).__name__}: {exc}"[:400]}
                 report["failed"] = True
             report["rows"].append(row)
             print(row, flush=True)
-        for path, p in probs.items():
+        for mode, p in probs.items():
             if "ops" in probs:
                 err = (p - probs["ops"]).abs().max().item()
-                report["rows"].append({"K": K, "path": path, "max_prob_diff_vs_ops": err})
-                print(f"K={K} {path} vs ops: {err:.2e}", flush=True)
+                report["rows"].append({"K": K, "mode": mode, "max_prob_diff_vs_ops": err})
+                print(f"K={K} {mode} vs ops: {err:.2e}", flush=True)
     diffs = [r["max_prob_diff_vs_ops"] for r in report["rows"] if "max_prob_diff_vs_ops" in r]
     report["ok"] = (bool(diffs) and max(diffs) <= 1e-4 and "incomplete" not in report
                     and "failed" not in report)
     return report
 
 
-def _stream_path(rec, path: str, K: int, texts, probs: Dict, sync, concurrency,
+def _stream_mode(rec, mode: str, K: int, texts, probs: Dict, sync, concurrency,
                  deadline: float) -> Dict:
     """Latency of one conversation pushed through ``rec`` (its probabilities kept in
-    ``probs[path]``), then the rate of ``concurrency`` concurrent conversations."""
+    ``probs[mode]``), then the rate of ``concurrency`` concurrent conversations."""
     import torch
     from aghmn_fast.data import MELD_LABELS
     lat, got = [], []
@@ -488,9 +488,9 @@ def _stream_path(rec, path: str, K: int, texts, probs: Dict, sync, concurrency,
         p = rec.push("c", t)
         lat.append((time.perf_counter() - t0) * 1e6)
         got.append([p.probabilities[n] for n in MELD_LABELS])
-    probs[path] = torch.tensor(got, dtype=torch.float64)
+    probs[mode] = torch.tensor(got, dtype=torch.float64)
     steady = sorted(lat[K:])
-    row = {"K": K, "path": path, "conversations": 1,
+    row = {"K": K, "mode": mode, "conversations": 1,
            "median_us": round(steady[len(steady) // 2], 1),
            "p99_us": round(steady[min(len(steady) - 1, int(0.99 * len(steady)))], 1)}
     for n in concurrency:

@@ -98,7 +98,7 @@ def test_triton_launches_are_device_guarded(monkeypatch):
     assert seen == [torch.device("cpu")]
 
 
-def _recognizers(K=5, device="cpu", path="step"):
+def _recognizers(K=5, device="cpu"):
     from aghmn_fast.bench.stream import build_model
     from aghmn_fast.data import MELD_LABELS, Vocabulary
     from aghmn_fast.streaming import StreamingRecognizer
@@ -106,21 +106,21 @@ def _recognizers(K=5, device="cpu", path="step"):
     vocab = Vocabulary.build([words], min_count=1)
     model = build_model(K, vocab, None, hidden=16, embedding_dim=8).to(device)
     make = lambda p: StreamingRecognizer(model, device, vocab=vocab, label_names=MELD_LABELS,  # noqa: E731
-                                         path=p)
+                                         mode=p)
     return make, words
 
 
-def test_graph_step_buffers_buckets_and_chunks_match_the_step_path(monkeypatch):
-    """The graph path's bucketing, padding (rows repeating row 0), chunking and store-write,
-    run eagerly (capture=False: no CUDA here), against the "step" path: equal predictions."""
-    from aghmn_fast.streaming import GraphEngine
+def test_graph_mode_buffers_buckets_and_chunks_match_the_step_mode(monkeypatch):
+    """The graph mode's bucketing, padding (rows repeating row 0), chunking and store-write,
+    run eagerly (capture=False: no CUDA here), against the "step" mode: equal predictions."""
+    from aghmn_fast.streaming import GraphMode
     make, words = _recognizers()
     plain = make("step")
-    if plain.path != "step":
+    if plain.mode != "step":
         pytest.skip("the fused step op is not available")
     graphed = make("step")
-    graphed.engine = GraphEngine.create(graphed.model, graphed.store, capture=False)
-    monkeypatch.setattr(GraphEngine, "BUCKETS", (1, 2, 4))  # chunks of 4
+    graphed.compute = GraphMode.create(graphed.model, graphed.store, capture=False)
+    monkeypatch.setattr(GraphMode, "BUCKETS", (1, 2, 4))  # chunks of 4
     g = torch.Generator().manual_seed(0)
     for rnd in range(8):
         n = 1 + rnd % 7  # 1..7 conversations per round: padding and chunking
@@ -134,34 +134,34 @@ def test_graph_step_buffers_buckets_and_chunks_match_the_step_path(monkeypatch):
                 assert a.probabilities[name] == pytest.approx(b.probabilities[name], abs=1e-6)
     assert torch.equal(graphed.store.u, plain.store.u)
     assert torch.equal(graphed.store.proj, plain.store.proj)
-    assert set(graphed.engine._graphs) <= {1, 2, 4}
+    assert set(graphed.compute._graphs) <= {1, 2, 4}
     # the store grew (new conversations): buffers rebuilt for the new addresses
-    before = graphed.engine._store
+    before = graphed.compute._store
     graphed.push_many([(f"new{j}", "w1 w2") for j in range(12)])
     graphed.push_many([(f"new{j}", "w3") for j in range(12)])
-    assert graphed.engine._store != before
+    assert graphed.compute._store != before
 
 
-def test_graph_path_is_refused_without_cuda():
+def test_graph_mode_is_refused_without_cuda():
     make, _ = _recognizers()
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    with pytest.raises(ValueError, match="path 'graph' is not available"):
+    with pytest.raises(ValueError, match="mode 'graph' is not available"):
         make("graph")
-    assert make(None).path != "graph"
+    assert make(None).mode != "graph"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_graph_path_matches_step_path_on_cuda():
+def test_graph_mode_matches_step_mode_on_cuda():
     make, words = _recognizers(K=10, device="cuda")
     step, graph = make("step"), make("graph")
-    assert graph.path == "graph"
+    assert graph.mode == "graph"
     for rnd in range(14):
         items = [(f"c{j}", f"w{rnd} w{j} w{(rnd * j) % 50}") for j in range(1 + rnd % 5)]
         for a, b in zip(graph.push_many(items), step.push_many(items)):
             for name in a.probabilities:
                 assert a.probabilities[name] == pytest.approx(b.probabilities[name], abs=1e-5)
-    torch.testing.assert_close(graph._u, step._u, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(graph.store.u, step.store.u, rtol=1e-5, atol=1e-6)
 
 
 def test_cuda_default_backend_per_shape_class(monkeypatch):

@@ -90,10 +90,10 @@ def test_correctness_report_passes_right_backends_and_catches_wrong_ones():
     assert report["ok"] is False
 
 
-def test_stream_report_compares_every_path_with_ops():
+def test_stream_report_compares_every_mode_with_ops():
     report = suite.stream_report("cpu", windows=(6,), concurrency=(5,), extra=3)
     timed = [r for r in report["rows"] if "median_us" in r]
-    assert {r["path"] for r in timed} >= {"ops"} and all(r["utt_per_s_5"] > 0 for r in timed)
+    assert {r["mode"] for r in timed} >= {"ops"} and all(r["utt_per_s_5"] > 0 for r in timed)
     diffs = [r for r in report["rows"] if "max_prob_diff_vs_ops" in r]
     assert len(diffs) == len(timed) and report["ok"], report
 
@@ -129,15 +129,15 @@ def test_run_bounded_kills_the_whole_process_group(tmp_path):
     assert suite.run_bounded(["sh", "-c", "echo hi"], 10) == (0, "hi\n")
 
 
-def test_stream_report_keeps_other_paths_when_one_fails(monkeypatch):
-    real = suite._stream_path
+def test_stream_report_keeps_other_modes_when_one_fails(monkeypatch):
+    real = suite._stream_mode
 
-    def flaky(rec, path, *args):
-        if path == "step":
+    def flaky(rec, mode, *args):
+        if mode == "step":
             raise RuntimeError("capture failed")
-        return real(rec, path, *args)
-    monkeypatch.setattr(suite, "_stream_path", flaky)
+        return real(rec, mode, *args)
+    monkeypatch.setattr(suite, "_stream_mode", flaky)
     report = suite.stream_report("cpu", windows=(4,), concurrency=(), extra=2)
-    rows = {r["path"]: r for r in report["rows"] if "K" in r and "max_prob_diff_vs_ops" not in r}
+    rows = {r["mode"]: r for r in report["rows"] if "K" in r and "max_prob_diff_vs_ops" not in r}
     assert "capture failed" in rows["step"]["error"] and "median_us" in rows["ops"]
     assert report["ok"] is False

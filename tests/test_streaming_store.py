@@ -103,3 +103,31 @@ def test_inference_never_imports_training_and_compute_paths_never_import_the_rec
             assert recognizer not in _imports(path), path
     assert not any(n.startswith("aghmn_fast.streaming")
                    for n in _imports(PACKAGE / "streaming" / "store.py"))
+
+
+def _tiny_model():
+    from aghmn_fast.data import Vocabulary
+    from aghmn_fast.models import AGHMN, AGHMNConfig
+    vocab = Vocabulary(["<pad>", "<unk>", "hi", "there"])
+    torch.manual_seed(0)
+    cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=6, num_classes=3, hidden_size=5,
+                      window=3, backend="reference")
+    return AGHMN(cfg, torch.randn(len(vocab), 6)).eval(), vocab
+
+
+def test_mode_keyword_and_the_deprecated_path_keyword():
+    from aghmn_fast.streaming import StreamingRecognizer
+    model, vocab = _tiny_model()
+    make = lambda **kw: StreamingRecognizer(model, vocab=vocab, label_names="abc", **kw)  # noqa: E731
+    rec = make(mode="ops")
+    assert rec.mode == "ops" and rec.compute.name == "ops"
+    with pytest.warns(DeprecationWarning, match=r"\(path=\.\.\.\) is deprecated: use mode="):
+        old = make(path="ops")
+    assert old.mode == "ops"
+    with pytest.warns(DeprecationWarning, match=r"\.path is deprecated: use \.mode"):
+        assert old.path == "ops"
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="disagree"):
+        make(mode="ops", path="step")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        make(mode="fast")
+    assert rec.push("c", "hi there").index == 0 and rec.push("c", "hi").index == 1

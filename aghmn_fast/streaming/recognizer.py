@@ -1,7 +1,7 @@
 """The public streaming API: :class:`StreamingRecognizer` (input checks, predictions, state
 files) and :class:`Prediction`. The conversation table and ring store are a
-:class:`~aghmn_fast.streaming.store.RingStore`; how a push is computed is an engine
-(:mod:`.engines`).
+:class:`~aghmn_fast.streaming.store.RingStore`; how a push is computed is a mode
+(:mod:`.modes`).
 
 Per conversation the recognizer keeps only what the next utterance needs: the reader vector and
 the fusion-GRU input projections (every direction) of its last K utterances, in a ring of K slots
@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import time
+import warnings
 from typing import Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -26,7 +27,7 @@ from .._io import atomic_torch_save
 from ..data import Vocabulary, tokenize
 from ..models import AGHMN
 from ..models.checkpoint import load_checkpoint
-from .engines import DEFAULT_ORDER, ENGINES, Engine, fusion_weights
+from .modes import DEFAULT_ORDER, MODES, Mode, fusion_weights
 from .store import RingStore
 
 STATE_FORMAT = "aghmn_fast.stream_state.v2"  # v2: the fingerprint hashes the weights' bytes
@@ -56,18 +57,20 @@ class StreamingRecognizer:
         device: where to run (default: the model's device).
         vocab: the model's vocabulary (default: ``model.vocab``, set by :meth:`from_checkpoint`).
         label_names: class names (default: ``model.label_names``).
-        path: how a push is computed (the results agree within fp32 rounding):
+        mode: how a push is computed (the results agree within fp32 rounding):
             ``"push"``: one compiled call per push does everything, the reader included, and
             writes the ring store (CPU, float32/float64, "cpu" backend; weights are packed at
             construction, so a model changed afterwards needs a new recognizer);
-            ``"graph"`` (CUDA only): the "step" path with everything after the reader (memory
+            ``"graph"`` (CUDA only): the "step" mode with everything after the reader (memory
             update, summary, classifier, ring-store write) replayed as one CUDA graph per batch
             bucket (1, 2, 4, .., 1,024 conversations; larger rounds in chunks), captured on
-            first use; see :class:`~aghmn_fast.streaming.engines.GraphEngine`;
+            first use; see :class:`~aghmn_fast.streaming.modes.GraphMode`;
             ``"step"``: the reader in PyTorch, then one compiled call for the rest (CPU or CUDA);
             ``"ops"``: the model's own layers op by op (any backend). Default: the first of
             "push", "step", "ops" that is available ("graph" only when asked for: it has not
             run on a GPU yet).
+        path: the former name of ``mode`` (deprecated: a ``DeprecationWarning``; removed in the
+            next release).
 
     Text handling: utterances are tokenized as in training and truncated to the model's
     ``max_len`` (60) tokens, so a 10,000-word utterance costs as much as a 60-word one; empty or
@@ -79,13 +82,14 @@ class StreamingRecognizer:
     table and store are updated in place); to serve from several threads, give each its own
     recognizer or serialise the calls. ``push_many`` already uses the torch threads for a batch.
 
-    Attributes: ``engine``, the :class:`~aghmn_fast.streaming.engines.Engine` that computes the
-    pushes (``engine.name == path``); ``store``, the
+    Attributes: ``compute``, the :class:`~aghmn_fast.streaming.modes.Mode` that computes the
+    pushes (``compute.name == mode``); ``store``, the
     :class:`~aghmn_fast.streaming.store.RingStore` of the open conversations.
     """
 
     def __init__(self, model: AGHMN, device=None, *, vocab: Optional[Vocabulary] = None,
-                 label_names: Optional[Sequence[str]] = None, path: Optional[str] = None):
+                 label_names: Optional[Sequence[str]] = None, mode: Optional[str] = None,
+                 path: Optional[str] = None):
         if not isinstance(model, AGHMN):
             raise TypeError(f"model must be an aghmn_fast.models.AGHMN, got {type(model).__name__}")
         self.vocab = vocab if vocab is not None else getattr(model, "vocab", None)
@@ -100,14 +104,20 @@ class StreamingRecognizer:
         cfg = model.config
         self.window, self.hidden = cfg.window, cfg.hidden_size
         self.dtype = next(model.parameters()).dtype
-        if path is not None and path not in ENGINES:
-            raise ValueError(f"path must be one of {', '.join(map(repr, ENGINES))} or None, "
-                             f"got {path!r}")
+        if path is not None:
+            warnings.warn("StreamingRecognizer(path=...) is deprecated: use mode=...",
+                          DeprecationWarning, stacklevel=2)
+            if mode is not None and mode != path:
+                raise ValueError(f"mode={mode!r} and its deprecated name path={path!r} disagree")
+            mode = path
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))} or None, "
+                             f"got {mode!r}")
         w_ih, b_ih, _, _ = fusion_weights(self.model)
         self.store = RingStore(self.window, self.hidden, w_ih, b_ih, dtype=self.dtype,
                                device=self.device)
         self.num_dirs = self.store.num_dirs
-        self.engine: Engine = self._choose_engine(path)
+        self.compute: Mode = self._choose_mode(mode)
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
@@ -122,25 +132,32 @@ class StreamingRecognizer:
         model, vocab, labels, _ = load_checkpoint(path, backend=backend)
         return cls(model, device, vocab=vocab, label_names=labels)
 
-    def _choose_engine(self, path: Optional[str]) -> Engine:
-        # Engines pack or look up what they need here: a model changed afterwards needs a new
+    def _choose_mode(self, mode: Optional[str]) -> Mode:
+        # Modes pack or look up what they need here: a model changed afterwards needs a new
         # recognizer.
-        for name in (path,) if path is not None else DEFAULT_ORDER:
-            engine = ENGINES[name].create(self.model, self.store)
-            if engine is not None:
-                return engine
+        for name in (mode,) if mode is not None else DEFAULT_ORDER:
+            compute = MODES[name].create(self.model, self.store)
+            if compute is not None:
+                return compute
         available = next(n for n in DEFAULT_ORDER
-                         if ENGINES[n].create(self.model, self.store) is not None)
-        raise ValueError(f"path {path!r} is not available here (device {self.device}, dtype "
+                         if MODES[n].create(self.model, self.store) is not None)
+        raise ValueError(f"mode {mode!r} is not available here (device {self.device}, dtype "
                          f"{self.dtype}, model backend {self.model.config.backend!r}, "
                          f"backends loaded: {ops.backends()}); available: {available!r}")
 
     # ---- public API ----------------------------------------------------------------------------
     @property
-    def path(self) -> str:
+    def mode(self) -> str:
         """How pushes are computed: ``"push"``, ``"graph"``, ``"step"`` or ``"ops"`` (see the
         class doc)."""
-        return self.engine.name
+        return self.compute.name
+
+    @property
+    def path(self) -> str:
+        """The former name of :attr:`mode` (deprecated: a ``DeprecationWarning``)."""
+        warnings.warn("StreamingRecognizer.path is deprecated: use .mode", DeprecationWarning,
+                      stacklevel=2)
+        return self.mode
 
     @property
     def conversations(self) -> List[Hashable]:
@@ -260,11 +277,11 @@ class StreamingRecognizer:
         return digest.hexdigest()
 
     def _step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:
-        """Open unknown conversations, then one engine step (which also writes the store and
-        advances the counts)."""
+        """Open unknown conversations, then one step of the mode (which also writes the store
+        and advances the counts)."""
         for cid in cids:
             self.store.open(cid)
-        return self.engine.step(cids, items)
+        return self.compute.step(cids, items)
 
     def _prediction(self, cid, index: int, p: List[float]) -> Prediction:
         best = max(range(len(p)), key=p.__getitem__)

@@ -1,18 +1,18 @@
-"""How a push is computed: one named engine per path, all with the same contract.
+"""How a push is computed: one named mode per way of computing it, all with the same contract.
 
-An engine is built over a model and a :class:`~aghmn_fast.streaming.store.RingStore` (it reads
-and writes the store only through the store's public contract). ``Engine.step(cids, items)``
+A mode is built over a model and a :class:`~aghmn_fast.streaming.store.RingStore` (it reads
+and writes the store only through the store's public contract). ``Mode.step(cids, items)``
 takes conversations that are already open in the store and one utterance each (token ids, or the
 text for a sentence reader), returns the class probabilities [B, C], writes the new utterances
-into the store and advances the conversations' counts. The engines, fastest first:
+into the store and advances the conversations' counts. The modes, fastest first:
 
-- :class:`PushEngine` ("push"): one compiled call does everything, the reader and the store
+- :class:`PushMode` ("push"): one compiled call does everything, the reader and the store
   write included (CPU, float32/float64, the "cpu" backend);
-- :class:`GraphEngine` ("graph", opt-in, CUDA): :class:`StepEngine` with the steady state
+- :class:`GraphMode` ("graph", opt-in, CUDA): :class:`StepMode` with the steady state
   replayed as CUDA graphs;
-- :class:`StepEngine` ("step"): the reader in PyTorch, then one compiled call for the memory
+- :class:`StepMode` ("step"): the reader in PyTorch, then one compiled call for the memory
   update, the summary and the classifier (CPU or CUDA);
-- :class:`OpsEngine` ("ops"): the model's own layers op by op (any backend).
+- :class:`OpsMode` ("ops"): the model's own layers op by op (any backend).
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from ..models.aghmn import BiGRUReader
 from .store import RingStore
 
 
-class Engine:
-    """The contract of every engine (see the module doc); ``create`` returns None where the
-    engine cannot run (device, dtype, backend, model or a missing compiled op)."""
+class Mode:
+    """The contract of every mode (see the module doc); ``create`` returns None where the
+    mode cannot run (device, dtype, backend, model or a missing compiled op)."""
 
     name = ""
 
@@ -38,8 +38,8 @@ class Engine:
         self.model, self.store = model, store
 
     @classmethod
-    def create(cls, model: AGHMN, store: RingStore) -> Optional["Engine"]:
-        """This engine for ``model`` over ``store``, or None if it cannot run there."""
+    def create(cls, model: AGHMN, store: RingStore) -> Optional["Mode"]:
+        """This mode for ``model`` over ``store``, or None if it cannot run there."""
         return cls(model, store)
 
     def step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:
@@ -47,7 +47,7 @@ class Engine:
         raise NotImplementedError
 
 
-class OpsEngine(Engine):
+class OpsMode(Mode):
     """The model's layers op by op: runs wherever the model runs."""
 
     name = "ops"
@@ -87,7 +87,7 @@ class OpsEngine(Engine):
         return F.softmax(model.classifier(e), dim=-1)
 
 
-class StepEngine(OpsEngine):
+class StepMode(OpsMode):
     """The reader in PyTorch, then the compiled ``stream_step`` op for the rest."""
 
     name = "step"
@@ -98,7 +98,7 @@ class StepEngine(OpsEngine):
         self.summary_weights = [w.detach() for w in agru_weights(model)]
 
     @classmethod
-    def create(cls, model: AGHMN, store: RingStore) -> Optional["StepEngine"]:
+    def create(cls, model: AGHMN, store: RingStore) -> Optional["StepMode"]:
         backend = ops.resolve_backend(model.config.backend, store.device).name
         if backend not in ("cpu", "cuda") or not model.config.has_context:
             return None
@@ -115,8 +115,8 @@ class StepEngine(OpsEngine):
                        model.classifier.bias)
 
 
-class GraphEngine(StepEngine):
-    """:class:`StepEngine` whose steady state (every conversation has a past) is replayed as
+class GraphMode(StepMode):
+    """:class:`StepMode` whose steady state (every conversation has a past) is replayed as
     CUDA graphs, one per batch bucket.
 
     That step is the fused ``stream_step`` call over the ring store, then the store write of the
@@ -143,11 +143,11 @@ class GraphEngine(StepEngine):
 
     @classmethod
     def create(cls, model: AGHMN, store: RingStore,
-               capture: bool = True) -> Optional["GraphEngine"]:
+               capture: bool = True) -> Optional["GraphMode"]:
         # Opt-in until measured on a GPU (benchmarks/gpu_suite.sh compares it with "step").
         if capture and (store.device.type != "cuda" or not torch.cuda.is_available()):
             return None
-        step = StepEngine.create(model, store)
+        step = StepMode.create(model, store)
         return None if step is None else cls(model, store, step.op, capture)
 
     def steady_step(self, cids: Sequence[Hashable], u: Tensor) -> Tensor:
@@ -214,7 +214,7 @@ class GraphEngine(StepEngine):
         return graph, q, win, slot, out
 
 
-class PushEngine(Engine):
+class PushMode(Mode):
     """One compiled call per push: reader, memory update, summary, classifier and ring write,
     over weights packed once at construction."""
 
@@ -226,7 +226,7 @@ class PushEngine(Engine):
         self.op, self.packed, self.dims, self.embedding, self.bigru = op, packed, dims, embedding, bigru
 
     @classmethod
-    def create(cls, model: AGHMN, store: RingStore) -> Optional["PushEngine"]:
+    def create(cls, model: AGHMN, store: RingStore) -> Optional["PushMode"]:
         cfg = model.config
         if (store.device.type != "cpu" or store.dtype not in (torch.float32, torch.float64)
                 or ops.resolve_backend(cfg.backend, store.device).name != "cpu"):
@@ -303,5 +303,5 @@ def fusion_weights(model: AGHMN) -> Tuple[List[Tensor], List[Tensor], Optional[T
             torch.stack([flat[4 * i + 1] for i in d]), torch.stack([flat[4 * i + 3] for i in d]))
 
 
-ENGINES = {"push": PushEngine, "graph": GraphEngine, "step": StepEngine, "ops": OpsEngine}
+MODES = {"push": PushMode, "graph": GraphMode, "step": StepMode, "ops": OpsMode}
 DEFAULT_ORDER = ("push", "step", "ops")  # "graph" only when asked for: not yet run on a GPU
