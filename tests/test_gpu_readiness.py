@@ -8,8 +8,8 @@
 import pytest
 import torch
 
-from aghmn_fast import _validation, ops, reference
-from aghmn_fast.ops import common as glue
+from aghmn_fast import ops, reference
+from aghmn_fast.ops import common, validation
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -20,28 +20,28 @@ def test_segment_sum_equals_sequential_index_add(rows, segments, width, dtype):
         -3, 4, (rows, 1), generator=g).to(dtype)  # mixed magnitudes: order-sensitive sums
     index = torch.randint(0, segments, (rows,), generator=g)
     want = torch.zeros(segments, width, dtype=dtype).index_add_(0, index, data)
-    got = glue.segment_sum(data, index, segments)
+    got = common.segment_sum(data, index, segments)
     assert got.shape == (segments, width) and got.dtype == dtype
     assert torch.equal(got, want)  # bitwise: the same order of additions
-    assert torch.equal(glue.segment_sum(data, index, segments), got)  # run to run
+    assert torch.equal(common.segment_sum(data, index, segments), got)  # run to run
 
 
 def test_segment_sum_leaves_empty_segments_zero():
     data = torch.arange(12.0).view(4, 3)
     index = torch.tensor([4, 0, 4, 2])
-    got = glue.segment_sum(data, index, 6)
+    got = common.segment_sum(data, index, 6)
     want = torch.tensor([[3.0, 4, 5], [0, 0, 0], [9, 10, 11], [0, 0, 0], [6, 8, 10], [0, 0, 0]])
     assert torch.equal(got, want)
 
 
 def test_residual_grad_picks_the_deterministic_sum_off_cpu(monkeypatch):
     calls = []
-    real = glue.segment_sum
-    monkeypatch.setattr(glue, "segment_sum", lambda *a: calls.append(a) or real(*a))
+    real = common.segment_sum
+    monkeypatch.setattr(common, "segment_sum", lambda *a: calls.append(a) or real(*a))
     rows, index = torch.randn(6, 2), torch.tensor([0, 1, 1, 3, 0, 2])
-    glue.residual_grad(rows, index, 4)
+    common.residual_grad(rows, index, 4)
     assert calls == []  # CPU: index_add_ (already sequential)
-    meta = glue.residual_grad(rows.to("meta"), index.to("meta"), 4)
+    meta = common.residual_grad(rows.to("meta"), index.to("meta"), 4)
     assert len(calls) == 1 and meta.shape == (4, 2)
 
 
@@ -49,8 +49,8 @@ def test_memory_bank_gradient_through_the_segment_sum_matches_reference(monkeypa
     """The fused memory bank's backward with the segment sum forced (as on CUDA)."""
     if "cpu" not in ops.backends("cpu"):
         pytest.skip("the compiled CPU backend is not available")
-    monkeypatch.setattr(glue, "residual_grad",
-                        lambda rows, index, n: glue.segment_sum(rows, index, n))
+    monkeypatch.setattr(common, "residual_grad",
+                        lambda rows, index, n: common.segment_sum(rows, index, n))
     g = torch.Generator().manual_seed(0)
     N, H, Q, K = 11, 6, 7, 4
     u = torch.randn(N, H, generator=g, dtype=torch.float64, requires_grad=True)
@@ -67,14 +67,14 @@ def test_memory_bank_gradient_through_the_segment_sum_matches_reference(monkeypa
 
 
 def test_window_range_check_is_free_on_cuda_unless_asked(monkeypatch):
-    monkeypatch.setattr(_validation, "_window_check", False)
-    assert _validation.window_check_enabled(torch.device("cpu"))
-    assert not _validation.window_check_enabled(torch.device("cuda"))
-    assert not _validation.window_check_enabled(torch.device("meta"))
-    _validation.set_window_check(True)
-    assert _validation.window_check_enabled(torch.device("cuda"))
-    assert not _validation.window_check_enabled(torch.device("meta"))  # no values to read
-    _validation.set_window_check(False)
+    monkeypatch.setattr(validation, "_window_check", False)
+    assert validation.window_check_enabled(torch.device("cpu"))
+    assert not validation.window_check_enabled(torch.device("cuda"))
+    assert not validation.window_check_enabled(torch.device("meta"))
+    validation.set_window_check(True)
+    assert validation.window_check_enabled(torch.device("cuda"))
+    assert not validation.window_check_enabled(torch.device("meta"))  # no values to read
+    validation.set_window_check(False)
     u, flat = torch.randn(3, 2), [torch.randn(6, 2), torch.randn(6, 2), torch.randn(6),
                                   torch.randn(6)]
     with pytest.raises(ValueError, match=r"windows holds an index outside \[-1, 2\]"):
@@ -171,7 +171,7 @@ def test_cuda_default_backend_per_shape_class(monkeypatch):
     monkeypatch.setattr(ops.registry, "_REGISTRY", registry)
     monkeypatch.setitem(ops.CUDA_CHOICE, ("agru", "latency"), ("triton", "cuda"))  # vs priority
     for name, prio in (("cuda", 20), ("triton", 5)):
-        registry[name] = ops.Backend(name, reference.agru, reference.memory_bank, ("cuda",), prio)
+        registry[name] = ops.Backend(name, ("cuda",), prio)
     cuda = torch.device("cuda")
     assert ops.resolve_backend(None, cuda, "agru", 1).name == "triton"
     assert ops.resolve_backend(None, cuda, "agru", ops.LATENCY_ROWS + 1).name == "cuda"

@@ -3,10 +3,9 @@ reference of aghmn_fast/ops/agru/reference.py, at the raw-op and the public leve
 import pytest
 import torch
 
-from aghmn_fast.ops.agru.reference import agru_ref
-from conformance import (D64, DTYPES, F32, IMPLEMENTATIONS, ON_GPU_TRITON, agru_op_expected,
-                         agru_op_inputs, assert_close, grads_of, pairs, randn, saved_dtype,
-                         scaled)
+from aghmn_fast.ops.agru.reference import agru_forward_ref, agru_ref
+from conformance import (D64, DTYPES, F32, IMPLEMENTATIONS, ON_GPU_TRITON, assert_close, grads_of,
+                         pairs, randn, saved_dtype, scaled)
 
 REVERSE = pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 
@@ -19,6 +18,29 @@ def test_every_implementation_is_swept():
                else "no CUDA device" if not torch.cuda.is_available()
                else "Triton runs interpreted; AGHMN_TRITON_GPU=1 compiles it for the GPU")
         pytest.skip(f"not swept here: {', '.join(missing)} ({why})")
+
+
+# ---- raw-op inputs and their float64 reference results (the conformance cases) -------
+
+def agru_op_inputs(B, T, H, gen):
+    """(xproj, attn, weight_hh, bias_hh, h0, grad_output) in float64; position 1 is a pad step
+    (attention 0: the state must pass through unchanged)."""
+    attn = torch.rand(B, T, generator=gen, dtype=D64)
+    if T > 2:
+        attn[:, 1] = 0
+    return (randn(B, T, 2 * H, gen=gen), attn, randn(2 * H, H, gen=gen, scale=scaled(H)),
+            randn(2 * H, gen=gen, scale=0.1), randn(B, H, gen=gen, scale=0.5),
+            randn(B, T, H, gen=gen))
+
+
+def agru_op_expected(xproj, attn, weight_hh, bias_hh, h0, reverse, grad_output):
+    """Reference (output, gates) and (grad_xproj, grad_attn, grad_ghh, grad_h0), float64."""
+    xproj, attn, h0 = (t.detach().to(D64).requires_grad_() for t in (xproj, attn, h0))
+    tap = torch.zeros(*xproj.shape, dtype=D64, requires_grad=True)
+    out, gates = agru_forward_ref(xproj, attn, weight_hh.to(D64), bias_hh.to(D64), h0, reverse,
+                                  ghh_tap=tap)
+    grads = torch.autograd.grad(out, [xproj, attn, tap, h0], grad_output.to(D64))
+    return (out.detach(), gates.detach()), grads
 
 
 # ---- the raw ops: agru_forward / agru_backward -----------------------------------------------
