@@ -19,15 +19,10 @@ import torch
 
 from .. import _extension
 from .common import Kernels
+from .cuda_arches import PTX_ARCH, SASS_ARCHES  # the build's GPU code (one list)
 from .spec import OpSpec, specs
 
 _DTYPES = (torch.float32, torch.float64)
-#: Machine code (SASS) the extension is built with, and the PTX it embeds (setup.py's nvcc
-#: flags; tests/test_gpu_readiness.py keeps the two in step). SASS for sm_XY runs on compute
-#: capability X.Y' with Y' >= Y of the same major X; PTX for compute_XY is compiled by the
-#: driver for any capability >= X.Y (newer GPUs: forward compatibility).
-SASS_ARCHES: Tuple[Tuple[int, int], ...] = ((8, 0), (9, 0))
-PTX_ARCH: Tuple[int, int] = (9, 0)
 #: The kernels' largest hidden size (kMaxHidden in csrc/common/recurrence.cuh).
 MAX_HIDDEN = 1 << 16
 
