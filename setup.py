@@ -6,7 +6,8 @@ The sources are organised by op (``csrc/library.cpp`` holds every schema; ``csrc
 and bindings; ``csrc/common/`` the shared headers; ``csrc/tests/`` is not part of the extension).
 C++ sources (``*.cpp``) are always built; CUDA sources (``*.cu``) only when the
 installed torch has CUDA and a CUDA toolkit is found (set ``AGHMN_NO_CUDA=1`` to skip them).
-``AGHMN_SKIP_EXT=1`` installs without building the extension. ``AGHMN_NATIVE=1`` adds ``-march=native`` (off by default so that wheels stay portable).
+``AGHMN_SKIP_EXT=1`` installs without building the extension. ``AGHMN_NATIVE=1`` adds
+``-march=native`` (off by default so that wheels stay portable).
 """
 import glob
 import os

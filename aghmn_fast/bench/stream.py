@@ -223,6 +223,7 @@ def reader_latency(data: Optional[str] = None, threads: int = 1, repeats: int = 
     new text: 1,024 would take minutes per round). Static readers are expected on the one-call
     ``push`` mode; the field ``path`` says which mode ran.
     """
+    from ..train import build_vocabulary  # see _run
     with num_threads(threads):
         test = load_meld(data, "test")
         vocab = build_vocabulary([test])

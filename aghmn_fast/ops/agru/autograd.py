@@ -4,8 +4,8 @@ op-level rules of the raw ``agru_forward`` op, and its shape function.
 :class:`AgruFunction` is one autograd node per call (forward: the projection GEMM and the
 forward kernel; backward: the backward kernel and every GEMM). Built from the op-level rule
 instead (linear, then the op with its registered autograd, then a select) a call is four
-autograd nodes, each with Python dispatch; at batch 1 that overhead (~100 us on the reference
-machine) exceeded the kernels' time. ``torch.compile(fullgraph=True)`` traces the Function.
+autograd nodes, each with Python dispatch; at batch 1 that overhead exceeded the kernels' time
+(docs/RESULTS.md, "Measurements behind code comments"). ``torch.compile(fullgraph=True)`` traces the Function.
 """
 from __future__ import annotations
 
