@@ -141,3 +141,35 @@ def test_stream_report_keeps_other_modes_when_one_fails(monkeypatch):
     rows = {r["mode"]: r for r in report["rows"] if "K" in r and "max_prob_diff_vs_ops" not in r}
     assert "capture failed" in rows["step"]["error"] and "median_us" in rows["ops"]
     assert report["ok"] is False
+
+
+def test_build_budget_grows_as_cores_shrink():
+    seconds = [suite.build_seconds(c) for c in (1, 2, 4, 8, 16, 128)]
+    assert seconds == sorted(seconds, reverse=True)
+    assert suite.build_seconds(2) >= 300 and suite.build_seconds(16) == 150
+    assert suite.nominal_seconds("build") == suite.build_seconds(os.cpu_count() or 1)
+    assert suite.nominal_seconds("tests") == dict((s, n) for s, n, _ in suite.STAGES)["tests"]
+
+
+def test_test_stage_runs_the_representative_cases_first_then_the_rest(tmp_path):
+    """The two passes of the test stage, collected here: "first" holds one case per test,
+    implementation and dtype, "rest" every other one, and together they are the whole sweep."""
+    import subprocess
+    import sys
+    passes = suite.test_pass_commands(str(tmp_path))
+    assert [p[0] for p in passes] == ["first", "rest"] and passes[0][1][-1] == "tests/ops"
+
+    def collected(subset):
+        env = {k: v for k, v in os.environ.items() if k != "AGHMN_OPS_SUBSET"}
+        if subset:
+            env["AGHMN_OPS_SUBSET"] = subset
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only",
+                               "-p", "no:cacheprovider", "tests/ops"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return [line for line in done.stdout.splitlines() if "::" in line]
+
+    first, rest, every = collected("first"), collected("rest"), collected(None)
+    assert first and rest and sorted(first + rest) == sorted(every)
+    assert any("-100-" in t or t.endswith("-100]") for t in first)  # the model's H first
+    assert len(every) / 10 < len(first) < len(every) / 3
