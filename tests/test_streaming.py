@@ -184,12 +184,14 @@ def test_stream_push_ops_pass_opcheck():
         rec.push("a", text)
     utils = ("test_schema", "test_autograd_registration")
     torch.library.opcheck(torch.ops.aghmn_fast.stream_pack.default,
-                          ([rec.model.classifier.weight.detach(), rec.model.classifier.bias.detach()],
-                           [rec.hidden, 16, 7, 4, 0, 0, 1, 60, 0]), test_utils=utils)
+                          ([rec.model.classifier.weight.detach(), rec.model.classifier.bias.detach()],),
+                          dict(H=rec.hidden, E=16, C=7, K=4, D=0, S=0, hops=1, max_len=60,
+                               bigru_reader=False), test_utils=utils)
     push = rec.compute
-    args = (push.packed, push.dims, push.embedding, [5, 6, 7], [3], None, rec.store.blocks(["a"]), [3],
+    args = (push.packed, push.embedding, [5, 6, 7], [3], None, rec.store.blocks(["a"]), [3],
             rec.store.u.clone(), rec.store.proj.clone())
-    torch.library.opcheck(torch.ops.aghmn_fast.stream_push.default, args, test_utils=utils)
+    torch.library.opcheck(torch.ops.aghmn_fast.stream_push.default, args, push.sizes,
+                          test_utils=utils)
 
 
 @pytest.mark.skipif(not HAVE_CPU_EXT, reason="the compiled extension is not available")
@@ -198,17 +200,19 @@ def test_stream_push_op_rejects_bad_arguments():
     rec.push("a", "hello")
     push = torch.ops.aghmn_fast.stream_push
     mode = rec.compute
-    good = dict(packed=mode.packed, dims=mode.dims, embedding=mode.embedding, tokens=[5, 6],
-                lengths=[2], u=None, blocks=rec.store.blocks(["a"]), counts=[1], u_store=rec.store.u,
-                proj_store=rec.store.proj)
+    good = dict(packed=mode.packed, embedding=mode.embedding, tokens=[5, 6], lengths=[2], u=None,
+                blocks=rec.store.blocks(["a"]), counts=[1], u_store=rec.store.u,
+                proj_store=rec.store.proj, **mode.sizes)
     cases = [(dict(tokens=[5, 10 ** 9]), "outside the vocabulary"),
              (dict(lengths=[3]), "lengths sum"),
              (dict(lengths=[0], tokens=[]), "outside \\[1, 60\\]"),
              (dict(blocks=[10 ** 6]), "outside the store"),
              (dict(blocks=[0, 0], counts=[1, 1], lengths=[1, 1]), "appears twice"),
              (dict(counts=[-1]), "negative"),
-             (dict(dims=mode.dims[:-1]), "9 integers"),
-             (dict(packed=mode.packed[:-1]), "pack with the same dims"),
+             (dict(K=0), "must be positive"),
+             (dict(D=3), "must be in \\[0, 2\\]"),
+             (dict(bigru_reader=False), "u must be"),
+             (dict(packed=mode.packed[:-1]), "pack with the same sizes"),
              (dict(u_store=rec.store.u.double()), "u_store"),
              (dict(proj_store=rec.store.proj[:1]), "proj_store")]
     before = rec.store.u.clone(), rec.store.proj.clone()

@@ -9,7 +9,7 @@ the torch dispatcher picks the CPU or CUDA kernel, and Triton).
 """
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -26,12 +26,9 @@ class Kernels(dict):
     the same entries (``kernels.agru_forward``). Every op folder's raw ops are in one set
     (``aghmn_fast.ops.spec``)."""
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"no raw op {name!r} in this kernel set "
-                                 f"(has: {', '.join(self)})") from None
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.__dict__ = self  # attribute access without a failed lookup first (hot path)
 
 
 def overload(op):

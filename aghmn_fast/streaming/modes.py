@@ -220,10 +220,11 @@ class PushMode(Mode):
 
     name = "push"
 
-    def __init__(self, model: AGHMN, store: RingStore, op, packed: List[Tensor],
-                 dims: List[int], embedding: Tensor, bigru: bool):
+    def __init__(self, model: AGHMN, store: RingStore, op, packed: Tensor, sizes: Dict[str, int],
+                 embedding: Tensor, bigru: bool):
         super().__init__(model, store)
-        self.op, self.packed, self.dims, self.embedding, self.bigru = op, packed, dims, embedding, bigru
+        self.op, self.packed, self.sizes, self.embedding, self.bigru = (op, packed, sizes,
+                                                                        embedding, bigru)
 
     @classmethod
     def create(cls, model: AGHMN, store: RingStore) -> Optional["PushMode"]:
@@ -247,14 +248,16 @@ class PushMode(Mode):
             weights += list(model.fusion._flat_weights)  # (w_ih, w_hh, b_ih, b_hh) per direction
         summary = agru_weights(model)
         weights += summary + [model.classifier.weight, model.classifier.bias]
-        dims = [store.hidden, cfg.embedding_dim, cfg.num_classes, store.window, store.num_dirs,
-                len(summary) // 4, cfg.hops, cfg.max_len, int(bigru)]
+        # The model's sizes: named arguments of both ops (docs/OPS.md).
+        sizes = dict(H=store.hidden, E=cfg.embedding_dim, C=cfg.num_classes, K=store.window,
+                     D=store.num_dirs, S=len(summary) // 4, hops=cfg.hops, max_len=cfg.max_len,
+                     bigru_reader=bigru)
         with torch.no_grad():
-            packed = pack([w.detach().contiguous() for w in weights], dims)
+            packed = pack([w.detach().contiguous() for w in weights], **sizes)
         # A sentence reader has no word table; the push then takes u, and never reads this.
         table = (model.embedding.weight if model.embedding is not None
                  else torch.zeros(0, cfg.embedding_dim, dtype=store.dtype))
-        return cls(model, store, op, packed, dims, table.detach().contiguous(), bigru)
+        return cls(model, store, op, packed, sizes, table.detach().contiguous(), bigru)
 
     def step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:
         store = self.store
@@ -263,12 +266,12 @@ class PushMode(Mode):
             max_len = self.model.config.max_len
             ids = [t[:max_len] if t else [1] for t in items]  # empty -> one <unk>, as offline
             flat = ids[0] if len(ids) == 1 else [i for t in ids for i in t]
-            probs = self.op(self.packed, self.dims, self.embedding, flat, [len(t) for t in ids],
-                            None, blocks, counts, store.u, store.proj)
+            probs = self.op(self.packed, self.embedding, flat, [len(t) for t in ids], None,
+                            blocks, counts, store.u, store.proj, **self.sizes)
         else:
             u = reader_vectors(self.model, items, store.device).contiguous()
-            probs = self.op(self.packed, self.dims, self.embedding, [], [], u, blocks, counts,
-                            store.u, store.proj)
+            probs = self.op(self.packed, self.embedding, [], [], u, blocks, counts, store.u,
+                            store.proj, **self.sizes)
         store.advance(cids)
         return probs
 
