@@ -31,9 +31,9 @@ def test_rebuild_from_last_k_texts_equals_uninterrupted(window, path):
     for cut in (1, window - 1, window, window + 1, 2 * window + 3, 19):
         if cut < 1:
             continue
-        full = StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names, path=path)
+        full = StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names, mode=path)
         uninterrupted = [full.push("c", t) for t in texts]
-        rebuilt = StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names, path=path)
+        rebuilt = StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names, mode=path)
         rebuilt.push_many([("c", t) for t in texts[max(0, cut - window):cut]])
         resumed = [rebuilt.push("c", t) for t in texts[cut:]]
         a = torch.tensor([list(p.probabilities.values()) for p in uninterrupted[cut:]])
