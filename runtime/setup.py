@@ -1,0 +1,40 @@
+"""Builds aghmn_runtime._native: the binding (src/native.cpp) and the runtime's C++ sources
+(../csrc/runtime/*.cpp), which include the stream kernel headers (../csrc/stream, ../csrc/common)
+of the same repository. Nothing of PyTorch is compiled or linked.
+
+``AGHMN_NATIVE=1`` adds ``-march=native`` (off by default so that wheels stay portable; the
+kernels choose AVX2 / AVX-512 at run time either way).
+"""
+import glob
+import os
+
+from pybind11.setup_helpers import Pybind11Extension
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(os.path.dirname(HERE), "csrc")
+
+
+def runtime_sources():
+    """The runtime library's sources; a missing csrc/runtime is a clear error, not an empty
+    module (this package is built from a checkout of the repository)."""
+    sources = sorted(glob.glob(os.path.join(CSRC, "runtime", "*.cpp")))
+    if not sources:
+        raise SystemExit(f"no runtime sources in {os.path.join(CSRC, 'runtime')}: build "
+                         "aghmn-fast-runtime from a checkout of the aghmn_fast repository")
+    # setuptools wants source paths relative to this directory.
+    return [os.path.relpath(s, HERE) for s in sources]
+
+
+cxx = ["-O3", "-fvisibility=hidden"]
+if os.environ.get("AGHMN_NATIVE") == "1":
+    cxx.append("-march=native")
+
+setup(ext_modules=[Pybind11Extension(
+    "aghmn_runtime._native",
+    ["src/native.cpp"] + runtime_sources(),
+    include_dirs=[CSRC],
+    cxx_std=17,
+    extra_compile_args=cxx,
+    extra_link_args=["-s"],   # stripped: the wheel stays small
+)])
