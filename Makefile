@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(or $(AGHMN_DATA),../shared/data/meld)
 DEMO_ARGS ?=
 
-.PHONY: install build test demo bench bench-pytest wheel-smoke cmake-check clean
+.PHONY: install build test demo bench bench-pytest wheel-smoke cmake-check clean runtime-build runtime-wheel-smoke
 
 # The environment: torch and triton at the versions in constraints.txt (a CPU machine), the
 # package in editable mode with its test extras, as the README's install line does; the extension
@@ -44,6 +44,14 @@ bench-pytest: build
 wheel-smoke: build
 	.ci/wheel_smoke.sh $(PY)
 
+# The torch-free runtime's Python module (aghmn_runtime) built in place in runtime/, and its wheel
+# (aghmn-fast-runtime) installed into a fresh venv and smoke-tested there, torch absent.
+runtime-build: install
+	cd runtime && $(abspath $(PY)) setup.py -q build_ext --inplace
+
+runtime-wheel-smoke: build
+	.ci/runtime_wheel_smoke.sh $(PY)
+
 # Framework-free kernel core (and CUDA with nvcc when present): a compile check, no torch.
 cmake-check:
 	cmake -S . -B cmake-build -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -51,4 +59,4 @@ cmake-check:
 	ctest --test-dir cmake-build --output-on-failure
 
 clean:
-	rm -rf build cmake-build aghmn_fast/_C*.so *.egg-info
+	rm -rf build cmake-build aghmn_fast/_C*.so *.egg-info runtime/build runtime/aghmn_runtime/_native*.so

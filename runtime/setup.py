@@ -30,9 +30,16 @@ cxx = ["-O3", "-fvisibility=hidden"]
 if os.environ.get("AGHMN_NATIVE") == "1":
     cxx.append("-march=native")
 
+def headers():
+    """What the sources include: a change there rebuilds the module (build_ext --inplace)."""
+    found = [glob.glob(os.path.join(CSRC, d, "*.h")) for d in ("runtime", "stream", "common")]
+    return sorted(os.path.relpath(h, HERE) for group in found for h in group)
+
+
 setup(ext_modules=[Pybind11Extension(
     "aghmn_runtime._native",
     ["src/native.cpp"] + runtime_sources(),
+    depends=headers(),
     include_dirs=[CSRC],
     cxx_std=17,
     extra_compile_args=cxx,
