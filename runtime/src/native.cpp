@@ -302,10 +302,16 @@ class Session {
 
 std::string normalize(const py::handle& text) {
   auto [data, len] = utf8_of(text.ptr(), "text");
+  // The result is almost never longer than the input; when it is, the C API says how long
+  // (status "buffer too small" with *needed set) and the second call is sized (+1: its NUL).
+  std::string out(len + 16, '\0');
   size_t needed = 0;
-  check(aghmn_normalize(data, len, nullptr, 0, &needed));
-  std::string out(needed, '\0');
-  check(aghmn_normalize(data, len, out.data(), out.size(), &needed));
+  aghmn_status status = aghmn_normalize(data, len, out.data(), out.size(), &needed);
+  if (status != AGHMN_OK && needed + 1 > out.size()) {
+    out.assign(needed + 1, '\0');
+    status = aghmn_normalize(data, len, out.data(), out.size(), &needed);
+  }
+  check(status);
   out.resize(needed);
   return out;
 }
