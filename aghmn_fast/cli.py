@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_demo_stream(sub)
-    for module_name in ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli", "aghmn_fast.serving.cli"):
+    for module_name in ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli", "aghmn_fast.serving.cli",
+                        "aghmn_fast.export"):
         try:
             module = __import__(module_name, fromlist=["add_parser", "run"])
         except ImportError:
