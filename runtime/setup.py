@@ -41,7 +41,7 @@ def headers():
 setup(ext_modules=[Pybind11Extension(
     "aghmn_runtime._native",
     ["src/native.cpp"] + runtime_sources(),
-    depends=headers(),
+    depends=headers() + ["setup.py"],   # new flags rebuild too
     include_dirs=[CSRC],
     cxx_std=17,
     extra_compile_args=cxx,
