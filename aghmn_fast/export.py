@@ -18,8 +18,6 @@ import os
 import struct
 from typing import Dict, List, Sequence, Tuple
 
-import torch
-
 MAGIC = b"AGHMNRT\0"
 FORMAT_VERSION = 1
 READER_CODES = {"bigru": 1, "cnn": 2}
@@ -43,7 +41,8 @@ def _strings(items: Sequence[str]) -> bytes:
     return b"".join(out)
 
 
-def _floats(*tensors: torch.Tensor) -> bytes:
+def _floats(*tensors: "torch.Tensor") -> bytes:
+    import torch   # here, not at the top: the CLI registers this module for every command
     return b"".join(t.detach().to(torch.float32).contiguous().cpu().numpy().astype("<f4").tobytes()
                     for t in tensors)
 
@@ -68,6 +67,8 @@ def model_sections(model, vocab, label_names: Sequence[str], meta: Dict) -> List
     """The sections of an :class:`~aghmn_fast.models.AGHMN` with its vocabulary and labels.
 
     Raises ``ValueError`` for a model the runtime cannot run (a sentence reader)."""
+    import torch
+
     from .streaming import StreamingRecognizer
     cfg = model.config
     if cfg.reader not in READER_CODES:
