@@ -17,15 +17,18 @@ cold start and memory are measured when given. Prints a JSON record (machine, lo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from runtime_common import (REPO, RUNTIME_DIR, export, import_runtime,  # noqa: E402
@@ -35,10 +38,10 @@ import torch  # noqa: E402
 
 from aghmn_fast.bench.machine import machine_info  # noqa: E402
 from aghmn_fast.data import tokenize  # noqa: E402
-from aghmn_fast.bench.timing import Budget, sample, summarize  # noqa: E402
+from aghmn_fast.bench.timing import Budget, summarize  # noqa: E402
 
-PUSH_BUDGET = Budget(warmup=20, min_reps=200, max_reps=3000, min_seconds=1.0)
-ROUND_BUDGET = Budget(warmup=2, min_reps=10, max_reps=60, min_seconds=2.0)
+PUSH_BUDGET = Budget(warmup=20, min_reps=400, max_reps=4000, min_seconds=2.0, rounds=4)
+ROUND_BUDGET = Budget(warmup=2, min_reps=10, max_reps=60, min_seconds=2.0, rounds=2)
 
 _RSS = ("def _rss():\n"
         "    f = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
@@ -82,30 +85,46 @@ def _env() -> Dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(path))
 
 
-def _timed_run(cmd: List[str], stdin: str = "") -> float:
+def _timed_run(cmd: List[str], stdin: str = "") -> Tuple[float, float]:
+    """(wall, CPU = user + system) seconds of one run of ``cmd`` to its exit. On a loaded
+    machine the CPU time is the steadier of the two: it leaves out the waits for a core."""
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=_env(), timeout=300)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    proc.stdin.write(stdin)
+    proc.stdin.close()
+    _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise RuntimeError(f"{cmd[:2]} failed: {done.stderr[-2000:]}")
-    return seconds
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:2]} failed: {proc.stderr.read()[-2000:]}")
+    proc.stderr.close()
+    return seconds, usage.ru_utime + usage.ru_stime
 
 
 def cold_start(model: str, checkpoint: str, c_example: str, starts: int) -> Dict[str, dict]:
-    """Median and spread of a new process's time to its first prediction, engines in turns."""
+    """Median and spread of a new process's time to its first prediction (wall and CPU), the
+    engines in turns; ``true`` is the floor of starting any process from this one."""
     cmds = {name: [sys.executable, "-c", code.format(model=model, checkpoint=checkpoint)]
             for name, code in COLD.items()}
+    if shutil.which("true"):
+        cmds["true (a new process, the spawn floor)"] = [shutil.which("true")]
     if c_example:
         cmds["C example (csrc/runtime/examples)"] = [c_example, model]
-    times: Dict[str, List[float]] = {name: [] for name in cmds}
+    times: Dict[str, List[Tuple[float, float]]] = {name: [] for name in cmds}
     for i in range(starts):
         for name, cmd in cmds.items():
             if name.startswith("torch") and i >= max(3, starts // 3):
                 continue   # seconds each: a third of the starts is enough
             stdin = "c\tHi there, how are you?\n" if name.startswith("C example") else ""
-            times[name].append(_timed_run(cmd, stdin) * 1e3)
-    return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t),
-                   "starts": len(t)} for name, t in times.items()}
+            times[name].append(_timed_run(cmd, stdin))
+    out = {}
+    for name, runs in times.items():
+        wall, cpu = [w * 1e3 for w, _ in runs], [c * 1e3 for _, c in runs]
+        out[name] = {"median_ms": statistics.median(wall), "min_ms": min(wall),
+                     "max_ms": max(wall), "median_cpu_ms": statistics.median(cpu),
+                     "starts": len(runs)}
+    return out
 
 
 def memory(model: str, checkpoint: str, c_example: str, window: int) -> Dict[str, dict]:
@@ -121,17 +140,34 @@ def memory(model: str, checkpoint: str, c_example: str, window: int) -> Dict[str
         rss, hwm = map(int, done.stdout.split())
         out[name] = {"rss_mb": rss / 2**20, "peak_mb": hwm / 2**20}
     if c_example:
-        lines = "".join(f"c{i}\tHi there, how are you?\n" for _ in range(window) for i in range(1000))
-        proc = subprocess.Popen([c_example, model], stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        proc.stdin.write(lines)
-        proc.stdin.close()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise RuntimeError(f"the C example failed: {proc.stderr.read()[-2000:]}")
-        out["C example (csrc/runtime/examples)"] = {"rss_mb": None, "peak_mb": usage.ru_maxrss / 1024}
+        out["C example (csrc/runtime/examples)"] = _c_example_memory(c_example, model, window)
     return out
+
+
+def _c_example_memory(c_example: str, model: str, window: int) -> Dict[str, float]:
+    """VmRSS / VmHWM of the C example once it has answered every line of 1,000 conversations x
+    K utterances, read from /proc while it still runs (stdin open). Not ru_maxrss: Linux keeps
+    the parent's high-water mark across fork and exec, and this parent holds torch."""
+    proc = subprocess.Popen([c_example, model], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    total = window * 1000
+
+    def feed():
+        for k in range(window):
+            proc.stdin.write("".join(f"c{i}\tHi there, how are you?\n" for i in range(1000)))
+        proc.stdin.flush()
+    writer = threading.Thread(target=feed)
+    writer.start()
+    for _ in range(total):
+        if not proc.stdout.readline():
+            raise RuntimeError(f"the C example stopped early: {proc.stderr.read()[-2000:]}")
+    writer.join()
+    with open(f"/proc/{proc.pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    proc.stdin.close()
+    proc.wait(60)
+    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
+            "peak_mb": int(fields["VmHWM"].split()[0]) / 1024}
 
 
 def wheel_size(tmp: str) -> Dict[str, int]:
@@ -155,41 +191,74 @@ def _texts(data) -> List[str]:
         return [t for texts in synthetic_dialogues(300).values() for t in texts]
 
 
+def _samples(step, budget: Budget) -> Tuple[List[float], List[float]]:
+    """Per-call wall and CPU (this thread's) microseconds of ``step()`` after the warm-up."""
+    for _ in range(budget.warmup):
+        step()
+    wall: List[float] = []
+    cpu: List[float] = []
+    start = time.perf_counter()
+    while len(wall) < budget.max_reps and (len(wall) < budget.min_reps
+                                            or time.perf_counter() - start < budget.min_seconds):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        step()
+        cpu.append((time.thread_time() - c0) * 1e6)
+        wall.append((time.perf_counter() - t0) * 1e6)
+    return wall, cpu
+
+
+def measure_in_turns(steps: Dict[str, object], budget: Budget) -> Dict[str, dict]:
+    """:func:`_samples` of each step, the steps taking turns over ``budget.rounds`` (a burst of
+    load from other processes lands on all of them); wall and CPU summaries per step. The CPU
+    time leaves out the time the thread waited for a core on a shared machine."""
+    share = budget.round()
+    raw = {name: ([], []) for name in steps}
+    for r in range(max(1, budget.rounds)):
+        for name, step in steps.items():
+            wall, cpu = _samples(step, dataclasses.replace(share, warmup=budget.warmup) if r == 0
+                                 else share)
+            raw[name][0].extend(wall)
+            raw[name][1].extend(cpu)
+    return {name: {"wall": summarize(w), "cpu": summarize(c)} for name, (w, c) in raw.items()}
+
+
 def push_speed(rt, model: str, checkpoint: str, texts: Sequence[str]) -> Dict[str, dict]:
     """Per-call time of one push (64 conversations with full windows, taken in turn) and of a
-    push_many round over 1,024 conversations, torch push path (1 thread) vs the runtime."""
+    push_many round over 1,024 conversations (full windows), torch push path (1 thread) vs the
+    runtime."""
     from aghmn_fast.streaming import StreamingRecognizer
     torch.set_num_threads(1)
-    engines = {"torch StreamingRecognizer": StreamingRecognizer.from_checkpoint(checkpoint),
-               "aghmn_runtime": rt.StreamingRecognizer(model)}
-    K = engines["aghmn_runtime"].window
-    out: Dict[str, dict] = {}
-    for name, rec in engines.items():
+    engines = {"torch": StreamingRecognizer.from_checkpoint(checkpoint),
+               "runtime": rt.StreamingRecognizer(model)}
+    K = engines["runtime"].window
+    ids = [f"r{i}" for i in range(1024)]
+    for rec in engines.values():
         for i in range(64):
             rec.push_many([(f"c{i}", texts[(i + k) % len(texts)]) for k in range(K)])
-        n = [0]
-
-        def one_push(rec=rec):
-            n[0] += 1
-            rec.push(f"c{n[0] % 64}", texts[n[0] % len(texts)])
-        with torch.no_grad():
-            out[f"push, {name}"] = summarize(sample(one_push, PUSH_BUDGET))
-        ids = [f"r{i}" for i in range(1024)]
         for k in range(K):
             rec.push_many([(c, texts[(i + k) % len(texts)]) for i, c in enumerate(ids)])
+    n = [0]
 
-        def one_round(rec=rec, arrays=False):
-            n[0] += 1
-            batch = [texts[(n[0] + i) % len(texts)] for i in range(1024)]
-            if arrays:
-                rec.push_many_arrays(ids, batch)
-            else:
-                rec.push_many(list(zip(ids, batch)))
-        with torch.no_grad():
-            out[f"push_many 1,024, {name}"] = summarize(sample(one_round, ROUND_BUDGET))
-        if name == "aghmn_runtime":
-            out[f"push_many_arrays 1,024, {name}"] = summarize(
-                sample(lambda: one_round(arrays=True), ROUND_BUDGET))
+    def one_push(rec):
+        n[0] += 1
+        rec.push(f"c{n[0] % 64}", texts[n[0] % len(texts)])
+
+    def one_round(rec, arrays=False):
+        n[0] += 1
+        batch = [texts[(n[0] + i) % len(texts)] for i in range(1024)]
+        if arrays:
+            rec.push_many_arrays(ids, batch)
+        else:
+            rec.push_many(list(zip(ids, batch)))
+    torch_rec, native = engines["torch"], engines["runtime"]
+    with torch.no_grad():
+        out = measure_in_turns({"push, torch StreamingRecognizer": lambda: one_push(torch_rec),
+                                "push, aghmn_runtime": lambda: one_push(native)}, PUSH_BUDGET)
+        out.update(measure_in_turns({
+            "push_many 1,024, torch StreamingRecognizer": lambda: one_round(torch_rec),
+            "push_many 1,024, aghmn_runtime": lambda: one_round(native),
+            "push_many_arrays 1,024, aghmn_runtime": lambda: one_round(native, arrays=True)},
+            ROUND_BUDGET))
     return out
 
 
