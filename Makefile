@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(or $(AGHMN_DATA),../shared/data/meld)
 DEMO_ARGS ?=
 
-.PHONY: install build test demo bench bench-pytest wheel-smoke cmake-check clean runtime-build runtime-wheel-smoke
+.PHONY: install build test demo bench bench-pytest wheel-smoke cmake-check runtime-check clean runtime-build runtime-wheel-smoke
 
 # The environment: torch and triton at the versions in constraints.txt (a CPU machine), the
 # package in editable mode with its test extras, as the README's install line does; the extension
@@ -58,5 +58,17 @@ cmake-check:
 	cmake --build cmake-build -j 2
 	ctest --test-dir cmake-build --output-on-failure
 
+# The native runtime (docs/RUNTIME.md) under AddressSanitizer + UBSan: a tiny random-initialised
+# model exported with `aghmn-fast export`, the example C program on it and the fuzz test of
+# 10,000 mutated model files (ctest).
+RUNTIME_BUILD ?= cmake-build-runtime
+runtime-check: build
+	mkdir -p $(RUNTIME_BUILD)
+	$(PY) csrc/runtime/tests/make_tiny_model.py $(RUNTIME_BUILD)/tiny.aghmn
+	cmake -S . -B $(RUNTIME_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAGHMN_SANITIZE=ON \
+		-DAGHMN_RUNTIME_TEST_MODEL=$(abspath $(RUNTIME_BUILD))/tiny.aghmn >/dev/null
+	cmake --build $(RUNTIME_BUILD) -j 2 --target aghmn_classify fuzz_model
+	ctest --test-dir $(RUNTIME_BUILD) -R '^runtime_' --output-on-failure
+
 clean:
-	rm -rf build cmake-build aghmn_fast/_C*.so *.egg-info runtime/build runtime/aghmn_runtime/_native*.so
+	rm -rf build cmake-build cmake-build-runtime aghmn_fast/_C*.so *.egg-info runtime/build runtime/aghmn_runtime/_native*.so
