@@ -65,6 +65,13 @@ std::pair<const char*, size_t> utf8_of(PyObject* obj, const char* what) {
   throw py::type_error(std::string(what) + " must be a str, got " + Py_TYPE(obj)->tp_name);
 }
 
+// A conversation id: str only (conversations() gives them back as str).
+std::pair<const char*, size_t> id_of(PyObject* obj, const char* what) {
+  if (!PyUnicode_Check(obj))
+    throw py::type_error(std::string(what) + " must be a str, got " + Py_TYPE(obj)->tp_name);
+  return utf8_of(obj, what);
+}
+
 // A loaded model: immutable, shared by every session made from it.
 class Model {
  public:
@@ -105,7 +112,7 @@ struct Batch {
   void add(PyObject* id, PyObject* text, size_t i) {
     std::string id_what = "conversation id of item " + std::to_string(i);
     std::string text_what = "utterance text of item " + std::to_string(i);
-    auto [id_data, id_len] = utf8_of(id, id_what.c_str());
+    auto [id_data, id_len] = id_of(id, id_what.c_str());
     auto [text_data, text_len] = utf8_of(text, text_what.c_str());
     keep.push_back(py::reinterpret_borrow<py::object>(id));
     keep.push_back(py::reinterpret_borrow<py::object>(text));
@@ -160,7 +167,7 @@ class Session {
 
   // (probabilities [C] float32, index in the conversation)
   py::tuple push(const py::handle& id, const py::handle& text) {
-    auto [id_data, id_len] = utf8_of(id.ptr(), "conversation_id");
+    auto [id_data, id_len] = id_of(id.ptr(), "conversation_id");
     auto [text_data, text_len] = utf8_of(text.ptr(), "utterance_text");
     py::array_t<float> probs(num_labels_);
     int64_t index = -1;
@@ -210,7 +217,7 @@ class Session {
   }
 
   void close(const py::handle& id) {
-    auto [data, len] = utf8_of(id.ptr(), "conversation_id");
+    auto [data, len] = id_of(id.ptr(), "conversation_id");
     aghmn_status status;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -220,7 +227,7 @@ class Session {
   }
 
   int64_t utterances_seen(const py::handle& id) {
-    auto [data, len] = utf8_of(id.ptr(), "conversation_id");
+    auto [data, len] = id_of(id.ptr(), "conversation_id");
     int64_t count = 0;
     aghmn_status status;
     {

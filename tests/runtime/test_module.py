@@ -83,6 +83,7 @@ def test_bad_input_raises_and_touches_no_state(rec):
         (lambda: rec.push("c1", "bad \ud800 text"), ValueError, "UTF-8"),
         (lambda: rec.push("c1", b"bad \xff bytes"), ValueError, "UTF-8"),
         (lambda: rec.push(7, "text"), TypeError, "conversation_id"),
+        (lambda: rec.push(b"c1", "text"), TypeError, "conversation_id"),
         (lambda: rec.push("c1", None), TypeError, "utterance_text"),
         (lambda: rec.push_many([("c1",)]), TypeError, "pair"),
         (lambda: rec.push_many_arrays(np.arange(2), ["a", "b"]), TypeError, "dtype int64"),
