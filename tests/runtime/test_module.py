@@ -91,7 +91,7 @@ def test_bad_input_raises_and_touches_no_state(rec):
         (lambda: rec.push_many_arrays(np.array([["a"]]), ["a"]), ValueError, "dimensions"),
         (lambda: rec.push_many_arrays(["a"], ["b", "c"]), ValueError, "one length"),
         (lambda: rec.push_many_arrays("ab", "cd"), TypeError, "sequence of str"),
-        (lambda: rec.close("never-opened"), KeyError, "never-opened"),
+        (lambda: rec.close("never-opened"), KeyError, "unknown conversation"),
     ]
     for call, exc, words in cases:
         with pytest.raises(exc, match=words):
