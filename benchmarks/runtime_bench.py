@@ -42,6 +42,9 @@ from aghmn_fast.bench.timing import Budget, summarize  # noqa: E402
 
 PUSH_BUDGET = Budget(warmup=20, min_reps=400, max_reps=4000, min_seconds=2.0, rounds=4)
 ROUND_BUDGET = Budget(warmup=2, min_reps=10, max_reps=60, min_seconds=2.0, rounds=2)
+# --quick: a check that every part runs (the test suite), not a measurement
+QUICK = {"push": Budget(warmup=1, min_reps=2, max_reps=4, min_seconds=0.0, rounds=2),
+         "round": Budget(warmup=0, min_reps=1, max_reps=1, min_seconds=0.0, rounds=1)}
 
 _RSS = ("def _rss():\n"
         "    f = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
@@ -222,7 +225,8 @@ def measure_in_turns(steps: Dict[str, object], budget: Budget) -> Dict[str, dict
     return {name: {"wall": summarize(w), "cpu": summarize(c)} for name, (w, c) in raw.items()}
 
 
-def push_speed(rt, model: str, checkpoint: str, texts: Sequence[str]) -> Dict[str, dict]:
+def push_speed(rt, model: str, checkpoint: str, texts: Sequence[str],
+               budgets: Tuple[Budget, Budget] = (PUSH_BUDGET, ROUND_BUDGET)) -> Dict[str, dict]:
     """Per-call time of one push (64 conversations with full windows, taken in turn) and of a
     push_many round over 1,024 conversations (full windows), torch push path (1 thread) vs the
     runtime."""
@@ -253,12 +257,12 @@ def push_speed(rt, model: str, checkpoint: str, texts: Sequence[str]) -> Dict[st
     torch_rec, native = engines["torch"], engines["runtime"]
     with torch.no_grad():
         out = measure_in_turns({"push, torch StreamingRecognizer": lambda: one_push(torch_rec),
-                                "push, aghmn_runtime": lambda: one_push(native)}, PUSH_BUDGET)
+                                "push, aghmn_runtime": lambda: one_push(native)}, budgets[0])
         out.update(measure_in_turns({
             "push_many 1,024, torch StreamingRecognizer": lambda: one_round(torch_rec),
             "push_many 1,024, aghmn_runtime": lambda: one_round(native),
             "push_many_arrays 1,024, aghmn_runtime": lambda: one_round(native, arrays=True)},
-            ROUND_BUDGET))
+            budgets[1]))
     return out
 
 
@@ -268,6 +272,8 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--c-example", default=None, help="the runtime's example C program")
     parser.add_argument("--data", default=None, help="MELD directory (default: $AGHMN_DATA)")
     parser.add_argument("--starts", type=int, default=10, help="cold starts per engine")
+    parser.add_argument("--quick", action="store_true",
+                        help="one start and a few calls of each part: checks the script, measures nothing")
     parser.add_argument("--out", default=None, help="also write the JSON record here")
     args = parser.parse_args(argv)
     rt = import_runtime()
@@ -285,10 +291,12 @@ def main(argv: Sequence[str] = None) -> int:
         model, ckpt = models[10]
         record["model_file_bytes"] = os.path.getsize(model)
         record["wheel"] = wheel_size(os.path.join(tmp, "wheel"))
-        record["cold_start"] = cold_start(model, ckpt, args.c_example, args.starts)
-        record["memory_1000_conversations"] = memory(model, ckpt, args.c_example, 10)
+        record["cold_start"] = cold_start(model, ckpt, args.c_example, 1 if args.quick else args.starts)
+        window = rt.StreamingRecognizer(model).window
+        record["memory_1000_conversations"] = memory(model, ckpt, args.c_example, window)
+        budgets = (QUICK["push"], QUICK["round"]) if args.quick else (PUSH_BUDGET, ROUND_BUDGET)
         record["push"] = {f"K={rt.StreamingRecognizer(models[K][0]).window}":
-                          push_speed(rt, *models[K], texts) for K in (10, 40)}
+                          push_speed(rt, *models[K], texts, budgets) for K in (10, 40)}
     record["load_average_at_end"] = list(os.getloadavg())
     text = json.dumps(record, indent=2)
     print(text)

@@ -3,11 +3,13 @@ runtime_exactness.py): interleaved push / push_many, repeats within a batch, clo
 save/restore in the middle; synthetic dialogues always, a third of MELD test where MELD is."""
 import json
 import os
+import subprocess
 import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+BENCHMARKS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+sys.path.insert(0, BENCHMARKS)
 import runtime_exactness  # noqa: E402
 from runtime_common import tiny_checkpoint  # noqa: E402
 
@@ -49,3 +51,19 @@ def test_a_third_of_meld_test_matches_torch(capsys, tmp_path, reader, dim):
     assert result["utterances"] > 800
     if reader == "bigru":
         assert result["bitwise_equal_utterances"] == result["utterances"]
+
+
+@pytest.mark.slow
+def test_runtime_bench_quick_runs_every_part(tmp_path):
+    """benchmarks/runtime_bench.py --quick: every part runs and the record has each engine."""
+    done = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "runtime_bench.py"), "--quick",
+                           "--out", str(tmp_path / "r.json")], capture_output=True, text=True,
+                          timeout=1200, cwd=str(tmp_path),
+                          env=dict(os.environ, PYTHONPATH=os.path.dirname(BENCHMARKS)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["wheel"]["bytes"] <= 2 * 2**20
+    assert {"aghmn_runtime (python module)", "torch StreamingRecognizer"} <= set(record["cold_start"])
+    assert record["memory_1000_conversations"]["aghmn_runtime (python module)"]["rss_mb"] > 0
+    assert set(record["push"]) == {"K=10", "K=40"}
+    assert "push_many 1,024, aghmn_runtime" in record["push"]["K=40"]
