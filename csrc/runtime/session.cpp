@@ -7,10 +7,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <unordered_set>
 
 #include "runtime/cnn_reader.h"
 #include "runtime/runtime_internal.h"
@@ -193,7 +193,10 @@ void Session::save(const char* path) const {
   }
   put(out, fnv1a(out.data(), out.size()));
 
-  const std::string tmp = std::string(path) + ".tmp." + std::to_string(getpid());
+  // Unique per process and call: two sessions saving to one path never share a temporary file.
+  static std::atomic<uint64_t> serial{0};
+  const std::string tmp = std::string(path) + ".tmp." + std::to_string(getpid()) + "." +
+                          std::to_string(serial++);
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (f == nullptr) fail(AGHMN_ERR_IO, std::string("cannot write ") + tmp + ": " + std::strerror(errno));
   bool ok = std::fwrite(out.data(), 1, out.size(), f) == out.size() && std::fflush(f) == 0 &&
