@@ -18,6 +18,9 @@ namespace {
 constexpr char kMagic[8] = {'A', 'G', 'H', 'M', 'N', 'R', 'T', '\0'};
 constexpr uint32_t kMaxSections = 64;
 constexpr int64_t kDimLimit = 1 << 16;  // any size beyond this is hostile, not a model
+// K is the one size the file does not bound (the kernel's scratch and each conversation's store
+// grow with it, the weights do not): a hostile K must not make a push allocate gigabytes.
+constexpr int64_t kWindowLimit = 4096;
 
 [[noreturn]] void bad(const std::string& what) { fail(AGHMN_ERR_FORMAT, "model file: " + what); }
 
@@ -62,7 +65,7 @@ std::vector<std::string> read_strings(const unsigned char* p, uint64_t size, con
 void check_dims(const ModelDims& d) {
   auto in = [](int64_t v, int64_t lo, int64_t hi) { return v >= lo && v <= hi; };
   if (!in(d.H, 1, kDimLimit) || !in(d.E, 1, kDimLimit) || !in(d.C, 1, kDimLimit) ||
-      !in(d.K, 1, kDimLimit) || !in(d.hops, 1, 1024) || !in(d.max_len, 1, kDimLimit))
+      !in(d.K, 1, kWindowLimit) || !in(d.hops, 1, 1024) || !in(d.max_len, 1, kDimLimit))
     bad("dims: H, E, C, K, hops, max_len must be positive and plausible");
   if (!in(d.D, 0, 2) || !in(d.S, 0, 2) || (d.D == 0 && d.S != 0))
     bad("dims: D and S must be in [0, 2], S = 0 when D = 0");

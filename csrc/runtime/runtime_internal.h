@@ -10,6 +10,11 @@
 
 #include "runtime/aghmn_runtime.h"
 
+// The file formats are little-endian and read with memcpy.
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the aghmn runtime supports little-endian machines only"
+#endif
+
 namespace aghmn {
 namespace rt {
 

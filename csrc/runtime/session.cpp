@@ -7,10 +7,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <unordered_set>
 
 #include "runtime/cnn_reader.h"
 #include "runtime/runtime_internal.h"
@@ -52,11 +52,14 @@ void Session::reserve(int64_t conversations) {
   const ModelDims& d = model_->dims;
   const int64_t K = d.K, H = d.H, W = width();
   const int64_t old_rows = capacity_ * K, rows = cap * K;
-  std::vector<float> u(rows * H, 0.0f), proj(W * rows * 3 * H, 0.0f);
-  std::copy(u_.begin(), u_.end(), u.begin());
-  for (int64_t w = 0; w < W; ++w)
-    std::copy(proj_.begin() + w * old_rows * 3 * H, proj_.begin() + (w + 1) * old_rows * 3 * H,
-              proj.begin() + w * rows * 3 * H);
+  std::unique_ptr<float[]> u(new float[rows * H]), proj(new float[W * rows * 3 * H]);
+  for (const Conversation& c : convs_) {  // only blocks in use hold anything
+    const int64_t r = c.block * K;
+    std::copy(u_.get() + r * H, u_.get() + (r + K) * H, u.get() + r * H);
+    for (int64_t w = 0; w < W; ++w)
+      std::copy(proj_.get() + (w * old_rows + r) * 3 * H, proj_.get() + (w * old_rows + r + K) * 3 * H,
+                proj.get() + (w * rows + r) * 3 * H);
+  }
   free_.reserve(cap);
   for (int64_t b = cap - 1; b >= capacity_; --b) free_.push_back(b);  // the lowest is taken first
   u_.swap(u);
@@ -67,6 +70,11 @@ void Session::reserve(int64_t conversations) {
 int64_t Session::open(const std::string& id) {
   const int64_t block = free_.back();
   free_.pop_back();
+  const int64_t K = model_->dims.K, H = model_->dims.H, rows = capacity_ * K;
+  std::fill(u_.get() + block * K * H, u_.get() + (block + 1) * K * H, 0.0f);
+  for (int64_t w = 0; w < width(); ++w)
+    std::fill(proj_.get() + (w * rows + block * K) * 3 * H,
+              proj_.get() + (w * rows + (block + 1) * K) * 3 * H, 0.0f);
   index_.emplace(id, convs_.size());
   convs_.push_back({id, block, 0});
   return static_cast<int64_t>(convs_.size() - 1);
@@ -133,7 +141,7 @@ void Session::push_many(size_t n, const char* const* ids, const size_t* id_lens,
     }
     PushRound round{B, rtokens.data(), roffsets.data(),
                     d.reader == kReaderCNN ? u_given.data() : nullptr, blocks.data(),
-                    counts.data(), u_.data(), proj_.data(), capacity_ * d.K, u_out.data(),
+                    counts.data(), u_.get(), proj_.get(), capacity_ * d.K, u_out.data(),
                     rprobs.data()};
     stream_round(m, round);
     for (int64_t b = 0; b < B; ++b) {
@@ -179,13 +187,16 @@ void Session::save(const char* path) const {
     put(out, static_cast<uint64_t>(c.count));
   }
   for (const Conversation& c : convs_) {
-    put_floats(out, u_.data() + c.block * K * H, K * H);
+    put_floats(out, u_.get() + c.block * K * H, K * H);
     for (int64_t w = 0; w < W; ++w)
-      put_floats(out, proj_.data() + (w * rows + c.block * K) * 3 * H, K * 3 * H);
+      put_floats(out, proj_.get() + (w * rows + c.block * K) * 3 * H, K * 3 * H);
   }
   put(out, fnv1a(out.data(), out.size()));
 
-  const std::string tmp = std::string(path) + ".tmp." + std::to_string(getpid());
+  // Unique per process and call: two sessions saving to one path never share a temporary file.
+  static std::atomic<uint64_t> serial{0};
+  const std::string tmp = std::string(path) + ".tmp." + std::to_string(getpid()) + "." +
+                          std::to_string(serial++);
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (f == nullptr) fail(AGHMN_ERR_IO, std::string("cannot write ") + tmp + ": " + std::strerror(errno));
   bool ok = std::fwrite(out.data(), 1, out.size(), f) == out.size() && std::fflush(f) == 0 &&
@@ -241,11 +252,11 @@ void Session::load(const char* path) {
   int64_t cap = 4;
   while (cap < static_cast<int64_t>(n)) cap *= 2;
   const int64_t rows = cap * K;
-  std::vector<float> u(rows * H, 0.0f), proj(W * rows * 3 * H, 0.0f);
+  std::unique_ptr<float[]> u(new float[rows * H]), proj(new float[W * rows * 3 * H]);
   for (uint64_t i = 0; i < n; ++i) {
-    std::memcpy(u.data() + i * K * H, r.take(K * H * 4, "u"), K * H * 4);
+    std::memcpy(u.get() + i * K * H, r.take(K * H * 4, "u"), K * H * 4);
     for (int64_t w = 0; w < W; ++w)
-      std::memcpy(proj.data() + (w * rows + i * K) * 3 * H, r.take(K * 3 * H * 4, "proj"),
+      std::memcpy(proj.get() + (w * rows + i * K) * 3 * H, r.take(K * 3 * H * 4, "proj"),
                   K * 3 * H * 4);
   }
   std::vector<int64_t> free_blocks;

@@ -47,8 +47,9 @@ class Session {
   std::unordered_map<std::string, size_t> index_;  // id -> position in convs_
   std::vector<int64_t> free_;                      // free blocks, the next one last
   int64_t capacity_ = 0;                           // blocks
-  std::vector<float> u_;                           // [capacity * K, H]
-  std::vector<float> proj_;                        // [width, capacity * K, 3H]
+  // [capacity * K, H] and [width, capacity * K, 3H], left uninitialised (a block is zeroed when a
+  // conversation takes it): the capacity not in use costs address space, not resident memory.
+  std::unique_ptr<float[]> u_, proj_;
 };
 
 }  // namespace rt

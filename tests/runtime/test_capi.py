@@ -156,3 +156,14 @@ def test_state_of_another_model_is_refused(runtime, tmp_path):
     with pytest.raises(RuntimeError_) as err:
         s1.save(tmp_path / "no-such-dir" / "s.state")
     assert err.value.status == 2  # IO
+
+
+def test_large_rounds_equal_torch(runtime, tmp_path):
+    """Rounds of many conversations (tiles spread over threads) give the torch path's bits."""
+    path, rec = make_model(tmp_path, "large", reader="bigru")
+    s = runtime.load(path).session()
+    rng = random.Random(3)
+    for _ in range(3):
+        items = [(f"c{i}", rng.choice(TEXTS)) for i in range(150)] + [("c0", "again?")]
+        got, _ = s.push_many(items)
+        assert np.array_equal(got, torch_probs(rec.push_many(items)))

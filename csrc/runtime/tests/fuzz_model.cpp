@@ -70,6 +70,37 @@ int exercise(aghmn_model* model, const std::string& state_path, bool save_state)
   return 0;
 }
 
+// Bad calls (NULL pointers, bad text, unknown ids, freed handles) under the sanitizers: each is
+// an error status. Returns 0 when all are.
+int misuse(aghmn_model* model) {
+  aghmn_session* s = nullptr;
+  float probs[64];
+  int64_t n = 0;
+  const char* text = "hi";
+  const size_t len = 2;
+  const bool ok =
+      aghmn_session_create(model, &s) == AGHMN_OK && aghmn_model_num_labels(model) <= 64 &&
+      aghmn_push(nullptr, "a", 1, "hi", 2, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_push(s, nullptr, 1, "hi", 2, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_push(s, "a", 1, nullptr, 2, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_push(s, "a", 1, "hi", 2, nullptr, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_push(s, "a", 1, "", 0, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_push(s, "a", 1, " \t\x1c", 3, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_push(s, "a", 1, "\xed\xa0\x80", 3, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_push_many(s, 1, nullptr, &len, &text, &len, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_close(s, "zz", 2) == AGHMN_ERR_UNKNOWN_CONVERSATION &&
+      aghmn_utterances_seen(s, "a", 1, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_utterances_seen(s, "a", 1, &n) == AGHMN_OK && n == 0 &&
+      aghmn_session_save(s, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_session_load(s, "/nonexistent/state") == AGHMN_ERR_IO &&
+      aghmn_normalize(nullptr, 1, nullptr, 0, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_model_load(nullptr, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_model_load_buffer(nullptr, 5, nullptr) == AGHMN_ERR_INVALID_ARGUMENT;
+  aghmn_session_free(s);
+  // A freed session is no longer a live handle: an error, not a use after free.
+  return ok && aghmn_push(s, "a", 1, "hi", 2, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -96,7 +127,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "the unmutated model does not load: %s\n", aghmn_last_error());
     return 1;
   }
-  if (exercise(model, state_path, true) != 0) {
+  if (exercise(model, state_path, true) != 0 || misuse(model) != 0) {
     std::fprintf(stderr, "the unmutated model does not run: %s\n", aghmn_last_error());
     return 1;
   }
