@@ -228,10 +228,10 @@ def measure_in_turns(steps: Dict[str, object], budget: Budget) -> Dict[str, dict
 def push_speed(rt, model: str, checkpoint: str, texts: Sequence[str],
                budgets: Tuple[Budget, Budget] = (PUSH_BUDGET, ROUND_BUDGET)) -> Dict[str, dict]:
     """Per-call time of one push (64 conversations with full windows, taken in turn) and of a
-    push_many round over 1,024 conversations (full windows), torch push path (1 thread) vs the
-    runtime."""
+    push_many round over 1,024 conversations (full windows), torch push path vs the runtime, both
+    on the threads of --threads."""
     from aghmn_fast.streaming import StreamingRecognizer
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ["AGHMN_RUNTIME_THREADS"]))
     engines = {"torch": StreamingRecognizer.from_checkpoint(checkpoint),
                "runtime": rt.StreamingRecognizer(model)}
     K = engines["runtime"].window
@@ -272,13 +272,20 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--c-example", default=None, help="the runtime's example C program")
     parser.add_argument("--data", default=None, help="MELD directory (default: $AGHMN_DATA)")
     parser.add_argument("--starts", type=int, default=10, help="cold starts per engine")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of both engines' push_many (torch threads and "
+                             "$AGHMN_RUNTIME_THREADS; default 1)")
     parser.add_argument("--quick", action="store_true",
                         help="one start and a few calls of each part: checks the script, measures nothing")
     parser.add_argument("--out", default=None, help="also write the JSON record here")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    os.environ["AGHMN_RUNTIME_THREADS"] = str(args.threads)   # read by the runtime's first round
     rt = import_runtime()
     texts = _texts(args.data)
-    record = {"machine": machine_info("cpu"), "checkpoint": args.checkpoint or "random-initialised"}
+    record = {"machine": machine_info("cpu"), "checkpoint": args.checkpoint or "random-initialised",
+              "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         words = sorted({w for t in texts for w in tokenize(t)})
         models = {}

@@ -28,7 +28,7 @@ def runtime_sources():
 
 # The flags of the torch extension's build of the same kernel (setup.py at the root: -O3, and
 # setuptools' -fwrapv, the compiler's default FMA contraction), so probabilities agree bit for bit.
-cxx = ["-O3", "-fvisibility=hidden"]
+cxx = ["-O3", "-fvisibility=hidden", "-pthread"]   # -pthread: big rounds run on std::threads
 if os.environ.get("AGHMN_NATIVE") == "1":
     cxx.append("-march=native")
 
@@ -45,5 +45,5 @@ setup(ext_modules=[Pybind11Extension(
     include_dirs=[CSRC],
     cxx_std=17,
     extra_compile_args=cxx,
-    extra_link_args=["-s"],   # stripped: the wheel stays small
+    extra_link_args=["-s", "-pthread"],   # -s stripped: the wheel stays small
 )])
