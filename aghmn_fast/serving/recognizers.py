@@ -8,6 +8,7 @@ imported, so a server of a ``.aghmn`` file starts in milliseconds and stays smal
 """
 from __future__ import annotations
 
+import os
 from typing import Hashable, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
 
 RUNTIME_MAGIC = b"AGHMNRT\0"   # the first bytes of a .aghmn model file (docs/RUNTIME.md)
@@ -44,9 +45,13 @@ class Recognizer(Protocol):
 
 
 def is_runtime_model(path: str) -> bool:
-    """Whether ``path`` is a model file of ``aghmn-fast export`` (by its magic bytes)."""
-    with open(path, "rb") as f:
-        return f.read(len(RUNTIME_MAGIC)) == RUNTIME_MAGIC
+    """Whether ``path`` is a model file of ``aghmn-fast export`` (by its magic bytes); False
+    for anything that cannot be read as a file (the checkpoint loader then names the problem)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(RUNTIME_MAGIC)) == RUNTIME_MAGIC
+    except OSError:
+        return False
 
 
 def load_recognizer(path: str, backend: Optional[str] = None, threads: int = 1) -> Recognizer:
@@ -58,6 +63,8 @@ def load_recognizer(path: str, backend: Optional[str] = None, threads: int = 1) 
     ``backend`` given with a ``.aghmn`` model, ``ImportError`` when the runtime wheel is needed
     and not installed.
     """
+    if not os.path.exists(path):   # the checkpoint loader's message, without importing torch
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     if is_runtime_model(path):
         if backend is not None:
             raise ValueError(f"--backend {backend!r} applies to checkpoints; {path} is a .aghmn "

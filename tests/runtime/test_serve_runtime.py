@@ -98,5 +98,5 @@ def test_engine_choice_errors(model, monkeypatch):
     monkeypatch.setitem(sys.modules, "aghmn_runtime", None)   # the wheel not installed
     with pytest.raises(ImportError, match="aghmn-fast-runtime"):
         load_recognizer(path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_recognizer(path + ".missing")
