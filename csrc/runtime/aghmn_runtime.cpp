@@ -82,9 +82,9 @@ aghmn_status guarded(F&& f) {
   }
 }
 
-aghmn_status load_into(aghmn_model** out, const unsigned char* data, size_t size) {
+aghmn_status load_into(aghmn_model** out, std::vector<unsigned char> bytes) {
   if (out == nullptr) fail(AGHMN_ERR_INVALID_ARGUMENT, "out is NULL");
-  auto model = std::make_shared<const aghmn::rt::Model>(aghmn::rt::parse_model(data, size));
+  auto model = std::make_shared<const aghmn::rt::Model>(aghmn::rt::parse_model(std::move(bytes)));
   auto* handle = new aghmn_model{std::move(model)};
   register_handle(handle);
   *out = handle;
@@ -102,9 +102,9 @@ const char* aghmn_version(void) { return "0.1.0 (model format 1)"; }
 aghmn_status aghmn_model_load(const char* path, aghmn_model** out) {
   return guarded([&] {
     if (out == nullptr) fail(AGHMN_ERR_INVALID_ARGUMENT, "out is NULL");
-    const std::vector<unsigned char> data = aghmn::rt::read_file(path, "model");
+    std::vector<unsigned char> data = aghmn::rt::read_file(path, "model");
     try {
-      load_into(out, data.data(), data.size());
+      load_into(out, std::move(data));
     } catch (const Error& e) {
       fail(e.status(), std::string(path) + ": " + e.what());
     }
@@ -112,7 +112,12 @@ aghmn_status aghmn_model_load(const char* path, aghmn_model** out) {
 }
 
 aghmn_status aghmn_model_load_buffer(const void* data, size_t size, aghmn_model** out) {
-  return guarded([&] { load_into(out, static_cast<const unsigned char*>(data), size); });
+  return guarded([&] {
+    if (out == nullptr) fail(AGHMN_ERR_INVALID_ARGUMENT, "out is NULL");
+    if (data == nullptr && size > 0) fail(AGHMN_ERR_INVALID_ARGUMENT, "data is NULL");
+    const auto* p = static_cast<const unsigned char*>(data);
+    load_into(out, std::vector<unsigned char>(p, p + size));
+  });
 }
 
 void aghmn_model_free(aghmn_model* model) {

@@ -25,7 +25,7 @@ void cnn_reader(const Model& m, const int64_t* tokens, int64_t len, float* u) {
     for (int64_t t = 0; t < real; ++t) {
       std::copy(b, b + F, acc.begin());
       for (int64_t j = 0; j < k && t + j < len; ++j) {
-        const float* x = m.embed.data() + tokens[t + j] * E;
+        const float* x = m.embed + tokens[t + j] * E;
         const float* Wj = W + j * E * F;
         for (int64_t c = 0; c < E; ++c) {
           const float xc = x[c];

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <set>
 
+#include <sys/stat.h>
+
 #include "runtime/runtime_internal.h"
 #include "runtime/stream_calls.h"
 
@@ -85,7 +87,13 @@ std::vector<unsigned char> read_file(const char* path, const char* what) {
   FILE* f = std::fopen(path, "rb");
   if (f == nullptr)
     fail(AGHMN_ERR_IO, std::string("cannot open ") + what + " " + path + ": " + std::strerror(errno));
+  // One read into a buffer of the file's size (growing one in chunks costs copies and faults).
   std::vector<unsigned char> data;
+  struct stat st;
+  if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
+    data.resize(static_cast<size_t>(st.st_size));
+  size_t got = data.empty() ? 0 : std::fread(data.data(), 1, data.size(), f);
+  data.resize(got);
   unsigned char buf[1 << 16];
   size_t n;
   while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) data.insert(data.end(), buf, buf + n);
@@ -95,8 +103,9 @@ std::vector<unsigned char> read_file(const char* path, const char* what) {
   return data;
 }
 
-Model parse_model(const unsigned char* data, size_t size) {
-  if (data == nullptr && size > 0) fail(AGHMN_ERR_INVALID_ARGUMENT, "data is NULL");
+Model parse_model(std::vector<unsigned char> bytes) {
+  const unsigned char* data = bytes.data();
+  const size_t size = bytes.size();
   if (size < 8 || std::memcmp(data, kMagic, 8) != 0)
     fail(AGHMN_ERR_FORMAT, "not an .aghmn model file (no AGHMNRT magic)");
   if (size < 16 + 8) bad("truncated (" + std::to_string(size) + " bytes)");
@@ -174,14 +183,15 @@ Model parse_model(const unsigned char* data, size_t size) {
 
   if (sections[3].size != floats_bytes({d.V, d.E}))
     bad("section embed must hold V x E float32");
-  m.embed = read_floats(data + sections[3].offset, sections[3].size);
+  // Sections start at multiples of 64 from the buffer's start (malloc-aligned): floats are aligned.
+  m.embed = reinterpret_cast<const float*>(data + sections[3].offset);
 
   const int64_t total = packed_floats(d);
   if (d.packed_count != total || sections[4].size != floats_bytes({d.packed_count}))
     bad("section packed holds " + std::to_string(sections[4].size / 4) + " floats (dims say " +
         std::to_string(d.packed_count) + "); the stream kernel's layout for these dims needs " +
         std::to_string(total));
-  m.packed = read_floats(data + sections[4].offset, sections[4].size);
+  m.packed = reinterpret_cast<const float*>(data + sections[4].offset);
 
   if (d.reader == kReaderCNN) {
     const int64_t F = d.cnn_filters, E = d.E, H = d.H;
@@ -205,6 +215,7 @@ Model parse_model(const unsigned char* data, size_t size) {
     p += H * 3 * F;
     m.proj_b.assign(p, p + H);
   }
+  m.bytes = std::move(bytes);  // the pointers above stay valid: the buffer moves, not its bytes
   return m;
 }
 

@@ -67,7 +67,7 @@ void stream_round(const Model& m, const PushRound& r) {
   const cpu::StreamDims d = stream_dims(m.dims);
   cpu::StreamBatch<float> in{};
   in.B = r.B;
-  in.embedding = m.embed.data();
+  in.embedding = m.embed;
   in.tokens = r.tokens;
   in.tok_offsets = r.tok_offsets;
   in.u_given = r.u_given;
@@ -78,7 +78,7 @@ void stream_round(const Model& m, const PushRound& r) {
   in.store_rows = r.store_rows;
   in.u_out = r.u_out;
   in.probs = r.probs;
-  const float* w = m.packed.data();
+  const float* w = m.packed;
   const int64_t R = cpu::kStreamTileRows, tiles = (r.B + R - 1) / R;
   // Every conversation's window is read before any slot is overwritten.
   for_tiles(tiles, [&](int64_t t0, int64_t t1) {
