@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(or $(AGHMN_DATA),../shared/data/meld)
 DEMO_ARGS ?=
 
-.PHONY: install build test demo bench bench-pytest wheel-smoke cmake-check lint clean
+.PHONY: install build test demo bench bench-pytest wheel-smoke cmake-check lint runtime-check clean runtime-build runtime-wheel-smoke
 
 # The environment: torch and triton at the versions in constraints.txt (a CPU machine), the
 # package in editable mode with its test extras, as the README's install line does; the extension
@@ -44,6 +44,14 @@ bench-pytest: build
 wheel-smoke: build
 	.ci/wheel_smoke.sh $(PY)
 
+# The torch-free runtime's Python module (aghmn_runtime) built in place in runtime/, and its wheel
+# (aghmn-fast-runtime) installed into a fresh venv and smoke-tested there, torch absent.
+runtime-build: install
+	cd runtime && $(abspath $(PY)) setup.py -q build_ext --inplace
+
+runtime-wheel-smoke: build
+	.ci/runtime_wheel_smoke.sh $(PY)
+
 # Framework-free kernel core (and CUDA with nvcc when present): a compile check, no torch.
 cmake-check:
 	cmake -S . -B cmake-build -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -59,5 +67,17 @@ $(VENV)/bin/ruff: $(VENV)/.installed constraints.txt
 lint: $(VENV)/bin/ruff
 	$(VENV)/bin/ruff check .
 
+# The native runtime (docs/RUNTIME.md) under AddressSanitizer + UBSan: a tiny random-initialised
+# model exported with `aghmn-fast export`, the example C program on it and the fuzz test of
+# 10,000 mutated model files (ctest).
+RUNTIME_BUILD ?= cmake-build-runtime
+runtime-check: build
+	mkdir -p $(RUNTIME_BUILD)
+	$(PY) csrc/runtime/tests/make_tiny_model.py $(RUNTIME_BUILD)/tiny.aghmn
+	cmake -S . -B $(RUNTIME_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAGHMN_SANITIZE=ON \
+		-DAGHMN_RUNTIME_TEST_MODEL=$(abspath $(RUNTIME_BUILD))/tiny.aghmn >/dev/null
+	cmake --build $(RUNTIME_BUILD) -j 2 --target aghmn_classify fuzz_model
+	ctest --test-dir $(RUNTIME_BUILD) -R '^runtime_' --output-on-failure
+
 clean:
-	rm -rf build cmake-build aghmn_fast/_C*.so *.egg-info
+	rm -rf build cmake-build cmake-build-runtime aghmn_fast/_C*.so *.egg-info runtime/build runtime/aghmn_runtime/_native*.so

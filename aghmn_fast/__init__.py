@@ -9,21 +9,25 @@ Public entry points:
 - :class:`StreamingRecognizer`: real-time recognition, many conversations at once;
 - :mod:`aghmn_fast.nn`: ``AGRU``, a ``torch.nn.GRU``-style attention GRU layer.
 """
-import torch  # noqa: F401  (must be imported before the compiled extension)
-
-from . import reference
-from .ops import agru, backend_errors, backends, memory_bank, window_gru
-from .ops.validation import set_nan_check
-
 __version__ = "0.1.0"
+
+_OPS = ("agru", "backend_errors", "backends", "memory_bank", "window_gru")
 
 
 def __getattr__(name):
-    # Loaded on first use: the model, data and streaming layers are not needed by the ops.
+    # Loaded on first use, torch included (the ops import it before the compiled extension): a
+    # process that needs none of it, such as `aghmn-fast serve` of a .aghmn model on the native
+    # runtime, never imports torch.
+    if name in _OPS:
+        from . import ops
+        return getattr(ops, name)
+    if name == "set_nan_check":
+        from .ops.validation import set_nan_check
+        return set_nan_check
     if name == "StreamingRecognizer":
         from .streaming import StreamingRecognizer
         return StreamingRecognizer
-    if name in ("nn", "models", "streaming", "data", "train"):
+    if name in ("nn", "models", "streaming", "data", "train", "reference", "ops"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'aghmn_fast' has no attribute {name!r}")

@@ -14,8 +14,6 @@ import os
 import sys
 from typing import List, Optional
 
-import torch
-
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
 DATA_HELP = ("MELD directory holding {train,dev,test}_sent_emo.csv (default: $AGHMN_DATA, else "
              "../shared/data/meld relative to the current directory if it exists)")
@@ -108,6 +106,7 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, build_vocabulary, load_dataset, set_seed, train
 
     if args.threads:
+        import torch
         torch.set_num_threads(args.threads)
     iemocap = args.dataset == "iemocap"
     train_set, dev_set, test_set, labels = load_dataset(args.dataset, args.data)
@@ -211,7 +210,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: The modules that add subcommands (``add_parser(sub)`` and ``COMMANDS``).
-SUBCOMMAND_MODULES = ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli", "aghmn_fast.serving.cli")
+SUBCOMMAND_MODULES = ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli", "aghmn_fast.serving.cli",
+                      "aghmn_fast.export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,6 @@ import os
 import shlex
 from typing import Dict, List
 
-from .shapes import shape_by_id
-
 __all__ = ["add_parser", "cmd_bench", "options_from_args", "default_out_dir", "COMMANDS"]
 
 
@@ -42,15 +40,15 @@ def _threads(text: str) -> List[int]:
 
 def add_parser(sub) -> None:
     """Add the ``bench`` subcommand to the CLI's subparsers."""
-    from .suite import PARTS
     p = sub.add_parser("bench", help="benchmark the fused ops, the model and streaming against the "
                                      "baselines; write a JSON record, a report and plots",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="device to benchmark (default: %(default)s)")
-    p.add_argument("--ops", type=_csv, default=list(PARTS), metavar="LIST",
-                   help="parts to run, comma-separated among " + ",".join(PARTS)
-                   + " (default: all)")
+    # the parts are not imported here: that would import torch for every command of the CLI
+    p.add_argument("--ops", type=_csv, default=None, metavar="LIST",
+                   help="parts to run, comma-separated among agru,memory_bank,model,stream "
+                        "(default: all)")
     p.add_argument("--quick", action="store_true",
                    help="a few shapes and repeats, a few dozen dialogues (extrapolated); no "
                         "torch.compile unless --compile; under two minutes on 2 cores")
@@ -84,8 +82,14 @@ def add_parser(sub) -> None:
     p.add_argument("--name", default=None, help="results folder name (default: from the machine)")
 
 
+def _parts(args) -> List[str]:
+    """The --ops parts, all of them by default."""
+    from .suite import PARTS
+    return list(PARTS) if args.ops is None else args.ops
+
+
 def _command_line(args) -> str:
-    parts = ["aghmn-fast", "bench", "--device", args.device, "--ops", ",".join(args.ops),
+    parts = ["aghmn-fast", "bench", "--device", args.device, "--ops", ",".join(_parts(args)),
              "--threads", ",".join(map(str, args.threads))]
     if args.quick:
         parts.append("--quick")
@@ -114,9 +118,10 @@ def default_out_dir() -> str:
 
 def options_from_args(args):
     """The :class:`~aghmn_fast.bench.suite.SuiteOptions` that the parsed flags ask for."""
+    from .shapes import shape_by_id   # here: torch loads only when a command needs it
     from .suite import SuiteOptions
     return SuiteOptions(
-        device=args.device, parts=args.ops, quick=args.quick, threads=args.threads,
+        device=args.device, parts=_parts(args), quick=args.quick, threads=args.threads,
         out_dir=args.out_dir or default_out_dir(), shapes=[shape_by_id(s) for s in args.shapes] if args.shapes else None,
         compile=args.compile, compile_shapes=args.compile_shapes, tolerance=args.tolerance,
         backends=args.backends, data=args.data, model_dialogues=args.model_dialogues,

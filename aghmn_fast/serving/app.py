@@ -33,7 +33,6 @@ import os
 import time
 from typing import List, Optional, Tuple
 
-import torch
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -41,10 +40,10 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from ..streaming import StreamingRecognizer
 from .batcher import MicroBatcher, Overloaded
 from .engine import ConversationEngine, ServingError, check_conversation_id, check_index, check_text
 from .metrics import ServerMetrics
+from .recognizers import load_recognizer
 from .store import ConversationStore, open_store
 
 log = logging.getLogger("aghmn_fast.serving")
@@ -147,8 +146,7 @@ class ServingApp:
     def __init__(self, config: ServeConfig, store: Optional[ConversationStore] = None):
         config.validate()
         self.config = config
-        torch.set_num_threads(config.threads)
-        recognizer = StreamingRecognizer.from_checkpoint(config.checkpoint, backend=config.backend)
+        recognizer = load_recognizer(config.checkpoint, backend=config.backend, threads=config.threads)
         self.metrics = ServerMetrics()
         if store is None:
             store = open_store(config.state, recognizer.window, config.ttl_seconds)

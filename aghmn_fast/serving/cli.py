@@ -14,7 +14,9 @@ TOKEN_ENV = "AGHMN_SERVE_TOKEN"
 def add_parser(sub) -> None:
     """Add the ``serve`` subcommand to the CLI's subparsers."""
     p = sub.add_parser("serve", help="serve a checkpoint over HTTP and WebSocket (see docs/SERVING.md)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by aghmn-fast train")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint written by aghmn-fast train, or a model file written by "
+                        "aghmn-fast export (served on the native runtime, without torch)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--state", default="aghmn-serve-state.db",

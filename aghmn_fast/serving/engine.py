@@ -19,7 +19,7 @@ import re
 import time
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from ..streaming import StreamingRecognizer
+from .recognizers import Recognizer
 from .store import ConversationStore, StoreConflict
 
 log = logging.getLogger("aghmn_fast.serving")
@@ -88,7 +88,7 @@ class ConversationEngine:
             and opened (the server's Prometheus metrics).
     """
 
-    def __init__(self, recognizer: StreamingRecognizer, store: ConversationStore,
+    def __init__(self, recognizer: Recognizer, store: ConversationStore,
                  max_conversations: int = 20_000, ttl_seconds: Optional[float] = None, stats=None):
         if max_conversations < 1:
             raise ValueError(f"max_conversations must be >= 1, got {max_conversations}")

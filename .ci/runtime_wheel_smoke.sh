@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The runtime wheel as a user installs it: build aghmn-fast-runtime (runtime/), check its size
+# (<= 2 MB), install it with its one dependency (numpy) into a fresh venv outside the
+# repository, check torch is not installed there, and run .ci/runtime_smoke.py there on a tiny
+# model exported by this checkout.
+# Usage: .ci/runtime_wheel_smoke.sh [PYTHON of the development venv, default .venv/bin/python]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${1:-.venv/bin/python}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+"$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/dist" ./runtime
+WHEEL=$(ls "$WORK"/dist/aghmn_fast_runtime-*.whl)
+SIZE=$(stat -c %s "$WHEEL")
+echo "built $(basename "$WHEEL"): $SIZE bytes"
+[ "$SIZE" -le 2097152 ] || { echo "the runtime wheel is over 2 MB"; exit 1; }
+"$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); import runtime_common as c; \
+c.export(c.tiny_checkpoint(sys.argv[1]), sys.argv[2])" "$WORK/tiny.pt" "$WORK/tiny.aghmn"
+python3 -m venv "$WORK/venv"
+"$WORK/venv/bin/python" -m pip install -q "$WHEEL"
+if "$WORK/venv/bin/python" -m pip show torch >/dev/null 2>&1; then
+    echo "torch was installed with the runtime wheel"; exit 1
+fi
+cp .ci/runtime_smoke.py "$WORK/runtime_smoke.py"
+cd "$WORK"
+"$WORK/venv/bin/python" runtime_smoke.py "$WORK/tiny.aghmn"

@@ -1,0 +1,108 @@
+/* aghmn_runtime.h: the C API of the native AGHMN runtime (C99; no C++ types, no exceptions cross
+ * it). Load a model exported by `aghmn-fast export` (format version 1, docs/RUNTIME.md), open a
+ * session, push UTF-8 utterances of many conversations, get float32 class probabilities.
+ *
+ * Errors: every function that can fail returns an aghmn_status; on failure aghmn_last_error()
+ * returns a message describing it (thread-local: the last failure of the calling thread, valid
+ * until that thread's next failing call). NULL pointers, invalid UTF-8, empty or whitespace-only
+ * text, unknown conversations and (where detectable) handles already freed give an error code,
+ * never a crash. Output arguments are written only on success.
+ *
+ * Thread safety: an aghmn_model is immutable once loaded and may be shared by any number of
+ * threads and sessions (a session keeps its model alive: freeing the model while sessions use it
+ * is allowed). An aghmn_session must be used by one thread at a time (it holds the conversation
+ * table and the ring store, updated in place); give each thread its own session or serialise the
+ * calls. Distinct sessions may run in parallel. Functions without a handle (aghmn_version,
+ * aghmn_normalize, aghmn_last_error) are safe from any thread.
+ *
+ * Strings: conversation ids and texts are byte strings with explicit lengths (not NUL-terminated;
+ * a pointer may be NULL when its length is 0). Texts must be valid UTF-8; ids are arbitrary bytes.
+ */
+#ifndef AGHMN_RUNTIME_H
+#define AGHMN_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define AGHMN_API __declspec(dllexport)
+#else
+#define AGHMN_API __attribute__((visibility("default")))
+#endif
+
+typedef struct aghmn_model aghmn_model;     /* immutable once loaded: share across threads */
+typedef struct aghmn_session aghmn_session; /* conversations + ring store: one thread at a time */
+
+typedef enum {
+  AGHMN_OK = 0,
+  AGHMN_ERR_INVALID_ARGUMENT = 1, /* NULL pointer, invalid UTF-8, empty text, bad size, freed handle */
+  AGHMN_ERR_IO = 2,               /* a file could not be opened, read, written or renamed */
+  AGHMN_ERR_FORMAT = 3,           /* not a model / state file, corrupt, truncated, another model */
+  AGHMN_ERR_VERSION = 4,          /* a format version this runtime does not read */
+  AGHMN_ERR_UNKNOWN_CONVERSATION = 5,
+  AGHMN_ERR_NO_MEMORY = 6,
+  AGHMN_ERR_INTERNAL = 7
+} aghmn_status;
+
+/* Message of this thread's last failure ("" if none). */
+AGHMN_API const char *aghmn_last_error(void);
+/* Runtime version, e.g. "0.1.0 (model format 1)". */
+AGHMN_API const char *aghmn_version(void);
+
+/* Load a .aghmn model from a file or from memory (the buffer is copied; it may be freed after). */
+AGHMN_API aghmn_status aghmn_model_load(const char *path, aghmn_model **out);
+AGHMN_API aghmn_status aghmn_model_load_buffer(const void *data, size_t size, aghmn_model **out);
+AGHMN_API void aghmn_model_free(aghmn_model *model); /* NULL ok */
+AGHMN_API int aghmn_model_num_labels(const aghmn_model *model);          /* -1 on NULL */
+AGHMN_API const char *aghmn_model_label(const aghmn_model *model, int i); /* NUL-terminated; NULL if out of range */
+AGHMN_API int aghmn_model_window(const aghmn_model *model);              /* K; -1 on NULL */
+
+AGHMN_API aghmn_status aghmn_session_create(const aghmn_model *model, aghmn_session **out);
+AGHMN_API void aghmn_session_free(aghmn_session *session); /* NULL ok */
+
+/* Classify the next utterance of conversation `id` (opened on its first utterance): probs gets
+ * num_labels floats; index (if not NULL) the utterance's 0-based position in its conversation. */
+AGHMN_API aghmn_status aghmn_push(aghmn_session *s, const char *id, size_t id_len,
+                                  const char *text, size_t text_len, float *probs,
+                                  int64_t *index);
+/* n utterances in order; a conversation may appear several times (later items see earlier
+ * ones). Everything is validated before any state changes (all or nothing). probs gets
+ * n * num_labels floats (row i for item i), indices (if not NULL) n positions. n = 0 is a no-op. */
+AGHMN_API aghmn_status aghmn_push_many(aghmn_session *s, size_t n, const char *const *ids,
+                                       const size_t *id_lens, const char *const *texts,
+                                       const size_t *text_lens, float *probs, int64_t *indices);
+/* Forget a conversation (AGHMN_ERR_UNKNOWN_CONVERSATION if it is not open). */
+AGHMN_API aghmn_status aghmn_close(aghmn_session *s, const char *id, size_t id_len);
+/* Utterances pushed to a conversation (0 for one that is not open). */
+AGHMN_API aghmn_status aghmn_utterances_seen(const aghmn_session *s, const char *id,
+                                             size_t id_len, int64_t *out);
+/* Open conversations (0 on NULL). */
+AGHMN_API size_t aghmn_num_conversations(const aghmn_session *s);
+/* Id of open conversation i (0 <= i < aghmn_num_conversations, in no particular order, stable
+ * until the next call that opens or closes one): *id points into the session (valid until then),
+ * *id_len its length. */
+AGHMN_API aghmn_status aghmn_conversation_id(const aghmn_session *s, size_t i, const char **id,
+                                             size_t *id_len);
+
+/* Write every open conversation's state (versioned, checksummed, tied to the model), atomically
+ * (a temporary file in the same folder, then rename). */
+AGHMN_API aghmn_status aghmn_session_save(const aghmn_session *s, const char *path);
+/* Replace all conversations with a saved state of the same model; on any error the session is
+ * left untouched (a state of another model: AGHMN_ERR_FORMAT). */
+AGHMN_API aghmn_status aghmn_session_load(aghmn_session *s, const char *path);
+
+/* normalize() of aghmn_fast.data.text over UTF-8 text: the result is `*needed` bytes (ASCII);
+ * when cap > *needed it is written to out with a terminating NUL, else AGHMN_ERR_INVALID_ARGUMENT
+ * ("buffer too small") and *needed still tells the size (out may be NULL when cap is 0). */
+AGHMN_API aghmn_status aghmn_normalize(const char *text, size_t len, char *out, size_t cap,
+                                       size_t *needed);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AGHMN_RUNTIME_H */

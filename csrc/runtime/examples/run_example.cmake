@@ -1,0 +1,22 @@
+# ctest: runs the example C program on dialogue.tsv and checks one line per utterance with the
+# right conversation indices (d1: 0, 1, 2; d2: 0, 1) and a label name.
+execute_process(COMMAND ${CLASSIFY} ${MODEL} INPUT_FILE ${INPUT} OUTPUT_VARIABLE out
+                ERROR_VARIABLE err RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "aghmn_classify exited ${rc}: ${err}")
+endif()
+string(REGEX MATCHALL "[^\n]+" lines "${out}")
+list(LENGTH lines n)
+if(NOT n EQUAL 5)
+  message(FATAL_ERROR "expected 5 lines, got ${n}:\n${out}")
+endif()
+set(expected "d1\t0\t" "d2\t0\t" "d1\t1\t" "d1\t2\t" "d2\t1\t")
+foreach(i RANGE 4)
+  list(GET lines ${i} line)
+  list(GET expected ${i} prefix)
+  string(FIND "${line}" "${prefix}" at)
+  if(NOT at EQUAL 0 OR line MATCHES "\t$")
+    message(FATAL_ERROR "line ${i} is '${line}', expected '${prefix}<label>'")
+  endif()
+endforeach()
+message(STATUS "aghmn_classify:\n${out}")

@@ -1,0 +1,36 @@
+// The runtime's only door into the stream kernel (csrc/stream/stream_cpu.h, the same source the
+// torch "push" path runs): every call into that header is in stream_calls.cpp, so a change of
+// the kernel's entry points touches one file here.
+#pragma once
+#include <cstdint>
+
+#include "runtime/model.h"
+
+namespace aghmn {
+namespace rt {
+
+// Floats of the packed weights the kernel expects for these dims (stream_layout<float>.total).
+int64_t packed_floats(const ModelDims& d);
+
+// One round of B distinct conversations (as aghmn::cpu::StreamBatch; tokens for the BiGRU
+// reader, u_given [B, H] for the CNN reader).
+struct PushRound {
+  int64_t B;
+  const int64_t* tokens;
+  const int64_t* tok_offsets;  // [B + 1]
+  const float* u_given;
+  const int64_t* blocks;
+  const int64_t* counts;
+  float* u_store;     // [rows, H]
+  float* proj_store;  // [max(D, 1), rows, 3H]
+  int64_t store_rows;
+  float* u_out;  // [B, H]
+  float* probs;  // [B, C]
+};
+
+// Probabilities of every conversation of the round, then the new utterances written into the
+// ring store (in tiles, as the torch push path).
+void stream_round(const Model& m, const PushRound& r);
+
+}  // namespace rt
+}  // namespace aghmn

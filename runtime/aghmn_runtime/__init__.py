@@ -1,0 +1,158 @@
+"""aghmn_runtime: AGHMN streaming emotion recognition from an exported ``.aghmn`` model file, on
+the native runtime (C++ core and C API, no PyTorch). Its only dependency is numpy.
+
+    rec = aghmn_runtime.StreamingRecognizer("model.aghmn")
+    p = rec.push("conv-1", "Hi there!")        # Prediction(label=..., probabilities=...)
+
+The API mirrors ``aghmn_fast.StreamingRecognizer`` (push, push_many, close, utterances_seen,
+conversations, save_state / load_state, labels, window) and adds :meth:`push_many_arrays`
+(numpy arrays out, no per-item objects) and :func:`normalize`. Conversation ids are str.
+Errors are Python exceptions carrying the C API's message: ``ValueError`` (bad input, invalid
+UTF-8, empty text, a bad model or state file), ``KeyError`` (unknown conversation),
+``OSError`` (files), ``TypeError`` (wrong types, wrong array dtype).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import numpy as np
+
+from . import _native
+
+__all__ = ["Prediction", "StreamingRecognizer", "normalize", "__version__"]
+__version__ = "0.1.0"
+
+
+@dataclasses.dataclass
+class Prediction:
+    """The recognizer's answer for one utterance (as ``aghmn_fast.streaming.Prediction``)."""
+    conversation_id: str
+    index: int            # position of the utterance in its conversation (0-based)
+    label: str
+    label_id: int
+    probabilities: Dict[str, float]
+    latency_ms: float     # wall time of the push / push_many call that produced it
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (the ``aghmn-fast stream`` output line)."""
+        return {"id": self.conversation_id, "index": self.index, "label": self.label,
+                "probabilities": self.probabilities, "latency_ms": round(self.latency_ms, 4)}
+
+
+def normalize(text: str) -> str:
+    """The authors' text normalisation (``aghmn_fast.data.text.normalize``): lower case, accents
+    stripped (NFD), every character outside [a-z!?] a space, spaces collapsed and stripped."""
+    return _native.normalize(text)
+
+
+def _existing_file(path, what: str) -> str:
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        raise TypeError(f"{what} must be a str or os.PathLike path, got {type(path).__name__}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    return path
+
+
+class StreamingRecognizer:
+    """Streams utterances of many live conversations through an exported ``.aghmn`` model.
+
+    Args:
+        path: the model file written by ``aghmn-fast export``.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not a
+    valid model (wrong magic, format version, checksum, bounds).
+
+    One recognizer serialises its calls (a lock around the native session), so sharing it
+    between threads is safe but not parallel; give each thread its own for parallelism (they
+    may load the same file). :meth:`release` (or a ``with`` block) frees the native memory now.
+    """
+
+    def __init__(self, path):
+        self._model = _native.Model(_existing_file(path, "model file"))
+        self._session = _native.Session(self._model)
+        self.labels: List[str] = self._model.labels
+        self.label_names = self.labels   # the name aghmn_fast's recognizer uses
+        self.window: int = self._model.window
+
+    @classmethod
+    def from_file(cls, path) -> "StreamingRecognizer":
+        """The same as ``StreamingRecognizer(path)``."""
+        return cls(path)
+
+    # ---- pushes --------------------------------------------------------------------------------
+    def push(self, conversation_id: str, utterance_text: str) -> Prediction:
+        """Classify the next utterance of a conversation (opened on its first utterance)."""
+        start = time.perf_counter()
+        probs, index = self._session.push(conversation_id, utterance_text)
+        prediction = self._prediction(conversation_id, index, probs)
+        prediction.latency_ms = (time.perf_counter() - start) * 1e3
+        return prediction
+
+    def push_many(self, items: Iterable[Tuple[str, str]]) -> List[Prediction]:
+        """Classify a batch of (conversation_id, utterance_text) pairs.
+
+        A conversation may appear several times; its utterances are then taken in order. Every
+        item is validated before any state changes.
+        """
+        start = time.perf_counter()
+        if not isinstance(items, (list, tuple)):
+            items = list(items)
+        probs, indices = self._session.push_items(items)
+        out = [self._prediction(cid, index, p) for (cid, _), index, p
+               in zip(items, indices.tolist(), probs)]
+        latency = (time.perf_counter() - start) * 1e3
+        for p in out:
+            p.latency_ms = latency
+        return out
+
+    def push_many_arrays(self, ids: Sequence[str], texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """``push_many`` without per-item objects: ``ids`` and ``texts`` are parallel sequences of
+        str (lists, tuples or numpy arrays of dtype str/object); returns (probabilities float32
+        [n, C], indices int64 [n])."""
+        return self._session.push_many(ids, texts)
+
+    # ---- conversations -------------------------------------------------------------------------
+    def close(self, conversation_id: str) -> None:
+        """Forget a conversation and free its slots. Unknown ids raise ``KeyError``."""
+        self._session.close(conversation_id)
+
+    def utterances_seen(self, conversation_id: str) -> int:
+        """How many utterances of the conversation were pushed (0 if unknown)."""
+        return self._session.utterances_seen(conversation_id)
+
+    def conversations(self) -> List[str]:
+        """Ids of the open conversations."""
+        return self._session.conversations()
+
+    def save_state(self, path) -> None:
+        """Write every open conversation's state, atomically (loadable with :meth:`load_state`
+        of a recognizer of the same model)."""
+        self._session.save(os.fspath(path))
+
+    def load_state(self, path) -> None:
+        """Replace all conversations with those saved by :meth:`save_state` of the same model.
+
+        A missing file raises ``FileNotFoundError``; a corrupted state or one saved by another
+        model raises ``ValueError`` and leaves the current state untouched.
+        """
+        self._session.load(_existing_file(path, "state file"))
+
+    # ---- lifetime ------------------------------------------------------------------------------
+    def release(self) -> None:
+        """Free the native session now (later calls raise ``ValueError``)."""
+        self._session.release()
+
+    def __enter__(self) -> "StreamingRecognizer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _prediction(self, cid, index: int, probs) -> Prediction:
+        p = probs.tolist()
+        best = max(range(len(p)), key=p.__getitem__)
+        return Prediction(cid, index, self.labels[best], best, dict(zip(self.labels, p)), 0.0)
