@@ -261,7 +261,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (OSError, ValueError):
             pass
         return _fail(command, "output closed early (broken pipe)", EXIT_BROKEN_PIPE)
-    except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as exc:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+            ValueError) as exc:
         if debug:
             raise
         return _fail(command, f"error: {_one_line(exc)}", EXIT_USAGE)

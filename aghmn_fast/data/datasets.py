@@ -94,6 +94,17 @@ def _label_index(labels: Sequence[str]) -> dict[str, int]:
     return {name.strip().lower(): i for i, name in enumerate(labels)}
 
 
+def require_directory(path: str, what: str, holding: str, hint: str = "") -> None:
+    """Raise unless ``path`` is an existing directory: ``FileNotFoundError`` when nothing is
+    there, ``NotADirectoryError`` when it is a file (a user who passed ``--data FILE`` learns
+    that, not that the path is missing). ``what`` names the directory, ``holding`` its files."""
+    advice = f"pass the directory holding {holding} with --data or set AGHMN_DATA{hint}"
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{what} {path} is a file, not a directory ({advice})")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{what} not found: {path} ({advice})")
+
+
 def load_meld(root: str | None, split: str) -> list[Dialogue]:
     """Load one MELD split ("train", "dev" or "test") from ``{root}/{split}_sent_emo.csv``.
 
@@ -114,11 +125,9 @@ def load_meld(root: str | None, split: str) -> list[Dialogue]:
     if root is None:
         root = default_meld_root()
     root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"MELD data directory not found: {root} (pass the directory "
-                                "holding {train,dev,test}_sent_emo.csv with --data or set "
-                                "AGHMN_DATA; MELD's CSVs come from github.com/declare-lab/MELD, "
-                                "data/MELD/, see the README)")
+    require_directory(root, "MELD data directory", "{train,dev,test}_sent_emo.csv",
+                      "; MELD's CSVs come from github.com/declare-lab/MELD, data/MELD/, see the "
+                      "README")
     path = os.path.join(root, f"{split}_sent_emo.csv")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MELD file not found: {path}")
