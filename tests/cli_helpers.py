@@ -1,5 +1,6 @@
 """Run the CLI (or a script) as a user does, in a subprocess, and check its failure is one
 clean line on stderr with the documented exit code."""
+import json
 import os
 import subprocess
 import sys
@@ -21,3 +22,32 @@ def assert_one_clean_line(proc, code, *fragments):
     for fragment in fragments:
         assert fragment in err, (fragment, err)
     return err
+
+
+LABELS = ("neutral", "joy", "anger")
+TEXTS = ("calm and fine", "wow", "so angry now")
+
+
+def tiny_checkpoint(path):
+    """A small untrained AGHMN checkpoint at ``path`` (word reader, random 8-d vectors)."""
+    import torch
+
+    from aghmn_fast.data import Dialogue
+    from aghmn_fast.models import AGHMN, AGHMNConfig
+    from aghmn_fast.train import build_vocabulary, save_checkpoint
+
+    vocab = build_vocabulary([[Dialogue("0", ["A"] * 3, list(TEXTS), [0, 1, 2])]], min_count=1)
+    cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=8, num_classes=len(LABELS),
+                      hidden_size=6, window=3)
+    torch.manual_seed(0)
+    save_checkpoint(str(path), AGHMN(cfg, torch.randn(len(vocab), 8)).eval(), vocab, list(LABELS))
+    return path
+
+
+def tiny_json_dataset(folder):
+    """``folder``/{train,dev,test}.json in the authors' layout (MELD labels), a few dialogues."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dialogue = [{"speaker": "A", "utterance": t, "emotion": l} for t, l in zip(TEXTS, LABELS)]
+    for split in ("train", "dev", "test"):
+        (folder / f"{split}.json").write_text(json.dumps([dialogue] * 4))
+    return folder
