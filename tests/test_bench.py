@@ -219,7 +219,7 @@ def test_never_overwrites_a_tracked_file(tmp_path, capsys):
     args = ["bench", "--ops", "agru", "--shapes", "B2-T3-H8", "--threads", "1", "--quick",
             "--out-dir", str(tmp_path), "--name", "box"]
     assert cli.main(args) == 2
-    assert "refusing to overwrite files tracked by git" in capsys.readouterr().out
+    assert "refusing to overwrite files tracked by git" in capsys.readouterr().err
     assert (out / "bench-quick.json").read_text() == "committed\n"
     assert suite.tracked_files([str(tmp_path / "elsewhere" / "x.json")]) == []
 
