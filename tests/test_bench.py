@@ -329,6 +329,7 @@ def test_compiled_baseline_machinery(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.matrix  # inductor's codegen and C++ compile: minutes on 2 cores
 def test_compiled_baseline_with_inductor(tmp_path):
     record = _compiled_rows(tmp_path, [TINY[0].id])
     ok = [r for r in _rows(record, backend="reference-compiled") if r["status"] != "skipped"]
