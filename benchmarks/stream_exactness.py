@@ -13,7 +13,7 @@ import json
 import random
 import time
 
-from aghmn_fast.cli import DATA_HELP, debug_requested, run_program
+from aghmn_fast.cli import DATA_HELP, debug_requested, run_program, show_encoding_progress
 
 
 def main(argv=None) -> int:
@@ -43,6 +43,7 @@ def _run(args) -> int:
     torch.set_num_threads(args.threads)
     dialogues = load_meld(args.data, args.split)  # first: a missing MELD fails in a second
     rec = StreamingRecognizer.from_checkpoint(args.checkpoint)
+    show_encoding_progress(rec.model)  # a sentence reader encodes the whole split first
     if args.path is not None:
         rec = StreamingRecognizer(rec.model, vocab=rec.vocab, label_names=rec.label_names,
                                   path=args.path)
