@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(or $(AGHMN_DATA),../shared/data/meld)
 DEMO_ARGS ?=
 
-.PHONY: install build test test-matrix demo bench bench-pytest wheel-smoke cmake-check clean
+.PHONY: install build test test-matrix demo bench bench-pytest wheel-smoke cmake-check lint clean
 
 # The environment: torch and triton at the versions in constraints.txt (a CPU machine), the
 # package in editable mode with its test extras, as the README's install line does; the extension
@@ -57,6 +57,15 @@ cmake-check:
 	cmake -S . -B cmake-build -DCMAKE_BUILD_TYPE=Release >/dev/null
 	cmake --build cmake-build -j 2
 	ctest --test-dir cmake-build --output-on-failure
+
+# The linter (ruff, configured in pyproject.toml, version pinned in constraints.txt): a check,
+# never a rewrite (no --fix, no format).
+$(VENV)/bin/ruff: $(VENV)/.installed constraints.txt
+	$(PY) -m pip install -q -c constraints.txt ruff
+	touch $@
+
+lint: $(VENV)/bin/ruff
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf build cmake-build aghmn_fast/_C*.so *.egg-info

@@ -6,12 +6,20 @@ The sources are organised by op (``csrc/library.cpp`` holds every schema; ``csrc
 and bindings; ``csrc/common/`` the shared headers; ``csrc/tests/`` is not part of the extension).
 C++ sources (``*.cpp``) are always built; CUDA sources (``*.cu``) only when the
 installed torch has CUDA and a CUDA toolkit is found (set ``AGHMN_NO_CUDA=1`` to skip them).
-``AGHMN_SKIP_EXT=1`` installs without building the extension. ``AGHMN_NATIVE=1`` adds ``-march=native`` (off by default so that wheels stay portable).
+``AGHMN_SKIP_EXT=1`` installs without building the extension. ``AGHMN_NATIVE=1`` adds
+``-march=native`` (off by default so that wheels stay portable).
 """
 import glob
 import os
+import runpy
 
 from setuptools import setup
+
+
+def cuda_arches():
+    """The names of aghmn_fast/ops/cuda_arches.py (the GPU architectures), read without importing
+    the package, which needs this build."""
+    return runpy.run_path(os.path.join("aghmn_fast", "ops", "cuda_arches.py"))
 
 
 def extension_sources(ext):
@@ -46,10 +54,9 @@ def extensions():
     )
     if with_cuda:
         # no --use_fast_math: its tanh.approx (rel. error ~5e-4) would break the fp32 tolerances
-        nvcc = ["-O3", "-lineinfo", "--threads=0",  # the three targets compiled in parallel
-                "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
-                # PTX too: GPUs newer than sm_90 JIT-compile it (forward compatibility)
-                "-gencode=arch=compute_90,code=compute_90"]
+        # --threads=0: the targets compiled in parallel; the architectures (SASS, and PTX that
+        # newer GPUs JIT-compile) are the one list of aghmn_fast/ops/cuda_arches.py
+        nvcc = ["-O3", "-lineinfo", "--threads=0", *cuda_arches()["gencode_flags"]()]
         return [CUDAExtension("aghmn_fast._C", cpu_sources + cuda_sources,
                               include_dirs=include_dirs,
                               define_macros=[("AGHMN_WITH_CUDA", "1")],

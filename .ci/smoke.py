@@ -1,7 +1,6 @@
 """Smoke test of an installed aghmn_fast (run from outside the repository by wheel_smoke.sh)."""
 import os
 import subprocess
-import sys
 
 import torch
 

@@ -8,6 +8,7 @@ Errors are one line on stderr; ``--debug`` (or ``AGHMN_DEBUG=1``) shows the trac
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
@@ -223,6 +224,10 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
+#: The modules that add subcommands (``add_parser(sub)`` and ``COMMANDS``).
+SUBCOMMAND_MODULES = ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli", "aghmn_fast.serving.cli")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``aghmn-fast``; a bad command line raises :class:`UsageError`."""
     parser = _Parser(prog="aghmn-fast", description=__doc__,
@@ -231,11 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_demo_stream(sub)
-    for module_name in ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli", "aghmn_fast.serving.cli"):
-        try:
-            module = __import__(module_name, fromlist=["add_parser", "run"])
-        except ImportError:
-            continue
+    # These modules import their optional dependencies only when a command runs (a missing
+    # extra is then one clean line, see main), so importing them must not fail: a module that
+    # does is broken and fails here, loudly, instead of silently losing its subcommand.
+    for module_name in SUBCOMMAND_MODULES:
+        module = importlib.import_module(module_name)
         module.add_parser(sub)
         COMMANDS.update(module.COMMANDS)
     for command in sub.choices.values():

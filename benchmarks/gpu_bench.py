@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU benchmark of the two hot ops: every fused backend against the baselines.
 
-Compared, on the same inputs and shapes (``benchmarks/shapes.py``), forward (under no_grad) and
+Compared, on the same inputs and shapes (``aghmn_fast/bench/shapes.py``), forward (under no_grad) and
 forward+backward (gradients of a sum into every input):
 
 - every backend in ``aghmn_fast.ops.backends(device)`` ("cuda", "triton", ..., "reference" =
@@ -33,13 +33,11 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
+import torch
+
+from aghmn_fast.bench.shapes import SHAPES
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)  # shapes.py sits next to this script
-
-import torch  # noqa: E402
-
-from shapes import SHAPES  # noqa: E402
 
 OPS = ("agru", "memory_bank")
 MODES = ("forward", "forward+backward")

@@ -11,14 +11,17 @@ Stages, in order (``--stages`` picks some):
 ==============  ==================================================================================
 env             versions card: python, torch (+CUDA, cuDNN), triton, nvcc, driver, GPU, packages
 build           ``setup.py build_ext --inplace`` (C++ and CUDA); on failure a CPU-only build, so
-                that the Triton stages still get the extension's CPU parts
-tests           pytest of the GPU test files with ``AGHMN_TRITON_GPU=1`` (compiled Triton, CUDA)
+                that the Triton stages still get the extension's CPU parts; its timeout grows
+                as the machine's cores shrink (``build_seconds``)
+tests           pytest of the GPU test files with ``AGHMN_TRITON_GPU=1`` (compiled Triton, CUDA):
+                first the conformance sweep's representative cases (one shape per test,
+                implementation and dtype), then the rest with the time left
 compile         offline Triton compile report for this card's architecture (registers, spills)
 correctness     every op and backend on the GPU against the reference in fp64: outputs and
                 gradients in fp32, bf16 and fp16; bitwise determinism of the backward
 timing          ``benchmarks/gpu_bench.py`` on the standard shapes (CUDA events), incl. nn.GRU
 stream          streaming on the GPU: one conversation at K = 40, 1,024 and 10,000 concurrent
-                conversations, every available step path (CUDA graph included) against "ops"
+                conversations, every available streaming mode (CUDA graph included) against "ops"
 plots           PNG plots of the timing table (matplotlib optional: a note when missing)
 ==============  ==================================================================================
 
@@ -60,6 +63,20 @@ STAGES: List[Tuple[str, int, int]] = [
     ("plots", 30, 5),
 ]
 STAGE_NAMES = [s[0] for s in STAGES]
+
+
+def build_seconds(cores: int) -> int:
+    """The build stage's timeout for a machine with ``cores`` CPUs: nvcc and the C++ compiler
+    run one file per core, and a build on 2 busy cores was killed at 215 s, so few cores get
+    more time (2: 360 s, 4: 240 s, 8: 180 s, 16 and more: 150 s)."""
+    return max(150, min(360, 120 + 480 // max(1, cores)))
+
+
+def nominal_seconds(name: str) -> int:
+    """A stage's timeout before the budget is shared out (the build's by the cores found)."""
+    if name == "build":
+        return build_seconds(os.cpu_count() or 1)
+    return next(n for s, n, _ in STAGES if s == name)
 NO_GPU = "skipped: no CUDA device"
 SKIPPED_RC = 3
 # The test files that use a GPU, most valuable first (a timeout keeps the verbose log of what
@@ -208,23 +225,54 @@ def stage_build(out: str, timeout: float) -> Dict:
     return report
 
 
+#: The test stage's passes, in order: the conformance sweep's representative cases (one shape
+#: per test, implementation and dtype: tests/ops/conftest.py, AGHMN_OPS_SUBSET), then every
+#: other case and the other GPU test files with the time left, so that the stage reports every
+#: check on some shape even when it cannot finish.
+TEST_PASSES = (("first", ["tests/ops"]), ("rest", GPU_TESTS))
+
+
+def test_pass_commands(xml_dir: str) -> List[Tuple[str, List[str], str]]:
+    """``(subset, pytest command, junit path)`` of each pass of :data:`TEST_PASSES`."""
+    passes = []
+    for subset, wanted in TEST_PASSES:
+        files = [f for f in wanted if os.path.exists(os.path.join(ROOT, f))]
+        xml = os.path.join(xml_dir, f"tests-{subset}-junit.xml")
+        # --continue-on-collection-errors: a test module that cannot import here (a package the
+        # image lacks) costs its own tests, not the whole run.
+        cmd = [sys.executable, "-m", "pytest", "-v", "-rfEs", "-p", "no:cacheprovider",
+               "--continue-on-collection-errors", f"--junitxml={xml}", "-m", "not slow",
+               # the SIMT-emulated CUDA tests run on the CPU: CI has them, the loan has no time
+               "-k", "not emulated", *files]
+        passes.append((subset, cmd, xml))
+    return passes
+
+
 def stage_tests(out: str, timeout: float) -> Dict:
-    """pytest of the GPU test files on the GPU; counts from the JUnit XML."""
+    """pytest of the GPU test files on the GPU, in :data:`TEST_PASSES` order; counts from the
+    JUnit XML of each pass."""
     if not _cuda():
         return {"status": NO_GPU}
-    env = dict(os.environ, AGHMN_TRITON_GPU="1", PYTHONPATH=ROOT)
-    env.pop("TRITON_INTERPRET", None)
-    xml = os.path.join(out, "tests-junit.xml")
-    files = [f for f in GPU_TESTS if os.path.exists(os.path.join(ROOT, f))]
-    # --continue-on-collection-errors: a test module that cannot import here (a package the
-    # image lacks) costs its own tests, not the whole run.
-    cmd = [sys.executable, "-m", "pytest", "-v", "-rfEs", "-p", "no:cacheprovider",
-           "--continue-on-collection-errors", f"--junitxml={xml}", "-m", "not slow",
-           # the SIMT-emulated CUDA tests run on the CPU: CI has them, the loan has no time
-           "-k", "not emulated", *files]
-    rc, log = run_bounded(cmd, timeout - 10, cwd=ROOT, env=env)
+    deadline = time.perf_counter() + timeout - 10
+    report: Dict = {"passes": []}
+    for subset, cmd, xml in test_pass_commands(out):
+        left = deadline - time.perf_counter()
+        if left < 15:
+            report["passes"].append({"subset": subset, "skipped": "no time left"})
+            report["incomplete"] = "stopped at the stage deadline"
+            break
+        env = dict(os.environ, AGHMN_TRITON_GPU="1", PYTHONPATH=ROOT, AGHMN_OPS_SUBSET=subset)
+        env.pop("TRITON_INTERPRET", None)
+        result = _pytest_pass(cmd, xml, left, env, os.path.join(out, "logs", f"tests-{subset}.log"))
+        report["passes"].append({"subset": subset, **result})
+    report["ok"] = all(p.get("ok") for p in report["passes"]) and "incomplete" not in report
+    return report
+
+
+def _pytest_pass(cmd: List[str], xml: str, timeout: float, env: Dict, log_path: str) -> Dict:
+    rc, log = run_bounded(cmd, timeout, cwd=ROOT, env=env)
     log = _machine_free(log)
-    with open(os.path.join(out, "logs", "tests.log"), "w") as f:
+    with open(log_path, "w") as f:
         f.write(log)
     counts: Dict = {}
     if os.path.exists(xml):
@@ -418,14 +466,14 @@ def timing_targets(results: List[Dict]) -> List[Dict]:
     return out
 
 
-STREAM_PATHS = ("graph", "step", "ops")
+STREAM_MODES = ("graph", "step", "ops")
 
 
 def stream_report(device, windows=(40, 10), concurrency=(1024, 10000), extra=30,
                   deadline: float = float("inf")) -> Dict:
-    """Streaming latency and throughput on ``device`` for every available push path, with a
-    random-weight model of the paper's size and random texts (no data set needed); each path's
-    probabilities are compared with the "ops" path (the model's own layers)."""
+    """Streaming latency and throughput on ``device`` for every available streaming mode, with a
+    random-weight model of the paper's size and random texts (no data set needed); each mode's
+    probabilities are compared with the "ops" mode (the model's own layers)."""
     import torch
     from aghmn_fast.bench.stream import build_model
     from aghmn_fast.data import MELD_LABELS, Vocabulary
@@ -443,42 +491,42 @@ def stream_report(device, windows=(40, 10), concurrency=(1024, 10000), extra=30,
     report: Dict = {"device": str(device), "rows": []}
     for K in windows:
         model = build_model(K, vocab, None).to(device)
-        paths = []
-        for path in STREAM_PATHS:
+        recognizers = []
+        for mode in STREAM_MODES:
             try:
-                paths.append((path, StreamingRecognizer(model, device, vocab=vocab,
-                                                        label_names=MELD_LABELS, path=path)))
+                recognizers.append((mode, StreamingRecognizer(
+                    model, device, vocab=vocab, label_names=MELD_LABELS, mode=mode)))
             except (ValueError, RuntimeError) as exc:
-                report["rows"].append({"K": K, "path": path, "unavailable": str(exc)[:300]})
+                report["rows"].append({"K": K, "mode": mode, "unavailable": str(exc)[:300]})
         texts = [text() for _ in range(K + extra)]
         probs = {}
-        for path, rec in paths:
+        for mode, rec in recognizers:
             if time.perf_counter() > deadline:
                 report["incomplete"] = "stopped at the stage deadline"
                 break
             try:
-                row = _stream_path(rec, path, K, texts, probs, sync,
+                row = _stream_mode(rec, mode, K, texts, probs, sync,
                                    concurrency if K == windows[0] else (), deadline)
-            except Exception as exc:  # one path's failure (e.g. a capture) spares the others
-                row = {"K": K, "path": path, "error": f"{type(exc).__name__}: {exc}"[:400]}
+            except Exception as exc:  # one mode's failure (e.g. a capture) spares the others
+                row = {"K": K, "mode": mode, "error": f"{type(exc).__name__}: {exc}"[:400]}
                 report["failed"] = True
             report["rows"].append(row)
             print(row, flush=True)
-        for path, p in probs.items():
+        for mode, p in probs.items():
             if "ops" in probs:
                 err = (p - probs["ops"]).abs().max().item()
-                report["rows"].append({"K": K, "path": path, "max_prob_diff_vs_ops": err})
-                print(f"K={K} {path} vs ops: {err:.2e}", flush=True)
+                report["rows"].append({"K": K, "mode": mode, "max_prob_diff_vs_ops": err})
+                print(f"K={K} {mode} vs ops: {err:.2e}", flush=True)
     diffs = [r["max_prob_diff_vs_ops"] for r in report["rows"] if "max_prob_diff_vs_ops" in r]
     report["ok"] = (bool(diffs) and max(diffs) <= 1e-4 and "incomplete" not in report
                     and "failed" not in report)
     return report
 
 
-def _stream_path(rec, path: str, K: int, texts, probs: Dict, sync, concurrency,
+def _stream_mode(rec, mode: str, K: int, texts, probs: Dict, sync, concurrency,
                  deadline: float) -> Dict:
     """Latency of one conversation pushed through ``rec`` (its probabilities kept in
-    ``probs[path]``), then the rate of ``concurrency`` concurrent conversations."""
+    ``probs[mode]``), then the rate of ``concurrency`` concurrent conversations."""
     import torch
     from aghmn_fast.data import MELD_LABELS
     lat, got = [], []
@@ -488,9 +536,9 @@ def _stream_path(rec, path: str, K: int, texts, probs: Dict, sync, concurrency,
         p = rec.push("c", t)
         lat.append((time.perf_counter() - t0) * 1e6)
         got.append([p.probabilities[n] for n in MELD_LABELS])
-    probs[path] = torch.tensor(got, dtype=torch.float64)
+    probs[mode] = torch.tensor(got, dtype=torch.float64)
     steady = sorted(lat[K:])
-    row = {"K": K, "path": path, "conversations": 1,
+    row = {"K": K, "mode": mode, "conversations": 1,
            "median_us": round(steady[len(steady) // 2], 1),
            "p99_us": round(steady[min(len(steady) - 1, int(0.99 * len(steady)))], 1)}
     for n in concurrency:
@@ -598,10 +646,10 @@ def drive(stages: List[str], budget: float, out: str, mirror: Optional[str]) -> 
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TRITON_INTERPRET", None)
     chosen = [s for s in STAGES if s[0] in stages]
-    for i, (name, nominal, _) in enumerate(chosen):
+    for i, (name, _, _) in enumerate(chosen):
         left = budget - (time.perf_counter() - t0)
         reserve = sum(r for _, _, r in chosen[i + 1:])
-        timeout = min(nominal, left - reserve)
+        timeout = min(nominal_seconds(name), left - reserve)
         print(f"== {name} (timeout {timeout:.0f} s)", flush=True)
         s0 = time.perf_counter()
         if timeout < 5:

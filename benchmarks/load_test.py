@@ -39,12 +39,11 @@ from typing import Dict, List, Optional
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from aghmn_fast.data import MELD_LABELS, Vocabulary, load_meld
+from aghmn_fast.streaming import StreamingRecognizer
+from aghmn_fast.train import build_vocabulary, save_checkpoint
 
-from aghmn_fast.data import MELD_LABELS, Vocabulary, load_meld  # noqa: E402
-from aghmn_fast.streaming import StreamingRecognizer  # noqa: E402
-from aghmn_fast.train import build_vocabulary, save_checkpoint  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORDS = ("okay so what do you mean by that i really do not know why you would say this to me "
          "oh my god that is amazing no way please stop it right now come on").split()
@@ -94,7 +93,7 @@ def in_process(checkpoint: str, texts: List[str], conversations: int, seconds: f
     elapsed = time.perf_counter() - start
     lat.sort()
     return {"utterances_per_s": done / elapsed, "p50_ms": _percentile(lat, 0.5),
-            "p99_ms": _percentile(lat, 0.99), "utterances": done, "path": rec.path}
+            "p99_ms": _percentile(lat, 0.99), "utterances": done, "path": rec.mode}
 
 
 class _HTTPConnection(asyncio.Protocol):

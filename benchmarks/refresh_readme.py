@@ -19,12 +19,10 @@ import re
 import sys
 from typing import Dict, List, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from aghmn_fast.bench import report
+from aghmn_fast.bench.shapes import SHAPES
 
-from aghmn_fast.bench import report  # noqa: E402
-from aghmn_fast.bench.shapes import SHAPES  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"

@@ -64,7 +64,7 @@ def _run(args) -> int:
                             dtype=offline.dtype)
     gold = [label for d in dialogues for label in d.labels]
     result = {
-        "checkpoint": args.checkpoint, "split": args.split, "path": rec.path,
+        "checkpoint": args.checkpoint, "split": args.split, "path": rec.mode,
         "dialogues": len(dialogues), "utterances": len(flat),
         "max_abs_probability_difference": float((streamed - offline).abs().max()),
         "labels_equal": int((streamed.argmax(-1) == offline.argmax(-1)).sum()),

@@ -16,7 +16,7 @@ pytest-benchmark. Not part of the test suite:
 import pytest
 
 from aghmn_fast.bench import kernels
-from shapes import SHAPES  # noqa: E402
+from aghmn_fast.bench.shapes import SHAPES
 
 MODES = list(kernels.MODES)
 BACKENDS = ["reference", kernels.COMPILED, "cpu", kernels.VENDOR]

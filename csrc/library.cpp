@@ -25,8 +25,12 @@ TORCH_LIBRARY(aghmn_fast, m) {
       "stream_step(Tensor q, Tensor windows, Tensor u_store, Tensor proj_store, Tensor pad_proj, "
       "Tensor fusion_weight_hh, Tensor fusion_bias_hh, Tensor[] summary_weights, int hops, "
       "Tensor classifier_weight, Tensor classifier_bias) -> Tensor");
-  m.def("stream_pack(Tensor[] weights, int[] dims) -> Tensor");
+  // The model's sizes are named keyword arguments (aghmn::cpu::StreamDims, csrc/stream/stream_cpu.h).
   m.def(
-      "stream_push(Tensor packed, int[] dims, Tensor embedding, int[] tokens, int[] lengths, "
-      "Tensor? u, int[] blocks, int[] counts, Tensor(a!) u_store, Tensor(b!) proj_store) -> Tensor");
+      "stream_pack(Tensor[] weights, *, int H, int E, int C, int K, int D, int S, int hops, "
+      "int max_len, bool bigru_reader) -> Tensor");
+  m.def(
+      "stream_push(Tensor packed, Tensor embedding, int[] tokens, int[] lengths, Tensor? u, "
+      "int[] blocks, int[] counts, Tensor(a!) u_store, Tensor(b!) proj_store, *, int H, int E, "
+      "int C, int K, int D, int S, int hops, int max_len, bool bigru_reader) -> Tensor");
 }

@@ -1,6 +1,4 @@
 import os
-import pathlib
-import sys
 
 # Triton kernels run on CPU tensors under the interpreter; it must be set before triton is imported.
 if os.environ.get("AGHMN_TRITON_GPU", "0") != "1":
@@ -28,11 +26,6 @@ def pytest_configure(config):
                                        "inductor): minutes on 2 cores; not in `make test`, run "
                                        "by `make test-matrix` (and CI)")
 
-
-# Helper modules of the suite (serving_fixtures, cuda_emulator, ops/conformance) import by name
-# from any folder.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:0] = [str(_HERE), str(_HERE / "ops")]
 
 
 @pytest.fixture(scope="session")

@@ -166,13 +166,24 @@ def stop_server(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30.
         return proc.wait()
 
 
+def make_serving(checkpoint: str, tmp_path, **options):
+    """A ServingApp of the checkpoint (SQLite state in ``tmp_path`` unless ``state`` is given)."""
+    from aghmn_fast.serving.app import ServeConfig, ServingApp
+
+    options.setdefault("state", str(tmp_path / "state.db"))
+    return ServingApp(ServeConfig(checkpoint=checkpoint, **options))
+
+
 @contextlib.contextmanager
-def running_app(serving):
-    """Serve a ServingApp with uvicorn on a free loopback port in a thread; yields the base URL."""
+def running_app(serving, handle: Optional[dict] = None):
+    """Serve a ServingApp with uvicorn on a free loopback port in a thread; yields the base URL
+    (``handle["server"]``, when given, is the uvicorn server: set its ``should_exit`` to drain)."""
     from aghmn_fast.serving.cli import bind_socket, build_server
 
     sock = bind_socket("127.0.0.1", 0)
     server = build_server(serving)
+    if handle is not None:
+        handle["server"] = server
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30

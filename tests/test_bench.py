@@ -275,16 +275,6 @@ def test_summarize_and_machine_slug(tmp_path):
     assert machine.machine_slug({"gpu": "NVIDIA H100 80GB HBM3"}) == "nvidia-h100-80gb-hbm3"
 
 
-def test_benchmarks_shapes_is_a_reexport():
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "shapes.py")
-    spec = importlib.util.spec_from_file_location("bench_shapes_reexport", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert mod.SHAPES is shapes.SHAPES and mod.agru_inputs is shapes.agru_inputs
-    assert mod.memory_bank_inputs is shapes.memory_bank_inputs
-    assert mod.stacked_windows is shapes.stacked_windows
-
-
 @pytest.mark.skipif(not HAVE_MELD, reason="MELD data not found (set AGHMN_DATA)")
 def test_model_and_stream_parts_on_a_few_dialogues(tmp_path):
     record = suite.run_suite(_opts(tmp_path, parts=("model", "stream"), model_dialogues=3,

@@ -8,9 +8,9 @@ embed the PTX (forward compatibility). The bindings (csrc/<op>/<op>_cuda.cu, tor
 compile-checked too, and the CUDA backend's capability table must match the built
 architectures.
 """
-import ast
 import pathlib
 import re
+import runpy
 import shutil
 import subprocess
 
@@ -23,32 +23,38 @@ INCLUDE = CSRC  # includes read "common/...", "agru/...", as setup.py and CMakeL
 ARCHS = ("80", "90")  # SASS
 
 
-def setup_nvcc_flags():
-    """The ``nvcc = [...]`` list of setup.py (read, not executed)."""
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and getattr(node.targets[0], "id", None) == "nvcc"):
-            return ast.literal_eval(node.value)
-    raise AssertionError("setup.py has no nvcc = [...] list")
+def _arches():
+    """The names of aghmn_fast/ops/cuda_arches.py, the one list of GPU architectures."""
+    return runpy.run_path(str(ROOT / "aghmn_fast" / "ops" / "cuda_arches.py"))
 
 
 def _gencode():
-    return [f for f in setup_nvcc_flags() if f.startswith("-gencode")]
+    return _arches()["gencode_flags"]()
 
 
-def test_setup_builds_sass_and_ptx_that_the_backend_knows():
+def test_setup_cmake_and_the_backend_read_one_architecture_list():
     flags = _gencode()
     sass = sorted(re.findall(r"code=sm_(\d+)", " ".join(flags)))
     ptx = re.findall(r"code=compute_(\d+)", " ".join(flags))
     assert sass == sorted(ARCHS) and ptx == ["90"], flags
-    # aghmn_fast/ops/extension.py's table (read from the source, as the GPU suite does)
-    tree = ast.parse((ROOT / "aghmn_fast" / "ops" / "extension.py").read_text())
-    table = {node.target.id: ast.literal_eval(node.value) for node in ast.walk(tree)
-             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-             and node.target.id in ("SASS_ARCHES", "PTX_ARCH")}
-    assert sorted(f"{a}{b}" for a, b in table["SASS_ARCHES"]) == sass
-    assert f"{table['PTX_ARCH'][0]}{table['PTX_ARCH'][1]}" == ptx[0]
+    setup_py = (ROOT / "setup.py").read_text()
+    assert 'cuda_arches()["gencode_flags"]()' in setup_py and "-gencode" not in setup_py
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert "aghmn_fast/ops/cuda_arches.py" in cmake and not re.search(r"\b[89]0-real\b", cmake)
+    from aghmn_fast.ops import extension
+    assert extension.SASS_ARCHES == _arches()["SASS_ARCHES"]
+    assert extension.PTX_ARCH == _arches()["PTX_ARCH"]
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="no cmake")
+def test_cmake_reads_the_architecture_list(tmp_path):
+    """CMake's parse of cuda_arches.py: SASS-only architectures "-real", SASS+PTX plain."""
+    done = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "aghmn_fast CUDA architectures: 80-real;90" in done.stdout
+
+
 # Mirrors the CUDA block of CMakeLists.txt.
 FLAGS = ["-std=c++17", "-O3", "-lineinfo", "-Werror=all-warnings",
          "-Xptxas=-v,--warn-on-spills,--warn-on-local-memory-usage"]

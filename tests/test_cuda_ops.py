@@ -5,8 +5,8 @@ races, device limits, NaN-poisoned memory, CUDA graphs and the cuda backend's re
 Executors (tests/cuda_emulator.py): ``emulated``, the very CUDA sources on the CPU SIMT emulator
 (its arithmetic is the CPU's: no FMA contraction, precise exp/tanh, so it does not stand in for
 the GPU's rounding), and ``cuda``, the registered ops on a CUDA device (skipped without one).
-References: tests/ops/conformance.py (the raw ops' float64 step loops of
-``aghmn_fast.ops.<op>.reference``, gradients by autograd).
+References: each op's conformance cases in tests/ops/test_<op>.py (the raw ops' float64 step
+loops of ``aghmn_fast.ops.<op>.reference``, gradients by autograd).
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from aghmn_fast import ops, reference
-from conformance import (agru_op_expected, agru_op_inputs, randn, window_op_expected,
-                         window_op_inputs)
 from conformance import make_windows as conformance_windows
+from conformance import randn
+from test_agru import agru_op_expected, agru_op_inputs  # the ops' conformance cases
+from test_window_gru import window_op_expected, window_op_inputs
 from cuda_emulator import DeviceOps, require_cuda
 
 D64 = torch.float64
@@ -47,7 +48,7 @@ def _generator():
 
 
 def agru_inputs(B, T, H, dtype):
-    """Fresh random raw-op inputs in ``dtype`` (conformance.agru_op_inputs)."""
+    """Fresh random raw-op inputs in ``dtype`` (tests/ops/test_agru.py: agru_op_inputs)."""
     return [t.to(dtype) for t in agru_op_inputs(B, T, H, _generator())]
 
 
@@ -333,11 +334,11 @@ def test_cuda_backend_registers_and_falls_back(fresh_cuda_backend, monkeypatch):
     # check by dtype only; the next backend for CPU tensors is counted.
     monkeypatch.setattr(cuda, "devices", ("cuda", "cpu"))
     monkeypatch.setattr(cuda, "supports",
-                        lambda first, hidden, gates, steps: first.dtype in mod._DTYPES)
+                        lambda spec, first, hidden, steps: first.dtype in mod._DTYPES)
     fallbacks = []
     for name in ("cpu", "reference"):
         backend = ops._REGISTRY[name]
-        monkeypatch.setattr(backend, "agru", lambda *args, fn=backend.agru:
+        monkeypatch.setitem(backend.functions, "agru", lambda *args, fn=backend.agru:
                             fallbacks.append(args[0].dtype) or fn(*args))
     x, attn = torch.randn(2, 4, 3, dtype=D64), torch.rand(2, 4, dtype=D64)
     w_ih, w_hh = torch.randn(10, 3, dtype=D64), torch.randn(10, 5, dtype=D64)
@@ -347,13 +348,13 @@ def test_cuda_backend_registers_and_falls_back(fresh_cuda_backend, monkeypatch):
                     "agru_forward (CUDA): no kernel image for this GPU (...)"):
         def refused(*args, message=message):
             raise NotImplementedError(message)
-        monkeypatch.setattr(cuda, "agru", refused)
+        monkeypatch.setitem(cuda.functions, "agru", refused)
         torch.testing.assert_close(ops.agru(x, attn, w_ih, w_hh, backend="cuda")[0], want)
     assert len(fallbacks) == 2
 
     def bad_input(*args):
         raise RuntimeError("agru_forward: attn must have shape [2, 4]")
-    monkeypatch.setattr(cuda, "agru", bad_input)
+    monkeypatch.setitem(cuda.functions, "agru", bad_input)
     with pytest.raises(RuntimeError, match="attn must have shape"):
         ops.agru(x, attn, w_ih, w_hh, backend="cuda")
 
@@ -370,12 +371,13 @@ def test_cuda_backend_capability_and_shape_check(fresh_cuda_backend):
                     ((9, 0), True), ((10, 0), True), ((12, 0), True)):
         assert mod.runs_on(cap) is ok, cap
     smem = 227 * 1024
-    assert mod.fits((9, 0), smem, torch.float32, 100, 2, 40)
-    assert mod.fits((9, 0), smem, torch.float64, 300, 3, 40)
-    assert not mod.fits((7, 5), smem, torch.float32, 100, 2, 40)
-    assert not mod.fits((9, 0), smem, torch.bfloat16, 100, 2, 40)
-    assert not mod.fits((9, 0), smem, torch.float32, mod.MAX_HIDDEN + 1, 2, 40)
+    agru, window_gru = (ops.registry.OPS[name][0] for name in ("agru", "window_gru"))
+    assert mod.fits((9, 0), smem, torch.float32, 100, 40, agru)
+    assert mod.fits((9, 0), smem, torch.float64, 300, 40, window_gru)
+    assert not mod.fits((7, 5), smem, torch.float32, 100, 40, agru)
+    assert not mod.fits((9, 0), smem, torch.bfloat16, 100, 40, agru)
+    assert not mod.fits((9, 0), smem, torch.float32, mod.MAX_HIDDEN + 1, 40, agru)
     # state buffers alone beyond the device's shared memory: refused before any launch
-    assert not mod.fits((9, 0), 48 * 1024, torch.float64, 2000, 3, 10)
-    assert mod.fits((9, 0), 48 * 1024, torch.float32, 1000, 3, 10)
-    assert not mod.kernels_support(torch.zeros(1), 100, 2, 10)  # not a CUDA tensor
+    assert not mod.fits((9, 0), 48 * 1024, torch.float64, 2000, 10, window_gru)
+    assert mod.fits((9, 0), 48 * 1024, torch.float32, 1000, 10, window_gru)
+    assert not mod.kernels_support(agru, torch.zeros(1), 100, 10)  # not a CUDA tensor

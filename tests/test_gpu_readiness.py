@@ -8,8 +8,8 @@
 import pytest
 import torch
 
-from aghmn_fast import _validation, ops, reference
-from aghmn_fast.ops import common as glue
+from aghmn_fast import ops, reference
+from aghmn_fast.ops import common, validation
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -20,28 +20,28 @@ def test_segment_sum_equals_sequential_index_add(rows, segments, width, dtype):
         -3, 4, (rows, 1), generator=g).to(dtype)  # mixed magnitudes: order-sensitive sums
     index = torch.randint(0, segments, (rows,), generator=g)
     want = torch.zeros(segments, width, dtype=dtype).index_add_(0, index, data)
-    got = glue.segment_sum(data, index, segments)
+    got = common.segment_sum(data, index, segments)
     assert got.shape == (segments, width) and got.dtype == dtype
     assert torch.equal(got, want)  # bitwise: the same order of additions
-    assert torch.equal(glue.segment_sum(data, index, segments), got)  # run to run
+    assert torch.equal(common.segment_sum(data, index, segments), got)  # run to run
 
 
 def test_segment_sum_leaves_empty_segments_zero():
     data = torch.arange(12.0).view(4, 3)
     index = torch.tensor([4, 0, 4, 2])
-    got = glue.segment_sum(data, index, 6)
+    got = common.segment_sum(data, index, 6)
     want = torch.tensor([[3.0, 4, 5], [0, 0, 0], [9, 10, 11], [0, 0, 0], [6, 8, 10], [0, 0, 0]])
     assert torch.equal(got, want)
 
 
 def test_residual_grad_picks_the_deterministic_sum_off_cpu(monkeypatch):
     calls = []
-    real = glue.segment_sum
-    monkeypatch.setattr(glue, "segment_sum", lambda *a: calls.append(a) or real(*a))
+    real = common.segment_sum
+    monkeypatch.setattr(common, "segment_sum", lambda *a: calls.append(a) or real(*a))
     rows, index = torch.randn(6, 2), torch.tensor([0, 1, 1, 3, 0, 2])
-    glue.residual_grad(rows, index, 4)
+    common.residual_grad(rows, index, 4)
     assert calls == []  # CPU: index_add_ (already sequential)
-    meta = glue.residual_grad(rows.to("meta"), index.to("meta"), 4)
+    meta = common.residual_grad(rows.to("meta"), index.to("meta"), 4)
     assert len(calls) == 1 and meta.shape == (4, 2)
 
 
@@ -49,8 +49,8 @@ def test_memory_bank_gradient_through_the_segment_sum_matches_reference(monkeypa
     """The fused memory bank's backward with the segment sum forced (as on CUDA)."""
     if "cpu" not in ops.backends("cpu"):
         pytest.skip("the compiled CPU backend is not available")
-    monkeypatch.setattr(glue, "residual_grad",
-                        lambda rows, index, n: glue.segment_sum(rows, index, n))
+    monkeypatch.setattr(common, "residual_grad",
+                        lambda rows, index, n: common.segment_sum(rows, index, n))
     g = torch.Generator().manual_seed(0)
     N, H, Q, K = 11, 6, 7, 4
     u = torch.randn(N, H, generator=g, dtype=torch.float64, requires_grad=True)
@@ -67,14 +67,14 @@ def test_memory_bank_gradient_through_the_segment_sum_matches_reference(monkeypa
 
 
 def test_window_range_check_is_free_on_cuda_unless_asked(monkeypatch):
-    monkeypatch.setattr(_validation, "_window_check", False)
-    assert _validation.window_check_enabled(torch.device("cpu"))
-    assert not _validation.window_check_enabled(torch.device("cuda"))
-    assert not _validation.window_check_enabled(torch.device("meta"))
-    _validation.set_window_check(True)
-    assert _validation.window_check_enabled(torch.device("cuda"))
-    assert not _validation.window_check_enabled(torch.device("meta"))  # no values to read
-    _validation.set_window_check(False)
+    monkeypatch.setattr(validation, "_window_check", False)
+    assert validation.window_check_enabled(torch.device("cpu"))
+    assert not validation.window_check_enabled(torch.device("cuda"))
+    assert not validation.window_check_enabled(torch.device("meta"))
+    validation.set_window_check(True)
+    assert validation.window_check_enabled(torch.device("cuda"))
+    assert not validation.window_check_enabled(torch.device("meta"))  # no values to read
+    validation.set_window_check(False)
     u, flat = torch.randn(3, 2), [torch.randn(6, 2), torch.randn(6, 2), torch.randn(6),
                                   torch.randn(6)]
     with pytest.raises(ValueError, match=r"windows holds an index outside \[-1, 2\]"):
@@ -98,7 +98,7 @@ def test_triton_launches_are_device_guarded(monkeypatch):
     assert seen == [torch.device("cpu")]
 
 
-def _recognizers(K=5, device="cpu", path="step"):
+def _recognizers(K=5, device="cpu"):
     from aghmn_fast.bench.stream import build_model
     from aghmn_fast.data import MELD_LABELS, Vocabulary
     from aghmn_fast.streaming import StreamingRecognizer
@@ -106,21 +106,21 @@ def _recognizers(K=5, device="cpu", path="step"):
     vocab = Vocabulary.build([words], min_count=1)
     model = build_model(K, vocab, None, hidden=16, embedding_dim=8).to(device)
     make = lambda p: StreamingRecognizer(model, device, vocab=vocab, label_names=MELD_LABELS,  # noqa: E731
-                                         path=p)
+                                         mode=p)
     return make, words
 
 
-def test_graph_step_buffers_buckets_and_chunks_match_the_step_path(monkeypatch):
-    """The graph path's bucketing, padding (rows repeating row 0), chunking and store-write,
-    run eagerly (capture=False: no CUDA here), against the "step" path: equal predictions."""
-    from aghmn_fast.streaming import GraphEngine
+def test_graph_mode_buffers_buckets_and_chunks_match_the_step_mode(monkeypatch):
+    """The graph mode's bucketing, padding (rows repeating row 0), chunking and store-write,
+    run eagerly (capture=False: no CUDA here), against the "step" mode: equal predictions."""
+    from aghmn_fast.streaming import GraphMode
     make, words = _recognizers()
     plain = make("step")
-    if plain.path != "step":
+    if plain.mode != "step":
         pytest.skip("the fused step op is not available")
     graphed = make("step")
-    graphed.engine = GraphEngine.create(graphed, capture=False)
-    monkeypatch.setattr(GraphEngine, "BUCKETS", (1, 2, 4))  # chunks of 4
+    graphed.compute = GraphMode.create(graphed.model, graphed.store, capture=False)
+    monkeypatch.setattr(GraphMode, "BUCKETS", (1, 2, 4))  # chunks of 4
     g = torch.Generator().manual_seed(0)
     for rnd in range(8):
         n = 1 + rnd % 7  # 1..7 conversations per round: padding and chunking
@@ -132,35 +132,36 @@ def test_graph_step_buffers_buckets_and_chunks_match_the_step_path(monkeypatch):
             assert a.index == b.index and a.label == b.label
             for name in a.probabilities:
                 assert a.probabilities[name] == pytest.approx(b.probabilities[name], abs=1e-6)
-    assert torch.equal(graphed._u, plain._u) and torch.equal(graphed._proj, plain._proj)
-    assert set(graphed.engine._graphs) <= {1, 2, 4}
+    assert torch.equal(graphed.store.u, plain.store.u)
+    assert torch.equal(graphed.store.proj, plain.store.proj)
+    assert set(graphed.compute._graphs) <= {1, 2, 4}
     # the store grew (new conversations): buffers rebuilt for the new addresses
-    before = graphed.engine._store
+    before = graphed.compute._store
     graphed.push_many([(f"new{j}", "w1 w2") for j in range(12)])
     graphed.push_many([(f"new{j}", "w3") for j in range(12)])
-    assert graphed.engine._store != before
+    assert graphed.compute._store != before
 
 
-def test_graph_path_is_refused_without_cuda():
+def test_graph_mode_is_refused_without_cuda():
     make, _ = _recognizers()
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    with pytest.raises(ValueError, match="path 'graph' is not available"):
+    with pytest.raises(ValueError, match="mode 'graph' is not available"):
         make("graph")
-    assert make(None).path != "graph"
+    assert make(None).mode != "graph"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_graph_path_matches_step_path_on_cuda():
+def test_graph_mode_matches_step_mode_on_cuda():
     make, words = _recognizers(K=10, device="cuda")
     step, graph = make("step"), make("graph")
-    assert graph.path == "graph"
+    assert graph.mode == "graph"
     for rnd in range(14):
         items = [(f"c{j}", f"w{rnd} w{j} w{(rnd * j) % 50}") for j in range(1 + rnd % 5)]
         for a, b in zip(graph.push_many(items), step.push_many(items)):
             for name in a.probabilities:
                 assert a.probabilities[name] == pytest.approx(b.probabilities[name], abs=1e-5)
-    torch.testing.assert_close(graph._u, step._u, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(graph.store.u, step.store.u, rtol=1e-5, atol=1e-6)
 
 
 def test_cuda_default_backend_per_shape_class(monkeypatch):
@@ -170,7 +171,7 @@ def test_cuda_default_backend_per_shape_class(monkeypatch):
     monkeypatch.setattr(ops.registry, "_REGISTRY", registry)
     monkeypatch.setitem(ops.CUDA_CHOICE, ("agru", "latency"), ("triton", "cuda"))  # vs priority
     for name, prio in (("cuda", 20), ("triton", 5)):
-        registry[name] = ops.Backend(name, reference.agru, reference.memory_bank, ("cuda",), prio)
+        registry[name] = ops.Backend(name, ("cuda",), prio)
     cuda = torch.device("cuda")
     assert ops.resolve_backend(None, cuda, "agru", 1).name == "triton"
     assert ops.resolve_backend(None, cuda, "agru", ops.LATENCY_ROWS + 1).name == "cuda"

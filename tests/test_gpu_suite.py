@@ -90,10 +90,10 @@ def test_correctness_report_passes_right_backends_and_catches_wrong_ones():
     assert report["ok"] is False
 
 
-def test_stream_report_compares_every_path_with_ops():
+def test_stream_report_compares_every_mode_with_ops():
     report = suite.stream_report("cpu", windows=(6,), concurrency=(5,), extra=3)
     timed = [r for r in report["rows"] if "median_us" in r]
-    assert {r["path"] for r in timed} >= {"ops"} and all(r["utt_per_s_5"] > 0 for r in timed)
+    assert {r["mode"] for r in timed} >= {"ops"} and all(r["utt_per_s_5"] > 0 for r in timed)
     diffs = [r for r in report["rows"] if "max_prob_diff_vs_ops" in r]
     assert len(diffs) == len(timed) and report["ok"], report
 
@@ -129,15 +129,47 @@ def test_run_bounded_kills_the_whole_process_group(tmp_path):
     assert suite.run_bounded(["sh", "-c", "echo hi"], 10) == (0, "hi\n")
 
 
-def test_stream_report_keeps_other_paths_when_one_fails(monkeypatch):
-    real = suite._stream_path
+def test_stream_report_keeps_other_modes_when_one_fails(monkeypatch):
+    real = suite._stream_mode
 
-    def flaky(rec, path, *args):
-        if path == "step":
+    def flaky(rec, mode, *args):
+        if mode == "step":
             raise RuntimeError("capture failed")
-        return real(rec, path, *args)
-    monkeypatch.setattr(suite, "_stream_path", flaky)
+        return real(rec, mode, *args)
+    monkeypatch.setattr(suite, "_stream_mode", flaky)
     report = suite.stream_report("cpu", windows=(4,), concurrency=(), extra=2)
-    rows = {r["path"]: r for r in report["rows"] if "K" in r and "max_prob_diff_vs_ops" not in r}
+    rows = {r["mode"]: r for r in report["rows"] if "K" in r and "max_prob_diff_vs_ops" not in r}
     assert "capture failed" in rows["step"]["error"] and "median_us" in rows["ops"]
     assert report["ok"] is False
+
+
+def test_build_budget_grows_as_cores_shrink():
+    seconds = [suite.build_seconds(c) for c in (1, 2, 4, 8, 16, 128)]
+    assert seconds == sorted(seconds, reverse=True)
+    assert suite.build_seconds(2) >= 300 and suite.build_seconds(16) == 150
+    assert suite.nominal_seconds("build") == suite.build_seconds(os.cpu_count() or 1)
+    assert suite.nominal_seconds("tests") == dict((s, n) for s, n, _ in suite.STAGES)["tests"]
+
+
+def test_test_stage_runs_the_representative_cases_first_then_the_rest(tmp_path):
+    """The two passes of the test stage, collected here: "first" holds one case per test,
+    implementation and dtype, "rest" every other one, and together they are the whole sweep."""
+    import subprocess
+    import sys
+    passes = suite.test_pass_commands(str(tmp_path))
+    assert [p[0] for p in passes] == ["first", "rest"] and passes[0][1][-1] == "tests/ops"
+
+    def collected(subset):
+        env = {k: v for k, v in os.environ.items() if k != "AGHMN_OPS_SUBSET"}
+        if subset:
+            env["AGHMN_OPS_SUBSET"] = subset
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only",
+                               "-p", "no:cacheprovider", "tests/ops"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return [line for line in done.stdout.splitlines() if "::" in line]
+
+    first, rest, every = collected("first"), collected("rest"), collected(None)
+    assert first and rest and sorted(first + rest) == sorted(every)
+    assert any("-100-" in t or t.endswith("-100]") for t in first)  # the model's H first
+    assert len(every) / 10 < len(first) < len(every) / 3

@@ -271,9 +271,9 @@ def _word_model(dim=32, seed=0):
 
 def _assert_streaming_matches_offline(model, vocab, path):
     dialogues = _dialogues()
-    rec = StreamingRecognizer(model, vocab=vocab, label_names=MELD_LABELS, path=path)
+    rec = StreamingRecognizer(model, vocab=vocab, label_names=MELD_LABELS, mode=path)
     if path is not None:
-        assert rec.path == path
+        assert rec.mode == path
     expect = torch.softmax(predict(model, encode_dialogues(dialogues, vocab, 60, model)), -1)
     got = {d.id: [] for d in dialogues}
     # Interleave conversations, some rounds in one push_many, some one push at a time.
@@ -300,7 +300,7 @@ def _assert_streaming_matches_offline(model, vocab, path):
 def test_wordllama_streaming_stays_on_the_push_path_and_equals_offline():
     model, vocab = _word_model()
     rec = _assert_streaming_matches_offline(model, vocab, None)
-    assert rec.path == "push"
+    assert rec.mode == "push"
 
 
 @pytest.mark.skipif(not HAVE_CPU_EXT, reason="the compiled extension is not available")

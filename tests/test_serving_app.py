@@ -7,9 +7,7 @@ import time
 import httpx
 import pytest
 
-from aghmn_fast.serving.app import ServeConfig, ServingApp
-
-from serving_fixtures import (assert_matches_offline, meld_model, meld_test_third, offline_probabilities,
+from serving_fixtures import (assert_matches_offline, make_serving, meld_model, meld_test_third, offline_probabilities,
                               running_app, save_tiny_checkpoint, stream_dialogues_http, synthetic_dialogues)
 
 TOKEN = "s3cret-token"
@@ -20,9 +18,7 @@ def checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", window=4)
 
 
-def _serving(checkpoint, tmp_path, **options):
-    options.setdefault("state", str(tmp_path / "state.db"))
-    return ServingApp(ServeConfig(checkpoint=checkpoint, **options))
+_serving = make_serving
 
 
 def test_concurrent_clients_equal_offline(checkpoint, tmp_path):

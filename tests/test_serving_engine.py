@@ -31,9 +31,9 @@ def test_rebuild_from_last_k_texts_equals_uninterrupted(window, path):
     for cut in (1, window - 1, window, window + 1, 2 * window + 3, 19):
         if cut < 1:
             continue
-        full = StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names, path=path)
+        full = StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names, mode=path)
         uninterrupted = [full.push("c", t) for t in texts]
-        rebuilt = StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names, path=path)
+        rebuilt = StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names, mode=path)
         rebuilt.push_many([("c", t) for t in texts[max(0, cut - window):cut]])
         resumed = [rebuilt.push("c", t) for t in texts[cut:]]
         a = torch.tensor([list(p.probabilities.values()) for p in uninterrupted[cut:]])
@@ -83,7 +83,9 @@ def test_engine_equals_offline_with_restarts_on_sqlite(tmp_path):
     assert len(engines) > 2
     assert_matches_offline(got, dialogues, expect)
     rebuilt = [r for rs in got.values() for r in rs if r["rebuilt"]]
-    assert not rebuilt  # the embedded store restores everything eagerly on start
+    # a restart rebuilds nothing eagerly: a stored conversation is rebuilt when first touched,
+    # once per restart at most
+    assert rebuilt and len(rebuilt) <= len(dialogues) * (len(engines) - 1)
 
 
 def test_sqlite_survives_a_killed_writer(tmp_path):

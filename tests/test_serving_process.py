@@ -84,7 +84,7 @@ def test_sigterm_drains_in_flight_and_restart_restores(checkpoint, tmp_path):
         # the big request's conversations were saved before the first process exited
         r = httpx.post(f"{base}/v1/conversations/big-7/utterances", json={"text": "and again"})
         assert r.json()["index"] == 1
-        assert httpx.get(base + "/readyz").json()["live_conversations"] == len(dialogues) + 1000
+        assert httpx.get(base + "/readyz").json()["stored_conversations"] == len(dialogues) + 1000
     finally:
         for p in procs:
             stop_server(p)

@@ -18,7 +18,7 @@ HAVE_MELD = os.path.exists(os.path.join(default_meld_root(), "test_sent_emo.csv"
 HAVE_CPU_EXT = "cpu" in aghmn_fast.backends()
 
 
-def _recognizer(summary="agru", fusion="bif", window=10, seed=0, backend=None, path=None,
+def _recognizer(summary="agru", fusion="bif", window=10, seed=0, backend=None, mode=None,
                 dtype=torch.float32, **config):
     test = load_meld(None, "test") if HAVE_MELD else None
     vocab = build_vocabulary([test]) if test else None
@@ -26,7 +26,7 @@ def _recognizer(summary="agru", fusion="bif", window=10, seed=0, backend=None, p
     cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=16, num_classes=7, hidden_size=24,
                       window=window, summary=summary, fusion=fusion, backend=backend, **config)
     model = AGHMN(cfg, torch.randn(len(vocab), 16)).eval().to(dtype)
-    return StreamingRecognizer(model, vocab=vocab, label_names=MELD_LABELS, path=path), test
+    return StreamingRecognizer(model, vocab=vocab, label_names=MELD_LABELS, mode=mode), test
 
 
 def _stream_interleaved(rec, dialogues, seed=0):
@@ -52,15 +52,15 @@ def _offline(rec, dialogues):
 pytestmark = pytest.mark.skipif(not HAVE_MELD, reason="MELD data not found (set AGHMN_DATA)")
 
 
-@pytest.mark.parametrize("summary,fusion,window,backend,path", [
+@pytest.mark.parametrize("summary,fusion,window,backend,mode", [
     ("agru", "bif", 10, None, "push"), ("biagru", "unif", 4, None, "push"),
     ("att", "bif", 3, None, "push"), ("agru", "bif", 10, None, "step"),
     ("agru", "bif", 10, "reference", "ops"), ("biagru", "bif", 5, "reference", "ops")])
-def test_streaming_equals_offline_on_a_third_of_meld_test(summary, fusion, window, backend, path):
-    if path != "ops" and not HAVE_CPU_EXT:
+def test_streaming_equals_offline_on_a_third_of_meld_test(summary, fusion, window, backend, mode):
+    if mode != "ops" and not HAVE_CPU_EXT:
         pytest.skip("the compiled extension is not available")
-    rec, test = _recognizer(summary, fusion, window, backend=backend, path=path)
-    assert rec.path == path
+    rec, test = _recognizer(summary, fusion, window, backend=backend, mode=mode)
+    assert rec.mode == mode
     dialogues = test[::3]
     expect = _offline(rec, dialogues)
     got = _stream_interleaved(rec, dialogues)
@@ -80,8 +80,8 @@ def test_streaming_equals_offline_on_a_third_of_meld_test(summary, fusion, windo
     dict(summary="none", fusion="none"),                      # context-free baseline
     dict(summary="biagru", fusion="bif", window=3, dtype=torch.float64),
 ])
-def test_push_path_equals_offline_on_model_variants(variant):
-    rec, test = _recognizer(path="push", **variant)
+def test_push_mode_equals_offline_on_model_variants(variant):
+    rec, test = _recognizer(mode="push", **variant)
     dialogues = test[1::12]
     expect = _offline(rec, dialogues)
     got = _stream_interleaved(rec, dialogues, seed=1)
@@ -92,11 +92,11 @@ def test_push_path_equals_offline_on_model_variants(variant):
     assert [p.label_id for p in flat] == expect.argmax(-1).tolist()
 
 
-def test_unavailable_path_is_a_clear_error():
-    with pytest.raises(ValueError, match="path must be"):
-        _recognizer(path="fast")
+def test_unavailable_mode_is_a_clear_error():
+    with pytest.raises(ValueError, match="mode must be"):
+        _recognizer(mode="fast")
     with pytest.raises(ValueError, match="not available"):
-        _recognizer(backend="reference", path="push")
+        _recognizer(backend="reference", mode="push")
 
 
 def test_save_and_load_state_mid_dialogue(tmp_path):
@@ -155,7 +155,7 @@ def test_closed_slots_are_reused_so_memory_stays_flat():
         rec.push(f"c{i}", "bye!")
         if i >= 3:
             rec.close(f"c{i - 3}")
-    assert rec._capacity <= 8
+    assert rec.store.capacity <= 8
 
 
 def test_stream_cli_json_lines(tmp_path):
@@ -179,55 +179,60 @@ def test_stream_cli_json_lines(tmp_path):
 
 @pytest.mark.skipif(not HAVE_CPU_EXT, reason="the compiled extension is not available")
 def test_stream_push_ops_pass_opcheck():
-    rec, test = _recognizer(summary="biagru", window=4, path="push")
+    rec, test = _recognizer(summary="biagru", window=4, mode="push")
     for text in ("hello", "how are you?", "fine!"):
         rec.push("a", text)
     utils = ("test_schema", "test_autograd_registration")
     torch.library.opcheck(torch.ops.aghmn_fast.stream_pack.default,
-                          ([rec.model.classifier.weight.detach(), rec.model.classifier.bias.detach()],
-                           [rec.hidden, 16, 7, 4, 0, 0, 1, 60, 0]), test_utils=utils)
-    push = rec.engine
-    args = (push.packed, push.dims, push.embedding, [5, 6, 7], [3], None, [rec._blocks["a"]], [3],
-            rec._u.clone(), rec._proj.clone())
-    torch.library.opcheck(torch.ops.aghmn_fast.stream_push.default, args, test_utils=utils)
+                          ([rec.model.classifier.weight.detach(), rec.model.classifier.bias.detach()],),
+                          dict(H=rec.hidden, E=16, C=7, K=4, D=0, S=0, hops=1, max_len=60,
+                               bigru_reader=False), test_utils=utils)
+    push = rec.compute
+    args = (push.packed, push.embedding, [5, 6, 7], [3], None, rec.store.blocks(["a"]), [3],
+            rec.store.u.clone(), rec.store.proj.clone())
+    torch.library.opcheck(torch.ops.aghmn_fast.stream_push.default, args, push.sizes,
+                          test_utils=utils)
 
 
 @pytest.mark.skipif(not HAVE_CPU_EXT, reason="the compiled extension is not available")
 def test_stream_push_op_rejects_bad_arguments():
-    rec, _ = _recognizer(window=4, path="push")
+    rec, _ = _recognizer(window=4, mode="push")
     rec.push("a", "hello")
     push = torch.ops.aghmn_fast.stream_push
-    engine = rec.engine
-    good = dict(packed=engine.packed, dims=engine.dims, embedding=engine.embedding, tokens=[5, 6],
-                lengths=[2], u=None, blocks=[rec._blocks["a"]], counts=[1], u_store=rec._u,
-                proj_store=rec._proj)
+    mode = rec.compute
+    good = dict(packed=mode.packed, embedding=mode.embedding, tokens=[5, 6], lengths=[2], u=None,
+                blocks=rec.store.blocks(["a"]), counts=[1], u_store=rec.store.u,
+                proj_store=rec.store.proj, **mode.sizes)
     cases = [(dict(tokens=[5, 10 ** 9]), "outside the vocabulary"),
              (dict(lengths=[3]), "lengths sum"),
              (dict(lengths=[0], tokens=[]), "outside \\[1, 60\\]"),
              (dict(blocks=[10 ** 6]), "outside the store"),
              (dict(blocks=[0, 0], counts=[1, 1], lengths=[1, 1]), "appears twice"),
              (dict(counts=[-1]), "negative"),
-             (dict(dims=engine.dims[:-1]), "9 integers"),
-             (dict(packed=engine.packed[:-1]), "pack with the same dims"),
-             (dict(u_store=rec._u.double()), "u_store"),
-             (dict(proj_store=rec._proj[:1]), "proj_store")]
-    before = rec._u.clone(), rec._proj.clone()
+             (dict(K=0), "must be positive"),
+             (dict(D=3), "must be in \\[0, 2\\]"),
+             (dict(bigru_reader=False), "u must be"),
+             (dict(packed=mode.packed[:-1]), "pack with the same sizes"),
+             (dict(u_store=rec.store.u.double()), "u_store"),
+             (dict(proj_store=rec.store.proj[:1]), "proj_store")]
+    before = rec.store.u.clone(), rec.store.proj.clone()
     for change, message in cases:
         with pytest.raises(RuntimeError, match=message):
             push(**{**good, **change})
-    assert torch.equal(rec._u, before[0]) and torch.equal(rec._proj, before[1])
+    assert torch.equal(rec.store.u, before[0]) and torch.equal(rec.store.proj, before[1])
 
 
 def test_stream_step_op_passes_opcheck():
-    rec, test = _recognizer(summary="biagru", window=4, path="step" if HAVE_CPU_EXT else None)
-    if rec.path != "step":
+    rec, test = _recognizer(summary="biagru", window=4, mode="step" if HAVE_CPU_EXT else None)
+    if rec.mode != "step":
         pytest.skip("the compiled extension is not available")
     for text in ("hello", "how are you?", "fine!"):
         rec.push("a", text)
-    windows = rec._window_rows(["a"])
+    windows = rec.store.window_rows(["a"])
     q = torch.randn(1, rec.hidden)
-    args = (q, windows, rec._u, rec._proj, rec._pad_proj, rec._w_hh, rec._b_hh, rec.engine.summary_weights,
-            1, rec.model.classifier.weight.detach(), rec.model.classifier.bias.detach())
+    args = (q, windows, rec.store.u, rec.store.proj, rec.store.pad_proj, rec.compute.w_hh,
+            rec.compute.b_hh, rec.compute.summary_weights, 1, rec.model.classifier.weight.detach(),
+            rec.model.classifier.bias.detach())
     torch.library.opcheck(torch.ops.aghmn_fast.stream_step.default, args,
                           test_utils=("test_schema", "test_autograd_registration"))
 
@@ -239,7 +244,7 @@ def test_public_names():
 
 @pytest.mark.skipif(not HAVE_CPU_EXT, reason="the compiled extension is not available")
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
-def test_push_path_on_every_instruction_set_matches_the_offline_reference(isa):
+def test_push_mode_on_every_instruction_set_matches_the_offline_reference(isa):
     """Synthetic dialogues (no data needed), 3 conversations per push_many with histories of
     different lengths in one tile; AGHMN_CPU_ISA lowers the run-time dispatch."""
     import subprocess
@@ -265,7 +270,7 @@ def test_push_path_on_every_instruction_set_matches_the_offline_reference(isa):
                 enc = [[vocab.encode(t.split()[:60]) for t in d] for d in dialogues]
                 want = torch.softmax(model(make_batch(enc, 5)), -1)
             model.config.backend = None
-            rec = StreamingRecognizer(model, vocab=vocab, label_names=list("abcde"), path="push")
+            rec = StreamingRecognizer(model, vocab=vocab, label_names=list("abcde"), mode="push")
             got = {i: [] for i in range(3)}
             for step in range(13):
                 items = [(i, d[step]) for i, d in enumerate(dialogues) if step < len(d)]

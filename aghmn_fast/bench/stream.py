@@ -82,7 +82,7 @@ def single_conversation(model: AGHMN, vocab: Vocabulary, texts: Sequence[str], r
                 if i >= model.config.window:
                     full.append(samples[-1])
         rec.close(r)
-    return {**_percentiles(samples), "path": rec.path, "cpu_ms_mean": 1e3 * cpu / len(samples),
+    return {**_percentiles(samples), "path": rec.mode, "cpu_ms_mean": 1e3 * cpu / len(samples),
             "full_window": _percentiles(full) if full else None}
 
 
@@ -155,7 +155,7 @@ def memory_flatness(model: AGHMN, vocab: Vocabulary, dialogues, pushes: int, liv
             gc.collect()
             samples[i + 1] = _rss_mb()
     return {"pushes": pushes, "live_conversations": live, "rss_mb": samples,
-            "conversations_opened": next_id, "store_capacity": rec._capacity,
+            "conversations_opened": next_id, "store_capacity": rec.store.capacity,
             "seconds": time.perf_counter() - t0}
 
 
@@ -221,8 +221,9 @@ def reader_latency(data: Optional[str] = None, threads: int = 1, repeats: int = 
     utterances, ``repeats`` passes) and ``conversations`` concurrent ones in ``push_many``
     rounds (``sentence_conversations`` for the sentence reader, whose encoder runs once per
     new text: 1,024 would take minutes per round). Static readers are expected on the one-call
-    ``push`` path; the field ``path`` says which one ran.
+    ``push`` mode; the field ``path`` says which mode ran.
     """
+    from ..train import build_vocabulary  # see _run
     with num_threads(threads):
         test = load_meld(data, "test")
         vocab = build_vocabulary([test])

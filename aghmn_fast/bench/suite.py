@@ -18,8 +18,8 @@ from .machine import machine_info, machine_slug
 from .shapes import BATCH_SWEEP, QUICK_SHAPES, SHAPES, WINDOW_SWEEP, Shape, all_shapes
 from .timing import FULL_BUDGET, QUICK_BUDGET, Budget
 
-__all__ = ["PARTS", "MELD_SPLIT_OF_PART", "missing_data", "DEFAULT_COMPILE_SHAPES", "SuiteOptions", "run_suite", "TrackedFileError",
-           "tracked_files"]
+__all__ = ["PARTS", "MELD_SPLIT_OF_PART", "missing_data", "DEFAULT_COMPILE_SHAPES", "SuiteOptions",
+           "run_suite", "TrackedFileError", "tracked_files"]
 
 PARTS = OPS + ("model", "stream")
 # The MELD split each data-driven part reads.

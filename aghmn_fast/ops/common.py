@@ -9,30 +9,26 @@ the torch dispatcher picks the CPU or CUDA kernel, and Triton).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["Kernels", "OpSet", "overload", "needs_grad", "segment_offsets", "segment_sum",
+__all__ = ["Kernels", "overload", "needs_grad", "segment_offsets", "segment_sum",
            "residual_grad"]
 
 
-class Kernels(NamedTuple):
-    """The four raw op handles of one implementation, with the schemas of ``docs/OPS.md``.
+class Kernels(dict):
+    """The raw op handles of one implementation: raw op name (``"agru_forward"``, ...; the
+    schemas of ``docs/OPS.md``) -> anything ``torch.library.register_autograd`` accepts and that
+    can be called: an ``OpOverload`` (``torch.ops.aghmn_fast.agru_forward.default``), a
+    ``CustomOpDef`` (from ``torch.library.custom_op`` or ``triton_op``). Attribute access reads
+    the same entries (``kernels.agru_forward``). Every op folder's raw ops are in one set
+    (``aghmn_fast.ops.spec``)."""
 
-    Each is anything ``torch.library.register_autograd`` accepts and that can be called: an
-    ``OpOverload`` (``torch.ops.aghmn_fast.agru_forward.default``), a ``CustomOpDef`` (from
-    ``torch.library.custom_op`` or ``triton_op``).
-    """
-    agru_forward: Any
-    agru_backward: Any
-    window_gru_forward: Any
-    window_gru_backward: Any
-
-
-#: The name the kernel set had before the ops were organised by op.
-OpSet = Kernels
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.__dict__ = self  # attribute access without a failed lookup first (hot path)
 
 
 def overload(op):

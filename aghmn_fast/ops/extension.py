@@ -18,18 +18,11 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _extension
-from .agru.autograd import register_agru_autograd, register_agru_fakes
 from .common import Kernels
-from .window_gru.autograd import register_window_gru_autograd, register_window_gru_fakes
+from .cuda_arches import PTX_ARCH, SASS_ARCHES  # the build's GPU code (one list)
+from .spec import OpSpec, specs
 
-_OP = "aghmn_fast::agru_forward"
 _DTYPES = (torch.float32, torch.float64)
-#: Machine code (SASS) the extension is built with, and the PTX it embeds (setup.py's nvcc
-#: flags; tests/test_gpu_readiness.py keeps the two in step). SASS for sm_XY runs on compute
-#: capability X.Y' with Y' >= Y of the same major X; PTX for compute_XY is compiled by the
-#: driver for any capability >= X.Y (newer GPUs: forward compatibility).
-SASS_ARCHES: Tuple[Tuple[int, int], ...] = ((8, 0), (9, 0))
-PTX_ARCH: Tuple[int, int] = (9, 0)
 #: The kernels' largest hidden size (kMaxHidden in csrc/common/recurrence.cuh).
 MAX_HIDDEN = 1 << 16
 
@@ -48,46 +41,39 @@ def _device_limits(index: int) -> Tuple[Tuple[int, int], int]:
     return (props.major, props.minor), int(smem)
 
 
-def _min_shared_bytes(hidden: int, gates: int, steps: int, itemsize: int) -> int:
-    # The smallest layout the launcher can fall back to (weights in global memory, one sequence
-    # per block): forward bias + double-buffered state (+ the window GRU's slot indices), or
-    # backward double-buffered gate gradients + carry + per-warp partial sums (<= 16 warps).
-    forward = (gates + 2) * hidden * itemsize + (4 * steps if gates == 3 else 0)
-    backward = (2 * gates + 1) * hidden * itemsize + 2 * 16 * itemsize
-    return max(forward, backward) + 64  # alignment padding of the regions
-
-
 def fits(capability: Tuple[int, int], shared_bytes: int, dtype: torch.dtype, hidden: int,
-         gates: int, steps: int) -> bool:
-    """Whether the kernels can run a ``dtype`` recurrence of ``gates`` gate blocks, ``hidden``
-    units and ``steps`` steps on a GPU of ``capability`` with ``shared_bytes`` of shared memory
-    per block (opt-in maximum)."""
+         steps: int, spec: OpSpec) -> bool:
+    """Whether the CUDA kernels of the op folder ``spec`` can run a ``dtype`` recurrence of
+    ``hidden`` units and ``steps`` steps on a GPU of ``capability`` with ``shared_bytes`` of
+    shared memory per block (opt-in maximum); ``spec.min_shared_bytes`` is the op's need."""
     if dtype not in _DTYPES or hidden <= 0 or hidden > MAX_HIDDEN:
         return False
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return runs_on(capability) and _min_shared_bytes(hidden, gates, steps, itemsize) <= shared_bytes
+    return (runs_on(capability)
+            and spec.min_shared_bytes(hidden, steps, itemsize) <= shared_bytes)
 
 
-def kernels_support(first: torch.Tensor, hidden: int, gates: int, steps: int) -> bool:
-    """Whether the CUDA kernels can take a call whose first tensor is ``first`` (see
-    :func:`fits`; the GPU is ``first``'s)."""
+def kernels_support(spec: OpSpec, first: torch.Tensor, hidden: int, steps: int) -> bool:
+    """Whether the CUDA kernels of ``spec`` can take a call whose first tensor is ``first``
+    (see :func:`fits`; the GPU is ``first``'s)."""
     if first.device.type != "cuda" or first.dtype not in _DTYPES:
         return False
     index = first.device.index if first.device.index is not None else torch.cuda.current_device()
     capability, smem = _device_limits(index)
-    return fits(capability, smem, first.dtype, hidden, gates, steps)
+    return fits(capability, smem, first.dtype, hidden, steps, spec)
 
 
 def cuda_kernels_missing() -> Optional[str]:
     """Why the loaded extension holds no CUDA kernels of the ops (None when it does)."""
-    if torch._C._dispatch_has_kernel_for_dispatch_key(_OP, "CUDA"):
+    raw = [f"aghmn_fast::{name}" for spec in specs() for name in spec.raw_ops]
+    if all(torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA") for op in raw):
         return None
     why = ("torch has no CUDA" if torch.version.cuda is None
            else "it was built without CUDA sources (no CUDA toolkit found, or AGHMN_NO_CUDA=1)")
     return f"the compiled extension has no CUDA kernels: {why}"
 
 
-def cpu_supports(first: torch.Tensor, hidden: int, gates: int, steps: int) -> bool:
+def cpu_supports(spec: OpSpec, first: torch.Tensor, hidden: int, steps: int) -> bool:
     """Whether the CPU kernels take a call whose first tensor is ``first`` (float32, float64)."""
     return first.dtype in _DTYPES
 
@@ -97,16 +83,15 @@ _kernels: Optional[Kernels] = None
 
 def load_kernels() -> Kernels:
     """Load the extension (ImportError when it is not built) and register its ops' fake and
-    autograd rules, once; return its four kernels."""
+    autograd rules, once; return its raw kernels (every op folder's)."""
     global _kernels
     if _kernels is None:
         _extension.load()
         ns = torch.ops.aghmn_fast
-        kernels = Kernels(ns.agru_forward.default, ns.agru_backward.default,
-                          ns.window_gru_forward.default, ns.window_gru_backward.default)
-        register_agru_fakes(kernels.agru_forward, kernels.agru_backward)
-        register_window_gru_fakes(kernels.window_gru_forward, kernels.window_gru_backward)
-        register_agru_autograd(kernels.agru_forward, kernels.agru_backward)
-        register_window_gru_autograd(kernels.window_gru_forward, kernels.window_gru_backward)
+        kernels = Kernels({name: getattr(ns, name).default
+                           for spec in specs() for name in spec.raw_ops})
+        for spec in specs():
+            spec.register_fakes(kernels)
+            spec.register_autograd(kernels)
         _kernels = kernels
     return _kernels

@@ -4,10 +4,13 @@ Three implementations exist: ``"extension"`` (the compiled kernels, :mod:`.exten
 ``"triton"`` and ``"reference"``. The torch dispatcher alone picks the extension's CPU or CUDA
 kernel; here the extension is registered once per device it has kernels for, under the
 backend names users pass: ``"cpu"`` and ``"cuda"`` (``"extension"`` means whichever of the two
-runs on the tensors' device). Every registered backend is a :class:`Backend`: the callables of
-the three ops (the reference signatures, arguments already validated), the devices it runs on,
+runs on the tensors' device). Every registered backend is a :class:`Backend`: a callable per
+public function (the reference signatures, arguments already validated), the devices it runs on,
 its priority (higher wins when ``backend=None``) and ``supports``, the capability check asked
 before a call: a call it cannot take goes to the next backend for the device.
+
+The ops are not named here: they are the op folders' specs (:mod:`.spec`); a backend built on an
+implementation's raw kernels gets every op's function from them (:func:`functions_on`).
 """
 from __future__ import annotations
 
@@ -17,26 +20,17 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from .agru.autograd import agru_fused
-from .agru.reference import agru_ref
 from .common import Kernels
-from .window_gru.autograd import memory_bank_fused, window_gru_fused
-from .window_gru.reference import memory_bank_ref, window_gru_ref
+from .spec import OpSpec, functions
 
 __all__ = ["Backend", "register_backend", "backends", "backend_errors", "resolve_backend",
-           "candidates", "implementation_of", "CUDA_CHOICE", "LATENCY_ROWS", "OPS"]
+           "candidates", "functions_on", "CUDA_CHOICE", "CUDA_DEFAULT", "LATENCY_ROWS", "OPS"]
 
-#: The ops every backend implements, and for each how a call's first tensor, hidden size, gate
-#: blocks and steps are read from its arguments (what the capability checks look at).
-OPS: Dict[str, Callable] = {
-    "agru": lambda x, attn, w_ih, w_hh, *rest: (x, w_hh.shape[1], 2, x.shape[1]),
-    "memory_bank": lambda u, windows, flat: (u, u.shape[1], 3, windows.shape[1]),
-    "window_gru": lambda proj, pad, w_hh, b_hh, windows: (proj, w_hh.shape[-1], 3,
-                                                          windows.shape[-1]),
-}
+#: Public function name -> (its op folder's spec, the function): every op a backend implements.
+OPS = functions()
 
 
-def _always(first, hidden, gates, steps) -> bool:
+def _always(spec: OpSpec, first, hidden: int, steps: int) -> bool:
     return True
 
 
@@ -44,41 +38,51 @@ def _always(first, hidden, gates, steps) -> bool:
 class Backend:
     """A registered backend: one implementation of the ops on ``devices``.
 
-    ``supports(first, hidden, gates, steps)``: whether its kernels can take a call (see
-    :data:`OPS`); ``refuses``: exception types its kernels raise only to refuse a call they
-    cannot take (never for bad input), after which the call goes to the next backend too.
+    ``functions``: public function name -> callable (every op of :data:`OPS`; a missing one is
+    the reference); ``supports(spec, first, hidden, steps)``: whether its kernels can take a call
+    of the op folder ``spec`` (what :class:`~aghmn_fast.ops.spec.Function` ``.dims`` reads);
+    ``refuses``: exception types its kernels raise only to refuse a call they cannot take (never
+    for bad input), after which the call goes to the next backend too. The functions are also
+    attributes (``backend.agru``).
     """
     name: str
-    agru: Callable
-    memory_bank: Callable
     devices: Tuple[str, ...]
     priority: int  # higher wins when backend=None
-    window_gru: Callable = window_gru_ref
+    functions: Dict[str, Callable] = dataclasses.field(default_factory=dict)
     implementation: str = ""
     supports: Callable = _always
     refuses: Tuple[type, ...] = ()
 
     def __post_init__(self):
         self.implementation = self.implementation or self.name
+        unknown = sorted(set(self.functions) - set(OPS))
+        if unknown:
+            raise ValueError(f"backend {self.name!r}: no op named {', '.join(unknown)} "
+                             f"(ops: {', '.join(OPS)})")
+        self.functions = {name: self.functions.get(name) or fn.reference
+                          for name, (_, fn) in OPS.items()}
+
+    def __getattr__(self, name: str) -> Callable:
+        functions = self.__dict__.get("functions", {})
+        if name in functions:
+            return functions[name]
+        raise AttributeError(name)
 
 
-#: ``backend=None`` on CUDA tensors, per (op, shape class): the backends to try, in order.
-#: Shape classes: "latency" (at most :data:`LATENCY_ROWS` sequences / windows), "throughput".
-#: A GUESS until measured (no GPU has run these kernels yet; replace it with the winners of the
-#: first GPU run's timing table, benchmarks/gpu_suite.sh). At batch 1 both the CUDA and the
-#: Triton AGRU keep weight_hh in registers for the whole loop (CUDA: csrc/common/recurrence.cuh,
-#: float up to H = 128, double up to H = 64); the CUDA step then costs one barrier and two rounds
-#: of warp shuffles, while Triton's broadcast multiply-and-sum over a tile padded to a power of
-#: two reduces across warps through shared memory every step, so CUDA is guessed first. At
-#: larger batches the CUDA kernels share each weight load over a tile of sequences.
-CUDA_CHOICE: Dict[Tuple[str, str], Tuple[str, ...]] = {
-    ("agru", "latency"): ("cuda", "triton"),
-    ("agru", "throughput"): ("cuda", "triton"),
-    ("memory_bank", "latency"): ("cuda", "triton"),
-    ("memory_bank", "throughput"): ("cuda", "triton"),
-    ("window_gru", "latency"): ("cuda", "triton"),
-    ("window_gru", "throughput"): ("cuda", "triton"),
-}
+#: ``backend=None`` on CUDA tensors: the backends to try, in order, for every (op, shape class)
+#: that :data:`CUDA_CHOICE` does not name. Shape classes: "latency" (at most
+#: :data:`LATENCY_ROWS` sequences / windows), "throughput". A GUESS until measured (no GPU has
+#: run these kernels yet; replace it with the winners of the first GPU run's timing table,
+#: benchmarks/gpu_suite.sh). At batch 1 both the CUDA and the Triton AGRU keep weight_hh in
+#: registers for the whole loop (csrc/common/recurrence.cuh); the CUDA step then costs one
+#: barrier and two rounds of warp shuffles, while Triton's broadcast multiply-and-sum over a
+#: tile padded to a power of two reduces across warps through shared memory every step, so CUDA
+#: is guessed first. At larger batches the CUDA kernels share each weight load over a tile of
+#: sequences.
+CUDA_DEFAULT: Tuple[str, ...] = ("cuda", "triton")
+#: (op, shape class) -> the backends to try, where a measurement says otherwise than
+#: :data:`CUDA_DEFAULT` (none yet).
+CUDA_CHOICE: Dict[Tuple[str, str], Tuple[str, ...]] = {}
 LATENCY_ROWS = 16
 
 _REGISTRY: Dict[str, Backend] = {}
@@ -86,28 +90,23 @@ _LOAD_ERRORS: Dict[str, str] = {}
 _loaded = False
 
 
-def register_backend(name: str, *, agru: Callable, memory_bank: Callable,
-                     devices: Sequence[str], priority: int,
-                     window_gru: Optional[Callable] = None, implementation: Optional[str] = None,
-                     supports: Optional[Callable] = None, refuses: Tuple[type, ...] = ()) -> None:
-    """Register a backend: callables with the reference signatures (without ``backend``).
-
-    ``window_gru`` (optional; the reference loop when None) runs the window GRU from precomputed
-    projections, with the signature of :func:`aghmn_fast.reference.window_gru`.
+def register_backend(name: str, *, devices: Sequence[str], priority: int,
+                     implementation: Optional[str] = None, supports: Optional[Callable] = None,
+                     refuses: Tuple[type, ...] = (), **functions: Callable) -> None:
+    """Register a backend: one callable per public function, by name (``agru=...``,
+    ``memory_bank=...``, ...; the reference signatures, without ``backend``). A function left
+    out runs its reference loop; an unknown name raises ``ValueError``.
     """
-    _REGISTRY[name] = Backend(name, agru, memory_bank, tuple(devices), priority,
-                              window_gru or window_gru_ref, implementation or name,
-                              supports or _always, tuple(refuses))
+    _REGISTRY[name] = Backend(name, tuple(devices), priority, dict(functions),
+                              implementation or name, supports or _always, tuple(refuses))
 
 
-def _on_kernels(kernels: Kernels) -> Dict[str, Callable]:
-    return dict(agru=functools.partial(agru_fused, kernels),
-                memory_bank=functools.partial(memory_bank_fused, kernels),
-                window_gru=functools.partial(window_gru_fused, kernels))
+def functions_on(kernels: Kernels) -> Dict[str, Callable]:
+    """Every public function over an implementation's raw ``kernels`` (its fused path)."""
+    return {name: functools.partial(fn.fused, kernels) for name, (_, fn) in OPS.items()}
 
 
-register_backend("reference", agru=agru_ref, memory_bank=memory_bank_ref,
-                 window_gru=window_gru_ref, devices=("cpu", "cuda", "meta"), priority=0)
+register_backend("reference", devices=("cpu", "cuda", "meta"), priority=0)
 
 
 def _load_extension() -> None:
@@ -117,7 +116,7 @@ def _load_extension() -> None:
     except ImportError as exc:
         _LOAD_ERRORS["cpu"] = _LOAD_ERRORS["cuda"] = f"ImportError: {exc}"
         return
-    fns = _on_kernels(kernels)
+    fns = functions_on(kernels)
     register_backend("cpu", **fns, devices=("cpu",), priority=10, implementation="extension",
                      supports=extension.cpu_supports)
     missing = extension.cuda_kernels_missing()
@@ -143,20 +142,18 @@ def _load_triton() -> None:
                                   "TRITON_INTERPRET=1 to run its kernels on CPU tensors in "
                                   "Triton's interpreter)")
         return
-    from .agru.triton import triton_agru_backward, triton_agru_forward
-    from .window_gru.triton import triton_window_gru_backward, triton_window_gru_forward
-    from .agru.autograd import register_agru_autograd
-    from .window_gru.autograd import register_window_gru_autograd
-    kernels = Kernels(triton_agru_forward, triton_agru_backward, triton_window_gru_forward,
-                      triton_window_gru_backward)
-    register_agru_autograd(kernels.agru_forward, kernels.agru_backward)
-    register_window_gru_autograd(kernels.window_gru_forward, kernels.window_gru_backward)
+    from .spec import specs
+    kernels = Kernels()
+    for spec in specs():
+        kernels.update(spec.load_triton())
+    for spec in specs():
+        spec.register_autograd(kernels)
     # Under the interpreter (as in the test suite) Triton also runs on CPU tensors, below the
     # reference: an interpreted backend is never picked by default.
     if interpreting():
-        register_backend("triton", **_on_kernels(kernels), devices=("cuda", "cpu"), priority=-1)
+        register_backend("triton", **functions_on(kernels), devices=("cuda", "cpu"), priority=-1)
     else:
-        register_backend("triton", **_on_kernels(kernels), devices=("cuda",), priority=5)
+        register_backend("triton", **functions_on(kernels), devices=("cuda",), priority=5)
 
 
 _LOADERS = (("extension", _load_extension), ("triton", _load_triton))
@@ -201,12 +198,6 @@ def backend_errors() -> Dict[str, str]:
     return dict(_LOAD_ERRORS)
 
 
-def implementation_of(name: str) -> str:
-    """The implementation ("extension", "triton", "reference", ...) behind backend ``name``."""
-    _load()
-    return _REGISTRY[name].implementation
-
-
 def resolve_backend(backend: Optional[str], device: torch.device, op: Optional[str] = None,
                     rows: Optional[int] = None) -> Backend:
     """The backend that ``backend`` (a name or None = fastest) means for ``device``.
@@ -220,7 +211,7 @@ def resolve_backend(backend: Optional[str], device: torch.device, op: Optional[s
         if device.type == "cuda" and op is not None and rows is not None:
             shape_class = "latency" if rows <= LATENCY_ROWS else "throughput"
             available = backends("cuda")
-            for name in CUDA_CHOICE.get((op, shape_class), ()):
+            for name in CUDA_CHOICE.get((op, shape_class), CUDA_DEFAULT):
                 if name in available:
                     return _REGISTRY[name]
         for name in backends(device.type):
@@ -255,12 +246,13 @@ def candidates(backend: Optional[str], device: torch.device, op: str,
 
 def call(op: str, backend: Optional[str], rows: Optional[int], args: tuple):
     """Run ``op`` (arguments validated) on the first candidate backend that can take it."""
-    first, hidden, gates, steps = OPS[op](*args)
+    spec, function = OPS[op]
+    first, hidden, steps = function.dims(*args)
     for impl in candidates(backend, first.device, op, rows):
-        if not impl.supports(first, hidden, gates, steps):
+        if not impl.supports(spec, first, hidden, steps):
             continue
         try:
-            return getattr(impl, op)(*args)
+            return impl.functions[op](*args)
         except impl.refuses:
             continue
     raise RuntimeError(f"no backend can run {op} on these {first.device.type} tensors")

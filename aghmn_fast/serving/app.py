@@ -11,12 +11,13 @@ Routes (all answers are JSON; errors are ``{"error": message}`` with a 4xx/5xx s
   order -> ``{"predictions": [...]}`` (an item the engine refuses gets ``{"id", "error",
   "status"}`` in its place);
 - ``DELETE /v1/conversations/{id}``: forget a conversation;
-- ``WS /v1/stream``: JSON messages ``{"id", "text"}`` in, one prediction (or error) out per
-  message, in order; messages may be pipelined;
+- ``WS /v1/stream``: JSON messages ``{"id", "text"}`` in (text or binary frames), exactly one
+  prediction (or error) out per message, in order; messages may be pipelined; on drain the
+  unprocessed ones are refused and the connection closes with 1012 (see :meth:`ServingApp.stream`);
 - ``GET /healthz`` (the process is up), ``GET /readyz`` (model loaded, state restored, not
   draining), ``GET /metrics`` (Prometheus).
 
-With a token (``--token`` / ``$AGHMN_SERVE_TOKEN``) every route except ``/healthz`` and
+With a token (``--token``, ``--token-file`` or ``$AGHMN_SERVE_TOKEN``) every route except ``/healthz`` and
 ``/readyz`` requires ``Authorization: Bearer <token>`` (WebSocket clients that cannot set headers
 may pass ``?token=``).
 """
@@ -38,7 +39,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from ..streaming import StreamingRecognizer
 from .batcher import MicroBatcher, Overloaded
@@ -60,7 +61,7 @@ class ServeConfig:
     max_batch: int = 256
     max_wait_ms: float = 0.0
     max_queue: int = 8192
-    max_conversations: int = 100_000
+    max_conversations: int = 20_000
     ttl_seconds: Optional[float] = 3600.0
     max_body_bytes: int = 65_536
     max_text_chars: int = 10_000
@@ -68,18 +69,35 @@ class ServeConfig:
     threads: int = 1
     backend: Optional[str] = None
     worker_thread: bool = False
+    max_connections: Optional[int] = None   # None: 4096, or the descriptor limit - 64 if lower
+    max_header_bytes: int = 16_384          # request line + headers
+    max_url_bytes: int = 8192
+    request_timeout: float = 30.0           # first byte of a request to its last
+    idle_timeout: float = 60.0              # a connection with no request in progress
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range option."""
         positive = ("max_batch", "max_queue", "max_conversations", "max_body_bytes", "max_text_chars",
-                    "max_batch_items", "threads")
+                    "max_batch_items", "threads", "max_header_bytes", "max_url_bytes")
+        if self.max_connections is not None:
+            positive += ("max_connections",)
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("request_timeout", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
         if self.ttl_seconds is not None and self.ttl_seconds <= 0:
             raise ValueError(f"--ttl must be > 0, got {self.ttl_seconds}")
+        if self.token is not None:
+            if not self.token:
+                raise ValueError("the token is empty: give a non-empty --token, --token-file or "
+                                 "$AGHMN_SERVE_TOKEN, or none of them for an open server")
+            if self.token != self.token.strip() or any(ord(c) < 32 or ord(c) == 127 for c in self.token):
+                raise ValueError("the token must not contain control characters or start or end with "
+                                 "whitespace (it travels in an HTTP header)")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be in [0, 65535], got {self.port}")
 
@@ -97,6 +115,16 @@ class _Headers:
             if k.lower() == key:
                 return v.decode("latin-1")
         return default
+
+
+def _parse_json(data, what: str):
+    """JSON of a body or message; ServingError(400) if it is not JSON or nested too deeply."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:   # also UnicodeDecodeError
+        raise ServingError(400, f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ServingError(400, f"{what} is JSON nested too deeply") from None
 
 
 def _json(status: int, payload, headers=None) -> Response:
@@ -138,7 +166,9 @@ class ServingApp:
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.ready = False
         self._sweeper: Optional[asyncio.Task] = None
-        self._expected_auth = f"Bearer {config.token}".encode() if config.token else None
+        self._expected_auth = f"Bearer {config.token}".encode("utf-8") if config.token is not None else None
+        self.draining = False   # SIGTERM/SIGINT arrived: WebSocket messages are refused from now
+        self.metrics.set_limits(config)
         self._observe = {r: (self.metrics.request_seconds.labels(r), {}) for r in
                          ("utterance", "batch", "delete", "stream", "metrics")}
         self._in_flight = {r: self.metrics.in_flight.labels(r) for r in ("utterance", "batch", "stream")}
@@ -197,12 +227,16 @@ class ServingApp:
     def _authorize(self, headers, query_token: Optional[str] = None) -> None:
         if self._expected_auth is None:
             return
+        # compared as bytes: the header's raw bytes (ASGI gives them as latin-1) against the
+        # token's UTF-8, so that a non-ASCII token works over HTTP and WebSocket alike
         given = headers.get("authorization")
-        if given is None and query_token is not None:
-            given = f"Bearer {query_token}"
-        if given is None:
+        if given is not None:
+            raw = given.encode("latin-1")
+        elif query_token is not None:
+            raw = b"Bearer " + query_token.encode("utf-8", "replace")
+        else:
             raise ServingError(401, "missing bearer token (Authorization: Bearer <token>)")
-        if not hmac.compare_digest(given.encode(), self._expected_auth):
+        if not hmac.compare_digest(raw, self._expected_auth):
             raise ServingError(401, "invalid bearer token")
 
     async def _json_body(self, request: Request):
@@ -219,18 +253,15 @@ class ServingApp:
             if size > limit:
                 raise ServingError(413, f"request body larger than {limit} bytes")
             parts.append(chunk)
-        try:
-            return json.loads(b"".join(parts))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ServingError(400, f"body is not valid JSON: {exc}") from None
+        return _parse_json(b"".join(parts), "body")
 
-    async def _submit(self, route: str, items: List[Tuple[str, str]]):
+    async def _submit(self, route: str, items: List[Tuple[str, str]], tag=None):
         if self.batcher is None or not self.ready:
             raise ServingError(503, "the server is shutting down")
         in_flight = self._in_flight[route]
         in_flight.inc()
         try:
-            return await self.batcher.submit(items)
+            return await self.batcher.submit(items, tag)
         except Overloaded as exc:
             raise ServingError(503, f"overloaded: {exc}") from None
         finally:
@@ -389,6 +420,7 @@ class ServingApp:
         if not self.ready:
             return _json(503, {"status": "not ready"})
         return _json(200, {"status": "ready", "pid": os.getpid(), "live_conversations": self.engine.live,
+                           "stored_conversations": self.engine.store.count(),
                            "queue_depth": self.batcher.depth if self.batcher else 0})
 
     async def render_metrics(self, request: Request) -> Response:
@@ -401,8 +433,22 @@ class ServingApp:
         return self._done("metrics", Response(self.metrics.render(), 200,
                                               media_type=self.metrics.content_type), start)
 
+    def begin_drain(self) -> None:
+        """Shutdown started (SIGTERM/SIGINT): WebSocket messages not yet processed are refused
+        from now on (their clients are told, and can send them again elsewhere); HTTP requests
+        already received are still answered."""
+        self.draining = True
+        if self.batcher is not None:
+            self.batcher.withdraw(lambda tag: isinstance(tag, _StreamConnection), _NOT_PROCESSED)
+
     async def stream(self, websocket: WebSocket) -> None:
-        """``WS /v1/stream``: ``{"id", "text"}`` messages in, predictions out in the same order."""
+        """``WS /v1/stream``: ``{"id", "text"}`` messages (text or binary frames of UTF-8 JSON)
+        in, exactly one answer out per message, in order: a prediction or an error.
+
+        A message is processed only if its answer can still be sent: when the client leaves,
+        its messages still queued are withdrawn; when the server drains, they are answered
+        ``503`` (not processed), the ones processed are answered, then the server closes with
+        1012."""
         try:
             self._authorize(websocket.headers, websocket.query_params.get("token"))
         except ServingError as err:
@@ -410,38 +456,46 @@ class ServingApp:
             await websocket.close(code=1008, reason=err.message)
             return
         await websocket.accept()
+        connection = _StreamConnection()
         # at most 1,024 answers outstanding per connection: a client that never reads stalls
         # itself, not the server
         answers: asyncio.Queue = asyncio.Queue(maxsize=1024)
         writer = asyncio.get_running_loop().create_task(self._stream_writer(websocket, answers))
         try:
             while True:
-                message = await websocket.receive_text()
-                await answers.put(asyncio.ensure_future(self._stream_one(message)))
-        except (WebSocketDisconnect, RuntimeError):
-            pass
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                await answers.put(asyncio.ensure_future(self._stream_one(message, connection)))
         finally:
+            connection.open = False
+            if self.batcher is not None:
+                self.batcher.withdraw(lambda tag: tag is connection, _NOT_PROCESSED)
             await answers.put(None)
             with contextlib.suppress(Exception):
                 await writer
+            if self.draining:
+                with contextlib.suppress(Exception):
+                    await websocket.close(code=1012, reason="the server is shutting down")
 
-    async def _stream_one(self, message: str) -> dict:
+    async def _stream_one(self, message: dict, connection: "_StreamConnection") -> dict:
         start = time.perf_counter()
-        cid = None
+        cid = None   # echoed in an error only once it is a valid id
         try:
-            if len(message) > self.config.max_body_bytes:
+            if self.draining or not connection.open:
+                raise ServingError(503, _NOT_PROCESSED)
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            if len(data) > self.config.max_body_bytes:
                 raise ServingError(413, f"message larger than {self.config.max_body_bytes} bytes")
-            try:
-                body = json.loads(message)
-            except ValueError as exc:
-                raise ServingError(400, f"message is not valid JSON: {exc}") from None
+            body = _parse_json(data, "message")
             if not isinstance(body, dict):
                 raise ServingError(422, "message must be an object with 'id' and 'text'")
-            cid = body.get("id")
-            cid = check_conversation_id(cid)
+            cid = check_conversation_id(body.get("id"))
             text = check_text(body.get("text"), self.config.max_text_chars)
             index = check_index(body.get("index"))
-            result = (await self._submit("stream", [(cid, text, index)]))[0]
+            result = (await self._submit("stream", [(cid, text, index)], tag=connection))[0]
             if isinstance(result, ServingError):
                 raise result
         except ServingError as err:
@@ -452,10 +506,14 @@ class ServingApp:
         return result
 
     async def _stream_writer(self, websocket: WebSocket, answers: asyncio.Queue) -> None:
+        gone = False
         while True:
             pending = await answers.get()
             if pending is None:
                 return
+            if gone:   # keep the reader unblocked until it sees the disconnect; process nothing
+                pending.cancel()
+                continue
             try:
                 payload = await pending
             except Exception as exc:   # an engine failure: tell the client, keep the connection
@@ -464,4 +522,15 @@ class ServingApp:
             try:
                 await websocket.send_text(json.dumps(payload, ensure_ascii=False))
             except Exception:
-                return   # the client left; remaining answers are dropped
+                gone = True   # the client left; its queued messages are withdrawn by stream()
+
+
+_NOT_PROCESSED = "the server is shutting down; this message was not processed"
+
+
+class _StreamConnection:
+    """One WebSocket connection: the tag of its queued messages (see MicroBatcher.withdraw)."""
+    __slots__ = ("open",)
+
+    def __init__(self):
+        self.open = True

@@ -30,10 +30,10 @@ class Overloaded(Exception):
 
 
 class _Push:
-    __slots__ = ("items", "future")
+    __slots__ = ("items", "future", "tag")
 
-    def __init__(self, items, future):
-        self.items, self.future = items, future
+    def __init__(self, items, future, tag=None):
+        self.items, self.future, self.tag = items, future, tag
 
 
 class _Call:
@@ -100,17 +100,36 @@ class MicroBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    async def submit(self, items: Sequence[Any]) -> List[Any]:
-        """Queue items (kept together in one batch) and wait for their results."""
+    async def submit(self, items: Sequence[Any], tag: Any = None) -> List[Any]:
+        """Queue items (kept together in one batch) and wait for their results; ``tag`` marks
+        them for :meth:`withdraw`."""
         if self._closing or self._task is None:
             raise Overloaded("the server is shutting down")
         if self._depth + len(items) > self.max_queue and self._depth:
             raise Overloaded(f"too many queued utterances (limit {self.max_queue})")
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Push(list(items), future))
+        self._queue.append(_Push(list(items), future, tag))
         self._depth += len(items)
         self._wake.set()
         return await future
+
+    def withdraw(self, match: Callable[[Any], bool], reason: str) -> int:
+        """Refuse the queued submissions whose tag (not None) ``match`` accepts: they will not be
+        processed, their :meth:`submit` raises ``Overloaded(reason)``. Submissions already taken
+        into a batch are not affected. Returns how many utterances were withdrawn."""
+        kept, n = [], 0
+        for job in self._queue:
+            if isinstance(job, _Push) and job.tag is not None and match(job.tag):
+                n += len(job.items)
+                if not job.future.done():
+                    job.future.set_exception(Overloaded(reason))
+            else:
+                kept.append(job)
+        if n:
+            self._queue.clear()   # the same deque: the worker holds a reference to it
+            self._queue.extend(kept)
+            self._depth -= n
+        return n
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn()`` on the worker thread after everything queued before it."""
@@ -174,6 +193,9 @@ class MicroBatcher:
         """Move queued push groups into ``groups`` while the batch has room (at least one)."""
         queue, size = self._queue, sum(len(g.items) for g in groups)
         while queue and isinstance(queue[0], _Push):
+            if queue[0].future.done():   # cancelled while queued: its client is gone, skip it
+                self._depth -= len(queue.popleft().items)
+                continue
             if groups and size + len(queue[0].items) > self.max_batch:
                 break
             g = queue.popleft()

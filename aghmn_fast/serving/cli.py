@@ -1,4 +1,5 @@
-"""``aghmn-fast serve``: the HTTP/WebSocket server (uvicorn), or the same app on Ray Serve."""
+"""``aghmn-fast serve``: the HTTP/WebSocket server (uvicorn with the connection limits of
+:mod:`.protocols`), or the same app on Ray Serve."""
 from __future__ import annotations
 
 import errno
@@ -19,17 +20,21 @@ def add_parser(sub) -> None:
     p.add_argument("--state", default="aghmn-serve-state.db",
                    help="durable conversation store: an SQLite file (default ./aghmn-serve-state.db), "
                         "a redis:// URL, or 'memory' (nothing survives a restart)")
-    p.add_argument("--token", default=None,
-                   help=f"bearer token every route but /healthz and /readyz requires "
-                        f"(default: ${TOKEN_ENV}; none if unset)")
+    token = p.add_mutually_exclusive_group()
+    token.add_argument("--token", default=None,
+                       help=f"bearer token every route but /healthz and /readyz requires (visible in ps: "
+                            f"prefer --token-file or ${TOKEN_ENV}; none of the three: an open server)")
+    token.add_argument("--token-file", default=None,
+                       help="file whose content (one trailing newline removed) is the bearer token")
     p.add_argument("--max-batch", type=int, default=256, help="most utterances per engine batch (default 256)")
     p.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="how long a batch may wait for more utterances under load (default 0: a "
                         "batch is whatever queued while the previous one ran)")
     p.add_argument("--max-queue", type=int, default=8192,
                    help="most utterances waiting; beyond it requests get 503 (default 8192)")
-    p.add_argument("--max-conversations", type=int, default=100_000,
-                   help="most live conversations; a new one beyond it gets 429 (default 100000)")
+    p.add_argument("--max-conversations", type=int, default=20_000,
+                   help="most stored conversations, and most held in memory (about 140 KB each for a K = 40 model); a new "
+                        "one beyond it gets 429 (default 20000)")
     p.add_argument("--ttl", type=float, default=3600.0,
                    help="seconds after which an idle conversation is forgotten (default 3600; 0 = never)")
     p.add_argument("--max-body-bytes", type=int, default=65_536,
@@ -38,6 +43,16 @@ def add_parser(sub) -> None:
                    help="longest utterance text in characters (default 10000)")
     p.add_argument("--max-batch-items", type=int, default=1024,
                    help="most utterances in one POST /v1/utterances (default 1024)")
+    p.add_argument("--max-connections", type=int, default=None,
+                   help="most open HTTP and WebSocket connections; one more gets 503 and is closed "
+                        "(default 4096, or the file-descriptor limit minus 64 if lower)")
+    p.add_argument("--max-header-bytes", type=int, default=16_384,
+                   help="largest request line plus headers; 431 beyond (default 16384)")
+    p.add_argument("--max-url-bytes", type=int, default=8192, help="longest URL; 414 beyond (default 8192)")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds from a request's first byte to its last; 408 beyond (default 30)")
+    p.add_argument("--idle-timeout", type=float, default=60.0,
+                   help="seconds a connection may stay open with no request in progress (default 60)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the engine (default 1)")
     p.add_argument("--backend", default=None, help="op backend (default: fastest available)")
     p.add_argument("--worker-thread", action="store_true",
@@ -61,14 +76,47 @@ def config_from_args(args):
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     config = ServeConfig(
         checkpoint=args.checkpoint, host=args.host, port=args.port, state=args.state,
-        token=args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None),
+        token=token_from_args(args),
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_conversations=args.max_conversations, ttl_seconds=args.ttl or None,
         max_body_bytes=args.max_body_bytes, max_text_chars=args.max_text_chars,
         max_batch_items=args.max_batch_items, threads=args.threads, backend=args.backend,
-        worker_thread=args.worker_thread)
+        worker_thread=args.worker_thread, max_connections=args.max_connections,
+        max_header_bytes=args.max_header_bytes, max_url_bytes=args.max_url_bytes,
+        request_timeout=args.request_timeout, idle_timeout=args.idle_timeout)
     config.validate()
+    resolve_max_connections(config)
     return config
+
+
+def token_from_args(args):
+    """The bearer token: --token, else the content of --token-file, else $AGHMN_SERVE_TOKEN
+    (set but empty is an error, like an empty --token: never an open server by accident);
+    None: no token."""
+    if args.token is not None:
+        return args.token
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                token = f.read()
+        except UnicodeDecodeError:
+            raise ValueError(f"--token-file {args.token_file} is not UTF-8 text") from None
+        return token[:-1] if token.endswith("\n") else token
+    return os.environ.get(TOKEN_ENV)
+
+
+def resolve_max_connections(config) -> None:
+    """Set ``config.max_connections`` when unset, and refuse one this process cannot open (it
+    needs a file descriptor per connection, and some for the store, logs and the model)."""
+    from .protocols import descriptor_limit
+
+    spare = 64
+    limit = descriptor_limit()
+    if config.max_connections is None:
+        config.max_connections = 4096 if limit is None else max(1, min(4096, limit - spare))
+    elif limit is not None and config.max_connections > limit - spare:
+        raise ValueError(f"--max-connections {config.max_connections} is more than this process can open: "
+                         f"{limit} file descriptors (ulimit -n) minus {spare} for the store and logs")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -90,22 +138,42 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def build_server(serving):
-    """The uvicorn server of a :class:`~aghmn_fast.serving.app.ServingApp` (uvloop and httptools
-    when installed: they halve the per-request cost of the pure-Python defaults)."""
+    """The uvicorn server of a :class:`~aghmn_fast.serving.app.ServingApp`: httptools with the
+    connection limits of :mod:`.protocols`, uvloop when installed (both halve the per-request
+    cost of the pure-Python defaults); its shutdown drains WebSockets (``begin_drain``)."""
     import uvicorn
 
+    from .protocols import ConnectionLimits, protocol_classes
+
+    config = serving.config
+    if config.max_connections is None:
+        resolve_max_connections(config)
+        serving.metrics.set_limits(config)
     extras = {}
-    for module, option, value in (("uvloop", "loop", "uvloop"), ("httptools", "http", "httptools")):
-        try:
-            __import__(module)
-            extras[option] = value
-        except ImportError:
-            pass
-    return uvicorn.Server(uvicorn.Config(
-        serving.app, lifespan="on", log_level="warning", access_log=False, ws="websockets-sansio",
-        ws_max_size=serving.config.max_body_bytes, backlog=4096, timeout_graceful_shutdown=30,
-        timeout_keep_alive=75, proxy_headers=False,
-        **extras))
+    try:
+        __import__("uvloop")
+        extras["loop"] = "uvloop"
+    except ImportError:
+        pass
+    refusals = serving.metrics.connection_refusals
+    limits = ConnectionLimits(
+        max_connections=config.max_connections, max_head_bytes=config.max_header_bytes,
+        max_url_bytes=config.max_url_bytes, request_timeout=config.request_timeout,
+        idle_timeout=config.idle_timeout, refused=lambda reason: refusals.labels(reason).inc())
+    drain_seconds = 30
+    http, ws = protocol_classes(limits, drain_seconds)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            serving.begin_drain()   # before uvicorn asks the connections to finish
+            await super().shutdown(sockets)
+
+    server = Server(uvicorn.Config(
+        serving.app, lifespan="on", log_level="warning", access_log=False, http=http, ws=ws,
+        ws_max_size=config.max_body_bytes, backlog=4096, timeout_graceful_shutdown=drain_seconds,
+        timeout_keep_alive=config.idle_timeout, proxy_headers=False, **extras))
+    serving.metrics.connections.set_function(lambda: len(server.server_state.connections))
+    return server
 
 
 def run_server(config) -> int:

@@ -24,7 +24,8 @@ from .store import ConversationStore, StoreConflict
 
 log = logging.getLogger("aghmn_fast.serving")
 
-CONVERSATION_ID = re.compile(r"^[A-Za-z0-9._:@~-]{1,128}$")
+# matched with fullmatch: ``$`` would also match before a final newline ("abc\n")
+CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:@~-]{1,128}")
 
 
 class ServingError(Exception):
@@ -38,19 +39,24 @@ class ServingError(Exception):
 
 def check_conversation_id(cid) -> str:
     """The id if it is 1-128 characters of ``[A-Za-z0-9._:@~-]``; else ServingError(400)."""
-    if not isinstance(cid, str) or not CONVERSATION_ID.match(cid):
+    if not isinstance(cid, str) or not CONVERSATION_ID.fullmatch(cid):
         raise ServingError(400, "conversation id must be 1-128 characters of A-Z a-z 0-9 . _ : @ ~ -")
     return cid
 
 
 def check_text(text, max_chars: int) -> str:
-    """The text if it is a non-blank str of at most ``max_chars`` characters; else ServingError."""
+    """The text if it is a non-blank str of at most ``max_chars`` Unicode scalar values; else
+    ServingError (a lone surrogate such as JSON's ``"\\ud800"`` is not one: 422)."""
     if not isinstance(text, str):
         raise ServingError(422, "'text' must be a string")
     if not text.strip():
         raise ServingError(422, "'text' is empty or whitespace only")
     if len(text) > max_chars:
         raise ServingError(413, f"'text' is longer than {max_chars} characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ServingError(422, f"'text' is not valid Unicode (a lone surrogate at character {exc.start})") from None
     return text
 
 
@@ -69,10 +75,12 @@ class ConversationEngine:
 
     Args:
         recognizer: the recognizer this engine owns (nothing else may use it).
-        store: where the last K texts of each conversation live (see :mod:`.store`).
-        max_conversations: the bound on conversations held in memory; a new conversation beyond
-            it is refused with status 429. (With a shared store a conversation being rebuilt may
-            instead evict the least recently used copy: it stays in the store.)
+        store: where the last K + 1 texts of each conversation live (see :mod:`.store`).
+        max_conversations: the bound on conversations: a new conversation beyond it is refused
+            with status 429 (the embedded stores count every stored conversation, a shared store
+            the ones in memory), and never more than this many are held in memory (a stored
+            conversation being rebuilt evicts the least recently used in-memory copy, which
+            stays in the store).
         ttl_seconds: idle expiry: :meth:`expire` forgets conversations idle for longer
             (None: never).
         stats: an optional object whose ``record(hits, rebuilds, new)`` is called after each
@@ -81,7 +89,7 @@ class ConversationEngine:
     """
 
     def __init__(self, recognizer: StreamingRecognizer, store: ConversationStore,
-                 max_conversations: int = 100_000, ttl_seconds: Optional[float] = None, stats=None):
+                 max_conversations: int = 20_000, ttl_seconds: Optional[float] = None, stats=None):
         if max_conversations < 1:
             raise ValueError(f"max_conversations must be >= 1, got {max_conversations}")
         if ttl_seconds is not None and ttl_seconds <= 0:
@@ -94,6 +102,9 @@ class ConversationEngine:
         self.stats = stats
         self._count: Dict[str, int] = {}                 # in memory: true utterances seen
         self._used: "collections.OrderedDict[str, float]" = collections.OrderedDict()  # LRU order
+        # each in-memory conversation's last answer (index, text, answer): a retry of it is a
+        # lookup, no cheaper to refuse than to serve
+        self._last: Dict[str, Tuple[int, str, dict]] = {}
         self.hits = self.rebuilds = self.new_conversations = self.replays = 0
 
     # ---- public --------------------------------------------------------------------------------
@@ -102,43 +113,41 @@ class ConversationEngine:
         """Conversations held in memory."""
         return len(self._count)
 
-    def restore(self, chunk: int = 512) -> int:
-        """Rebuild every stored conversation in memory (embedded store, on start); returns how many.
+    def restore(self) -> int:
+        """Prepare to serve the stored conversations (on start); returns how many are stored.
 
-        A shared store is not restored eagerly: its conversations are rebuilt when they are used.
+        Nothing is rebuilt here: a stored conversation is rebuilt when it is first used, so
+        readiness after a restart does not depend on how many conversations are stored (and a
+        store holding more than ``max_conversations`` is served: only new conversations wait).
         """
         if self.store.shared:
             return 0
         if self.ttl_seconds is not None:
             self.store.expire(self.ttl_seconds)
-        ids = self.store.ids()
-        if len(ids) > self.max_conversations:
-            raise ValueError(f"the state store holds {len(ids)} conversations, more than "
-                             f"--max-conversations {self.max_conversations}")
-        for start in range(0, len(ids), chunk):
-            stored = self.store.load(ids[start:start + chunk])
-            self._rebuild(stored)
-        return len(ids)
+        return self.store.count()
 
     def process(self, items: Sequence[Tuple], _retry: bool = True) -> List[Result]:
         """Classify a batch of (conversation id, text[, expected index]); one result per item.
 
         A result is a dict (``id``, ``index``, ``label``, ``probabilities``, ``rebuilt``) or a
-        :class:`ServingError` for that item alone; the other items are served.
+        :class:`ServingError` for that item alone; the other items are served (a store failure
+        of one conversation fails only that conversation's items).
 
         An expected index makes retries safe: if it is the conversation's next index the
         utterance is served as usual; if it is the index of the conversation's last utterance
-        and the text is the same (a retry whose first answer was lost), that answer is computed
+        and the text is the same (a retry whose first answer was lost), that answer is given
         again, exactly, without storing anything (``"replayed": true``); otherwise the item is
         refused with 409.
         """
         results: List[Optional[Result]] = [None] * len(items)
         stored = self._load([item[0] for item in items])
+        in_batch = {item[0] for item in items}
         accepted: List[int] = []
         replays: List[int] = []
         rebuild: Dict[str, Tuple[int, List[str]]] = {}
         admitted_new = set()
         next_index: Dict[str, int] = {}
+        counted = self.store.count()   # None: a shared store, whose size is not this process's
         for i, item in enumerate(items):
             cid = item[0]
             expected = item[2] if len(item) > 2 else None
@@ -155,19 +164,20 @@ class ConversationEngine:
             if cid in self._count or cid in rebuild or cid in admitted_new:
                 accepted.append(i)
             elif cid in stored:
-                self._make_room(len(rebuild) + len(admitted_new))
+                if not self._make_room(len(rebuild) + len(admitted_new), in_batch):
+                    results[i] = self._full()
+                    continue
                 rebuild[cid] = stored[cid]
                 accepted.append(i)
-            elif self.live + len(rebuild) + len(admitted_new) < self.max_conversations:
+            elif ((counted if counted is not None else self.live + len(rebuild)) + len(admitted_new)
+                  < self.max_conversations):
                 admitted_new.add(cid)
                 accepted.append(i)
             else:
-                results[i] = ServingError(429, f"too many live conversations (limit "
-                                               f"{self.max_conversations}); retry later or close some")
+                results[i] = self._full()
                 continue
             next_index[cid] += 1
-        for i in replays:
-            results[i] = self._replay(items[i][0], items[i][1], items[i][2])
+        self._replay(replays, items, stored, results)
         if not accepted:
             return results
         batch = [(items[i][0], items[i][1]) for i in accepted]
@@ -191,43 +201,29 @@ class ConversationEngine:
             out.update(index=index, rebuilt=cid in rebuild)
             results[i] = out
         try:
-            self.store.append(appends)
-        except StoreConflict as conflict:
-            # Another replica wrote some of these conversations: nothing of the batch was stored.
-            # Drop the in-memory copies, refuse the conflicting items, serve the rest again.
-            self._forget(involved)
-            bad = set(conflict.conversation_ids)
-            log.warning("store conflict on %d conversation(s); rebuilding them", len(bad))
-            rest = [i for i in accepted if items[i][0] not in bad]
+            failed = self._store(appends)
+        except StoreConflict as conflict:   # another writer: nothing of the batch was stored
+            return self._after_conflict(conflict, items, accepted, involved, results, _retry)
+        for cid, err in failed.items():
             for i in accepted:
-                if items[i][0] in bad:
-                    results[i] = ServingError(409, f"conversation {items[i][0]} was updated "
-                                                   "elsewhere meanwhile; retry")
-            if rest and _retry:
-                for i, r in zip(rest, self.process([items[i] for i in rest], _retry=False)):
-                    results[i] = r
-            else:
-                for i in rest:
-                    results[i] = ServingError(409, "store conflict; retry")
-            return results
-        except Exception as exc:
-            self._forget(involved)   # memory is ahead of the store: never acknowledge that
-            log.error("state store failed: %s", exc)
-            err = ServingError(503, f"state store unavailable: {exc}")
-            for i in accepted:
-                results[i] = err
-            return results
-        now = time.monotonic()
-        for cid in involved:
-            self._used[cid] = now
-            self._used.move_to_end(cid)
-        n_new = len(admitted_new)
-        hits = len(involved) - n_new - len(rebuild)
+                if items[i][0] == cid:
+                    results[i] = err
+        self._forget(failed)   # memory is ahead of the store for these: never acknowledge that
+        now = time.time()
+        for i, (cid, text) in zip(accepted, batch):
+            if cid not in failed:
+                self._used[cid] = now
+                self._used.move_to_end(cid)
+                self._last[cid] = (results[i]["index"], text, dict(results[i]))
+        served = involved - set(failed)
+        n_new = len(admitted_new & served)
+        n_rebuilt = len(served & set(rebuild))
+        hits = len(served) - n_new - n_rebuilt
         self.hits += hits
-        self.rebuilds += len(rebuild)
+        self.rebuilds += n_rebuilt
         self.new_conversations += n_new
         if self.stats is not None:
-            self.stats.record(hits, len(rebuild), n_new)
+            self.stats.record(hits, n_rebuilt, n_new)
         return results
 
     def delete(self, cid: str) -> bool:
@@ -237,18 +233,24 @@ class ConversationEngine:
         return self.store.delete(cid) or in_memory
 
     def expire(self) -> int:
-        """Forget conversations idle for longer than the TTL; returns how many left memory."""
+        """Forget conversations idle for longer than the TTL; returns how many left memory.
+
+        One clock: an embedded store expires by its stored activity times and memory forgets
+        exactly what the store forgot (a conversation can never be in memory but not stored).
+        """
         if self.ttl_seconds is None:
             return 0
-        cutoff = time.monotonic() - self.ttl_seconds
+        if not self.store.shared:
+            gone = [c for c in self.store.expire(self.ttl_seconds) if c in self._count]
+            self._forget(gone)
+            return len(gone)
+        cutoff = time.time() - self.ttl_seconds   # a shared store expires keys itself
         idle = []
         for cid, used in self._used.items():   # oldest first
             if used >= cutoff:
                 break
             idle.append(cid)
         self._forget(idle)
-        if not self.store.shared:
-            self.store.expire(self.ttl_seconds)   # a shared store expires keys itself
         return len(idle)
 
     def close(self) -> None:
@@ -256,6 +258,54 @@ class ConversationEngine:
         self.store.close()
 
     # ---- internals -----------------------------------------------------------------------------
+    def _full(self) -> ServingError:
+        return ServingError(429, f"too many live conversations (limit {self.max_conversations}); "
+                                 "retry later or close some")
+
+    def _store(self, appends: List[Tuple[str, int, str]]) -> Optional[Dict[str, ServingError]]:
+        """Store the batch's appends: ``{conversation id: error}`` for the conversations that
+        could not be stored (empty: all stored); StoreConflict if another writer changed some
+        (then nothing was stored). One failing conversation never fails the others: after a
+        failed batch each conversation is stored on its own."""
+        try:
+            self.store.append(appends)
+            return {}
+        except StoreConflict:
+            raise
+        except Exception as exc:
+            if len({cid for cid, _, _ in appends}) == 1:
+                log.error("state store failed: %s", exc)
+                return {appends[0][0]: _unavailable(exc)}
+        failed: Dict[str, ServingError] = {}
+        for cid, group in _by_conversation(appends).items():
+            try:
+                self.store.append(group)
+            except Exception as exc:   # a conflict here is another writer: refused like a failure
+                log.error("state store failed for conversation %s: %s", cid, exc)
+                failed[cid] = (ServingError(409, f"conversation {cid} was updated elsewhere meanwhile; retry")
+                               if isinstance(exc, StoreConflict) else _unavailable(exc))
+        return failed
+
+    def _after_conflict(self, conflict: StoreConflict, items, accepted, involved, results,
+                        retry: bool) -> List[Result]:
+        # Another replica wrote some of these conversations: nothing of the batch was stored.
+        # Drop the in-memory copies, refuse the conflicting items, serve the rest again.
+        self._forget(involved)
+        bad = set(conflict.conversation_ids)
+        log.warning("store conflict on %d conversation(s); rebuilding them", len(bad))
+        rest = [i for i in accepted if items[i][0] not in bad]
+        for i in accepted:
+            if items[i][0] in bad:
+                results[i] = ServingError(409, f"conversation {items[i][0]} was updated "
+                                               "elsewhere meanwhile; retry")
+        if rest and retry:
+            for i, r in zip(rest, self.process([items[i] for i in rest], _retry=False)):
+                results[i] = r
+        else:
+            for i in rest:
+                results[i] = ServingError(409, "store conflict; retry")
+        return results
+
     def _load(self, cids: Sequence[str]) -> Dict[str, Tuple[int, List[str]]]:
         """Stored state of the conversations that must be (re)built from the store."""
         unique = list(dict.fromkeys(cids))
@@ -268,52 +318,74 @@ class ConversationEngine:
         self._forget(stale)
         return {c: v for c, v in stored.items() if c not in self._count}
 
-    def _replay(self, cid: str, text: str, index: int) -> Result:
-        """The answer to utterance ``index`` (the conversation's last) computed again from the
-        stored texts: the K before it and itself (the store keeps K + 1)."""
-        stored = self.store.load([cid]).get(cid)
-        if stored is None or stored[0] != index + 1 or stored[1][-1] != text:
-            return ServingError(409, f"utterance {index} of conversation {cid} is not this text; "
-                                     "cannot replay it")
-        scratch = ("replay", cid)   # a tuple: never one of the str ids of real conversations
+    def _replay(self, replays: List[int], items, stored, results: List) -> None:
+        """Answer retries of conversations' last utterances: from memory when the conversation
+        is there (a lookup), else computed again from the stored texts (the K before it and
+        itself: the store keeps K + 1), all in one ``push_many``."""
+        compute = []
+        for i in replays:
+            cid, text, index = items[i][0], items[i][1], items[i][2]
+            last = self._last.get(cid)
+            if last is not None and last[0] == index:
+                results[i] = (dict(last[2], replayed=True) if last[1] == text else
+                              ServingError(409, f"utterance {index} of conversation {cid} is not this "
+                                                "text; cannot replay it"))
+                self.replays += last[1] == text
+                continue
+            state = stored.get(cid) or self.store.load([cid]).get(cid)
+            if state is None or state[0] != index + 1 or state[1][-1] != text:
+                results[i] = ServingError(409, f"utterance {index} of conversation {cid} is not this text; "
+                                               "cannot replay it")
+                continue
+            compute.append((i, ("replay", i), state[1]))   # tuples: never a real (str) conversation id
+        if not compute:
+            return
+        pushes = [(scratch, t) for _, scratch, texts in compute for t in texts[:-1][-self.window:] + texts[-1:]]
         try:
-            predictions = self.recognizer.push_many(
-                [(scratch, t) for t in stored[1][:-1][-self.window:]] + [(scratch, text)])
+            predictions = self.recognizer.push_many(pushes)
         finally:
-            try:
-                self.recognizer.close(scratch)
-            except KeyError:
-                pass
-        out = predictions[-1].to_dict()
-        out.pop("latency_ms", None)
-        out.update(id=cid, index=index, rebuilt=True, replayed=True)
-        self.replays += 1
-        return out
+            for _, scratch, _ in compute:
+                try:
+                    self.recognizer.close(scratch)
+                except KeyError:
+                    pass
+        end = 0
+        for i, _, texts in compute:
+            end += len(texts[:-1][-self.window:]) + 1
+            out = predictions[end - 1].to_dict()
+            out.pop("latency_ms", None)
+            out.update(id=items[i][0], index=items[i][2], rebuilt=True, replayed=True)
+            results[i] = out
+            self.replays += 1
 
-    def _rebuild(self, stored: Dict[str, Tuple[int, List[str]]]) -> None:
-        replay = [(cid, text) for cid, (_, texts) in stored.items() for text in texts[-self.window:]]
-        try:
-            self.recognizer.push_many(replay)
-        except Exception:
-            self._forget(stored)
-            raise
-        now = time.monotonic()
-        for cid, (count, _) in stored.items():
-            self._count[cid] = count
-            self._used[cid] = now
-            self._used.move_to_end(cid)
-
-    def _make_room(self, pending: int) -> None:
-        # Rebuilding a stored conversation is never refused while the store is shared: the least
-        # recently used in-memory copy makes room (it stays in the store).
-        while self.store.shared and self._used and self.live + pending >= self.max_conversations:
-            self._forget([next(iter(self._used))])
+    def _make_room(self, pending: int, keep) -> bool:
+        """Evict least recently used in-memory copies (they stay in the store) until one more
+        conversation fits beside ``pending`` new ones; never one of ``keep`` (this batch's).
+        False if no room can be made."""
+        while self.live + pending >= self.max_conversations:
+            victim = next((c for c in self._used if c not in keep), None)
+            if victim is None:
+                return False
+            self._forget([victim])
+        return True
 
     def _forget(self, cids) -> None:
         for cid in list(cids):
             self._count.pop(cid, None)
             self._used.pop(cid, None)
+            self._last.pop(cid, None)
             try:   # also a conversation a failed push may have opened before its count was kept
                 self.recognizer.close(cid)
             except KeyError:
                 pass
+
+
+def _by_conversation(appends):
+    groups: Dict[str, list] = {}
+    for append in appends:
+        groups.setdefault(append[0], []).append(append)
+    return groups
+
+
+def _unavailable(exc: Exception) -> ServingError:
+    return ServingError(503, f"state store unavailable: {exc}")

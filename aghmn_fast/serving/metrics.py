@@ -34,6 +34,22 @@ class ServerMetrics:
                                ["route"], registry=r)
         self.queue_depth = Gauge("aghmn_queue_depth", "Utterances waiting for the engine", registry=r)
         self._sources = [self.conversations.labels(s) for s in ("hit", "rebuilt", "new")]
+        self.limits = Gauge("aghmn_limit", "The server's configured limits (seconds, bytes or counts)",
+                            ["limit"], registry=r)
+        self.connections = Gauge("aghmn_open_connections", "Open HTTP and WebSocket connections", registry=r)
+        self.connection_refusals = Counter(
+            "aghmn_connections_closed", "Connections refused or closed by a limit, by reason "
+            "(max_connections, header_too_large, url_too_long, request_timeout, idle_timeout)",
+            ["reason"], registry=r)
+
+    def set_limits(self, config) -> None:
+        """Expose the limits of a ServeConfig (those that are set) as ``aghmn_limit{limit=...}``."""
+        for name in ("max_connections", "max_header_bytes", "max_url_bytes", "request_timeout", "idle_timeout",
+                     "max_body_bytes", "max_text_chars", "max_batch_items", "max_queue", "max_conversations",
+                     "ttl_seconds"):
+            value = getattr(config, name)
+            if value is not None:
+                self.limits.labels(name).set(value)
 
     def record(self, hits: int, rebuilds: int, new: int) -> None:
         """Engine callback: where the conversations of one batch came from."""

@@ -33,6 +33,10 @@ class StoreConflict(Exception):
         self.conversation_ids = list(conversation_ids)
 
 
+class StoreUnavailable(Exception):
+    """A write failed (disk full, I/O error); nothing of it was stored. The message says why."""
+
+
 class ConversationStore:
     """Interface of a durable store (see the module doc). Methods are called from one thread."""
 
@@ -53,8 +57,12 @@ class ConversationStore:
         raise NotImplementedError
 
     def ids(self) -> List[str]:
-        """Ids of every stored conversation (used to restore them all on start)."""
+        """Ids of every stored conversation."""
         raise NotImplementedError
+
+    def count(self) -> Optional[int]:
+        """How many conversations are stored; None for a shared store (others write it too)."""
+        return None
 
     def expire(self, idle_seconds: float) -> List[str]:
         """Delete the conversations idle for more than ``idle_seconds``; returns their ids."""
@@ -95,6 +103,9 @@ class MemoryStore(ConversationStore):
 
     def ids(self):
         return list(self._data)
+
+    def count(self):
+        return len(self._data)
 
     def expire(self, idle_seconds):
         cutoff = time.time() - idle_seconds
@@ -196,8 +207,11 @@ class SQLiteStore(ConversationStore):
                 db.executemany("INSERT OR REPLACE INTO texts VALUES (?, ?, ?, ?, ?)",
                                [(cid, index % keep, index, text, now) for cid, index, text in items])
                 db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
+            except BaseException as exc:
+                if db.in_transaction:   # SQLite has already rolled back after e.g. a full disk
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreUnavailable(_sqlite_reason(exc)) from None
                 raise
             self._counts.update(counts)
             for cid in counts:
@@ -219,6 +233,9 @@ class SQLiteStore(ConversationStore):
         with self._lock:
             return sorted(self._seen, key=self._seen.__getitem__)
 
+    def count(self):
+        return len(self._counts)
+
     def expire(self, idle_seconds):
         cutoff = time.time() - idle_seconds
         with self._lock:
@@ -232,6 +249,13 @@ class SQLiteStore(ConversationStore):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._db.close()
+
+
+def _sqlite_reason(exc: sqlite3.Error) -> str:
+    """What a failed write means (said to clients: no path; nothing of the batch was stored)."""
+    if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "full" in str(exc):
+        return "the disk of the state file is full; nothing of this request was stored"
+    return f"{exc}; nothing of this request was stored"
 
 
 def _check_window(window) -> int:

@@ -1,12 +1,15 @@
 """Real-time streaming recognition: one utterance in, its emotion out, many conversations at once.
 
-- :mod:`.recognizer`: the public API, :class:`StreamingRecognizer` (conversation table, ring
-  store, state files) and :class:`Prediction`;
-- :mod:`.engines`: how a push is computed, one named engine per path ("push", "graph", "step",
-  "ops"), all with one contract.
+- :mod:`.recognizer`: the public API, :class:`StreamingRecognizer` (input checks, predictions,
+  state files) and :class:`Prediction`;
+- :mod:`.store`: :class:`RingStore`, the conversation table and ring store, whose public
+  contract the compute modes take;
+- :mod:`.modes`: how a push is computed, one named mode each ("push", "graph", "step", "ops"),
+  all with one contract.
 """
-from .engines import DEFAULT_ORDER, ENGINES, Engine, GraphEngine, OpsEngine, PushEngine, StepEngine
+from .modes import DEFAULT_ORDER, MODES, GraphMode, Mode, OpsMode, PushMode, StepMode
 from .recognizer import STATE_FORMAT, Prediction, StreamingRecognizer
+from .store import RingStore
 
-__all__ = ["StreamingRecognizer", "Prediction", "STATE_FORMAT", "Engine", "PushEngine",
-           "GraphEngine", "StepEngine", "OpsEngine", "ENGINES", "DEFAULT_ORDER"]
+__all__ = ["StreamingRecognizer", "Prediction", "STATE_FORMAT", "RingStore", "Mode", "PushMode",
+           "GraphMode", "StepMode", "OpsMode", "MODES", "DEFAULT_ORDER"]

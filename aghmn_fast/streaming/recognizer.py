@@ -1,5 +1,7 @@
-"""The public streaming API: :class:`StreamingRecognizer` (conversation table, ring store, state
-files) and :class:`Prediction`. How a push is computed is an engine (:mod:`.engines`).
+"""The public streaming API: :class:`StreamingRecognizer` (input checks, predictions, state
+files) and :class:`Prediction`. The conversation table and ring store are a
+:class:`~aghmn_fast.streaming.store.RingStore`; how a push is computed is a mode
+(:mod:`.modes`).
 
 Per conversation the recognizer keeps only what the next utterance needs: the reader vector and
 the fusion-GRU input projections (every direction) of its last K utterances, in a ring of K slots
@@ -14,17 +16,19 @@ import dataclasses
 import hashlib
 import json
 import time
+import warnings
 from typing import Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from .. import ops
 from .._io import atomic_torch_save
 from ..data import Vocabulary, tokenize
-from ..models import AGHMN, pad_token_ids
-from .engines import DEFAULT_ORDER, ENGINES, Engine
+from ..models import AGHMN
+from ..models.checkpoint import load_checkpoint
+from .modes import DEFAULT_ORDER, MODES, Mode, fusion_weights
+from .store import RingStore
 
 STATE_FORMAT = "aghmn_fast.stream_state.v2"  # v2: the fingerprint hashes the weights' bytes
 
@@ -53,18 +57,20 @@ class StreamingRecognizer:
         device: where to run (default: the model's device).
         vocab: the model's vocabulary (default: ``model.vocab``, set by :meth:`from_checkpoint`).
         label_names: class names (default: ``model.label_names``).
-        path: how a push is computed (the results agree within fp32 rounding):
+        mode: how a push is computed (the results agree within fp32 rounding):
             ``"push"``: one compiled call per push does everything, the reader included, and
             writes the ring store (CPU, float32/float64, "cpu" backend; weights are packed at
             construction, so a model changed afterwards needs a new recognizer);
-            ``"graph"`` (CUDA only): the "step" path with everything after the reader (memory
+            ``"graph"`` (CUDA only): the "step" mode with everything after the reader (memory
             update, summary, classifier, ring-store write) replayed as one CUDA graph per batch
             bucket (1, 2, 4, .., 1,024 conversations; larger rounds in chunks), captured on
-            first use; see :class:`~aghmn_fast.streaming.engines.GraphEngine`;
+            first use; see :class:`~aghmn_fast.streaming.modes.GraphMode`;
             ``"step"``: the reader in PyTorch, then one compiled call for the rest (CPU or CUDA);
             ``"ops"``: the model's own layers op by op (any backend). Default: the first of
             "push", "step", "ops" that is available ("graph" only when asked for: it has not
             run on a GPU yet).
+        path: the former name of ``mode`` (deprecated: a ``DeprecationWarning``; removed in the
+            next release).
 
     Text handling: utterances are tokenized as in training and truncated to the model's
     ``max_len`` (60) tokens, so a 10,000-word utterance costs as much as a 60-word one; empty or
@@ -76,12 +82,14 @@ class StreamingRecognizer:
     table and store are updated in place); to serve from several threads, give each its own
     recognizer or serialise the calls. ``push_many`` already uses the torch threads for a batch.
 
-    Attributes: ``engine``, the :class:`~aghmn_fast.streaming.engines.Engine` that computes the
-    pushes (``engine.name == path``).
+    Attributes: ``compute``, the :class:`~aghmn_fast.streaming.modes.Mode` that computes the
+    pushes (``compute.name == mode``); ``store``, the
+    :class:`~aghmn_fast.streaming.store.RingStore` of the open conversations.
     """
 
     def __init__(self, model: AGHMN, device=None, *, vocab: Optional[Vocabulary] = None,
-                 label_names: Optional[Sequence[str]] = None, path: Optional[str] = None):
+                 label_names: Optional[Sequence[str]] = None, mode: Optional[str] = None,
+                 path: Optional[str] = None):
         if not isinstance(model, AGHMN):
             raise TypeError(f"model must be an aghmn_fast.models.AGHMN, got {type(model).__name__}")
         self.vocab = vocab if vocab is not None else getattr(model, "vocab", None)
@@ -96,20 +104,20 @@ class StreamingRecognizer:
         cfg = model.config
         self.window, self.hidden = cfg.window, cfg.hidden_size
         self.dtype = next(model.parameters()).dtype
-        self.num_dirs = 0 if model.fusion is None else (2 if model.fusion.bidirectional else 1)
-        self._fusion_weights()
-        if path is not None and path not in ENGINES:
-            raise ValueError(f"path must be one of {', '.join(map(repr, ENGINES))} or None, "
-                             f"got {path!r}")
-        self.engine: Engine = self._choose_engine(path)
-        self._blocks: Dict[Hashable, int] = {}      # conversation -> block of K store slots
-        self._counts: Dict[Hashable, int] = {}      # conversation -> utterances seen
-        self._free: List[int] = []
-        self._capacity = 0
-        self._u = torch.zeros(0, self.hidden, dtype=self.dtype, device=self.device)
-        self._proj = torch.zeros(max(self.num_dirs, 1), 0, 3 * self.hidden, dtype=self.dtype,
-                                 device=self.device)
-        self._grow(4)
+        if path is not None:
+            warnings.warn("StreamingRecognizer(path=...) is deprecated: use mode=...",
+                          DeprecationWarning, stacklevel=2)
+            if mode is not None and mode != path:
+                raise ValueError(f"mode={mode!r} and its deprecated name path={path!r} disagree")
+            mode = path
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))} or None, "
+                             f"got {mode!r}")
+        w_ih, b_ih, _, _ = fusion_weights(self.model)
+        self.store = RingStore(self.window, self.hidden, w_ih, b_ih, dtype=self.dtype,
+                               device=self.device)
+        self.num_dirs = self.store.num_dirs
+        self.compute: Mode = self._choose_mode(mode)
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
@@ -119,66 +127,46 @@ class StreamingRecognizer:
         Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not
         a valid checkpoint, an unavailable ``device`` or an unavailable ``backend``.
         """
-        from ..train import load_checkpoint
         if device is not None:
             device = _usable_device(device)
         model, vocab, labels, _ = load_checkpoint(path, backend=backend)
         return cls(model, device, vocab=vocab, label_names=labels)
 
-    def _fusion_weights(self) -> None:
-        if self.num_dirs == 0:
-            return
-        flat = [w.detach() for w in self.model.fusion._flat_weights]
-        d = range(self.num_dirs)
-        self._w_ih = [flat[4 * i] for i in d]
-        self._b_ih = [flat[4 * i + 2] for i in d]
-        self._pad_proj = torch.stack(self._b_ih)
-        self._w_hh = torch.stack([flat[4 * i + 1] for i in d])
-        self._b_hh = torch.stack([flat[4 * i + 3] for i in d])
-
-    def _choose_engine(self, path: Optional[str]) -> Engine:
-        # Engines pack or look up what they need here: a model changed afterwards needs a new
+    def _choose_mode(self, mode: Optional[str]) -> Mode:
+        # Modes pack or look up what they need here: a model changed afterwards needs a new
         # recognizer.
-        for name in (path,) if path is not None else DEFAULT_ORDER:
-            engine = ENGINES[name].create(self)
-            if engine is not None:
-                return engine
-        available = next(n for n in DEFAULT_ORDER if ENGINES[n].create(self) is not None)
-        raise ValueError(f"path {path!r} is not available here (device {self.device}, dtype "
+        for name in (mode,) if mode is not None else DEFAULT_ORDER:
+            compute = MODES[name].create(self.model, self.store)
+            if compute is not None:
+                return compute
+        available = next(n for n in DEFAULT_ORDER
+                         if MODES[n].create(self.model, self.store) is not None)
+        raise ValueError(f"mode {mode!r} is not available here (device {self.device}, dtype "
                          f"{self.dtype}, model backend {self.model.config.backend!r}, "
                          f"backends loaded: {ops.backends()}); available: {available!r}")
 
-    def _agru_weights(self) -> List[Tensor]:
-        """The AGRU cells' (weight_ih, weight_hh, bias_ih, bias_hh), forward cell first."""
-        agru = self.model.agru
-        return [] if agru is None else [
-            getattr(agru, f"{n}_l0{s}") for s in agru.suffixes
-            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-
-    def _grow(self, capacity: int) -> None:
-        K = self.window
-        extra = capacity - self._capacity
-        self._u = torch.cat([self._u, self._u.new_zeros(extra * K, self.hidden)])
-        self._proj = torch.cat([self._proj, self._proj.new_zeros(self._proj.shape[0], extra * K,
-                                                                 3 * self.hidden)], dim=1)
-        self._free.extend(range(capacity - 1, self._capacity - 1, -1))
-        self._capacity = capacity
-
     # ---- public API ----------------------------------------------------------------------------
     @property
-    def path(self) -> str:
+    def mode(self) -> str:
         """How pushes are computed: ``"push"``, ``"graph"``, ``"step"`` or ``"ops"`` (see the
         class doc)."""
-        return self.engine.name
+        return self.compute.name
+
+    @property
+    def path(self) -> str:
+        """The former name of :attr:`mode` (deprecated: a ``DeprecationWarning``)."""
+        warnings.warn("StreamingRecognizer.path is deprecated: use .mode", DeprecationWarning,
+                      stacklevel=2)
+        return self.mode
 
     @property
     def conversations(self) -> List[Hashable]:
         """Ids of the open conversations."""
-        return list(self._blocks)
+        return self.store.conversations
 
     def utterances_seen(self, conversation_id: Hashable) -> int:
         """How many utterances of the conversation were pushed (0 if unknown)."""
-        return self._counts.get(conversation_id, 0)
+        return self.store.count(conversation_id)
 
     def push(self, conversation_id: Hashable, utterance_text: str) -> Prediction:
         """Classify the next utterance of a conversation (opened on its first utterance)."""
@@ -186,7 +174,8 @@ class StreamingRecognizer:
         ids = self._encode(0, (conversation_id, utterance_text))
         with torch.no_grad():
             probs = self._step([conversation_id], [ids]).tolist()[0]
-        prediction = self._prediction(conversation_id, self._counts[conversation_id] - 1, probs)
+        prediction = self._prediction(conversation_id, self.store.count(conversation_id) - 1,
+                                      probs)
         prediction.latency_ms = (time.perf_counter() - start) * 1e3
         return prediction
 
@@ -214,7 +203,7 @@ class StreamingRecognizer:
                                    [token_ids[i] for i in members]).tolist()
                 for i, p in zip(members, probs):
                     cid = items[i][0]
-                    out[i] = self._prediction(cid, self._counts[cid] - 1, p)
+                    out[i] = self._prediction(cid, self.store.count(cid) - 1, p)
         latency = (time.perf_counter() - start) * 1e3
         for p in out:
             p.latency_ms = latency
@@ -222,20 +211,13 @@ class StreamingRecognizer:
 
     def close(self, conversation_id: Hashable) -> None:
         """Forget a conversation and free its slots. Unknown ids raise ``KeyError``."""
-        if conversation_id not in self._blocks:
-            raise KeyError(f"unknown conversation_id {conversation_id!r}")
-        self._free.append(self._blocks.pop(conversation_id))
-        del self._counts[conversation_id]
+        self.store.close(conversation_id)
 
     def save_state(self, path: str) -> None:
         """Write every open conversation's state (loadable with :meth:`load_state`)."""
-        ids = list(self._blocks)
-        K = self.window
-        slots = torch.tensor([self._blocks[c] * K + k for c in ids for k in range(K)], dtype=torch.int64)
+        ids, counts, u, proj = self.store.snapshot()
         state = {"format": STATE_FORMAT, "fingerprint": self._fingerprint(),
-                 "ids": [_id_to_json(c) for c in ids], "counts": [self._counts[c] for c in ids],
-                 "u": self._u[slots.to(self.device)].cpu(),
-                 "proj": self._proj[:, slots.to(self.device)].cpu()}
+                 "ids": [_id_to_json(c) for c in ids], "counts": counts, "u": u, "proj": proj}
         atomic_torch_save(state, path)
 
     def load_state(self, path: str) -> None:
@@ -259,29 +241,12 @@ class StreamingRecognizer:
             raise ValueError(f"{path} was saved by another model (weights, configuration or "
                              "dtype differ)")
         ids, counts, u, proj = (state.get(k) for k in ("ids", "counts", "u", "proj"))
-        K, width = self.window, self._proj.shape[0]
-        if not isinstance(ids, list) or not isinstance(counts, list) or len(ids) != len(counts):
-            raise ValueError(f"{path} is corrupted (ids and counts must be lists of one length)")
-        n = len(ids)
-        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in counts):
-            raise ValueError(f"{path} is corrupted (counts must be positive integers)")
-        if (not isinstance(u, Tensor) or not isinstance(proj, Tensor)
-                or tuple(u.shape) != (n * K, self.hidden)
-                or tuple(proj.shape) != (width, n * K, 3 * self.hidden)
-                or not u.is_floating_point() or not proj.is_floating_point()):
-            raise ValueError(f"{path} is corrupted (stored tensors have the wrong shape or type)")
-        ids = [_id_from_json(c) for c in ids]
-        if len(set(ids)) != n:
-            raise ValueError(f"{path} is corrupted (a conversation id appears twice)")
-        self._blocks, self._counts, self._free, self._capacity = {}, {}, [], 0
-        self._u = self._u.new_zeros(0, self.hidden)
-        self._proj = self._proj.new_zeros(width, 0, 3 * self.hidden)
-        self._grow(max(4, n))
-        for b, (cid, count) in enumerate(zip(ids, counts)):
-            self._free.remove(b)
-            self._blocks[cid], self._counts[cid] = b, count
-        self._u[: n * K] = u.to(self.device, self.dtype)
-        self._proj[:, : n * K] = proj.to(self.device, self.dtype)
+        if isinstance(ids, list):
+            ids = [_id_from_json(c) for c in ids]
+        try:
+            self.store.restore(ids, counts, u, proj)
+        except ValueError as exc:
+            raise ValueError(f"{path} is corrupted ({exc})") from None
 
     # ---- internals -----------------------------------------------------------------------------
     def _encode(self, position: int, item) -> List[int]:
@@ -311,54 +276,12 @@ class StreamingRecognizer:
             digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return digest.hexdigest()
 
-    def _window_rows(self, cids: Sequence[Hashable]) -> Tensor:
-        K, rows = self.window, []
-        for cid in cids:
-            n, base = self._counts[cid], self._blocks[cid] * K
-            m = min(n, K)
-            rows.append([-1] * (K - m) + [base + (i % K) for i in range(n - m, n)])
-        return torch.tensor(rows, dtype=torch.int64, device=self.device).reshape(-1, K)
-
     def _step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:
-        """Open unknown conversations, then one engine step (which also writes the store and
-        advances the counts)."""
+        """Open unknown conversations, then one step of the mode (which also writes the store
+        and advances the counts)."""
         for cid in cids:
-            if cid not in self._blocks:
-                if not self._free:
-                    self._grow(2 * self._capacity)
-                self._blocks[cid], self._counts[cid] = self._free.pop(), 0
-        return self.engine.step(cids, items)
-
-    def _reader_vectors(self, items: Sequence) -> Tensor:
-        """Reader vectors u [B, H] of the pushed utterances (token ids, or texts for a sentence
-        reader), computed by the model's own reader."""
-        model = self.model
-        if model.embedding is None:
-            return model.encode_texts(items)
-        tokens, lengths = pad_token_ids(items, model.config.max_len)
-        return model.encode_utterances(tokens.to(self.device), lengths)
-
-    def _slots(self, cids: Sequence[Hashable]) -> Tensor:
-        """The store slot each conversation's next utterance goes to."""
-        K = self.window
-        return torch.tensor([self._blocks[c] * K + self._counts[c] % K for c in cids],
-                            dtype=torch.int64, device=self.device)
-
-    def _write(self, slots: Tensor, u: Tensor) -> None:
-        """Store reader vectors and their fusion projections (every engine but the one-call push,
-        whose kernel writes the same values itself)."""
-        self._u.index_copy_(0, slots, u)
-        for d in range(self.num_dirs):
-            self._proj[d].index_copy_(0, slots, F.linear(u, self._w_ih[d], self._b_ih[d]))
-
-    def _advance(self, cids: Sequence[Hashable]) -> None:
-        for c in cids:
-            self._counts[c] += 1
-
-    def _remember(self, cids: Sequence[Hashable], u: Tensor) -> None:
-        """Write the new utterances of ``cids`` into the store and count them."""
-        self._write(self._slots(cids), u)
-        self._advance(cids)
+            self.store.open(cid)
+        return self.compute.step(cids, items)
 
     def _prediction(self, cid, index: int, p: List[float]) -> Prediction:
         best = max(range(len(p)), key=p.__getitem__)

@@ -1,6 +1,9 @@
-// The AGRU ops' argument checks, run by the CPU binding (agru_ops.cpp) and the CUDA binding
-// (agru_cuda.cu) alike, on top of common/checks.h.
+// The AGRU ops' argument checks and output shapes, used by the CPU binding (agru_ops.cpp) and
+// the CUDA binding (agru_cuda.cu) alike, on top of common/checks.h. The outputs' shapes are
+// written here once for C++ (Python's: ops/agru/autograd.py, agru_forward_shapes).
 #pragma once
+#include <tuple>
+
 #include "common/checks.h"
 
 namespace aghmn {
@@ -43,6 +46,20 @@ inline AgruSizes check_agru_backward(const at::Tensor& grad_output, const at::Te
   c.same(output, "output", {B, T, H});
   c.same(gates, "gates", {B, T, 3 * H});
   return {B, T, H};
+}
+
+/// agru_forward's outputs, uninitialised: output [B, T, H], gates [B, T, 3H].
+inline std::tuple<at::Tensor, at::Tensor> agru_forward_outputs(const AgruSizes& s,
+                                                               const at::TensorOptions& o) {
+  return {at::empty({s.B, s.T, s.H}, o), at::empty({s.B, s.T, 3 * s.H}, o)};
+}
+
+/// agru_backward's outputs, uninitialised: grad_xproj [B, T, 2H], grad_attn [B, T],
+/// grad_ghh [B, T, 2H], grad_h0 [B, H].
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> agru_backward_outputs(
+    const AgruSizes& s, const at::TensorOptions& o) {
+  return {at::empty({s.B, s.T, 2 * s.H}, o), at::empty({s.B, s.T}, o),
+          at::empty({s.B, s.T, 2 * s.H}, o), at::empty({s.B, s.H}, o)};
 }
 
 }  // namespace aghmn

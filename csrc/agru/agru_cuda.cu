@@ -27,8 +27,8 @@ std::tuple<Tensor, Tensor> agru_forward_cuda(const Tensor& xproj, const Tensor& 
       xproj, attn, weight_hh, bias_hh, h0, c10::DeviceType::CUDA);
   const int64_t B = sizes.B, T = sizes.T, H = sizes.H;
   const c10::cuda::CUDAGuard guard(xproj.device());
-  Tensor output = at::empty({B, T, H}, xproj.options());
-  Tensor gates = at::empty({B, T, 3 * H}, xproj.options());
+  Tensor output, gates;
+  std::tie(output, gates) = aghmn::agru_forward_outputs(sizes, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "agru_forward_cuda", [&] {
     aghmn::cuda::AgruForwardParams<scalar_t> p;
     p.xproj = xproj.const_data_ptr<scalar_t>();
@@ -54,10 +54,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> agru_backward_cuda(
       grad_output, attn, weight_hh, h0, output, gates, c10::DeviceType::CUDA);
   const int64_t B = sizes.B, T = sizes.T, H = sizes.H;
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  Tensor grad_xproj = at::empty({B, T, 2 * H}, grad_output.options());
-  Tensor grad_attn = at::empty({B, T}, grad_output.options());
-  Tensor grad_ghh = at::empty({B, T, 2 * H}, grad_output.options());
-  Tensor grad_h0 = at::empty({B, H}, grad_output.options());
+  Tensor grad_xproj, grad_attn, grad_ghh, grad_h0;
+  std::tie(grad_xproj, grad_attn, grad_ghh, grad_h0) =
+      aghmn::agru_backward_outputs(sizes, grad_output.options());
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "agru_backward_cuda", [&] {
     aghmn::cuda::AgruBackwardParams<scalar_t> p;
     p.grad_output = grad_output.const_data_ptr<scalar_t>();

@@ -28,8 +28,8 @@ std::tuple<Tensor, Tensor> agru_forward_cpu(const Tensor& xproj, const Tensor& a
       xproj, attn, weight_hh, bias_hh, h0, c10::DeviceType::CPU);
   const int64_t B = sizes.B, T = sizes.T, H = sizes.H;
 
-  Tensor output = at::empty({B, T, H}, xproj.options());
-  Tensor gates = at::empty({B, T, 3 * H}, xproj.options());
+  Tensor output, gates;
+  std::tie(output, gates) = aghmn::agru_forward_outputs(sizes, xproj.options());
   if (B == 0 || T == 0) return {output, gates};
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "agru_forward_cpu", [&] {
     auto plan = cpu::agru_plan<scalar_t>(B, T, H, reverse);
@@ -58,11 +58,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> agru_backward_cpu(
       grad_output, attn, weight_hh, h0, output, gates, c10::DeviceType::CPU);
   const int64_t B = sizes.B, T = sizes.T, H = sizes.H;
 
-  auto opts = grad_output.options();
-  Tensor grad_xproj = at::empty({B, T, 2 * H}, opts);
-  Tensor grad_attn = at::empty({B, T}, opts);
-  Tensor grad_ghh = at::empty({B, T, 2 * H}, opts);
-  Tensor grad_h0 = at::empty({B, H}, opts);
+  Tensor grad_xproj, grad_attn, grad_ghh, grad_h0;
+  std::tie(grad_xproj, grad_attn, grad_ghh, grad_h0) =
+      aghmn::agru_backward_outputs(sizes, grad_output.options());
   if (B == 0) return {grad_xproj, grad_attn, grad_ghh, grad_h0};
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "agru_backward_cpu", [&] {
     auto plan = cpu::agru_plan<scalar_t>(B, T, H, reverse);

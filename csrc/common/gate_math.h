@@ -17,6 +17,16 @@ AGHMN_HD T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 template <typename T>
 AGHMN_HD T tanh_(T x) { return std::tanh(x); }
 
+// The activations a gate formula is written over: libm's (here) or the vectorisable ones
+// (VecActivations, below). Each formula is written once, over an Act; the *_unit functions use
+// libm, the *_unit_vec ones the vectorisable activations.
+struct LibmActivations {
+  template <typename T>
+  static AGHMN_HD T sigmoid(T x) { return aghmn::sigmoid(x); }
+  template <typename T>
+  static AGHMN_HD T tanh(T x) { return tanh_(x); }
+};
+
 // ---- AGRU, one hidden unit j of one step -------------------------------------------------
 // Forward: r = s(xr + hr), n = tanh(xn + r * hn), h' = a * n + (1 - a) * h.
 template <typename T>
@@ -24,13 +34,18 @@ struct AgruForward {
   T r, n, h_new;
 };
 
-template <typename T>
-AGHMN_HD AgruForward<T> agru_forward_unit(T xr, T xn, T hr, T hn, T a, T h) {
+template <typename Act, typename T>
+AGHMN_HD AgruForward<T> agru_forward_over(T xr, T xn, T hr, T hn, T a, T h) {
   AgruForward<T> o;
-  o.r = sigmoid(xr + hr);
-  o.n = tanh_(xn + o.r * hn);
+  o.r = Act::sigmoid(xr + hr);
+  o.n = Act::tanh(xn + o.r * hn);
   o.h_new = a * o.n + (T(1) - a) * h;
   return o;
+}
+
+template <typename T>
+AGHMN_HD AgruForward<T> agru_forward_unit(T xr, T xn, T hr, T hn, T a, T h) {
+  return agru_forward_over<LibmActivations>(xr, xn, hr, hn, a, h);
 }
 
 // Backward of one unit given dh (total gradient of h'): returns the gate gradients and the
@@ -61,14 +76,19 @@ struct GruForward {
   T r, z, n, h_new;
 };
 
-template <typename T>
-AGHMN_HD GruForward<T> gru_forward_unit(T pr, T pz, T pn, T hr, T hz, T hn, T h) {
+template <typename Act, typename T>
+AGHMN_HD GruForward<T> gru_forward_over(T pr, T pz, T pn, T hr, T hz, T hn, T h) {
   GruForward<T> o;
-  o.r = sigmoid(pr + hr);
-  o.z = sigmoid(pz + hz);
-  o.n = tanh_(pn + o.r * hn);
+  o.r = Act::sigmoid(pr + hr);
+  o.z = Act::sigmoid(pz + hz);
+  o.n = Act::tanh(pn + o.r * hn);
   o.h_new = (T(1) - o.z) * o.n + o.z * h;
   return o;
+}
+
+template <typename T>
+AGHMN_HD GruForward<T> gru_forward_unit(T pr, T pz, T pn, T hr, T hz, T hn, T h) {
+  return gru_forward_over<LibmActivations>(pr, pz, pn, hr, hz, hn, h);
 }
 
 template <typename T>
@@ -165,24 +185,22 @@ AGHMN_HD float tanh_vec(float x) {
 AGHMN_HD double sigmoid_vec(double x) { return sigmoid(x); }
 AGHMN_HD double tanh_vec(double x) { return tanh_(x); }
 
+struct VecActivations {
+  template <typename T>
+  static AGHMN_HD T sigmoid(T x) { return sigmoid_vec(x); }
+  template <typename T>
+  static AGHMN_HD T tanh(T x) { return tanh_vec(x); }
+};
+
 // agru_forward_unit / gru_forward_unit with the vectorisable activations.
 template <typename T>
 AGHMN_HD AgruForward<T> agru_forward_unit_vec(T xr, T xn, T hr, T hn, T a, T h) {
-  AgruForward<T> o;
-  o.r = sigmoid_vec(xr + hr);
-  o.n = tanh_vec(xn + o.r * hn);
-  o.h_new = a * o.n + (T(1) - a) * h;
-  return o;
+  return agru_forward_over<VecActivations>(xr, xn, hr, hn, a, h);
 }
 
 template <typename T>
 AGHMN_HD GruForward<T> gru_forward_unit_vec(T pr, T pz, T pn, T hr, T hz, T hn, T h) {
-  GruForward<T> o;
-  o.r = sigmoid_vec(pr + hr);
-  o.z = sigmoid_vec(pz + hz);
-  o.n = tanh_vec(pn + o.r * hn);
-  o.h_new = (T(1) - o.z) * o.n + o.z * h;
-  return o;
+  return gru_forward_over<VecActivations>(pr, pz, pn, hr, hz, hn, h);
 }
 
 }  // namespace aghmn

@@ -41,7 +41,8 @@ constexpr int64_t pad_width() { return 64 / static_cast<int64_t>(sizeof(T)); }
 #define AGHMN_HAVE_VECTOR_EXT 1
 // Loads and stores go through pointers to this type (unaligned, may alias T). memcpy into a
 // vector local instead made GCC split 32-byte moves into 16-byte halves through the stack under
-// target("avx2"), a store-forwarding stall that made the AVX2 kernels 10x slower.
+// target("avx2"), a store-forwarding stall that made the AVX2 kernels several times slower
+// (docs/RESULTS.md, "Measurements behind code comments").
 template <typename T, int kBytes>
 struct VecOf {
   typedef T type __attribute__((vector_size(kBytes), aligned(sizeof(T)), may_alias));
@@ -113,10 +114,10 @@ AGHMN_INLINE void gemm_tile_mr(int mr, int nv, int64_t K, const T* in, int64_t l
 // that no block is left with a single latency-bound accumulator chain; each column block of A
 // is reused from L1 by every row block. The order of the sum over k is fixed (deterministic).
 //
-// A single row is bound by reading A from L2 (A is 80 KB for the AGRU at H = 100, L1 32-48 KB;
-// ~0.9 us per step on the reference machine): `backwards` walks its column blocks last to
-// first, so that a caller alternating it from step to step starts each step on the block the
-// previous step left in L1 (6% fewer cycles measured at B = 1).
+// A single row is bound by reading A from L2 (A is 80 KB for the AGRU at H = 100, L1 32-48 KB):
+// `backwards` walks its column blocks last to first, so that a caller alternating it from step
+// to step starts each step on the block the previous step left in L1 (fewer cycles at B = 1:
+// docs/RESULTS.md, "Measurements behind code comments").
 template <typename T, typename Isa>
 AGHMN_INLINE void gemm_rows(int64_t M, int64_t K, int64_t Np, const T* in, int64_t ld_in,
                             const T* A, const T* init, int64_t ld_init, T* out, int64_t ld_out,
@@ -170,8 +171,8 @@ AGHMN_INLINE T sum_padded(const T* x, int64_t n) {
 
 // A[k][i] = W[i][k] (A is [K][Np], zero beyond column N): W [N][K] transposed for the forward
 // step g = h @ W^T, whose inner loop then runs over contiguous columns. Row by row of A (strided
-// reads, contiguous writes) measured faster than 16x16 blocking for these sizes (3 us vs 4.3 us
-// for the AGRU's 200 x 100).
+// reads, contiguous writes) measured faster than 16x16 blocking for these sizes (docs/RESULTS.md,
+// "Measurements behind code comments").
 template <typename T>
 inline void pack_transposed(const T* W, int64_t N, int64_t K, int64_t Np, T* A) {
   for (int64_t k = 0; k < K; ++k) {

@@ -94,14 +94,13 @@ Tensor stream_step(const Tensor& q, const Tensor& windows, const Tensor& u_store
 }
 
 // ---- stream_pack / stream_push ------------------------------------------------------------
-// dims = [H, E, C, K, D, S, hops, max_len, bigru_reader] (see aghmn::cpu::StreamDims).
-aghmn::cpu::StreamDims stream_dims(at::IntArrayRef dims) {
-  TORCH_CHECK(dims.size() == 9, "stream: dims must hold 9 integers [H, E, C, K, D, S, hops, "
-              "max_len, bigru_reader], got ", dims.size());
-  aghmn::cpu::StreamDims d{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7],
-                           dims[8] != 0};
+// The model's sizes, named as in the schema (see aghmn::cpu::StreamDims), checked.
+aghmn::cpu::StreamDims stream_dims(int64_t H, int64_t E, int64_t C, int64_t K, int64_t D, int64_t S,
+                                   int64_t hops, int64_t max_len, bool bigru_reader) {
+  aghmn::cpu::StreamDims d{H, E, C, K, D, S, hops, max_len, bigru_reader};
   TORCH_CHECK(d.H >= 1 && d.E >= 1 && d.C >= 1 && d.K >= 1 && d.hops >= 1 && d.max_len >= 1,
-              "stream: dims must be positive, got ", dims);
+              "stream: H, E, C, K, hops and max_len must be positive, got H = ", H, ", E = ", E,
+              ", C = ", C, ", K = ", K, ", hops = ", hops, ", max_len = ", max_len);
   TORCH_CHECK(d.D >= 0 && d.D <= 2 && d.S >= 0 && d.S <= 2, "stream: D (fusion directions) and S "
               "(summary cells) must be in [0, 2], got D = ", d.D, ", S = ", d.S);
   TORCH_CHECK(d.D > 0 || d.S == 0, "stream: a context-free model (D = 0) has no summary cells");
@@ -123,15 +122,17 @@ const T* weight_ptr(at::TensorList w, size_t i, at::IntArrayRef shape, const Ten
 // weights: the reader's GRU (w_ih, w_hh, b_ih, b_hh) forward then reverse and its Linear (w, b)
 // when bigru_reader; the fusion GRU's (w_ih, w_hh, b_ih, b_hh) per direction; the AGRU cells'
 // (w_ih, w_hh, b_ih, b_hh); the classifier (w, b).
-Tensor stream_pack(at::TensorList weights, at::IntArrayRef dims) {
-  const aghmn::cpu::StreamDims d = stream_dims(dims);
+Tensor stream_pack(at::TensorList weights, int64_t H_, int64_t E, int64_t C, int64_t K, int64_t D,
+                   int64_t S, int64_t hops, int64_t max_len, bool bigru_reader) {
+  const aghmn::cpu::StreamDims d = stream_dims(H_, E, C, K, D, S, hops, max_len, bigru_reader);
   TORCH_CHECK(!weights.empty(), "stream_pack: weights is empty");
   const Tensor& like = weights[0];
   TORCH_CHECK(like.scalar_type() == at::kFloat || like.scalar_type() == at::kDouble,
               "stream_pack: weights must be float32 or float64, got ", like.scalar_type());
   const size_t expected = (d.bigru_reader ? 10 : 0) + 4 * d.D + 4 * d.S + 2;
   TORCH_CHECK(weights.size() == expected, "stream_pack: expected ", expected, " weight tensors for "
-              "dims ", dims, ", got ", weights.size());
+              "these sizes (bigru_reader = ", d.bigru_reader, ", D = ", d.D, ", S = ", d.S, "), got ",
+              weights.size());
   Tensor packed;
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "stream_pack", [&] {
     const int64_t H = d.H;
@@ -168,11 +169,12 @@ Tensor stream_pack(at::TensorList weights, at::IntArrayRef dims) {
   return packed;
 }
 
-Tensor stream_push(const Tensor& packed, at::IntArrayRef dims, const Tensor& embedding,
-                   at::IntArrayRef tokens, at::IntArrayRef lengths, const std::optional<Tensor>& u,
-                   at::IntArrayRef blocks, at::IntArrayRef counts, Tensor& u_store,
-                   Tensor& proj_store) {
-  const aghmn::cpu::StreamDims d = stream_dims(dims);
+Tensor stream_push(const Tensor& packed, const Tensor& embedding, at::IntArrayRef tokens,
+                   at::IntArrayRef lengths, const std::optional<Tensor>& u, at::IntArrayRef blocks,
+                   at::IntArrayRef counts, Tensor& u_store, Tensor& proj_store, int64_t H_,
+                   int64_t E, int64_t C, int64_t K_, int64_t D, int64_t S, int64_t hops,
+                   int64_t max_len, bool bigru_reader) {
+  const aghmn::cpu::StreamDims d = stream_dims(H_, E, C, K_, D, S, hops, max_len, bigru_reader);
   const int64_t B = static_cast<int64_t>(blocks.size()), H = d.H, K = d.K;
   TORCH_CHECK(packed.dim() == 1 && packed.is_contiguous() && packed.device().is_cpu() &&
               (packed.scalar_type() == at::kFloat || packed.scalar_type() == at::kDouble),
@@ -231,8 +233,8 @@ Tensor stream_push(const Tensor& packed, at::IntArrayRef dims, const Tensor& emb
   Tensor u_out = at::empty({B, H}, packed.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "stream_push", [&] {
     TORCH_CHECK(packed.numel() == aghmn::cpu::stream_layout<scalar_t>(d).total, "stream_push: "
-                "packed has ", packed.numel(), " elements, dims ", dims, " need ",
-                aghmn::cpu::stream_layout<scalar_t>(d).total, " (pack with the same dims)");
+                "packed has ", packed.numel(), " elements, these sizes need ",
+                aghmn::cpu::stream_layout<scalar_t>(d).total, " (pack with the same sizes)");
     aghmn::cpu::StreamBatch<scalar_t> in{};
     in.B = B;
     in.embedding = d.bigru_reader ? embedding.data_ptr<scalar_t>() : nullptr;

@@ -1,6 +1,10 @@
-// The window-GRU ops' argument checks, run by the CPU binding (window_gru_ops.cpp) and the CUDA
-// binding (window_gru_cuda.cu) alike, on top of common/checks.h.
+// The window-GRU ops' argument checks and output shapes, used by the CPU binding
+// (window_gru_ops.cpp) and the CUDA binding (window_gru_cuda.cu) alike, on top of
+// common/checks.h. The outputs' shapes are written here once for C++ (Python's:
+// ops/window_gru/autograd.py, window_gru_forward_shapes).
 #pragma once
+#include <tuple>
+
 #include "common/checks.h"
 
 namespace aghmn {
@@ -52,6 +56,20 @@ inline WindowGruSizes check_window_gru_backward(const at::Tensor& grad_output,
   c.same(output, "output", {D, Q, K, H});
   c.same(gates, "gates", {D, Q, K, 4 * H});
   return {D, N, Q, K, H};
+}
+
+/// window_gru_forward's outputs, uninitialised: output [D, Q, K, H], gates [D, Q, K, 4H].
+inline std::tuple<at::Tensor, at::Tensor> window_gru_forward_outputs(const WindowGruSizes& s,
+                                                                     const at::TensorOptions& o) {
+  return {at::empty({s.D, s.Q, s.K, s.H}, o), at::empty({s.D, s.Q, s.K, 4 * s.H}, o)};
+}
+
+/// window_gru_backward's outputs, uninitialised: grad_proj [D, N, 3H], grad_pad_proj [D, 3H],
+/// grad_ghh [D, Q, K, 3H].
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> window_gru_backward_outputs(
+    const WindowGruSizes& s, const at::TensorOptions& o) {
+  return {at::empty({s.D, s.N, 3 * s.H}, o), at::empty({s.D, 3 * s.H}, o),
+          at::empty({s.D, s.Q, s.K, 3 * s.H}, o)};
 }
 
 }  // namespace aghmn

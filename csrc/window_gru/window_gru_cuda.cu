@@ -29,8 +29,8 @@ std::tuple<Tensor, Tensor> window_gru_forward_cuda(const Tensor& proj, const Ten
       proj, pad_proj, weight_hh, bias_hh, windows, c10::DeviceType::CUDA);
   const int64_t D = sizes.D, N = sizes.N, Q = sizes.Q, K = sizes.K, H = sizes.H;
   const c10::cuda::CUDAGuard guard(proj.device());
-  Tensor output = at::empty({D, Q, K, H}, proj.options());
-  Tensor gates = at::empty({D, Q, K, 4 * H}, proj.options());
+  Tensor output, gates;
+  std::tie(output, gates) = aghmn::window_gru_forward_outputs(sizes, proj.options());
   AT_DISPATCH_FLOATING_TYPES(proj.scalar_type(), "window_gru_forward_cuda", [&] {
     aghmn::cuda::WindowGruForwardParams<scalar_t> p;
     p.proj = proj.const_data_ptr<scalar_t>();
@@ -57,9 +57,9 @@ std::tuple<Tensor, Tensor, Tensor> window_gru_backward_cuda(
       grad_output, weight_hh, windows, output, gates, num_utterances, c10::DeviceType::CUDA);
   const int64_t D = sizes.D, N = sizes.N, Q = sizes.Q, K = sizes.K, H = sizes.H;
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  Tensor grad_proj = at::empty({D, N, 3 * H}, grad_output.options());
-  Tensor grad_pad_proj = at::empty({D, 3 * H}, grad_output.options());
-  Tensor grad_ghh = at::empty({D, Q, K, 3 * H}, grad_output.options());
+  Tensor grad_proj, grad_pad_proj, grad_ghh;
+  std::tie(grad_proj, grad_pad_proj, grad_ghh) =
+      aghmn::window_gru_backward_outputs(sizes, grad_output.options());
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "window_gru_backward_cuda", [&] {
     const size_t bytes =
         aghmn::cuda::window_gru_backward_workspace_bytes<scalar_t>(D, N, Q, K, H);

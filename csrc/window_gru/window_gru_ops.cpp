@@ -29,8 +29,8 @@ std::tuple<Tensor, Tensor> window_gru_forward_cpu(const Tensor& proj, const Tens
       proj, pad_proj, weight_hh, bias_hh, windows, c10::DeviceType::CPU);
   const int64_t D = sizes.D, N = sizes.N, Q = sizes.Q, K = sizes.K, H = sizes.H;
 
-  Tensor output = at::empty({D, Q, K, H}, proj.options());
-  Tensor gates = at::empty({D, Q, K, 4 * H}, proj.options());
+  Tensor output, gates;
+  std::tie(output, gates) = aghmn::window_gru_forward_outputs(sizes, proj.options());
   if (Q == 0 || K == 0) return {output, gates};
   AT_DISPATCH_FLOATING_TYPES(proj.scalar_type(), "window_gru_forward_cpu", [&] {
     auto plan = cpu::window_gru_plan<scalar_t>(D, Q, K, N, H);
@@ -63,9 +63,8 @@ std::tuple<Tensor, Tensor, Tensor> window_gru_backward_cpu(const Tensor& grad_ou
   const int64_t D = sizes.D, N = sizes.N, Q = sizes.Q, K = sizes.K, H = sizes.H;
 
   auto opts = grad_output.options();
-  Tensor grad_proj = at::empty({D, N, 3 * H}, opts);
-  Tensor grad_pad_proj = at::empty({D, 3 * H}, opts);
-  Tensor grad_ghh = at::empty({D, Q, K, 3 * H}, opts);
+  Tensor grad_proj, grad_pad_proj, grad_ghh;
+  std::tie(grad_proj, grad_pad_proj, grad_ghh) = aghmn::window_gru_backward_outputs(sizes, opts);
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "window_gru_backward_cpu", [&] {
     auto plan = cpu::window_gru_plan<scalar_t>(D, Q, K, N, H);
     Tensor slot_dpn = at::empty({D, Q, K, H}, opts);

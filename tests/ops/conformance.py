@@ -1,10 +1,11 @@
 """What the op conformance suites (tests/ops/test_<op>.py) sweep, and how they compare.
 
 Every implementation of the ops runs the same checks against the float64 reference of
-``aghmn_fast.ops.<op>.reference``, at two levels: the raw ops of docs/OPS.md (``agru_forward`` /
-``agru_backward``, ``window_gru_forward`` / ``window_gru_backward``: outputs, saved gates and every
-gradient output) and the public functions (``agru``, ``window_gru``, ``memory_bank``: outputs and
-the gradient of every input, through the implementation's autograd).
+``aghmn_fast.ops.<op>.reference``, at two levels: the raw ops of docs/OPS.md (outputs, saved gates and
+every gradient output) and the public functions (outputs and the gradient of every input, through
+the implementation's autograd). Nothing here names an op: the ops are the op folders' specs
+(``aghmn_fast/ops/<op>/op.py``), and each op's inputs and float64 expectations are in its own
+``tests/ops/test_<op>.py``.
 
 Implementations (each with the dtypes its kernels run):
 
@@ -30,11 +31,9 @@ import pytest
 import torch
 
 from aghmn_fast import ops
-from aghmn_fast.ops.agru.autograd import agru_fused
-from aghmn_fast.ops.agru.reference import agru_forward_ref
 from aghmn_fast.ops.common import Kernels
-from aghmn_fast.ops.window_gru.autograd import memory_bank_fused, window_gru_fused
-from aghmn_fast.ops.window_gru.reference import window_gru_forward_ref
+from aghmn_fast.ops.registry import OPS
+from aghmn_fast.ops.spec import specs
 
 D64, F32 = torch.float64, torch.float32
 BF16, F16 = torch.bfloat16, torch.float16
@@ -73,7 +72,9 @@ def pairs(*, dtypes=None, names=IMPLEMENTATIONS):
 
 @dataclasses.dataclass
 class Implementation:
-    """One implementation: its raw kernels and how its public functions are reached."""
+    """One implementation: its raw kernels (every op folder's, ``impl.kernels.<raw op>``) and
+    its public functions (``impl.<function>(*args)``: through the registry under ``backend``,
+    or, without one, the function's autograd over ``kernels``)."""
     name: str
     device: torch.device
     kernels: Kernels
@@ -94,25 +95,24 @@ class Implementation:
                           else t.dtype)
         return t.requires_grad_(grad)
 
-    def agru(self, *args, reverse=False):
+    def __getattr__(self, name: str):
+        if name not in OPS:
+            raise AttributeError(name)
         if self.backend is not None:
-            return ops.agru(*args, reverse=reverse, backend=self.backend)
-        return agru_fused(self.kernels, *args, reverse=reverse)
+            public = getattr(ops, name)
+            return lambda *args, **kwargs: public(*args, **kwargs, backend=self.backend)
+        fused = OPS[name][1].fused
+        return lambda *args, **kwargs: fused(self.kernels, *args, **kwargs)
 
-    def window_gru(self, *args):
-        if self.backend is not None:
-            return ops.window_gru(*args, backend=self.backend)
-        return window_gru_fused(self.kernels, *args)
 
-    def memory_bank(self, utterances, windows, flat_weights):
-        if self.backend is not None:
-            return ops.memory_bank(utterances, windows, flat_weights, backend=self.backend)
-        return memory_bank_fused(self.kernels, utterances, windows, flat_weights)
+def raw_op_names():
+    """Every op folder's raw ops (docs/OPS.md)."""
+    return [name for spec in specs() for name in spec.raw_ops]
 
 
 def _namespace_kernels(prefix: str) -> Kernels:
     ns = torch.ops.aghmn_fast
-    return Kernels(*(getattr(ns, prefix + name) for name in Kernels._fields))
+    return Kernels({name: getattr(ns, prefix + name) for name in raw_op_names()})
 
 
 def _triton_available() -> None:
@@ -136,8 +136,7 @@ def make_implementation(name: str, request) -> Implementation:
         return Implementation(name, cpu, _namespace_kernels("triton_"), "triton", True)
     if name == "emulated-cuda":
         emulated = request.getfixturevalue("emulated")
-        kernels = Kernels(emulated.agru_forward, emulated.agru_backward,
-                          emulated.window_gru_forward, emulated.window_gru_backward)
+        kernels = Kernels({name: getattr(emulated, name) for name in raw_op_names()})
         return Implementation(name, cpu, kernels, None, False)
     if name == "cuda":
         from cuda_emulator import require_cuda
@@ -236,45 +235,3 @@ def sliding_windows(N: int, K: int, extra: int = 0,
 def scaled(H: int) -> float:
     """Weight scale that keeps the gates out of saturation for hidden size H."""
     return 1.0 / math.sqrt(H)
-
-
-# ---- raw-op inputs and their float64 reference results ----------------------------------------
-
-def agru_op_inputs(B, T, H, gen):
-    """(xproj, attn, weight_hh, bias_hh, h0, grad_output) in float64; position 1 is a pad step
-    (attention 0: the state must pass through unchanged)."""
-    attn = torch.rand(B, T, generator=gen, dtype=D64)
-    if T > 2:
-        attn[:, 1] = 0
-    return (randn(B, T, 2 * H, gen=gen), attn, randn(2 * H, H, gen=gen, scale=scaled(H)),
-            randn(2 * H, gen=gen, scale=0.1), randn(B, H, gen=gen, scale=0.5),
-            randn(B, T, H, gen=gen))
-
-
-def agru_op_expected(xproj, attn, weight_hh, bias_hh, h0, reverse, grad_output):
-    """Reference (output, gates) and (grad_xproj, grad_attn, grad_ghh, grad_h0), float64."""
-    xproj, attn, h0 = (t.detach().to(D64).requires_grad_() for t in (xproj, attn, h0))
-    tap = torch.zeros(*xproj.shape, dtype=D64, requires_grad=True)
-    out, gates = agru_forward_ref(xproj, attn, weight_hh.to(D64), bias_hh.to(D64), h0, reverse,
-                                  ghh_tap=tap)
-    grads = torch.autograd.grad(out, [xproj, attn, tap, h0], grad_output.to(D64))
-    return (out.detach(), gates.detach()), grads
-
-
-def window_op_inputs(D, N, H, gen):
-    """(proj, pad_proj, weight_hh, bias_hh) in float64."""
-    return (randn(D, N, 3 * H, gen=gen), randn(D, 3 * H, gen=gen, scale=0.1),
-            randn(D, 3 * H, H, gen=gen, scale=scaled(H)), randn(D, 3 * H, gen=gen, scale=0.1))
-
-
-def window_op_expected(proj, pad_proj, weight_hh, bias_hh, windows, grad_output):
-    """Reference (output, gates) and (grad_proj, grad_pad_proj, grad_ghh), float64."""
-    proj, pad_proj = (t.detach().to(D64).requires_grad_() for t in (proj, pad_proj))
-    D, Q, K, H = grad_output.shape
-    tap = torch.zeros(D, Q, K, 3 * H, dtype=D64, requires_grad=True)
-    out, gates = window_gru_forward_ref(proj, pad_proj, weight_hh.to(D64), bias_hh.to(D64),
-                                        windows, ghh_tap=tap)
-    grads = torch.autograd.grad(out, [proj, pad_proj, tap], grad_output.to(D64),
-                                allow_unused=True)
-    return (out.detach(), gates.detach()), [torch.zeros_like(t) if g is None else g
-                                            for g, t in zip(grads, (proj, pad_proj, tap))]

@@ -3,10 +3,9 @@ reference of aghmn_fast/ops/agru/reference.py, at the raw-op and the public leve
 import pytest
 import torch
 
-from aghmn_fast.ops.agru.reference import agru_ref
-from conformance import (D64, DTYPES, F32, IMPLEMENTATIONS, ON_GPU_TRITON, agru_op_expected,
-                         agru_op_inputs, assert_close, grads_of, pairs, randn, saved_dtype,
-                         scaled)
+from aghmn_fast.ops.agru.reference import agru_forward_ref, agru_ref
+from conformance import (D64, DTYPES, F32, IMPLEMENTATIONS, ON_GPU_TRITON, assert_close, grads_of,
+                         pairs, randn, saved_dtype, scaled)
 
 REVERSE = pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 
@@ -21,12 +20,36 @@ def test_every_implementation_is_swept():
         pytest.skip(f"not swept here: {', '.join(missing)} ({why})")
 
 
+# ---- raw-op inputs and their float64 reference results (the conformance cases) -------
+
+def agru_op_inputs(B, T, H, gen):
+    """(xproj, attn, weight_hh, bias_hh, h0, grad_output) in float64; position 1 is a pad step
+    (attention 0: the state must pass through unchanged)."""
+    attn = torch.rand(B, T, generator=gen, dtype=D64)
+    if T > 2:
+        attn[:, 1] = 0
+    return (randn(B, T, 2 * H, gen=gen), attn, randn(2 * H, H, gen=gen, scale=scaled(H)),
+            randn(2 * H, gen=gen, scale=0.1), randn(B, H, gen=gen, scale=0.5),
+            randn(B, T, H, gen=gen))
+
+
+def agru_op_expected(xproj, attn, weight_hh, bias_hh, h0, reverse, grad_output):
+    """Reference (output, gates) and (grad_xproj, grad_attn, grad_ghh, grad_h0), float64."""
+    xproj, attn, h0 = (t.detach().to(D64).requires_grad_() for t in (xproj, attn, h0))
+    tap = torch.zeros(*xproj.shape, dtype=D64, requires_grad=True)
+    out, gates = agru_forward_ref(xproj, attn, weight_hh.to(D64), bias_hh.to(D64), h0, reverse,
+                                  ghh_tap=tap)
+    grads = torch.autograd.grad(out, [xproj, attn, tap, h0], grad_output.to(D64))
+    return (out.detach(), gates.detach()), grads
+
+
 # ---- the raw ops: agru_forward / agru_backward -----------------------------------------------
 
-# (B, T, H): a single unit and step; odd H; one warp's worth; H = 100 (the model's) at batch 1,
-# the streaming case; 128; 256 (beyond a 32-lane tile, weights beyond the on-chip budget of some
-# kernel variants); a batch over one tile.
-OP_SIZES = [(1, 1, 1), (3, 7, 5), (2, 9, 33), (1, 12, 100), (1, 5, 128), (2, 4, 256),
+# (B, T, H): H = 100 (the model's) at batch 1, the streaming case, first (the representative of
+# AGHMN_OPS_SUBSET=first, tests/ops/conftest.py); a single unit and step; odd H; one warp's
+# worth; 128; 256 (beyond a 32-lane tile, weights beyond the on-chip budget of some kernel
+# variants); a batch over one tile.
+OP_SIZES = [(1, 12, 100), (1, 1, 1), (3, 7, 5), (2, 9, 33), (1, 5, 128), (2, 4, 256),
             (11, 5, 20)]
 
 
@@ -105,10 +128,10 @@ def check_public(impl, dtype, inputs, reverse, gen):
         assert_close(got, ref, dtype, f"grad of {NAMES[i]}")
 
 
-# (B, T, D, H): T = 1, B = 1, odd H, H not a multiple of 8 or 16, B over a tile (37), a long
-# sequence at the model's H = 100.
-PUBLIC_SIZES = [(1, 1, 3, 2), (3, 1, 5, 7), (1, 5, 4, 9), (2, 7, 6, 17), (5, 13, 8, 33),
-                (37, 6, 10, 20), (2, 40, 16, 100)]
+# (B, T, D, H): a long sequence at the model's H = 100 first (the representative), T = 1, B = 1,
+# odd H, H not a multiple of 8 or 16, B over a tile (37).
+PUBLIC_SIZES = [(2, 40, 16, 100), (1, 1, 3, 2), (3, 1, 5, 7), (1, 5, 4, 9), (2, 7, 6, 17),
+                (5, 13, 8, 33), (37, 6, 10, 20)]
 
 
 @REVERSE

@@ -4,19 +4,41 @@ raw-op level and through the public ``window_gru`` and ``memory_bank``."""
 import pytest
 import torch
 
-from aghmn_fast.ops.window_gru.reference import memory_bank_ref, window_gru_ref
+from aghmn_fast.ops.window_gru.reference import (memory_bank_ref, window_gru_forward_ref,
+                                                window_gru_ref)
 from conformance import (D64, F32, IMPLEMENTATIONS, assert_close, grads_of, make_windows, pairs,
-                         randn, saved_dtype, scaled, sliding_windows, window_op_expected,
-                         window_op_inputs)
+                         randn, saved_dtype, scaled, sliding_windows)
 
 DIRECTIONS = pytest.mark.parametrize("D", [1, 2], ids=["UniF", "BiF"])
 
 
+# ---- raw-op inputs and their float64 reference results (the conformance cases) -------
+
+def window_op_inputs(D, N, H, gen):
+    """(proj, pad_proj, weight_hh, bias_hh) in float64."""
+    return (randn(D, N, 3 * H, gen=gen), randn(D, 3 * H, gen=gen, scale=0.1),
+            randn(D, 3 * H, H, gen=gen, scale=scaled(H)), randn(D, 3 * H, gen=gen, scale=0.1))
+
+
+def window_op_expected(proj, pad_proj, weight_hh, bias_hh, windows, grad_output):
+    """Reference (output, gates) and (grad_proj, grad_pad_proj, grad_ghh), float64."""
+    proj, pad_proj = (t.detach().to(D64).requires_grad_() for t in (proj, pad_proj))
+    D, Q, K, H = grad_output.shape
+    tap = torch.zeros(D, Q, K, 3 * H, dtype=D64, requires_grad=True)
+    out, gates = window_gru_forward_ref(proj, pad_proj, weight_hh.to(D64), bias_hh.to(D64),
+                                        windows, ghh_tap=tap)
+    grads = torch.autograd.grad(out, [proj, pad_proj, tap], grad_output.to(D64),
+                                allow_unused=True)
+    return (out.detach(), gates.detach()), [torch.zeros_like(t) if g is None else g
+                                            for g, t in zip(grads, (proj, pad_proj, tap))]
+
+
 # ---- the raw ops: window_gru_forward / window_gru_backward -----------------------------------
 
-# (N, Q, K, H): one slot; odd H; one warp's worth; the model's H = 100; 128; 256; a window
-# count over one tile.
-OP_SIZES = [(1, 1, 1, 3), (9, 7, 4, 5), (6, 5, 3, 33), (11, 6, 5, 100), (5, 4, 3, 128),
+# (N, Q, K, H): the model's H = 100 first (the representative of AGHMN_OPS_SUBSET=first,
+# tests/ops/conftest.py); one slot; odd H; one warp's worth; 128; 256; a window count over one
+# tile.
+OP_SIZES = [(11, 6, 5, 100), (1, 1, 1, 3), (9, 7, 4, 5), (6, 5, 3, 33), (5, 4, 3, 128),
             (5, 3, 2, 256), (12, 37, 4, 13)]
 
 
@@ -106,10 +128,10 @@ def bank_inputs(N, H, D, gen):
     return randn(N, H, gen=gen), flat
 
 
-# (N, K, extra windows, H): one utterance; odd H; windows longer than the dialogue (K = 40);
-# a dialogue of 40; H = 50, whose 3H = 150 gradient columns span two blocks of the Triton scatter; a window
-# count over one tile.
-BANK_SIZES = [(1, 1, 0, 3), (6, 5, 3, 7), (11, 4, 9, 17), (40, 10, 5, 20), (5, 40, 2, 9),
+# (N, K, extra windows, H): a dialogue of 40 first (the representative); one utterance; odd H;
+# windows longer than the dialogue (K = 40); H = 50, whose 3H = 150 gradient columns span two
+# blocks of the Triton scatter; a window count over one tile.
+BANK_SIZES = [(40, 10, 5, 20), (1, 1, 0, 3), (6, 5, 3, 7), (11, 4, 9, 17), (5, 40, 2, 9),
               (5, 4, 3, 50), (20, 10, 27, 33)]
 
 

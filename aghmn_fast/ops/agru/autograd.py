@@ -4,8 +4,8 @@ op-level rules of the raw ``agru_forward`` op, and its shape function.
 :class:`AgruFunction` is one autograd node per call (forward: the projection GEMM and the
 forward kernel; backward: the backward kernel and every GEMM). Built from the op-level rule
 instead (linear, then the op with its registered autograd, then a select) a call is four
-autograd nodes, each with Python dispatch; at batch 1 that overhead (~100 us on the reference
-machine) exceeded the kernels' time. ``torch.compile(fullgraph=True)`` traces the Function.
+autograd nodes, each with Python dispatch; at batch 1 that overhead exceeded the kernels' time
+(docs/RESULTS.md, "Measurements behind code comments"). ``torch.compile(fullgraph=True)`` traces the Function.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..common import Kernels, needs_grad, overload
+from .reference import agru_backward_shapes, agru_forward_shapes
 
 __all__ = ["AgruFunction", "agru_fused", "agru_hh_grads", "register_agru_autograd",
            "register_agru_fakes"]
@@ -125,13 +126,10 @@ def register_agru_fakes(agru_forward, agru_backward) -> None:
     C++: ``torch.compile``, ``opcheck``; a ``triton_op`` derives its own)."""
     def forward(xproj, attn, weight_hh, bias_hh, h0, reverse):
         B, T, _ = xproj.shape
-        H = weight_hh.shape[1]
-        return xproj.new_empty(B, T, H), xproj.new_empty(B, T, 3 * H)
+        return tuple(xproj.new_empty(s) for s in agru_forward_shapes(B, T, weight_hh.shape[1]))
 
     def backward(grad_output, attn, weight_hh, h0, output, gates, reverse):
-        B, T, H = grad_output.shape
-        return (grad_output.new_empty(B, T, 2 * H), grad_output.new_empty(B, T),
-                grad_output.new_empty(B, T, 2 * H), grad_output.new_empty(B, H))
+        return tuple(grad_output.new_empty(s) for s in agru_backward_shapes(*grad_output.shape))
 
     torch.library.register_fake(overload(agru_forward), forward)
     torch.library.register_fake(overload(agru_backward), backward)

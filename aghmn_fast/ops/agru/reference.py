@@ -94,3 +94,16 @@ def agru_ref(x: Tensor, attn: Tensor, weight_ih: Tensor, weight_hh: Tensor,
     h0 = x.new_zeros(B, H) if h0 is None else h0
     output, _ = _agru_loop(xproj, attn, weight_hh, bias_hh, h0, reverse, None, False)
     return output, output[:, 0 if reverse else -1]
+
+
+def agru_forward_shapes(B: int, T: int, H: int) -> Tuple[Tuple[int, ...], ...]:
+    """Output shapes of the raw ``agru_forward`` (docs/OPS.md): ``(output, gates)``; the one place
+    Python writes them (the C++ ops' fake implementations and the Triton op use it; C++:
+    csrc/agru/agru_checks.h)."""
+    return (B, T, H), (B, T, 3 * H)
+
+
+def agru_backward_shapes(B: int, T: int, H: int) -> Tuple[Tuple[int, ...], ...]:
+    """Output shapes of the raw ``agru_backward``: ``(grad_xproj, grad_attn, grad_ghh,
+    grad_h0)`` (see :func:`agru_forward_shapes`)."""
+    return (B, T, 2 * H), (B, T), (B, T, 2 * H), (B, H)

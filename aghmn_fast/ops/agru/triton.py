@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Tuple
 
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -22,6 +21,7 @@ from torch.library import triton_op
 from ..triton_common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
                       check_device, check_dims, check_tensor, launch, launch_constants,
                       new_buffer)
+from .reference import agru_backward_shapes, agru_forward_shapes
 
 __all__ = ["agru_forward", "agru_backward", "triton_agru_forward", "triton_agru_backward"]
 
@@ -174,8 +174,9 @@ def agru_forward(xproj: Tensor, attn: Tensor, weight_hh: Tensor, bias_hh: Tensor
         raise ValueError("xproj has zero time steps; agru_forward needs at least one")
 
     cfg, acc, consts = launch_constants(B, H, 2, dt, dev)
-    output = new_buffer(B, T, H, dtype=dt, device=dev)
-    gates = new_buffer(B, T, 3 * H, dtype=acc, device=dev)
+    out_shape, gates_shape = agru_forward_shapes(B, T, H)
+    output = new_buffer(*out_shape, dtype=dt, device=dev)
+    gates = new_buffer(*gates_shape, dtype=acc, device=dev)
     scratch = new_buffer(1 if cfg.resident else B * consts["HP"], dtype=acc, device=dev)
     if B > 0:
         grid = (triton.cdiv(B, cfg.block_b),)
@@ -207,10 +208,9 @@ def agru_backward(grad_output: Tensor, attn: Tensor, weight_hh: Tensor, h0: Tens
         raise ValueError("output has zero time steps; agru_backward needs at least one")
 
     cfg, acc, consts = launch_constants(B, H, 2, weight_hh.dtype, dev)
-    grad_xproj = new_buffer(B, T, 2 * H, dtype=weight_hh.dtype, device=dev)
-    grad_attn = new_buffer(B, T, dtype=attn.dtype, device=dev)
-    grad_ghh = new_buffer(B, T, 2 * H, dtype=weight_hh.dtype, device=dev)
-    grad_h0 = new_buffer(B, H, dtype=h0.dtype, device=dev)
+    grad_xproj, grad_attn, grad_ghh, grad_h0 = (
+        new_buffer(*shape, dtype=like.dtype, device=dev)
+        for shape, like in zip(agru_backward_shapes(B, T, H), (weight_hh, attn, weight_hh, h0)))
     scratch = new_buffer(1 if cfg.resident else B * 2 * consts["HP"], dtype=acc, device=dev)
     if B > 0:
         grid = (triton.cdiv(B, cfg.block_b),)

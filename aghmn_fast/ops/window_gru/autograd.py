@@ -4,8 +4,9 @@ op, and the shape functions.
 
 :class:`WindowGruFunction` (the recurrence from precomputed projections) and
 :class:`MemoryBankFunction` (projection GEMMs, recurrence, residual and direction sum) are one
-autograd node per call: the op-level rule costs ~200 us more per forward+backward on the
-reference machine. All three backward paths share :func:`window_gru_grads`.
+autograd node per call: the op-level rule costs more Python dispatch per forward+backward
+than the kernels take at small sizes (docs/RESULTS.md, "Measurements behind code comments").
+All three backward paths share :func:`window_gru_grads`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..common import Kernels, needs_grad, overload, residual_grad
+from .reference import window_gru_backward_shapes, window_gru_forward_shapes
 
 __all__ = ["WindowGruFunction", "MemoryBankFunction", "window_gru_fused", "memory_bank_fused",
            "window_hh_grads", "window_gru_grads", "register_window_gru_autograd",
@@ -190,14 +192,13 @@ def register_window_gru_fakes(window_gru_forward, window_gru_backward) -> None:
     C++; outputs take the dtype of the first tensor argument)."""
     def forward(proj, pad_proj, weight_hh, bias_hh, windows):
         D, _, H3 = proj.shape
-        Q, K = windows.shape
-        H = H3 // 3
-        return proj.new_empty(D, Q, K, H), proj.new_empty(D, Q, K, 4 * H)
+        return tuple(proj.new_empty(s)
+                     for s in window_gru_forward_shapes(D, *windows.shape, H3 // 3))
 
     def backward(grad_output, weight_hh, windows, output, gates, num_utterances):
         D, Q, K, H = grad_output.shape
-        return (grad_output.new_empty(D, num_utterances, 3 * H),
-                grad_output.new_empty(D, 3 * H), grad_output.new_empty(D, Q, K, 3 * H))
+        return tuple(grad_output.new_empty(s)
+                     for s in window_gru_backward_shapes(D, num_utterances, Q, K, H))
 
     torch.library.register_fake(overload(window_gru_forward), forward)
     torch.library.register_fake(overload(window_gru_backward), backward)

@@ -115,3 +115,17 @@ def memory_bank_ref(utterances: Tensor, windows: Tensor, flat_weights: Sequence[
     weight_hh = torch.stack([flat_weights[4 * d + 1] for d in range(num_dirs)])
     bias_hh = torch.stack([flat_weights[4 * d + 3] for d in range(num_dirs)])
     return memory + window_gru_ref(proj, pad_proj, weight_hh, bias_hh, windows).sum(0)
+
+
+def window_gru_forward_shapes(D: int, Q: int, K: int, H: int) -> Tuple[Tuple[int, ...], ...]:
+    """Output shapes of the raw ``window_gru_forward`` (docs/OPS.md): ``(output, gates)``; the
+    one place Python writes them (the C++ ops' fake implementations and the Triton op use it;
+    C++: csrc/window_gru/window_gru_checks.h)."""
+    return (D, Q, K, H), (D, Q, K, 4 * H)
+
+
+def window_gru_backward_shapes(D: int, N: int, Q: int, K: int,
+                               H: int) -> Tuple[Tuple[int, ...], ...]:
+    """Output shapes of the raw ``window_gru_backward``: ``(grad_proj, grad_pad_proj,
+    grad_ghh)`` (see :func:`window_gru_forward_shapes`)."""
+    return (D, N, 3 * H), (D, 3 * H), (D, Q, K, 3 * H)

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.library import triton_op
 
 from ..common import segment_offsets
+from .reference import window_gru_backward_shapes, window_gru_forward_shapes
 from ..triton_common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
                       check_device, check_dims, check_tensor, launch, launch_constants,
                       new_buffer)
@@ -226,8 +227,9 @@ def window_gru_forward(proj: Tensor, pad_proj: Tensor, weight_hh: Tensor, bias_h
     Q, K = _check_windows(windows, dev)
 
     cfg, acc, consts = launch_constants(Q, H, 3, dt, dev)
-    output = new_buffer(D, Q, K, H, dtype=dt, device=dev)
-    gates = new_buffer(D, Q, K, 4 * H, dtype=acc, device=dev)
+    out_shape, gates_shape = window_gru_forward_shapes(D, Q, K, H)
+    output = new_buffer(*out_shape, dtype=dt, device=dev)
+    gates = new_buffer(*gates_shape, dtype=acc, device=dev)
     scratch = new_buffer(1 if cfg.resident else D * Q * consts["HP"], dtype=acc,
                           device=dev)
     if Q > 0:
@@ -272,9 +274,8 @@ def window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: Tensor,
     N, dt = num_utterances, weight_hh.dtype
     cfg, acc, consts = launch_constants(Q, H, 3, dt, dev)
     grad_slot = new_buffer(D, Q, K, 3 * H, dtype=acc, device=dev)
-    grad_ghh = new_buffer(D, Q, K, 3 * H, dtype=dt, device=dev)
-    grad_proj = new_buffer(D, N, 3 * H, dtype=dt, device=dev)
-    grad_pad = new_buffer(D, 3 * H, dtype=dt, device=dev)
+    grad_proj, grad_pad, grad_ghh = (new_buffer(*shape, dtype=dt, device=dev)
+                                     for shape in window_gru_backward_shapes(D, N, Q, K, H))
     scratch = new_buffer(1 if cfg.resident else D * Q * 3 * consts["HP"], dtype=acc,
                           device=dev)
     if Q > 0:
