@@ -9,27 +9,32 @@ Public entry points:
 - :class:`StreamingRecognizer`: real-time recognition, many conversations at once;
 - :mod:`aghmn_fast.nn`: ``AGRU``, a ``torch.nn.GRU``-style attention GRU layer.
 """
+import importlib
+
 __version__ = "0.1.0"
 
-_OPS = ("agru", "backend_errors", "backends", "memory_bank", "window_gru")
+# Everything is loaded on first use (PEP 562), so that `import aghmn_fast.cli` takes milliseconds
+# and the command line owns Ctrl-C before torch's ~1.5 s import starts. The ops (and with them
+# torch.ops.aghmn_fast.*) are registered by the first use of any name below or `import
+# aghmn_fast.ops`; the ops module imports torch before the compiled extension.
+_FROM_OPS = ("agru", "memory_bank", "window_gru", "backends", "backend_errors")
+_SUBMODULES = ("ops", "reference", "nn", "models", "streaming", "data", "train")
 
 
 def __getattr__(name):
-    # Loaded on first use, torch included (the ops import it before the compiled extension): a
-    # process that needs none of it, such as `aghmn-fast serve` of a .aghmn model on the native
-    # runtime, never imports torch.
-    if name in _OPS:
-        from . import ops
-        return getattr(ops, name)
+    if name in _FROM_OPS:
+        return getattr(importlib.import_module(".ops", __name__), name)
     if name == "set_nan_check":
-        from .ops.validation import set_nan_check
-        return set_nan_check
+        return importlib.import_module(".ops.validation", __name__).set_nan_check
     if name == "StreamingRecognizer":
-        from .streaming import StreamingRecognizer
-        return StreamingRecognizer
-    if name in ("nn", "models", "streaming", "data", "train", "reference", "ops"):
-        import importlib
+        return importlib.import_module(".streaming", __name__).StreamingRecognizer
+    if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'aghmn_fast' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
+
 
 __all__ = ["StreamingRecognizer", "agru", "memory_bank", "window_gru", "backends", "backend_errors", "reference", "set_nan_check"]

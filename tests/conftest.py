@@ -21,6 +21,10 @@ def _seeded():
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long tests (torch.compile, full-data runs); "
                                        "deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "matrix: a variant matrix or compile check (the GPU "
+                                       "compilers' matrices, the C++ core's instruction sets, "
+                                       "inductor): minutes on 2 cores; not in `make test`, run "
+                                       "by `make test-matrix` (and CI)")
 
 
 

@@ -219,7 +219,7 @@ def test_never_overwrites_a_tracked_file(tmp_path, capsys):
     args = ["bench", "--ops", "agru", "--shapes", "B2-T3-H8", "--threads", "1", "--quick",
             "--out-dir", str(tmp_path), "--name", "box"]
     assert cli.main(args) == 2
-    assert "refusing to overwrite files tracked by git" in capsys.readouterr().out
+    assert "refusing to overwrite files tracked by git" in capsys.readouterr().err
     assert (out / "bench-quick.json").read_text() == "committed\n"
     assert suite.tracked_files([str(tmp_path / "elsewhere" / "x.json")]) == []
 
@@ -319,6 +319,7 @@ def test_compiled_baseline_machinery(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.matrix  # inductor's codegen and C++ compile: minutes on 2 cores
 def test_compiled_baseline_with_inductor(tmp_path):
     record = _compiled_rows(tmp_path, [TINY[0].id])
     ok = [r for r in _rows(record, backend="reference-compiled") if r["status"] != "skipped"]

@@ -142,6 +142,7 @@ def test_torch_compile_fullgraph_small():
 
 
 @pytest.mark.slow
+@pytest.mark.matrix  # inductor's codegen and C++ compile: minutes on 2 cores
 def test_torch_compile_fullgraph_inductor():
     _compiled_matches_eager(N=50, K=10, H=100, B=8, T=40, backend="inductor")
 
@@ -287,6 +288,7 @@ def test_raw_window_ops_reject_bad_inputs_naming_the_argument():
 
 # ---- the framework-free kernel core ---------------------------------------------------------
 
+@pytest.mark.matrix  # every instruction-set variant; also `make cmake-check`'s ctest
 def test_cpp_kernel_core_unit_tests(tmp_path):
     """csrc/tests/test_kernels_cpu.cpp (also a ctest target of CMakeLists.txt): every
     instruction-set variant against a naive double implementation, NaN-poisoned outputs."""

@@ -134,6 +134,7 @@ def ptxas_reports(tmp_path_factory):
     return reports
 
 
+@pytest.mark.matrix
 def test_kernels_compile_for_sm80_sm90_without_spills(ptxas_reports):
     nvcc = _nvcc()
     for name, (returncode, log, obj) in ptxas_reports.items():
@@ -158,6 +159,7 @@ REGISTER_ENTRIES = {"agru/agru_kernels.cu": 6, "window_gru/window_gru_kernels.cu
 _REGISTER_KERNEL = re.compile(r"9WeightsInE2ELi(\d+)E")
 
 
+@pytest.mark.matrix
 def test_register_kernels_hold_weight_hh_without_spills(ptxas_reports):
     """Every register-resident kernel keeps its weight slice in registers: no stack frame, no
     spills, and at most the 128 registers a thread of its 512-thread CTA may have (65,536 per
@@ -174,6 +176,7 @@ def test_register_kernels_hold_weight_hh_without_spills(ptxas_reports):
             assert regs <= 65536 // 512, f"{kernel} ({sm}): {regs} registers"
 
 
+@pytest.mark.matrix
 @pytest.mark.parametrize("binding", BINDINGS)
 def test_binding_compiles_against_torch_headers(tmp_path, binding):
     """A CUDA binding with the installed torch's headers (~30 s): here, where torch has no CUDA,

@@ -100,6 +100,15 @@ def test_bad_h0_shape_is_rejected():
         layer(torch.randn(2, 5, 3), torch.rand(2, 5), torch.zeros(1, 2, 4))
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_missing_attention_weights_name_attn(batch_first):
+    layer = AGRU(4, 3, batch_first=batch_first)
+    with pytest.raises(TypeError, match=r"attn must be a tensor, got NoneType"):
+        layer(torch.randn(5, 2, 4), None)
+    with pytest.raises(TypeError, match=r"x must be a tensor, got list"):
+        layer([[1.0]], torch.rand(5, 2))
+
+
 def test_signature_defaults_and_weight_names_match_torch_gru():
     """A drop-in for torch.nn.GRU: same arguments, same defaults, same parameter names."""
     import inspect

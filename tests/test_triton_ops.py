@@ -366,6 +366,7 @@ NEEDS_PTXAS = pytest.mark.skipif(not _ptxas_available(), reason="this triton ins
                                  "NVIDIA compiler backend (ptxas) to compile for")
 
 
+@pytest.mark.matrix
 @NEEDS_PTXAS
 def test_kernels_compile_for_sm90_representative_subset():
     """The real GPU compiler accepts a representative set of the variants the launchers pick:
@@ -382,6 +383,7 @@ def test_kernels_compile_for_sm90_representative_subset():
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 @NEEDS_PTXAS
 def test_kernels_compile_for_sm90_full_matrix(monkeypatch):
     """Every variant the launchers can choose (H in 100/128/256/300, four dtypes, tile sizes,

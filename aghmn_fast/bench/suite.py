@@ -18,10 +18,12 @@ from .machine import machine_info, machine_slug
 from .shapes import BATCH_SWEEP, QUICK_SHAPES, SHAPES, WINDOW_SWEEP, Shape, all_shapes
 from .timing import FULL_BUDGET, QUICK_BUDGET, Budget
 
-__all__ = ["PARTS", "DEFAULT_COMPILE_SHAPES", "SuiteOptions", "run_suite", "TrackedFileError",
-           "tracked_files"]
+__all__ = ["PARTS", "MELD_SPLIT_OF_PART", "missing_data", "DEFAULT_COMPILE_SHAPES", "SuiteOptions",
+           "run_suite", "TrackedFileError", "tracked_files"]
 
 PARTS = OPS + ("model", "stream")
+# The MELD split each data-driven part reads.
+MELD_SPLIT_OF_PART = {"model": "train", "stream": "test"}
 # The compiled baseline by default only at the K = 10 standard shapes (streaming and MELD
 # training): inductor unrolls the step loop, and a K = 40 forward+backward takes minutes to
 # compile on a small CPU. ``compile_shapes=["all"]`` compiles every shape of the run.
@@ -57,6 +59,7 @@ class SuiteOptions:
     plots: bool = True
     name: Optional[str] = None
     command: str = "aghmn-fast bench"
+    notes: Sequence[str] = ()
 
     def __post_init__(self):
         bad = [p for p in self.parts if p not in PARTS]
@@ -66,6 +69,20 @@ class SuiteOptions:
             raise ValueError(f"threads must be positive integers, got {list(self.threads)}")
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is visible to torch")
+
+
+def missing_data(opts: SuiteOptions) -> Dict[str, str]:
+    """Part -> why it cannot run, for the selected parts whose MELD split is not there (checked
+    without reading the files, before anything runs)."""
+    from ..data.datasets import meld_split_path
+    missing = {}
+    for part in opts.parts:
+        if part in MELD_SPLIT_OF_PART:
+            try:
+                meld_split_path(opts.data, MELD_SPLIT_OF_PART[part])
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                missing[part] = str(exc)
+    return missing
 
 
 class TrackedFileError(ValueError):
@@ -115,7 +132,9 @@ def _resolved(opts: SuiteOptions) -> Dict:
 def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> Dict:
     """Run the selected parts and write ``<out_dir>/<machine>/bench[-quick].{json,md}`` and the
     plots. Returns the record, with the written paths under ``"files"``. Raises
-    :class:`TrackedFileError` before running anything when one of the files is tracked by git."""
+    :class:`TrackedFileError` before running anything when one of the files is tracked by git,
+    ``FileNotFoundError`` when a selected part's MELD data is missing (:func:`missing_data`). A run
+    that fails leaves no empty folder behind."""
     started = time.perf_counter()
     res = _resolved(opts)
     machine = machine_info(opts.device)
@@ -125,7 +144,35 @@ def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> Dict:
     if tracked:
         raise TrackedFileError(f"refusing to overwrite files tracked by git: {', '.join(tracked)}; "
                                "choose another --out-dir (or --name)")
+    missing = missing_data(opts)
+    if missing:
+        raise FileNotFoundError(next(iter(missing.values())) + " (needed by the "
+                                + ", ".join(missing) + " part(s))")
+    created = _missing_folders(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    try:
+        return _run_parts(opts, res, machine, slug, out_dir, started, log)
+    except BaseException:
+        for folder in created:  # deepest first; a folder holding anything stays
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        raise
+
+
+def _missing_folders(path: str) -> List[str]:
+    """The folders ``os.makedirs(path)`` would create, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _run_parts(opts: SuiteOptions, res: Dict, machine: Dict, slug: str, out_dir: str,
+               started: float, log: Callable[[str], None]) -> Dict:
     if torch.device(opts.device).type == "cuda":
         # fp32 everywhere: baselines and fused kernels compared at full precision.
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -136,7 +183,7 @@ def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> Dict:
                    "threads": list(opts.threads), "shapes": [s.id for s in res["shapes"]],
                    "compile": res["compile"], "compile_shapes": res["compile_shapes"],
                    "budget": dataclasses.asdict(res["budget"]), "dtype": "float32"},
-        "notes": [], "ops": [], "model": None, "stream": []}
+        "notes": list(opts.notes), "ops": [], "model": None, "stream": []}
     if machine.get("load_average_at_start") and machine["load_average_at_start"][0] > 1.5:
         record["notes"].append(f"The machine was busy at the start (1-minute load average "
                                f"{machine['load_average_at_start'][0]:.1f} on {machine['cores']} "

@@ -94,6 +94,32 @@ def _label_index(labels: Sequence[str]) -> dict[str, int]:
     return {name.strip().lower(): i for i, name in enumerate(labels)}
 
 
+def require_directory(path: str, what: str, holding: str, hint: str = "") -> None:
+    """Raise unless ``path`` is an existing directory: ``FileNotFoundError`` when nothing is
+    there, ``NotADirectoryError`` when it is a file (a user who passed ``--data FILE`` learns
+    that, not that the path is missing). ``what`` names the directory, ``holding`` its files."""
+    advice = f"pass the directory holding {holding} with --data or set AGHMN_DATA{hint}"
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{what} {path} is a file, not a directory ({advice})")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{what} not found: {path} ({advice})")
+
+
+def meld_split_path(root: str | None, split: str) -> str:
+    """The CSV of MELD ``split`` under ``root`` (None: :func:`default_meld_root`), checked to
+    exist without reading it; the errors of :func:`load_meld` for a missing directory or file."""
+    if split not in MELD_SPLITS:
+        raise ValueError(f"split must be one of {MELD_SPLITS}, got {split!r}")
+    root = os.fspath(default_meld_root() if root is None else root)
+    require_directory(root, "MELD data directory", "{train,dev,test}_sent_emo.csv",
+                      "; MELD's CSVs come from github.com/declare-lab/MELD, data/MELD/, see the "
+                      "README")
+    path = os.path.join(root, f"{split}_sent_emo.csv")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MELD file not found: {path}")
+    return path
+
+
 def load_meld(root: str | None, split: str) -> list[Dialogue]:
     """Load one MELD split ("train", "dev" or "test") from ``{root}/{split}_sent_emo.csv``.
 
@@ -109,19 +135,7 @@ def load_meld(root: str | None, split: str) -> list[Dialogue]:
     with the wrong number of fields, a non-integer or negative id, an unknown emotion, or a
     repeated (``Dialogue_ID``, ``Utterance_ID``) pair.
     """
-    if split not in MELD_SPLITS:
-        raise ValueError(f"split must be one of {MELD_SPLITS}, got {split!r}")
-    if root is None:
-        root = default_meld_root()
-    root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"MELD data directory not found: {root} (pass the directory "
-                                "holding {train,dev,test}_sent_emo.csv with --data or set "
-                                "AGHMN_DATA; MELD's CSVs come from github.com/declare-lab/MELD, "
-                                "data/MELD/, see the README)")
-    path = os.path.join(root, f"{split}_sent_emo.csv")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MELD file not found: {path}")
+    path = meld_split_path(root, split)
 
     # newline="" lets the csv module see the CRLF endings and quoted fields itself.
     reader = csv.reader(io.StringIO(_read_utf8(path), newline=""))

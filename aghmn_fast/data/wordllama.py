@@ -33,7 +33,7 @@ def _package_file(parts: tuple[str, str]) -> str:
     spec = importlib.util.find_spec("wordllama")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"embeddings {SOURCE!r} need the wordllama package: "
-                          "pip install wordllama")
+                          "pip install wordllama", name="wordllama")
     path = os.path.join(list(spec.submodule_search_locations)[0], *parts)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"the wordllama package is installed but {'/'.join(parts)} is "

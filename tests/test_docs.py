@@ -1,0 +1,95 @@
+"""The documentation's command lines and snippets work as written: every `pip install` line names
+extras that exist and builds the extension against the installed torch, and every README python
+snippet runs (those that need a server at least compile)."""
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+from cli_helpers import tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# A fenced block's lines, or an inline `code span`: where a command a reader copies can be.
+_FENCE = re.compile(r"^ *```(\w*)\n(.*?)^ *```", re.S | re.M)
+_SPAN = re.compile(r"`([^`\n]+)`")
+
+
+def _install_commands():
+    """(file:line, argv) of every `pip install` / `pip wheel` in the docs, split at && and ;,
+    comments removed."""
+    found = []
+    for doc in DOCS:
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            pieces = _SPAN.findall(line) if "`" in line else [line]
+            for piece in pieces:
+                for command in re.split(r"&&|;", piece):
+                    command = re.sub(r"\s#.*$", "", command).strip()
+                    if re.match(r"(python -m )?pip (install|wheel)\b", command):
+                        found.append((f"{doc.name}:{number}", shlex.split(command)))
+    return found
+
+
+INSTALLS = _install_commands()
+
+
+def test_the_docs_install_lines_were_found():
+    assert len(INSTALLS) >= 5, INSTALLS
+    assert any("README.md" in where for where, _ in INSTALLS)
+
+
+@pytest.mark.parametrize("where,argv", INSTALLS, ids=[w for w, _ in INSTALLS])
+def test_every_install_line_in_the_docs_works_as_written(where, argv):
+    targets = [a for i, a in enumerate(argv[2:], 2) if not a.startswith("-")
+               and argv[i - 1] not in ("-c", "--constraint", "-r", "--requirement")]
+    assert targets, (where, argv)
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for target in targets:
+        local = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", target)
+        if local:
+            # The extension is compiled against the torch already installed: pip's isolated build
+            # environment would fetch another torch (or fail offline).
+            assert "--no-build-isolation" in argv, f"{where}: {' '.join(argv)}"
+            for extra in filter(None, (local.group(1) or "").split(",")):
+                assert extra in extras, f"{where}: no extra [{extra}] in pyproject.toml"
+            continue
+        requirement = Requirement(target)  # a PyPI requirement: it must at least parse
+        if requirement.name == "torch":
+            supported = next(Requirement(r) for r in PYPROJECT["project"]["dependencies"]
+                             if Requirement(r).name == "torch")
+            pinned = [s.version for s in requirement.specifier if s.operator == "=="]
+            assert all(v in supported.specifier for v in pinned), f"{where}: torch {pinned}"
+
+
+def _snippets(doc, language="python"):
+    return [(f"{doc.name} snippet {i}", body) for i, (lang, body) in
+            enumerate(_FENCE.findall(doc.read_text()), 1) if lang == language]
+
+
+README_SNIPPETS = _snippets(ROOT / "README.md")
+NEEDS_A_SERVER = re.compile(r"\b(?:ws|https?)://")
+
+
+def test_every_python_snippet_of_the_docs_compiles():
+    snippets = [s for doc in DOCS for s in _snippets(doc)]
+    assert len(README_SNIPPETS) >= 3, README_SNIPPETS
+    for where, body in snippets:
+        compile(body, where, "exec")
+
+
+@pytest.mark.parametrize("where,body", [s for s in README_SNIPPETS if not NEEDS_A_SERVER.search(s[1])],
+                         ids=lambda v: v if v.startswith("README") else "")
+def test_readme_python_snippets_run_as_written(where, body, tmp_path, monkeypatch):
+    # The checkpoint the README's commands train, made tiny here; run from a fresh folder.
+    (tmp_path / "runs" / "bif-agru").mkdir(parents=True)
+    tiny_checkpoint(tmp_path / "runs" / "bif-agru" / "best.pt")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(body, where, "exec"), {"__name__": "__readme__"})
