@@ -25,7 +25,9 @@ build: install
 test: build
 	AGHMN_DATA=$(DATA) $(PY) -m pytest -q -x tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
-# Train BiF-AGRU on MELD with the authors' recipe, evaluate on test, then stream a test dialogue.
+# Train BiF-AGRU on MELD with the authors' recipe (default wordllama 256-d word vectors;
+# DEMO_ARGS="--embeddings glove" for the paper-faithful GloVe 50-d model), evaluate on test, then
+# stream a test dialogue.
 demo: build
 	$(VENV)/bin/aghmn-fast train --data $(DATA) --out runs/demo $(DEMO_ARGS)
 	$(VENV)/bin/aghmn-fast demo-stream --checkpoint runs/demo/best.pt --data $(DATA)
