@@ -74,6 +74,15 @@ def _add_train(sub):
     p.add_argument("--select-on", default="accuracy", choices=["accuracy", "weighted-f1"],
                    help="dev metric that selects the checkpoint and drives the lr decay (default: "
                         "%(default)s, the recipe)")
+    p.add_argument("--teacher", action="append", default=None, metavar="CHECKPOINT",
+                   help="distil from this checkpoint (repeat for several: their probabilities are "
+                        "averaged); the targets are computed on the training dialogues only")
+    p.add_argument("--distill-temperature", type=float, default=2.0,
+                   help="softmax temperature of teachers and student in the distillation term "
+                        "(default: %(default)s)")
+    p.add_argument("--distill-weight", type=float, default=0.5,
+                   help="weight of the distillation term, in [0, 1]; the recipe's loss gets the rest "
+                        "(default: %(default)s)")
     p.add_argument("--batch-dialogues", type=positive_int, default=1,
                    help="dialogues per optimizer step (1 = the recipe; more is a speed option)")
     p.add_argument("--vocab-from", default="all", choices=["all", "train"],
@@ -109,7 +118,8 @@ def _add_demo_stream(sub):
 
 def cmd_train(args) -> int:
     from .models import AGHMN, AGHMNConfig
-    from .train import TrainConfig, build_vocabulary, load_dataset, set_seed, train
+    from .train import (TrainConfig, build_vocabulary, check_distillation_options, file_identity,
+                        load_dataset, set_seed, teacher_targets, train)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,8 +145,18 @@ def cmd_train(args) -> int:
                                           else (0.0 if iemocap else 0.5)),
                        batch_dialogues=args.batch_dialogues, seed=args.seed,
                        select_on=args.select_on.replace("-", "_"),
-                       progress=not args.no_progress and sys.stderr.isatty())
-    result = train(model, train_set, dev_set, test_set, vocab, labels, tcfg, out_dir=args.out)
+                       progress=not args.no_progress and sys.stderr.isatty(),
+                       distill_temperature=args.distill_temperature,
+                       distill_weight=args.distill_weight)
+    soft_targets = None
+    if args.teacher:
+        check_distillation_options(args.distill_temperature, args.distill_weight)
+        soft_targets = teacher_targets(args.teacher, train_set, labels, args.distill_temperature)
+        tcfg.teachers = [file_identity(path) for path in args.teacher]
+        print(f"distilling from {len(args.teacher)} teacher(s) at temperature "
+              f"{args.distill_temperature:g}, weight {args.distill_weight:g}")
+    result = train(model, train_set, dev_set, test_set, vocab, labels, tcfg, out_dir=args.out,
+                   soft_targets=soft_targets)
     t = result["test"]
     print(f"TEST  accuracy {t['accuracy']:.2f}  weighted F1 {t['weighted_f1']:.2f}  "
           f"macro F1 {t['macro_f1']:.2f}  ({result['seconds_per_epoch']:.1f} s/epoch; "
