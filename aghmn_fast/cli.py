@@ -83,6 +83,12 @@ def _add_train(sub):
     p.add_argument("--distill-weight", type=float, default=0.5,
                    help="weight of the distillation term, in [0, 1]; the recipe's loss gets the rest "
                         "(default: %(default)s)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="after selection, fit per-class logit biases on dev that maximise dev macro F1 "
+                        "(rare classes) within --calibrate-max-drop of dev weighted F1; stored in "
+                        "the checkpoint (see also `aghmn-fast calibrate`)")
+    p.add_argument("--calibrate-max-drop", type=float, default=0.5,
+                   help="dev weighted-F1 points calibration may give up (default: %(default)s)")
     p.add_argument("--batch-dialogues", type=positive_int, default=1,
                    help="dialogues per optimizer step (1 = the recipe; more is a speed option)")
     p.add_argument("--vocab-from", default="all", choices=["all", "train"],
@@ -106,6 +112,21 @@ def _add_eval(sub):
     p.add_argument("--backend", default=None,
                    help="op backend: reference, cpu, triton, cuda (default: fastest)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _add_calibrate(sub):
+    p = sub.add_parser("calibrate", help="fit per-class logit biases of a checkpoint on dev (rare "
+                                         "classes) and store them in it")
+    p.add_argument("--checkpoint", required=True, help="a best.pt written by `aghmn-fast train`")
+    p.add_argument("--dataset", default="meld", choices=["meld", "meld-json", "iemocap"],
+                   help="dataset layout (default: %(default)s)")
+    p.add_argument("--data", default=None, help=DATA_HELP)
+    p.add_argument("--out", default=None,
+                   help="where to write the calibrated checkpoint (default: replace --checkpoint; "
+                        "its previous biases are recorded, so calibrating again starts from the "
+                        "uncalibrated model)")
+    p.add_argument("--max-drop", type=float, default=0.5,
+                   help="dev weighted-F1 points calibration may give up (default: %(default)s)")
 
 
 def _add_demo_stream(sub):
@@ -147,7 +168,8 @@ def cmd_train(args) -> int:
                        select_on=args.select_on.replace("-", "_"),
                        progress=not args.no_progress and sys.stderr.isatty(),
                        distill_temperature=args.distill_temperature,
-                       distill_weight=args.distill_weight)
+                       distill_weight=args.distill_weight, calibrate=args.calibrate,
+                       calibrate_max_drop=args.calibrate_max_drop)
     soft_targets = None
     if args.teacher:
         check_distillation_options(args.distill_temperature, args.distill_weight)
@@ -200,6 +222,29 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    """Fit per-class logit biases of a checkpoint on the dev split and write it calibrated."""
+    from .calibration import check_max_drop, set_logit_biases
+    from .train import (calibrate_model, encode_dialogues, load_checkpoint, load_dataset,
+                        save_checkpoint)
+
+    check_max_drop(args.max_drop)
+    model, vocab, labels, extra = load_checkpoint(args.checkpoint)
+    dev = load_dataset(args.dataset, args.data)[1]
+    previous = (extra.get("calibration") or {}).get("logit_bias", ())
+    record = calibrate_model(model, encode_dialogues(dev, vocab, model.config.max_len, model), dev,
+                             args.max_drop, previous)
+    set_logit_biases(model, record["logit_bias"])
+    out = args.out or args.checkpoint
+    save_checkpoint(out, model, vocab, labels, {**extra, "calibration": record})
+    b, a = record["before"], record["after"]
+    print(f"dev weighted F1 {b['weighted_f1']:.2f} -> {a['weighted_f1']:.2f}, macro F1 "
+          f"{b['macro_f1']:.2f} -> {a['macro_f1']:.2f}; logit biases "
+          + ", ".join(f"{n} {v:+.1f}" for n, v in zip(labels, record["logit_bias"]))
+          + f"; written to {out}")
+    return 0
+
+
 def cmd_demo_stream(args) -> int:
     """Stream one MELD test dialogue through a checkpoint, printing prediction and gold label."""
     from .data import default_meld_root, load_meld
@@ -222,7 +267,8 @@ def cmd_demo_stream(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "demo-stream": cmd_demo_stream}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate,
+            "demo-stream": cmd_demo_stream}
 
 
 class UsageError(Exception):
@@ -242,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
+    _add_calibrate(sub)
     _add_demo_stream(sub)
     for module_name in ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli", "aghmn_fast.serving.cli"):
         try:

@@ -43,6 +43,7 @@ except ImportError:  # a declared dependency, but the lent GPU image runs the te
 from .data import (MELD_LABELS, Dialogue, Vocabulary, class_weights,
                    default_meld_root, load_json_dialogues, load_meld, tokenize)
 from ._io import atomic_torch_save, atomic_write
+from .calibration import check_max_drop, fit_logit_biases, set_logit_biases
 from .metrics import classification_metrics, format_report
 from .models import AGHMN, AGHMNConfig, make_batch
 
@@ -65,6 +66,8 @@ class TrainConfig:
     distill_temperature: float = 2.0
     distill_weight: float = 0.5
     teachers: List[Dict] = dataclasses.field(default_factory=list)  # recorded: file name, sha256
+    calibrate: bool = False             # fit per-class logit biases on dev after selection
+    calibrate_max_drop: float = 0.5     # the dev weighted-F1 points calibration may give up
 
 
 SELECT_ON = ("accuracy", "weighted_f1")
@@ -246,6 +249,8 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
         raise ValueError(f"select_on must be one of {SELECT_ON}, got {config.select_on!r}")
     if soft_targets is not None:
         _check_distillation(config, soft_targets, train_set, len(label_names))
+    if config.calibrate:
+        check_max_drop(config.calibrate_max_drop)
     set_seed(config.seed)
     max_len = model.config.max_len
     enc_train, enc_dev, enc_test = (encode_dialogues(split, vocab, max_len, model)
@@ -308,16 +313,43 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
             f"dev acc {dev['accuracy']:.2f}  dev wF1 {dev['weighted_f1']:.2f}  "
             f"{'*' if improved else ' '}  {epoch_seconds[-1]:.1f}s")
     model.load_state_dict(best_state)
+    calibration = uncalibrated = None
+    if config.calibrate:
+        calibration = calibrate_model(model, enc_dev, dev_set, config.calibrate_max_drop)
+        uncalibrated = evaluate(model, enc_test, test_set, label_names, config.eval_batch_dialogues)
+        set_logit_biases(model, calibration["logit_bias"])
+        log(f"calibrated on dev: weighted F1 {calibration['before']['weighted_f1']:.2f} -> "
+            f"{calibration['after']['weighted_f1']:.2f}, macro F1 "
+            f"{calibration['before']['macro_f1']:.2f} -> {calibration['after']['macro_f1']:.2f}")
+        if out_dir:
+            save_checkpoint(os.path.join(out_dir, "best.pt"), model, vocab, label_names,
+                            {"epoch": best_epoch, "dev": history[best_epoch - 1]["dev"],
+                             "train_config": dataclasses.asdict(config), "calibration": calibration})
     test = evaluate(model, enc_test, test_set, label_names, config.eval_batch_dialogues)
     result = {"history": history, "best_dev": history[best_epoch - 1]["dev"], "best_epoch": best_epoch,
               "test": test, "seconds_per_epoch": float(np.mean(epoch_seconds)),
               "train_config": dataclasses.asdict(config),
               "model_config": dataclasses.asdict(model.config)}
+    if calibration is not None:
+        result.update(test_uncalibrated=uncalibrated, calibration=calibration)
     log("test: " + format_report(test))
     if out_dir:
         atomic_write(os.path.join(out_dir, "metrics.json"),
                      lambda f: json.dump(result, f, indent=1), mode="w")
     return result
+
+
+def calibrate_model(model: AGHMN, encoded_dev, dev_set: Sequence[Dialogue], max_weighted_f1_drop: float,
+                    previous: Sequence[float] = ()) -> Dict:
+    """Fit per-class logit biases of ``model`` on the dev set (:mod:`aghmn_fast.calibration`) and
+    return the record (biases, dev scores before and after). ``previous``: biases already folded
+    into the model, removed first so that the fit starts from the uncalibrated model (and left
+    removed: fold the returned biases in with :func:`~aghmn_fast.calibration.set_logit_biases`).
+    """
+    set_logit_biases(model, (), previous)
+    y = torch.tensor([l for d in dev_set for l in d.labels], dtype=torch.int64)
+    return fit_logit_biases(predict(model, encoded_dev), y, model.config.num_classes,
+                            max_weighted_f1_drop)
 
 
 def check_distillation_options(temperature: float, weight: float) -> None:
