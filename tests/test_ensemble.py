@@ -1,18 +1,22 @@
 """Ensembles (opt-in): several checkpoints of one window K streamed and served, their probabilities
 averaged, equal to the offline ensemble."""
 import asyncio
+import importlib.util
+import json
+import os
 import random
 
 import pytest
 import torch
 
 import aghmn_fast
-from aghmn_fast.data import MELD_LABELS
+from aghmn_fast.data import MELD_LABELS, default_meld_root, load_meld
 from aghmn_fast.streaming import EnsembleRecognizer, StreamingRecognizer
+from aghmn_fast.train import build_vocabulary, save_checkpoint
 
 from serving_fixtures import (assert_matches_offline, offline_probabilities, recognizer_for,
                               save_tiny_checkpoint, start_server, stop_server,
-                              stream_dialogues_http, synthetic_dialogues)
+                              stream_dialogues_http, synthetic_dialogues, tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +99,26 @@ def test_serve_with_several_checkpoints_answers_the_offline_ensemble(checkpoints
     finally:
         assert stop_server(proc) == 0
     assert_matches_offline(got, dialogues, expect)
+
+
+def test_ensemble_cost_script(tmp_path, monkeypatch):
+    """benchmarks/ensemble_cost.py on two small checkpoints: one row per ensemble size."""
+    if not os.path.exists(os.path.join(default_meld_root(), "test_sent_emo.csv")):
+        pytest.skip("MELD data not found (set AGHMN_DATA)")
+    test = load_meld(None, "test")
+    vocab = build_vocabulary([test])
+    paths = []
+    for seed in (1, 2):
+        model = tiny_model(window=10, seed=seed, vocab=vocab)
+        paths.append(str(tmp_path / f"m{seed}.pt"))
+        save_checkpoint(paths[-1], model, vocab, MELD_LABELS)
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "ensemble_cost.py")
+    spec = importlib.util.spec_from_file_location("ensemble_cost", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "cost.json"
+    assert module.main(["--checkpoint", paths[0], "--checkpoint", paths[1], "--sizes", "1", "2",
+                        "--repeats", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["size"], r["window"]) for r in rows] == [(1, 10), (2, 10)]
+    assert all(r["median_ms"] > 0 and r["cpu_ms_mean"] > 0 for r in rows)
