@@ -122,3 +122,19 @@ def test_ensemble_cost_script(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["size"], r["window"]) for r in rows] == [(1, 10), (2, 10)]
     assert all(r["median_ms"] > 0 and r["cpu_ms_mean"] > 0 for r in rows)
+
+
+def test_stream_exactness_script_on_an_ensemble(checkpoints, capsys):
+    """benchmarks/stream_exactness.py with several checkpoints: the ensemble streamed over all
+    MELD test against the offline ensemble."""
+    if not os.path.exists(os.path.join(default_meld_root(), "test_sent_emo.csv")):
+        pytest.skip("MELD data not found (set AGHMN_DATA)")
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "stream_exactness.py")
+    spec = importlib.util.spec_from_file_location("stream_exactness", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--checkpoint", checkpoints[0], "--checkpoint", checkpoints[1]]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["checkpoint"] == checkpoints[:2]
+    assert result["utterances"] == 2610 and result["labels_equal"] == 2610
+    assert result["max_abs_probability_difference"] < 1e-5
