@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import statistics
 
 import torch
@@ -91,8 +92,7 @@ def main(argv=None) -> int:
           f"{e['calibrated']['accuracy']:.2f} / {e['calibrated']['weighted_f1']:.2f} / "
           f"{e['calibrated']['macro_f1']:.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
 
 
