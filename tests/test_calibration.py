@@ -142,3 +142,32 @@ def test_calibrate_command_refits_from_the_uncalibrated_model(tmp_path, capsys):
     rc = main(calibrate[:-1] + ["-1", "--checkpoint", ckpt])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "--calibrate-max-drop" in err
+
+
+def test_accuracy_study_script_scores_a_group(tmp_path):
+    """benchmarks/accuracy_study.py: each model, mean +- std, calibrated, and the ensemble."""
+    import importlib.util
+    import os
+
+    from aghmn_fast.data import default_meld_root, load_meld
+    from aghmn_fast.train import build_vocabulary, save_checkpoint
+    from serving_fixtures import tiny_model
+    if not os.path.exists(os.path.join(default_meld_root(), "test_sent_emo.csv")):
+        pytest.skip("MELD data not found (set AGHMN_DATA)")
+    vocab = build_vocabulary([load_meld(None, "test")])
+    paths = [str(tmp_path / f"m{s}.pt") for s in (1, 2)]
+    for seed, path in zip((1, 2), paths):
+        save_checkpoint(path, tiny_model(window=4, seed=seed, vocab=vocab), vocab, LABELS)
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "accuracy_study.py")
+    spec = importlib.util.spec_from_file_location("accuracy_study", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "study.json"
+    assert module.main(["--checkpoint", paths[0], "--checkpoint", paths[1], "--json", str(out)]) == 0
+    study = json.loads(out.read_text())
+    assert len(study["models"]) == 2
+    mean = study["mean_std"]["weighted_f1"]["mean"]
+    assert mean == pytest.approx(sum(m["weighted_f1"] for m in study["models"]) / 2, abs=0.01)
+    cal = study["ensemble"]["calibrated"]
+    assert cal["dev_after"]["macro_f1"] >= cal["dev_before"]["macro_f1"]
+    assert len(cal["logit_bias"]) == 7
