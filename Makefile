@@ -33,7 +33,9 @@ test: build
 test-matrix: build
 	$(PYTEST) matrix; $(PASS_IF_NONE)
 
-# Train BiF-AGRU on MELD with the authors' recipe, evaluate on test, then stream a test dialogue.
+# Train BiF-AGRU on MELD with the authors' recipe (default wordllama 256-d word vectors;
+# DEMO_ARGS="--embeddings glove" for the paper-faithful GloVe 50-d model), evaluate on test, then
+# stream a test dialogue.
 demo: build
 	$(VENV)/bin/aghmn-fast train --data $(DATA) --out runs/demo $(DEMO_ARGS)
 	$(VENV)/bin/aghmn-fast demo-stream --checkpoint runs/demo/best.pt --data $(DATA)

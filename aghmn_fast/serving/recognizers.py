@@ -54,18 +54,28 @@ def is_runtime_model(path: str) -> bool:
         return False
 
 
-def load_recognizer(path: str, backend: Optional[str] = None, threads: int = 1) -> Recognizer:
+def load_recognizer(path, backend: Optional[str] = None, threads: int = 1) -> Recognizer:
     """The recognizer of a checkpoint (torch) or of an exported ``.aghmn`` model (the native
     runtime; ``backend`` must then be None and ``threads`` is ignored: the runtime computes a
-    push on the calling thread).
+    push on the calling thread). A list of two or more checkpoints is an ensemble
+    (:class:`~aghmn_fast.streaming.EnsembleRecognizer`, torch checkpoints only).
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an invalid one or a
     ``backend`` given with a ``.aghmn`` model, ``ImportError`` when the runtime wheel is needed
     and not installed.
     """
-    if not os.path.exists(path):   # the checkpoint loader's message, without importing torch
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if is_runtime_model(path):
+    paths = [path] if isinstance(path, str) else list(path)
+    for p in paths:
+        if not os.path.exists(p):   # the checkpoint loader's message, without importing torch
+            raise FileNotFoundError(f"checkpoint not found: {p}")
+    if len(paths) > 1:
+        native = [p for p in paths if is_runtime_model(p)]
+        if native:
+            raise ValueError(f"an ensemble takes checkpoints of aghmn-fast train; {native[0]} is "
+                             "a .aghmn model (the native runtime serves one model)")
+    else:
+        path = paths[0]
+    if len(paths) == 1 and is_runtime_model(path):
         if backend is not None:
             raise ValueError(f"--backend {backend!r} applies to checkpoints; {path} is a .aghmn "
                              "model, served by the native runtime")
@@ -79,7 +89,7 @@ def load_recognizer(path: str, backend: Optional[str] = None, threads: int = 1) 
 
     from ..streaming import StreamingRecognizer
     torch.set_num_threads(threads)
-    return StreamingRecognizer.from_checkpoint(path, backend=backend)
+    return StreamingRecognizer.from_checkpoint(path if len(paths) == 1 else paths, backend=backend)
 
 
 __all__ = ["Recognizer", "RUNTIME_MAGIC", "is_runtime_model", "load_recognizer"]

@@ -121,12 +121,21 @@ class StreamingRecognizer:
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str, device=None, backend: Optional[str] = None) -> "StreamingRecognizer":
-        """A recognizer for a checkpoint written by ``aghmn-fast train``.
+    def from_checkpoint(cls, path, device=None, backend: Optional[str] = None) -> "StreamingRecognizer":
+        """A recognizer for a checkpoint written by ``aghmn-fast train``; for a list of two or more
+        paths, an :class:`~aghmn_fast.streaming.EnsembleRecognizer` averaging them (opt-in: N
+        times the work per push).
 
         Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not
-        a valid checkpoint, an unavailable ``device`` or an unavailable ``backend``.
+        a valid checkpoint, an unavailable ``device`` or an unavailable ``backend`` (and, for an
+        ensemble, members of different labels or windows).
         """
+        if isinstance(path, (list, tuple)):
+            if len(path) == 1:
+                path = path[0]
+            else:
+                from .ensemble import EnsembleRecognizer
+                return EnsembleRecognizer.from_checkpoints(path, device=device, backend=backend)
         if device is not None:
             device = _usable_device(device)
         model, vocab, labels, _ = load_checkpoint(path, backend=backend)
