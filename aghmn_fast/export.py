@@ -16,7 +16,10 @@ import datetime
 import json
 import os
 import struct
-from typing import Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+
+if TYPE_CHECKING:
+    import torch
 
 MAGIC = b"AGHMNRT\0"
 FORMAT_VERSION = 1

@@ -3,7 +3,6 @@ checks of damaged or hostile files."""
 import struct
 
 import pytest
-import torch
 
 from aghmn_fast.cli import main
 from aghmn_fast.data import Vocabulary
