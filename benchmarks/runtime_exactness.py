@@ -87,7 +87,7 @@ def run_torch(checkpoint: str, calls, state_path: str) -> Dict[str, List[np.ndar
                 for p in preds:
                     got.setdefault(p.conversation_id, []).append(
                         np.array([p.probabilities[n] for n in rec.label_names], dtype=np.float32))
-    return got, rec.path
+    return got, rec.mode
 
 
 def run_runtime(runtime, model_path: str, calls, state_path: str) -> Dict[str, List[np.ndarray]]:
