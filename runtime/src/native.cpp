@@ -171,15 +171,10 @@ class Session {
     auto [text_data, text_len] = utf8_of(text.ptr(), "utterance_text");
     py::array_t<float> probs(num_labels_);
     int64_t index = -1;
-    aghmn_status status;
-    {
-      py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
-      status = session_ == nullptr ? closed()
-                                   : aghmn_push(session_, id_data, id_len, text_data, text_len,
-                                                probs.mutable_data(), &index);
-    }
-    check(status);
+    float* out = probs.mutable_data();
+    check(without_gil([&](aghmn_session* s) {
+      return aghmn_push(s, id_data, id_len, text_data, text_len, out, &index);
+    }));
     return py::make_tuple(std::move(probs), index);
   }
 
@@ -261,43 +256,37 @@ class Session {
   }
 
   void save(const std::string& path) {
-    aghmn_status status;
-    {
-      py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
-      status = session_ == nullptr ? closed() : aghmn_session_save(session_, path.c_str());
-    }
-    check(status);
+    check(without_gil([&](aghmn_session* s) { return aghmn_session_save(s, path.c_str()); }));
   }
 
   void load(const std::string& path) {
-    aghmn_status status;
-    {
-      py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
-      status = session_ == nullptr ? closed() : aghmn_session_load(session_, path.c_str());
-    }
-    check(status);
+    check(without_gil([&](aghmn_session* s) { return aghmn_session_load(s, path.c_str()); }));
   }
 
  private:
   static aghmn_status closed() { return kReleased; }
 
+  // f(session) without the GIL (pushes and state files may take milliseconds) and under this
+  // recognizer's lock; a released recognizer gives kReleased.
+  template <typename F>
+  aghmn_status without_gil(F&& f) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mutex_);
+    return session_ == nullptr ? closed() : f(session_);
+  }
+
   py::tuple push_batch(const Batch& batch) {
     const size_t n = batch.ids.size();
     py::array_t<float> probs({py::ssize_t(n), py::ssize_t(num_labels_)});
     py::array_t<int64_t> indices(static_cast<py::ssize_t>(n));
-    aghmn_status status = AGHMN_OK;
     if (n > 0) {
-      py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
-      status = session_ == nullptr
-                   ? closed()
-                   : aghmn_push_many(session_, n, batch.ids.data(), batch.id_lens.data(),
-                                     batch.texts.data(), batch.text_lens.data(),
-                                     probs.mutable_data(), indices.mutable_data());
+      float* out = probs.mutable_data();
+      int64_t* out_indices = indices.mutable_data();
+      check(without_gil([&](aghmn_session* s) {
+        return aghmn_push_many(s, n, batch.ids.data(), batch.id_lens.data(), batch.texts.data(),
+                               batch.text_lens.data(), out, out_indices);
+      }));
     }
-    check(status);
     return py::make_tuple(std::move(probs), std::move(indices));
   }
 
