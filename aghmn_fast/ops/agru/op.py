@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..spec import Function, OpSpec, recurrence_shared_bytes
-from .autograd import agru_fused, register_agru_autograd, register_agru_fakes
+from .autograd import (agru_backward_output_shapes, agru_forward_output_shapes, agru_fused,
+                       register_agru_autograd, register_agru_fakes)
 from .reference import agru_ref
 
 
@@ -22,4 +23,6 @@ SPEC = OpSpec(
     load_triton=_load_triton,
     # two gate blocks (r, z) read from weight_hh per step; the attention replaces the update gate
     min_shared_bytes=lambda hidden, steps, itemsize: recurrence_shared_bytes(2, hidden, itemsize),
+    output_shapes={"agru_forward": agru_forward_output_shapes,
+                   "agru_backward": agru_backward_output_shapes},
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..spec import Function, OpSpec, recurrence_shared_bytes
 from .autograd import (memory_bank_fused, register_window_gru_autograd, register_window_gru_fakes,
+                       window_gru_backward_output_shapes, window_gru_forward_output_shapes,
                        window_gru_fused)
 from .reference import memory_bank_ref, window_gru_ref
 
@@ -31,4 +32,6 @@ SPEC = OpSpec(
     # three gate blocks; the forward also stages the window's K slot indices (int32)
     min_shared_bytes=lambda hidden, steps, itemsize: recurrence_shared_bytes(
         3, hidden, itemsize, forward_extra=4 * steps),
+    output_shapes={"window_gru_forward": window_gru_forward_output_shapes,
+                   "window_gru_backward": window_gru_backward_output_shapes},
 )
