@@ -23,9 +23,11 @@ def cuda_arches():
 
 
 def extension_sources(ext):
-    """The extension's ``*.<ext>`` sources under csrc/ (every folder but the core's tests)."""
+    """The extension's ``*.<ext>`` sources under csrc/ (every folder but the core's tests; not
+    the ops' SIMT-emulator builds ``*_emulated.cpp``, which only the tests compile)."""
     return sorted(path for path in glob.glob(f"csrc/**/*.{ext}", recursive=True)
-                  if not path.startswith(os.path.join("csrc", "tests", "")))
+                  if not path.startswith(os.path.join("csrc", "tests", ""))
+                  and not path.endswith("_emulated.cpp"))
 
 
 def extensions():

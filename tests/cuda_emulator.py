@@ -2,10 +2,13 @@
 
 ``EmulatedOps`` runs the very CUDA sources (csrc/<op>/<op>_kernels.cu and their launchers)
 compiled with the host C++ compiler for the SIMT emulator (csrc/tests/simt_emulator.h), called
-through ctypes: the four raw ops of docs/OPS.md on CPU tensors. Output buffers start as NaN inside
-NaN guard zones that must stay untouched; inputs are surrounded by NaN so out-of-bounds reads
-show. ``DeviceOps`` calls the registered ops on the current CUDA device (CPU tensors in and out).
-The pytest fixtures ``emulator`` / ``emulated`` (tests/conftest.py) build and configure it.
+through ctypes: every op folder's raw ops of docs/OPS.md on CPU tensors. Each op's entry points
+are in its csrc/<op>/<op>_emulated.cpp, all with the one C ABI of csrc/tests/emulated_abi.h, so
+nothing here names an op: outputs are allocated with the op folder's ``OpSpec.output_shapes``.
+Output buffers start as NaN inside NaN guard zones that must stay untouched; inputs are
+surrounded by NaN so out-of-bounds reads show. ``DeviceOps`` calls the registered ops on the
+current CUDA device (CPU tensors in and out). The pytest fixtures ``emulator`` / ``emulated``
+(tests/conftest.py) build and configure it.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import pytest
 import torch
 
 from aghmn_fast import ops
+from aghmn_fast.ops.spec import specs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOT_SUPPORTED = 801  # cudaErrorNotSupported
@@ -52,27 +56,25 @@ class _Arena:
                 assert torch.equal(inner, original), "a kernel wrote into an input"
 
 
-def _ptr(t):
-    return ctypes.c_void_p(t.data_ptr())
+def _output_shapes():
+    """Raw op name -> its output shapes from its arguments, for every op folder."""
+    return {name: fn for spec in specs() for name, fn in spec.output_shapes.items()}
 
 
 class EmulatedOps:
-    """The four ops on the CPU SIMT emulator (CPU tensors in and out)."""
+    """Every op folder's raw ops on the CPU SIMT emulator (CPU tensors in and out):
+    ``emulated.<raw op>(*args)`` calls its entry point ``emu_<raw op>``."""
 
     DEFAULTS = dict(sm_count=132, smem_optin=232448, smem_per_sm=233472, order=0, seed=0)
 
     def __init__(self, lib):
         self.lib = lib
-        vp, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        i64, i32 = ctypes.c_int64, ctypes.c_int
         lib.emu_configure.argtypes = [i32, i32, i32, i32, ctypes.c_uint64]
         lib.emu_take_message.restype = ctypes.c_char_p
         lib.emu_launch_record.argtypes = [i32, ctypes.POINTER(i64)]
-        lib.emu_agru_forward.argtypes = [i32] + [vp] * 7 + [i64] * 3 + [i32]
-        lib.emu_agru_backward.argtypes = [i32] + [vp] * 10 + [i64] * 3 + [i32]
-        lib.emu_window_gru_forward.argtypes = [i32] + [vp] * 7 + [i64] * 5
-        lib.emu_window_gru_backward_workspace_bytes.argtypes = [i32] + [i64] * 5
-        lib.emu_window_gru_backward_workspace_bytes.restype = i64
-        lib.emu_window_gru_backward.argtypes = [i32] + [vp] * 9 + [i64] * 6
+        self.max_dims = lib.emu_max_dims()
+        self.output_shapes = _output_shapes()
         self.configure()
 
     def configure(self, **settings):
@@ -99,51 +101,36 @@ class EmulatedOps:
         assert message == "", message
         arena.check()
 
-    def agru_forward(self, xproj, attn, weight_hh, bias_hh, h0, reverse):
-        B, T, H2 = xproj.shape
-        H, a = H2 // 2, _Arena()
-        ins = [a.put(t) for t in (xproj, attn, weight_hh, bias_hh, h0)]
-        out = a.put(xproj.new_empty(B, T, H), output=True)
-        gates = a.put(xproj.new_empty(B, T, 3 * H), output=True)
-        rc = self.lib.emu_agru_forward(_CODES[xproj.dtype], *map(_ptr, ins + [out, gates]),
-                                       B, T, H, int(reverse))
-        self._finish(rc, a)
-        return out.clone(), gates.clone()
+    def __getattr__(self, name):
+        if name not in self.__dict__.get("output_shapes", {}):
+            raise AttributeError(name)
+        try:
+            entry = getattr(self.lib, "emu_" + name)
+        except AttributeError:
+            raise AttributeError(f"the raw op {name} has no emulated entry point emu_{name} "
+                                 f"(csrc/<op>/<op>_emulated.cpp)") from None
+        entry.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_void_p),
+                          ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64)]
+        return lambda *args: self._call(name, entry, args)
 
-    def agru_backward(self, grad_output, attn, weight_hh, h0, output, gates, reverse):
-        B, T, H = grad_output.shape
+    def _call(self, name, entry, args):
+        """The raw op ``name`` on the emulator (the ABI of csrc/tests/emulated_abi.h)."""
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if any(a is None for a in args):
+            raise TypeError(f"{name}: the emulator harness takes no None arguments")
+        scalars = [int(a) for a in args if not isinstance(a, torch.Tensor)]
+        like = next(t for t in tensors if t.is_floating_point())
         a = _Arena()
-        ins = [a.put(t) for t in (grad_output, attn, weight_hh, h0, output, gates)]
-        outs = [a.put(grad_output.new_empty(s), output=True)
-                for s in ((B, T, 2 * H), (B, T), (B, T, 2 * H), (B, H))]
-        rc = self.lib.emu_agru_backward(_CODES[grad_output.dtype], *map(_ptr, ins + outs),
-                                        B, T, H, int(reverse))
-        self._finish(rc, a)
-        return tuple(o.clone() for o in outs)
-
-    def window_gru_forward(self, proj, pad_proj, weight_hh, bias_hh, windows):
-        D, N, H3 = proj.shape
-        (Q, K), H, a = windows.shape, H3 // 3, _Arena()
-        ins = [a.put(t) for t in (proj, pad_proj, weight_hh, bias_hh, windows)]
-        out = a.put(proj.new_empty(D, Q, K, H), output=True)
-        gates = a.put(proj.new_empty(D, Q, K, 4 * H), output=True)
-        rc = self.lib.emu_window_gru_forward(_CODES[proj.dtype], *map(_ptr, ins + [out, gates]),
-                                             D, N, Q, K, H)
-        self._finish(rc, a)
-        return out.clone(), gates.clone()
-
-    def window_gru_backward(self, grad_output, weight_hh, windows, output, gates,
-                            num_utterances):
-        D, Q, K, H = grad_output.shape
-        N, code, a = num_utterances, _CODES[grad_output.dtype], _Arena()
-        ins = [a.put(t) for t in (grad_output, weight_hh, windows, output, gates)]
-        outs = [a.put(grad_output.new_empty(s), output=True)
-                for s in ((D, N, 3 * H), (D, 3 * H), (D, Q, K, 3 * H))]
-        size = self.lib.emu_window_gru_backward_workspace_bytes(code, D, N, Q, K, H)
-        assert size > 0
-        workspace = torch.full((size,), 0xAB, dtype=torch.uint8)  # content must not matter
-        rc = self.lib.emu_window_gru_backward(code, *map(_ptr, ins + outs), _ptr(workspace),
-                                              size, D, N, Q, K, H)
+        ins = [a.put(t) for t in tensors]
+        outs = [a.put(like.new_empty(s), output=True) for s in self.output_shapes[name](*args)]
+        buffers = ins + outs
+        data = (ctypes.c_void_p * len(buffers))(*(t.data_ptr() for t in buffers))
+        shapes = (ctypes.c_int64 * (self.max_dims * len(buffers)))()
+        for i, t in enumerate(buffers):
+            assert t.dim() <= self.max_dims, f"{name}: a tensor of {t.dim()} dims"
+            shapes[i * self.max_dims:i * self.max_dims + t.dim()] = list(t.shape)
+        values = (ctypes.c_int64 * max(1, len(scalars)))(*scalars)
+        rc = entry(_CODES[like.dtype], data, shapes, values)
         self._finish(rc, a)
         return tuple(o.clone() for o in outs)
 
@@ -160,18 +147,25 @@ class DeviceOps:
         return call
 
 
+def emulator_sources(root: pathlib.Path = ROOT):
+    """The sources of the emulator library: csrc/tests/emulated_kernels.cpp (what no op owns)
+    and every op's csrc/<op>/<op>_emulated.cpp."""
+    csrc = root / "csrc"
+    return [csrc / "tests" / "emulated_kernels.cpp", *sorted(csrc.glob("*/*_emulated.cpp"))]
+
+
 def build_emulator(directory: pathlib.Path) -> EmulatedOps:
-    """Compile csrc/tests/emulated_kernels.cpp into ``directory`` and load it (skips the test
-    when no host C++ compiler exists)."""
+    """Compile :func:`emulator_sources` into one library in ``directory`` and load it (skips the
+    test when no host C++ compiler exists)."""
     cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
         pytest.skip("no host C++ compiler to build the CUDA kernels for the SIMT emulator")
     lib = directory / "aghmn_cuda_emulated.so"
     built = subprocess.run(
         [cxx, "-std=c++20", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-         "-Wno-unknown-pragmas", f"-I{ROOT / 'csrc'}",
-         str(ROOT / "csrc" / "tests" / "emulated_kernels.cpp"), "-o", str(lib)],
-        capture_output=True, text=True, timeout=300)
+         "-Wno-unknown-pragmas", f"-I{ROOT / 'csrc'}", *map(str, emulator_sources()),
+         "-o", str(lib)],
+        capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr
     return EmulatedOps(ctypes.CDLL(str(lib)))
 

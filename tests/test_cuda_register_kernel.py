@@ -146,17 +146,22 @@ def test_register_kernel_results_do_not_depend_on_thread_order(emulated, order):
 PATTERNS = {"staging": 0, "weight_reads": 1, "vector_reads": 2}
 
 
+#: gate blocks -> the recurrence cell's options (attention gradient in the backward, slot
+#: indices staged by the forward) of the op with that many: the AGRU (2), the window GRU (3).
+CELL_OPTIONS = {2: lambda backward: (backward, False), 3: lambda backward: (False, not backward)}
+
+
 def smem_accesses(emulated, pattern, dtype, gates, hidden, rows, backward):
     """(offsets [instructions, 32] in elements, -1 = inactive lane; info) of an access pattern of
     the plan the launchers pick (see emu_smem_accesses in csrc/tests/emulated_kernels.cpp)."""
     lib = emulated.lib
-    i64, p64 = ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)
+    i64, i32, p64 = ctypes.c_int64, ctypes.c_int, ctypes.POINTER(ctypes.c_int64)
     lib.emu_smem_accesses.restype = i64
-    lib.emu_smem_accesses.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, ctypes.c_int,
-                                      p64, i64, p64]
+    lib.emu_smem_accesses.argtypes = [i32, i32, i64, i64, i64, i32, i32, i32, p64, i64, p64]
     info = (ctypes.c_int64 * 8)()
+    attn_grad, slot_index = CELL_OPTIONS[gates](backward)
     args = (PATTERNS[pattern], 0 if dtype == torch.float32 else 1, gates, hidden, rows,
-            int(backward))
+            int(backward), int(attn_grad), int(slot_index))
     n = lib.emu_smem_accesses(*args, None, 0, info)
     assert n >= 0, n
     buf = (ctypes.c_int64 * max(1, n * 32))()

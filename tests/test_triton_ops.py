@@ -412,7 +412,7 @@ def test_compile_matrix_covers_every_launch_choice(monkeypatch):
                         _, _, consts = _common.launch_constants(rows, H, gates, dtype)
                         if reverse is not None:
                             consts["REVERSE"] = reverse
-                        v = dict(kernel=getattr(cc, kernel), dtype=dtype, consts=consts)
+                        v = dict(kernel=cc.kernels()[kernel], dtype=dtype, consts=consts)
                         assert cc.label(v) in keys, cc.label(v)
 
 

@@ -11,12 +11,15 @@ Usage (on a machine without a GPU the backend refuses to import unless told to c
         [--arch 90] [--subset full|representative] [--jobs N] [--json]
 
 The full matrix (every hidden size of :data:`HIDDEN_SIZES`, dtype, tile size, TF32 setting and
-AGRU direction, with 16-byte aligned pointers as torch's allocator gives) is a slow-marked test;
-the representative subset is the fast CI test.
+direction of the kernels with a ``REVERSE`` argument, with 16-byte aligned pointers as torch's
+allocator gives) is a slow-marked test; the representative subset is the fast CI test. The
+kernels are what each op folder declares (``OpSpec.triton_compile``, a
+:class:`~aghmn_fast.ops.triton_common.CompileTargets`): nothing here names an op.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -25,38 +28,58 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import triton
 
 from . import triton_common as _common
-from .agru.triton import _agru_bwd_kernel, _agru_fwd_kernel
-from .window_gru.triton import _segment_sum_kernel, _wgru_bwd_kernel, _wgru_fwd_kernel
+from .spec import specs
 
 __all__ = ["variants", "representative_variants", "compile_variant", "spill_budget", "label",
-           "HIDDEN_SIZES", "DTYPES", "ROWS", "main"]
+           "targets", "kernels", "HIDDEN_SIZES", "DTYPES", "ROWS", "main"]
 
 _TYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
                torch.float64: "fp64", torch.int64: "i64"}
-# Pointer arguments that hold the state dtype or window indices; every other pointer has the
-# input dtype.
-_STATE_PTRS = {"gates_ptr", "scr_ptr", "gslot_ptr"}
-_INDEX_PTRS = {"win_ptr", "order_ptr", "offsets_ptr"}
 
 
 def _unwrap(kernel):
     return getattr(kernel, "fn", kernel) if not hasattr(kernel, "arg_names") else kernel
 
 
+@functools.lru_cache(maxsize=None)
+def targets() -> Tuple[_common.CompileTargets, ...]:
+    """What every op folder declares for compilation (``OpSpec.triton_compile``), in folder
+    order; ops without Triton kernels declare nothing."""
+    found = (spec.triton_compile() for spec in specs())
+    return tuple(t for t in found if t is not None)
+
+
+def _kernels_of(target: _common.CompileTargets) -> List:
+    return [_unwrap(k) for k in target.recurrences] + [_unwrap(k) for k, _ in target.per_hidden]
+
+
+@functools.lru_cache(maxsize=None)
+def kernels() -> Dict[str, object]:
+    """Every declared kernel by its function name (how a worker process finds it)."""
+    return {k.__name__: k for target in targets() for k in _kernels_of(target)}
+
+
+@functools.lru_cache(maxsize=None)
+def _target_of(name: str) -> _common.CompileTargets:
+    return next(t for t in targets() if name in {k.__name__ for k in _kernels_of(t)})
+
+
 def _signature(kernel, dtype: torch.dtype, consts: Dict) -> Dict[str, str]:
     acc = _common.state_dtype(dtype)
+    target = _target_of(_unwrap(kernel).__name__)
     sig = {}
     for name in _unwrap(kernel).arg_names:
         if name in consts:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            t = torch.int64 if name in _INDEX_PTRS else acc if name in _STATE_PTRS else dtype
+            t = (torch.int64 if name in target.index_ptrs
+                 else acc if name in target.state_ptrs else dtype)
             sig[name] = "*" + _TYPE_NAMES[t]
         else:
             sig[name] = "i32"
@@ -92,10 +115,10 @@ def variants(hidden_sizes: Iterable[int] = HIDDEN_SIZES,
              aligned: Iterable[bool] = (True,)) -> List[Dict]:
     """The distinct kernel compilations the backend's launch heuristic asks for.
 
-    ``reverse``: the AGRU's compile-time direction (the window GRU's direction is a program id,
-    both in one compilation). ``aligned``: pointer arguments 16-byte aligned (what torch's
-    allocator gives, and so what a real launch specialises on) and/or without that hint (a view
-    with an odd storage offset).
+    ``reverse``: the compile-time direction of the kernels with a ``REVERSE`` argument (the
+    others take their direction as a program id, both in one compilation). ``aligned``: pointer
+    arguments 16-byte aligned (what torch's allocator gives, and so what a real launch
+    specialises on) and/or without that hint (a view with an odd storage offset).
     """
     seen, out = set(), []
     before = _common.allow_tf32()
@@ -113,28 +136,25 @@ def variants(hidden_sizes: Iterable[int] = HIDDEN_SIZES,
                     for allow in tf32:
                         _common.set_allow_tf32(allow)
                         for n in rows:
-                            for gates, kernels in ((2, (_agru_fwd_kernel, _agru_bwd_kernel)),
-                                                   (3, (_wgru_fwd_kernel, _wgru_bwd_kernel))):
-                                _, _, consts = _common.launch_constants(n, H, gates, dtype)
-                                for kernel in kernels:
+                            for target in targets():
+                                _, _, consts = _common.launch_constants(n, H, target.gates, dtype)
+                                for kernel in target.recurrences:
                                     if "REVERSE" in _unwrap(kernel).arg_names:
                                         for rev in reverse:
                                             add(kernel, dtype, dict(consts, REVERSE=rev), align)
                                     else:
                                         add(kernel, dtype, dict(consts), align)
-                    C = 3 * H
-                    # The segment sum reads the slot gradients, kept in the state dtype.
-                    add(_segment_sum_kernel, dtype, dict(C=C, BLOCK_S=16,
-                                                         BLOCK_C=min(triton.next_power_of_2(C), 128),
-                                                         num_warps=4), align)
+                    for target in targets():
+                        for kernel, constants in target.per_hidden:
+                            add(kernel, dtype, constants(H), align)
     finally:
         _common.set_allow_tf32(before)
     return out
 
 
 def representative_variants() -> List[Dict]:
-    """A subset for the fast CI test and a GPU run with little time: every kernel, both AGRU
-    directions, the smallest and largest tiles, every dtype class, the padded sizes 128 (exact
+    """A subset for the fast CI test and a GPU run with little time: every kernel, both
+    directions of a ``REVERSE`` kernel, the smallest and largest tiles, every dtype class, the padded sizes 128 (exact
     power of two) and 300 (streamed weights), and one unaligned set."""
     picked = variants((100, 300), (torch.float32, torch.bfloat16), rows=(1, 1024),
                       tf32=(False,))
@@ -238,13 +258,8 @@ def _variant_key(v: Dict) -> Dict:
                 aligned=v.get("aligned", True))
 
 
-_KERNELS = {k.__name__: k for k in (_unwrap(_agru_fwd_kernel), _unwrap(_agru_bwd_kernel),
-                                     _unwrap(_wgru_fwd_kernel), _unwrap(_wgru_bwd_kernel),
-                                     _unwrap(_segment_sum_kernel))}
-
-
 def _compile_by_index(index: int, key: Dict, arch: int) -> Dict:
-    return compile_variant(dict(key, kernel=_KERNELS[key["kernel"]]), arch)
+    return compile_variant(dict(key, kernel=kernels()[key["kernel"]]), arch)
 
 
 def main(argv=None) -> int:

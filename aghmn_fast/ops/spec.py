@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import importlib
 import pathlib
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 from .common import Kernels
 
@@ -44,7 +44,13 @@ class OpSpec:
     prefix ``triton_``); ``register_autograd(kernels)`` / ``register_fakes(kernels)``: give the
     raw forward op its backward / the C++ raw ops their shape functions; ``load_triton()``:
     import its Triton kernels and return them by raw op name; ``min_shared_bytes(hidden, steps,
-    itemsize)``: the least shared memory per block its CUDA launcher can work with.
+    itemsize)``: the least shared memory per block its CUDA launcher can work with;
+    ``output_shapes``: raw op name -> a function of that op's arguments giving its outputs'
+    shapes (what its fake implementation allocates; the test harnesses allocate with it too);
+    ``triton_compile()``: import its Triton kernels and return what
+    :mod:`~aghmn_fast.ops.compile_check` compiles of them (a
+    :class:`~aghmn_fast.ops.triton_common.CompileTargets`, or None for an op without Triton
+    kernels).
     """
     name: str
     raw_ops: Tuple[str, ...]
@@ -53,6 +59,9 @@ class OpSpec:
     register_fakes: Callable[[Kernels], None]
     load_triton: Callable[[], Dict[str, Any]]
     min_shared_bytes: Callable[[int, int, int], int]
+    output_shapes: Mapping[str, Callable[..., Tuple[Tuple[int, ...], ...]]] = \
+        dataclasses.field(default_factory=dict)
+    triton_compile: Callable[[], Any] = lambda: None
 
 
 def recurrence_shared_bytes(gates: int, hidden: int, itemsize: int, forward_extra: int = 0) -> int:

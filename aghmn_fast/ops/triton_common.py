@@ -22,14 +22,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Iterator, Optional
+from typing import Any, Callable, Dict, FrozenSet, Iterator, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-__all__ = ["KernelConfig", "choose_config", "use_config", "set_allow_tf32", "allow_tf32",
+__all__ = ["CompileTargets", "KernelConfig", "choose_config", "use_config", "set_allow_tf32", "allow_tf32",
            "set_poison_outputs", "new_buffer", "launch", "device_guard", "interpreting",
            "padded_hidden"]
 
@@ -111,6 +111,25 @@ def interpreting() -> bool:
 def padded_hidden(H: int) -> int:
     """H rounded up to a power of two of at least 16 (``tl.dot`` needs blocks of 16)."""
     return max(16, triton.next_power_of_2(H))
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileTargets:
+    """What :mod:`.compile_check` compiles of one op's Triton kernels (the op folder's
+    ``OpSpec.triton_compile`` returns it), so that the check names no op.
+
+    ``recurrences``: the kernels launched with :func:`launch_constants` for ``gates`` gate blocks
+    (one compilation per distinct set of constants; a kernel with a ``REVERSE`` argument in each
+    direction asked for); ``per_hidden``: its other kernels, each with the function giving its
+    constexprs (``num_warps`` among them) at hidden size H, its one launch per H; ``state_ptrs`` /
+    ``index_ptrs``: the pointer arguments that hold the state dtype (:func:`state_dtype`) / int64
+    indices (every other pointer holds the input dtype).
+    """
+    gates: int
+    recurrences: Tuple[Any, ...]
+    per_hidden: Tuple[Tuple[Any, Callable[[int], Dict[str, Any]]], ...] = ()
+    state_ptrs: FrozenSet[str] = frozenset()
+    index_ptrs: FrozenSet[str] = frozenset()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,26 +87,15 @@ struct AgruBackwardCell : ReversibleSteps {
   }
 };
 
-inline Shape agru_shape(int64_t batch, int64_t steps, int64_t hidden, bool backward) {
-  Shape s;
-  s.gates = 2;
-  s.rows = batch;
-  s.hidden = hidden;
-  s.steps = steps;
-  s.directions = 1;
-  s.backward = backward;
-  s.attn_grad = backward;
-  return s;
-}
-
 }  // namespace detail
 
 template <typename T>
 cudaError_t agru_forward(const AgruForwardParams<T>& p, cudaStream_t stream) {
   if (p.batch < 0 || p.steps < 0) return cudaErrorInvalidValue;
   detail::Plan plan;
-  cudaError_t err =
-      detail::choose_plan<T>(detail::agru_shape(p.batch, p.steps, p.hidden, false), true, &plan);
+  const detail::Shape shape =
+      detail::launch_shape<detail::AgruForwardCell<T>, false>(p.batch, p.hidden, p.steps, 1);
+  cudaError_t err = detail::choose_plan<T>(shape, true, &plan);
   if (err != cudaSuccess || p.batch == 0 || p.steps == 0) return err;
   return detail::run_recurrence<detail::AgruForwardCell<T>, false>(plan, p, stream);
 }
@@ -115,8 +104,9 @@ template <typename T>
 cudaError_t agru_backward(const AgruBackwardParams<T>& p, cudaStream_t stream) {
   if (p.batch < 0 || p.steps < 0) return cudaErrorInvalidValue;
   detail::Plan plan;
-  cudaError_t err =
-      detail::choose_plan<T>(detail::agru_shape(p.batch, p.steps, p.hidden, true), false, &plan);
+  const detail::Shape shape =
+      detail::launch_shape<detail::AgruBackwardCell<T>, true>(p.batch, p.hidden, p.steps, 1);
+  cudaError_t err = detail::choose_plan<T>(shape, false, &plan);
   if (err != cudaSuccess || p.batch == 0) return err;
   if (p.steps == 0)  // nothing flows back: grad_h0 is zero
     return cudaMemsetAsync(p.grad_h0, 0, sizeof(T) * p.batch * p.hidden, stream);

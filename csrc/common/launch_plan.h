@@ -55,14 +55,14 @@ struct Geometry {
 
 // ---- launch plans (host) ---------------------------------------------------------------------
 
-/// What a recurrence launch has to cover.
+/// What a recurrence launch has to cover (recurrence.cuh's launch_shape makes it from a cell).
 struct Shape {
-  int gates = 0;
+  int gates = 0;  // gate blocks of weight_hh (the cell's kGates, any >= 1)
   int64_t rows = 0, hidden = 0, steps = 0;
   int directions = 1;
   bool backward = false;
-  bool slot_index = false;  // forward stages the window's slot indices (window GRU)
-  bool attn_grad = false;   // backward reduces the attention gradient (AGRU)
+  bool slot_index = false;  // forward stages per-step slot indices (the cell's kSlotIndex)
+  bool attn_grad = false;   // backward reduces an attention gradient (the cell's kAttnGrad)
 };
 
 struct Plan {

@@ -92,9 +92,10 @@ AGHMN_HD int register_slice_index(int split, int q) {
 /// Gradients of one unit of one step, as the backward kernel consumes them.
 template <typename T, int G>
 struct UnitGrads {
+  static_assert(G >= 1, "a recurrence has at least one gate block");
   T dg[G];      // gradient of h_prev @ weight_hh^T + bias_hh, per gate block
   T dh_direct;  // the part of grad h_prev that does not go through weight_hh
-  T da;         // contribution to the attention gradient (AGRU only)
+  T da;         // contribution to the attention gradient (cells with kAttnGrad; else unused)
 };
 
 /// The element of weight_hh (row-major, leading dimension ld: the staged copy in shared memory
@@ -314,6 +315,31 @@ struct DirectionSteps {
     return dir == 1 ? steps - 1 - i : i;
   }
 };
+
+// ---- launch shapes ---------------------------------------------------------------------------
+// What choose_plan (launch_plan.h) plans for is read from the cells themselves: the gate count
+// kGates (any G >= 1: every buffer, loop and register slice below is sized by it) and the options
+// kSlotIndex (forward) and kAttnGrad (backward), so that a launcher cannot plan for another shape
+// than its kernel runs.
+
+/// The launch shape of the forward (kBackward = false) or backward recurrence of `Cell`.
+template <class Cell, bool kBackward>
+Shape launch_shape(int64_t rows, int64_t hidden, int64_t steps, int64_t directions) {
+  static_assert(Cell::kGates >= 1, "a recurrence has at least one gate block");
+  Shape s;
+  s.gates = Cell::kGates;
+  s.rows = rows;
+  s.hidden = hidden;
+  s.steps = steps;
+  s.directions = static_cast<int>(directions);
+  s.backward = kBackward;
+  if constexpr (kBackward) {
+    s.attn_grad = Cell::kAttnGrad;
+  } else {
+    s.slot_index = Cell::kSlotIndex;
+  }
+  return s;
+}
 
 // ---- forward ---------------------------------------------------------------------------------
 // Cell interface: Scalar, Args, kGates, kSlotIndex, In, weight, bias, initial, time_of, slot,

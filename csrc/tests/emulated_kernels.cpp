@@ -1,43 +1,21 @@
-// The CUDA kernels and launchers of csrc/agru/ and csrc/window_gru/ built for the CPU SIMT
-// emulator, with a C ABI for the tests (tests/test_cuda_ops.py loads it with ctypes). Not part of
-// the extension: the tests compile it with the host C++ compiler, e.g.
-//   g++ -std=c++20 -O2 -shared -fPIC -Icsrc csrc/tests/emulated_kernels.cpp
-// Pointers are host pointers (the emulated device memory is the host's).
+// The SIMT emulator build's part that no op owns: the emulated device's settings, the launch
+// record and the shared-memory access patterns of the recurrence plans (common/), with a C ABI
+// for the tests. Each op's CUDA kernels and their entry points are in csrc/<op>/<op>_emulated.cpp
+// (the ABI: emulated_abi.h); tests/cuda_emulator.py compiles this file with all of those (found by
+// glob) into one library with the host C++ compiler, e.g.
+//   g++ -std=c++20 -O2 -shared -fPIC -Icsrc csrc/tests/emulated_kernels.cpp csrc/*/*_emulated.cpp
+// Not part of the extension.
 #define AGHMN_SIMT_EMULATION 1
 #include "simt_emulator.h"
 // clang-format off
-#include "agru/agru_kernels.cu"
-#include "window_gru/window_gru_kernels.cu"
+#include "common/recurrence.cuh"
+#include "emulated_abi.h"
 // clang-format on
 
-namespace {
-
-namespace ac = aghmn::cuda;
-
-// dtype codes of the C ABI
-constexpr int kFloat32 = 0;
-constexpr int kFloat64 = 1;
-
-template <typename T>
-const T* in(const void* p) {
-  return static_cast<const T*>(p);
-}
-template <typename T>
-T* out(void* p) {
-  return static_cast<T*>(p);
-}
-
-// Calls f(T{}) with T the scalar type of the dtype code.
-template <class F>
-int with_dtype(int dtype, F&& f) {
-  if (dtype == kFloat32) return static_cast<int>(f(float{}));
-  if (dtype == kFloat64) return static_cast<int>(f(double{}));
-  return static_cast<int>(cudaErrorInvalidValue);
-}
-
-}  // namespace
-
 extern "C" {
+
+/// Dimensions per tensor in the shapes array of every op entry point (emulated_abi.h).
+int emu_max_dims() { return ::aghmn_emu::kEmuMaxDims; }
 
 /// Device properties the launchers see, and the order in which ready threads run (0 identity,
 /// 1 reversed, 2 shuffled with `seed`).
@@ -73,7 +51,9 @@ void emu_clear_launches() { aghmn_emu::rt().launches.clear(); }
 const char* emu_launch_kernel(int i) { return aghmn_emu::rt().launches.at(i).kernel.c_str(); }
 
 /// Shared-memory accesses of the plan the launchers pick for a recurrence of `gates` gate
-/// blocks, `hidden` units and `rows` sequences (one direction) on the emulated device, as the
+/// blocks, `hidden` units and `rows` sequences (one direction) on the emulated device, with the
+/// recurrence cell's options `attn_grad` (the backward reduces an attention gradient) and
+/// `slot_index` (the forward stages slot indices) (launch_plan.h: Shape), as the
 /// kernels' own index functions (common/recurrence.cuh) compute them: pattern 0, the staging
 /// stores of weight_hh; 1, one step's weight_hh reads of the contraction (shared-memory
 /// weights); 2, one step's state / gate-gradient vector reads of the register-resident kernels.
@@ -83,8 +63,9 @@ const char* emu_launch_kernel(int i) { return aghmn_emu::rt().launches.at(i).ker
 /// bytes per access, shared bytes the padded layout of the chosen configuration needs, whether
 /// ldw is the padded one].
 int64_t emu_smem_accesses(int pattern, int dtype, int64_t gates, int64_t hidden, int64_t rows,
-                          int backward, int64_t* offsets, int64_t capacity, int64_t* info) {
-  return with_dtype(dtype, [&](auto zero) -> int64_t {
+                          int backward, int attn_grad, int slot_index, int64_t* offsets,
+                          int64_t capacity, int64_t* info) {
+  return aghmn_emu::Call{dtype, nullptr, nullptr, nullptr}.with_dtype([&](auto zero) -> int64_t {
     using T = decltype(zero);
     namespace d = aghmn::cuda::detail;
     d::Shape shape;
@@ -93,8 +74,8 @@ int64_t emu_smem_accesses(int pattern, int dtype, int64_t gates, int64_t hidden,
     shape.hidden = hidden;
     shape.steps = 4;
     shape.backward = backward != 0;
-    shape.attn_grad = backward != 0 && gates == 2;
-    shape.slot_index = backward == 0 && gates == 3;
+    shape.attn_grad = attn_grad != 0;
+    shape.slot_index = slot_index != 0;
     d::Plan plan;
     if (d::choose_plan<T>(shape, false, &plan) != cudaSuccess) return -2;
     const d::Geometry& g = plan.geo;
@@ -168,112 +149,6 @@ int64_t emu_smem_accesses(int pattern, int dtype, int64_t gates, int64_t hidden,
       return n;
     }
     return -1;
-  });
-}
-
-int emu_agru_forward(int dtype, const void* xproj, const void* attn, const void* weight_hh,
-                     const void* bias_hh, const void* h0, void* output, void* gates, int64_t batch,
-                     int64_t steps, int64_t hidden, int reverse) {
-  return with_dtype(dtype, [&](auto zero) {
-    using T = decltype(zero);
-    ac::AgruForwardParams<T> p;
-    p.xproj = in<T>(xproj);
-    p.attn = in<T>(attn);
-    p.weight_hh = in<T>(weight_hh);
-    p.bias_hh = in<T>(bias_hh);
-    p.h0 = in<T>(h0);
-    p.output = out<T>(output);
-    p.gates = out<T>(gates);
-    p.batch = batch;
-    p.steps = steps;
-    p.hidden = hidden;
-    p.reverse = reverse != 0;
-    return ac::agru_forward(p, nullptr);
-  });
-}
-
-int emu_agru_backward(int dtype, const void* grad_output, const void* attn, const void* weight_hh,
-                      const void* h0, const void* output, const void* gates, void* grad_xproj,
-                      void* grad_attn, void* grad_ghh, void* grad_h0, int64_t batch, int64_t steps,
-                      int64_t hidden, int reverse) {
-  return with_dtype(dtype, [&](auto zero) {
-    using T = decltype(zero);
-    ac::AgruBackwardParams<T> p;
-    p.grad_output = in<T>(grad_output);
-    p.attn = in<T>(attn);
-    p.weight_hh = in<T>(weight_hh);
-    p.h0 = in<T>(h0);
-    p.output = in<T>(output);
-    p.gates = in<T>(gates);
-    p.grad_xproj = out<T>(grad_xproj);
-    p.grad_attn = out<T>(grad_attn);
-    p.grad_ghh = out<T>(grad_ghh);
-    p.grad_h0 = out<T>(grad_h0);
-    p.batch = batch;
-    p.steps = steps;
-    p.hidden = hidden;
-    p.reverse = reverse != 0;
-    return ac::agru_backward(p, nullptr);
-  });
-}
-
-int emu_window_gru_forward(int dtype, const void* proj, const void* pad_proj,
-                           const void* weight_hh, const void* bias_hh, const int64_t* windows,
-                           void* output, void* gates, int64_t directions, int64_t num_utterances,
-                           int64_t num_windows, int64_t window, int64_t hidden) {
-  return with_dtype(dtype, [&](auto zero) {
-    using T = decltype(zero);
-    ac::WindowGruForwardParams<T> p;
-    p.proj = in<T>(proj);
-    p.pad_proj = in<T>(pad_proj);
-    p.weight_hh = in<T>(weight_hh);
-    p.bias_hh = in<T>(bias_hh);
-    p.windows = windows;
-    p.output = out<T>(output);
-    p.gates = out<T>(gates);
-    p.directions = directions;
-    p.num_utterances = num_utterances;
-    p.num_windows = num_windows;
-    p.window = window;
-    p.hidden = hidden;
-    return ac::window_gru_forward(p, nullptr);
-  });
-}
-
-int64_t emu_window_gru_backward_workspace_bytes(int dtype, int64_t directions,
-                                                int64_t num_utterances, int64_t num_windows,
-                                                int64_t window, int64_t hidden) {
-  if (dtype == kFloat32)
-    return static_cast<int64_t>(ac::window_gru_backward_workspace_bytes<float>(
-        directions, num_utterances, num_windows, window, hidden));
-  return static_cast<int64_t>(ac::window_gru_backward_workspace_bytes<double>(
-      directions, num_utterances, num_windows, window, hidden));
-}
-
-int emu_window_gru_backward(int dtype, const void* grad_output, const void* weight_hh,
-                            const int64_t* windows, const void* output, const void* gates,
-                            void* grad_proj, void* grad_pad_proj, void* grad_ghh, void* workspace,
-                            int64_t workspace_bytes, int64_t directions, int64_t num_utterances,
-                            int64_t num_windows, int64_t window, int64_t hidden) {
-  return with_dtype(dtype, [&](auto zero) {
-    using T = decltype(zero);
-    ac::WindowGruBackwardParams<T> p;
-    p.grad_output = in<T>(grad_output);
-    p.weight_hh = in<T>(weight_hh);
-    p.windows = windows;
-    p.output = in<T>(output);
-    p.gates = in<T>(gates);
-    p.grad_proj = out<T>(grad_proj);
-    p.grad_pad_proj = out<T>(grad_pad_proj);
-    p.grad_ghh = out<T>(grad_ghh);
-    p.workspace = workspace;
-    p.workspace_bytes = static_cast<size_t>(workspace_bytes);
-    p.directions = directions;
-    p.num_utterances = num_utterances;
-    p.num_windows = num_windows;
-    p.window = window;
-    p.hidden = hidden;
-    return ac::window_gru_backward(p, nullptr);
   });
 }
 

@@ -106,19 +106,6 @@ struct GruBackwardCell : DirectionSteps {
   }
 };
 
-inline Shape window_shape(int64_t directions, int64_t windows, int64_t window, int64_t hidden,
-                          bool backward) {
-  Shape s;
-  s.gates = 3;
-  s.rows = windows;
-  s.hidden = hidden;
-  s.steps = window;
-  s.directions = static_cast<int>(directions);
-  s.backward = backward;
-  s.slot_index = !backward;
-  return s;
-}
-
 /// Sizes that the launchers handle with 32-bit slot and utterance indices.
 inline cudaError_t check_window_sizes(int64_t directions, int64_t num_utterances,
                                       int64_t num_windows, int64_t window) {
@@ -248,8 +235,9 @@ cudaError_t window_gru_forward(const WindowGruForwardParams<T>& p, cudaStream_t 
       detail::check_window_sizes(p.directions, p.num_utterances, p.num_windows, p.window);
   if (err != cudaSuccess) return err;
   detail::Plan plan;
-  err = detail::choose_plan<T>(
-      detail::window_shape(p.directions, p.num_windows, p.window, p.hidden, false), true, &plan);
+  const detail::Shape shape = detail::launch_shape<detail::GruForwardCell<T>, false>(
+      p.num_windows, p.hidden, p.window, p.directions);
+  err = detail::choose_plan<T>(shape, true, &plan);
   if (err != cudaSuccess || p.num_windows == 0 || p.window == 0) return err;
   return detail::run_recurrence<detail::GruForwardCell<T>, false>(plan, p, stream);
 }
@@ -270,8 +258,9 @@ cudaError_t window_gru_backward(const WindowGruBackwardParams<T>& p, cudaStream_
   cudaError_t err = check_window_sizes(p.directions, p.num_utterances, p.num_windows, p.window);
   if (err != cudaSuccess) return err;
   Plan plan;
-  err = choose_plan<T>(window_shape(p.directions, p.num_windows, p.window, p.hidden, true), false,
-                       &plan);
+  const Shape shape =
+      launch_shape<GruBackwardCell<T>, true>(p.num_windows, p.hidden, p.window, p.directions);
+  err = choose_plan<T>(shape, false, &plan);
   if (err != cudaSuccess) return err;
   const int64_t n = p.num_utterances, slots = p.num_windows * p.window;
   Workspace<T> ws(p.workspace, p.directions, n, slots, p.hidden);

@@ -121,15 +121,27 @@ def register_agru_autograd(agru_forward, agru_backward: Callable) -> None:
                                     setup_context=_setup_context)
 
 
+def agru_forward_output_shapes(xproj, attn, weight_hh, bias_hh, h0, reverse):
+    """The raw ``agru_forward``'s output shapes from its arguments (:func:`.agru_forward_shapes`)."""
+    B, T, _ = xproj.shape
+    return agru_forward_shapes(B, T, weight_hh.shape[1])
+
+
+def agru_backward_output_shapes(grad_output, attn, weight_hh, h0, output, gates, reverse):
+    """The raw ``agru_backward``'s output shapes from its arguments."""
+    return agru_backward_shapes(*grad_output.shape)
+
+
 def register_agru_fakes(agru_forward, agru_backward) -> None:
     """Shape-only (fake tensor) implementations of the two AGRU ops (needed for ops defined in
     C++: ``torch.compile``, ``opcheck``; a ``triton_op`` derives its own)."""
     def forward(xproj, attn, weight_hh, bias_hh, h0, reverse):
-        B, T, _ = xproj.shape
-        return tuple(xproj.new_empty(s) for s in agru_forward_shapes(B, T, weight_hh.shape[1]))
+        return tuple(xproj.new_empty(s) for s in agru_forward_output_shapes(
+            xproj, attn, weight_hh, bias_hh, h0, reverse))
 
     def backward(grad_output, attn, weight_hh, h0, output, gates, reverse):
-        return tuple(grad_output.new_empty(s) for s in agru_backward_shapes(*grad_output.shape))
+        return tuple(grad_output.new_empty(s) for s in agru_backward_output_shapes(
+            grad_output, attn, weight_hh, h0, output, gates, reverse))
 
     torch.library.register_fake(overload(agru_forward), forward)
     torch.library.register_fake(overload(agru_backward), backward)

@@ -18,9 +18,9 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from ..triton_common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
-                      check_device, check_dims, check_tensor, launch, launch_constants,
-                      new_buffer)
+from ..triton_common import (FLOAT_DTYPES, CompileTargets, _load_square, _mm, _sigmoid,
+                             _stream_mm, _tanh, _tile, check_device, check_dims, check_tensor,
+                             launch, launch_constants, new_buffer)
 from .reference import agru_backward_shapes, agru_forward_shapes
 
 __all__ = ["agru_forward", "agru_backward", "triton_agru_forward", "triton_agru_backward"]
@@ -237,3 +237,8 @@ def triton_agru_backward(grad_output: Tensor, attn: Tensor, weight_hh: Tensor, h
                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """AGRU reverse loop: ``(grad_xproj, grad_attn, grad_ghh, grad_h0)`` (docs/OPS.md)."""
     return agru_backward(grad_output, attn, weight_hh, h0, output, gates, reverse)
+
+
+#: What compile_check compiles: both recurrences (two gate blocks), in both directions.
+COMPILE_TARGETS = CompileTargets(gates=2, recurrences=(_agru_fwd_kernel, _agru_bwd_kernel),
+                                 state_ptrs=frozenset({"gates_ptr", "scr_ptr"}))

@@ -187,18 +187,30 @@ def register_window_gru_autograd(window_gru_forward, window_gru_backward: Callab
                                     setup_context=_setup_context)
 
 
+def window_gru_forward_output_shapes(proj, pad_proj, weight_hh, bias_hh, windows):
+    """The raw ``window_gru_forward``'s output shapes from its arguments
+    (:func:`.window_gru_forward_shapes`)."""
+    D, _, H3 = proj.shape
+    return window_gru_forward_shapes(D, *windows.shape, H3 // 3)
+
+
+def window_gru_backward_output_shapes(grad_output, weight_hh, windows, output, gates,
+                                      num_utterances):
+    """The raw ``window_gru_backward``'s output shapes from its arguments."""
+    D, Q, K, H = grad_output.shape
+    return window_gru_backward_shapes(D, num_utterances, Q, K, H)
+
+
 def register_window_gru_fakes(window_gru_forward, window_gru_backward) -> None:
     """Shape-only (fake tensor) implementations of the two window-GRU ops (for ops defined in
     C++; outputs take the dtype of the first tensor argument)."""
     def forward(proj, pad_proj, weight_hh, bias_hh, windows):
-        D, _, H3 = proj.shape
-        return tuple(proj.new_empty(s)
-                     for s in window_gru_forward_shapes(D, *windows.shape, H3 // 3))
+        return tuple(proj.new_empty(s) for s in window_gru_forward_output_shapes(
+            proj, pad_proj, weight_hh, bias_hh, windows))
 
     def backward(grad_output, weight_hh, windows, output, gates, num_utterances):
-        D, Q, K, H = grad_output.shape
-        return tuple(grad_output.new_empty(s)
-                     for s in window_gru_backward_shapes(D, num_utterances, Q, K, H))
+        return tuple(grad_output.new_empty(s) for s in window_gru_backward_output_shapes(
+            grad_output, weight_hh, windows, output, gates, num_utterances))
 
     torch.library.register_fake(overload(window_gru_forward), forward)
     torch.library.register_fake(overload(window_gru_backward), backward)

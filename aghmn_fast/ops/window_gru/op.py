@@ -3,8 +3,11 @@
 ``memory_bank`` (the window GRU plus the input projections and a residual)."""
 from __future__ import annotations
 
+import importlib
+
 from ..spec import Function, OpSpec, recurrence_shared_bytes
 from .autograd import (memory_bank_fused, register_window_gru_autograd, register_window_gru_fakes,
+                       window_gru_backward_output_shapes, window_gru_forward_output_shapes,
                        window_gru_fused)
 from .reference import memory_bank_ref, window_gru_ref
 
@@ -28,7 +31,10 @@ SPEC = OpSpec(
                                                              k.window_gru_backward),
     register_fakes=lambda k: register_window_gru_fakes(k.window_gru_forward, k.window_gru_backward),
     load_triton=_load_triton,
+    triton_compile=lambda: importlib.import_module(".triton", __package__).COMPILE_TARGETS,
     # three gate blocks; the forward also stages the window's K slot indices (int32)
     min_shared_bytes=lambda hidden, steps, itemsize: recurrence_shared_bytes(
         3, hidden, itemsize, forward_extra=4 * steps),
+    output_shapes={"window_gru_forward": window_gru_forward_output_shapes,
+                   "window_gru_backward": window_gru_backward_output_shapes},
 )

@@ -23,9 +23,9 @@ from torch.library import triton_op
 
 from ..common import segment_offsets
 from .reference import window_gru_backward_shapes, window_gru_forward_shapes
-from ..triton_common import (FLOAT_DTYPES, _load_square, _mm, _sigmoid, _stream_mm, _tanh, _tile,
-                      check_device, check_dims, check_tensor, launch, launch_constants,
-                      new_buffer)
+from ..triton_common import (FLOAT_DTYPES, CompileTargets, _load_square, _mm, _sigmoid,
+                             _stream_mm, _tanh, _tile, check_device, check_dims, check_tensor,
+                             launch, launch_constants, new_buffer)
 
 __all__ = ["window_gru_forward", "window_gru_backward", "triton_window_gru_forward",
            "triton_window_gru_backward"]
@@ -247,6 +247,13 @@ def _segments(windows: Tensor, num_utterances: int) -> Tuple[Tensor, Tensor]:
     return segment_offsets(key, num_utterances + 1)
 
 
+def _segment_sum_constants(H: int):
+    """The segment sum's constexprs (and warps) for hidden size ``H``: one launch adds the
+    3H-wide slot gradients of each utterance."""
+    C = 3 * H
+    return dict(C=C, BLOCK_S=16, BLOCK_C=min(triton.next_power_of_2(C), 128), num_warps=4)
+
+
 def window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: Tensor, output: Tensor,
                         gates: Tensor, num_utterances: int) -> Tuple[Tensor, Tensor, Tensor]:
     """Reverse loops of the window GRU plus the deterministic scatter onto utterances.
@@ -283,11 +290,10 @@ def window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: Tensor,
         launch(_wgru_bwd_kernel, grid,
                grad_output, weight_hh, output, gates, grad_slot, grad_ghh, scratch, Q, K, **consts)
     order, offsets = _segments(windows, N)
-    block_c = min(triton.next_power_of_2(3 * H), 128)
-    grid = (N + 1, D, triton.cdiv(3 * H, block_c))
+    sums = _segment_sum_constants(H)
+    grid = (N + 1, D, triton.cdiv(sums["C"], sums["BLOCK_C"]))
     launch(_segment_sum_kernel, grid,
-           grad_slot, order, offsets, grad_proj, grad_pad, N, Q * K, C=3 * H, BLOCK_S=16,
-           BLOCK_C=block_c, num_warps=4)
+           grad_slot, order, offsets, grad_proj, grad_pad, N, Q * K, **sums)
     return grad_proj, grad_pad, grad_ghh
 
 
@@ -308,3 +314,11 @@ def triton_window_gru_backward(grad_output: Tensor, weight_hh: Tensor, windows: 
     grad_pad_proj, grad_ghh)`` (docs/OPS.md)."""
     return window_gru_backward(grad_output, weight_hh, windows, output, gates,
                                num_utterances)
+
+
+#: What compile_check compiles: both recurrences (three gate blocks) and the segment sum of the
+#: slot gradients (which reads them in the state dtype).
+COMPILE_TARGETS = CompileTargets(gates=3, recurrences=(_wgru_fwd_kernel, _wgru_bwd_kernel),
+                                 per_hidden=((_segment_sum_kernel, _segment_sum_constants),),
+                                 state_ptrs=frozenset({"gates_ptr", "scr_ptr", "gslot_ptr"}),
+                                 index_ptrs=frozenset({"win_ptr", "order_ptr", "offsets_ptr"}))
