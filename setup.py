@@ -3,7 +3,8 @@
 Install with ``pip install --no-build-isolation -e .`` after torch: the extension is compiled
 against the torch of the environment, so pip must not build it in an isolated one.
 The sources are organised by op (``csrc/library.cpp`` holds every schema; ``csrc/<op>/`` the kernels
-and bindings; ``csrc/common/`` the shared headers; ``csrc/tests/`` is not part of the extension).
+and bindings; ``csrc/common/`` the shared headers; ``csrc/tests/`` and ``csrc/runtime/`` are not part of the
+extension).
 C++ sources (``*.cpp``) are always built; CUDA sources (``*.cu``) only when the
 installed torch has CUDA and a CUDA toolkit is found (set ``AGHMN_NO_CUDA=1`` to skip them).
 ``AGHMN_SKIP_EXT=1`` installs without building the extension. ``AGHMN_NATIVE=1`` adds
@@ -23,11 +24,12 @@ def cuda_arches():
 
 
 def extension_sources(ext):
-    """The extension's ``*.<ext>`` sources under csrc/ (every folder but the core's tests; not
-    the ops' SIMT-emulator builds ``*_emulated.cpp``, which only the tests compile)."""
+    """The extension's ``*.<ext>`` sources under csrc/: not the core's tests, not the torch-free
+    native runtime (``csrc/runtime/``, its own library and wheel, with a fuzzer's ``main``), not
+    the ops' SIMT-emulator builds ``*_emulated.cpp``, which only the tests compile."""
+    outside = tuple(os.path.join("csrc", folder, "") for folder in ("tests", "runtime"))
     return sorted(path for path in glob.glob(f"csrc/**/*.{ext}", recursive=True)
-                  if not path.startswith(os.path.join("csrc", "tests", ""))
-                  and not path.endswith("_emulated.cpp"))
+                  if not path.startswith(outside) and not path.endswith("_emulated.cpp"))
 
 
 def extensions():

@@ -8,6 +8,9 @@ embed the PTX (forward compatibility). The bindings (csrc/<op>/<op>_cuda.cu, tor
 compile-checked too, and the CUDA backend's capability table must match the built
 architectures.
 """
+import ast
+import glob
+import os
 import pathlib
 import re
 import runpy
@@ -44,6 +47,23 @@ def test_setup_cmake_and_the_backend_read_one_architecture_list():
     from aghmn_fast.ops import extension
     assert extension.SASS_ARCHES == _arches()["SASS_ARCHES"]
     assert extension.PTX_ARCH == _arches()["PTX_ARCH"]
+
+
+def test_extension_leaves_out_the_runtime_tests_and_emulator_builds(monkeypatch):
+    """setup.py's source list, read without running setup(): every op folder's binding, none of
+    the torch-free runtime (its own library; a fuzzer there has a ``main``), the ctest sources or
+    the ops' SIMT-emulator builds."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    func = next(node for node in tree.body
+                if isinstance(node, ast.FunctionDef) and node.name == "extension_sources")
+    namespace = {"glob": glob, "os": os}
+    exec(compile(ast.Module([func], type_ignores=[]), "setup.py", "exec"), namespace)
+    monkeypatch.chdir(ROOT)
+    sources = namespace["extension_sources"]("cpp")
+    assert "csrc/library.cpp" in sources and "csrc/agru/agru_ops.cpp" in sources
+    for folder in ("csrc/runtime/", "csrc/tests/"):
+        assert not [path for path in sources if path.startswith(folder)], folder
+    assert not [path for path in sources if path.endswith("_emulated.cpp")]
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="no cmake")
