@@ -145,12 +145,15 @@ def gpu_slug() -> str:
     return "no-gpu"
 
 
-def _machine_free(text: str) -> str:
-    """Drop this machine's absolute paths from text that is committed (logs, errors)."""
-    text = text.replace(ROOT, "<repo>")
-    for prefix, name in ((sys.prefix, "<python>"), (sys.base_prefix, "<python-base>")):
+def _machine_free(text: str, markup: bool = False) -> str:
+    """Drop this machine's absolute paths from text that is committed (logs, errors; ``markup``:
+    XML, where the placeholders are escaped)."""
+    def placeholder(name: str) -> str:
+        return f"&lt;{name}&gt;" if markup else f"<{name}>"
+    text = text.replace(ROOT, placeholder("repo"))
+    for prefix, name in ((sys.prefix, "python"), (sys.base_prefix, "python-base")):
         if len(prefix) > 1:
-            text = text.replace(prefix, name)
+            text = text.replace(prefix, placeholder(name))
     home = os.path.expanduser("~")
     return text.replace(home, "~") if home not in ("/", "") else text
 
@@ -328,6 +331,10 @@ def _pytest_pass(cmd: List[str], xml: str, timeout: float, env: Dict, log_path: 
         f.write(log)
     counts: Dict = {}
     if os.path.exists(xml):
+        with open(xml) as f:  # tracebacks name this machine's paths too
+            text = _machine_free(f.read(), markup=True)
+        with open(xml, "w") as f:
+            f.write(text)
         import xml.etree.ElementTree as ET
         suite = ET.parse(xml).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")

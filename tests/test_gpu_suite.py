@@ -119,6 +119,23 @@ def test_correctness_runs_the_conformance_sweep_and_reports_each_error(tmp_path,
     assert len(logged) == 7 * 9 + 7
 
 
+def test_pytest_pass_keeps_machine_paths_out_of_its_junit_xml(tmp_path):
+    """The JUnit XML of a pass is committed with the results: this machine's paths in failure
+    messages and tracebacks become <repo> / <python>, and the counts are read from it."""
+    import sys
+    xml = tmp_path / "pass-junit.xml"
+    body = (f'<testsuite tests="1" failures="1"><testcase classname="tests.ops.test_x" name="t">'
+            f'<failure message="{ROOT}/tests/ops/test_x.py:1 failed">{sys.prefix}/lib/x.py:2'
+            f'</failure></testcase></testsuite>')
+    cmd = [sys.executable, "-c", f"open({str(xml)!r}, 'w').write({body!r})"]
+    result = suite._pytest_pass(cmd, str(xml), 60, dict(os.environ), str(tmp_path / "pass.log"))
+    text = xml.read_text()
+    assert ROOT not in text and sys.prefix not in text and "&lt;repo&gt;/tests/ops/" in text
+    assert result["counts"]["failures"] == 1
+    assert result["counts"]["failed"] == [{"test": "tests/ops/test_x.py::t",
+                                           "message": "<repo>/tests/ops/test_x.py:1 failed"}]
+
+
 def test_stream_report_compares_every_mode_with_ops():
     report = suite.stream_report("cpu", windows=(6,), concurrency=(5,), extra=3)
     timed = [r for r in report["rows"] if "median_us" in r]
