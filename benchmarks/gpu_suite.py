@@ -32,7 +32,7 @@ Results are written as they come: ``<stage>.json`` after each stage and ``suite.
 summary) after every stage, plots last, into ``benchmarks/results/<gpu>/`` and mirrored to
 ``$OUT`` when set. The last lines printed are the summary table (stage, status, seconds).
 
-    python benchmarks/gpu_suite.py [--budget 470] [--stages env,build,...] [--name DIR]
+    python benchmarks/gpu_suite.py [--budget 470] [--stages env,build,...] [--name DIR] [--dry-run]
 
 Exit status: 0 when no stage failed (skipped stages do not count), 1 otherwise.
 """
@@ -44,6 +44,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -668,6 +669,38 @@ def _summary_line(name: str, status: str, seconds: float) -> str:
     return f"{name:12s} {status[:52]:52s} {seconds:7.1f}"
 
 
+def stage_timeout(name: str, later, left: float) -> float:
+    """A stage's timeout with ``left`` seconds of the budget left: its nominal time, less what the
+    stages still to run after it (``later``, rows of :data:`STAGES`) keep back."""
+    return min(nominal_seconds(name), left - sum(r for _, _, r in later))
+
+
+def plan(stages: List[str], budget: float) -> List[Dict]:
+    """The worst case of :func:`drive`: each stage's timeout when every earlier one runs to its
+    own (a stage under 5 s is skipped)."""
+    chosen = [s for s in STAGES if s[0] in stages]
+    left, rows = budget, []
+    for i, (name, _, _) in enumerate(chosen):
+        timeout = stage_timeout(name, chosen[i + 1:], left)
+        runs = timeout >= 5
+        rows.append({"stage": name, "timeout_s": round(max(timeout, 0.0)), "runs": runs})
+        left -= timeout if runs else 0
+    return rows
+
+
+def print_plan(stages: List[str], budget: float) -> None:
+    """``--dry-run``: the plan for this machine's cores and the pytest passes, nothing run."""
+    print(f"budget {budget:.0f} s, {os.cpu_count()} cores; worst-case timeouts:")
+    for row in plan(stages, budget):
+        print(f"  {row['stage']:12s} {row['timeout_s']:5d} s" + ("" if row["runs"] else "  (skipped)"))
+    for stage, passes in (("correctness", CORRECTNESS_PASSES), ("tests", TEST_PASSES)):
+        if stage in stages:
+            for subset, cmd, _ in pytest_pass_commands("<out>", stage, passes):
+                print(f"{stage} pass {subset or 'all'}: AGHMN_TRITON_GPU=1"
+                      + (f" AGHMN_OPS_SUBSET={subset}" if subset else "") + " "
+                      + shlex.join(["python", *cmd[1:]]))
+
+
 def drive(stages: List[str], budget: float, out: str, mirror: Optional[str]) -> int:
     """Run ``stages`` one after another as child processes within ``budget`` seconds."""
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
@@ -679,9 +712,7 @@ def drive(stages: List[str], budget: float, out: str, mirror: Optional[str]) -> 
     env.pop("TRITON_INTERPRET", None)
     chosen = [s for s in STAGES if s[0] in stages]
     for i, (name, _, _) in enumerate(chosen):
-        left = budget - (time.perf_counter() - t0)
-        reserve = sum(r for _, _, r in chosen[i + 1:])
-        timeout = min(nominal_seconds(name), left - reserve)
+        timeout = stage_timeout(name, chosen[i + 1:], budget - (time.perf_counter() - t0))
         print(f"== {name} (timeout {timeout:.0f} s)", flush=True)
         s0 = time.perf_counter()
         if timeout < 5:
@@ -726,6 +757,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="comma-separated subset of " + ",".join(STAGE_NAMES))
     p.add_argument("--name", default=None,
                    help="results folder under benchmarks/results/ (default: the GPU's name)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the stages' worst-case timeouts and the pytest passes; run nothing")
     p.add_argument("--stage", choices=STAGE_NAMES, help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=60, help=argparse.SUPPRESS)
@@ -736,6 +769,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = [s for s in stages if s not in STAGE_NAMES]
     if unknown:
         p.error(f"unknown stage(s) {unknown}; choose from {','.join(STAGE_NAMES)}")
+    if args.dry_run:
+        print_plan(stages, args.budget)
+        return 0
     out = os.path.join(HERE, "results", args.name or gpu_slug())
     return drive(stages, args.budget, out, os.environ.get("OUT"))
 

@@ -61,6 +61,29 @@ def test_out_of_budget_stages_are_skipped_not_run(tmp_path, capsys):
     assert [s["status"] for s in summary["stages"]] == ["skipped: out of time budget"] * 2
 
 
+def test_dry_run_plans_within_the_budget_and_runs_nothing(capsys, monkeypatch):
+    monkeypatch.setattr(suite.os, "cpu_count", lambda: 16)  # the lent GPU machine's
+    rows = suite.plan(suite.STAGE_NAMES, 470)
+    assert [r["stage"] for r in rows] == suite.STAGE_NAMES and all(r["runs"] for r in rows)
+    assert sum(r["timeout_s"] for r in rows) <= 470
+    timeouts = {r["stage"]: r["timeout_s"] for r in rows}
+    # even when the build uses all its time, the conformance sweep keeps its own
+    assert timeouts["build"] == 150 and timeouts["correctness"] == 150
+    small = suite.plan(suite.STAGE_NAMES, 100)  # too small: stages are skipped, none overruns
+    assert sum(r["timeout_s"] for r in small if r["runs"]) <= 100 and not small[1]["runs"]
+    results = os.path.join(suite.HERE, "results")
+    before = sorted(os.listdir(results))
+    assert suite.main(["--dry-run", "--stages", "env,correctness,tests"]) == 0
+    assert sorted(os.listdir(results)) == before
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[1:4]] == ["env", "correctness", "tests"]
+    passes = [line for line in out if " pass " in line]
+    assert [p.split(":")[0] for p in passes] == ["correctness pass first", "correctness pass rest",
+                                                 "tests pass all"]
+    assert "AGHMN_OPS_SUBSET=first" in passes[0] and passes[0].endswith("tests/ops")
+    assert "-k 'not emulated'" in passes[0]
+
+
 def test_unknown_stage_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         suite.main(["--stages", "env,warp-drive"])
