@@ -164,7 +164,9 @@ def make_implementation(name: str, request) -> Implementation:
 #: - float32 1e-5: the kernel spec's bound for the C++ kernels and docs/RESULTS.md's GPU target;
 #:   the whole CPU sweep stays well inside it. No GPU entry: TF32 is off unless asked for
 #:   (:data:`TF32_TOLERANCE`), and a GPU's other summation order (warp shuffles, tl.sum trees)
-#:   moves a sum by a few ulp of its terms, which a 1e-5 bound does not notice.
+#:   moves a sum of H terms by a few ulp of its terms, far below 1e-5 at the model's sizes. The
+#:   kernel spec allows ~1e-4 for Triton/CUDA; no GPU has run them yet, and the GPU suite's
+#:   correctness stage records every error, so a first GPU run shows which bound holds.
 #: - float64 1e-10: the kernels and the reference differ only in summation order.
 #: - bfloat16 2e-2 and float16 5e-3, relative RMS: results are rounded to the half type (unit
 #:   roundoff 2^-8 and 2^-11) after half-precision input projections, the state stays float32.
