@@ -406,7 +406,7 @@ def correctness_report(out: str, timeout: float, gpu: bool = True, select: str =
                               "bitwise_equal": {"passed": True, "skipped": None}.get(r["outcome"], False)}
                              for r in rows if "deterministic" in r["test"]]
     for line in report["summary"]:
-        print(f"{'ok  ' if not line['failed'] else 'FAIL'} {line['implementation']:18s} "
+        print(f"{'ok  ' if not line['failed'] else 'FAIL'} {str(line['implementation']):18s} "
               f"{str(line['dtype']):9s} {line['tests']:4d} tests, {line['failed']} failed; worst "
               f"{line['worst_error']} (tolerance {line['tolerance']}) in {line['worst_test']}",
               flush=True)

@@ -118,13 +118,16 @@ def test_correctness_runs_the_conformance_sweep_and_reports_each_error(tmp_path,
     (tmp_path / "logs").mkdir()
     (tmp_path / "wrong_reverse_reference.py").write_text(WRONG_REVERSE_REFERENCE)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    report = suite.correctness_report(str(tmp_path), 240, gpu=False,
-                                      select="test_agru_matches_reference and cpu-float32",
+    select = "test_agru_matches_reference and cpu-float32 or test_every_op_folder_declares_itself"
+    report = suite.correctness_report(str(tmp_path), 240, gpu=False, select=select,
                                       pytest_args=["-p", "wrong_reverse_reference"])
     assert [p["subset"] for p in report["passes"]] == ["first", "rest"]
     rows = report["rows"]
-    assert len(rows) == 2 * 7 and rows[0]["test"].endswith("[cpu-float32-2-40-16-100-fwd]")
+    assert len(rows) == 2 * 7 + 1 and rows[0]["test"].endswith("[cpu-float32-2-40-16-100-fwd]")
     assert report["tolerance"] == {"float32": ["max", TOLERANCE[F32][1]]}
+    (generic,) = [r for r in rows if r["implementation"] is None]  # a test of no implementation
+    assert generic["outcome"] == "passed" and generic["comparisons"] == 0
+    rows.remove(generic)
     for row in rows:
         assert (row["implementation"], row["dtype"]) == ("cpu", "float32")
         worst = row["worst"]
@@ -135,8 +138,9 @@ def test_correctness_runs_the_conformance_sweep_and_reports_each_error(tmp_path,
         else:  # output, h_n and the gradients of the 7 inputs
             assert row["outcome"] == "passed" and row["comparisons"] == 9, row
             assert worst["error"] <= worst["tolerance"], row
-    (line,) = report["summary"]
+    line, none = report["summary"]
     assert (line["tests"], line["failed"]) == (14, 7) and line["worst_error"] > 1e-4
+    assert (none["implementation"], none["tests"], none["worst_error"]) == (None, 1, None)
     assert report["ok"] is False
     logged = (tmp_path / "logs" / "correctness-comparisons.jsonl").read_text().splitlines()
     assert len(logged) == 7 * 9 + 7
