@@ -383,19 +383,21 @@ def correctness_report(out: str, timeout: float, gpu: bool = True, select: str =
     its worst comparison, a summary per implementation and dtype, and the determinism tests'
     verdicts. ``select``: a pytest ``-k`` expression (every test when empty); ``pytest_args``:
     extra arguments of every pass."""
-    log = os.path.join(out, "logs", "correctness-comparisons.jsonl")
-    if os.path.exists(log):
-        os.remove(log)
+    import tempfile
     commands = [(subset, cmd + list(pytest_args), xml) for subset, cmd, xml
                 in pytest_pass_commands(out, "correctness", CORRECTNESS_PASSES, select)]
-    report = run_pytest_passes(out, "correctness", commands, timeout,
-                               _test_env(gpu, AGHMN_CONFORMANCE_LOG=log))
     comparisons: Dict[str, List[Dict]] = {}
-    if os.path.exists(log):
-        with open(log) as f:
-            for line in f:
-                record = json.loads(line)
-                comparisons.setdefault(record["test"], []).append(record)
+    # The log of every comparison (thousands of lines) is read back and dropped: the rows keep
+    # each test's worst, and the results folder is committed.
+    with tempfile.TemporaryDirectory() as scratch:
+        log = os.path.join(scratch, "comparisons.jsonl")
+        report = run_pytest_passes(out, "correctness", commands, timeout,
+                                   _test_env(gpu, AGHMN_CONFORMANCE_LOG=log))
+        if os.path.exists(log):
+            with open(log) as f:
+                for line in f:
+                    record = json.loads(line)
+                    comparisons.setdefault(record["test"], []).append(record)
     rows = [correctness_row(case, comparisons.get(case["test"], []))
             for _, _, xml in commands for case in junit_cases(xml)]
     report["tolerance"] = {r["dtype"]: [r["kind"], r["tolerance"]]
