@@ -79,15 +79,15 @@ lint: $(VENV)/bin/ruff
 
 # The native runtime (docs/RUNTIME.md) under AddressSanitizer + UBSan: a tiny random-initialised
 # model exported with `aghmn-fast export`, the example C program on it and the fuzz test of
-# 10,000 mutated model files (ctest).
+# 10,000 mutated model files (ctest); and the gate math's unit test (exp_vec's extremes) under UBSan.
 RUNTIME_BUILD ?= cmake-build-runtime
 runtime-check: build
 	mkdir -p $(RUNTIME_BUILD)
 	$(PY) csrc/runtime/tests/make_tiny_model.py $(RUNTIME_BUILD)/tiny.aghmn
 	cmake -S . -B $(RUNTIME_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAGHMN_SANITIZE=ON \
 		-DAGHMN_RUNTIME_TEST_MODEL=$(abspath $(RUNTIME_BUILD))/tiny.aghmn >/dev/null
-	cmake --build $(RUNTIME_BUILD) -j 2 --target aghmn_classify fuzz_model
-	ctest --test-dir $(RUNTIME_BUILD) -R '^runtime_' --output-on-failure
+	cmake --build $(RUNTIME_BUILD) -j 2 --target aghmn_classify fuzz_model test_gate_math
+	ctest --test-dir $(RUNTIME_BUILD) -R '^(runtime_|test_gate_math$$)' --output-on-failure
 
 clean:
 	rm -rf build cmake-build cmake-build-runtime aghmn_fast/_C*.so *.egg-info runtime/build runtime/aghmn_runtime/_native*.so

@@ -41,7 +41,7 @@ def time_conversation(rec, texts, repeats: int) -> dict:
                     full.append(wall[-1])
         rec.close(r)
     return {**_percentiles(wall), "full_window": _percentiles(full) if full else None,
-            "cpu_ms_mean": 1e3 * cpu / len(wall), "path": rec.mode}
+            "cpu_ms_mean": 1e3 * cpu / len(wall), "mode": rec.mode}
 
 
 def _ensemble(members):
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
             result = time_conversation(_ensemble(members[:n]), texts, args.repeats)
             rows.append({"members": kind, "window": window, "size": n, **result})
             full = result["full_window"] or result
-            print(f"{kind} K={window} x{n} ({result['path']}): median {result['median_ms']:.3f} ms, "
+            print(f"{kind} K={window} x{n} ({result['mode']}): median {result['median_ms']:.3f} ms, "
                   f"full windows {full['median_ms']:.3f} / p99 {full['p99_ms']:.3f} ms, CPU "
                   f"{result['cpu_ms_mean']:.3f} ms per push", flush=True)
     out = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,

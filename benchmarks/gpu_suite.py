@@ -13,12 +13,15 @@ env             versions card: python, torch (+CUDA, cuDNN), triton, nvcc, drive
 build           ``setup.py build_ext --inplace`` (C++ and CUDA); on failure a CPU-only build, so
                 that the Triton stages still get the extension's CPU parts; its timeout grows
                 as the machine's cores shrink (``build_seconds``)
-tests           pytest of the GPU test files with ``AGHMN_TRITON_GPU=1`` (compiled Triton, CUDA):
-                first the conformance sweep's representative cases (one shape per test,
-                implementation and dtype), then the rest with the time left
+correctness     the conformance sweep of the CPU tests (tests/ops: same cases, comparisons and
+                tolerances) on the GPU implementations with ``AGHMN_TRITON_GPU=1`` (CUDA,
+                compiled Triton), every dtype each runs: outputs and every gradient against the
+                float64 reference, each comparison's error measured, and repeated backward
+                passes bitwise equal; first one shape per test, implementation and dtype, then
+                the rest with the time left
+tests           pytest of the other GPU test files (Triton kernel variants, CUDA specifics,
+                readiness, streaming) with ``AGHMN_TRITON_GPU=1``
 compile         offline Triton compile report for this card's architecture (registers, spills)
-correctness     every op and backend on the GPU against the reference in fp64: outputs and
-                gradients in fp32, bf16 and fp16; bitwise determinism of the backward
 timing          ``benchmarks/gpu_bench.py`` on the standard shapes (CUDA events), incl. nn.GRU
 stream          streaming on the GPU: one conversation at K = 40, 1,024 and 10,000 concurrent
                 conversations, every available streaming mode (CUDA graph included) against "ops"
@@ -29,7 +32,7 @@ Results are written as they come: ``<stage>.json`` after each stage and ``suite.
 summary) after every stage, plots last, into ``benchmarks/results/<gpu>/`` and mirrored to
 ``$OUT`` when set. The last lines printed are the summary table (stage, status, seconds).
 
-    python benchmarks/gpu_suite.py [--budget 470] [--stages env,build,...] [--name DIR]
+    python benchmarks/gpu_suite.py [--budget 470] [--stages env,build,...] [--name DIR] [--dry-run]
 
 Exit status: 0 when no stage failed (skipped stages do not count), 1 otherwise.
 """
@@ -41,6 +44,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -55,9 +59,9 @@ HERE = os.path.join(ROOT, "benchmarks")
 STAGES: List[Tuple[str, int, int]] = [
     ("env", 30, 5),
     ("build", 240, 60),
-    ("tests", 150, 45),
+    ("correctness", 150, 45),
+    ("tests", 75, 30),
     ("compile", 45, 15),
-    ("correctness", 90, 30),
     ("timing", 100, 30),
     ("stream", 75, 25),
     ("plots", 30, 5),
@@ -79,10 +83,12 @@ def nominal_seconds(name: str) -> int:
     return next(n for s, n, _ in STAGES if s == name)
 NO_GPU = "skipped: no CUDA device"
 SKIPPED_RC = 3
-# The test files that use a GPU, most valuable first (a timeout keeps the verbose log of what
-# ran). CPU-only suites, and the nvcc compile tests that CI runs, gain nothing from the loan.
-GPU_TESTS = ["tests/ops", "tests/test_triton_ops.py", "tests/test_cuda_ops.py",
-             "tests/test_gpu_readiness.py", "tests/test_streaming.py"]
+# The test files that use a GPU besides the conformance sweep (tests/ops: the correctness stage),
+# most valuable first (a timeout keeps the verbose log of what ran). CPU-only suites, and the
+# nvcc compile tests that CI runs, gain nothing from the loan.
+GPU_TESTS = ["tests/test_triton_ops.py", "tests/test_cuda_ops.py", "tests/test_gpu_readiness.py",
+             "tests/test_streaming.py"]
+CONFORMANCE_TESTS = "tests/ops"
 
 
 # ---- helpers shared by the stages (run in the child process) ----------------------------------
@@ -140,12 +146,15 @@ def gpu_slug() -> str:
     return "no-gpu"
 
 
-def _machine_free(text: str) -> str:
-    """Drop this machine's absolute paths from text that is committed (logs, errors)."""
-    text = text.replace(ROOT, "<repo>")
-    for prefix, name in ((sys.prefix, "<python>"), (sys.base_prefix, "<python-base>")):
+def _machine_free(text: str, markup: bool = False) -> str:
+    """Drop this machine's absolute paths from text that is committed (logs, errors; ``markup``:
+    XML, where the placeholders are escaped)."""
+    def placeholder(name: str) -> str:
+        return f"&lt;{name}&gt;" if markup else f"<{name}>"
+    text = text.replace(ROOT, placeholder("repo"))
+    for prefix, name in ((sys.prefix, "python"), (sys.base_prefix, "python-base")):
         if len(prefix) > 1:
-            text = text.replace(prefix, name)
+            text = text.replace(prefix, placeholder(name))
     home = os.path.expanduser("~")
     return text.replace(home, "~") if home not in ("/", "") else text
 
@@ -225,48 +234,95 @@ def stage_build(out: str, timeout: float) -> Dict:
     return report
 
 
-#: The test stage's passes, in order: the conformance sweep's representative cases (one shape
-#: per test, implementation and dtype: tests/ops/conftest.py, AGHMN_OPS_SUBSET), then every
-#: other case and the other GPU test files with the time left, so that the stage reports every
-#: check on some shape even when it cannot finish.
-TEST_PASSES = (("first", ["tests/ops"]), ("rest", GPU_TESTS))
+#: The correctness stage's passes, in order: the conformance sweep's representative cases (one
+#: shape per test, implementation and dtype: tests/ops/conftest.py, AGHMN_OPS_SUBSET), then every
+#: other case with the time left, so that the stage reports every check on some shape even when
+#: it cannot finish (each shape and dtype compiles its own Triton kernel).
+CORRECTNESS_PASSES = (("first", [CONFORMANCE_TESTS]), ("rest", [CONFORMANCE_TESTS]))
+#: The test stage's one pass (subset None: no AGHMN_OPS_SUBSET).
+TEST_PASSES = ((None, GPU_TESTS),)
 
 
-def test_pass_commands(xml_dir: str) -> List[Tuple[str, List[str], str]]:
-    """``(subset, pytest command, junit path)`` of each pass of :data:`TEST_PASSES`."""
-    passes = []
-    for subset, wanted in TEST_PASSES:
+def pytest_pass_commands(xml_dir: str, stage: str, passes, select: str = ""
+                         ) -> List[Tuple[Optional[str], List[str], str]]:
+    """``(subset, pytest command, junit path)`` of each ``(subset, files)`` of ``passes``, for
+    the tests matching the ``-k`` expression ``select`` (every test when empty)."""
+    commands = []
+    # the SIMT-emulated CUDA tests run on the CPU: CI has them, the loan has no time
+    keyword = f"({select}) and not emulated" if select else "not emulated"
+    for subset, wanted in passes:
         files = [f for f in wanted if os.path.exists(os.path.join(ROOT, f))]
-        xml = os.path.join(xml_dir, f"tests-{subset}-junit.xml")
+        xml = os.path.join(xml_dir, f"{stage}-{subset or 'all'}-junit.xml")
         # --continue-on-collection-errors: a test module that cannot import here (a package the
         # image lacks) costs its own tests, not the whole run.
         cmd = [sys.executable, "-m", "pytest", "-v", "-rfEs", "-p", "no:cacheprovider",
                "--continue-on-collection-errors", f"--junitxml={xml}", "-m", "not slow",
-               # the SIMT-emulated CUDA tests run on the CPU: CI has them, the loan has no time
-               "-k", "not emulated", *files]
-        passes.append((subset, cmd, xml))
-    return passes
+               "-k", keyword, *files]
+        commands.append((subset, cmd, xml))
+    return commands
+
+
+def _test_env(gpu: bool, **extra: str) -> Dict:
+    """The environment of a pytest pass: compiled Triton and CUDA on the GPU (``gpu``), else the
+    CPU implementations (the rehearsal on a machine without one)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               **extra)
+    env.pop("TRITON_INTERPRET", None)
+    if gpu:
+        env["AGHMN_TRITON_GPU"] = "1"
+    else:
+        env.pop("AGHMN_TRITON_GPU", None)
+    return env
+
+
+def run_pytest_passes(out: str, stage: str, commands, timeout: float, env: Dict) -> Dict:
+    """The passes of :func:`pytest_pass_commands` in order, each with ``AGHMN_OPS_SUBSET`` set to
+    its subset (if any), until ``timeout``; counts from the JUnit XML of each pass."""
+    deadline = time.perf_counter() + timeout - 10
+    report: Dict = {"passes": []}
+    for subset, cmd, xml in commands:
+        left = deadline - time.perf_counter()
+        if left < 15:
+            report["passes"].append({"subset": subset or "all", "skipped": "no time left"})
+            report["incomplete"] = "stopped at the stage deadline"
+            break
+        pass_env = dict(env, AGHMN_OPS_SUBSET=subset) if subset else env
+        result = _pytest_pass(cmd, xml, left, pass_env,
+                              os.path.join(out, "logs", f"{stage}-{subset or 'all'}.log"))
+        report["passes"].append({"subset": subset or "all", **result})
+    report["ok"] = all(p.get("ok") for p in report["passes"]) and "incomplete" not in report
+    return report
 
 
 def stage_tests(out: str, timeout: float) -> Dict:
-    """pytest of the GPU test files on the GPU, in :data:`TEST_PASSES` order; counts from the
-    JUnit XML of each pass."""
+    """pytest of the GPU test files beyond the conformance sweep (:data:`GPU_TESTS`)."""
     if not _cuda():
         return {"status": NO_GPU}
-    deadline = time.perf_counter() + timeout - 10
-    report: Dict = {"passes": []}
-    for subset, cmd, xml in test_pass_commands(out):
-        left = deadline - time.perf_counter()
-        if left < 15:
-            report["passes"].append({"subset": subset, "skipped": "no time left"})
-            report["incomplete"] = "stopped at the stage deadline"
-            break
-        env = dict(os.environ, AGHMN_TRITON_GPU="1", PYTHONPATH=ROOT, AGHMN_OPS_SUBSET=subset)
-        env.pop("TRITON_INTERPRET", None)
-        result = _pytest_pass(cmd, xml, left, env, os.path.join(out, "logs", f"tests-{subset}.log"))
-        report["passes"].append({"subset": subset, **result})
-    report["ok"] = all(p.get("ok") for p in report["passes"]) and "incomplete" not in report
-    return report
+    return run_pytest_passes(out, "tests", pytest_pass_commands(out, "tests", TEST_PASSES),
+                             timeout, _test_env(gpu=True))
+
+
+def junit_cases(xml: str) -> List[Dict]:
+    """The test cases of a JUnit XML file: node id, outcome (passed, failed, error, skipped),
+    failure message and the properties the tests recorded (tests/ops/conftest.py records the
+    implementation and dtype)."""
+    import xml.etree.ElementTree as ET
+    if not os.path.exists(xml):
+        return []
+    cases = []
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        outcome, message = "passed", ""
+        for tag in ("failure", "error", "skipped"):
+            found = case.find(tag)
+            if found is not None:
+                outcome, message = ("failed" if tag == "failure" else tag), found.get("message") or ""
+                break
+        module = (case.get("classname") or "").replace(".", "/")
+        cases.append({"test": f"{module}.py::{case.get('name')}", "outcome": outcome,
+                      "message": _machine_free(message[:400]),
+                      "properties": {p.get("name"): p.get("value")
+                                     for p in case.iter("property")}})
+    return cases
 
 
 def _pytest_pass(cmd: List[str], xml: str, timeout: float, env: Dict, log_path: str) -> Dict:
@@ -276,17 +332,16 @@ def _pytest_pass(cmd: List[str], xml: str, timeout: float, env: Dict, log_path: 
         f.write(log)
     counts: Dict = {}
     if os.path.exists(xml):
+        with open(xml) as f:  # tracebacks name this machine's paths too
+            text = _machine_free(f.read(), markup=True)
+        with open(xml, "w") as f:
+            f.write(text)
         import xml.etree.ElementTree as ET
         suite = ET.parse(xml).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
         counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-        failed = []
-        for case in suite.iter("testcase"):
-            bad = case.find("failure") if case.find("failure") is not None else case.find("error")
-            if bad is not None:
-                failed.append({"test": f"{case.get('classname')}::{case.get('name')}",
-                               "message": _machine_free((bad.get("message") or "")[:400])})
-        counts["failed"] = failed
+        counts["failed"] = [{"test": c["test"], "message": c["message"]} for c in junit_cases(xml)
+                            if c["outcome"] in ("failed", "error")]
     print(log[-4000:])
     return {"rc": rc, "ok": rc == 0, "counts": counts, "tail": log[-2000:]}
 
@@ -318,112 +373,92 @@ def stage_compile(out: str, timeout: float) -> Dict:
             "results": results}
 
 
-def _rel_err(got, want) -> float:
-    import torch
-    got, want = got.detach().double().cpu(), want.detach().double().cpu()
-    if not torch.isfinite(got).all():
-        return float("inf")
-    scale = max(1.0, want.abs().max().item() if want.numel() else 0.0)
-    return ((got - want).abs().max().item() if got.numel() else 0.0) / scale
-
-
-# Largest error relative to max(1, |reference|), per dtype: the fp32 target is 1e-5 (forward and
-# gradients); bf16/fp16 are bounded by their rounding of inputs and outputs.
-TOLERANCE = {"float32": 1e-5, "bfloat16": 3e-2, "float16": 5e-3}
-
-
-def _op_cases(device, dtype):
-    """(name, fn(backend) -> tensors whose values and gradients are compared, inputs)."""
-    import torch
-    from aghmn_fast import ops
-    from aghmn_fast.bench.shapes import Shape, agru_inputs, memory_bank_inputs
-    cases = []
-    for B, T, H in ((1, 40, 100), (37, 9, 128), (5, 7, 300)):
-        for reverse in (False, True):
-            args = [a.to(device) for a in agru_inputs(Shape(B, T, H, ""), dtype=torch.float64,
-                                                      seed=B + T)]
-            args[-1] = 0.3 * torch.randn_like(args[-1])  # a non-zero h0 has a gradient
-            cases.append((f"agru B{B} T{T} H{H}{' reverse' if reverse else ''}", args,
-                          lambda a, be, r=reverse: ops.agru(*a, reverse=r, backend=be)))
-    for Q, K, H, bi in ((1, 40, 100, True), (64, 10, 100, True), (9, 6, 300, False)):
-        u, windows, flat = memory_bank_inputs(Shape(Q, K, H, ""), dtype=torch.float64,
-                                              bidirectional=bi, seed=Q + K)
-        windows = windows.to(device)
-        cases.append((f"memory_bank Q{Q} K{K} H{H} D{2 if bi else 1}",
-                      [u.to(device)] + [w.to(device) for w in flat],
-                      lambda a, be, w=windows: (ops.memory_bank(a[0], w, a[1:], backend=be),)))
-    return cases
-
-
-def _outputs_and_grads(fn, inputs, backend, dtype):
-    import torch
-    leaves = [t.detach().to(dtype).requires_grad_(True) for t in inputs]
-    outs = fn(leaves, backend)
-    outs = [o for o in outs if o is not None]
-    g = torch.Generator(device="cpu").manual_seed(1)
-    weights = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device, o.dtype)
-               for o in outs]
-    loss = sum((o * w).sum() for o, w in zip(outs, weights))
-    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-    return outs, grads
-
-
-def correctness_report(device, backends: List[str], dtypes=("float32", "bfloat16", "float16"),
-                       deadline: float = float("inf")) -> Dict:
-    """Each backend's outputs and gradients in each dtype against the fp64 reference on
-    ``device``, and two backward passes of the memory bank compared bitwise."""
-    import torch
-    rows: List[Dict] = []
-    report: Dict = {"backends": backends, "tolerance": TOLERANCE, "rows": rows}
-    for name, inputs, fn in _op_cases(device, torch.float64):
-        want_out, want_grad = _outputs_and_grads(fn, inputs, "reference", torch.float64)
-        for backend in backends:
-            for dt in dtypes:
-                if time.perf_counter() > deadline:
-                    report["incomplete"] = "stopped at the stage deadline"
-                    break
-                row = {"case": name, "backend": backend, "dtype": dt}
-                try:
-                    outs, grads = _outputs_and_grads(fn, inputs, backend, getattr(torch, dt))
-                    row["out_err"] = max(_rel_err(o, w) for o, w in zip(outs, want_out))
-                    row["grad_err"] = max(_rel_err(g, w) for g, w in zip(grads, want_grad)
-                                          if w is not None)
-                    row["ok"] = max(row["out_err"], row["grad_err"]) <= TOLERANCE[dt]
-                except Exception as exc:  # a refusal or crash is a result of this stage
-                    row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:400])
-                rows.append(row)
-                print(f"{'ok  ' if row['ok'] else 'FAIL'} {backend:7s} {dt:9s} {name}: "
-                      f"out {row.get('out_err', float('nan')):.2e} "
-                      f"grad {row.get('grad_err', float('nan')):.2e} {row.get('error', '')}",
-                      flush=True)
-    det = []
-    name, inputs, fn = _op_cases(device, torch.float64)[-2]
-    for backend in backends:
-        try:
-            a = _outputs_and_grads(fn, inputs, backend, torch.float32)[1]
-            b = _outputs_and_grads(fn, inputs, backend, torch.float32)[1]
-            det.append({"backend": backend, "case": name,
-                        "bitwise_equal": all(torch.equal(x, y) for x, y in zip(a, b))})
-        except Exception as exc:
-            det.append({"backend": backend, "case": name, "error": f"{type(exc).__name__}: {exc}"})
-        print("determinism", det[-1], flush=True)
-    report["determinism"] = det
-    report["ok"] = (all(r["ok"] for r in rows) and all(d.get("bitwise_equal") for d in det)
-                    and "incomplete" not in report)
+def correctness_report(out: str, timeout: float, gpu: bool = True, select: str = "",
+                       pytest_args=()) -> Dict:
+    """The conformance sweep (tests/ops: the CPU tests' own cases, comparisons of outputs and
+    every gradient with the float64 reference, and tolerances, conformance.TOLERANCE), run by
+    pytest on the GPU implementations (``gpu``; else on this machine's CPU implementations, a
+    rehearsal) in :data:`CORRECTNESS_PASSES` order until ``timeout``. Each comparison's measured
+    error comes back through the sweep's log (``AGHMN_CONFORMANCE_LOG``): one row per test with
+    its worst comparison, a summary per implementation and dtype, and the determinism tests'
+    verdicts. ``select``: a pytest ``-k`` expression (every test when empty); ``pytest_args``:
+    extra arguments of every pass."""
+    import tempfile
+    commands = [(subset, cmd + list(pytest_args), xml) for subset, cmd, xml
+                in pytest_pass_commands(out, "correctness", CORRECTNESS_PASSES, select)]
+    comparisons: Dict[str, List[Dict]] = {}
+    # The log of every comparison (thousands of lines) is read back and dropped: the rows keep
+    # each test's worst, and the results folder is committed.
+    with tempfile.TemporaryDirectory() as scratch:
+        log = os.path.join(scratch, "comparisons.jsonl")
+        report = run_pytest_passes(out, "correctness", commands, timeout,
+                                   _test_env(gpu, AGHMN_CONFORMANCE_LOG=log))
+        if os.path.exists(log):
+            with open(log) as f:
+                for line in f:
+                    record = json.loads(line)
+                    comparisons.setdefault(record["test"], []).append(record)
+    rows = [correctness_row(case, comparisons.get(case["test"], []))
+            for _, _, xml in commands for case in junit_cases(xml)]
+    report["tolerance"] = {r["dtype"]: [r["kind"], r["tolerance"]]
+                           for records in comparisons.values() for r in records}
+    report["rows"] = rows
+    report["summary"] = correctness_summary(rows)
+    report["determinism"] = [{"test": r["test"], "implementation": r["implementation"],
+                              "bitwise_equal": {"passed": True, "skipped": None}.get(r["outcome"], False)}
+                             for r in rows if "deterministic" in r["test"]]
+    for line in report["summary"]:
+        print(f"{'ok  ' if not line['failed'] else 'FAIL'} {str(line['implementation']):18s} "
+              f"{str(line['dtype']):9s} {line['tests']:4d} tests, {line['failed']} failed; worst "
+              f"{line['worst_error']} (tolerance {line['tolerance']}) in {line['worst_test']}",
+              flush=True)
+    report["ok"] = report["ok"] and bool(rows)
     return report
 
 
+def correctness_row(case: Dict, comparisons: List[Dict]) -> Dict:
+    """One test of the correctness stage: its outcome, implementation, dtype (the test's, else
+    its comparisons'), number of comparisons and the worst of them (error relative to its
+    tolerance; an error of None, no finite value, is the worst)."""
+    def ratio(c):
+        return float("inf") if c["error"] is None else c["error"] / c["tolerance"]
+    worst = max(comparisons, key=ratio, default=None)
+    return {"test": case["test"], "outcome": case["outcome"],
+            "implementation": case["properties"].get("implementation"),
+            "dtype": case["properties"].get("dtype") or (worst or {}).get("dtype"),
+            "comparisons": len(comparisons),
+            "worst": None if worst is None else {k: worst[k] for k in ("what", "error", "tolerance")},
+            **({"message": case["message"]} if case["outcome"] in ("failed", "error") else {})}
+
+
+def correctness_summary(rows: List[Dict]) -> List[Dict]:
+    """Per (implementation, dtype) of the tests that ran (dtype None: the tests without one, e.g.
+    gradcheck, edge cases, determinism): tests, failures and the worst comparison with the
+    reference (its error, tolerance and test)."""
+    summary: Dict[Tuple, Dict] = {}
+    for r in rows:
+        if r["outcome"] == "skipped":
+            continue
+        line = summary.setdefault((r["implementation"], r["dtype"]), {
+            "implementation": r["implementation"], "dtype": r["dtype"], "tests": 0, "failed": 0,
+            "worst_error": None, "tolerance": None, "worst_test": None, "_ratio": -1.0})
+        line["tests"] += 1
+        line["failed"] += r["outcome"] != "passed"
+        worst = r["worst"]
+        if worst is None:
+            continue
+        ratio = float("inf") if worst["error"] is None else worst["error"] / worst["tolerance"]
+        if ratio > line["_ratio"]:
+            line.update(worst_error=worst["error"], tolerance=worst["tolerance"],
+                        worst_test=f"{r['test']}: {worst['what']}", _ratio=ratio)
+    return [{k: v for k, v in line.items() if k != "_ratio"} for line in summary.values()]
+
+
 def stage_correctness(out: str, timeout: float) -> Dict:
-    """Every fused backend on the GPU against the fp64 reference, three dtypes, determinism."""
+    """The conformance sweep on the GPU implementations, each comparison's error measured."""
     if not _cuda():
         return {"status": NO_GPU}
-    import torch
-    from aghmn_fast import ops
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    backends = [b for b in ops.backends("cuda") if b != "reference"]
-    return correctness_report(torch.device("cuda"), backends,
-                              deadline=time.perf_counter() + timeout - 10)
+    return correctness_report(out, timeout)
 
 
 def stage_timing(out: str, timeout: float) -> Dict:
@@ -636,6 +671,38 @@ def _summary_line(name: str, status: str, seconds: float) -> str:
     return f"{name:12s} {status[:52]:52s} {seconds:7.1f}"
 
 
+def stage_timeout(name: str, later, left: float) -> float:
+    """A stage's timeout with ``left`` seconds of the budget left: its nominal time, less what the
+    stages still to run after it (``later``, rows of :data:`STAGES`) keep back."""
+    return min(nominal_seconds(name), left - sum(r for _, _, r in later))
+
+
+def plan(stages: List[str], budget: float) -> List[Dict]:
+    """The worst case of :func:`drive`: each stage's timeout when every earlier one runs to its
+    own (a stage under 5 s is skipped)."""
+    chosen = [s for s in STAGES if s[0] in stages]
+    left, rows = budget, []
+    for i, (name, _, _) in enumerate(chosen):
+        timeout = stage_timeout(name, chosen[i + 1:], left)
+        runs = timeout >= 5
+        rows.append({"stage": name, "timeout_s": round(max(timeout, 0.0)), "runs": runs})
+        left -= timeout if runs else 0
+    return rows
+
+
+def print_plan(stages: List[str], budget: float) -> None:
+    """``--dry-run``: the plan for this machine's cores and the pytest passes, nothing run."""
+    print(f"budget {budget:.0f} s, {os.cpu_count()} cores; worst-case timeouts:")
+    for row in plan(stages, budget):
+        print(f"  {row['stage']:12s} {row['timeout_s']:5d} s" + ("" if row["runs"] else "  (skipped)"))
+    for stage, passes in (("correctness", CORRECTNESS_PASSES), ("tests", TEST_PASSES)):
+        if stage in stages:
+            for subset, cmd, _ in pytest_pass_commands("<out>", stage, passes):
+                print(f"{stage} pass {subset or 'all'}: AGHMN_TRITON_GPU=1"
+                      + (f" AGHMN_OPS_SUBSET={subset}" if subset else "") + " "
+                      + shlex.join(["python", *cmd[1:]]))
+
+
 def drive(stages: List[str], budget: float, out: str, mirror: Optional[str]) -> int:
     """Run ``stages`` one after another as child processes within ``budget`` seconds."""
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
@@ -647,9 +714,7 @@ def drive(stages: List[str], budget: float, out: str, mirror: Optional[str]) -> 
     env.pop("TRITON_INTERPRET", None)
     chosen = [s for s in STAGES if s[0] in stages]
     for i, (name, _, _) in enumerate(chosen):
-        left = budget - (time.perf_counter() - t0)
-        reserve = sum(r for _, _, r in chosen[i + 1:])
-        timeout = min(nominal_seconds(name), left - reserve)
+        timeout = stage_timeout(name, chosen[i + 1:], budget - (time.perf_counter() - t0))
         print(f"== {name} (timeout {timeout:.0f} s)", flush=True)
         s0 = time.perf_counter()
         if timeout < 5:
@@ -694,6 +759,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="comma-separated subset of " + ",".join(STAGE_NAMES))
     p.add_argument("--name", default=None,
                    help="results folder under benchmarks/results/ (default: the GPU's name)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the stages' worst-case timeouts and the pytest passes; run nothing")
     p.add_argument("--stage", choices=STAGE_NAMES, help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=60, help=argparse.SUPPRESS)
@@ -704,6 +771,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = [s for s in stages if s not in STAGE_NAMES]
     if unknown:
         p.error(f"unknown stage(s) {unknown}; choose from {','.join(STAGE_NAMES)}")
+    if args.dry_run:
+        print_plan(stages, args.budget)
+        return 0
     out = os.path.join(HERE, "results", args.name or gpu_slug())
     return drive(stages, args.budget, out, os.environ.get("OUT"))
 

@@ -5,7 +5,8 @@
 # to benchmarks/results/<gpu>/ as they come and are mirrored to $OUT when set. No network: pip
 # never reaches an index. The last lines printed are the summary table (stage, status, seconds).
 #
-# Usage: benchmarks/gpu_suite.sh [--budget SECONDS] [--stages env,build,...] [--name DIR]
+# Usage: benchmarks/gpu_suite.sh [--budget SECONDS] [--stages env,build,...] [--name DIR] [--dry-run]
+# (--dry-run: the stages' worst-case timeouts on this machine and the pytest passes; runs nothing)
 # The interpreter is $PYTHON, else .venv/bin/python, else python3.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -93,7 +93,7 @@ def in_process(checkpoint: str, texts: List[str], conversations: int, seconds: f
     elapsed = time.perf_counter() - start
     lat.sort()
     return {"utterances_per_s": done / elapsed, "p50_ms": _percentile(lat, 0.5),
-            "p99_ms": _percentile(lat, 0.99), "utterances": done, "path": rec.mode}
+            "p99_ms": _percentile(lat, 0.99), "utterances": done, "mode": rec.mode}
 
 
 class _HTTPConnection(asyncio.Protocol):

@@ -56,7 +56,7 @@ def readme_section(record: Dict, report_path: str, plot_path: Optional[str]) -> 
         if "speedup" in r:
             est = ", extrapolated" if model["extrapolated"] else ""
             ref = next(x for x in model["rows"] if x["threads"] == r["threads"]
-                       and x["path"] == "reference")
+                       and report.mode_of(x) == "reference")
             lines.append(f"- MELD training, {r['threads']} thread{'s' if r['threads'] > 1 else ''}: "
                          f"{r['step_ms']:.1f} ms/step ({r['epoch_s']:.0f} s/epoch{est}) fused vs "
                          f"{ref['step_ms']:.1f} ms/step ({ref['epoch_s']:.0f} s/epoch) reference: "

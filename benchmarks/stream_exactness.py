@@ -6,7 +6,7 @@ Several ``--checkpoint``s: their ensemble (``EnsembleRecognizer``) against the o
 (the mean of the members' offline probabilities).
 
     python benchmarks/stream_exactness.py --checkpoint runs/demo/best.pt [--checkpoint B.pt ...]
-        [--data DIR] [--split test] [--path push|step|ops] [--seed 0]
+        [--data DIR] [--split test] [--mode push|step|ops] [--seed 0]
 """
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ def main(argv=None) -> int:
                         help="a best.pt written by `aghmn-fast train`; repeat for an ensemble")
     parser.add_argument("--data", default=None, help=DATA_HELP)
     parser.add_argument("--split", default="test", choices=("train", "dev", "test"))
-    parser.add_argument("--path", default=None, choices=("push", "step", "ops"))
+    parser.add_argument("--mode", "--path", dest="mode", default=None,
+                        choices=("push", "step", "ops"),
+                        help="the streaming mode (default: the recognizer's; --path: its old name)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -49,9 +51,9 @@ def _run(args) -> int:
     members = [StreamingRecognizer.from_checkpoint(path) for path in args.checkpoint]
     for m in members:
         show_encoding_progress(m.model)  # a sentence reader encodes the whole split first
-    if args.path is not None:
+    if args.mode is not None:
         members = [StreamingRecognizer(m.model, vocab=m.vocab, label_names=m.label_names,
-                                       mode=args.path) for m in members]
+                                       mode=args.mode) for m in members]
     rec = members[0] if len(members) == 1 else EnsembleRecognizer(members)
     with torch.no_grad():
         offline = torch.stack([torch.softmax(predict(m.model, encode_dialogues(
@@ -71,7 +73,7 @@ def _run(args) -> int:
     gold = [label for d in dialogues for label in d.labels]
     result = {
         "checkpoint": args.checkpoint[0] if len(members) == 1 else args.checkpoint, "split": args.split,
-        "path": rec.mode,
+        "mode": rec.mode,
         "dialogues": len(dialogues), "utterances": len(flat),
         "max_abs_probability_difference": float((streamed - offline).abs().max()),
         "labels_equal": int((streamed.argmax(-1) == offline.argmax(-1)).sum()),

@@ -192,6 +192,26 @@ def test_cli_end_to_end_then_refresh_readme(tmp_path, capsys):
     assert "not an aghmn-fast bench record" in capsys.readouterr().err
 
 
+def test_records_written_before_mode_was_path_still_read():
+    """Result rows name their compute mode "mode"; records written before (issue 20) said
+    "path": the committed bench.json of the 2-core EPYC machine is one, and the report and the
+    README section still read its model rows."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "amd-epyc-2c",
+                           "bench.json")) as f:
+        old = json.load(f)
+    rows = old["model"]["rows"]
+    assert all("path" in r and "mode" not in r for r in rows)  # still an old record
+    assert [report.mode_of(r) for r in rows[:2]] == ["reference", "fused (cpu)"]
+    assert report.mode_of({"mode": "push", "path": "ignored"}) == "push"
+    md = report.markdown(old)
+    assert "| threads | mode | ms / step |" in md
+    assert f"| 1 | reference | {rows[0]['step_ms']:.2f} |" in md
+    section = _refresh_readme_module().readme_section(old, "r.md", None)
+    fused = next(r for r in rows if "speedup" in r)
+    ref = next(r for r in rows if r["path"] == "reference" and r["threads"] == fused["threads"])
+    assert f"fused vs {ref['step_ms']:.1f} ms/step" in section
+
+
 def test_cli_default_out_dir_is_a_new_folder_here(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["bench", "--ops", "agru", "--shapes", "B2-T3-H8", "--threads", "1", "--quick",
@@ -281,9 +301,9 @@ def test_model_and_stream_parts_on_a_few_dialogues(tmp_path):
                                    stream_concurrency=4), log=lambda *_: None)
     model = record["model"]
     assert model["extrapolated"] and model["dialogues_timed"] == 3
-    paths = {r["path"]: r for r in model["rows"]}
-    assert set(paths) == {"reference", f"fused ({ops.backends('cpu')[0]})"}
-    for r in paths.values():
+    modes = {r["mode"]: r for r in model["rows"]}
+    assert set(modes) == {"reference", f"fused ({ops.backends('cpu')[0]})"}
+    for r in modes.values():
         assert r["step_ms"] > 0 and r["epoch_s"] > r["timed_epoch_s"][0]
     (run,) = record["stream"]
     assert [c["window"] for c in run["cases"]] == [10, 40]
@@ -291,7 +311,7 @@ def test_model_and_stream_parts_on_a_few_dialogues(tmp_path):
     for c in run["cases"]:  # 18- and 60-utterance dialogues: both have full windows
         full = c["stream"]["full_window"]
         assert full["n"] == (18 - 10 if c["window"] == 10 else 60 - 40) * 2 and full["median_ms"] > 0
-        assert c["stream"]["path"] == ("push" if ops.backends("cpu")[0] == "cpu" else "ops")
+        assert c["stream"]["mode"] == ("push" if ops.backends("cpu")[0] == "cpu" else "ops")
     md = open(record["files"][1]).read()
     assert "**epoch times extrapolated**" in md and "## Streaming" in md and "full windows" in md
 

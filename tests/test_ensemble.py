@@ -133,8 +133,10 @@ def test_stream_exactness_script_on_an_ensemble(checkpoints, capsys):
     spec = importlib.util.spec_from_file_location("stream_exactness", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(["--checkpoint", checkpoints[0], "--checkpoint", checkpoints[1]]) == 0
+    # --path: the old name of --mode, still accepted
+    assert module.main(["--checkpoint", checkpoints[0], "--checkpoint", checkpoints[1],
+                        "--path", "push"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["checkpoint"] == checkpoints[:2]
+    assert result["checkpoint"] == checkpoints[:2] and result["mode"] == "push"
     assert result["utterances"] == 2610 and result["labels_equal"] == 2610
     assert result["max_abs_probability_difference"] < 1e-5

@@ -12,8 +12,6 @@ import os
 import pytest
 import torch
 
-from aghmn_fast import ops, reference
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -38,7 +36,7 @@ def test_driver_runs_every_stage_and_prints_the_summary_last(tmp_path, capsys, m
     printed = capsys.readouterr().out.rstrip().splitlines()
     assert printed[-1].startswith("total")
     names = [line.split()[0] for line in printed[-7:-1]]
-    assert names == ["env", "tests", "correctness", "timing", "stream", "plots"]
+    assert names == ["env", "correctness", "tests", "timing", "stream", "plots"]
     summary = json.loads((out / "suite.json").read_text())
     status = {s["stage"]: s["status"] for s in summary["stages"]}
     assert status["env"] == "ok"
@@ -63,31 +61,105 @@ def test_out_of_budget_stages_are_skipped_not_run(tmp_path, capsys):
     assert [s["status"] for s in summary["stages"]] == ["skipped: out of time budget"] * 2
 
 
+def test_dry_run_plans_within_the_budget_and_runs_nothing(capsys, monkeypatch):
+    monkeypatch.setattr(suite.os, "cpu_count", lambda: 16)  # the lent GPU machine's
+    rows = suite.plan(suite.STAGE_NAMES, 470)
+    assert [r["stage"] for r in rows] == suite.STAGE_NAMES and all(r["runs"] for r in rows)
+    assert sum(r["timeout_s"] for r in rows) <= 470
+    timeouts = {r["stage"]: r["timeout_s"] for r in rows}
+    # even when the build uses all its time, the conformance sweep keeps its own
+    assert timeouts["build"] == 150 and timeouts["correctness"] == 150
+    small = suite.plan(suite.STAGE_NAMES, 100)  # too small: stages are skipped, none overruns
+    assert sum(r["timeout_s"] for r in small if r["runs"]) <= 100 and not small[1]["runs"]
+    results = os.path.join(suite.HERE, "results")
+    before = sorted(os.listdir(results))
+    assert suite.main(["--dry-run", "--stages", "env,correctness,tests"]) == 0
+    assert sorted(os.listdir(results)) == before
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[1:4]] == ["env", "correctness", "tests"]
+    passes = [line for line in out if " pass " in line]
+    assert [p.split(":")[0] for p in passes] == ["correctness pass first", "correctness pass rest",
+                                                 "tests pass all"]
+    assert "AGHMN_OPS_SUBSET=first" in passes[0] and passes[0].endswith("tests/ops")
+    assert "-k 'not emulated'" in passes[0]
+
+
 def test_unknown_stage_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         suite.main(["--stages", "env,warp-drive"])
     assert "unknown stage" in capsys.readouterr().err
 
 
-def test_correctness_report_passes_right_backends_and_catches_wrong_ones():
-    def wrong_agru(x, attn, *rest):
-        out, h = reference.agru(x, attn, *rest)
-        return out * 1.001, h
+#: A pytest plugin (-p) for the correctness stage's runs: the reference of the reverse AGRU made
+#: wrong by 0.1 %, so every reverse case must fail and every forward one pass.
+WRONG_REVERSE_REFERENCE = """
+import pytest
 
-    ops.register_backend("test-suite-wrong", agru=wrong_agru, memory_bank=reference.memory_bank,
-                         devices=("cpu",), priority=-50)
-    try:
-        report = suite.correctness_report("cpu", ["cpu", "test-suite-wrong"], dtypes=("float32",))
-    finally:
-        ops._REGISTRY.pop("test-suite-wrong", None)
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    module = item.module
+    real = getattr(module, "agru_ref", None)
+    if real is not None:
+        def wrong(*args, reverse=False, **kwargs):
+            out, h_n = real(*args, reverse=reverse, **kwargs)
+            return (out * 1.001, h_n) if reverse else (out, h_n)
+        module.agru_ref = wrong
+    yield
+    if real is not None:
+        module.agru_ref = real
+"""
+
+
+def test_correctness_runs_the_conformance_sweep_and_reports_each_error(tmp_path, monkeypatch):
+    """The correctness stage is the CPU tests' conformance sweep (its cases, comparisons and
+    tolerance table), rehearsed here on the C++ CPU kernels: representative case first, every
+    comparison's error in the report, and a wrong result caught with its error."""
+    from conformance import F32, TOLERANCE
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "wrong_reverse_reference.py").write_text(WRONG_REVERSE_REFERENCE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    select = "test_agru_matches_reference and cpu-float32 or test_every_op_folder_declares_itself"
+    report = suite.correctness_report(str(tmp_path), 240, gpu=False, select=select,
+                                      pytest_args=["-p", "wrong_reverse_reference"])
+    assert [p["subset"] for p in report["passes"]] == ["first", "rest"]
     rows = report["rows"]
-    assert len(rows) == 2 * len(suite._op_cases("cpu", torch.float64))
-    assert all(r["ok"] for r in rows if r["backend"] == "cpu"), rows
-    wrong = [r for r in rows if r["backend"] == "test-suite-wrong"]
-    assert all(not r["ok"] for r in wrong if r["case"].startswith("agru"))
-    assert all(r["ok"] for r in wrong if r["case"].startswith("memory_bank"))
-    assert all(d["bitwise_equal"] for d in report["determinism"])
+    assert len(rows) == 2 * 7 + 1 and rows[0]["test"].endswith("[cpu-float32-2-40-16-100-fwd]")
+    assert report["tolerance"] == {"float32": ["max", TOLERANCE[F32][1]]}
+    (generic,) = [r for r in rows if r["implementation"] is None]  # a test of no implementation
+    assert generic["outcome"] == "passed" and generic["comparisons"] == 0
+    rows.remove(generic)
+    for row in rows:
+        assert (row["implementation"], row["dtype"]) == ("cpu", "float32")
+        worst = row["worst"]
+        if row["test"].endswith("-rev]"):  # a test stops at its first failed comparison
+            assert row["outcome"] == "failed" and row["comparisons"] == 1, row
+            assert worst["what"] == "output" and worst["error"] > worst["tolerance"], row
+            assert "> 1e-05" in row["message"]
+        else:  # output, h_n and the gradients of the 7 inputs
+            assert row["outcome"] == "passed" and row["comparisons"] == 9, row
+            assert worst["error"] <= worst["tolerance"], row
+    line, none = report["summary"]
+    assert (line["tests"], line["failed"]) == (14, 7) and line["worst_error"] > 1e-4
+    assert (none["implementation"], none["tests"], none["worst_error"]) == (None, 1, None)
     assert report["ok"] is False
+    assert sum(r["comparisons"] for r in rows) == 7 * 9 + 7
+
+
+def test_pytest_pass_keeps_machine_paths_out_of_its_junit_xml(tmp_path):
+    """The JUnit XML of a pass is committed with the results: this machine's paths in failure
+    messages and tracebacks become <repo> / <python>, and the counts are read from it."""
+    import sys
+    xml = tmp_path / "pass-junit.xml"
+    body = (f'<testsuite tests="1" failures="1"><testcase classname="tests.ops.test_x" name="t">'
+            f'<failure message="{ROOT}/tests/ops/test_x.py:1 failed">{sys.prefix}/lib/x.py:2'
+            f'</failure></testcase></testsuite>')
+    cmd = [sys.executable, "-c", f"open({str(xml)!r}, 'w').write({body!r})"]
+    result = suite._pytest_pass(cmd, str(xml), 60, dict(os.environ), str(tmp_path / "pass.log"))
+    text = xml.read_text()
+    assert ROOT not in text and sys.prefix not in text and "&lt;repo&gt;/tests/ops/" in text
+    assert result["counts"]["failures"] == 1
+    assert result["counts"]["failed"] == [{"test": "tests/ops/test_x.py::t",
+                                           "message": "<repo>/tests/ops/test_x.py:1 failed"}]
 
 
 def test_stream_report_compares_every_mode_with_ops():
@@ -151,13 +223,15 @@ def test_build_budget_grows_as_cores_shrink():
     assert suite.nominal_seconds("tests") == dict((s, n) for s, n, _ in suite.STAGES)["tests"]
 
 
-def test_test_stage_runs_the_representative_cases_first_then_the_rest(tmp_path):
-    """The two passes of the test stage, collected here: "first" holds one case per test,
+def test_correctness_stage_runs_the_representative_cases_first_then_the_rest(tmp_path):
+    """The two passes of the correctness stage, collected here: "first" holds one case per test,
     implementation and dtype, "rest" every other one, and together they are the whole sweep."""
     import subprocess
     import sys
-    passes = suite.test_pass_commands(str(tmp_path))
-    assert [p[0] for p in passes] == ["first", "rest"] and passes[0][1][-1] == "tests/ops"
+    passes = suite.pytest_pass_commands(str(tmp_path), "correctness", suite.CORRECTNESS_PASSES)
+    assert [p[0] for p in passes] == ["first", "rest"]
+    assert [p[1][-1] for p in passes] == ["tests/ops"] * 2
+    assert "tests/ops" not in suite.GPU_TESTS  # the test stage does not run the sweep again
 
     def collected(subset):
         env = {k: v for k, v in os.environ.items() if k != "AGHMN_OPS_SUBSET"}

@@ -21,6 +21,7 @@ import aghmn_fast  # noqa: E402
 from aghmn_fast import ops, reference  # noqa: E402
 from aghmn_fast.ops import triton_common as _common  # noqa: E402
 from aghmn_fast.ops.triton_common import KernelConfig, use_config  # noqa: E402
+from conformance import TF32_TOLERANCE, assert_close  # noqa: E402
 
 ON_GPU = os.environ.get("AGHMN_TRITON_GPU", "0") == "1"
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -50,27 +51,6 @@ def _poisoned_buffers():
 def _config(name):
     cfg = CONFIGS[name]
     return use_config(cfg) if cfg is not None else contextlib.nullcontext()
-
-
-def _assert_close(got, want, tol, what):
-    """|got - want| <= tol * max(1, max|want|), and no NaN/Inf anywhere in ``got``."""
-    assert got is not None, f"{what}: no gradient"
-    got = got.detach().to(torch.float64).cpu()
-    want = want.detach().to(torch.float64).cpu()
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert torch.isfinite(got).all(), f"{what}: NaN/Inf in the result"
-    err = (got - want).abs().max().item() if got.numel() else 0.0
-    scale = max(1.0, want.abs().max().item() if want.numel() else 0.0)
-    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:g} * {scale:.3g}"
-
-
-def _assert_rms_close(got, want, tol, what):
-    """Relative RMS error (for float16/bfloat16 results), and no NaN/Inf."""
-    got = got.detach().to(torch.float64).cpu()
-    want = want.detach().to(torch.float64).cpu()
-    assert torch.isfinite(got).all(), f"{what}: NaN/Inf in the result"
-    rel = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
-    assert rel <= tol, f"{what}: relative RMS error {rel:.3g} > {tol:g}"
 
 
 # ---- AGRU ------------------------------------------------------------------------------------
@@ -111,26 +91,29 @@ def _agru_both(args, reverse, upstream_seed=0):
 _AGRU_NAMES = ["x", "attn", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "h0"]
 
 
-def _check_agru(args, reverse, tol, close=_assert_close):
+def _check_agru(args, reverse, tolerance=None):
+    """Outputs and gradients against the reference (conformance.assert_close: the dtype's
+    tolerance, or ``tolerance``)."""
+    dtype = args[0].dtype
     (out, h_n, grads), (r_out, r_hn, r_grads) = _agru_both(args, reverse)
-    close(out, r_out, tol, "output")
-    close(h_n, r_hn, tol, "h_n")
+    assert_close(out, r_out, dtype, "output", tolerance=tolerance)
+    assert_close(h_n, r_hn, dtype, "h_n", tolerance=tolerance)
     names = [n for n, a in zip(_AGRU_NAMES, args) if a is not None]
     for name, got, want in zip(names, grads, r_grads):
-        close(got, want, tol, f"grad of {name}")
+        assert_close(got, want, dtype, f"grad of {name}", tolerance=tolerance)
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c != "default"])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_agru_every_kernel_variant(config, reverse):
     with _config(config):
-        _check_agru(_agru_inputs(37, 6, 4, 13), reverse, 1e-10)
+        _check_agru(_agru_inputs(37, 6, 4, 13), reverse)
 
 
 def test_agru_large_hidden_streams_weight():
     # H = 65 pads to 128 columns: the streamed path walks several weight slices.
     with use_config(KernelConfig(block_b=16, resident=False, block_k=32, dot=True)):
-        _check_agru(_agru_inputs(3, 4, 5, 65), True, 1e-10)
+        _check_agru(_agru_inputs(3, 4, 5, 65), True)
 
 
 # ---- memory bank -----------------------------------------------------------------------------
@@ -164,27 +147,27 @@ def _memory_inputs(N, H, num_dirs, dtype=D64, seed=0):
             [w.to(DEVICE, dtype).requires_grad_() for w in flat])
 
 
-def _check_memory(u, windows, flat, tol, close=_assert_close):
+def _check_memory(u, windows, flat, tolerance=None):
+    """Memory and gradients against the reference (as :func:`_check_agru`)."""
     got = tb.memory_bank(u, windows, flat)
     ref_u = u.detach().to(D64).requires_grad_()
     ref_flat = [w.detach().to(D64).requires_grad_() for w in flat]
     want = reference.memory_bank(ref_u, windows, ref_flat)
-    assert got.dtype == u.dtype
-    close(got, want, tol, "memory")
+    assert_close(got, want, u.dtype, "memory", tolerance=tolerance)
     g = torch.randn(want.shape, generator=torch.Generator().manual_seed(1), dtype=D64)
     g = g.to(want.device)
     grads = torch.autograd.grad((got * g.to(got.dtype)).sum(), [u] + list(flat))
     r_grads = torch.autograd.grad((want * g).sum(), [ref_u] + ref_flat)
     names = ["utterances"] + [f"flat_weights[{i}]" for i in range(len(flat))]
     for name, a, b in zip(names, grads, r_grads):
-        close(a, b, tol, f"grad of {name}")
+        assert_close(a, b, u.dtype, f"grad of {name}", tolerance=tolerance)
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c != "default"])
 def test_memory_bank_every_kernel_variant(config):
     u, flat = _memory_inputs(12, 13, 2, seed=3)
     with _config(config):
-        _check_memory(u, _windows(12, 37, 4, seed=5), flat, 1e-10)
+        _check_memory(u, _windows(12, 37, 4, seed=5), flat)
 
 
 # ---- the registered ops ----------------------------------------------------------------------
@@ -298,9 +281,9 @@ def test_tf32_switch_is_off_by_default_and_restorable():
         _common.set_allow_tf32(True)
         assert _common.allow_tf32()
         # TF32 rounds fp32 matmul inputs on a GPU (the interpreter computes them exactly).
-        _check_agru(_agru_inputs(17, 4, 3, 16, dtype=F32), False, 3e-3)
+        _check_agru(_agru_inputs(17, 4, 3, 16, dtype=F32), False, TF32_TOLERANCE)
         u, flat = _memory_inputs(5, 16, 2, dtype=F32)
-        _check_memory(u, _windows(5, 17, 3, seed=1), flat, 3e-3)
+        _check_memory(u, _windows(5, 17, 3, seed=1), flat, TF32_TOLERANCE)
     finally:
         _common.set_allow_tf32(before)
     assert _common.allow_tf32() is before

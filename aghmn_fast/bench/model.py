@@ -68,7 +68,7 @@ def run_model(data: Optional[str] = None, dialogues: Optional[int] = None, epoch
         threads: torch thread counts to run at.
         device: only "cpu": the training loop keeps its batches on the CPU.
 
-    Returns a JSON-ready dict with one row per (path, threads): seconds per step and per
+    Returns a JSON-ready dict with one row per (mode, threads): seconds per step and per
     (possibly extrapolated) epoch.
     """
     if torch.device(device).type != "cpu":
@@ -90,7 +90,7 @@ def run_model(data: Optional[str] = None, dialogues: Optional[int] = None, epoch
         with num_threads(n):
             for label, backend in (("reference", "reference"), (f"fused ({default})", None)):
                 timed = _time_path(backend, vocab, chosen, held_out, epochs)
-                row = {"path": label, "backend": backend or default, "threads": n,
+                row = {"mode": label, "backend": backend or default, "threads": n,
                        "step_ms": 1e3 * timed["seconds"] / len(chosen),
                        "epoch_s": timed["seconds"] * scale,
                        "timed_epoch_s": timed["epoch_seconds"]}
@@ -99,7 +99,7 @@ def run_model(data: Optional[str] = None, dialogues: Optional[int] = None, epoch
                     f"{row['epoch_s']:8.1f} s/epoch"
                     + (f" (extrapolated from {len(chosen)} dialogues)" if out["extrapolated"] else ""))
     for n in threads:
-        ref, fused = (next(r for r in out["rows"] if r["threads"] == n and r["path"] == p)
+        ref, fused = (next(r for r in out["rows"] if r["threads"] == n and r["mode"] == p)
                       for p in ("reference", f"fused ({default})"))
         fused["speedup"] = ref["step_ms"] / fused["step_ms"]
     return out

@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Sequence
 from .kernels import COMPILED, VENDOR
 from .shapes import SHAPES
 
-__all__ = ["write_json", "markdown", "op_tables", "summary_table", "plot_ops", "fused_columns"]
+__all__ = ["write_json", "markdown", "op_tables", "summary_table", "plot_ops", "fused_columns",
+           "mode_of"]
 
 _BASELINES = ("reference", COMPILED, VENDOR)
 
@@ -22,6 +23,13 @@ def write_json(path: str, record: Dict) -> str:
         json.dump(record, f, indent=1, sort_keys=False)
         f.write("\n")
     return path
+
+
+def mode_of(row: Dict) -> str:
+    """A result row's compute mode (a streaming mode such as "push", or the model's "reference" /
+    "fused (<backend>)"): its ``"mode"``, or ``"path"`` in records written before that key was
+    renamed (issue 20: "path" also named checkpoint files)."""
+    return row["mode"] if "mode" in row else row["path"]
 
 
 def fused_columns(rows: Sequence[Dict]) -> List[str]:
@@ -136,10 +144,10 @@ def _model_lines(model: Dict) -> List[str]:
     lines = ["## Model: MELD training", "",
              f"{model['model']}; `aghmn_fast.train.train` (the authors' recipe), median of "
              f"{model['epochs']} epoch(s) per row.{extra}", "",
-             "| threads | path | ms / step | s / epoch | speedup |", "|---:|---|---:|---:|---:|"]
+             "| threads | mode | ms / step | s / epoch | speedup |", "|---:|---|---:|---:|---:|"]
     for r in model["rows"]:
         est = " (extrapolated)" if model["extrapolated"] else ""
-        lines.append(f"| {r['threads']} | {r['path']} | {r['step_ms']:.2f} | {r['epoch_s']:.1f}{est} | "
+        lines.append(f"| {r['threads']} | {mode_of(r)} | {r['step_ms']:.2f} | {r['epoch_s']:.1f}{est} | "
                      + (f"{r['speedup']:.2f}x" if "speedup" in r else "") + " |")
     return lines + [""]
 

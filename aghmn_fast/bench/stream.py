@@ -82,7 +82,7 @@ def single_conversation(model: AGHMN, vocab: Vocabulary, texts: Sequence[str], r
                 if i >= model.config.window:
                     full.append(samples[-1])
         rec.close(r)
-    return {**_percentiles(samples), "path": rec.mode, "cpu_ms_mean": 1e3 * cpu / len(samples),
+    return {**_percentiles(samples), "mode": rec.mode, "cpu_ms_mean": 1e3 * cpu / len(samples),
             "full_window": _percentiles(full) if full else None}
 
 
@@ -194,7 +194,7 @@ def _run(quick, backend, data, flat_pushes, log, threads, device, concurrency) -
                                          warmup=1 if quick else window)}
         result["cases"].append(case)
         full = stream["full_window"]
-        log(f"stream t={threads} K={window} ({stream['path']}): stream median "
+        log(f"stream t={threads} K={window} ({stream['mode']}): stream median "
             f"{stream['median_ms']:.3f} ms p99 {stream['p99_ms']:.3f} ms"
             + (f" (full windows: {full['median_ms']:.3f} / {full['p99_ms']:.3f})" if full else "")
             + f" | reference median {ref['median_ms']:.2f} ms | "
@@ -240,7 +240,7 @@ def reader_latency(data: Optional[str] = None, threads: int = 1, repeats: int = 
                 out["readers"].append({"reader": label, "window": window, "stream": stream,
                                        "concurrent": many})
                 full = stream["full_window"] or stream
-                log(f"{label} K={window} ({stream['path']}): one conversation median "
+                log(f"{label} K={window} ({stream['mode']}): one conversation median "
                     f"{stream['median_ms']:.3f} ms (full windows {full['median_ms']:.3f}, p99 "
                     f"{full['p99_ms']:.3f}; CPU {stream['cpu_ms_mean']:.3f}); {n} conversations {many['per_utterance_ms']:.4f} "
                     f"ms/utterance ({many['utterances_per_s']:.0f} utt/s)")

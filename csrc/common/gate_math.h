@@ -142,10 +142,16 @@ AGHMN_HD float select(bool c, float a, float b) {
 // n is read from the mantissa of x log2(e) + 1.5 * 2^23 (which rounds it to an integer) and
 // clamped as an integer: a float clamp of x lets GCC thread constant paths through the
 // function, and the loops calling it then stay scalar on AVX2 ("control flow in loop").
+// Before that, the x that n is read from (x_n) is kept in [-100, 100] by bit selects: beyond it
+// n is clamped to -126 or 127 anyway, and for x < -8.7e6 the sum would be a negative float whose
+// bits minus the constant's overflow int (undefined behaviour). r is computed from x itself, so
+// no result changes (csrc/tests/test_gate_math.cpp compares every binade bit for bit), and the
+// same loops vectorise.
 // Results below FLT_MIN (x < -87.33) are flushed to 0; above FLT_MAX they overflow to inf.
 AGHMN_HD float exp_vec(float x) {
   const float magic = 12582912.0f;  // 1.5 * 2^23
-  int n = detail::float_to_bits(x * 1.44269504088896341f + magic) - detail::float_to_bits(magic);
+  const float x_n = detail::select(x < -100.0f, -100.0f, detail::select(x > 100.0f, 100.0f, x));
+  int n = detail::float_to_bits(x_n * 1.44269504088896341f + magic) - detail::float_to_bits(magic);
   n = n < -126 ? -126 : n;
   n = n > 127 ? 127 : n;
   const float fn = static_cast<float>(n);

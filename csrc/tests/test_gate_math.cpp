@@ -1,10 +1,14 @@
 // Unit test of common/gate_math.h, the per-unit gate math that the CPU and CUDA kernels share:
 // forward against the plain formulas, backward against central finite differences (double) and
-// against the double results (float). Prints "gate_math: N checks passed" and exits 0, or prints
-// every failure and exits 1. Built by CMake (ctest) and by tests/test_gate_math.py; also valid as
-// CUDA host code (nvcc -x cu), where the helpers are __host__ __device__.
+// against the double results (float); the vectorisable float activations at their extremes
+// against libm, and exp_vec bit for bit against its formula before the input clamp. Prints
+// "gate_math: N checks passed" and exits 0, or prints every failure and exits 1. Built by CMake
+// (ctest) and by tests/test_gate_math.py; also valid as CUDA host code (nvcc -x cu), where the
+// helpers are __host__ __device__.
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <random>
 
 #include "common/gate_math.h"
@@ -147,6 +151,63 @@ void test_saturation() {
         0);
 }
 
+bool same_value(float a, float b) { return (std::isnan(a) && std::isnan(b)) || a == b; }
+
+// The vectorisable float activations far outside the polynomials' range equal the libm formulas
+// (0, 1, +-1, inf, NaN). -1e7 and -1.5e7 lie where x log2(e) + 1.5 * 2^23 is a small negative
+// float, whose bits minus the constant's once overflowed int inside exp_vec (UBSan: the
+// csrc/tests targets under -DAGHMN_SANITIZE=ON, and tests/test_gate_math.py).
+void test_vec_extremes() {
+  const float inf = std::numeric_limits<float>::infinity();
+  for (float x : {1e7f, 1.5e7f, 1e8f, 1e30f, 3e38f, inf, std::numeric_limits<float>::quiet_NaN()}) {
+    for (float v : {x, -x}) {
+      check(same_value(aghmn::exp_vec(v), std::exp(v)), "exp_vec extreme", aghmn::exp_vec(v),
+            std::exp(v), 0);
+      check(same_value(aghmn::sigmoid_vec(v), aghmn::sigmoid(v)), "sigmoid_vec extreme",
+            aghmn::sigmoid_vec(v), aghmn::sigmoid(v), 0);
+      check(same_value(aghmn::tanh_vec(v), aghmn::tanh_(v)), "tanh_vec extreme",
+            aghmn::tanh_vec(v), aghmn::tanh_(v), 0);
+    }
+  }
+}
+
+// exp_vec as it was before its input clamp, with the bit-pattern subtraction done in unsigned
+// arithmetic: what the -fwrapv builds (Python's CFLAGS for the extension, CMake's for the
+// runtime) computed, without the undefined behaviour.
+float exp_vec_unclamped(float x) {
+  const float magic = 12582912.0f;
+  const unsigned sum_bits = aghmn::detail::float_to_bits(x * 1.44269504088896341f + magic);
+  int n = static_cast<int>(sum_bits - static_cast<unsigned>(aghmn::detail::float_to_bits(magic)));
+  n = n < -126 ? -126 : n;
+  n = n > 127 ? 127 : n;
+  const float fn = static_cast<float>(n);
+  float r = x - fn * 0.693145751953125f;
+  r = r - fn * 1.42860682030941723212e-6f;
+  float p = 1.0f / 5040.0f;
+  for (float c : {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f})
+    p = p * r + c;
+  const float v = p * aghmn::detail::bits_to_float((n + 127) << 23);
+  return aghmn::detail::select(x < -87.33f, 0.0f, v);
+}
+
+// The clamp changes no result: exp_vec equals the unclamped formula bit for bit on every 251st
+// float bit pattern (every binade, both signs, inf and NaN: about 33,000 values per binade) and
+// on a grid of step 2^-12 over [-100, 100] (the streaming exactness and the native runtime's
+// bitwise equality with torch rest on these values).
+void test_exp_vec_unchanged() {
+  int differ = 0;
+  float first = 0;
+  auto compare = [&](float x) {
+    if (aghmn::detail::float_to_bits(aghmn::exp_vec(x)) !=
+            aghmn::detail::float_to_bits(exp_vec_unclamped(x)) && differ++ == 0)
+      first = x;
+  };
+  for (uint64_t bits = 0; bits < (uint64_t(1) << 32); bits += 251)
+    compare(aghmn::detail::bits_to_float(static_cast<int>(static_cast<uint32_t>(bits))));
+  for (int i = -100 * 4096; i <= 100 * 4096; ++i) compare(static_cast<float>(i) / 4096.0f);
+  check(differ == 0, "exp_vec bitwise equal to the unclamped formula", first, differ, 0);
+}
+
 }  // namespace
 
 int main() {
@@ -161,6 +222,8 @@ int main() {
   }
   test_saturation<float>();
   test_saturation<double>();
+  test_vec_extremes();
+  test_exp_vec_unchanged();
   if (g_failures) {
     std::printf("gate_math: %d of %d checks FAILED\n", g_failures, g_checks);
     return 1;

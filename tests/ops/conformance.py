@@ -23,6 +23,7 @@ and a hand-unrolled step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from typing import Optional, Tuple
@@ -154,9 +155,35 @@ def make_implementation(name: str, request) -> Implementation:
 
 # ---- comparison ------------------------------------------------------------------------------
 
-#: dtype -> (kind, tolerance). "max": max |got - want| <= tol * max(1, max |want|);
-#: "rms": relative RMS error <= tol (bfloat16 / float16 results: a few elements may round far).
-TOLERANCE = {D64: ("max", 1e-10), F32: ("max", 2e-5), BF16: ("rms", 2e-2), F16: ("rms", 5e-3)}
+#: dtype -> (kind, tolerance), for every implementation and device: the one table of the
+#: conformance sweep, which is also the GPU suite's correctness stage (benchmarks/gpu_suite.py).
+#: "max": max |got - want| <= tol * max(1, max |want|); "rms": relative RMS error <= tol. The
+#: reference sees the inputs rounded to ``dtype``, so the error is the implementation's own
+#: arithmetic, not the rounding of its inputs. Why these values (the measured worst cases are in
+#: docs/RESULTS.md, "Conformance tolerances"):
+#: - float32 1e-5: the kernel spec's bound for the C++ kernels and docs/RESULTS.md's GPU target;
+#:   the whole CPU sweep stays well inside it. No GPU entry: TF32 is off unless asked for
+#:   (:data:`TF32_TOLERANCE`), and a GPU's other summation order (warp shuffles, tl.sum trees)
+#:   moves a sum of H terms by a few ulp of its terms, far below 1e-5 at the model's sizes. The
+#:   kernel spec allows ~1e-4 for Triton/CUDA; no GPU has run them yet, and the GPU suite's
+#:   correctness stage records every error, so a first GPU run shows which bound holds.
+#: - float64 1e-10: the kernels and the reference differ only in summation order.
+#: - bfloat16 2e-2 and float16 5e-3, relative RMS: results are rounded to the half type (unit
+#:   roundoff 2^-8 and 2^-11) after half-precision input projections, the state stays float32.
+#:   The RMS and not the maximum: a gradient element summed from cancelling terms can round far
+#:   from its small true value while the tensor as a whole is right.
+TOLERANCE = {D64: ("max", 1e-10), F32: ("max", 1e-5), BF16: ("rms", 2e-2), F16: ("rms", 5e-3)}
+
+#: float32 with TF32 allowed (``triton_common.set_allow_tf32``, off by default), the one
+#: device-specific bound: on a GPU ``tl.dot`` then rounds h and the weights to 10 mantissa bits
+#: before every step's matmul (about 3e-4 relative per step, compounding over the steps).
+TF32_TOLERANCE = ("max", 3e-3)
+
+#: ``AGHMN_CONFORMANCE_LOG=<file>``: every comparison of :func:`assert_close` appends one JSON
+#: line to the file (the running test, what was compared, dtype, measured error, tolerance), so
+#: that a run reports how close each implementation came, not only whether it passed (the GPU
+#: suite's correctness stage reads it).
+LOG_ENV = "AGHMN_CONFORMANCE_LOG"
 
 
 def saved_dtype(dtype):
@@ -165,28 +192,52 @@ def saved_dtype(dtype):
     return F32 if dtype in (BF16, F16) else dtype
 
 
-def assert_close(got: Optional[torch.Tensor], want: torch.Tensor, dtype, what: str,
-                 stored=None) -> None:
-    """``got`` (in ``dtype``, any device) against the float64 reference ``want``; no NaN or Inf
-    anywhere (outputs are NaN-poisoned where the harness allows, so unwritten elements fail).
-    ``stored``: the dtype ``got`` must have when it differs from ``dtype`` (saved state)."""
-    assert got is not None, f"{what}: missing (no gradient)"
-    stored = dtype if stored is None else stored
-    assert got.dtype == stored, f"{what}: dtype {got.dtype}, expected {stored}"
+def relative_error(got: torch.Tensor, want: torch.Tensor, kind: str) -> float:
+    """The error a tolerance of ``kind`` bounds: max |got - want| / max(1, max |want|) ("max"),
+    or |got - want| / |want| in the 2-norm ("rms"); inf when ``got`` is not finite."""
     got = got.detach().to("cpu", D64)
     want = want.detach().to("cpu", D64)
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert torch.isfinite(got).all(), f"{what}: NaN/Inf (unwritten or poisoned output)"
+    if not torch.isfinite(got).all():
+        return math.inf
     if not want.numel():
-        return
-    kind, tol = TOLERANCE[dtype]
+        return 0.0
     if kind == "rms":
-        rel = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
-        assert rel <= tol, f"{what}: relative RMS error {rel:.3g} > {tol:g}"
+        return ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
+    return (got - want).abs().max().item() / max(1.0, want.abs().max().item())
+
+
+def _log(what: str, dtype, kind: str, tol: float, error: Optional[float]) -> None:
+    path = os.environ.get(LOG_ENV)
+    if not path:
         return
-    err = (got - want).abs().max().item()
-    scale = max(1.0, want.abs().max().item())
-    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:g} * {scale:.3g}"
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    if error is not None and not math.isfinite(error):
+        error = None  # strict JSON; the test's failure message says NaN/Inf
+    with open(path, "a") as f:
+        f.write(json.dumps({"test": test, "what": what, "dtype": str(dtype).replace("torch.", ""),
+                            "kind": kind, "error": error, "tolerance": tol}) + "\n")
+
+
+def assert_close(got: Optional[torch.Tensor], want: torch.Tensor, dtype, what: str,
+                 stored=None, tolerance: Optional[Tuple[str, float]] = None) -> None:
+    """``got`` (in ``dtype``, any device) against the float64 reference ``want`` within
+    ``TOLERANCE[dtype]`` (or ``tolerance``, a (kind, bound) with a reason: :data:`TF32_TOLERANCE`);
+    no NaN or Inf anywhere (outputs are NaN-poisoned where the harness allows, so unwritten
+    elements fail). ``stored``: the dtype ``got`` must have when it differs from ``dtype`` (saved
+    state). Logged under :data:`LOG_ENV` (error None: no finite value to compare)."""
+    kind, tol = TOLERANCE[dtype] if tolerance is None else tolerance
+    error = None
+    try:
+        assert got is not None, f"{what}: missing (no gradient)"
+        stored = dtype if stored is None else stored
+        assert got.dtype == stored, f"{what}: dtype {got.dtype}, expected {stored}"
+        assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+        error = relative_error(got, want, kind)
+        assert math.isfinite(error), f"{what}: NaN/Inf (unwritten or poisoned output)"
+        label = "relative RMS error" if kind == "rms" else "max error / max(1, max |reference|)"
+        assert error <= tol, f"{what}: {label} {error:.3g} > {tol:g}"
+    finally:
+        _log(what, dtype, kind, tol, error)
 
 
 def grads_of(outputs: Tuple[torch.Tensor, ...], upstream: Tuple[torch.Tensor, ...], leaves):

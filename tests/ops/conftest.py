@@ -11,7 +11,14 @@ from conformance import make_implementation
 @pytest.fixture
 def impl(request):
     """The implementation; Triton's kernel buffers are NaN-filled while it runs (the emulator
-    poisons its own), so an element a kernel forgets to write fails the comparison."""
+    poisons its own), so an element a kernel forgets to write fails the comparison. The test's
+    implementation and dtype are recorded as its properties (JUnit XML: the GPU suite's
+    correctness rows)."""
+    request.node.user_properties.append(("implementation", request.param))
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and "dtype" in callspec.params:
+        request.node.user_properties.append(
+            ("dtype", str(callspec.params["dtype"]).replace("torch.", "")))
     implementation = make_implementation(request.param, request)
     if not implementation.name.startswith("triton"):
         yield implementation
