@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .models.checkpoint import read_checkpoint_file
+
 CONTEXTUAL_FORMAT = "aghmn_fast.contextual_teacher.v1"
 MAX_POSITIONS = 512  # MiniLM's position table
 
@@ -247,26 +249,10 @@ def save_contextual_teacher(path: str, model: ContextualTeacher, label_names: Se
                        "extra": json.loads(json.dumps(extra or {}))}, path)
 
 
-def read_torch_file(path: str):
-    """The object in a torch file read without executing pickled code; ``FileNotFoundError`` for
-    a missing file, ``ValueError`` for a directory or an unreadable file."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if os.path.isdir(path):
-        raise ValueError(f"checkpoint {path} is a directory, expected a file such as best.pt")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except PermissionError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"checkpoint {path} is not readable: corrupt, truncated or not a torch "
-                         f"file ({type(exc).__name__})") from None
-
-
 def checkpoint_format(path: str) -> Optional[str]:
     """The ``format`` entry of a checkpoint file (None if it has none); errors as
-    :func:`read_torch_file`."""
-    ckpt = read_torch_file(path)
+    :func:`aghmn_fast.models.checkpoint.read_checkpoint_file`."""
+    ckpt = read_checkpoint_file(path)
     return ckpt.get("format") if isinstance(ckpt, dict) else None
 
 
@@ -274,7 +260,7 @@ def load_contextual_teacher(path: str):
     """(teacher in eval mode with the package's tokenizer, label names, extra) from a file written
     by :func:`save_contextual_teacher`. ``ValueError`` names what is wrong with a bad file;
     ``ImportError`` if the ``readers`` extra (the tokenizer) is missing."""
-    ckpt = read_torch_file(path)
+    ckpt = read_checkpoint_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CONTEXTUAL_FORMAT:
         raise ValueError(f"checkpoint {path} is not a contextual teacher (expected format {CONTEXTUAL_FORMAT})")
     try:
@@ -291,6 +277,48 @@ def load_contextual_teacher(path: str):
     model.eval()
     extra = ckpt.get("extra", {})
     return model, labels, extra if isinstance(extra, dict) else {}
+
+
+def contextual_log_probs(path: str, dialogues, label_names: Sequence[str]) -> torch.Tensor:
+    """The contextual teacher at ``path``: its log-probabilities [total utterances, C] over the
+    dialogues (what :func:`aghmn_fast.train.teacher_log_probs` uses).
+
+    Scoring MELD's training set takes minutes on a CPU and every student distilled from the
+    teacher needs it, so the result is cached in the user cache directory
+    (:func:`aghmn_fast.data.sentences.default_cache_dir`; ``AGHMN_FAST_CACHE=off`` disables it),
+    keyed by the SHA-256 of the checkpoint's bytes and of the dialogues' speakers and texts.
+    ``ValueError`` if the teacher's labels differ from ``label_names``.
+    """
+    import hashlib
+    from .data.sentences import default_cache_dir
+    from .train import check_teacher_labels
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    digest.update(json.dumps([[d.speakers, d.texts] for d in dialogues]).encode())
+    root = default_cache_dir()
+    cached = None if root is None else os.path.join(root, "contextual_teacher", digest.hexdigest()[:40] + ".pt")
+    if cached is not None and os.path.isfile(cached):
+        try:
+            entry = torch.load(cached, map_location="cpu", weights_only=True)
+            labels, log_probs = entry["labels"], entry["log_probs"]
+        except Exception:  # a torn or foreign file only costs recomputation
+            pass
+        else:
+            check_teacher_labels(path, labels, label_names)
+            return log_probs
+    model, labels, _ = load_contextual_teacher(path)
+    check_teacher_labels(path, labels, label_names)
+    log_probs = model.log_probs(dialogues)
+    if cached is not None:
+        from ._io import atomic_torch_save
+        try:
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            atomic_torch_save({"labels": list(labels), "log_probs": log_probs}, cached)
+        except OSError:
+            pass  # a read-only or full cache directory must not stop training
+    return log_probs
 
 
 def _evaluate(model: ContextualTeacher, dialogues, label_names, progress: bool) -> Dict:
@@ -311,7 +339,8 @@ def train_contextual_teacher(train_set, dev_set, test_set, label_names: Sequence
     Every epoch logs the train loss and the dev and test metrics (test for the record only) and,
     with ``out_dir``, writes ``last.pt``, ``best.pt`` (when dev weighted F1 improves) and
     ``metrics.json``. ``limit_steps`` stops each epoch after that many steps (tests, timing).
-    Returns the history, the best epoch and its dev and test metrics. Raises ``ValueError`` for
+    Returns the history, the best epoch and its dev and test metrics, and (``"model"``) the model
+    after the last epoch. Raises ``ValueError`` for
     bad options or an empty training set.
     """
     from .data import class_weights
@@ -383,7 +412,7 @@ def train_contextual_teacher(train_set, dev_set, test_set, label_names: Sequence
         if out_dir:
             atomic_write(os.path.join(out_dir, "metrics.json"),
                          lambda f: json.dump(result, f, indent=1), mode="w")
-    return result
+    return {**result, "model": model}
 
 
 def _summary(m: Dict) -> Dict:
