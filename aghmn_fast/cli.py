@@ -80,7 +80,11 @@ def _add_train(sub):
                         "%(default)s, the recipe)")
     p.add_argument("--teacher", action="append", default=None, metavar="CHECKPOINT",
                    help="distil from this checkpoint (repeat for several: their probabilities are "
-                        "averaged); the targets are computed on the training dialogues only")
+                        "averaged); the targets are computed on the training dialogues only. Any "
+                        "checkpoint of this package, or a contextual teacher from train-teacher")
+    p.add_argument("--teacher-weight", action="append", type=float, default=None, metavar="W",
+                   help="averaging weight of each --teacher, in the same order (give one per "
+                        "teacher; default: equal weights)")
     p.add_argument("--distill-temperature", type=float, default=2.0,
                    help="softmax temperature of teachers and student in the distillation term "
                         "(default: %(default)s)")
@@ -145,8 +149,9 @@ def _add_demo_stream(sub):
 
 def cmd_train(args) -> int:
     from .models import AGHMN, AGHMNConfig
-    from .train import (TrainConfig, build_vocabulary, check_distillation_options, file_identity,
-                        load_dataset, set_seed, teacher_targets, train)
+    from .train import (TrainConfig, build_vocabulary, check_distillation_options,
+                        check_teacher_weights, file_identity, load_dataset, set_seed,
+                        teacher_targets, train)
 
     import torch
 
@@ -179,10 +184,15 @@ def cmd_train(args) -> int:
                        distill_weight=args.distill_weight, calibrate=args.calibrate,
                        calibrate_max_drop=args.calibrate_max_drop)
     soft_targets = None
+    if args.teacher_weight is not None and not args.teacher:
+        raise ValueError("--teacher-weight needs --teacher")
     if args.teacher:
         check_distillation_options(args.distill_temperature, args.distill_weight)
-        soft_targets = teacher_targets(args.teacher, train_set, labels, args.distill_temperature)
+        check_teacher_weights(args.teacher_weight, len(args.teacher))
+        soft_targets = teacher_targets(args.teacher, train_set, labels, args.distill_temperature,
+                                       args.teacher_weight)
         tcfg.teachers = [file_identity(path) for path in args.teacher]
+        tcfg.teacher_weights = args.teacher_weight
         print(f"distilling from {len(args.teacher)} teacher(s) at temperature "
               f"{args.distill_temperature:g}, weight {args.distill_weight:g}")
     result = train(model, train_set, dev_set, test_set, vocab, labels, tcfg, out_dir=args.out,
@@ -299,7 +309,7 @@ class _Parser(argparse.ArgumentParser):
 
 #: The modules that add subcommands (``add_parser(sub)`` and ``COMMANDS``).
 SUBCOMMAND_MODULES = ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli", "aghmn_fast.serving.cli",
-                      "aghmn_fast.export")
+                      "aghmn_fast.export", "aghmn_fast.contextual_teacher")
 
 
 def build_parser() -> argparse.ArgumentParser:

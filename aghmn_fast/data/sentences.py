@@ -64,6 +64,17 @@ def packed_linear(weight: torch.Tensor, bias: torch.Tensor):
     return lambda x: F.linear(x, weight, bias)
 
 
+def read_minilm_files(model_dir: str):
+    """(weights by sentence-transformers' name, tokenizer) read from a MiniLM model directory:
+    ``model.safetensors`` with ``safetensors``, ``tokenizer.json`` with ``tokenizers``. The one
+    loader of the frozen reader and of the fine-tuned contextual teacher."""
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+
+    return (load_file(os.path.join(model_dir, "model.safetensors")),
+            Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json")))
+
+
 class MiniLM:
     """all-MiniLM-L6-v2 as sentence-transformers runs it (BERT, 6 layers, 12 heads, 384-d; mean of
     the token states; L2 normalisation), for one text at a time, read from the package's own
@@ -79,11 +90,7 @@ class MiniLM:
     HEADS, LAYERS, MAX_TOKENS, EPS = 12, 6, 256, 1e-12
 
     def __init__(self, model_dir: str):
-        from safetensors.torch import load_file
-        from tokenizers import Tokenizer
-
-        w = load_file(os.path.join(model_dir, "model.safetensors"))
-        self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+        w, self.tokenizer = read_minilm_files(model_dir)
         # The file pads and truncates to 128; sentence-transformers reads up to 256 tokens, unpadded.
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.MAX_TOKENS)

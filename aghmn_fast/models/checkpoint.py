@@ -32,6 +32,24 @@ def save_checkpoint(path: str, model: AGHMN, vocab: Vocabulary, label_names: Seq
                        "extra": json.loads(json.dumps(extra or {}))}, path)
 
 
+def read_checkpoint_file(path: str):
+    """The object in a checkpoint file, read without executing pickled code (any format of this
+    package: an AGHMN checkpoint, a contextual teacher). ``FileNotFoundError`` for a missing file,
+    ``ValueError`` for a directory or a file torch cannot read."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint {path} is a directory, expected a file such as best.pt")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise
+    except Exception as exc:
+        # torch's own message advises weights_only=False, the wrong advice for a corrupt file
+        raise ValueError(f"checkpoint {path} is not readable: corrupt, truncated or not a torch "
+                         f"file ({type(exc).__name__})") from None
+
+
 def load_checkpoint(path: str, backend: Optional[str] = None):
     """Load a checkpoint written by :func:`save_checkpoint` without executing pickled code.
 
@@ -40,18 +58,7 @@ def load_checkpoint(path: str, backend: Optional[str] = None):
     format, a missing entry, an unknown or invalid configuration, weights of the wrong shape)
     raises ``ValueError`` naming the problem; an unavailable ``backend`` raises ``ValueError``.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if os.path.isdir(path):
-        raise ValueError(f"checkpoint {path} is a directory, expected a file such as best.pt")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except PermissionError:
-        raise
-    except Exception as exc:
-        # torch's own message advises weights_only=False, the wrong advice for a corrupt file
-        raise ValueError(f"checkpoint {path} is not readable: corrupt, truncated or not a torch "
-                         f"file ({type(exc).__name__})") from None
+    ckpt = read_checkpoint_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {path} is not an aghmn_fast checkpoint "
                          f"(expected format {CHECKPOINT_FORMAT})")
