@@ -462,7 +462,8 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW lr (default {d.lr:g})")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
                    help=f"utterances per step (default {d.batch_size})")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help=f"seed of the classifier's initialisation and the batch order (default {d.seed})")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="continue from this contextual teacher (a further stage of fine-tuning, "
                         "with its own warm-up and decay) instead of the pre-trained MiniLM")
