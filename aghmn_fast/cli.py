@@ -309,7 +309,7 @@ class _Parser(argparse.ArgumentParser):
 
 #: The modules that add subcommands (``add_parser(sub)`` and ``COMMANDS``).
 SUBCOMMAND_MODULES = ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli", "aghmn_fast.serving.cli",
-                      "aghmn_fast.export", "aghmn_fast.contextual_teacher")
+                      "aghmn_fast.export", "aghmn_fast.contextual_teacher_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
