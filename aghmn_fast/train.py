@@ -43,7 +43,8 @@ except ImportError:  # a declared dependency, but the lent GPU image runs the te
 from .data import (MELD_LABELS, Dialogue, Vocabulary, class_weights,
                    default_meld_root, load_json_dialogues, load_meld, tokenize)
 from ._io import atomic_write
-from .calibration import check_max_drop, fit_logit_biases, set_logit_biases
+from .calibration import (DEFAULT_RESAMPLES, check_max_drop, check_resamples, fit_logit_biases,
+                          set_logit_biases)
 from .metrics import classification_metrics, format_report
 from .models import AGHMN, make_batch
 from .models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
@@ -68,6 +69,7 @@ class TrainConfig:
     teacher_weights: Optional[List[float]] = None  # the teachers' averaging weights (None: equal)
     calibrate: bool = False             # fit per-class logit biases on dev after selection
     calibrate_max_drop: float = 0.5     # the dev weighted-F1 points calibration may give up
+    calibrate_resamples: int = DEFAULT_RESAMPLES  # bootstrap fits averaged (0: one fit on all of dev)
 
 
 SELECT_ON = ("accuracy", "weighted_f1")
@@ -281,7 +283,8 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
     model.load_state_dict(best_state)
     calibration = uncalibrated = None
     if config.calibrate:
-        calibration = calibrate_model(model, enc_dev, dev_set, config.calibrate_max_drop)
+        calibration = calibrate_model(model, enc_dev, dev_set, config.calibrate_max_drop,
+                                      resamples=config.calibrate_resamples)
         uncalibrated = evaluate(model, enc_test, test_set, label_names, config.eval_batch_dialogues)
         set_logit_biases(model, calibration["logit_bias"])
         log(f"calibrated on dev: weighted F1 {calibration['before']['weighted_f1']:.2f} -> "
@@ -306,7 +309,7 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
 
 
 def calibrate_model(model: AGHMN, encoded_dev, dev_set: Sequence[Dialogue], max_weighted_f1_drop: float,
-                    previous: Sequence[float] = ()) -> Dict:
+                    previous: Sequence[float] = (), resamples: int = DEFAULT_RESAMPLES) -> Dict:
     """Fit per-class logit biases of ``model`` on the dev set (:mod:`aghmn_fast.calibration`) and
     return the record (biases, dev scores before and after). ``previous``: biases already folded
     into the model, removed first so that the fit starts from the uncalibrated model (and left
@@ -315,7 +318,7 @@ def calibrate_model(model: AGHMN, encoded_dev, dev_set: Sequence[Dialogue], max_
     set_logit_biases(model, (), previous)
     y = torch.tensor([l for d in dev_set for l in d.labels], dtype=torch.int64)
     return fit_logit_biases(predict(model, encoded_dev), y, model.config.num_classes,
-                            max_weighted_f1_drop)
+                            max_weighted_f1_drop, resamples=resamples)
 
 
 def check_distillation_options(temperature: float, weight: float) -> None:

@@ -20,7 +20,7 @@ import statistics
 
 import torch
 
-from aghmn_fast.calibration import fit_logit_biases
+from aghmn_fast.calibration import DEFAULT_RESAMPLES, fit_logit_biases
 from aghmn_fast.data import load_meld
 from aghmn_fast.metrics import classification_metrics
 from aghmn_fast.train import encode_dialogues, load_checkpoint, predict
@@ -34,8 +34,9 @@ def _scores(gold, scores, labels) -> dict:
             "per_class_f1": {n: round(m["per_class"][n]["f1"], 2) for n in labels}}
 
 
-def _calibrated(dev_scores, dev_gold, test_scores, test_gold, labels, max_drop) -> dict:
-    fit = fit_logit_biases(dev_scores, torch.tensor(dev_gold), len(labels), max_drop)
+def _calibrated(dev_scores, dev_gold, test_scores, test_gold, labels, max_drop, resamples) -> dict:
+    fit = fit_logit_biases(dev_scores, torch.tensor(dev_gold), len(labels), max_drop,
+                           resamples=resamples)
     shifted = test_scores + torch.tensor(fit["logit_bias"], dtype=test_scores.dtype)
     return {**_scores(test_gold, shifted, labels), "logit_bias": fit["logit_bias"],
             "dev_before": fit["before"], "dev_after": fit["after"]}
@@ -53,6 +54,9 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", action="append", required=True, help="repeat per model")
     parser.add_argument("--max-drop", type=float, default=0.5,
                         help="dev weighted-F1 points calibration may give up (default 0.5)")
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                        help="bootstrap resamples of dev averaged by the calibration; 0: one fit "
+                             "(default %(default)s)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -68,9 +72,9 @@ def main(argv=None) -> int:
         row = {"checkpoint": path, "best_epoch": extra.get("epoch"),
                **_scores(gold["test"], logp["test"], labels),
                "calibrated": _calibrated(logp["dev"], gold["dev"], logp["test"], gold["test"],
-                                         labels, args.max_drop),
+                                         labels, args.max_drop, args.resamples),
                "test_fitted": _calibrated(logp["test"], gold["test"], logp["test"], gold["test"],
-                                          labels, args.max_drop)}
+                                          labels, args.max_drop, args.resamples)}
         models.append(row)
         for s in probs:
             probs[s].append(logp[s].exp())
@@ -87,10 +91,10 @@ def main(argv=None) -> int:
                               for n in labels},
         "ensemble": {**_scores(gold["test"], ensemble["test"], labels),
                      "calibrated": _calibrated(ensemble["dev"], gold["dev"], ensemble["test"],
-                                               gold["test"], labels, args.max_drop),
+                                               gold["test"], labels, args.max_drop, args.resamples),
                      "test_fitted": _calibrated(ensemble["test"], gold["test"], ensemble["test"],
-                                                gold["test"], labels, args.max_drop)},
-        "max_drop": args.max_drop,
+                                                gold["test"], labels, args.max_drop, args.resamples)},
+        "max_drop": args.max_drop, "resamples": args.resamples,
     }
     for name in ("mean_std", "calibrated_mean_std", "test_fitted_mean_std"):
         print(name, " / ".join(f"{v['mean']:.2f} ± {v['std']:.2f}" for v in out[name].values()))

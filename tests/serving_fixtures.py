@@ -206,7 +206,8 @@ async def stream_dialogues_http(base: str, dialogues, start: Dict[str, int], sto
     (with random tiny pauses, so that the server interleaves them). Each request carries its
     expected index, so a connection error or a 5xx is retried (until ``retry_until``, a
     time.time()) without ever counting an utterance twice. ``affinity``: send the conversation id
-    as ``X-Session-Id`` (Ray routing). ``on_answer()`` is called after every answer."""
+    as ``X-Session-Id`` (Ray routing). ``on_answer(dialogue_id, index)`` is called after every
+    answer, before that dialogue's next request."""
     import asyncio
 
     import httpx
@@ -232,7 +233,7 @@ async def stream_dialogues_http(base: str, dialogues, start: Dict[str, int], sto
                 assert r.status_code == 200, r.text
                 out.append(r.json())
                 if on_answer is not None:
-                    on_answer()
+                    on_answer(d.id, i)
             return d.id, out
         tasks = [one(d, [rng.random() * 0.004 for _ in d.texts]) for d in dialogues]
         return dict(await asyncio.gather(*tasks))
