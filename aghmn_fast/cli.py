@@ -189,7 +189,8 @@ def cmd_train(args) -> int:
                        progress=not args.no_progress and sys.stderr.isatty(),
                        distill_temperature=args.distill_temperature,
                        distill_weight=args.distill_weight, calibrate=args.calibrate,
-                       calibrate_max_drop=args.calibrate_max_drop)
+                       calibrate_max_drop=args.calibrate_max_drop,
+                       calibrate_resamples=args.calibrate_resamples)
     soft_targets = None
     if args.teacher_weight is not None and not args.teacher:
         raise ValueError("--teacher-weight needs --teacher")

@@ -219,6 +219,7 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
         _check_distillation(config, soft_targets, train_set, len(label_names))
     if config.calibrate:
         check_max_drop(config.calibrate_max_drop)
+        check_resamples(config.calibrate_resamples)
     set_seed(config.seed)
     max_len = model.config.max_len
     enc_train, enc_dev, enc_test = (encode_dialogues(split, vocab, max_len, model)

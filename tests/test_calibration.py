@@ -140,6 +140,9 @@ def test_train_calibrate_records_both_test_scores(tmp_path):
     with pytest.raises(ValueError, match="--calibrate-max-drop"):
         train(model, tr, dv, te, vocab, LABELS, TrainConfig(epochs=1, progress=False, calibrate=True,
                                                             calibrate_max_drop=float("nan")))
+    with pytest.raises(ValueError, match="--calibrate-resamples"):
+        train(model, tr, dv, te, vocab, LABELS, TrainConfig(epochs=1, progress=False, calibrate=True,
+                                                            calibrate_resamples=-1))
 
 
 def test_calibrate_command_refits_from_the_uncalibrated_model(tmp_path, capsys):
