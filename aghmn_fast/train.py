@@ -43,9 +43,10 @@ except ImportError:  # a declared dependency, but the lent GPU image runs the te
 from .data import (MELD_LABELS, Dialogue, Vocabulary, class_weights,
                    default_meld_root, load_json_dialogues, load_meld, tokenize)
 from ._io import atomic_write
-from .calibration import (DEFAULT_RESAMPLES, check_max_drop, check_resamples, fit_logit_biases,
+from .calibration import (DEFAULT_FIT_ON, DEFAULT_RESAMPLES, check_fit_on, check_max_drop,
+                          check_resamples, fit_logit_biases,
                           set_logit_biases)
-from .metrics import classification_metrics, format_report
+from .metrics import classification_metrics, f1_scores, format_report
 from .models import AGHMN, make_batch
 from .models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 
@@ -67,9 +68,10 @@ class TrainConfig:
     distill_weight: float = 0.5
     teachers: List[Dict] = dataclasses.field(default_factory=list)  # recorded: file name, sha256
     teacher_weights: Optional[List[float]] = None  # the teachers' averaging weights (None: equal)
-    calibrate: bool = False             # fit per-class logit biases on dev after selection
-    calibrate_max_drop: float = 0.5     # the dev weighted-F1 points calibration may give up
-    calibrate_resamples: int = DEFAULT_RESAMPLES  # bootstrap fits averaged (0: one fit on all of dev)
+    calibrate: bool = False             # fit per-class logit biases after selection
+    calibrate_max_drop: float = 0.5     # the weighted-F1 points calibration may give up
+    calibrate_resamples: int = DEFAULT_RESAMPLES  # bootstrap fits averaged (0: one fit on all)
+    calibrate_fit_on: str = DEFAULT_FIT_ON  # "train+dev" (pooled) or "dev"
 
 
 SELECT_ON = ("accuracy", "weighted_f1")
@@ -220,6 +222,7 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
     if config.calibrate:
         check_max_drop(config.calibrate_max_drop)
         check_resamples(config.calibrate_resamples)
+        check_fit_on(config.calibrate_fit_on)
     set_seed(config.seed)
     max_len = model.config.max_len
     enc_train, enc_dev, enc_test = (encode_dialogues(split, vocab, max_len, model)
@@ -284,13 +287,12 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
     model.load_state_dict(best_state)
     calibration = uncalibrated = None
     if config.calibrate:
+        pooled = (enc_train, train_set) if config.calibrate_fit_on == "train+dev" else None
         calibration = calibrate_model(model, enc_dev, dev_set, config.calibrate_max_drop,
-                                      resamples=config.calibrate_resamples)
+                                      resamples=config.calibrate_resamples, pooled_with=pooled)
         uncalibrated = evaluate(model, enc_test, test_set, label_names, config.eval_batch_dialogues)
         set_logit_biases(model, calibration["logit_bias"])
-        log(f"calibrated on dev: weighted F1 {calibration['before']['weighted_f1']:.2f} -> "
-            f"{calibration['after']['weighted_f1']:.2f}, macro F1 "
-            f"{calibration['before']['macro_f1']:.2f} -> {calibration['after']['macro_f1']:.2f}")
+        log(calibration_summary(calibration))
         if out_dir:
             save_checkpoint(os.path.join(out_dir, "best.pt"), model, vocab, label_names,
                             {"epoch": best_epoch, "dev": history[best_epoch - 1]["dev"],
@@ -310,16 +312,38 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
 
 
 def calibrate_model(model: AGHMN, encoded_dev, dev_set: Sequence[Dialogue], max_weighted_f1_drop: float,
-                    previous: Sequence[float] = (), resamples: int = DEFAULT_RESAMPLES) -> Dict:
-    """Fit per-class logit biases of ``model`` on the dev set (:mod:`aghmn_fast.calibration`) and
-    return the record (biases, dev scores before and after). ``previous``: biases already folded
-    into the model, removed first so that the fit starts from the uncalibrated model (and left
-    removed: fold the returned biases in with :func:`~aghmn_fast.calibration.set_logit_biases`).
+                    previous: Sequence[float] = (), resamples: int = DEFAULT_RESAMPLES,
+                    pooled_with=None) -> Dict:
+    """Fit per-class logit biases of ``model`` (:mod:`aghmn_fast.calibration`) on the dev set, or
+    on the dev set pooled with ``pooled_with`` = ``(encoded, dialogues)`` of another split (the
+    training split for ``fit_on="train+dev"``), and return the record: the biases, ``fit_on``,
+    the scores before and after on the fitted data (``before``, ``after``) and on dev alone
+    (``dev``). ``previous``: biases already folded into the model, removed first so that the fit
+    starts from the uncalibrated model (and left removed: fold the returned biases in with
+    :func:`~aghmn_fast.calibration.set_logit_biases`).
     """
     set_logit_biases(model, (), previous)
-    y = torch.tensor([l for d in dev_set for l in d.labels], dtype=torch.int64)
-    return fit_logit_biases(predict(model, encoded_dev), y, model.config.num_classes,
-                            max_weighted_f1_drop, resamples=resamples)
+    parts = [(encoded_dev, dev_set)] + ([pooled_with] if pooled_with is not None else [])
+    scores = torch.cat([predict(model, encoded) for encoded, _ in parts])
+    y = torch.tensor([l for _, split in parts for d in split for l in d.labels], dtype=torch.int64)
+    record = fit_logit_biases(scores, y, model.config.num_classes, max_weighted_f1_drop,
+                              resamples=resamples)
+    n_dev = sum(len(d.labels) for d in dev_set)
+    dev_scores, dev_y = scores[:n_dev].double().numpy(), y[:n_dev].numpy()
+    shift = np.asarray(record["logit_bias"])
+    record["dev"] = {name: dict(zip(("weighted_f1", "macro_f1"),
+                                    f1_scores(dev_y, (dev_scores + b).argmax(1), len(shift))))
+                     for name, b in (("before", 0.0), ("after", shift))}
+    record["fit_on"] = "train+dev" if pooled_with is not None else "dev"
+    return record
+
+
+def calibration_summary(record: Dict) -> str:
+    """One line: the dev scores before and after a calibration and the data it was fitted on."""
+    before, after = record["dev"]["before"], record["dev"]["after"]
+    return (f"calibrated (fitted on {record['fit_on']}): dev weighted F1 {before['weighted_f1']:.2f} "
+            f"-> {after['weighted_f1']:.2f}, dev macro F1 {before['macro_f1']:.2f} -> "
+            f"{after['macro_f1']:.2f}")
 
 
 def check_distillation_options(temperature: float, weight: float) -> None:

@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Scores a group of checkpoints (e.g. five seeds of one setting) on MELD test, as issue 21 reports
 them: each model (accuracy, weighted and macro F1, per-class F1, best epoch), mean and sample
-std over the group, the same after post-hoc calibration (per-class logit biases fitted on dev,
-``aghmn_fast.calibration``, as ``aghmn-fast calibrate`` does), and the group's ensemble (the mean
-of the members' probabilities), uncalibrated and calibrated (biases fitted on the ensemble's
-dev scores). ``test_fitted``: biases fitted on test itself, an upper bound of what any per-class
-bias can do for that model (evidence for the ceiling, not a result). Writes nothing but the JSON
-it is asked for.
+std over the group, the same after post-hoc calibration (per-class logit biases fitted on
+``--fit-on``, train+dev by default, ``aghmn_fast.calibration``, as ``aghmn-fast calibrate`` does),
+and the group's ensemble (the mean of the members' probabilities), uncalibrated and calibrated
+(biases fitted on the ensemble's scores). ``test_fitted``: biases fitted on test itself, an upper
+bound of what any per-class bias can do for that model (evidence for the ceiling, not a result).
+Writes nothing but the JSON it is asked for.
 
     python benchmarks/accuracy_study.py --data DIR --checkpoint A.pt --checkpoint B.pt ...
-        [--max-drop 0.5] [--json OUT.json]
+        [--max-drop 0.5] [--resamples 30] [--fit-on train+dev|dev] [--json OUT.json]
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import statistics
 
 import torch
 
-from aghmn_fast.calibration import DEFAULT_RESAMPLES, fit_logit_biases
+from aghmn_fast.calibration import DEFAULT_RESAMPLES, FIT_ON, fit_logit_biases
 from aghmn_fast.data import load_meld
 from aghmn_fast.metrics import classification_metrics
 from aghmn_fast.train import encode_dialogues, load_checkpoint, predict
@@ -34,12 +34,14 @@ def _scores(gold, scores, labels) -> dict:
             "per_class_f1": {n: round(m["per_class"][n]["f1"], 2) for n in labels}}
 
 
-def _calibrated(dev_scores, dev_gold, test_scores, test_gold, labels, max_drop, resamples) -> dict:
-    fit = fit_logit_biases(dev_scores, torch.tensor(dev_gold), len(labels), max_drop,
+def _calibrated(fit_scores, fit_gold, test_scores, test_gold, labels, max_drop, resamples) -> dict:
+    """Biases fitted on (fit_scores, fit_gold), scored on test; ``fit_before``/``fit_after``: the
+    scores on the fitted data."""
+    fit = fit_logit_biases(fit_scores, torch.tensor(fit_gold), len(labels), max_drop,
                            resamples=resamples)
     shifted = test_scores + torch.tensor(fit["logit_bias"], dtype=test_scores.dtype)
     return {**_scores(test_gold, shifted, labels), "logit_bias": fit["logit_bias"],
-            "dev_before": fit["before"], "dev_after": fit["after"]}
+            "fit_before": fit["before"], "fit_after": fit["after"]}
 
 
 def _mean_std(rows, key):
@@ -57,21 +59,27 @@ def main(argv=None) -> int:
     parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
                         help="bootstrap resamples of dev averaged by the calibration; 0: one fit "
                              "(default %(default)s)")
+    parser.add_argument("--fit-on", default=FIT_ON[0], choices=FIT_ON,
+                        help="data the calibration is fitted on (default %(default)s)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    splits = {s: load_meld(args.data, s) for s in ("dev", "test")}
+    # dev first, as `aghmn-fast calibrate` pools them: the same bootstrap draws, the same biases
+    fitted = ("dev", "train") if args.fit_on == "train+dev" else ("dev",)
+    splits = {s: load_meld(args.data, s) for s in (*fitted, "test")}
     gold = {s: [l for d in ds for l in d.labels] for s, ds in splits.items()}
-    models, probs, labels = [], {"dev": [], "test": []}, None
+    gold["fit"] = [y for s in fitted for y in gold[s]]
+    models, probs, labels = [], {"fit": [], "test": []}, None
     for path in args.checkpoint:
         model, vocab, labels, extra = load_checkpoint(path)
         logp = {s: predict(model, encode_dialogues(ds, vocab, model.config.max_len, model)).double()
                 for s, ds in splits.items()}
+        logp["fit"] = torch.cat([logp[s] for s in fitted])
         if (extra.get("calibration") or {}).get("logit_bias"):
             raise SystemExit(f"{path} is already calibrated: give the uncalibrated checkpoint")
         row = {"checkpoint": path, "best_epoch": extra.get("epoch"),
                **_scores(gold["test"], logp["test"], labels),
-               "calibrated": _calibrated(logp["dev"], gold["dev"], logp["test"], gold["test"],
+               "calibrated": _calibrated(logp["fit"], gold["fit"], logp["test"], gold["test"],
                                          labels, args.max_drop, args.resamples),
                "test_fitted": _calibrated(logp["test"], gold["test"], logp["test"], gold["test"],
                                           labels, args.max_drop, args.resamples)}
@@ -90,11 +98,11 @@ def main(argv=None) -> int:
         "per_class_f1_mean": {n: round(statistics.fmean(m["per_class_f1"][n] for m in models), 2)
                               for n in labels},
         "ensemble": {**_scores(gold["test"], ensemble["test"], labels),
-                     "calibrated": _calibrated(ensemble["dev"], gold["dev"], ensemble["test"],
+                     "calibrated": _calibrated(ensemble["fit"], gold["fit"], ensemble["test"],
                                                gold["test"], labels, args.max_drop, args.resamples),
                      "test_fitted": _calibrated(ensemble["test"], gold["test"], ensemble["test"],
                                                 gold["test"], labels, args.max_drop, args.resamples)},
-        "max_drop": args.max_drop, "resamples": args.resamples,
+        "max_drop": args.max_drop, "resamples": args.resamples, "fit_on": args.fit_on,
     }
     for name in ("mean_std", "calibrated_mean_std", "test_fitted_mean_std"):
         print(name, " / ".join(f"{v['mean']:.2f} ± {v['std']:.2f}" for v in out[name].values()))

@@ -12,7 +12,8 @@ from aghmn_fast.calibration import fit_logit_biases, set_logit_biases
 from aghmn_fast.cli import main
 from aghmn_fast.metrics import classification_metrics, f1_scores
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import TrainConfig, encode_dialogues, load_checkpoint, predict, train
+from aghmn_fast.train import (TrainConfig, calibrate_model, encode_dialogues, load_checkpoint,
+                              predict, train)
 
 from test_train import _iemocap_json, _setup
 
@@ -143,6 +144,33 @@ def test_train_calibrate_records_both_test_scores(tmp_path):
     with pytest.raises(ValueError, match="--calibrate-resamples"):
         train(model, tr, dv, te, vocab, LABELS, TrainConfig(epochs=1, progress=False, calibrate=True,
                                                             calibrate_resamples=-1))
+    with pytest.raises(ValueError, match="--calibrate-fit-on"):
+        train(model, tr, dv, te, vocab, LABELS, TrainConfig(epochs=1, progress=False, calibrate=True,
+                                                            calibrate_fit_on="test"))
+
+
+@pytest.mark.parametrize("fit_on", ["train+dev", "dev"])
+def test_calibrate_model_fits_on_the_pooled_or_the_dev_data(fit_on):
+    """The record's before/after scores are those of the fitted data (dev, or dev then train
+    pooled) and ``dev`` those of dev alone, each recomputed here from the model's scores."""
+    model, tr, dv, te, vocab = _setup()
+    model.eval()
+    enc_tr, enc_dv = encode_dialogues(tr, vocab, 60), encode_dialogues(dv, vocab, 60)
+    pooled = (enc_tr, tr) if fit_on == "train+dev" else None
+    record = calibrate_model(model, enc_dv, dv, 5.0, resamples=3, pooled_with=pooled)
+    assert record["fit_on"] == fit_on
+    bias = np.array(record["logit_bias"])
+    dev_scores = predict(model, enc_dv).double().numpy()
+    dev_y = np.array([l for d in dv for l in d.labels])
+    scores, y = dev_scores, dev_y
+    if pooled:
+        scores = np.concatenate([dev_scores, predict(model, enc_tr).double().numpy()])
+        y = np.concatenate([dev_y, [l for d in tr for l in d.labels]])
+    assert record == {**fit_logit_biases(scores, y, 7, 5.0, resamples=3),
+                      "dev": record["dev"], "fit_on": fit_on}
+    for name, shift in (("before", 0.0), ("after", bias)):
+        assert tuple(record["dev"][name].values()) == pytest.approx(
+            f1_scores(dev_y, (dev_scores + shift).argmax(1), 7))
 
 
 def test_calibrate_command_refits_from_the_uncalibrated_model(tmp_path, capsys):
@@ -163,9 +191,15 @@ def test_calibrate_command_refits_from_the_uncalibrated_model(tmp_path, capsys):
     torch.testing.assert_close(again.classifier.bias, first.classifier.bias)
     torch.testing.assert_close(first.classifier.bias - plain.classifier.bias,
                                torch.tensor(extra["calibration"]["logit_bias"], dtype=torch.float32))
+    assert extra["calibration"]["fit_on"] == "train+dev"
+    assert main(calibrate + ["--fit-on", "dev", "--checkpoint", ckpt, "--out", str(tmp_path / "d.pt")]) == 0
+    assert load_checkpoint(str(tmp_path / "d.pt"))[3]["calibration"]["fit_on"] == "dev"
     rc = main(calibrate[:-1] + ["-1", "--checkpoint", ckpt])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "--calibrate-max-drop" in err
+    assert main(calibrate + ["--fit-on", "test", "--checkpoint", ckpt]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--fit-on" in err
 
 
 def test_accuracy_study_script_scores_a_group(tmp_path):
@@ -193,5 +227,5 @@ def test_accuracy_study_script_scores_a_group(tmp_path):
     mean = study["mean_std"]["weighted_f1"]["mean"]
     assert mean == pytest.approx(sum(m["weighted_f1"] for m in study["models"]) / 2, abs=0.01)
     cal = study["ensemble"]["calibrated"]
-    assert cal["dev_after"]["macro_f1"] >= cal["dev_before"]["macro_f1"]
+    assert cal["fit_after"]["macro_f1"] >= cal["fit_before"]["macro_f1"]
     assert len(cal["logit_bias"]) == 7
