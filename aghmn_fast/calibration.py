@@ -1,4 +1,4 @@
-"""Post-hoc calibration of the rare classes: per-class logit biases fitted on dev (issue 21).
+"""Post-hoc calibration of the rare classes: per-class logit biases fitted on train+dev or dev (issue 21).
 
 A model's class scores are ``log_softmax(W e + b)``; calibration adds a bias ``d_c`` per class,
 chosen to maximise macro F1 while weighted F1 stays within ``max_weighted_f1_drop`` points of the
