@@ -160,7 +160,7 @@ def make_implementation(name: str, request) -> Implementation:
 #: "max": max |got - want| <= tol * max(1, max |want|); "rms": relative RMS error <= tol. The
 #: reference sees the inputs rounded to ``dtype``, so the error is the implementation's own
 #: arithmetic, not the rounding of its inputs. Why these values (the measured worst cases are in
-#: docs/RESULTS.md, "Conformance tolerances"):
+#: docs/results/gpu-status.md, "Conformance tolerances"):
 #: - float32 1e-5: the kernel spec's bound for the C++ kernels and docs/RESULTS.md's GPU target;
 #:   the whole CPU sweep stays well inside it. No GPU entry: TF32 is off unless asked for
 #:   (:data:`TF32_TOLERANCE`), and a GPU's other summation order (warp shuffles, tl.sum trees)

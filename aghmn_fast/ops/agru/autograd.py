@@ -5,7 +5,7 @@ op-level rules of the raw ``agru_forward`` op, and its shape function.
 forward kernel; backward: the backward kernel and every GEMM). Built from the op-level rule
 instead (linear, then the op with its registered autograd, then a select) a call is four
 autograd nodes, each with Python dispatch; at batch 1 that overhead exceeded the kernels' time
-(docs/RESULTS.md, "Measurements behind code comments"). ``torch.compile(fullgraph=True)`` traces the Function.
+(docs/results/code-comment-measurements.md). ``torch.compile(fullgraph=True)`` traces the Function.
 """
 from __future__ import annotations
 

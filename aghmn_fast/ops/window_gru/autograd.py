@@ -5,7 +5,7 @@ op, and the shape functions.
 :class:`WindowGruFunction` (the recurrence from precomputed projections) and
 :class:`MemoryBankFunction` (projection GEMMs, recurrence, residual and direction sum) are one
 autograd node per call: the op-level rule costs more Python dispatch per forward+backward
-than the kernels take at small sizes (docs/RESULTS.md, "Measurements behind code comments").
+than the kernels take at small sizes (docs/results/code-comment-measurements.md).
 All three backward paths share :func:`window_gru_grads`.
 """
 from __future__ import annotations
