@@ -15,7 +15,7 @@ from aghmn_fast.streaming import StreamingRecognizer
 from aghmn_fast.train import (TrainConfig, calibrate_model, encode_dialogues, load_checkpoint,
                               predict, train)
 
-from test_train import _iemocap_json, _setup
+from helpers.training import iemocap_train_args, tiny_setup
 
 LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 
@@ -85,7 +85,7 @@ def test_bagged_fit_is_deterministic_and_steadier_across_dev_draws():
 
 
 def _calibrated_model():
-    model, tr, dv, te, vocab = _setup()
+    model, tr, dv, te, vocab = tiny_setup()
     model.eval()
     before = predict(model, encode_dialogues(te, vocab, 60))
     bias = [0.3, -0.2, 1.1, 0.0, -0.7, 2.0, 0.4]
@@ -124,7 +124,7 @@ def test_every_streaming_path_applies_the_calibration(path):
 
 
 def test_train_calibrate_records_both_test_scores(tmp_path):
-    model, tr, dv, te, vocab = _setup()
+    model, tr, dv, te, vocab = tiny_setup()
     result = train(model, tr, dv, te, vocab, LABELS,
                    TrainConfig(epochs=2, lr=5e-3, progress=False, calibrate=True,
                                calibrate_max_drop=1.0),
@@ -153,7 +153,7 @@ def test_train_calibrate_records_both_test_scores(tmp_path):
 def test_calibrate_model_fits_on_the_pooled_or_the_dev_data(fit_on):
     """The record's before/after scores are those of the fitted data (dev, or dev then train
     pooled) and ``dev`` those of dev alone, each recomputed here from the model's scores."""
-    model, tr, dv, te, vocab = _setup()
+    model, tr, dv, te, vocab = tiny_setup()
     model.eval()
     enc_tr, enc_dv = encode_dialogues(tr, vocab, 60), encode_dialogues(dv, vocab, 60)
     pooled = (enc_tr, tr) if fit_on == "train+dev" else None
@@ -175,7 +175,7 @@ def test_calibrate_model_fits_on_the_pooled_or_the_dev_data(fit_on):
 
 def test_calibrate_command_refits_from_the_uncalibrated_model(tmp_path, capsys):
     (tmp_path / "data").mkdir()
-    args = _iemocap_json(tmp_path / "data")
+    args = iemocap_train_args(tmp_path / "data")
     assert main(args + ["--out", str(tmp_path / "run")]) == 0
     ckpt = str(tmp_path / "run" / "best.pt")
     plain, vocab, labels, _ = load_checkpoint(ckpt)

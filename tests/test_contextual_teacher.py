@@ -15,8 +15,7 @@ from aghmn_fast.contextual_teacher import (ContextualConfig, ContextualTeacher, 
 from aghmn_fast.data import MELD_LABELS, Dialogue
 from aghmn_fast.train import TrainConfig, teacher_targets, train
 
-from test_distill import _teacher
-from test_readers import SCRIPT
+from helpers.training import SCRIPTED_TEXTS, tiny_setup, train_tiny_teacher
 
 LABELS = list(MELD_LABELS)
 CLS, SEP = 101, 102
@@ -37,7 +36,7 @@ needs_minilm = pytest.mark.skipif(not _have_minilm(),
 def _dialogues(offset=0):
     return [Dialogue(f"d{offset}-{i}", ["Ross" if j % 2 else "Rachel" for j in range(len(texts))],
                      list(texts), [(i + j + offset) % 7 for j in range(len(texts))])
-            for i, texts in enumerate(SCRIPT)]
+            for i, texts in enumerate(SCRIPTED_TEXTS)]
 
 
 def test_context_input_keeps_the_target_and_drops_the_oldest_context_first():
@@ -96,9 +95,8 @@ def test_a_training_step_gives_a_finite_loss_and_the_checkpoint_round_trips(tiny
 def test_teacher_targets_mix_ordinary_and_contextual_checkpoints(tiny_teacher, tmp_path, monkeypatch):
     monkeypatch.setenv("AGHMN_FAST_CACHE", "off")
     contextual, result = tiny_teacher
-    ordinary = _teacher(tmp_path, "o", 1)
-    from test_train import _setup
-    _, dialogues, _, _, _ = _setup()
+    ordinary = train_tiny_teacher(tmp_path, "o", 1)
+    _, dialogues, _, _, _ = tiny_setup()
     from aghmn_fast.train import encode_dialogues, load_checkpoint, predict
     model, vocab, _, _ = load_checkpoint(ordinary)
     p_ordinary = torch.softmax(predict(model, encode_dialogues(dialogues, vocab, 60)).double() / 2, -1)
@@ -110,7 +108,7 @@ def test_teacher_targets_mix_ordinary_and_contextual_checkpoints(tiny_teacher, t
         torch.testing.assert_close(torch.cat(targets), expected.float())
     # a student distils from the mix as from any teacher
     torch.manual_seed(0)
-    student, tr, dv, te, vocab = _setup()
+    student, tr, dv, te, vocab = tiny_setup()
     targets = teacher_targets([ordinary, contextual], tr, LABELS, 2.0)
     out = train(student, tr, dv, te, vocab, LABELS, TrainConfig(epochs=1, progress=False),
                 log=lambda s: None, soft_targets=targets)

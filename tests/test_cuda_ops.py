@@ -5,7 +5,7 @@ races, device limits, NaN-poisoned memory, CUDA graphs and the cuda backend's re
 Executors (tests/cuda_emulator.py): ``emulated``, the very CUDA sources on the CPU SIMT emulator
 (its arithmetic is the CPU's: no FMA contraction, precise exp/tanh, so it does not stand in for
 the GPU's rounding), and ``cuda``, the registered ops on a CUDA device (skipped without one).
-References: each op's conformance cases in tests/ops/test_<op>.py (the raw ops' float64 step
+References: the ops' conformance cases in tests/helpers/op_cases.py (the raw ops' float64 step
 loops of ``aghmn_fast.ops.<op>.reference``, gradients by autograd).
 """
 from __future__ import annotations
@@ -16,78 +16,12 @@ import pytest
 import torch
 
 from aghmn_fast import ops, reference
-from conformance import make_windows as conformance_windows
-from conformance import randn
-from test_agru import agru_op_expected, agru_op_inputs  # the ops' conformance cases
-from test_window_gru import window_op_expected, window_op_inputs
 from cuda_emulator import DeviceOps, require_cuda
+from helpers.cuda_checks import (agru_inputs, assert_matches, check_agru, check_window, make_windows,
+                                 window_inputs)
 
 D64 = torch.float64
 DTYPES = (torch.float32, torch.float64)
-
-# ---- inputs and tolerances -------------------------------------------------------------------
-
-def _tol(dtype, want):
-    """(rtol, atol) for comparing with a float64 reference of magnitude ``want``."""
-    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
-    if dtype == torch.float64:
-        return 1e-10, 1e-12 * scale
-    return 2e-4, 2e-5 * scale
-
-
-def assert_matches(got, want, dtype, what):
-    assert got.dtype == dtype, what
-    assert not got.isnan().any(), f"{what}: NaN (unwritten or poisoned output)"
-    rtol, atol = _tol(dtype, want)
-    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
-
-
-def _generator():
-    """A generator seeded from the global RNG, so that torch.manual_seed fixes the inputs."""
-    return torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
-
-
-def agru_inputs(B, T, H, dtype):
-    """Fresh random raw-op inputs in ``dtype`` (tests/ops/test_agru.py: agru_op_inputs)."""
-    return [t.to(dtype) for t in agru_op_inputs(B, T, H, _generator())]
-
-
-def make_windows(Q, K, N):
-    return conformance_windows(Q, K, N, _generator())
-
-
-def window_inputs(D, N, Q, K, H, dtype):
-    gen = _generator()
-    proj, pad, w, b = (t.to(dtype) for t in window_op_inputs(D, N, H, gen))
-    windows = conformance_windows(Q, K, N, gen)
-    return [proj, pad, w, b, randn(D, Q, K, H, gen=gen).to(dtype)], windows
-
-
-def check_agru(run, B, T, H, dtype, reverse):
-    """Raw AGRU ops on executor ``run`` against the float64 reference; returns its results."""
-    xproj, attn, w, b, h0, go = agru_inputs(B, T, H, dtype)
-    (out_ref, gates_ref), grads_ref = agru_op_expected(xproj, attn, w, b, h0, reverse, go)
-    out, gates = run.agru_forward(xproj, attn, w, b, h0, reverse)
-    assert_matches(out, out_ref, dtype, "output")
-    assert_matches(gates, gates_ref, dtype, "gates")
-    grads = run.agru_backward(go, attn, w, h0, out, gates, reverse)
-    for name, got, want in zip(("grad_xproj", "grad_attn", "grad_ghh", "grad_h0"), grads,
-                               grads_ref):
-        assert_matches(got, want, dtype, name)
-    return out, gates, grads
-
-
-def check_window(run, D, N, Q, K, H, dtype):
-    """Raw window-GRU ops on executor ``run`` against the float64 reference."""
-    (proj, pad, w, b, go), windows = window_inputs(D, N, Q, K, H, dtype)
-    (out_ref, gates_ref), grads_ref = window_op_expected(proj, pad, w, b, windows, go)
-    out, gates = run.window_gru_forward(proj, pad, w, b, windows)
-    assert_matches(out, out_ref, dtype, "output")
-    assert_matches(gates, gates_ref, dtype, "gates")
-    grads = run.window_gru_backward(go, w, windows, out, gates, N)
-    for name, got, want in zip(("grad_proj", "grad_pad_proj", "grad_ghh"), grads, grads_ref):
-        assert_matches(got, want, dtype, name)
-    return out, gates, grads
 
 
 # ---- emulator only: launch plans, races, limits ----------------------------------------------

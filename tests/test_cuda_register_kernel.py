@@ -5,7 +5,7 @@ csrc/common/recurrence.cuh keep each lane's slice of weight_hh in registers for 
 (``WeightsIn::kRegisters``) where a variant is instantiated: float AGRU up to H = 128, double AGRU
 and float window GRU up to H = 64; elsewhere weight_hh stays in shared (or global) memory. These
 tests run the very kernel sources on the CPU SIMT emulator (tests/cuda_emulator.py) against the
-float64 references of tests/test_cuda_ops.py, read which kernel each launch ran from the
+float64 references of tests/helpers/op_cases.py, read which kernel each launch ran from the
 emulator's launch record, and compute the shared-memory banks that the 32 lanes of each warp
 instruction hit, with the kernels' own index functions (through the emulator build's C ABI).
 """
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from cuda_emulator import DeviceOps, require_cuda
-from test_cuda_ops import check_agru, check_window
+from helpers.cuda_checks import check_agru, check_window
 
 
 @pytest.fixture(params=["emulated", "cuda"])

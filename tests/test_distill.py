@@ -9,21 +9,14 @@ from aghmn_fast.streaming import StreamingRecognizer
 from aghmn_fast.train import (TrainConfig, encode_dialogues, load_checkpoint, predict,
                               teacher_targets, train)
 
-from test_train import _iemocap_json, _setup
+from helpers.training import iemocap_train_args, tiny_setup, train_tiny_teacher
 
 LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 
 
-def _teacher(tmp_path, name, seed):
-    model, tr, dv, te, vocab = _setup()
-    train(model, tr, dv, te, vocab, LABELS, TrainConfig(epochs=2, lr=5e-3, progress=False, seed=seed),
-          out_dir=str(tmp_path / name), log=lambda s: None)
-    return str(tmp_path / name / "best.pt")
-
-
 def test_teacher_targets_are_the_teachers_averaged_tempered_probabilities(tmp_path):
-    paths = [_teacher(tmp_path, "a", 1), _teacher(tmp_path, "b", 2)]
-    _, tr, _, _, _ = _setup()
+    paths = [train_tiny_teacher(tmp_path, "a", 1), train_tiny_teacher(tmp_path, "b", 2)]
+    _, tr, _, _, _ = tiny_setup()
     targets = teacher_targets(paths, tr, LABELS, temperature=3.0)
     assert [tuple(t.shape) for t in targets] == [(len(d.texts), 7) for d in tr]
     expected = 0
@@ -35,11 +28,11 @@ def test_teacher_targets_are_the_teachers_averaged_tempered_probabilities(tmp_pa
 
 
 def test_distillation_weight_zero_is_the_recipe_and_a_positive_weight_changes_training(tmp_path):
-    teacher = _teacher(tmp_path, "t", 5)
+    teacher = train_tiny_teacher(tmp_path, "t", 5)
 
     def run(targets, weight):
-        torch.manual_seed(0)  # _setup's word vectors come from the global generator
-        model, tr, dv, te, vocab = _setup()
+        torch.manual_seed(0)  # tiny_setup's word vectors come from the global generator
+        model, tr, dv, te, vocab = tiny_setup()
         cfg = TrainConfig(epochs=2, lr=5e-3, progress=False, distill_weight=weight)
         result = train(model, tr, dv, te, vocab, LABELS, cfg, log=lambda s: None,
                        soft_targets=None if targets is None else targets(tr))
@@ -51,7 +44,7 @@ def test_distillation_weight_zero_is_the_recipe_and_a_positive_weight_changes_tr
     assert zero == plain
     assert mixed != plain
     # the student is an ordinary model: streaming gives the offline probabilities
-    _, tr, _, _, vocab = _setup()
+    _, tr, _, _, vocab = tiny_setup()
     rec = StreamingRecognizer(student, vocab=vocab, label_names=LABELS)
     offline = torch.softmax(predict(student, encode_dialogues(tr, vocab, 60)), -1)
     streamed = [[p.probabilities[n] for n in LABELS]
@@ -60,18 +53,18 @@ def test_distillation_weight_zero_is_the_recipe_and_a_positive_weight_changes_tr
 
 
 def test_a_student_moves_towards_its_teacher(tmp_path):
-    teacher = _teacher(tmp_path, "t", 7)
-    _, tr, _, _, _ = _setup()
+    teacher = train_tiny_teacher(tmp_path, "t", 7)
+    _, tr, _, _, _ = tiny_setup()
     targets = teacher_targets([teacher], tr, LABELS, 1.0)
 
     def distance(model):
-        _, _, _, _, vocab = _setup()
+        _, _, _, _, vocab = tiny_setup()
         p = torch.softmax(predict(model, encode_dialogues(tr, vocab, 60)), -1)
         return float((p - torch.cat(targets)).abs().sum(-1).mean())
 
     def student(weight):
         torch.manual_seed(0)
-        model, tr_, dv, te, vocab = _setup()
+        model, tr_, dv, te, vocab = tiny_setup()
         train(model, tr_, dv, te, vocab, LABELS,
               TrainConfig(epochs=3, lr=5e-3, progress=False, distill_temperature=1.0,
                           distill_weight=weight), log=lambda s: None, soft_targets=targets)
@@ -81,7 +74,7 @@ def test_a_student_moves_towards_its_teacher(tmp_path):
 
 def test_cli_teacher_is_recorded_and_bad_options_are_one_line(tmp_path, capsys):
     (tmp_path / "data").mkdir()
-    args = _iemocap_json(tmp_path / "data")
+    args = iemocap_train_args(tmp_path / "data")
     assert main(args + ["--out", str(tmp_path / "t1"), "--seed", "1"]) == 0
     assert main(args + ["--out", str(tmp_path / "t2"), "--seed", "2"]) == 0
     teachers = ["--teacher", str(tmp_path / "t1" / "best.pt"), "--teacher", str(tmp_path / "t2" / "best.pt")]
@@ -107,7 +100,7 @@ def test_cli_teacher_is_recorded_and_bad_options_are_one_line(tmp_path, capsys):
 
 
 def test_a_teacher_over_other_labels_is_refused(tmp_path):
-    model, tr, dv, te, vocab = _setup()
+    model, tr, dv, te, vocab = tiny_setup()
     train(model, tr, dv, te, vocab, [f"c{i}" for i in range(7)],
           TrainConfig(epochs=1, progress=False), out_dir=str(tmp_path / "t"), log=lambda s: None)
     with pytest.raises(ValueError, match="predicts"):

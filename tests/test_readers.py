@@ -18,22 +18,14 @@ from aghmn_fast.streaming import StreamingRecognizer
 from aghmn_fast.train import (build_vocabulary, encode_dialogues, load_checkpoint, predict,
                               save_checkpoint)
 
-HAVE_CPU_EXT = "cpu" in __import__("aghmn_fast").backends()
+from helpers.training import SCRIPTED_TEXTS
 
-SCRIPT = [
-    ["Hey, how was the interview?", "Terrible. I froze on the first question.",
-     "Oh no, I'm so sorry!", "It's fine. Whatever.", "Do you want some ice cream?",
-     "Yes! Chocolate, please."],
-    ["Did you eat my sandwich?!", "What sandwich?", "Ugh, that's disgusting, it had mold on it."],
-    ["I'm scared of the dark.", "There's nothing there.", "Are you sure?", "Yes.",
-     "Okay... goodnight.", "Goodnight!", "Wait, what was that noise?!", "It's the cat."],
-    ["Wow."],
-]
+HAVE_CPU_EXT = "cpu" in __import__("aghmn_fast").backends()
 
 
 def _dialogues(offset=0):
     out = []
-    for i, texts in enumerate(SCRIPT):
+    for i, texts in enumerate(SCRIPTED_TEXTS):
         labels = [(i + j + offset) % len(MELD_LABELS) for j in range(len(texts))]
         speakers = ["AB"[j % 2] for j in range(len(texts))]
         out.append(Dialogue(f"c{offset}-{i}", speakers, list(texts), labels))

@@ -5,38 +5,13 @@ import pytest
 import torch
 
 from aghmn_fast.cli import main
-from aghmn_fast.data import Dialogue, IEMOCAP_LABELS
-from aghmn_fast.models import AGHMN, AGHMNConfig
-from aghmn_fast.train import (TrainConfig, build_vocabulary, encode_dialogues, evaluate,
-                              load_checkpoint, predict, train)
+from aghmn_fast.train import TrainConfig, encode_dialogues, evaluate, load_checkpoint, predict, train
 
-WORDS = {0: "calm fine okay sure", 1: "wow really what no way", 2: "scared afraid help",
-         3: "sad sorry miss", 4: "great love happy yay", 5: "gross ugh eww", 6: "angry hate stop"}
-
-
-def _dialogues(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        size = int(torch.randint(1, 7, (1,), generator=g))
-        labels = torch.randint(0, 7, (size,), generator=g).tolist()
-        texts = [" ".join(WORDS[l].split()[: 1 + j % 3]) + "!" for j, l in enumerate(labels)]
-        out.append(Dialogue(f"d{seed}-{i}", ["A"] * size, texts, labels))
-    return out
-
-
-def _setup(summary="agru"):
-    tr, dv, te = _dialogues(30, 1), _dialogues(6, 2), _dialogues(6, 3)
-    vocab = build_vocabulary([tr, dv, te], min_count=1)
-    emb = torch.randn(len(vocab), 12)  # unit-scale vectors: the words carry the label
-    cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=12, num_classes=7, hidden_size=10,
-                      window=3, summary=summary, backend="reference")
-    torch.manual_seed(0)
-    return AGHMN(cfg, emb), tr, dv, te, vocab
+from helpers.training import iemocap_train_args, tiny_setup
 
 
 def test_tiny_training_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path):
-    model, tr, dv, te, vocab = _setup()
+    model, tr, dv, te, vocab = tiny_setup()
     labels = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
     before = evaluate(model, encode_dialogues(tr, vocab, 60), tr, labels)["loss"]
     result = train(model, tr, dv, te, vocab, labels,
@@ -54,7 +29,7 @@ def test_tiny_training_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path)
 
 
 def test_lr_decays_only_after_an_epoch_without_dev_improvement():
-    model, tr, dv, te, vocab = _setup()
+    model, tr, dv, te, vocab = tiny_setup()
     result = train(model, tr, dv, te, vocab, list(map(str, range(7))),
                    TrainConfig(epochs=5, lr=1e-3, progress=False), log=lambda s: None)
     best = -1
@@ -68,7 +43,7 @@ def test_lr_decays_only_after_an_epoch_without_dev_improvement():
 
 
 def test_batch_dialogues_option_trains(tmp_path):
-    model, tr, dv, te, vocab = _setup(summary="biagru")
+    model, tr, dv, te, vocab = tiny_setup(summary="biagru")
     result = train(model, tr, dv, te, vocab, list(map(str, range(7))),
                    TrainConfig(epochs=1, batch_dialogues=8, progress=False), log=lambda s: None)
     assert result["seconds_per_epoch"] > 0
@@ -86,26 +61,9 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(str(tmp_path / "other.pt"))
 
 
-def _write_json_split(path, dialogues, labels):
-    data = [[{"speaker": s, "utterance": t, "emotion": labels[l]}
-             for s, t, l in zip(d.speakers, d.texts, d.labels)] for d in dialogues]
-    path.write_text(json.dumps(data))
-
-
-def _iemocap_json(tmp_path):
-    for split, seed in (("train", 1), ("dev", 2), ("test", 3)):
-        ds = _dialogues(5, seed)
-        for d in ds:
-            d.labels[:] = [l % 6 for l in d.labels]
-        _write_json_split(tmp_path / f"{split}.json", ds, list(IEMOCAP_LABELS))
-    return ["train", "--dataset", "iemocap", "--data", str(tmp_path), "--epochs", "2",
-            "--embeddings", "random", "--embedding-dim", "8", "--hidden", "6", "--window", "4",
-            "--no-progress", "--backend", "reference"]
-
-
 def test_cli_train_and_eval_on_iemocap_json(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(_iemocap_json(tmp_path) + ["--out", str(out)])
+    rc = main(iemocap_train_args(tmp_path) + ["--out", str(out)])
     assert rc == 0
     assert "TEST  accuracy" in capsys.readouterr().out
     rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--dataset", "iemocap", "--data",
@@ -142,7 +100,7 @@ def _scripted_dev(monkeypatch, dev_set, accuracy, weighted_f1):
     ("accuracy", 2, {3, 4, 5}), ("weighted_f1", 5, {2, 4})])
 def test_select_on_picks_the_epoch_and_drives_the_lr_decay(monkeypatch, tmp_path, select_on,
                                                           best_epoch, decayed_after):
-    model, tr, dv, te, vocab = _setup()
+    model, tr, dv, te, vocab = tiny_setup()
     _scripted_dev(monkeypatch, dv, accuracy=[50, 60, 55, 58, 40],
                   weighted_f1=[50, 45, 70, 65, 71])
     snapshots = {}  # epoch -> weights after it (train() logs once per epoch)
@@ -167,14 +125,14 @@ def test_select_on_picks_the_epoch_and_drives_the_lr_decay(monkeypatch, tmp_path
 
 
 def test_select_on_rejects_an_unknown_metric():
-    model, tr, dv, te, vocab = _setup()
+    model, tr, dv, te, vocab = tiny_setup()
     with pytest.raises(ValueError, match="select_on"):
         train(model, tr, dv, te, vocab, list(map(str, range(7))),
               TrainConfig(epochs=1, progress=False, select_on="macro_f1"), log=lambda s: None)
 
 
 def test_cli_select_on_and_dropout_are_recorded(tmp_path):
-    args = _iemocap_json(tmp_path)
+    args = iemocap_train_args(tmp_path)
     out = tmp_path / "run"
     assert main(args + ["--out", str(out), "--select-on", "weighted-f1", "--dropout", "0.5"]) == 0
     saved = json.load(open(out / "metrics.json"))
@@ -193,7 +151,7 @@ def test_cli_select_on_and_dropout_are_recorded(tmp_path):
                                          (["--dropout", "nan"], "dropout"),
                                          (["--select-on", "macro-f1"], "--select-on")])
 def test_cli_rejects_bad_select_on_and_dropout(tmp_path, capsys, extra, word):
-    rc = main(_iemocap_json(tmp_path) + ["--out", str(tmp_path / "o")] + extra)
+    rc = main(iemocap_train_args(tmp_path) + ["--out", str(tmp_path / "o")] + extra)
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert word in err and len(err.splitlines()) == 1

@@ -3,44 +3,40 @@ reference of aghmn_fast/ops/agru/reference.py, at the raw-op and the public leve
 import pytest
 import torch
 
-from aghmn_fast.ops.agru.reference import agru_forward_ref, agru_ref
+from aghmn_fast import ops
+from aghmn_fast.ops.agru.reference import agru_ref
 from conformance import (D64, DTYPES, F32, IMPLEMENTATIONS, ON_GPU_TRITON, assert_close, grads_of,
                          pairs, randn, saved_dtype, scaled)
+from helpers.op_cases import agru_op_expected, agru_op_inputs
 
 REVERSE = pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 
 
+#: The registry backend (aghmn_fast.ops.backends) whose kernels each implementation of the sweep
+#: runs: the emulated CUDA implementation runs the cuda backend's sources, the interpreter the
+#: triton backend's.
+RUNS_BACKEND = {"cpu": "cpu", "triton-interpreter": "triton", "emulated-cuda": "cuda",
+                "cuda": "cuda", "triton-gpu": "triton"}
+
+
 def test_every_implementation_is_swept():
-    """Says (as a skip) which implementations this machine does not sweep: the GPU ones."""
-    missing = [name for name in DTYPES if name not in IMPLEMENTATIONS]
-    if missing:
-        why = ("AGHMN_TRITON_GPU=1 sweeps the GPU implementations only" if ON_GPU_TRITON
-               else "no CUDA device" if not torch.cuda.is_available()
-               else "Triton runs interpreted; AGHMN_TRITON_GPU=1 compiles it for the GPU")
-        pytest.skip(f"not swept here: {', '.join(missing)} ({why})")
-
-
-# ---- raw-op inputs and their float64 reference results (the conformance cases) -------
-
-def agru_op_inputs(B, T, H, gen):
-    """(xproj, attn, weight_hh, bias_hh, h0, grad_output) in float64; position 1 is a pad step
-    (attention 0: the state must pass through unchanged)."""
-    attn = torch.rand(B, T, generator=gen, dtype=D64)
-    if T > 2:
-        attn[:, 1] = 0
-    return (randn(B, T, 2 * H, gen=gen), attn, randn(2 * H, H, gen=gen, scale=scaled(H)),
-            randn(2 * H, gen=gen, scale=0.1), randn(B, H, gen=gen, scale=0.5),
-            randn(B, T, H, gen=gen))
-
-
-def agru_op_expected(xproj, attn, weight_hh, bias_hh, h0, reverse, grad_output):
-    """Reference (output, gates) and (grad_xproj, grad_attn, grad_ghh, grad_h0), float64."""
-    xproj, attn, h0 = (t.detach().to(D64).requires_grad_() for t in (xproj, attn, h0))
-    tap = torch.zeros(*xproj.shape, dtype=D64, requires_grad=True)
-    out, gates = agru_forward_ref(xproj, attn, weight_hh.to(D64), bias_hh.to(D64), h0, reverse,
-                                  ghh_tap=tap)
-    grads = torch.autograd.grad(out, [xproj, attn, tap, h0], grad_output.to(D64))
-    return (out.detach(), gates.detach()), grads
+    """Every backend the package registers (or tried to, and reports why it could not) is run by
+    an implementation of the sweep, and this machine sweeps every implementation it can run: the
+    CPU ones always (the GPU suite's AGHMN_TRITON_GPU=1 run leaves them to CI), the GPU ones
+    exactly when a CUDA device is present."""
+    assert set(RUNS_BACKEND) == set(DTYPES)
+    # A loader that raised unexpectedly reports under its own name ("extension"), not a backend's.
+    known = (set(ops.backends()) | set(ops.backend_errors())) - {"reference", "extension"}
+    unswept = known - set(RUNS_BACKEND.values())
+    assert not unswept, f"backends no implementation of tests/ops/conformance.py sweeps: {unswept}"
+    cuda = torch.cuda.is_available()
+    if ON_GPU_TRITON:
+        expected = {"cuda", "triton-gpu"} if cuda else set()
+    else:
+        expected = {"cpu", "triton-interpreter", "emulated-cuda"} | ({"cuda"} if cuda else set())
+    assert set(IMPLEMENTATIONS) == expected, (
+        f"swept here: {sorted(IMPLEMENTATIONS)}, runnable here: {sorted(expected)}")
+    assert len(IMPLEMENTATIONS) == len(set(IMPLEMENTATIONS))
 
 
 # ---- the raw ops: agru_forward / agru_backward -----------------------------------------------

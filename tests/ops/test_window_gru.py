@@ -4,33 +4,12 @@ raw-op level and through the public ``window_gru`` and ``memory_bank``."""
 import pytest
 import torch
 
-from aghmn_fast.ops.window_gru.reference import (memory_bank_ref, window_gru_forward_ref,
-                                                window_gru_ref)
+from aghmn_fast.ops.window_gru.reference import memory_bank_ref, window_gru_ref
 from conformance import (D64, F32, IMPLEMENTATIONS, assert_close, grads_of, make_windows, pairs,
                          randn, saved_dtype, scaled, sliding_windows)
+from helpers.op_cases import window_op_expected, window_op_inputs
 
 DIRECTIONS = pytest.mark.parametrize("D", [1, 2], ids=["UniF", "BiF"])
-
-
-# ---- raw-op inputs and their float64 reference results (the conformance cases) -------
-
-def window_op_inputs(D, N, H, gen):
-    """(proj, pad_proj, weight_hh, bias_hh) in float64."""
-    return (randn(D, N, 3 * H, gen=gen), randn(D, 3 * H, gen=gen, scale=0.1),
-            randn(D, 3 * H, H, gen=gen, scale=scaled(H)), randn(D, 3 * H, gen=gen, scale=0.1))
-
-
-def window_op_expected(proj, pad_proj, weight_hh, bias_hh, windows, grad_output):
-    """Reference (output, gates) and (grad_proj, grad_pad_proj, grad_ghh), float64."""
-    proj, pad_proj = (t.detach().to(D64).requires_grad_() for t in (proj, pad_proj))
-    D, Q, K, H = grad_output.shape
-    tap = torch.zeros(D, Q, K, 3 * H, dtype=D64, requires_grad=True)
-    out, gates = window_gru_forward_ref(proj, pad_proj, weight_hh.to(D64), bias_hh.to(D64),
-                                        windows, ghh_tap=tap)
-    grads = torch.autograd.grad(out, [proj, pad_proj, tap], grad_output.to(D64),
-                                allow_unused=True)
-    return (out.detach(), gates.detach()), [torch.zeros_like(t) if g is None else g
-                                            for g, t in zip(grads, (proj, pad_proj, tap))]
 
 
 # ---- the raw ops: window_gru_forward / window_gru_backward -----------------------------------
