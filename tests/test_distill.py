@@ -1,15 +1,20 @@
 """Distillation: `train --teacher A.pt [--teacher B.pt ...]` (tiny synthetic data)."""
+import collections
+import copy
 import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from aghmn_fast.cli import main
+from aghmn_fast.data import Dialogue
+from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import (TrainConfig, encode_dialogues, load_checkpoint, predict,
-                              teacher_targets, train)
+from aghmn_fast.train import (TrainConfig, build_vocabulary, encode_dialogues, load_checkpoint,
+                              predict, teacher_targets, train)
 
-from helpers.training import iemocap_train_args, tiny_setup, train_tiny_teacher
+from helpers.training import WORDS, iemocap_train_args, tiny_setup, train_tiny_teacher
 
 LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 
@@ -25,6 +30,42 @@ def test_teacher_targets_are_the_teachers_averaged_tempered_probabilities(tmp_pa
         expected = expected + torch.softmax(predict(model, encode_dialogues(tr, vocab, 60)) / 3.0, -1)
     torch.testing.assert_close(torch.cat(targets), expected / 2)
     torch.testing.assert_close(torch.cat(targets).sum(-1), torch.ones(sum(len(d.texts) for d in tr)))
+
+
+@pytest.mark.parametrize("temperature,weight", [(3.0, 0.25), (1.0, 1.0), (2.0, 0.0)])
+def test_the_training_loss_is_the_documented_mix_of_recipe_and_soft_cross_entropy(temperature, weight):
+    """One training step's loss is (1 - w) * recipe loss + w * T^2 * soft cross-entropy (train.py's
+    module doc), each term class-weighted by the gold label's recipe weight and averaged over the
+    utterances; computed here with torch.nn.functional and the weights counted here, from the
+    model's output before the step (one dialogue: the epoch's loss is that one step's)."""
+    labels = [0, 1, 2, 3, 4, 5, 6, 0, 0, 4, 0]  # every class, neutral and joy the most frequent
+    texts = [" ".join(WORDS[l].split()[: 1 + j % 3]) + "!" for j, l in enumerate(labels)]
+    dialogue = Dialogue("one", ["A", "B"] * 5 + ["A"], texts, labels)
+    _, _, dev, test, _ = tiny_setup()
+    vocab = build_vocabulary([[dialogue], dev, test], min_count=1)
+    # no dropout: the step's forward is then the same arithmetic as predict's
+    config = AGHMNConfig(vocab_size=len(vocab), embedding_dim=12, num_classes=7, hidden_size=10,
+                         window=3, dropout=0.0, backend="reference")
+    model = AGHMN(config, torch.randn(len(vocab), 12))
+    soft_targets = torch.softmax(2 * torch.randn(len(labels), 7), -1)
+    log_probs = predict(copy.deepcopy(model), encode_dialogues([dialogue], vocab, config.max_len))
+
+    counts = collections.Counter(labels)
+    class_weight = torch.tensor([(min(counts.values()) / counts[c]) ** 0.5 for c in range(7)])
+    class_weight = class_weight / class_weight.sum()  # the recipe: rate 0.5, normalised to sum 1
+    gold = torch.tensor(labels)
+    recipe = F.nll_loss(log_probs, gold, weight=class_weight, reduction="sum") / len(labels)
+    soft = F.cross_entropy(log_probs / temperature, soft_targets, reduction="none")
+    soft = (class_weight[gold] * soft).sum() / len(labels)
+    expected = (1 - weight) * recipe + weight * temperature ** 2 * soft
+
+    result = train(model, [dialogue], dev, test, vocab, LABELS,
+                   TrainConfig(epochs=1, lr=5e-3, progress=False, class_weight_rate=0.5,
+                               distill_temperature=temperature, distill_weight=weight),
+                   log=lambda s: None, soft_targets=[soft_targets])
+    assert result["history"][0]["train_loss"] == pytest.approx(float(expected), rel=1e-5)
+    if weight:  # the tolerance tells the mix from the recipe's loss alone
+        assert float(expected) != pytest.approx(float(recipe), rel=1e-3)
 
 
 def test_distillation_weight_zero_is_the_recipe_and_a_positive_weight_changes_training(tmp_path):
