@@ -180,18 +180,35 @@ def test_normalize_matches_python(rt):
         rt.normalize(None)
 
 
-def test_threads_share_one_recognizer_safely(rec):
-    def work(k):
+def test_threads_share_one_recognizer_safely(rt, models, rec):
+    """Four threads push into one recognizer at once, each its own conversations with its own
+    texts: every answer equals the same thread's work run alone on a fresh recognizer."""
+    def work(recognizer, k, start=None):
+        if start is not None:
+            start.wait()  # all threads push at once
+        answers = []
         for i in range(50):
-            rec.push(f"t{k}", TEXTS[i % len(TEXTS)])
-            rec.push_many([(f"t{k}", "hi"), (f"u{k}", "yo")])
+            answers.append(recognizer.push(f"t{k}", TEXTS[(i + k) % len(TEXTS)]))
+            answers.extend(recognizer.push_many([(f"t{k}", TEXTS[(3 * i + k) % len(TEXTS)]),
+                                                 (f"u{k}", TEXTS[(i * k) % len(TEXTS)])]))
+        return [(p.conversation_id, p.index, p.label, p.probabilities) for p in answers]
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    threaded, start = {}, threading.Barrier(4)
+    threads = [threading.Thread(target=lambda k=k: threaded.__setitem__(k, work(rec, k, start)))
+               for k in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert all(rec.utterances_seen(f"t{k}") == 100 for k in range(4))
+    with rt.StreamingRecognizer(models["a"]) as alone:
+        serial = {k: work(alone, k) for k in range(4)}
+    assert sorted(threaded) == list(range(4))
+    for k in range(4):
+        assert threaded[k] == serial[k], f"thread {k}'s answers differ from its serial run"
+    # the threads' answers differ from each other, so a mixed-up conversation would show
+    assert len({str(serial[k]) for k in range(4)}) == 4
+    assert all(rec.utterances_seen(f"t{k}") == 100 and rec.utterances_seen(f"u{k}") == 50
+               for k in range(4))
 
 
 def test_the_module_never_imports_torch(rt, models):
