@@ -8,9 +8,6 @@ embed the PTX (forward compatibility). The bindings (csrc/<op>/<op>_cuda.cu, tor
 compile-checked too, and the CUDA backend's capability table must match the built
 architectures.
 """
-import ast
-import glob
-import os
 import pathlib
 import re
 import runpy
@@ -35,13 +32,44 @@ def _gencode():
     return _arches()["gencode_flags"]()
 
 
-def test_setup_cmake_and_the_backend_read_one_architecture_list():
+def _planned_build(monkeypatch, *, torch_cuda, env=()):
+    """What setup.py would build, by running it with setuptools' ``setup`` and torch's extension
+    classes replaced by recorders: ``None`` when it builds no extension, else (kind, name,
+    sources, keyword arguments), kind "cuda" or "cpp". ``torch_cuda``: the CUDA version the
+    installed torch reports (None: a CPU build of torch); with one, a toolkit is found."""
+    import setuptools
+    from torch.utils import cpp_extension
+    for name in ("AGHMN_NO_CUDA", "AGHMN_NATIVE", "AGHMN_SKIP_EXT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env:
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.version, "cuda", torch_cuda)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/cuda-toolkit" if torch_cuda else None)
+    monkeypatch.setattr(cpp_extension, "CUDAExtension",
+                        lambda name, sources, **kw: ("cuda", name, sources, kw))
+    monkeypatch.setattr(cpp_extension, "CppExtension",
+                        lambda name, sources, **kw: ("cpp", name, sources, kw))
+    calls = []
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: calls.append(kw))
+    monkeypatch.chdir(ROOT)
+    runpy.run_path(str(ROOT / "setup.py"), run_name="__main__")
+    (kwargs,) = calls
+    if "ext_modules" not in kwargs:
+        return None
+    (extension,) = kwargs["ext_modules"]
+    assert "build_ext" in kwargs["cmdclass"]
+    return extension
+
+
+def test_setup_cmake_and_the_backend_read_one_architecture_list(monkeypatch):
     flags = _gencode()
     sass = sorted(re.findall(r"code=sm_(\d+)", " ".join(flags)))
     ptx = re.findall(r"code=compute_(\d+)", " ".join(flags))
     assert sass == sorted(ARCHS) and ptx == ["90"], flags
-    setup_py = (ROOT / "setup.py").read_text()
-    assert 'cuda_arches()["gencode_flags"]()' in setup_py and "-gencode" not in setup_py
+    # setup.py passes nvcc exactly the list's -gencode flags, and no other architecture
+    kind, _, _, kwargs = _planned_build(monkeypatch, torch_cuda="12.8")
+    nvcc = kwargs["extra_compile_args"]["nvcc"]
+    assert kind == "cuda" and [f for f in nvcc if "arch" in f or "code" in f] == flags, nvcc
     cmake = (ROOT / "CMakeLists.txt").read_text()
     assert "aghmn_fast/ops/cuda_arches.py" in cmake and not re.search(r"\b[89]0-real\b", cmake)
     from aghmn_fast.ops import extension
@@ -49,21 +77,43 @@ def test_setup_cmake_and_the_backend_read_one_architecture_list():
     assert extension.PTX_ARCH == _arches()["PTX_ARCH"]
 
 
-def test_extension_leaves_out_the_runtime_tests_and_emulator_builds(monkeypatch):
-    """setup.py's source list, read without running setup(): every op folder's binding, none of
-    the torch-free runtime (its own library; a fuzzer there has a ``main``), the ctest sources or
-    the ops' SIMT-emulator builds."""
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    func = next(node for node in tree.body
-                if isinstance(node, ast.FunctionDef) and node.name == "extension_sources")
-    namespace = {"glob": glob, "os": os}
-    exec(compile(ast.Module([func], type_ignores=[]), "setup.py", "exec"), namespace)
-    monkeypatch.chdir(ROOT)
-    sources = namespace["extension_sources"]("cpp")
-    assert "csrc/library.cpp" in sources and "csrc/agru/agru_ops.cpp" in sources
-    for folder in ("csrc/runtime/", "csrc/tests/"):
-        assert not [path for path in sources if path.startswith(folder)], folder
-    assert not [path for path in sources if path.endswith("_emulated.cpp")]
+def _under(folder, ext):
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / folder).rglob(f"*.{ext}"))
+
+
+def test_a_cuda_torch_builds_every_kernel_with_the_cuda_flags(monkeypatch):
+    """With a CUDA build of torch and a toolkit: one CUDAExtension of every op folder's C++ and
+    CUDA sources (none of the torch-free runtime, whose fuzzer has a ``main``, the ctest sources
+    or the ops' SIMT-emulator builds), AGHMN_WITH_CUDA defined, and nvcc without
+    --use_fast_math (its tanh.approx breaks the fp32 tolerances)."""
+    kind, name, sources, kwargs = _planned_build(monkeypatch, torch_cuda="12.8")
+    assert (kind, name) == ("cuda", "aghmn_fast._C")
+    left_out = set(_under("csrc/runtime", "cpp") + _under("csrc/tests", "cpp")
+                   + [p for p in _under("csrc", "cpp") if p.endswith("_emulated.cpp")])
+    assert left_out and not left_out & set(sources)
+    assert sorted(sources) == sorted(set(_under("csrc", "cpp") + _under("csrc", "cu")) - left_out)
+    assert {"csrc/library.cpp", "csrc/agru/agru_ops.cpp", *(f"csrc/{b}" for b in BINDINGS)} <= set(sources)
+    assert ("AGHMN_WITH_CUDA", "1") in kwargs["define_macros"]
+    nvcc = kwargs["extra_compile_args"]["nvcc"]
+    assert "-O3" in nvcc and not [f for f in nvcc if "fast_math" in f], nvcc
+    assert "-fopenmp" in kwargs["extra_compile_args"]["cxx"] and "-fopenmp" in kwargs["extra_link_args"]
+
+
+@pytest.mark.parametrize("torch_cuda,env", [(None, ()), ("12.8", (("AGHMN_NO_CUDA", "1"),))],
+                         ids=["cpu-torch", "AGHMN_NO_CUDA"])
+def test_without_cuda_only_the_cpp_sources_are_built(monkeypatch, torch_cuda, env):
+    kind, name, sources, kwargs = _planned_build(monkeypatch, torch_cuda=torch_cuda, env=env)
+    assert (kind, name) == ("cpp", "aghmn_fast._C")
+    assert "csrc/library.cpp" in sources and all(path.endswith(".cpp") for path in sources)
+    assert "nvcc" not in kwargs["extra_compile_args"]
+    assert not [m for m in kwargs.get("define_macros", []) if m[0] == "AGHMN_WITH_CUDA"]
+    assert "-march=native" not in kwargs["extra_compile_args"]["cxx"]  # portable by default
+
+
+def test_build_options_native_and_skip(monkeypatch):
+    _, _, _, kwargs = _planned_build(monkeypatch, torch_cuda=None, env=(("AGHMN_NATIVE", "1"),))
+    assert "-march=native" in kwargs["extra_compile_args"]["cxx"]
+    assert _planned_build(monkeypatch, torch_cuda=None, env=(("AGHMN_SKIP_EXT", "1"),)) is None
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="no cmake")
