@@ -116,19 +116,15 @@ def _tiny_model():
     return AGHMN(cfg, torch.randn(len(vocab), 6)).eval(), vocab
 
 
-def test_mode_keyword_and_the_deprecated_path_keyword():
+def test_mode_keyword():
     from aghmn_fast.streaming import StreamingRecognizer
     model, vocab = _tiny_model()
     make = lambda **kw: StreamingRecognizer(model, vocab=vocab, label_names="abc", **kw)  # noqa: E731
     rec = make(mode="ops")
     assert rec.mode == "ops" and rec.compute.name == "ops"
-    with pytest.warns(DeprecationWarning, match=r"\(path=\.\.\.\) is deprecated: use mode="):
-        old = make(path="ops")
-    assert old.mode == "ops"
-    with pytest.warns(DeprecationWarning, match=r"\.path is deprecated: use \.mode"):
-        assert old.path == "ops"
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="disagree"):
-        make(mode="ops", path="step")
     with pytest.raises(ValueError, match="mode must be one of"):
         make(mode="fast")
+    with pytest.raises(TypeError, match="path"):  # the former name of mode= is gone, and .path
+        make(path="ops")
+    assert not hasattr(rec, "path")
     assert rec.push("c", "hi there").index == 0 and rec.push("c", "hi").index == 1

@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import time
-import warnings
 from typing import Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -69,8 +68,6 @@ class StreamingRecognizer:
             ``"ops"``: the model's own layers op by op (any backend). Default: the first of
             "push", "step", "ops" that is available ("graph" only when asked for: it has not
             run on a GPU yet).
-        path: the former name of ``mode`` (deprecated: a ``DeprecationWarning``; removed in the
-            next release).
 
     Text handling: utterances are tokenized as in training and truncated to the model's
     ``max_len`` (60) tokens, so a 10,000-word utterance costs as much as a 60-word one; empty or
@@ -88,8 +85,7 @@ class StreamingRecognizer:
     """
 
     def __init__(self, model: AGHMN, device=None, *, vocab: Optional[Vocabulary] = None,
-                 label_names: Optional[Sequence[str]] = None, mode: Optional[str] = None,
-                 path: Optional[str] = None):
+                 label_names: Optional[Sequence[str]] = None, mode: Optional[str] = None):
         if not isinstance(model, AGHMN):
             raise TypeError(f"model must be an aghmn_fast.models.AGHMN, got {type(model).__name__}")
         self.vocab = vocab if vocab is not None else getattr(model, "vocab", None)
@@ -104,12 +100,6 @@ class StreamingRecognizer:
         cfg = model.config
         self.window, self.hidden = cfg.window, cfg.hidden_size
         self.dtype = next(model.parameters()).dtype
-        if path is not None:
-            warnings.warn("StreamingRecognizer(path=...) is deprecated: use mode=...",
-                          DeprecationWarning, stacklevel=2)
-            if mode is not None and mode != path:
-                raise ValueError(f"mode={mode!r} and its deprecated name path={path!r} disagree")
-            mode = path
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))} or None, "
                              f"got {mode!r}")
@@ -160,13 +150,6 @@ class StreamingRecognizer:
         """How pushes are computed: ``"push"``, ``"graph"``, ``"step"`` or ``"ops"`` (see the
         class doc)."""
         return self.compute.name
-
-    @property
-    def path(self) -> str:
-        """The former name of :attr:`mode` (deprecated: a ``DeprecationWarning``)."""
-        warnings.warn("StreamingRecognizer.path is deprecated: use .mode", DeprecationWarning,
-                      stacklevel=2)
-        return self.mode
 
     @property
     def conversations(self) -> List[Hashable]:

@@ -41,7 +41,7 @@ def make_model(tmp_path, name, **overrides):
     save_checkpoint(str(ckpt), model, Vocabulary(WORDS), LABELS)
     export_checkpoint(str(ckpt), str(out))
     rec = StreamingRecognizer.from_checkpoint(str(ckpt), backend="cpu")
-    assert rec.path == "push"
+    assert rec.mode == "push"
     return out, rec
 
 
