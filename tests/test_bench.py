@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from aghmn_fast import cli, ops, reference
+from aghmn_fast.ops import registry
 from aghmn_fast.bench import kernels, machine, report, shapes, suite, timing
 from aghmn_fast.data import default_meld_root
 
@@ -103,8 +104,8 @@ def test_wrong_backends_are_reported_not_timed(tmp_path):
         _register("test-wrong-bwd", bad_backward_agru, raising_bank)
         record = suite.run_suite(_opts(tmp_path, shapes=TINY[1:2]), log=lambda *_: None)
     finally:
-        ops._REGISTRY.pop("test-wrong-fwd", None)
-        ops._REGISTRY.pop("test-wrong-bwd", None)
+        registry._REGISTRY.pop("test-wrong-fwd", None)
+        registry._REGISTRY.pop("test-wrong-bwd", None)
     assert "test-wrong-fwd" not in ops.backends()
 
     def status(op, backend, mode):

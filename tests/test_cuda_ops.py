@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from aghmn_fast import ops, reference
+from aghmn_fast.ops import registry
 from cuda_emulator import DeviceOps, require_cuda
 from helpers.cuda_checks import (agru_inputs, assert_matches, check_agru, check_window, make_windows,
                                  window_inputs)
@@ -210,8 +211,8 @@ def test_cuda_unsupported_size_raises_and_public_api_falls_back(cuda, monkeypatc
     with pytest.raises(NotImplementedError, match="unsupported size"):
         cuda.window_gru_forward(proj, pad, w, b, windows)
     # The next backend would be Triton where it runs; pin it to the reference, and count.
-    monkeypatch.delitem(ops._REGISTRY, "triton", raising=False)
-    ref = ops._REGISTRY["reference"]
+    monkeypatch.delitem(registry._REGISTRY, "triton", raising=False)
+    ref = registry._REGISTRY["reference"]
     fallbacks = []
     monkeypatch.setattr(ref, "memory_bank", lambda *args: fallbacks.append(args[0].device)
                         or reference.memory_bank(*args))
@@ -242,16 +243,16 @@ def fresh_cuda_backend(monkeypatch):
     ops.backends()
     if "cpu" not in ops.backends("cpu"):
         pytest.skip(f"the compiled extension is not built: {ops.backend_errors().get('cpu')}")
-    saved, errors = dict(ops._REGISTRY), dict(ops._LOAD_ERRORS)
+    saved, errors = dict(registry._REGISTRY), dict(registry._LOAD_ERRORS)
     monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", lambda op, key: True)
     try:
         registry.reload()
         yield extension
     finally:
-        ops._REGISTRY.clear()
-        ops._REGISTRY.update(saved)
-        ops._LOAD_ERRORS.clear()
-        ops._LOAD_ERRORS.update(errors)
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved)
+        registry._LOAD_ERRORS.clear()
+        registry._LOAD_ERRORS.update(errors)
 
 
 def test_cuda_backend_registers_and_falls_back(fresh_cuda_backend, monkeypatch):
@@ -260,7 +261,7 @@ def test_cuda_backend_registers_and_falls_back(fresh_cuda_backend, monkeypatch):
     (NotImplementedError, by type: a size that does not fit or no kernel image for the GPU),
     other errors passed through."""
     mod = fresh_cuda_backend
-    cuda = ops._REGISTRY["cuda"]
+    cuda = registry._REGISTRY["cuda"]
     assert cuda.devices == ("cuda",) and cuda.priority == 20 and cuda.implementation == "extension"
     assert cuda.supports is mod.kernels_support and cuda.refuses == (NotImplementedError,)
     assert ops.resolve_backend("extension", torch.device("cuda")) is cuda
@@ -271,7 +272,7 @@ def test_cuda_backend_registers_and_falls_back(fresh_cuda_backend, monkeypatch):
                         lambda spec, first, hidden, steps: first.dtype in mod._DTYPES)
     fallbacks = []
     for name in ("cpu", "reference"):
-        backend = ops._REGISTRY[name]
+        backend = registry._REGISTRY[name]
         monkeypatch.setitem(backend.functions, "agru", lambda *args, fn=backend.agru:
                             fallbacks.append(args[0].dtype) or fn(*args))
     x, attn = torch.randn(2, 4, 3, dtype=D64), torch.rand(2, 4, dtype=D64)

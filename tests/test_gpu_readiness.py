@@ -167,7 +167,7 @@ def test_graph_mode_matches_step_mode_on_cuda():
 def test_cuda_default_backend_per_shape_class(monkeypatch):
     """backend=None on CUDA follows ops.CUDA_CHOICE (a documented guess until measured), and
     falls back to the priority order for what is not registered."""
-    registry = dict(ops._REGISTRY)
+    registry = dict(ops.registry._REGISTRY)
     monkeypatch.setattr(ops.registry, "_REGISTRY", registry)
     monkeypatch.setitem(ops.CUDA_CHOICE, ("agru", "latency"), ("triton", "cuda"))  # vs priority
     for name, prio in (("cuda", 20), ("triton", 5)):

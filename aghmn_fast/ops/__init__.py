@@ -16,8 +16,8 @@ from typing import Optional, Sequence, Tuple
 
 from torch import Tensor
 
-from .registry import (CUDA_CHOICE, LATENCY_ROWS, _LOAD_ERRORS, _REGISTRY, Backend,  # noqa: F401
-                       backend_errors, backends, call, register_backend, resolve_backend)
+from .registry import (CUDA_CHOICE, LATENCY_ROWS, Backend, backend_errors, backends, call,
+                       register_backend, resolve_backend)
 from .validation import check_agru_args, check_memory_bank_args, check_window_gru_args
 
 __all__ = ["agru", "memory_bank", "window_gru", "backends", "register_backend", "backend_errors",

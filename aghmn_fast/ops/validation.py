@@ -50,11 +50,6 @@ def set_nan_check(enabled: bool) -> None:
     _nan_check = bool(enabled)
 
 
-def nan_check_enabled() -> bool:
-    """Whether op inputs are checked for NaN/Inf (see :func:`set_nan_check`)."""
-    return _nan_check
-
-
 def _tensor(name, t):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
