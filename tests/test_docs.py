@@ -1,6 +1,7 @@
 """The documentation's command lines and snippets work as written: every `pip install` line names
-extras that exist and builds the extension against the installed torch, and every README python
-snippet runs (those that need a server at least compile)."""
+extras that exist and builds the extension against the installed torch, every README python
+snippet runs (those that need a server at least compile), and every relative link (README,
+CONTRIBUTING, docs/, docs/results/) reaches its file and heading."""
 import re
 import shlex
 from pathlib import Path
@@ -100,3 +101,54 @@ def test_readme_python_snippets_run_as_written(where, body, tmp_path, monkeypatc
     tiny_checkpoint(tmp_path / "runs" / "bif-agru" / "best.pt")
     monkeypatch.chdir(tmp_path)
     exec(compile(body, where, "exec"), {"__name__": "__readme__"})
+
+
+# ---- links -------------------------------------------------------------------------------------
+
+LINKED_DOCS = DOCS + sorted((ROOT / "docs" / "results").glob("*.md"))
+_LINK = re.compile(r"!?\[[^\]\n]*\]\(([^)\s]+)\)")
+
+
+def _anchors(doc):
+    """GitHub's anchor of every heading of ``doc`` (lower case, punctuation dropped, spaces to
+    hyphens, repeats numbered)."""
+    seen, anchors = {}, set()
+    text = _FENCE.sub("", doc.read_text())
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchors.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def _relative_links():
+    """(where, target) of every relative Markdown link of the docs, outside code blocks."""
+    found = []
+    for doc in LINKED_DOCS:
+        text = _FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), doc.read_text())
+        for number, line in enumerate(text.splitlines(), 1):
+            for target in _LINK.findall(re.sub(r"`[^`\n]*`", "", line)):
+                if not re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, mailto:, ...
+                    found.append((f"{doc.relative_to(ROOT)}:{number}", doc, target))
+    return found
+
+
+def test_the_link_check_reads_anchors_as_github_does(tmp_path):
+    doc = tmp_path / "x.md"
+    doc.write_text("# Native runtime\n## Load test (code of ce9ce56, `quiet`)\n## Notes\n## Notes\n"
+                   "```\n# not a heading\n```\n")
+    assert _anchors(doc) == {"native-runtime", "load-test-code-of-ce9ce56-quiet", "notes", "notes-1"}
+
+
+def test_every_relative_link_of_the_docs_resolves():
+    links = _relative_links()
+    assert any("RESULTS.md#native-runtime" in target for _, _, target in links)  # the scan works
+    broken = []
+    for where, doc, target in links:
+        path, _, anchor = target.partition("#")
+        linked = (doc.parent / path).resolve() if path else doc
+        if not linked.exists():
+            broken.append(f"{where}: {target} (no such file)")
+        elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+            broken.append(f"{where}: {target} (no heading #{anchor})")
+    assert not broken, "\n".join(broken)
