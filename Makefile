@@ -9,11 +9,15 @@ DEMO_ARGS ?=
 .PHONY: install build test test-matrix demo bench bench-pytest wheel-smoke cmake-check lint runtime-check clean runtime-build runtime-wheel-smoke
 
 # The environment: torch and triton at the versions in constraints.txt (a CPU machine), the
-# package in editable mode with its test extras, as the README's install line does; the extension
-# is then built in place by `build` (incremental, ninja) rather than once more by pip.
-$(VENV)/.installed: pyproject.toml setup.py constraints.txt
+# server's distribution aghmn-fast-runtime (runtime/: the serving code, torch-free) with its serve
+# and ray extras, then the package in editable mode with its test extras, as the README's install
+# lines do (runtime first: aghmn-fast's [serve] and [ray] are aghmn-fast-runtime's, built from
+# this checkout, not fetched); the extension is then built in place by `build` (incremental,
+# ninja) rather than once more by pip.
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt runtime/pyproject.toml runtime/setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt torch "setuptools>=64" wheel ninja
+	$(PY) -m pip install -q -c constraints.txt torch "setuptools>=64" wheel ninja "pybind11>=2.12"
+	$(PY) -m pip install -q -c constraints.txt --no-build-isolation -e "./runtime[serve,ray]"
 	AGHMN_SKIP_EXT=1 $(PY) -m pip install -q -c constraints.txt --no-build-isolation -e ".[test]"
 	touch $@
 

@@ -44,6 +44,7 @@ from aghmn_fast.streaming import StreamingRecognizer
 from aghmn_fast.train import build_vocabulary, save_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE_PATH = os.pathsep.join([REPO, os.path.join(REPO, "runtime")])   # aghmn_fast, aghmn_runtime
 
 WORDS = ("okay so what do you mean by that i really do not know why you would say this to me "
          "oh my god that is amazing no way please stop it right now come on").split()
@@ -309,7 +310,7 @@ def main(argv=None) -> int:
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                         capture_output=True, text=True).stdout.strip(),
                "in_process": {}}
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=SOURCE_PATH + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
         for c in levels:
             results["in_process"][c] = r = in_process(checkpoint, texts, c, min(args.seconds, 10), args.threads)

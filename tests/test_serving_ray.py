@@ -9,16 +9,16 @@ import time
 import httpx
 import pytest
 
-from aghmn_fast.serving.app import ServeConfig
+from aghmn_runtime.serving.app import ServeConfig
 
-from serving_fixtures import (REPO, assert_matches_offline, free_port, offline_probabilities, recognizer_for,
+from serving_fixtures import (SOURCE_PATH, assert_matches_offline, free_port, offline_probabilities, recognizer_for,
                               redis_url, save_tiny_checkpoint, serve_command, stop_server,  # noqa: F401
                               stream_dialogues_http, synthetic_dialogues)
 
 
 def test_ray_app_needs_redis(tmp_path):
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
-    from aghmn_fast.serving.ray_app import build_app
+    from aghmn_runtime.serving.ray_app import build_app
 
     config = ServeConfig(checkpoint=str(tmp_path / "x.pt"))
     with pytest.raises(ValueError, match="--ray needs --redis"):
@@ -51,7 +51,7 @@ def test_ray_replica_killed_mid_run_is_exact(tmp_path, redis_url):  # noqa: F811
     base = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "ray.log", "w")
     proc = subprocess.Popen(serve_command(checkpoint, port, "--ray", "--replicas", "2", "--redis", redis_url),
-                            env=dict(os.environ, PYTHONPATH=REPO), cwd=str(tmp_path), stdout=log, stderr=log)
+                            env=dict(os.environ, PYTHONPATH=SOURCE_PATH), cwd=str(tmp_path), stdout=log, stderr=log)
     try:
         deadline = time.time() + 300
         pids = {}

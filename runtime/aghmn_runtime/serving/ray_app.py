@@ -1,4 +1,4 @@
-"""The serving app on Ray Serve: N replicas of :class:`~aghmn_fast.serving.app.ServingApp`, one
+"""The serving app on Ray Serve: N replicas of :class:`~aghmn_runtime.serving.app.ServingApp`, one
 Redis store shared by all of them, and conversation-affine routing.
 
 Routing: clients put the conversation id in the ``X-Session-Id`` header, and requests are
@@ -12,7 +12,7 @@ replica rebuilds the conversation from its last K texts in Redis (and a stale in
 detected by comparing counts with Redis). ``aghmn_conversation_lookups_total{source=...}`` counts
 memory hits and rebuilds per replica; responses carry ``"rebuilt": true`` when a rebuild happened.
 
-Use ``aghmn-fast serve --ray --redis redis://HOST:PORT ...`` or, from Python,
+Use ``aghmn-serve --ray`` (or ``aghmn-fast serve --ray`` --redis redis://HOST:PORT ...`` or, from Python,
 ``serve.run(build_app(config, replicas, redis_url), route_prefix="/")``.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import sys
 import threading
 from typing import Optional
 
@@ -44,7 +45,7 @@ def build_app(config, replicas: int = 2, redis_url: Optional[str] = None, max_on
     """The bound Ray Serve application (pass it to ``serve.run``).
 
     Args:
-        config: a :class:`~aghmn_fast.serving.app.ServeConfig`; its ``state`` is replaced by
+        config: a :class:`~aghmn_runtime.serving.app.ServeConfig`; its ``state`` is replaced by
             ``redis_url``.
         replicas: number of replicas.
         redis_url: the shared store (required: replicas must see each other's conversations).
@@ -79,12 +80,23 @@ def build_app(config, replicas: int = 2, redis_url: Optional[str] = None, max_on
     return deployment.bind(options)
 
 
+def package_roots() -> list:
+    """The folders the driver imports ``aghmn_runtime`` (and ``aghmn_fast``, when imported: the
+    torch engine) from."""
+    roots = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
+    torch_engine = sys.modules.get("aghmn_fast")
+    if torch_engine is not None and getattr(torch_engine, "__file__", None):
+        roots.append(os.path.dirname(os.path.dirname(os.path.abspath(torch_engine.__file__))))
+    return roots
+
+
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": "hdr(x-session-id)"}
 
 
 def run_ray(config, replicas: int, redis_url: Optional[str], address: Optional[str] = None,
-            proxy: str = "haproxy") -> int:
-    """Start (or join) Ray, deploy, and serve on ``config.host:config.port`` until SIGINT/SIGTERM."""
+            proxy: str = "haproxy", prog: str = "aghmn-fast serve") -> int:
+    """Start (or join) Ray, deploy, and serve on ``config.host:config.port`` until SIGINT/SIGTERM
+    (``prog`` names the command in the line that says where it listens)."""
     if proxy == "haproxy":
         # read by Serve's controller and proxies, which inherit the environment of the Ray
         # processes this driver starts (set them on the cluster when joining one)
@@ -93,15 +105,14 @@ def run_ray(config, replicas: int, redis_url: Optional[str], address: Optional[s
     from ray import serve
 
     app = build_app(config, replicas, redis_url, proxy=proxy)
-    # the replicas must import this package as the driver does
-    pythonpath = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), os.environ.get("PYTHONPATH")) if p)
+    # the replicas must import this package (and the torch engine's, when loaded) as the driver does
+    pythonpath = os.pathsep.join(p for p in (*package_roots(), os.environ.get("PYTHONPATH")) if p)
     env = {"PYTHONPATH": pythonpath, **(HAPROXY_ENV if proxy == "haproxy" else {})}
     ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(app, name="aghmn", route_prefix="/")
-        print(f"aghmn-fast serve: Ray Serve on http://{config.host}:{config.port} with {replicas} "
+        print(f"{prog}: Ray Serve on http://{config.host}:{config.port} with {replicas} "
               f"replica(s) behind the {proxy} proxy, store {redis_url}; route with the "
               f"{SESSION_HEADER} header", flush=True)
         stop = threading.Event()
