@@ -17,11 +17,14 @@ Use ``aghmn-serve --ray`` (or ``aghmn-fast serve --ray`` --redis redis://HOST:PO
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
 import signal
 import sys
 import threading
+import time
 from typing import Optional
 
 ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
@@ -76,7 +79,7 @@ def build_app(config, replicas: int = 2, redis_url: Optional[str] = None, max_on
     deployment = serve.deployment(
         serve.ingress()(AGHMNReplica), name="aghmn", num_replicas=replicas,
         max_ongoing_requests=max_ongoing, ray_actor_options={"num_cpus": cpus_per_replica},
-        health_check_period_s=2, health_check_timeout_s=10, graceful_shutdown_timeout_s=30, **routing)
+        health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=30, **routing)
     return deployment.bind(options)
 
 
@@ -91,35 +94,166 @@ def package_roots() -> list:
 
 
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": "hdr(x-session-id)"}
+#: Ray Serve settings for the processes this driver starts, unless set already (the user's win):
+#: - the proxies' readiness and health checks wait 30 s, not 5 s and 10 s: on a loaded machine
+#:   (load average 4 on 2 cores) a proxy missed 5 s three times, was killed, and the start
+#:   failed with ActorDiedError;
+#: - a replica behind HAProxy stays reachable for 2 s once told to stop, not 30 s: that window
+#:   lets HAProxy deregister one replica of a running deployment, but the CLI only stops the
+#:   whole deployment, ingress included, so stopping took over 30 s ("Controller failed to shut
+#:   down within 30.0s") for nothing.
+RAY_ENV_DEFAULTS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+                    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+#: Seconds the CLI waits for the deployment to answer /readyz through its ingress
+#: ($AGHMN_RAY_START_TIMEOUT overrides).
+START_TIMEOUT_S = 300.0
+
+
+class RayStartError(RuntimeError):
+    """Ray Serve did not start; the message names the cause in one line."""
 
 
 def run_ray(config, replicas: int, redis_url: Optional[str], address: Optional[str] = None,
             proxy: str = "haproxy", prog: str = "aghmn-fast serve") -> int:
-    """Start (or join) Ray, deploy, and serve on ``config.host:config.port`` until SIGINT/SIGTERM
-    (``prog`` names the command in the line that says where it listens)."""
+    """Start (or join) Ray, deploy, and serve on ``config.host:config.port`` until SIGINT/SIGTERM;
+    returns the exit code.
+
+    The line that says where it listens (``prog``: the command's name) is printed once the
+    deployment answers ``/readyz`` through its ingress. A start that fails (Ray, the replicas,
+    the proxy, or no answer within ``$AGHMN_RAY_START_TIMEOUT`` seconds, default 300) is one
+    line ``PROG: error: Ray Serve did not start: ...`` and exit 1. SIGINT and SIGTERM, while
+    starting or serving, stop the deployment (replicas drain) and Ray, and exit 0.
+    """
     if proxy == "haproxy":
         # read by Serve's controller and proxies, which inherit the environment of the Ray
         # processes this driver starts (set them on the cluster when joining one)
         os.environ.update(HAPROXY_ENV)
+    tuning = {k: v for k, v in RAY_ENV_DEFAULTS.items() if k not in os.environ}
+    os.environ.update(tuning)
+    timeout = float(os.environ.get("AGHMN_RAY_START_TIMEOUT", START_TIMEOUT_S))
+    from .cli import bind_socket
+    bind_socket(config.host, config.port).close()   # a port in use: one line, exit 2, before Ray starts
+    # Ray's native failure-signal handler, installed in this driver by ray.init, turns a SIGTERM
+    # into a stack dump and an abort (exit 134): off in the driver (read when ray is imported),
+    # left on in the Ray processes it starts (which do not inherit the variable)
+    disabled = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER" not in os.environ
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     import ray
     from ray import serve
+    if disabled:
+        del os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"]
 
     app = build_app(config, replicas, redis_url, proxy=proxy)
     # the replicas must import this package (and the torch engine's, when loaded) as the driver does
     pythonpath = os.pathsep.join(p for p in (*package_roots(), os.environ.get("PYTHONPATH")) if p)
-    env = {"PYTHONPATH": pythonpath, **(HAPROXY_ENV if proxy == "haproxy" else {})}
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    env = {"PYTHONPATH": pythonpath, **tuning, **(HAPROXY_ENV if proxy == "haproxy" else {})}
+    stop = threading.Event()
+    # from here on SIGINT and SIGTERM only ask to stop; ray.init would replace the SIGTERM
+    # handler with its own (sys.exit in the middle of its start: a segfault in the shutdown that
+    # follows), so it is kept from doing so while it runs
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": config.host, "port": config.port})
-        serve.run(app, name="aghmn", route_prefix="/")
-        print(f"{prog}: Ray Serve on http://{config.host}:{config.port} with {replicas} "
-              f"replica(s) behind the {proxy} proxy, store {redis_url}; route with the "
-              f"{SESSION_HEADER} header", flush=True)
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        stop.wait()
+        with _keep_signal_handlers(ray):
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    except Exception as exc:  # noqa: BLE001 - one line naming the cause, not a traceback
+        ray.shutdown()
+        return _start_failed(prog, f"Ray did not start: {_cause(exc)}")
+    try:
+        try:
+            _deploy(serve, app, config, stop, timeout)
+        except RayStartError as exc:
+            return _start_failed(prog, str(exc))
+        if not stop.is_set():
+            print(f"{prog}: Ray Serve on http://{config.host}:{config.port} with {replicas} "
+                  f"replica(s) behind the {proxy} proxy, store {redis_url}; route with the "
+                  f"{SESSION_HEADER} header", flush=True)
+            stop.wait()
         serve.shutdown()
     finally:
         ray.shutdown()
     return 0
+
+
+@contextlib.contextmanager
+def _keep_signal_handlers(ray):
+    """Keep ray.init from installing its own SIGTERM handlers (``ray._private.utils.
+    set_sigterm_handler``, in the driver and for the local node it starts)."""
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    original = getattr(utils, "set_sigterm_handler", None)
+    if original is None:
+        yield
+        return
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = original
+
+
+def _deploy(serve, app, config, stop: threading.Event, timeout: float) -> None:
+    """Start Serve and the application on a helper thread (so that a signal can stop a start in
+    progress), then wait until the ingress answers /readyz; raises :class:`RayStartError`."""
+    failure = []
+
+    def start():
+        try:
+            serve.start(http_options={"host": config.host, "port": config.port})
+            serve.run(app, name="aghmn", route_prefix="/")
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failure.append(exc)
+
+    starter = threading.Thread(target=start, name="aghmn-ray-start", daemon=True)
+    starter.start()
+    deadline = time.monotonic() + timeout
+    while starter.is_alive() and not stop.is_set():
+        if time.monotonic() > deadline:
+            raise RayStartError(f"the application was not running within {timeout:g} s{_load()}")
+        starter.join(0.2)
+    if stop.is_set():
+        return
+    if failure:
+        raise RayStartError(f"{_cause(failure[0])}{_load()}")
+    probe = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+    while not stop.is_set():
+        if _ready(probe, config.port):
+            return
+        if time.monotonic() > deadline:
+            raise RayStartError(f"the ingress on {config.host}:{config.port} did not answer /readyz within "
+                                f"{timeout:g} s{_load()}")
+        stop.wait(0.2)
+
+
+def _ready(host: str, port: int) -> bool:
+    import http.client
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("GET", "/readyz", headers={SESSION_HEADER: "aghmn-ray-start"})
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def _cause(exc: BaseException) -> str:
+    """``Type: first line`` of the innermost error (a Ray task's error wraps its cause in a
+    multi-line, coloured message)."""
+    while isinstance(getattr(exc, "cause", None), BaseException):
+        exc = exc.cause
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0].strip() if lines else type(exc).__name__}"
+
+
+def _load() -> str:
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return ""
+    return f" (load average {load:.1f} on {os.cpu_count()} CPUs; Serve's logs: /tmp/ray/session_latest/logs/serve)"
+
+
+def _start_failed(prog: str, why: str) -> int:
+    print(f"{prog}: error: Ray Serve did not start: {why}", file=sys.stderr, flush=True)
+    return 1
