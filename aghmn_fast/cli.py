@@ -343,8 +343,12 @@ def _add_serve(sub) -> None:
     except ImportError as exc:
         if missing_module(exc) != "aghmn_runtime":
             raise
-        p = sub.add_parser("serve", help="serve a model over HTTP and WebSocket (needs the [serve] extra)")
-        p.add_argument("options", nargs=argparse.REMAINDER)
+        # no option prefix: every argument is taken as is, so that any serve command line gets
+        # the one line below, not "unrecognized arguments"
+        p = sub.add_parser("serve", help="serve a model over HTTP and WebSocket (needs the [serve] extra)",
+                           prefix_chars="\0", add_help=False)
+        p.add_argument("options", nargs="*")
+        p.set_defaults(debug=False)
 
         def serve_missing(args):
             raise ImportError("aghmn-fast serve needs the server of the aghmn-fast-runtime distribution",
@@ -373,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         COMMANDS.update(module.COMMANDS)
     _add_serve(sub)
     for command in sub.choices.values():
+        if "-" not in command.prefix_chars:   # the serve that only says how to install it
+            continue
         command.add_argument("--debug", action="store_true",
                              help="show the full traceback of an error (also: AGHMN_DEBUG=1)")
     return parser
