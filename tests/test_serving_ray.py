@@ -141,8 +141,8 @@ def test_ray_replica_killed_mid_run_is_exact(tmp_path, redis_url, engine):  # no
 
 @pytest.mark.slow
 def test_ray_start_that_fails_is_one_line(tmp_path, redis_url):  # noqa: F811
-    """A start that does not finish in time: one line naming the cause, exit 1, nothing left
-    running; a port in use: one line, exit 2, before Ray starts."""
+    """A start that does not finish in time, or whose replicas fail (a store of another model):
+    one line naming the cause, exit 1; a port in use: one line, exit 2, before Ray starts."""
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny.pt", window=4)
     port = free_port()
@@ -154,6 +154,15 @@ def test_ray_start_that_fails_is_one_line(tmp_path, redis_url):  # noqa: F811
     assert len(ours) == 1 and ours[0].startswith("aghmn-fast serve: error: Ray Serve did not start: "
                                                  "the application was not running within 0.5 s (load average"), out
     assert "Traceback" not in out and "ActorDiedError" not in out, out
+    from aghmn_runtime.serving.redis_store import RedisStore
+    RedisStore(redis_url, window=7)   # the store now belongs to a model with K = 7
+    proc = _start_ray(tmp_path, checkpoint, free_port(), "--replicas", "1", "--redis", redis_url)
+    assert proc.wait(300) == 1
+    out = (tmp_path / "ray.log").read_text()
+    ours = [line for line in out.splitlines() if line.startswith("aghmn-fast serve:")]
+    assert len(ours) == 1 and ours[0].startswith(
+        "aghmn-fast serve: error: Ray Serve did not start: a replica failed: ValueError: the Redis store at "
+        f"{redis_url} (prefix 'aghmn:') holds conversations of a model with window K=7, this model has K=4"), out
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

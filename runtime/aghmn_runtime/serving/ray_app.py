@@ -213,7 +213,7 @@ def _deploy(serve, app, config, stop: threading.Event, timeout: float) -> None:
     if stop.is_set():
         return
     if failure:
-        raise RayStartError(f"{_cause(failure[0])}{_load()}")
+        raise RayStartError(f"{_replica_error(serve) or _cause(failure[0])}{_load()}")
     probe = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
     while not stop.is_set():
         if _ready(probe, config.port):
@@ -222,6 +222,18 @@ def _deploy(serve, app, config, stop: threading.Event, timeout: float) -> None:
             raise RayStartError(f"the ingress on {config.host}:{config.port} did not answer /readyz within "
                                 f"{timeout:g} s{_load()}")
         stop.wait(0.2)
+
+
+def _replica_error(serve) -> Optional[str]:
+    """The error a replica's constructor raised (the last ``Name: message`` line of the
+    deployment's status message), e.g. a store of another model; None if there is none."""
+    try:
+        deployments = serve.status().applications["aghmn"].deployments.values()
+        message = "\n".join(d.message or "" for d in deployments)
+    except Exception:  # noqa: BLE001 - Serve may be half started: fall back to the start's error
+        return None
+    errors = re.findall(r"^\s*((?:\w+\.)*\w*(?:Error|Exception)\b: .+)$", re.sub(r"\x1b\[[0-9;]*m", "", message), re.M)
+    return f"a replica failed: {errors[-1].strip()}" if errors else None
 
 
 def _ready(host: str, port: int) -> bool:
