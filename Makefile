@@ -6,14 +6,18 @@ PY := $(VENV)/bin/python
 DATA ?= $(or $(AGHMN_DATA),../shared/data/meld)
 DEMO_ARGS ?=
 
-.PHONY: install build test test-matrix demo bench bench-pytest wheel-smoke cmake-check lint runtime-check clean runtime-build runtime-wheel-smoke
+.PHONY: install build test test-matrix demo bench bench-pytest wheel-smoke cmake-check lint runtime-check clean runtime-build runtime-wheel-smoke runtime-ray-smoke
 
 # The environment: torch and triton at the versions in constraints.txt (a CPU machine), the
-# package in editable mode with its test extras, as the README's install line does; the extension
-# is then built in place by `build` (incremental, ninja) rather than once more by pip.
-$(VENV)/.installed: pyproject.toml setup.py constraints.txt
+# server's distribution aghmn-fast-runtime (runtime/: the serving code, torch-free) with its serve
+# and ray extras, then the package in editable mode with its test extras, as the README's install
+# lines do (runtime first: aghmn-fast's [serve] and [ray] are aghmn-fast-runtime's, built from
+# this checkout, not fetched); the extension is then built in place by `build` (incremental,
+# ninja) rather than once more by pip.
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt runtime/pyproject.toml runtime/setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt torch "setuptools>=64" wheel ninja
+	$(PY) -m pip install -q -c constraints.txt torch "setuptools>=64" wheel ninja "pybind11>=2.12"
+	$(PY) -m pip install -q -c constraints.txt --no-build-isolation -e "./runtime[serve,ray]"
 	AGHMN_SKIP_EXT=1 $(PY) -m pip install -q -c constraints.txt --no-build-isolation -e ".[test]"
 	touch $@
 
@@ -55,12 +59,17 @@ wheel-smoke: build
 	.ci/wheel_smoke.sh $(PY)
 
 # The torch-free runtime's Python module (aghmn_runtime) built in place in runtime/, and its wheel
-# (aghmn-fast-runtime) installed into a fresh venv and smoke-tested there, torch absent.
+# (aghmn-fast-runtime) installed into a fresh venv and smoke-tested there, torch absent (with its
+# [serve] extra: aghmn-serve, and the venv's size).
 runtime-build: install
 	cd runtime && $(abspath $(PY)) setup.py -q build_ext --inplace
 
 runtime-wheel-smoke: build
 	.ci/runtime_wheel_smoke.sh $(PY)
+
+# The torch-free Ray install: the runtime wheel with [ray] in a fresh venv, aghmn-serve --ray there.
+runtime-ray-smoke: build
+	.ci/runtime_ray_smoke.sh $(PY)
 
 # Framework-free kernel core (and CUDA with nvcc when present): a compile check, no torch.
 cmake-check:

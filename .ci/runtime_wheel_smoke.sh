@@ -2,10 +2,13 @@
 # The runtime wheel as a user installs it: build aghmn-fast-runtime (runtime/), check its size
 # (<= 2 MB), install it with its one dependency (numpy) into a fresh venv outside the
 # repository, check torch is not installed there, and run .ci/runtime_smoke.py there on a tiny
-# model exported by this checkout.
+# model exported by this checkout. Then the torch-free server: the same wheel with its [serve]
+# extra (aghmn-serve), still no torch, the venv's site-packages at most 150 MB (numpy
+# included), and .ci/serve_smoke.py (aghmn-serve serves the tiny model, refuses the checkpoint).
 # Usage: .ci/runtime_wheel_smoke.sh [PYTHON of the development venv, default .venv/bin/python]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REPO=$(pwd)
 PY=${1:-.venv/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -16,6 +19,7 @@ echo "built $(basename "$WHEEL"): $SIZE bytes"
 [ "$SIZE" -le 2097152 ] || { echo "the runtime wheel is over 2 MB"; exit 1; }
 "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); import runtime_common as c; \
 c.export(c.tiny_checkpoint(sys.argv[1]), sys.argv[2])" "$WORK/tiny.pt" "$WORK/tiny.aghmn"
+unset PYTHONPATH   # the fresh venv imports what it installed, never this checkout
 python3 -m venv "$WORK/venv"
 "$WORK/venv/bin/python" -m pip install -q "$WHEEL"
 if "$WORK/venv/bin/python" -m pip show torch >/dev/null 2>&1; then
@@ -24,3 +28,13 @@ fi
 cp .ci/runtime_smoke.py "$WORK/runtime_smoke.py"
 cd "$WORK"
 "$WORK/venv/bin/python" runtime_smoke.py "$WORK/tiny.aghmn"
+"$WORK/venv/bin/python" -m pip install -q "$WHEEL[serve]"
+if "$WORK/venv/bin/python" -m pip show torch >/dev/null 2>&1; then
+    echo "torch was installed with aghmn-fast-runtime[serve]"; exit 1
+fi
+SITE=$("$WORK/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+SITE_BYTES=$(du -sb "$SITE" | cut -f1)
+echo "aghmn-fast-runtime[serve]: site-packages $SITE_BYTES bytes ($((SITE_BYTES / 1000000)) MB)"
+[ "$SITE_BYTES" -le 150000000 ] || { echo "the torch-free server install is over 150 MB"; exit 1; }
+cp "$REPO/.ci/serve_smoke.py" "$WORK/serve_smoke.py"
+"$WORK/venv/bin/python" serve_smoke.py "$WORK/tiny.aghmn" "$WORK/tiny.pt"

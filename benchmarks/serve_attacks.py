@@ -28,7 +28,8 @@ import time
 from typing import Callable, List, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
+SOURCE_PATH = os.pathsep.join([REPO, os.path.join(REPO, "runtime")])   # aghmn_fast, aghmn_runtime
+sys.path[:0] = [REPO, os.path.join(REPO, "runtime"), os.path.join(REPO, "tests")]
 
 import httpx  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
@@ -45,7 +46,7 @@ class Server:
     def __init__(self, checkpoint: str, state: str, *extra: str):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, PYTHONPATH=SOURCE_PATH + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("AGHMN_SERVE_TOKEN", None)
         self.proc = subprocess.Popen(serve_command(checkpoint, self.port, "--state", state, *extra),
                                      env=env, cwd=REPO, stdout=subprocess.DEVNULL,
@@ -331,7 +332,7 @@ def case_ws_sigterm(ckpt: str, tmp: str) -> Tuple[str, bool]:
 
 
 def case_empty_token(ckpt: str, tmp: str) -> Tuple[str, bool]:
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = dict(os.environ, PYTHONPATH=SOURCE_PATH)
     env.pop("AGHMN_SERVE_TOKEN", None)
     port = free_port()
     p = subprocess.Popen(serve_command(ckpt, port, "--state", "memory", "--token", ""), env=env, cwd=REPO,
@@ -361,7 +362,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="aghmn-attacks-") as tmp:
         ckpt = args.checkpoint or save_tiny_checkpoint(os.path.join(tmp, "tiny.pt"), window=4)
         help_text = subprocess.run(serve_command(ckpt, 0, "--help"), capture_output=True, text=True,
-                                   env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO).stdout
+                                   env=dict(os.environ, PYTHONPATH=SOURCE_PATH), cwd=REPO).stdout
         extra = [x for k, v in LIMITS.items() if k in help_text for x in (k, v)]
         print(f"# server options: {' '.join(extra) or '(defaults)'}", flush=True)
         failures = 0

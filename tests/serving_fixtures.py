@@ -23,6 +23,9 @@ from aghmn_fast.streaming import StreamingRecognizer
 from aghmn_fast.train import build_vocabulary, encode_dialogues, predict, save_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# what a subprocess of the tests imports from: this checkout's aghmn_fast and aghmn_runtime (the
+# server's package, in runtime/), ahead of anything installed
+SOURCE_PATH = os.pathsep.join([REPO, os.path.join(REPO, "runtime")])
 WORDS = ("hi hello yes no okay what why really great terrible sorry thanks love hate you me we "
          "they it this that is was not very so the a ! ? . , oh wow fine bad good happy sad").split()
 
@@ -143,7 +146,7 @@ def serve_command(checkpoint: str, port: int, *extra: str) -> List[str]:
 def start_server(checkpoint: str, *extra: str, env: Optional[dict] = None):
     """Start ``aghmn-fast serve`` in a subprocess; returns (process, base URL) once it listens."""
     port = free_port()
-    full_env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    full_env = dict(os.environ, PYTHONPATH=SOURCE_PATH + os.pathsep + os.environ.get("PYTHONPATH", ""),
                     **(env or {}))
     proc = subprocess.Popen(serve_command(checkpoint, port, *extra), env=full_env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -168,7 +171,7 @@ def stop_server(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30.
 
 def make_serving(checkpoint: str, tmp_path, **options):
     """A ServingApp of the checkpoint (SQLite state in ``tmp_path`` unless ``state`` is given)."""
-    from aghmn_fast.serving.app import ServeConfig, ServingApp
+    from aghmn_runtime.serving.app import ServeConfig, ServingApp
 
     options.setdefault("state", str(tmp_path / "state.db"))
     return ServingApp(ServeConfig(checkpoint=checkpoint, **options))
@@ -178,7 +181,7 @@ def make_serving(checkpoint: str, tmp_path, **options):
 def running_app(serving, handle: Optional[dict] = None):
     """Serve a ServingApp with uvicorn on a free loopback port in a thread; yields the base URL
     (``handle["server"]``, when given, is the uvicorn server: set its ``should_exit`` to drain)."""
-    from aghmn_fast.serving.cli import bind_socket, build_server
+    from aghmn_runtime.serving.cli import bind_socket, build_server
 
     sock = bind_socket("127.0.0.1", 0)
     server = build_server(serving)

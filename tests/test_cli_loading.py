@@ -22,7 +22,7 @@ def test_a_broken_subcommand_module_is_an_error_not_a_missing_command(monkeypatc
 
 def test_a_missing_optional_extra_is_one_clean_line(monkeypatch, capsys, tmp_path):
     for name in [m for m in sys.modules if m == "starlette" or m.startswith("starlette.")
-                 or m == "aghmn_fast.serving.app"]:
+                 or m == "aghmn_runtime.serving.app"]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "starlette", None)  # importing it raises ImportError
     code = cli.main(["serve", "--checkpoint", str(tmp_path / "m.pt")])

@@ -62,12 +62,19 @@ def test_every_install_line_in_the_docs_works_as_written(where, argv):
             for extra in filter(None, (local.group(1) or "").split(",")):
                 assert extra in extras, f"{where}: no extra [{extra}] in pyproject.toml"
             continue
-        if target.endswith(".whl"):  # a wheel an earlier line of the same doc builds
+        # a wheel an earlier line of the same doc builds, maybe found by "$(ls dist/NAME-*.whl)[extra]"
+        wheel = re.fullmatch(r"(?:\$\(ls )?([^()\[\]]+\.whl)\)?(?:\[([\w,-]+)\])?", target)
+        if wheel:
             assert any(a.endswith(("wheel", "-w")) for _, a2 in INSTALLS if _.split(":")[0] == where.split(":")[0]
                        for a in a2), f"{where}: no line builds {target}"
+            project = ROOT / ("runtime" if "aghmn_fast_runtime" in wheel.group(1) else ".")
+            _assert_extras(where, project, wheel.group(2))
             continue
-        if target.startswith("./"):  # another distribution of this repository (e.g. ./runtime)
-            assert (ROOT / target / "pyproject.toml").is_file(), f"{where}: {target} is no project"
+        # another distribution of this repository (e.g. ./runtime), maybe with extras
+        other = re.fullmatch(r"(\./[\w/.-]+?)(?:\[([\w,-]+)\])?", target)
+        if other:
+            assert (ROOT / other.group(1) / "pyproject.toml").is_file(), f"{where}: {target} is no project"
+            _assert_extras(where, ROOT / other.group(1), other.group(2))
             continue
         requirement = Requirement(target)  # a PyPI requirement: it must at least parse
         if requirement.name == "torch":
@@ -75,6 +82,13 @@ def test_every_install_line_in_the_docs_works_as_written(where, argv):
                              if Requirement(r).name == "torch")
             pinned = [s.version for s in requirement.specifier if s.operator == "=="]
             assert all(v in supported.specifier for v in pinned), f"{where}: torch {pinned}"
+
+
+def _assert_extras(where, project: Path, extras) -> None:
+    """Every extra of a comma-separated list (or None) is one of ``project``'s pyproject.toml."""
+    declared = tomllib.loads((project / "pyproject.toml").read_text())["project"].get("optional-dependencies", {})
+    for extra in filter(None, (extras or "").split(",")):
+        assert extra in declared, f"{where}: no extra [{extra}] in {project.name}/pyproject.toml"
 
 
 def _snippets(doc, language="python"):

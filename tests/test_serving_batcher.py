@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from aghmn_fast.serving.batcher import MicroBatcher, Overloaded
+from aghmn_runtime.serving.batcher import MicroBatcher, Overloaded
 
 
 def _recorder(delay=0.0):

@@ -8,11 +8,11 @@ import time
 import pytest
 import torch
 
-from aghmn_fast.serving.engine import ConversationEngine, ServingError, check_conversation_id, check_text
-from aghmn_fast.serving.store import MemoryStore, SQLiteStore, StoreConflict
+from aghmn_runtime.serving.engine import ConversationEngine, ServingError, check_conversation_id, check_text
+from aghmn_runtime.serving.store import MemoryStore, SQLiteStore, StoreConflict
 from aghmn_fast.streaming import StreamingRecognizer
 
-from serving_fixtures import (REPO, assert_matches_offline, meld_model, meld_test_third, offline_probabilities,
+from serving_fixtures import (SOURCE_PATH, assert_matches_offline, meld_model, meld_test_third, offline_probabilities,
                               redis_url, synthetic_dialogues, tiny_model)  # noqa: F401 (fixture)
 
 
@@ -91,10 +91,10 @@ def test_engine_equals_offline_with_restarts_on_sqlite(tmp_path):
 def test_sqlite_survives_a_killed_writer(tmp_path):
     """What a kill -9 leaves: committed appends, no close (the WAL is not checkpointed)."""
     path = str(tmp_path / "state.db")
-    code = ("import os, sys; from aghmn_fast.serving.store import SQLiteStore; s = SQLiteStore(sys.argv[1], 3); "
+    code = ("import os, sys; from aghmn_runtime.serving.store import SQLiteStore; s = SQLiteStore(sys.argv[1], 3); "
             "s.append([('a', 0, 'one'), ('a', 1, 'two'), ('b', 0, 'x')]); s.append([('a', 2, 'three'), "
             "('a', 3, 'four')]); os._exit(0)")
-    subprocess.run([sys.executable, "-c", code, path], check=True, env=dict(os.environ, PYTHONPATH=REPO))
+    subprocess.run([sys.executable, "-c", code, path], check=True, env=dict(os.environ, PYTHONPATH=SOURCE_PATH))
     store = SQLiteStore(path, 3)
     assert store.load(["a", "b", "c"]) == {"a": (4, ["one", "two", "three", "four"]), "b": (1, ["x"])}
     assert sorted(store.ids()) == ["a", "b"]
@@ -176,7 +176,7 @@ def test_bad_items_are_refused_alone():
 def test_shared_redis_store_across_engines_is_exact(redis_url):
     """Two engines over one Redis (two replicas): a conversation moving between them, and back to
     a stale copy, still gives the offline predictions; a stale append is refused."""
-    from aghmn_fast.serving.redis_store import RedisStore
+    from aghmn_runtime.serving.redis_store import RedisStore
 
     model = tiny_model(window=4)
     dialogues = synthetic_dialogues(30, seed=2)
@@ -194,7 +194,7 @@ def test_shared_redis_store_across_engines_is_exact(redis_url):
 
 
 def test_redis_ttl_and_delete(redis_url):
-    from aghmn_fast.serving.redis_store import RedisStore
+    from aghmn_runtime.serving.redis_store import RedisStore
 
     store = RedisStore(redis_url, 2, ttl_seconds=1)
     store.append([("a", 0, "w"), ("a", 1, "x"), ("a", 2, "y"), ("a", 3, "z")])

@@ -10,11 +10,11 @@ import time
 import httpx
 import pytest
 
-from aghmn_fast.serving.app import ServingApp
-from aghmn_fast.serving.batcher import MicroBatcher, Overloaded
-from aghmn_fast.serving.cli import add_parser, config_from_args
-from aghmn_fast.serving.engine import ConversationEngine, ServingError, check_conversation_id
-from aghmn_fast.serving.store import MemoryStore, SQLiteStore
+from aghmn_runtime.serving.app import ServingApp
+from aghmn_runtime.serving.batcher import MicroBatcher, Overloaded
+from aghmn_runtime.serving.cli import add_parser, config_from_args
+from aghmn_runtime.serving.engine import ConversationEngine, ServingError, check_conversation_id
+from aghmn_runtime.serving.store import MemoryStore, SQLiteStore
 from aghmn_fast.streaming import StreamingRecognizer
 
 from serving_fixtures import make_serving, running_app, save_tiny_checkpoint, tiny_model

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from serving_fixtures import (REPO, assert_matches_offline, free_port, offline_probabilities, recognizer_for,
+from serving_fixtures import (REPO, SOURCE_PATH, assert_matches_offline, free_port, offline_probabilities, recognizer_for,
                               save_tiny_checkpoint, serve_command, stop_server, stream_dialogues_http,
                               synthetic_dialogues, wait_for_port)
 
@@ -23,7 +23,7 @@ def checkpoint(tmp_path_factory):
 
 
 def _env():
-    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(os.environ, PYTHONPATH=SOURCE_PATH + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def _start(checkpoint, port, state, *extra):

@@ -1,6 +1,6 @@
 """Checkpoint files: a trained model with its configuration, vocabulary and label names.
 
-Inference (``aghmn_fast.streaming``, ``aghmn_fast.serving``) loads models through this module,
+Inference (``aghmn_fast.streaming``, ``aghmn_runtime.serving``) loads models through this module,
 never through :mod:`aghmn_fast.train`.
 """
 from __future__ import annotations

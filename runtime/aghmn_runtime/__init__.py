@@ -20,8 +20,6 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-from . import _native
-
 __all__ = ["Prediction", "StreamingRecognizer", "normalize", "__version__"]
 __version__ = "0.1.0"
 
@@ -42,10 +40,17 @@ class Prediction:
                 "probabilities": self.probabilities, "latency_ms": round(self.latency_ms, 4)}
 
 
+def _native_module():
+    # imported on first use: `import aghmn_runtime.serving` (the server, its CLI and tests of a
+    # torch checkpoint) needs no compiled module until a .aghmn model is loaded
+    from . import _native
+    return _native
+
+
 def normalize(text: str) -> str:
     """The authors' text normalisation (``aghmn_fast.data.text.normalize``): lower case, accents
     stripped (NFD), every character outside [a-z!?] a space, spaces collapsed and stripped."""
-    return _native.normalize(text)
+    return _native_module().normalize(text)
 
 
 def _existing_file(path, what: str) -> str:
@@ -72,8 +77,9 @@ class StreamingRecognizer:
     """
 
     def __init__(self, path):
-        self._model = _native.Model(_existing_file(path, "model file"))
-        self._session = _native.Session(self._model)
+        native = _native_module()
+        self._model = native.Model(_existing_file(path, "model file"))
+        self._session = native.Session(self._model)
         self.labels: List[str] = self._model.labels
         self.label_names = self.labels   # the name aghmn_fast's recognizer uses
         self.window: int = self._model.window

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmar
 from runtime_common import REPO, RUNTIME_DIR, export, import_runtime, tiny_checkpoint  # noqa: E402
 from serving_fixtures import free_port  # noqa: E402
 
-from aghmn_fast.serving.recognizers import Recognizer, load_recognizer  # noqa: E402
+from aghmn_runtime.serving.recognizers import Recognizer, load_recognizer  # noqa: E402
 from aghmn_fast.streaming import StreamingRecognizer  # noqa: E402
 
 
@@ -95,8 +95,12 @@ def test_engine_choice_errors(model, monkeypatch):
     path, _ = model
     with pytest.raises(ValueError, match="native runtime"):
         load_recognizer(path, backend="cpu")
-    monkeypatch.setitem(sys.modules, "aghmn_runtime", None)   # the wheel not installed
-    with pytest.raises(ImportError, match="aghmn-fast-runtime"):
-        load_recognizer(path)
+    _, ckpt = model
+    # the torch-free install: a checkpoint is one clear error naming both ways out
+    monkeypatch.setitem(sys.modules, "aghmn_fast.serving_engine", None)
+    with pytest.raises(ImportError, match="needs aghmn-fast .* installed; or export it with `aghmn-fast export") as caught:
+        load_recognizer(ckpt)
+    assert ckpt in str(caught.value) and "\n" not in str(caught.value)
+    assert type(load_recognizer(path)).__module__ == "aghmn_runtime"   # .aghmn files need no plug-in
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_recognizer(path + ".missing")

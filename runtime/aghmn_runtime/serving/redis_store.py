@@ -4,7 +4,7 @@ Per conversation two keys: ``{prefix}n:{id}`` (the utterance count) and ``{prefi
 of its last K + 1 texts); a sorted set ``{prefix}ids`` scores every id by its last activity. A batch
 is appended by one Lua script, atomically and only if every stored count equals the index the
 replica computed: a replica whose in-memory copy is stale can never interleave a conversation
-(it gets :class:`~aghmn_fast.serving.store.StoreConflict` and rebuilds).
+(it gets :class:`~aghmn_runtime.serving.store.StoreConflict` and rebuilds).
 """
 from __future__ import annotations
 

@@ -1,7 +1,12 @@
-"""``aghmn-fast serve``: the HTTP/WebSocket server (uvicorn with the connection limits of
-:mod:`.protocols`), or the same app on Ray Serve."""
+"""``aghmn-serve`` (and ``aghmn-fast serve``, which delegates here): the HTTP/WebSocket server
+(uvicorn with the connection limits of :mod:`.protocols`), or the same app on Ray Serve.
+
+``aghmn-serve`` is the console script of ``aghmn-fast-runtime[serve]``, the torch-free install:
+it serves a ``.aghmn`` model file; a checkpoint of ``aghmn-fast train`` needs ``aghmn-fast``
+installed (the torch engine's plug-in, see :mod:`.recognizers`)."""
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import signal
@@ -9,11 +14,16 @@ import socket
 import sys
 
 TOKEN_ENV = "AGHMN_SERVE_TOKEN"
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130   # the exit codes of aghmn-fast's CLI
 
 
 def add_parser(sub) -> None:
-    """Add the ``serve`` subcommand to the CLI's subparsers."""
-    p = sub.add_parser("serve", help="serve a checkpoint over HTTP and WebSocket (see docs/SERVING.md)")
+    """Add the ``serve`` subcommand to the CLI's subparsers (``aghmn-fast serve``)."""
+    add_arguments(sub.add_parser("serve", help="serve a checkpoint over HTTP and WebSocket (see docs/SERVING.md)"))
+
+
+def add_arguments(p) -> None:
+    """The options of the server (``aghmn-serve`` and ``aghmn-fast serve`` take the same)."""
     p.add_argument("--checkpoint", required=True, action="append",
                    help="checkpoint written by aghmn-fast train, or a model file written by "
                         "aghmn-fast export (served on the native runtime, without torch); repeat "
@@ -73,7 +83,7 @@ def add_parser(sub) -> None:
 
 
 def config_from_args(args):
-    """The :class:`~aghmn_fast.serving.app.ServeConfig` of parsed arguments."""
+    """The :class:`~aghmn_runtime.serving.app.ServeConfig` of parsed arguments."""
     from .app import ServeConfig
 
     for path in args.checkpoint:
@@ -145,7 +155,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def build_server(serving):
-    """The uvicorn server of a :class:`~aghmn_fast.serving.app.ServingApp`: httptools with the
+    """The uvicorn server of a :class:`~aghmn_runtime.serving.app.ServingApp`: httptools with the
     connection limits of :mod:`.protocols`, uvloop when installed (both halve the per-request
     cost of the pure-Python defaults); its shutdown drains WebSockets (``begin_drain``)."""
     import uvicorn
@@ -183,8 +193,9 @@ def build_server(serving):
     return server
 
 
-def run_server(config) -> int:
-    """Serve with uvicorn until SIGINT/SIGTERM (then drain and save); returns the exit code."""
+def run_server(config, prog: str = "aghmn-fast serve") -> int:
+    """Serve with uvicorn until SIGINT/SIGTERM (then drain and save); returns the exit code.
+    ``prog`` names the command in the line that says where it listens."""
     from .app import ServingApp
 
     sock = bind_socket(config.host, config.port)
@@ -199,7 +210,7 @@ def run_server(config) -> int:
         # default 5 ms the busy event-loop thread may keep it
         sys.setswitchinterval(float(os.environ.get("AGHMN_SWITCH_INTERVAL", "0.0002")))
     port = sock.getsockname()[1]
-    print(f"aghmn-fast serve: http://{config.host}:{port} ({serving.restored} conversation(s) "
+    print(f"{prog}: http://{config.host}:{port} ({serving.restored} conversation(s) "
           f"restored from {config.state})", file=sys.stderr, flush=True)
     # uvicorn re-raises the signal that stopped it once it has drained; with these handlers in
     # place that re-raise is a no-op, so a clean shutdown exits 0 instead of dying by SIGTERM
@@ -213,13 +224,78 @@ def run_server(config) -> int:
 def run(args) -> int:
     """The ``serve`` command."""
     config = config_from_args(args)
+    prog = getattr(args, "prog", None) or "aghmn-fast serve"
     if args.ray:
         from .ray_app import run_ray
         return run_ray(config, replicas=args.replicas, redis_url=args.redis, address=args.ray_address,
-                       proxy=args.ray_proxy)
+                       proxy=args.ray_proxy, prog=prog)
     if args.redis:
         raise ValueError("--redis is for --ray; for one server use --state redis://...")
-    return run_server(config)
+    return run_server(config, prog)
 
 
 COMMANDS = {"serve": run}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # one line, like every other user error (argparse would print the whole usage first)
+        raise _UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``aghmn-serve``."""
+    parser = _Parser(prog="aghmn-serve", description="Serve an exported .aghmn model (or, with "
+                     "aghmn-fast installed, a checkpoint) over HTTP and WebSocket; see docs/SERVING.md.")
+    add_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``aghmn-serve`` console script; returns the exit code.
+
+    Errors as ``aghmn-fast``'s CLI reports them: a bad command line, a bad option value, a
+    missing or invalid file, a port in use or a missing optional dependency is one line
+    ``aghmn-serve: error: ...`` and exit 2; Ctrl-C before serving is ``interrupted`` and 130;
+    anything else is one ``internal error`` line and 1 (``--debug`` or ``AGHMN_DEBUG=1``: the
+    traceback).
+    """
+    prog = "aghmn-serve"
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    args.prog = prog
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the CLI's boundary: one line, not a traceback
+        if args.debug or os.environ.get("AGHMN_DEBUG", "") not in ("", "0"):
+            raise
+        text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        if isinstance(exc, (OSError, ValueError, ImportError)):
+            if isinstance(exc, ImportError) and exc.name and exc.name.split(".")[0] in EXTRA_OF_MODULE:
+                text += (f" (the [{EXTRA_OF_MODULE[exc.name.split('.')[0]]}] extra provides it: "
+                         'pip install "aghmn-fast-runtime[serve]", and [ray] for --ray)')
+            print(f"{prog}: error: {text}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"{prog}: internal error: {type(exc).__name__}: {text} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+#: Top-level module of an optional dependency -> the extra of aghmn-fast-runtime that installs it.
+EXTRA_OF_MODULE = {"starlette": "serve", "uvicorn": "serve", "websockets": "serve", "httptools": "serve",
+                   "prometheus_client": "serve", "redis": "serve", "ray": "ray"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

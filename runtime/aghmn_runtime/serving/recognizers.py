@@ -1,17 +1,22 @@
 """The one recognizer interface the serving code depends on, and the choice of engine.
 
-Two engines implement :class:`Recognizer`: :class:`aghmn_fast.streaming.StreamingRecognizer`
-(PyTorch, a checkpoint of ``aghmn-fast train``) and ``aghmn_runtime.StreamingRecognizer`` (the
-native runtime of the ``aghmn-fast-runtime`` wheel, a model file of ``aghmn-fast export``).
-:func:`load_recognizer` picks one by the file's first bytes; on the runtime torch is never
-imported, so a server of a ``.aghmn`` file starts in milliseconds and stays small.
+Two engines implement :class:`Recognizer`: ``aghmn_runtime.StreamingRecognizer`` (the native
+runtime of this distribution, a model file of ``aghmn-fast export``) and
+:class:`aghmn_fast.streaming.StreamingRecognizer` (PyTorch, a checkpoint of ``aghmn-fast train``),
+an optional plug-in: :data:`TORCH_ENGINE`, a module of the ``aghmn-fast`` distribution, imported
+only when a checkpoint is served. :func:`load_recognizer` picks the engine by the file's first
+bytes; on the runtime torch is never imported, so a server of a ``.aghmn`` file starts in
+milliseconds, stays small and installs without torch (``aghmn-fast-runtime[serve]``).
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Hashable, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
 
 RUNTIME_MAGIC = b"AGHMNRT\0"   # the first bytes of a .aghmn model file (docs/RUNTIME.md)
+#: The torch engine's plug-in: a module with ``load_recognizer(paths, backend, threads)``.
+TORCH_ENGINE = "aghmn_fast.serving_engine"
 
 
 @runtime_checkable
@@ -55,14 +60,14 @@ def is_runtime_model(path: str) -> bool:
 
 
 def load_recognizer(path, backend: Optional[str] = None, threads: int = 1) -> Recognizer:
-    """The recognizer of a checkpoint (torch) or of an exported ``.aghmn`` model (the native
-    runtime; ``backend`` must then be None and ``threads`` is ignored: the runtime computes a
-    push on the calling thread). A list of two or more checkpoints is an ensemble
-    (:class:`~aghmn_fast.streaming.EnsembleRecognizer`, torch checkpoints only).
+    """The recognizer of an exported ``.aghmn`` model (the native runtime; ``backend`` must then
+    be None and ``threads`` is ignored: the runtime computes a push on the calling thread) or of
+    a checkpoint (torch, through the :data:`TORCH_ENGINE` plug-in of ``aghmn-fast``). A list of
+    two or more checkpoints is an ensemble (torch checkpoints only).
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an invalid one or a
-    ``backend`` given with a ``.aghmn`` model, ``ImportError`` when the runtime wheel is needed
-    and not installed.
+    ``backend`` given with a ``.aghmn`` model, ``ImportError`` (one line naming what to install
+    or run) when a checkpoint is given and ``aghmn-fast`` is not installed.
     """
     paths = [path] if isinstance(path, str) else list(path)
     for p in paths:
@@ -73,23 +78,29 @@ def load_recognizer(path, backend: Optional[str] = None, threads: int = 1) -> Re
         if native:
             raise ValueError(f"an ensemble takes checkpoints of aghmn-fast train; {native[0]} is "
                              "a .aghmn model (the native runtime serves one model)")
-    else:
-        path = paths[0]
-    if len(paths) == 1 and is_runtime_model(path):
+    if len(paths) == 1 and is_runtime_model(paths[0]):
         if backend is not None:
-            raise ValueError(f"--backend {backend!r} applies to checkpoints; {path} is a .aghmn "
+            raise ValueError(f"--backend {backend!r} applies to checkpoints; {paths[0]} is a .aghmn "
                              "model, served by the native runtime")
-        try:
-            import aghmn_runtime
-        except ImportError:
-            raise ImportError(f"{path} is a .aghmn model: serving it needs the aghmn-fast-runtime "
-                              "wheel (see the README, Deployment)") from None
-        return aghmn_runtime.StreamingRecognizer(path)
-    import torch
-
-    from ..streaming import StreamingRecognizer
-    torch.set_num_threads(threads)
-    return StreamingRecognizer.from_checkpoint(path if len(paths) == 1 else paths, backend=backend)
+        from .. import StreamingRecognizer
+        return StreamingRecognizer(paths[0])
+    return load_torch_engine(paths[0]).load_recognizer(
+        paths[0] if len(paths) == 1 else paths, backend=backend, threads=threads)
 
 
-__all__ = ["Recognizer", "RUNTIME_MAGIC", "is_runtime_model", "load_recognizer"]
+def load_torch_engine(path: str):
+    """The torch engine's plug-in module; an ``ImportError`` naming the two ways out (install
+    ``aghmn-fast``, or export the checkpoint to a ``.aghmn`` file) when it is not installed."""
+    try:
+        return importlib.import_module(TORCH_ENGINE)
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("aghmn_fast", "torch"):
+            raise   # aghmn-fast is there, and one of its own imports failed: its message
+        raise ImportError(
+            f"{path} is not a .aghmn model file, so it is served as a checkpoint of aghmn-fast "
+            "train, which needs aghmn-fast (with torch) installed; or export it with "
+            f"`aghmn-fast export --checkpoint {path} --out model.aghmn` and serve that file "
+            "without torch", name=exc.name) from None
+
+
+__all__ = ["Recognizer", "RUNTIME_MAGIC", "TORCH_ENGINE", "is_runtime_model", "load_recognizer", "load_torch_engine"]

@@ -1,0 +1,21 @@
+"""The torch engine of the server (``aghmn_runtime.serving``): its plug-in module.
+
+The serving code lives in the torch-free ``aghmn-fast-runtime`` distribution and serves
+``.aghmn`` model files on the native runtime. When it is given a checkpoint of ``aghmn-fast
+train`` (or several: an ensemble) it imports this module, by name
+(``aghmn_runtime.serving.recognizers.TORCH_ENGINE``), and loads the checkpoint here, with torch.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+
+def load_recognizer(checkpoint: Union[str, Sequence[str]], backend: Optional[str] = None, threads: int = 1):
+    """The :class:`~aghmn_fast.streaming.StreamingRecognizer` of a checkpoint, or the
+    :class:`~aghmn_fast.streaming.EnsembleRecognizer` of a list of them, computing on
+    ``threads`` torch threads with op backend ``backend`` (None: the fastest available)."""
+    import torch
+
+    from .streaming import StreamingRecognizer
+    torch.set_num_threads(threads)
+    return StreamingRecognizer.from_checkpoint(checkpoint, backend=backend)
