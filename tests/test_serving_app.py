@@ -1,5 +1,6 @@
 """The HTTP/WebSocket app over real loopback HTTP (uvicorn in a thread): routes, exactness under
-concurrency, bad input, the token, limits and metrics."""
+concurrency, bad input, the token, limits and metrics; on both engines (torch and the native
+runtime, one set of weights)."""
 import asyncio
 import json
 import time
@@ -7,24 +8,37 @@ import time
 import httpx
 import pytest
 
-from serving_fixtures import (assert_matches_offline, make_serving, meld_model, meld_test_third, offline_probabilities,
-                              running_app, save_tiny_checkpoint, stream_dialogues_http, synthetic_dialogues)
+from serving_fixtures import (assert_matches_offline, engine_kind, make_serving, meld_model,  # noqa: F401
+                              meld_test_third, offline_probabilities, recognizer_for, running_app,
+                              stream_dialogues_http, synthetic_dialogues)
 
 TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", window=4)
+def files(model_files):
+    return model_files(window=4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(files, engine_kind):
+    """The model file each engine serves (both hold the same weights)."""
+    return files[engine_kind]
+
+
+@pytest.fixture(scope="module")
+def reference(files):
+    """The torch recognizer of the weights, whose offline model is the reference."""
+    return recognizer_for(files["torch"])
 
 
 _serving = make_serving
 
 
-def test_concurrent_clients_equal_offline(checkpoint, tmp_path):
+def test_concurrent_clients_equal_offline(checkpoint, reference, tmp_path):
     serving = _serving(checkpoint, tmp_path)
     dialogues = synthetic_dialogues(48, seed=4)
-    expect = offline_probabilities(serving.engine.recognizer, dialogues)
+    expect = offline_probabilities(reference, dialogues)
     with running_app(serving) as base:
         got = asyncio.run(stream_dialogues_http(base, dialogues, {d.id: 0 for d in dialogues},
                                                 {d.id: len(d.texts) for d in dialogues}))
@@ -35,26 +49,28 @@ def test_concurrent_clients_equal_offline(checkpoint, tmp_path):
     assert batches < sum(len(d.texts) for d in dialogues)  # concurrent requests were batched
 
 
-def test_meld_third_over_http_equals_offline(tmp_path):
+def test_meld_third_over_http_equals_offline(tmp_path, engine_kind):
+    from aghmn_fast.export import export_checkpoint
     from aghmn_fast.train import save_checkpoint
 
     dialogues = meld_test_third()
     model = meld_model(dialogues)
     save_checkpoint(str(tmp_path / "meld.pt"), model, model.vocab, model.label_names)
-    serving = _serving(str(tmp_path / "meld.pt"), tmp_path)
-    expect = offline_probabilities(serving.engine.recognizer, dialogues)
+    export_checkpoint(str(tmp_path / "meld.pt"), str(tmp_path / "meld.aghmn"))
+    serving = _serving(str(tmp_path / ("meld.pt" if engine_kind == "torch" else "meld.aghmn")), tmp_path)
+    expect = offline_probabilities(recognizer_for(str(tmp_path / "meld.pt")), dialogues)
     with running_app(serving) as base:
         got = asyncio.run(stream_dialogues_http(base, dialogues, {d.id: 0 for d in dialogues},
                                                 {d.id: len(d.texts) for d in dialogues}))
     assert_matches_offline(got, dialogues, expect)
 
 
-def test_batch_route_websocket_and_delete(checkpoint, tmp_path):
+def test_batch_route_websocket_and_delete(checkpoint, reference, tmp_path):
     from websockets.sync.client import connect
 
     serving = _serving(checkpoint, tmp_path)
     dialogues = synthetic_dialogues(6, seed=7, min_len=3)
-    expect = offline_probabilities(serving.engine.recognizer, dialogues)
+    expect = offline_probabilities(reference, dialogues)
     got = {d.id: [] for d in dialogues}
     with running_app(serving) as base:
         # the first utterance of every dialogue in one batch request
@@ -82,10 +98,10 @@ def test_batch_route_websocket_and_delete(checkpoint, tmp_path):
         assert again["index"] == 0
 
 
-def test_bad_input_gets_clear_errors_and_touches_nothing(checkpoint, tmp_path):
+def test_bad_input_gets_clear_errors_and_touches_nothing(checkpoint, reference, tmp_path):
     serving = _serving(checkpoint, tmp_path, token=TOKEN, max_text_chars=1000, max_batch_items=8)
     dialogue = synthetic_dialogues(1, seed=11, min_len=8, max_len=8)[0]
-    expect = offline_probabilities(serving.engine.recognizer, [dialogue])
+    expect = offline_probabilities(reference, [dialogue])
     auth = {"Authorization": f"Bearer {TOKEN}"}
     got = []
     with running_app(serving) as base, httpx.Client(base_url=base, headers=auth) as c:
