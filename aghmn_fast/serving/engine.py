@@ -112,9 +112,11 @@ class ConversationEngine:
         self.stats = stats
         self._count: Dict[str, int] = {}                 # in memory: true utterances seen
         self._used: "collections.OrderedDict[str, float]" = collections.OrderedDict()  # LRU order
-        # each in-memory conversation's last answer (index, text, answer): a retry of it is a
-        # lookup, no cheaper to refuse than to serve
-        self._last: Dict[str, Tuple[int, str, dict]] = {}
+        # each in-memory conversation's last answer (index, hash of its text, answer): a retry of
+        # it is a lookup, no cheaper to refuse than to serve. The text's hash, not the text: a
+        # text may be 10,000 characters, and memory is budgeted per conversation (str hashes are
+        # keyed per process: a client cannot make another text collide on purpose).
+        self._last: Dict[str, Tuple[int, int, dict]] = {}
         self.hits = self.rebuilds = self.new_conversations = self.replays = 0
 
     # ---- public --------------------------------------------------------------------------------
@@ -231,7 +233,7 @@ class ConversationEngine:
             if cid in involved and cid not in not_stored:
                 self._used[cid] = now
                 self._used.move_to_end(cid)
-                self._last[cid] = (results[i]["index"], text, dict(results[i]))
+                self._last[cid] = (results[i]["index"], hash(text), dict(results[i]))
         served = involved - set(not_stored)
         n_new = len(admitted_new & served)
         n_rebuilt = len(served & set(rebuild))
@@ -408,10 +410,11 @@ class ConversationEngine:
             cid, text, index = items[i][0], items[i][1], items[i][2]
             last = self._last.get(cid)
             if last is not None and last[0] == index:
-                results[i] = (dict(last[2], replayed=True) if last[1] == text else
+                same = last[1] == hash(text)
+                results[i] = (dict(last[2], replayed=True) if same else
                               ServingError(409, f"utterance {index} of conversation {cid} is not this "
                                                 "text; cannot replay it"))
-                self.replays += last[1] == text
+                self.replays += same
                 continue
             state = stored.get(cid)
             if state is None:
