@@ -8,6 +8,8 @@ import time
 import httpx
 import pytest
 
+from aghmn_fast.serving.memory import BOOKKEEPING_BYTES, default_budget, format_size, machine_memory, parse_size
+
 from serving_fixtures import (assert_matches_offline, engine_kind, make_serving, meld_model,  # noqa: F401
                               meld_test_third, offline_probabilities, recognizer_for, running_app,
                               stream_dialogues_http, synthetic_dialogues)
@@ -212,3 +214,54 @@ def test_idle_conversations_expire(checkpoint, tmp_path):
         time.sleep(1.0)   # the sweeper runs every ttl / 4
         assert httpx.get(base + "/readyz").json()["live_conversations"] == 0
         assert httpx.post(url, json={"text": "hi"}).json()["index"] == 0   # a new conversation
+
+
+def test_memory_budget_caps_live_conversations_and_evicts_to_the_store(checkpoint, reference, tmp_path):
+    """--max-memory of ten conversations: never more than ten in memory; the least recently used
+    are evicted to the store and rebuilt exactly when they come back."""
+    probe = _serving(checkpoint, tmp_path, state="memory")
+    per = probe.bytes_per_conversation
+    assert per == probe.engine.recognizer.bytes_per_conversation + BOOKKEEPING_BYTES
+    assert probe.memory_budget == default_budget() and probe.engine.memory_cap == 20_000
+    probe.engine.close()
+    serving = _serving(checkpoint, tmp_path, max_memory=10 * per + per // 2)
+    assert serving.engine.memory_cap == 10
+    dialogues = synthetic_dialogues(15, seed=12, min_len=4, max_len=4)
+    expect = offline_probabilities(reference, dialogues)
+    got = {d.id: [] for d in dialogues}
+    with running_app(serving) as base, httpx.Client(base_url=base) as client:
+        for n in range(4):
+            for d in dialogues:
+                r = client.post(f"/v1/conversations/{d.id}/utterances", json={"text": d.texts[n]})
+                assert r.status_code == 200, r.text
+                got[d.id].append(r.json())
+                assert client.get("/readyz").json()["live_conversations"] <= 10
+        ready = client.get("/readyz").json()
+        metrics = client.get("/metrics").text
+    assert_matches_offline(got, dialogues, expect)
+    assert sum(r["rebuilt"] for rs in got.values() for r in rs) == 15 * 3   # each evicted by the next five
+    assert ready["max_live_conversations"] == 10 and ready["stored_conversations"] == 15
+    assert 'aghmn_limit{limit="max_live_conversations"} 10.0' in metrics
+    assert f'aghmn_limit{{limit="max_memory"}} {float(10 * per + per // 2)}' in metrics
+    state = serving.engine.recognizer.store_bytes
+    assert f"aghmn_state_bytes {float(state)}" in metrics and state <= 16 * serving.engine.recognizer.bytes_per_conversation
+
+
+def test_a_budget_below_one_conversation_refuses_to_start(checkpoint, tmp_path):
+    per = _serving(checkpoint, tmp_path, state="memory").bytes_per_conversation
+    with pytest.raises(ValueError, match=r"--max-memory .* cannot hold one conversation of .*: each needs "):
+        _serving(checkpoint, tmp_path, max_memory=per - 1)
+    assert not (tmp_path / "state.db").exists()   # refused before the store was opened
+    with pytest.raises(ValueError, match="--max-memory must be >= 1"):
+        _serving(checkpoint, tmp_path, max_memory=0)
+
+
+def test_sizes_and_the_default_budget():
+    assert [parse_size(s) for s in ("1000", "512M", "2G", "1.5GiB", "64k", "1MB", " 3 kib ")] == [
+        1000, 512 << 20, 2 << 30, 3 << 29, 64 << 10, 10 ** 6, 3 << 10]
+    for bad in ("", "lots", "-1G", "2X", "1e9", "0", "0.1"):
+        with pytest.raises(ValueError, match="--max-memory must be"):
+            parse_size(bad)
+    assert format_size(26_880) == "26.2 KiB" and format_size(3 << 30) == "3.0 GiB"
+    total = machine_memory()
+    assert total is not None and default_budget() == total // 2

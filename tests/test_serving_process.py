@@ -171,6 +171,11 @@ def test_user_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys):
             f"aghmn-fast serve: error: port {port} on 127.0.0.1 is in use\n")
     assert error_of("--checkpoint", checkpoint, "--max-batch", "0") == (
         "aghmn-fast serve: error: --max-batch must be >= 1, got 0\n")
+    assert error_of("--checkpoint", checkpoint, "--max-memory", "lots") == (
+        "aghmn-fast serve: error: --max-memory must be a size such as 512M, 2G or 1500000000 (bytes), got 'lots'\n")
+    err = error_of("--checkpoint", checkpoint, "--port", "0", "--state", "memory", "--max-memory", "1K")
+    assert err.startswith(f"aghmn-fast serve: error: --max-memory 1.0 KiB cannot hold one conversation of {checkpoint}: "
+                          "each needs ") and err.count("\n") == 1
     assert error_of("--checkpoint", checkpoint, "--port", "0", "--redis", "redis://x") == (
         "aghmn-fast serve: error: --redis is for --ray; for one server use --state redis://...\n")
     (tmp_path / "garbage.pt").write_bytes(b"nope")
@@ -183,5 +188,5 @@ def test_user_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys):
         main(["serve", "--help"])
     assert exit_.value.code == 0
     help_text = capsys.readouterr().out
-    for option in ("--max-wait-ms", "--replicas", "--redis", "--token", "--ttl", "--max-conversations"):
+    for option in ("--max-wait-ms", "--replicas", "--redis", "--token", "--ttl", "--max-conversations", "--max-memory"):
         assert option in help_text
