@@ -121,6 +121,31 @@ def load_engine(path: str):
     return load_recognizer(path)
 
 
+class FailingRecognizer:
+    """A recognizer whose ``push_many`` fails (part-way: the items before the culprit are
+    pushed first) while its items include the text ``culprit``."""
+
+    def __init__(self, inner, culprit="boom"):
+        self.inner, self.culprit = inner, culprit
+        self.failures = 0
+
+    def push_many(self, items):
+        items = list(items)
+        if any(text == self.culprit for _, text in items):
+            self.failures += 1
+            before = items[:[text for _, text in items].index(self.culprit)]
+            if before:
+                self.inner.push_many(before)
+            raise RuntimeError("injected failure")
+        return self.inner.push_many(items)
+
+    def push(self, cid, text):
+        return self.push_many([(cid, text)])[0]
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 def subprocess_env(**extra) -> dict:
     """The environment of a server subprocess: this checkout and its runtime module importable."""
     path = os.pathsep.join([REPO, RUNTIME_DIR] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])

@@ -10,7 +10,7 @@ import pytest
 
 from aghmn_fast.serving.memory import BOOKKEEPING_BYTES, default_budget, format_size, machine_memory, parse_size
 
-from serving_fixtures import (assert_matches_offline, engine_kind, make_serving, meld_model,  # noqa: F401
+from serving_fixtures import (FailingRecognizer, assert_matches_offline, engine_kind, make_serving, meld_model,  # noqa: F401
                               meld_test_third, offline_probabilities, recognizer_for, running_app,
                               stream_dialogues_http, synthetic_dialogues)
 
@@ -265,3 +265,43 @@ def test_sizes_and_the_default_budget():
     assert format_size(26_880) == "26.2 KiB" and format_size(3 << 30) == "3.0 GiB"
     total = machine_memory()
     assert total is not None and default_budget() == total // 2
+
+
+def test_an_engine_failure_answers_only_its_conversation(checkpoint, reference, tmp_path):
+    """The recognizer raises on one conversation's utterance (injected): that request gets 500
+    ``internal error: RuntimeError``, every other request of the same micro-batches is served,
+    exactly; the failed utterance is not counted."""
+    serving = _serving(checkpoint, tmp_path)
+    serving.engine.recognizer = FailingRecognizer(serving.engine.recognizer)
+    dialogues = synthetic_dialogues(30, seed=13, min_len=3, max_len=3)
+    expect = offline_probabilities(reference, dialogues)
+
+    async def scenario(base):
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=64)) as c:
+            got = {d.id: [] for d in dialogues}
+            victims = []
+            for n in range(3):
+                rs = await asyncio.gather(
+                    c.post("/v1/conversations/victim/utterances", json={"text": "boom"}),
+                    c.post("/v1/utterances", json={"utterances": [
+                        {"id": d.id, "text": d.texts[n]} for d in dialogues[:10]] + [{"id": "victim2", "text": "boom"}]}),
+                    *[c.post(f"/v1/conversations/{d.id}/utterances", json={"text": d.texts[n]}) for d in dialogues[10:]])
+                victims.append(rs[0])
+                batch = rs[1].json()["predictions"]
+                assert rs[1].status_code == 200 and batch[-1] == {
+                    "id": "victim2", "error": "internal error: RuntimeError", "status": 500}
+                for d, p in zip(dialogues[:10], batch):
+                    got[d.id].append(p)
+                for d, r in zip(dialogues[10:], rs[2:]):
+                    assert r.status_code == 200, r.text
+                    got[d.id].append(r.json())
+            after = await c.post("/v1/conversations/victim/utterances", json={"text": "fine"})
+            return got, victims, after, (await c.get("/metrics")).text
+
+    with running_app(serving) as base:
+        got, victims, after, metrics = asyncio.run(scenario(base))
+    assert [(r.status_code, r.json()) for r in victims] == [(500, {"error": "internal error: RuntimeError"})] * 3
+    assert after.status_code == 200 and after.json()["index"] == 0
+    assert_matches_offline(got, dialogues, expect)
+    assert serving.engine.recognizer.failures >= 3
+    assert 'aghmn_rejections_total{reason="internal"} 3.0' in metrics

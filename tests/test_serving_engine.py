@@ -13,9 +13,9 @@ from aghmn_fast.serving.engine import ConversationEngine, ServingError, check_co
 from aghmn_fast.serving.store import MemoryStore, SQLiteStore, StoreConflict
 from aghmn_fast.streaming import StreamingRecognizer
 
-from serving_fixtures import (REPO, assert_matches_offline, engine_kind, load_engine, meld_model,  # noqa: F401
-                              meld_test_third, offline_probabilities, recognizer_for, redis_url, synthetic_dialogues,
-                              tiny_model)
+from serving_fixtures import (REPO, FailingRecognizer, assert_matches_offline, engine_kind,  # noqa: F401
+                              load_engine, meld_model, meld_test_third, offline_probabilities, recognizer_for, redis_url,
+                              synthetic_dialogues, tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -296,31 +296,6 @@ def test_retry_after_restart_or_eviction_is_replayed_with_its_batch_served(lost_
 def _conversations(recognizer):
     c = recognizer.conversations
     return c() if callable(c) else c
-
-
-class FailingRecognizer:
-    """A recognizer whose ``push_many`` fails (part-way: the items before the culprit are
-    pushed first) while its items include the text ``culprit``."""
-
-    def __init__(self, inner, culprit="boom"):
-        self.inner, self.culprit = inner, culprit
-        self.failures = 0
-
-    def push_many(self, items):
-        items = list(items)
-        if any(text == self.culprit for _, text in items):
-            self.failures += 1
-            before = items[:[text for _, text in items].index(self.culprit)]
-            if before:
-                self.inner.push_many(before)
-            raise RuntimeError("injected failure")
-        return self.inner.push_many(items)
-
-    def push(self, cid, text):
-        return self.push_many([(cid, text)])[0]
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 @pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
