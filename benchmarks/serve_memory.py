@@ -38,7 +38,7 @@ ENGINES = ("torch", "runtime")
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process (VmRSS), MB."""
+    """Resident memory of a process (VmRSS), MiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -117,6 +117,11 @@ def open_close_cycle(model: str, n: int, tmp: str, ttl: float) -> dict:
         out = {"start": server.rss(), "max_live_conversations": server.ready()["max_live_conversations"]}
         assert open_conversations(server.base, "a", n) == n
         out["opened"] = server.rss()
+        # what a conversation costs beyond its ring slots (the store's capacity beyond the open
+        # conversations is never touched: not resident)
+        per = _bytes_per_conversation(model)
+        out["ring_bytes_per_conversation"] = per
+        out["other_bytes_per_conversation"] = round(((out["opened"] - out["start"]) * 2**20 - n * per) / n)
         out["state_bytes_opened"] = _state_bytes(server)
         assert delete_conversations(server.base, "a", n) == n
         out["deleted"] = server.rss()
@@ -129,6 +134,11 @@ def open_close_cycle(model: str, n: int, tmp: str, ttl: float) -> dict:
     finally:
         out["exit_code"] = server.stop()
     return out
+
+
+def _bytes_per_conversation(model: str) -> int:
+    from aghmn_fast.serving.recognizers import load_recognizer
+    return load_recognizer(model).bytes_per_conversation
 
 
 def _state_bytes(server: Server) -> int:
@@ -190,7 +200,8 @@ def main(argv=None) -> int:
                   f"opened {cycle['opened']:.0f}, deleted {cycle['deleted']:.0f}, {args.conversations:,} new "
                   f"{cycle['reopened']:.0f}, expired {cycle['expired']:.0f} MB; ring store "
                   f"{cycle['state_bytes_opened'] / 2**20:.1f} -> {cycle['state_bytes_deleted'] / 2**20:.2f} MiB; "
-                  f"exit {cycle['exit_code']}", flush=True)
+                  f"per conversation {cycle['ring_bytes_per_conversation']:,} B of ring slots + "
+                  f"{cycle['other_bytes_per_conversation']:,} B else; exit {cycle['exit_code']}", flush=True)
         for engine in ENGINES:
             budget = budget_case(big[engine], tmp)
             record[f"budget_{engine}"] = budget
