@@ -112,6 +112,18 @@ def engine_kind(request) -> str:
     return request.param
 
 
+@pytest.fixture(scope="module")
+def checkpoint(model_files, engine_kind) -> str:
+    """The window-4 model file of each engine in turn (both hold the same weights)."""
+    return model_files(window=4)[engine_kind]
+
+
+@pytest.fixture(scope="module")
+def reference(model_files) -> StreamingRecognizer:
+    """The torch recognizer of the window-4 weights, whose offline model is the reference."""
+    return recognizer_for(model_files(window=4)["torch"])
+
+
 def load_engine(path: str):
     """The recognizer the server builds for a model file of either engine."""
     from aghmn_fast.serving.recognizers import load_recognizer

@@ -10,28 +10,11 @@ import pytest
 
 from aghmn_fast.serving.memory import BOOKKEEPING_BYTES, default_budget, format_size, machine_memory, parse_size
 
-from serving_fixtures import (FailingRecognizer, assert_matches_offline, engine_kind, make_serving, meld_model,  # noqa: F401
-                              meld_test_third, offline_probabilities, recognizer_for, running_app,
-                              stream_dialogues_http, synthetic_dialogues)
+from serving_fixtures import (FailingRecognizer, assert_matches_offline, checkpoint, engine_kind,  # noqa: F401
+                              make_serving, meld_model, meld_test_third, offline_probabilities, recognizer_for,
+                              reference, running_app, stream_dialogues_http, synthetic_dialogues)
 
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture(scope="module")
-def files(model_files):
-    return model_files(window=4)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(files, engine_kind):
-    """The model file each engine serves (both hold the same weights)."""
-    return files[engine_kind]
-
-
-@pytest.fixture(scope="module")
-def reference(files):
-    """The torch recognizer of the weights, whose offline model is the reference."""
-    return recognizer_for(files["torch"])
 
 
 _serving = make_serving

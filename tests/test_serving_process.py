@@ -12,26 +12,9 @@ import time
 import httpx
 import pytest
 
-from serving_fixtures import (REPO, assert_matches_offline, engine_kind, free_port,  # noqa: F401 (fixture)
-                              offline_probabilities, recognizer_for, serve_command, stop_server, stream_dialogues_http,
+from serving_fixtures import (REPO, assert_matches_offline, checkpoint, engine_kind, free_port,  # noqa: F401
+                              offline_probabilities, reference, serve_command, stop_server, stream_dialogues_http,
                               subprocess_env, synthetic_dialogues, wait_for_port)
-
-
-@pytest.fixture(scope="module")
-def files(model_files):
-    return model_files(window=4)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(files, engine_kind):
-    """The model file each engine serves (both hold the same weights)."""
-    return files[engine_kind]
-
-
-@pytest.fixture(scope="module")
-def reference(files):
-    """The torch recognizer of the weights, whose offline model is the reference."""
-    return recognizer_for(files["torch"])
 
 
 def _env():
