@@ -4,10 +4,11 @@
 For each engine (the torch checkpoint and its ``.aghmn`` export, one set of random weights at
 K = 40, H = 24, the model of issue 28), a server with SQLite state on 127.0.0.1; its resident
 memory (VmRSS) is read at start, after opening N conversations (one utterance each, batch
-requests of 1,024), after DELETE of all of them, after opening N new ones (reused memory), and
-after those expire (``--ttl``). Then the budget: a K = 4096, H = 256 model (16 MiB per
-conversation) served with ``--max-memory 256M`` holds at most 15 conversations whatever is
-opened, and ``--max-memory 8M`` refuses to start with one line.
+requests of 512), after DELETE of all of them, after opening N new ones (reused memory) and
+after deleting those; on a second server, after N conversations expire (``--ttl``). Then the
+budget: a K = 4096, H = 256 model (28 MiB per conversation, bidirectional fusion) served with
+``--max-memory 256M`` holds at most 9 conversations whatever is opened, and ``--max-memory 8M``
+refuses to start with one line.
 
     python benchmarks/serve_memory.py [--conversations 20000] [--json out.json]
 
@@ -73,7 +74,7 @@ class Server:
             return self.proc.wait()
 
 
-def open_conversations(base: str, prefix: str, n: int, per_request: int = 1024) -> int:
+def open_conversations(base: str, prefix: str, n: int, per_request: int = 512) -> int:
     """Open n conversations (one utterance each) with batch requests; returns how many got 200."""
     ok = 0
     with httpx.Client(base_url=base, timeout=120) as client:
@@ -110,24 +111,38 @@ def wait_live(server: Server, live: int, timeout: float) -> float:
     return time.time() - start
 
 
-def open_close_cycle(model: str, n: int, tmp: str, ttl: float) -> dict:
-    """RSS (MB) at each step of: start, open n, delete n, open n new, let them expire."""
-    server = Server(model, os.path.join(tmp, f"state-{os.path.basename(model)}.db"), "--ttl", str(ttl))
+def open_close_cycle(model: str, n: int, tmp: str) -> dict:
+    """RSS (MiB) at each step of: start, open n, delete n, open n new, delete those."""
+    server = Server(model, os.path.join(tmp, f"state-{os.path.basename(model)}.db"), "--ttl", "0")
     try:
         out = {"start": server.rss(), "max_live_conversations": server.ready()["max_live_conversations"]}
         assert open_conversations(server.base, "a", n) == n
         out["opened"] = server.rss()
+        out["state_bytes_opened"] = _state_bytes(server)
         # what a conversation costs beyond its ring slots (the store's capacity beyond the open
         # conversations is never touched: not resident)
         per = _bytes_per_conversation(model)
         out["ring_bytes_per_conversation"] = per
         out["other_bytes_per_conversation"] = round(((out["opened"] - out["start"]) * 2**20 - n * per) / n)
-        out["state_bytes_opened"] = _state_bytes(server)
         assert delete_conversations(server.base, "a", n) == n
         out["deleted"] = server.rss()
         out["state_bytes_deleted"] = _state_bytes(server)
         assert open_conversations(server.base, "b", n) == n
         out["reopened"] = server.rss()
+        assert delete_conversations(server.base, "b", n) == n
+        out["deleted_again"] = server.rss()
+    finally:
+        out["exit_code"] = server.stop()
+    return out
+
+
+def expiry_cycle(model: str, n: int, tmp: str, ttl: float) -> dict:
+    """RSS (MiB) at start, after opening n, and once all n expired (``--ttl``)."""
+    server = Server(model, os.path.join(tmp, f"expiry-{os.path.basename(model)}.db"), "--ttl", str(ttl))
+    try:
+        out = {"start": server.rss()}
+        assert open_conversations(server.base, "a", n) == n
+        out["opened"] = server.rss()
         out["expiry_seconds"] = round(wait_live(server, 0, 10 * ttl + 60), 1)
         out["expired"] = server.rss()
         out["state_bytes_expired"] = _state_bytes(server)
@@ -175,8 +190,8 @@ def refused_start(model: str, tmp: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversations", type=int, default=20_000, help="conversations per round (default 20000)")
-    parser.add_argument("--ttl", type=float, default=30.0,
-                        help="--ttl of the servers, seconds: longer than opening and deleting take (default 30)")
+    parser.add_argument("--ttl", type=float, default=60.0,
+                        help="--ttl of the expiry case, seconds: longer than opening n takes (default 60)")
     parser.add_argument("--json", default=None, help="write the record here")
     args = parser.parse_args(argv)
     from aghmn_fast.export import export_checkpoint
@@ -194,14 +209,19 @@ def main(argv=None) -> int:
             models["runtime"] = models["torch"][:-3] + ".aghmn"
             export_checkpoint(models["torch"], models["runtime"])
         for engine in ENGINES:
-            cycle = open_close_cycle(small[engine], args.conversations, tmp, args.ttl)
+            cycle = open_close_cycle(small[engine], args.conversations, tmp)
             record[f"cycle_{engine}"] = cycle
-            print(f"{engine:8s} K=40 H=24, {args.conversations:,} conversations: RSS start {cycle['start']:.0f} MB, "
+            print(f"{engine:8s} K=40 H=24, {args.conversations:,} conversations: RSS start {cycle['start']:.0f} MiB, "
                   f"opened {cycle['opened']:.0f}, deleted {cycle['deleted']:.0f}, {args.conversations:,} new "
-                  f"{cycle['reopened']:.0f}, expired {cycle['expired']:.0f} MB; ring store "
+                  f"{cycle['reopened']:.0f}, deleted {cycle['deleted_again']:.0f} MiB; ring store "
                   f"{cycle['state_bytes_opened'] / 2**20:.1f} -> {cycle['state_bytes_deleted'] / 2**20:.2f} MiB; "
                   f"per conversation {cycle['ring_bytes_per_conversation']:,} B of ring slots + "
                   f"{cycle['other_bytes_per_conversation']:,} B else; exit {cycle['exit_code']}", flush=True)
+            expiry = expiry_cycle(small[engine], args.conversations, tmp, args.ttl)
+            record[f"expiry_{engine}"] = expiry
+            print(f"{engine:8s} --ttl {args.ttl:g}: RSS start {expiry['start']:.0f} MiB, opened {expiry['opened']:.0f}, "
+                  f"all expired ({expiry['expiry_seconds']} s later) {expiry['expired']:.0f} MiB; exit "
+                  f"{expiry['exit_code']}", flush=True)
         for engine in ENGINES:
             budget = budget_case(big[engine], tmp)
             record[f"budget_{engine}"] = budget
