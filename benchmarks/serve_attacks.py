@@ -5,11 +5,13 @@ Each case starts from a server this script starts itself (a small random model, 
 temporary directory) and tries what a hostile or broken client would: texts and ids that are not
 valid Unicode, ids with a trailing newline, deeply nested JSON, huge headers and URLs, idle and
 half-sent connections, a connection flood, bad WebSocket messages and binary frames, SIGTERM with
-pipelined WebSocket messages, replays, unknown methods, duplicate ids, an empty token. Every case
-is bounded in requests and seconds; the verdict ``ok`` means the server behaved as docs/SERVING.md
-promises, ``FAIL`` says what went wrong.
+pipelined WebSocket messages, replays, retries after a kill -9 beside bystanders, unknown
+methods, duplicate ids, an empty token. Every case runs on both engines (the checkpoint, and its
+``.aghmn`` export on the native runtime) unless ``--engine`` picks one. Every case is bounded in
+requests and seconds; the verdict ``ok`` means the server behaved as docs/SERVING.md promises,
+``FAIL`` says what went wrong.
 
-    python benchmarks/serve_attacks.py [--checkpoint CKPT] [--cases a,b,...]
+    python benchmarks/serve_attacks.py [--checkpoint CKPT] [--engine torch|runtime|both] [--cases a,b,...]
 
 Only 127.0.0.1 is contacted. Every process started here is stopped before exit.
 """
@@ -28,13 +30,13 @@ import time
 from typing import Callable, List, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE_PATH = os.pathsep.join([REPO, os.path.join(REPO, "runtime")])   # aghmn_fast, aghmn_runtime
 sys.path[:0] = [REPO, os.path.join(REPO, "runtime"), os.path.join(REPO, "tests")]
 
 import httpx  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
-from serving_fixtures import free_port, save_tiny_checkpoint, serve_command, wait_for_port  # noqa: E402
+from serving_fixtures import (build_runtime, free_port, save_tiny_checkpoint, serve_command,  # noqa: E402
+                              subprocess_env, wait_for_port)
 
 # Options of the hardened server; the script passes only those the server under test knows.
 LIMITS = {"--idle-timeout": "2", "--request-timeout": "3", "--max-connections": "200"}
@@ -46,7 +48,7 @@ class Server:
     def __init__(self, checkpoint: str, state: str, *extra: str):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, PYTHONPATH=SOURCE_PATH + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = subprocess_env()
         env.pop("AGHMN_SERVE_TOKEN", None)
         self.proc = subprocess.Popen(serve_command(checkpoint, self.port, "--state", state, *extra),
                                      env=env, cwd=REPO, stdout=subprocess.DEVNULL,
@@ -300,7 +302,7 @@ def case_ws_sigterm(ckpt: str, tmp: str) -> Tuple[str, bool]:
     """2,000 pipelined WebSocket messages, SIGTERM after the first answer: the restarted server's
     count must equal the predictions answered (nothing stored that was not answered), then a
     1012 close."""
-    state = os.path.join(tmp, "sigterm.db")
+    state = os.path.join(tmp, f"sigterm-{os.path.basename(ckpt)}.db")
     s = Server(ckpt, state)
     n = 2000
     got, close = [], None
@@ -331,8 +333,47 @@ def case_ws_sigterm(ckpt: str, tmp: str) -> Tuple[str, bool]:
             stored == answered and code == 0 and getattr(close, "code", None) == 1012)
 
 
+def case_replay_after_kill(ckpt: str, tmp: str) -> Tuple[str, bool]:
+    """40 conversations of 3 utterances, kill -9, restart; then each client retries its last
+    utterance (its answer lost), 20 of them in one batch request between 30 bystanders and 20 as
+    lone requests beside 30 more: every retry must be replayed exactly, every bystander 200."""
+    state = os.path.join(tmp, f"kill-{os.path.basename(ckpt)}.db")
+    s = Server(ckpt, state)
+    ids = [f"k{i}" for i in range(40)]
+    first = {}
+    try:
+        for n in range(3):
+            r = post(s.base, "/v1/utterances", json.dumps({"utterances": [
+                {"id": c, "text": f"utterance {n} of {c}", "index": n} for c in ids]}).encode())
+            first.update((p["id"], p) for p in r.json()["predictions"])
+    finally:
+        s.stop(signal.SIGKILL)
+    s = Server(ckpt, state)
+    try:
+        async def run():
+            async with httpx.AsyncClient(base_url=s.base, timeout=30, limits=httpx.Limits(max_connections=100)) as c:
+                retry = [{"id": c, "text": f"utterance 2 of {c}", "index": 2} for c in ids]
+                items = ([{"id": f"by-{i}", "text": "hello", "index": 0} for i in range(15)] + retry[:20]
+                         + [{"id": f"by-{i}", "text": "hello", "index": 0} for i in range(15, 30)])
+                return await asyncio.gather(
+                    c.post("/v1/utterances", json={"utterances": items}),
+                    *[c.post(f"/v1/conversations/{r['id']}/utterances", json=r) for r in retry[20:]],
+                    *[c.post(f"/v1/conversations/lone-{i}/utterances", json={"text": "hi"}) for i in range(30)])
+        batch, *lone = asyncio.run(run())
+    finally:
+        s.stop()
+    answers = [p for p in batch.json().get("predictions", []) if p.get("id") in first]
+    answers += [r.json() for r in lone[:20] if r.status_code == 200]
+    replayed = sum(1 for a in answers if a.get("replayed") and a["probabilities"] == first[a["id"]]["probabilities"])
+    bystanders = [p for p in batch.json().get("predictions", []) if p.get("id", "").startswith("by-")]
+    bystanders_ok = sum(1 for p in bystanders if "label" in p) + sum(1 for r in lone[20:] if r.status_code == 200)
+    statuses = sorted({batch.status_code} | {r.status_code for r in lone})
+    return (f"after kill -9: {replayed}/40 retries replayed exactly, {bystanders_ok}/60 bystanders answered "
+            f"(HTTP statuses {statuses})", replayed == 40 and bystanders_ok == 60 and statuses == [200])
+
+
 def case_empty_token(ckpt: str, tmp: str) -> Tuple[str, bool]:
-    env = dict(os.environ, PYTHONPATH=SOURCE_PATH)
+    env = subprocess_env()
     env.pop("AGHMN_SERVE_TOKEN", None)
     port = free_port()
     p = subprocess.Popen(serve_command(ckpt, port, "--state", "memory", "--token", ""), env=env, cwd=REPO,
@@ -350,19 +391,30 @@ def case_empty_token(ckpt: str, tmp: str) -> Tuple[str, bool]:
 SHARED = [case_lone_surrogate, case_surrogate_in_batch, case_id_newline, case_deep_json, case_huge_header,
           case_huge_url, case_idle_connection, case_half_request, case_connection_flood, case_ws_bad_id,
           case_ws_binary, case_ws_tiny_flood, case_replay_cost, case_misc]
-OWN = [case_ws_sigterm, case_empty_token]
+OWN = [case_ws_sigterm, case_replay_after_kill, case_empty_token]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="checkpoint to serve (default: a small random model)")
+    parser.add_argument("--checkpoint", help="checkpoint to serve (default: a small random model); the runtime "
+                                             "engine serves its export")
+    parser.add_argument("--engine", default="both", choices=["torch", "runtime", "both"],
+                        help="which engine's server to attack (default: both, one after the other)")
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
     args = parser.parse_args(argv)
     names = set(args.cases.split(",")) if args.cases else None
+    engines = ["torch", "runtime"] if args.engine == "both" else [args.engine]
     with tempfile.TemporaryDirectory(prefix="aghmn-attacks-") as tmp:
         ckpt = args.checkpoint or save_tiny_checkpoint(os.path.join(tmp, "tiny.pt"), window=4)
+        models = {"torch": ckpt}
+        if "runtime" in engines:
+            from aghmn_fast.export import export_checkpoint
+
+            build_runtime()
+            models["runtime"] = os.path.join(tmp, "tiny.aghmn")
+            export_checkpoint(ckpt, models["runtime"])
         help_text = subprocess.run(serve_command(ckpt, 0, "--help"), capture_output=True, text=True,
-                                   env=dict(os.environ, PYTHONPATH=SOURCE_PATH), cwd=REPO).stdout
+                                   env=subprocess_env(), cwd=REPO).stdout
         extra = [x for k, v in LIMITS.items() if k in help_text for x in (k, v)]
         print(f"# server options: {' '.join(extra) or '(defaults)'}", flush=True)
         failures = 0
@@ -375,23 +427,26 @@ def main(argv=None) -> int:
             except Exception as exc:
                 text, ok = f"case raised {type(exc).__name__}: {exc}", False
             failures += not ok
-            print(f"{name:18s} {'ok  ' if ok else 'FAIL'} {text} [{time.perf_counter() - start:.1f} s]", flush=True)
+            print(f"{name:26s} {'ok  ' if ok else 'FAIL'} {text} [{time.perf_counter() - start:.1f} s]", flush=True)
 
-        server = Server(ckpt, os.path.join(tmp, "state.db"), *extra)
-        try:
-            for case in SHARED:
+        for engine in engines:
+            model = models[engine]
+            state = os.path.join(tmp, f"state-{engine}.db")
+            server = Server(model, state, *extra)
+            try:
+                for case in SHARED:
+                    name = case.__name__[5:]
+                    if names is None or name in names:
+                        report(f"{engine}:{name}", lambda: case(server, None))
+                    if server.proc.poll() is not None:
+                        print(f"# the server died: {server.log()[-2000:]}")
+                        server = Server(model, state, *extra)
+            finally:
+                server.stop()
+            for case in OWN:
                 name = case.__name__[5:]
                 if names is None or name in names:
-                    report(name, lambda: case(server, None))
-                if server.proc.poll() is not None:
-                    print(f"# the server died: {server.log()[-2000:]}")
-                    server = Server(ckpt, os.path.join(tmp, "state.db"), *extra)
-        finally:
-            server.stop()
-        for case in OWN:
-            name = case.__name__[5:]
-            if names is None or name in names:
-                report(name, lambda: case(ckpt, tmp))
+                    report(f"{engine}:{name}", lambda: case(model, tmp))
     return 1 if failures else 0
 
 

@@ -41,3 +41,12 @@ def emulated(emulator):
     emulator.configure()
     yield emulator
     emulator.configure()
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory):
+    """``model_files(window=4, ...)`` -> ``{"torch": .pt, "runtime": .aghmn}``: one small random
+    model as a checkpoint and exported for the native runtime, made once per session per options
+    (see ``serving_fixtures.ModelFiles``)."""
+    from serving_fixtures import ModelFiles
+    return ModelFiles(tmp_path_factory.mktemp("engine-models"))

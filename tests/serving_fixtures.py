@@ -1,5 +1,6 @@
-"""Shared helpers of the serving tests: a small random model saved as a checkpoint, synthetic
-(or MELD) dialogues, the offline reference, a real redis-server and a real server subprocess."""
+"""Shared helpers of the serving tests: a small random model saved as a checkpoint (and exported
+for the native runtime: both engines from the same weights), synthetic (or MELD) dialogues, the
+offline reference, a real redis-server and a real server subprocess."""
 from __future__ import annotations
 
 import contextlib
@@ -23,9 +24,13 @@ from aghmn_fast.streaming import StreamingRecognizer
 from aghmn_fast.train import build_vocabulary, encode_dialogues, predict, save_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNTIME_DIR = os.path.join(REPO, "runtime")   # the aghmn_runtime package, built in place
 # what a subprocess of the tests imports from: this checkout's aghmn_fast and aghmn_runtime (the
 # server's package, in runtime/), ahead of anything installed
-SOURCE_PATH = os.pathsep.join([REPO, os.path.join(REPO, "runtime")])
+SOURCE_PATH = os.pathsep.join([REPO, RUNTIME_DIR])
+# The two engines every serving test runs on: aghmn_fast.streaming (a .pt checkpoint, PyTorch)
+# and aghmn_runtime (the .aghmn file of `aghmn-fast export`, the native runtime).
+ENGINES = ("torch", "runtime")
 WORDS = ("hi hello yes no okay what why really great terrible sorry thanks love hate you me we "
          "they it this that is was not very so the a ! ? . , oh wow fine bad good happy sad").split()
 
@@ -62,8 +67,104 @@ def save_tiny_checkpoint(path: str, **kwargs) -> str:
 
 
 def recognizer_for(checkpoint: str) -> StreamingRecognizer:
-    """A fresh recognizer of the checkpoint (what the server builds)."""
+    """A fresh torch recognizer of the checkpoint (the offline reference's model)."""
     return StreamingRecognizer.from_checkpoint(checkpoint)
+
+
+_runtime = []
+
+
+def build_runtime():
+    """The ``aghmn_runtime`` module of this checkout, built in place once per process
+    (importable from :data:`RUNTIME_DIR`; a build failure is an error, never a skip)."""
+    if not _runtime:
+        sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+        try:
+            from runtime_common import import_runtime
+        finally:
+            sys.path.pop(0)
+        _runtime.append(import_runtime())
+    return _runtime[0]
+
+
+class ModelFiles:
+    """Model files of both engines from the same weights: ``files(window=4, **tiny_model
+    options)`` -> ``{"torch": checkpoint.pt, "runtime": model.aghmn}``, each set written (and
+    exported) once into ``root``."""
+
+    def __init__(self, root):
+        self.root = str(root)
+        self._made: Dict[tuple, Dict[str, str]] = {}
+
+    def __call__(self, **options) -> Dict[str, str]:
+        key = tuple(sorted(options.items()))
+        if key not in self._made:
+            from aghmn_fast.export import export_checkpoint
+
+            build_runtime()
+            stem = os.path.join(self.root, f"model{len(self._made)}")
+            checkpoint = save_tiny_checkpoint(stem + ".pt", **options)
+            export_checkpoint(checkpoint, stem + ".aghmn")
+            self._made[key] = {"torch": checkpoint, "runtime": stem + ".aghmn"}
+        return self._made[key]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine_kind(request) -> str:
+    """Each engine in turn ("torch", "runtime"): the tests of a module run once per engine."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model_files, engine_kind) -> str:
+    """The window-4 model file of each engine in turn (both hold the same weights)."""
+    return model_files(window=4)[engine_kind]
+
+
+@pytest.fixture(scope="module")
+def reference(model_files) -> StreamingRecognizer:
+    """The torch recognizer of the window-4 weights, whose offline model is the reference."""
+    return recognizer_for(model_files(window=4)["torch"])
+
+
+def load_engine(path: str):
+    """The recognizer the server builds for a model file of either engine."""
+    from aghmn_runtime.serving.recognizers import load_recognizer
+
+    if path.endswith(".aghmn"):
+        build_runtime()
+    return load_recognizer(path)
+
+
+class FailingRecognizer:
+    """A recognizer whose ``push_many`` fails (part-way: the items before the culprit are
+    pushed first) while its items include the text ``culprit``."""
+
+    def __init__(self, inner, culprit="boom"):
+        self.inner, self.culprit = inner, culprit
+        self.failures = 0
+
+    def push_many(self, items):
+        items = list(items)
+        if any(text == self.culprit for _, text in items):
+            self.failures += 1
+            before = items[:[text for _, text in items].index(self.culprit)]
+            if before:
+                self.inner.push_many(before)
+            raise RuntimeError("injected failure")
+        return self.inner.push_many(items)
+
+    def push(self, cid, text):
+        return self.push_many([(cid, text)])[0]
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def subprocess_env(**extra) -> dict:
+    """The environment of a server subprocess: this checkout and its runtime module importable."""
+    path = os.pathsep.join([REPO, RUNTIME_DIR] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return dict(os.environ, PYTHONPATH=path, **extra)
 
 
 def offline_probabilities(recognizer: StreamingRecognizer, dialogues: Sequence[Dialogue]) -> torch.Tensor:
@@ -146,8 +247,7 @@ def serve_command(checkpoint: str, port: int, *extra: str) -> List[str]:
 def start_server(checkpoint: str, *extra: str, env: Optional[dict] = None):
     """Start ``aghmn-fast serve`` in a subprocess; returns (process, base URL) once it listens."""
     port = free_port()
-    full_env = dict(os.environ, PYTHONPATH=SOURCE_PATH + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                    **(env or {}))
+    full_env = subprocess_env(**(env or {}))
     proc = subprocess.Popen(serve_command(checkpoint, port, *extra), env=full_env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

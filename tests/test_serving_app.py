@@ -1,5 +1,6 @@
 """The HTTP/WebSocket app over real loopback HTTP (uvicorn in a thread): routes, exactness under
-concurrency, bad input, the token, limits and metrics."""
+concurrency, bad input, the token, limits and metrics; on both engines (torch and the native
+runtime, one set of weights)."""
 import asyncio
 import json
 import time
@@ -7,24 +8,22 @@ import time
 import httpx
 import pytest
 
-from serving_fixtures import (assert_matches_offline, make_serving, meld_model, meld_test_third, offline_probabilities,
-                              running_app, save_tiny_checkpoint, stream_dialogues_http, synthetic_dialogues)
+from aghmn_runtime.serving.memory import BOOKKEEPING_BYTES, default_budget, format_size, machine_memory, parse_size
+
+from serving_fixtures import (FailingRecognizer, assert_matches_offline, checkpoint, engine_kind,  # noqa: F401
+                              make_serving, meld_model, meld_test_third, offline_probabilities, recognizer_for,
+                              reference, running_app, stream_dialogues_http, synthetic_dialogues)
 
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", window=4)
 
 
 _serving = make_serving
 
 
-def test_concurrent_clients_equal_offline(checkpoint, tmp_path):
+def test_concurrent_clients_equal_offline(checkpoint, reference, tmp_path):
     serving = _serving(checkpoint, tmp_path)
     dialogues = synthetic_dialogues(48, seed=4)
-    expect = offline_probabilities(serving.engine.recognizer, dialogues)
+    expect = offline_probabilities(reference, dialogues)
     with running_app(serving) as base:
         got = asyncio.run(stream_dialogues_http(base, dialogues, {d.id: 0 for d in dialogues},
                                                 {d.id: len(d.texts) for d in dialogues}))
@@ -35,26 +34,28 @@ def test_concurrent_clients_equal_offline(checkpoint, tmp_path):
     assert batches < sum(len(d.texts) for d in dialogues)  # concurrent requests were batched
 
 
-def test_meld_third_over_http_equals_offline(tmp_path):
+def test_meld_third_over_http_equals_offline(tmp_path, engine_kind):
+    from aghmn_fast.export import export_checkpoint
     from aghmn_fast.train import save_checkpoint
 
     dialogues = meld_test_third()
     model = meld_model(dialogues)
     save_checkpoint(str(tmp_path / "meld.pt"), model, model.vocab, model.label_names)
-    serving = _serving(str(tmp_path / "meld.pt"), tmp_path)
-    expect = offline_probabilities(serving.engine.recognizer, dialogues)
+    export_checkpoint(str(tmp_path / "meld.pt"), str(tmp_path / "meld.aghmn"))
+    serving = _serving(str(tmp_path / ("meld.pt" if engine_kind == "torch" else "meld.aghmn")), tmp_path)
+    expect = offline_probabilities(recognizer_for(str(tmp_path / "meld.pt")), dialogues)
     with running_app(serving) as base:
         got = asyncio.run(stream_dialogues_http(base, dialogues, {d.id: 0 for d in dialogues},
                                                 {d.id: len(d.texts) for d in dialogues}))
     assert_matches_offline(got, dialogues, expect)
 
 
-def test_batch_route_websocket_and_delete(checkpoint, tmp_path):
+def test_batch_route_websocket_and_delete(checkpoint, reference, tmp_path):
     from websockets.sync.client import connect
 
     serving = _serving(checkpoint, tmp_path)
     dialogues = synthetic_dialogues(6, seed=7, min_len=3)
-    expect = offline_probabilities(serving.engine.recognizer, dialogues)
+    expect = offline_probabilities(reference, dialogues)
     got = {d.id: [] for d in dialogues}
     with running_app(serving) as base:
         # the first utterance of every dialogue in one batch request
@@ -82,10 +83,10 @@ def test_batch_route_websocket_and_delete(checkpoint, tmp_path):
         assert again["index"] == 0
 
 
-def test_bad_input_gets_clear_errors_and_touches_nothing(checkpoint, tmp_path):
+def test_bad_input_gets_clear_errors_and_touches_nothing(checkpoint, reference, tmp_path):
     serving = _serving(checkpoint, tmp_path, token=TOKEN, max_text_chars=1000, max_batch_items=8)
     dialogue = synthetic_dialogues(1, seed=11, min_len=8, max_len=8)[0]
-    expect = offline_probabilities(serving.engine.recognizer, [dialogue])
+    expect = offline_probabilities(reference, [dialogue])
     auth = {"Authorization": f"Bearer {TOKEN}"}
     got = []
     with running_app(serving) as base, httpx.Client(base_url=base, headers=auth) as c:
@@ -196,3 +197,94 @@ def test_idle_conversations_expire(checkpoint, tmp_path):
         time.sleep(1.0)   # the sweeper runs every ttl / 4
         assert httpx.get(base + "/readyz").json()["live_conversations"] == 0
         assert httpx.post(url, json={"text": "hi"}).json()["index"] == 0   # a new conversation
+
+
+def test_memory_budget_caps_live_conversations_and_evicts_to_the_store(checkpoint, reference, tmp_path):
+    """--max-memory of ten conversations: never more than ten in memory; the least recently used
+    are evicted to the store and rebuilt exactly when they come back."""
+    probe = _serving(checkpoint, tmp_path, state="memory")
+    per = probe.bytes_per_conversation
+    assert per == probe.engine.recognizer.bytes_per_conversation + BOOKKEEPING_BYTES
+    assert probe.memory_budget == default_budget() and probe.engine.memory_cap == 20_000
+    probe.engine.close()
+    serving = _serving(checkpoint, tmp_path, max_memory=10 * per + per // 2)
+    assert serving.engine.memory_cap == 10
+    dialogues = synthetic_dialogues(15, seed=12, min_len=4, max_len=4)
+    expect = offline_probabilities(reference, dialogues)
+    got = {d.id: [] for d in dialogues}
+    with running_app(serving) as base, httpx.Client(base_url=base) as client:
+        for n in range(4):
+            for d in dialogues:
+                r = client.post(f"/v1/conversations/{d.id}/utterances", json={"text": d.texts[n]})
+                assert r.status_code == 200, r.text
+                got[d.id].append(r.json())
+                assert client.get("/readyz").json()["live_conversations"] <= 10
+        ready = client.get("/readyz").json()
+        metrics = client.get("/metrics").text
+    assert_matches_offline(got, dialogues, expect)
+    assert sum(r["rebuilt"] for rs in got.values() for r in rs) == 15 * 3   # each evicted by the next five
+    assert ready["max_live_conversations"] == 10 and ready["stored_conversations"] == 15
+    assert 'aghmn_limit{limit="max_live_conversations"} 10.0' in metrics
+    assert f'aghmn_limit{{limit="max_memory"}} {float(10 * per + per // 2)}' in metrics
+    state = serving.engine.recognizer.store_bytes
+    assert f"aghmn_state_bytes {float(state)}" in metrics and state <= 16 * serving.engine.recognizer.bytes_per_conversation
+
+
+def test_a_budget_below_one_conversation_refuses_to_start(checkpoint, tmp_path):
+    per = _serving(checkpoint, tmp_path, state="memory").bytes_per_conversation
+    with pytest.raises(ValueError, match=r"--max-memory .* cannot hold one conversation of .*: each needs "):
+        _serving(checkpoint, tmp_path, max_memory=per - 1)
+    assert not (tmp_path / "state.db").exists()   # refused before the store was opened
+    with pytest.raises(ValueError, match="--max-memory must be >= 1"):
+        _serving(checkpoint, tmp_path, max_memory=0)
+
+
+def test_sizes_and_the_default_budget():
+    assert [parse_size(s) for s in ("1000", "512M", "2G", "1.5GiB", "64k", "1MB", " 3 kib ")] == [
+        1000, 512 << 20, 2 << 30, 3 << 29, 64 << 10, 10 ** 6, 3 << 10]
+    for bad in ("", "lots", "-1G", "2X", "1e9", "0", "0.1"):
+        with pytest.raises(ValueError, match="--max-memory must be"):
+            parse_size(bad)
+    assert format_size(26_880) == "26.2 KiB" and format_size(3 << 30) == "3.0 GiB"
+    total = machine_memory()
+    assert total is not None and default_budget() == total // 2
+
+
+def test_an_engine_failure_answers_only_its_conversation(checkpoint, reference, tmp_path):
+    """The recognizer raises on one conversation's utterance (injected): that request gets 500
+    ``internal error: RuntimeError``, every other request of the same micro-batches is served,
+    exactly; the failed utterance is not counted."""
+    serving = _serving(checkpoint, tmp_path)
+    serving.engine.recognizer = FailingRecognizer(serving.engine.recognizer)
+    dialogues = synthetic_dialogues(30, seed=13, min_len=3, max_len=3)
+    expect = offline_probabilities(reference, dialogues)
+
+    async def scenario(base):
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=64)) as c:
+            got = {d.id: [] for d in dialogues}
+            victims = []
+            for n in range(3):
+                rs = await asyncio.gather(
+                    c.post("/v1/conversations/victim/utterances", json={"text": "boom"}),
+                    c.post("/v1/utterances", json={"utterances": [
+                        {"id": d.id, "text": d.texts[n]} for d in dialogues[:10]] + [{"id": "victim2", "text": "boom"}]}),
+                    *[c.post(f"/v1/conversations/{d.id}/utterances", json={"text": d.texts[n]}) for d in dialogues[10:]])
+                victims.append(rs[0])
+                batch = rs[1].json()["predictions"]
+                assert rs[1].status_code == 200 and batch[-1] == {
+                    "id": "victim2", "error": "internal error: RuntimeError", "status": 500}
+                for d, p in zip(dialogues[:10], batch):
+                    got[d.id].append(p)
+                for d, r in zip(dialogues[10:], rs[2:]):
+                    assert r.status_code == 200, r.text
+                    got[d.id].append(r.json())
+            after = await c.post("/v1/conversations/victim/utterances", json={"text": "fine"})
+            return got, victims, after, (await c.get("/metrics")).text
+
+    with running_app(serving) as base:
+        got, victims, after, metrics = asyncio.run(scenario(base))
+    assert [(r.status_code, r.json()) for r in victims] == [(500, {"error": "internal error: RuntimeError"})] * 3
+    assert after.status_code == 200 and after.json()["index"] == 0
+    assert_matches_offline(got, dialogues, expect)
+    assert serving.engine.recognizer.failures >= 3
+    assert 'aghmn_rejections_total{reason="internal"} 3.0' in metrics

@@ -1,4 +1,5 @@
-"""Serving engine and stores: exact rebuilds from the last K texts, restarts, capacity, expiry."""
+"""Serving engine and stores: exact rebuilds from the last K texts, restarts, capacity, expiry,
+replays; every engine test runs on both recognizers (torch and the native runtime)."""
 import os
 import random
 import subprocess
@@ -12,28 +13,46 @@ from aghmn_runtime.serving.engine import ConversationEngine, ServingError, check
 from aghmn_runtime.serving.store import MemoryStore, SQLiteStore, StoreConflict
 from aghmn_fast.streaming import StreamingRecognizer
 
-from serving_fixtures import (SOURCE_PATH, assert_matches_offline, meld_model, meld_test_third, offline_probabilities,
-                              redis_url, synthetic_dialogues, tiny_model)  # noqa: F401 (fixture)
+from serving_fixtures import (REPO, FailingRecognizer, assert_matches_offline, engine_kind,  # noqa: F401
+                              load_engine, meld_model, meld_test_third, offline_probabilities, recognizer_for, redis_url,
+                              synthetic_dialogues, tiny_model)
 
 
-def _rec(model):
-    return StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names)
+@pytest.fixture(scope="module")
+def files(model_files):
+    """The window-4 model of both engines."""
+    return model_files(window=4)
+
+
+def _rec(files, engine):
+    """A fresh recognizer of the given engine over the model files' weights."""
+    return load_engine(files[engine])
+
+
+def _expect(files, dialogues):
+    """The offline model's probabilities (the torch checkpoint of the same weights)."""
+    return offline_probabilities(recognizer_for(files["torch"]), dialogues)
 
 
 @pytest.mark.parametrize("window", [1, 3, 6])
-@pytest.mark.parametrize("path", ["push", "ops"])
-def test_rebuild_from_last_k_texts_equals_uninterrupted(window, path):
+@pytest.mark.parametrize("path", ["push", "ops", "runtime"])
+def test_rebuild_from_last_k_texts_equals_uninterrupted(window, path, model_files):
     """The claim everything rests on: pushing the last (up to) K texts recreates the state."""
     model = tiny_model(window=window, seed=window)
     if path == "ops":
         model.config.backend = "reference"
+
+    def fresh():
+        if path == "runtime":
+            return load_engine(model_files(window=window, seed=window)["runtime"])
+        return StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names, mode=path)
     texts = synthetic_dialogues(1, seed=3, min_len=20, max_len=20)[0].texts
     for cut in (1, window - 1, window, window + 1, 2 * window + 3, 19):
         if cut < 1:
             continue
-        full = StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names, mode=path)
+        full = fresh()
         uninterrupted = [full.push("c", t) for t in texts]
-        rebuilt = StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names, mode=path)
+        rebuilt = fresh()
         rebuilt.push_many([("c", t) for t in texts[max(0, cut - window):cut]])
         resumed = [rebuilt.push("c", t) for t in texts[cut:]]
         a = torch.tensor([list(p.probabilities.values()) for p in uninterrupted[cut:]])
@@ -63,10 +82,9 @@ def _serve_interleaved(engine_at, dialogues, seed=0, max_batch=17, restart_after
     return got
 
 
-def test_engine_equals_offline_with_restarts_on_sqlite(tmp_path):
-    model = tiny_model(window=4)
+def test_engine_equals_offline_with_restarts_on_sqlite(tmp_path, files, engine_kind):
     dialogues = synthetic_dialogues(40, seed=1)
-    expect = offline_probabilities(_rec(model), dialogues)
+    expect = _expect(files, dialogues)
     path = str(tmp_path / "state.db")
     engines = {}
 
@@ -75,7 +93,7 @@ def test_engine_equals_offline_with_restarts_on_sqlite(tmp_path):
         if generation not in engines:
             if engines:
                 engines[generation - 1].close()
-            engines[generation] = ConversationEngine(_rec(model), SQLiteStore(path, 4))
+            engines[generation] = ConversationEngine(_rec(files, engine_kind), SQLiteStore(path, 4))
             engines[generation].restore()
         return engines[generation]
 
@@ -120,9 +138,9 @@ def test_sqlite_store_refuses_another_window_and_garbage(tmp_path):
         SQLiteStore(str(tmp_path / "missing" / "x.db"), 3)
 
 
-def test_capacity_delete_and_ttl():
-    model = tiny_model(window=3)
-    engine = ConversationEngine(_rec(model), MemoryStore(3), max_conversations=2, ttl_seconds=0.2)
+def test_capacity_delete_and_ttl(model_files, engine_kind):
+    engine = ConversationEngine(_rec(model_files(window=3), engine_kind), MemoryStore(3), max_conversations=2,
+                                ttl_seconds=0.2)
     out = engine.process([("a", "hi"), ("b", "hello"), ("c", "no"), ("a", "yes")])
     assert [isinstance(r, ServingError) for r in out] == [False, False, True, False]
     assert out[2].status == 429 and "limit 2" in out[2].message
@@ -137,15 +155,15 @@ def test_capacity_delete_and_ttl():
 
 
 @pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
-def test_expected_index_makes_retries_exact(store_kind, tmp_path):
+def test_expected_index_makes_retries_exact(store_kind, tmp_path, model_files, engine_kind):
     """A retried last utterance is answered again exactly (not counted twice); out-of-sequence
     indexes are refused; windows full and not full."""
-    model = tiny_model(window=3)
+    files = model_files(window=3)
     texts = synthetic_dialogues(1, seed=8, min_len=9, max_len=9)[0].texts
-    rec_ref = _rec(model)
+    rec_ref = _rec(files, engine_kind)
     reference = [rec_ref.push("c", t) for t in texts]
     store = MemoryStore(3) if store_kind == "memory" else SQLiteStore(str(tmp_path / "s.db"), 3)
-    engine = ConversationEngine(_rec(model), store)
+    engine = ConversationEngine(_rec(files, engine_kind), store)
     for n, text in enumerate(texts):
         first = engine.process([("c", text, n)])[0]
         again = engine.process([("c", text, n)])[0]        # the answer was "lost": retry
@@ -173,15 +191,14 @@ def test_bad_items_are_refused_alone():
         assert e.value.status == status
 
 
-def test_shared_redis_store_across_engines_is_exact(redis_url):
+def test_shared_redis_store_across_engines_is_exact(redis_url, files, engine_kind):
     """Two engines over one Redis (two replicas): a conversation moving between them, and back to
     a stale copy, still gives the offline predictions; a stale append is refused."""
     from aghmn_runtime.serving.redis_store import RedisStore
 
-    model = tiny_model(window=4)
     dialogues = synthetic_dialogues(30, seed=2)
-    expect = offline_probabilities(_rec(model), dialogues)
-    engines = [ConversationEngine(_rec(model), RedisStore(redis_url, 4)) for _ in range(2)]
+    expect = _expect(files, dialogues)
+    engines = [ConversationEngine(_rec(files, engine_kind), RedisStore(redis_url, 4)) for _ in range(2)]
     rng = random.Random(5)
     got = _serve_interleaved(lambda step: engines[rng.randrange(2)], dialogues, seed=3)
     assert_matches_offline(got, dialogues, expect)
@@ -206,10 +223,16 @@ def test_redis_ttl_and_delete(redis_url):
     assert store.delete("b") and store.load(["b"]) == {}
 
 
-def test_meld_third_through_the_engine_with_a_restart(tmp_path):
+def test_meld_third_through_the_engine_with_a_restart(tmp_path, engine_kind):
+    from aghmn_fast.export import export_checkpoint
+    from aghmn_fast.train import save_checkpoint
+
     dialogues = meld_test_third()
     model = meld_model(dialogues)
-    expect = offline_probabilities(_rec(model), dialogues)
+    files = {"torch": str(tmp_path / "meld.pt"), "runtime": str(tmp_path / "meld.aghmn")}
+    save_checkpoint(files["torch"], model, model.vocab, model.label_names)
+    export_checkpoint(files["torch"], files["runtime"])
+    expect = _expect(files, dialogues)
     path = str(tmp_path / "state.db")
     engines = {}
 
@@ -218,10 +241,101 @@ def test_meld_third_through_the_engine_with_a_restart(tmp_path):
         if g not in engines:
             if g:
                 engines[0].close()
-            engines[g] = ConversationEngine(_rec(model), SQLiteStore(path, model.config.window))
+            engines[g] = ConversationEngine(_rec(files, engine_kind), SQLiteStore(path, model.config.window))
             engines[g].restore()
         return engines[g]
 
     got = _serve_interleaved(engine_at, dialogues, max_batch=16)
     assert len(engines) == 2 and engines[1].live > 0
     assert_matches_offline(got, dialogues, expect)
+
+
+def _outcome(results):
+    """Each result's index, or its error status."""
+    return [r.status if isinstance(r, ServingError) else r["index"] for r in results]
+
+
+def _close(a, b):
+    torch.testing.assert_close(torch.tensor(list(a["probabilities"].values())),
+                               torch.tensor(list(b["probabilities"].values())), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("lost_by", ["restart", "eviction"])
+def test_retry_after_restart_or_eviction_is_replayed_with_its_batch_served(lost_by, tmp_path, files, engine_kind):
+    """A client retries its last utterance once its server restarted (or evicted the
+    conversation from memory): the answer is computed again from the stored texts, exactly,
+    and the 30 other clients whose utterances share its batch are all served."""
+    texts = synthetic_dialogues(2, seed=5, min_len=7, max_len=7)
+    engine = ConversationEngine(_rec(files, engine_kind), SQLiteStore(str(tmp_path / "s.db"), 4), max_live=30)
+    first = {d.id: [engine.process([(d.id, t, n)])[0] for n, t in enumerate(d.texts)] for d in texts}
+    engine.process([(f"by{i}", "hello there", 0) for i in range(15)])
+    if lost_by == "restart":
+        engine.close()
+        engine = ConversationEngine(_rec(files, engine_kind), SQLiteStore(str(tmp_path / "s.db"), 4))
+        assert engine.restore() == 17
+    else:   # 15 bystanders + 2 = 17 in memory; 15 more evict the least recently used: the two
+        engine.process([(f"ev{i}", "hi", 0) for i in range(15)])
+        assert engine.live == 30 and not {d.id for d in texts} & set(engine._count)
+    retries = [(d.id, d.texts[-1], len(d.texts) - 1) for d in texts]
+    batch = ([(f"by{i}", "and again", 1) for i in range(15)][:8] + [retries[0]]
+             + [(f"new{i}", "hi there", 0) for i in range(14)] + [retries[1]]
+             + [(f"by{i}", "and again", 1) for i in range(15)][8:])
+    out = engine.process(batch)
+    assert _outcome(out) == [1] * 8 + [6] + [0] * 14 + [6] + [1] * 7
+    for n, d in zip((8, 23), texts):
+        assert out[n]["replayed"] and out[n]["id"] == d.id and out[n]["label"] == first[d.id][-1]["label"]
+        _close(out[n], first[d.id][-1])
+    assert engine.replays == 2
+    # nothing was stored by the replays, and no scratch conversation stayed open
+    assert engine.store.load([d.id for d in texts]) == {d.id: (7, d.texts[-5:]) for d in texts}
+    assert not [c for c in _conversations(engine.recognizer) if c.startswith("#")]
+    nxt = engine.process([(texts[0].id, "and then", 7), (texts[0].id, "wrong", 5)])
+    assert _outcome(nxt) == [7, 409]
+
+
+def _conversations(recognizer):
+    c = recognizer.conversations
+    return c() if callable(c) else c
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+def test_a_failing_conversation_fails_only_its_items(store_kind, tmp_path, files, engine_kind):
+    """An exception of the recognizer on one conversation's item answers that conversation's
+    items 500 and serves every other item of the batch, exactly (the conversations the failed
+    call may have touched part-way are rebuilt from the store)."""
+    dialogues = synthetic_dialogues(12, seed=9, min_len=6, max_len=6)
+    expect = _expect(files, dialogues)
+    store = MemoryStore(4) if store_kind == "memory" else SQLiteStore(str(tmp_path / "s.db"), 4)
+    failing = FailingRecognizer(_rec(files, engine_kind))
+    engine = ConversationEngine(failing, store)
+    got = {d.id: [] for d in dialogues}
+    for n in range(6):
+        batch = [(d.id, d.texts[n]) for d in dialogues]
+        # the victim: a conversation with history, a new one, and one of two items
+        batch[3:3] = [("victim", "boom"), ("fresh", "boom")]
+        batch.append(("victim", "after boom"))
+        out = engine.process(batch)
+        assert all(isinstance(r, ServingError) and r.status == 500 and r.message == "internal error: RuntimeError"
+                   for r in out[3:5] + out[-1:])
+        for (cid, _), r in zip(batch[:3] + batch[5:-1], out[:3] + out[5:-1]):
+            assert not isinstance(r, ServingError), r.message
+            got[cid].append(r)
+        if n == 0:
+            assert engine.process([("victim", "fine")])[0]["index"] == 0
+    assert failing.failures > 6
+    assert_matches_offline(got, dialogues, expect)
+    assert engine.live == len(dialogues) and "fresh" not in store.load(["fresh"])   # victim forgotten
+    # nothing of the failed items was stored or counted
+    assert engine.process([("victim", "later")])[0]["index"] == 1
+    # a failing replay answers only itself
+    stored = engine.process([("r1", "one", 0), ("r2", "boom", 0)])
+    assert _outcome(stored) == [0, 500]
+    failing.culprit = "zzz"
+    engine.process([("r2", "boom", 0)])
+    engine.close() if store_kind == "sqlite" else None
+    failing.culprit = "boom"
+    again = ConversationEngine(failing, SQLiteStore(str(tmp_path / "s.db"), 4) if store_kind == "sqlite" else store)
+    if store_kind == "memory":
+        again._forget(["r1", "r2"])
+    out = again.process([("r1", "one", 0), ("r2", "boom", 0), ("r3", "new", 0)])
+    assert _outcome(out) == [0, 500, 0] and out[0]["replayed"]

@@ -15,23 +15,26 @@ from aghmn_runtime.serving.batcher import MicroBatcher, Overloaded
 from aghmn_runtime.serving.cli import add_parser, config_from_args
 from aghmn_runtime.serving.engine import ConversationEngine, ServingError, check_conversation_id
 from aghmn_runtime.serving.store import MemoryStore, SQLiteStore
-from aghmn_fast.streaming import StreamingRecognizer
 
-from serving_fixtures import make_serving, running_app, save_tiny_checkpoint, tiny_model
+from serving_fixtures import engine_kind, load_engine, make_serving, running_app  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", window=3)
+def checkpoint(model_files, engine_kind):
+    """The window-3 model file of each engine in turn (one set of weights)."""
+    return model_files(window=3)[engine_kind]
 
 
 _serving = make_serving
 
 
-def _engine(store=None, **kwargs):
-    model = tiny_model(window=3)
-    return ConversationEngine(StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names),
-                              store if store is not None else MemoryStore(3), **kwargs)
+@pytest.fixture
+def make_engine(checkpoint):
+    """``make_engine(store=None, **engine options)``: an engine over a fresh recognizer of the
+    module's engine kind."""
+    def make(store=None, **kwargs):
+        return ConversationEngine(load_engine(checkpoint), store if store is not None else MemoryStore(3), **kwargs)
+    return make
 
 
 def _raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
@@ -53,8 +56,8 @@ class FailingFor(MemoryStore):
         super().append(items)
 
 
-def test_invalid_unicode_and_one_store_failure_fail_only_their_items(checkpoint, tmp_path):
-    engine = _engine(FailingFor(3), max_conversations=3)
+def test_invalid_unicode_and_one_store_failure_fail_only_their_items(checkpoint, make_engine, tmp_path):
+    engine = make_engine(FailingFor(3), max_conversations=3)
     out = engine.process([("a", "hi"), ("bad", "x"), ("b", "yes"), ("a", "again")])
     assert [r.status if isinstance(r, ServingError) else r["index"] for r in out] == [0, 503, 0, 1]
     assert engine.live == 2   # a and b kept, bad forgotten
@@ -74,12 +77,12 @@ def test_invalid_unicode_and_one_store_failure_fail_only_their_items(checkpoint,
     assert ok.status_code == 200 and ok.json()["index"] == 0
 
 
-def test_start_never_refuses_its_store_and_rebuilds_lazily(tmp_path):
+def test_start_never_refuses_its_store_and_rebuilds_lazily(make_engine, tmp_path):
     path = str(tmp_path / "s.db")
-    first = _engine(SQLiteStore(path, 3), max_conversations=10)
+    first = make_engine(SQLiteStore(path, 3), max_conversations=10)
     first.process([(f"c{i}", "hello there") for i in range(10)])
     first.close()
-    engine = _engine(SQLiteStore(path, 3), max_conversations=4)   # the limit was lowered
+    engine = make_engine(SQLiteStore(path, 3), max_conversations=4)   # the limit was lowered
     calls = []
     push_many = engine.recognizer.push_many
     engine.recognizer.push_many = lambda items: calls.append(len(items)) or push_many(items)
@@ -187,8 +190,8 @@ def test_websocket_drain_stores_only_what_it_answers(checkpoint, tmp_path):
 
 
 # ---- 9: a replay costs no more than a new utterance ------------------------------------------------
-def test_replay_of_a_live_conversation_is_a_lookup():
-    engine = _engine()
+def test_replay_of_a_live_conversation_is_a_lookup(make_engine):
+    engine = make_engine()
     first = engine.process([(f"r{i}", "one two", 0) for i in range(64)])
     calls = []
     push_many = engine.recognizer.push_many
@@ -199,13 +202,13 @@ def test_replay_of_a_live_conversation_is_a_lookup():
 
 
 # ---- 10: one clock for memory and store --------------------------------------------------------------
-def test_memory_and_store_expire_on_one_clock(tmp_path):
+def test_memory_and_store_expire_on_one_clock(make_engine, tmp_path):
     path = str(tmp_path / "s.db")
-    first = _engine(SQLiteStore(path, 3), ttl_seconds=1.0)
+    first = make_engine(SQLiteStore(path, 3), ttl_seconds=1.0)
     first.process([("idle", "hello")])
     first.close()
     time.sleep(0.6)
-    engine = _engine(SQLiteStore(path, 3), ttl_seconds=1.0)   # a restart
+    engine = make_engine(SQLiteStore(path, 3), ttl_seconds=1.0)   # a restart
     engine.restore()
     assert engine.process([("other", "hi")])[0]["index"] == 0
     time.sleep(0.6)
@@ -218,10 +221,10 @@ def test_memory_and_store_expire_on_one_clock(tmp_path):
 
 
 # ---- 11: disk full -----------------------------------------------------------------------------------
-def test_disk_full_says_so_and_loses_nothing_acknowledged(tmp_path):
+def test_disk_full_says_so_and_loses_nothing_acknowledged(make_engine, tmp_path):
     path = str(tmp_path / "s.db")
     store = SQLiteStore(path, 3)
-    engine = _engine(store)
+    engine = make_engine(store)
     acknowledged = engine.process([("a", "one"), ("b", "two")])
     pages = store._db.execute("PRAGMA page_count").fetchone()[0]
     store._db.execute(f"PRAGMA max_page_count = {pages}")   # the disk is full now

@@ -1,8 +1,8 @@
 """``aghmn-fast serve`` as a real process: SIGTERM drains in-flight requests and a restart
-restores every conversation; kill -9 loses no acknowledged utterance; user errors are one line."""
+restores every conversation; kill -9 loses no acknowledged utterance and a retry after it is
+replayed; user errors are one line. On both engines (torch and the native runtime)."""
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -12,18 +12,13 @@ import time
 import httpx
 import pytest
 
-from serving_fixtures import (REPO, SOURCE_PATH, assert_matches_offline, free_port, offline_probabilities, recognizer_for,
-                              save_tiny_checkpoint, serve_command, stop_server, stream_dialogues_http,
-                              synthetic_dialogues, wait_for_port)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", window=4)
+from serving_fixtures import (REPO, assert_matches_offline, checkpoint, engine_kind, free_port,  # noqa: F401
+                              offline_probabilities, reference, serve_command, stop_server, stream_dialogues_http,
+                              subprocess_env, synthetic_dialogues, wait_for_port)
 
 
 def _env():
-    return dict(os.environ, PYTHONPATH=SOURCE_PATH + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess_env()
 
 
 def _start(checkpoint, port, state, *extra):
@@ -38,9 +33,9 @@ def _run_cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_sigterm_drains_in_flight_and_restart_restores(checkpoint, tmp_path):
+def test_sigterm_drains_in_flight_and_restart_restores(checkpoint, reference, tmp_path):
     dialogues = synthetic_dialogues(32, seed=21, min_len=6)
-    expect = offline_probabilities(recognizer_for(checkpoint), dialogues)
+    expect = offline_probabilities(reference, dialogues)
     port, state = free_port(), str(tmp_path / "state.db")
     base = f"http://127.0.0.1:{port}"
     procs = [_start(checkpoint, port, state, "--max-body-bytes", "2000000")]
@@ -90,9 +85,9 @@ def test_sigterm_drains_in_flight_and_restart_restores(checkpoint, tmp_path):
             stop_server(p)
 
 
-def test_kill_9_loses_no_acknowledged_utterance(checkpoint, tmp_path):
+def test_kill_9_loses_no_acknowledged_utterance(checkpoint, reference, tmp_path):
     dialogues = synthetic_dialogues(24, seed=22, min_len=4)
-    expect = offline_probabilities(recognizer_for(checkpoint), dialogues)
+    expect = offline_probabilities(reference, dialogues)
     port, state = free_port(), str(tmp_path / "state.db")
     base = f"http://127.0.0.1:{port}"
     half = {d.id: len(d.texts) // 2 for d in dialogues}
@@ -101,11 +96,43 @@ def test_kill_9_loses_no_acknowledged_utterance(checkpoint, tmp_path):
         first = asyncio.run(stream_dialogues_http(base, dialogues, {d.id: 0 for d in dialogues}, half))
         assert stop_server(proc, signal.SIGKILL) == -signal.SIGKILL
         proc = _start(checkpoint, port, state)
+        retried = asyncio.run(_retry_last_with_bystanders(base, dialogues, half))
         second = asyncio.run(stream_dialogues_http(base, dialogues, half, {d.id: len(d.texts) for d in dialogues}))
     finally:
         stop_server(proc)
     got = {d.id: first[d.id] + second[d.id] for d in dialogues}
     assert_matches_offline(got, dialogues, expect)
+    # every retry was answered again, exactly, without counting the utterance twice
+    assert set(retried) == {d.id for d in dialogues}
+    for cid, answer in retried.items():
+        assert answer["replayed"] and answer["index"] == half[cid] - 1
+        assert answer["label"] == first[cid][-1]["label"]
+        for label, p in first[cid][-1]["probabilities"].items():
+            assert abs(answer["probabilities"][label] - p) <= 1e-6
+
+
+async def _retry_last_with_bystanders(base, dialogues, half):
+    """After a restart, every client retries its last answered utterance (as a client does whose
+    answer was lost), half of them inside one batch request between 30 bystanders, half as lone
+    requests concurrent with 30 more bystanders; returns {id: the retry's answer}. Every
+    bystander must be answered 200."""
+    def retry(d):
+        return {"id": d.id, "text": d.texts[half[d.id] - 1], "index": half[d.id] - 1}
+    batch_part, lone_part = dialogues[::2], dialogues[1::2]
+    items = ([{"id": f"by-{i}", "text": "hello there", "index": 0} for i in range(15)]
+             + [retry(d) for d in batch_part] + [{"id": f"by-{i}", "text": "hi", "index": 0} for i in range(15, 30)])
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=100)) as client:
+        lone = [client.post(f"/v1/conversations/{d.id}/utterances", json=retry(d)) for d in lone_part]
+        others = [client.post(f"/v1/conversations/lone-by-{i}/utterances", json={"text": "hello", "index": 0})
+                  for i in range(30)]
+        batch, *rest = await asyncio.gather(client.post("/v1/utterances", json={"utterances": items}), *lone, *others)
+    assert batch.status_code == 200, batch.text
+    predictions = batch.json()["predictions"]
+    assert [p.get("status", 200) for p in predictions] == [200] * len(items), predictions
+    assert all(r.status_code == 200 for r in rest), [r.text for r in rest if r.status_code != 200]
+    answers = {p["id"]: p for p in predictions if not p["id"].startswith("by-")}
+    answers.update((d.id, r.json()) for d, r in zip(lone_part, rest))
+    return answers
 
 
 def test_user_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys):
@@ -127,6 +154,11 @@ def test_user_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys):
             f"aghmn-fast serve: error: port {port} on 127.0.0.1 is in use\n")
     assert error_of("--checkpoint", checkpoint, "--max-batch", "0") == (
         "aghmn-fast serve: error: --max-batch must be >= 1, got 0\n")
+    assert error_of("--checkpoint", checkpoint, "--max-memory", "lots") == (
+        "aghmn-fast serve: error: --max-memory must be a size such as 512M, 2G or 1500000000 (bytes), got 'lots'\n")
+    err = error_of("--checkpoint", checkpoint, "--port", "0", "--state", "memory", "--max-memory", "1K")
+    assert err.startswith(f"aghmn-fast serve: error: --max-memory 1.0 KiB cannot hold one conversation of {checkpoint}: "
+                          "each needs ") and err.count("\n") == 1
     assert error_of("--checkpoint", checkpoint, "--port", "0", "--redis", "redis://x") == (
         "aghmn-fast serve: error: --redis is for --ray; for one server use --state redis://...\n")
     (tmp_path / "garbage.pt").write_bytes(b"nope")
@@ -139,5 +171,5 @@ def test_user_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys):
         main(["serve", "--help"])
     assert exit_.value.code == 0
     help_text = capsys.readouterr().out
-    for option in ("--max-wait-ms", "--replicas", "--redis", "--token", "--ttl", "--max-conversations"):
+    for option in ("--max-wait-ms", "--replicas", "--redis", "--token", "--ttl", "--max-conversations", "--max-memory"):
         assert option in help_text

@@ -63,8 +63,9 @@ def test_snapshot_and_restore_round_trip_and_bad_input_changes_nothing():
     assert ids == ["a", "b", "c"] and counts == [2, 2, 1]
     other = _store()
     other.restore(ids, counts, u, proj)
-    for c in ids:
-        assert torch.equal(other.u[other.window_rows([c])], store.u[store.window_rows([c])])
+    for c in ids:   # the filled slots (empty ones, -1, hold nothing)
+        mine, theirs = other.window_rows([c])[0], store.window_rows([c])[0]
+        assert torch.equal(other.u[mine[mine >= 0]], store.u[theirs[theirs >= 0]])
         assert other.count(c) == store.count(c)
     before = other.snapshot()
     bad = [((ids, counts[:2], u, proj), "lists of one length"),

@@ -69,6 +69,16 @@ class EnsembleRecognizer:
         """How many utterances of the conversation were pushed (0 if unknown)."""
         return self.members[0].utterances_seen(conversation_id)
 
+    @property
+    def bytes_per_conversation(self) -> int:
+        """Bytes of state one open conversation holds: every member's."""
+        return sum(m.bytes_per_conversation for m in self.members)
+
+    @property
+    def store_bytes(self) -> int:
+        """Bytes the members' ring stores hold now."""
+        return sum(m.store_bytes for m in self.members)
+
     def push(self, conversation_id: Hashable, utterance_text: str) -> Prediction:
         """Classify the next utterance of a conversation with every member, probabilities averaged."""
         return self.push_many([(conversation_id, utterance_text)])[0]

@@ -160,6 +160,18 @@ class StreamingRecognizer:
         """How many utterances of the conversation were pushed (0 if unknown)."""
         return self.store.count(conversation_id)
 
+    @property
+    def bytes_per_conversation(self) -> int:
+        """Bytes of state one open conversation holds (its K ring slots; see
+        :class:`~aghmn_fast.streaming.store.RingStore`)."""
+        return self.store.bytes_per_conversation
+
+    @property
+    def store_bytes(self) -> int:
+        """Bytes the ring store holds now (its capacity, open or not): it doubles when full
+        and halves, giving the memory back, once at most a quarter is open."""
+        return self.store.nbytes
+
     def push(self, conversation_id: Hashable, utterance_text: str) -> Prediction:
         """Classify the next utterance of a conversation (opened on its first utterance)."""
         start = time.perf_counter()

@@ -14,10 +14,18 @@ a native runtime implements as well:
   the empty ones; ``slots(cids)`` [B]: where each conversation's next utterance goes;
 - ``write(slots, u)`` stores reader vectors and their projections, ``advance(cids)`` counts one
   utterance more; ``remember(cids, u)`` does both;
-- ``snapshot()`` / ``restore(...)``: every conversation's state, for state files.
+- ``snapshot()`` / ``restore(...)``: every conversation's state, for state files;
+- ``bytes_per_conversation`` and ``nbytes``: the memory of one conversation and of the store.
+
+Memory: the store doubles when full and halves once at most a quarter of it is open (the open
+conversations move to the first blocks, so their block numbers change: read them per call), so
+closed conversations' slots are reused by new ones and given back when most are closed.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from typing import Dict, Hashable, List, Sequence, Tuple
 
 import torch
@@ -56,6 +64,16 @@ class RingStore:
         return self._capacity
 
     @property
+    def bytes_per_conversation(self) -> int:
+        """Bytes of one open conversation's state: K slots of u [H] and proj [max(D, 1), 3H]."""
+        return self.window * self.hidden * (1 + 3 * self.proj.shape[0]) * self.u.element_size()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the store's tensors hold now (its capacity, open or not)."""
+        return self.u.nbytes + self.proj.nbytes
+
+    @property
     def conversations(self) -> List[Hashable]:
         """Ids of the open conversations, in opening order."""
         return list(self._blocks)
@@ -83,15 +101,25 @@ class RingStore:
         if cid in self._blocks:
             return
         if not self._free:
-            self._grow(2 * self._capacity)
-        self._blocks[cid], self._counts[cid] = self._free.pop(), 0
+            self._reallocate(2 * self._capacity)
+        block = self._free.pop()
+        K = self.window
+        self.u[block * K:(block + 1) * K] = 0   # a reused block holds a closed conversation's
+        self.proj[:, block * K:(block + 1) * K] = 0
+        self._blocks[cid], self._counts[cid] = block, 0
 
     def close(self, cid: Hashable) -> None:
-        """Forget a conversation and free its block; ``KeyError`` if it is not open."""
+        """Forget a conversation and free its block; ``KeyError`` if it is not open. Once at
+        most a quarter of the store is open, it halves (see the module doc)."""
         if cid not in self._blocks:
             raise KeyError(f"unknown conversation_id {cid!r}")
         self._free.append(self._blocks.pop(cid))
         del self._counts[cid]
+        # Half the store, the open conversations in its first quarter: neither growing again
+        # (twice as many) nor shrinking again (half as many) follows soon, and the copies cost
+        # O(1) per close, amortised.
+        if self._capacity > self._initial and len(self._blocks) <= self._capacity // 4:
+            self._reallocate(max(self._initial, self._capacity // 2))
 
     # ---- what the compute paths read and write ---------------------------------------------------
     def window_rows(self, cids: Sequence[Hashable]) -> Tensor:
@@ -151,8 +179,8 @@ class RingStore:
         if len(set(ids)) != n:
             raise ValueError("a conversation id appears twice")
         self._reset(n)
+        self._free = list(range(self._capacity - 1, n - 1, -1))
         for b, (cid, count) in enumerate(zip(ids, counts)):
-            self._free.remove(b)
             self._blocks[cid], self._counts[cid] = b, count
         self.u[: n * K] = u.to(self.device, self.dtype)
         self.proj[:, : n * K] = proj.to(self.device, self.dtype)
@@ -166,13 +194,48 @@ class RingStore:
         self.u = torch.zeros(0, self.hidden, dtype=self.dtype, device=self.device)
         self.proj = torch.zeros(max(self.num_dirs, 1), 0, 3 * self.hidden, dtype=self.dtype,
                                 device=self.device)
-        self._grow(max(self._initial, conversations))
+        self._reallocate(max(self._initial, conversations))
 
-    def _grow(self, capacity: int) -> None:
+    def _reallocate(self, capacity: int) -> None:
+        """Tensors of ``capacity`` blocks, open conversation i moved to block i. The new tensors
+        are left uninitialised (``open`` zeroes a block when a conversation takes it): on the
+        CPU a block never used costs address space, not resident memory."""
         K = self.window
-        extra = capacity - self._capacity
-        self.u = torch.cat([self.u, self.u.new_zeros(extra * K, self.hidden)])
-        self.proj = torch.cat([self.proj, self.proj.new_zeros(self.proj.shape[0], extra * K,
-                                                              3 * self.hidden)], dim=1)
-        self._free.extend(range(capacity - 1, self._capacity - 1, -1))
+        u = self.u.new_empty(capacity * K, self.hidden)
+        proj = self.proj.new_empty(self.proj.shape[0], capacity * K, 3 * self.hidden)
+        ids = list(self._blocks)
+        if ids:
+            old = torch.tensor([self._blocks[c] * K + k for c in ids for k in range(K)],
+                               dtype=torch.int64, device=self.device)
+            u[:len(ids) * K] = self.u[old]
+            proj[:, :len(ids) * K] = self.proj[:, old]
+        elif capacity:   # the "ops" path reads row 0 (masked) for empty slots: never garbage
+            u[:K] = 0
+            proj[:, :K] = 0
+        self._blocks = {c: b for b, c in enumerate(ids)}
+        self._free = list(range(capacity - 1, len(ids) - 1, -1))   # the lowest is taken first
+        self.u, self.proj = u, proj   # the old tensors are freed here
         self._capacity = capacity
+        if self.device.type == "cpu":
+            _release_free_heap()
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _release_free_heap() -> None:
+    """Give the heap's free pages back to the operating system after the store's tensors were
+    replaced: glibc raises its mmap threshold to the size of each mapped block freed, so the
+    next tensors of a growing or shrinking store come from the heap, and freed there they would
+    stay resident (measured: the K = 40 store of 20,000 conversations kept a second copy of
+    itself after a close-all and reopen cycle without this)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -236,4 +236,14 @@ aghmn_status aghmn_normalize(const char* text, size_t len, char* out, size_t cap
   });
 }
 
+size_t aghmn_model_conversation_bytes(const aghmn_model* model) {
+  if (model == nullptr || !live(model)) return 0;
+  return aghmn::rt::conversation_bytes(model->model->dims);
+}
+
+size_t aghmn_session_store_bytes(const aghmn_session* s) {
+  if (s == nullptr || !live(s)) return 0;
+  return s->session.store_bytes();
+}
+
 }  // extern "C"

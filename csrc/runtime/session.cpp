@@ -4,6 +4,7 @@
 // index them); last 8 bytes FNV-1a 64 of everything before.
 #include "runtime/session.h"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <new>
 
 #include "runtime/cnn_reader.h"
 #include "runtime/runtime_internal.h"
@@ -41,27 +43,55 @@ void put_floats(std::vector<unsigned char>& out, const float* p, size_t n) {
   out.insert(out.end(), b, b + n * sizeof(float));
 }
 
+constexpr int64_t kMinCapacity = 4;  // blocks
+
 }  // namespace
 
-Session::Session(std::shared_ptr<const Model> model) : model_(std::move(model)) { reserve(4); }
+PageBuffer::PageBuffer(size_t floats) : bytes_(floats * sizeof(float)) {
+  if (bytes_ == 0) return;
+  void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  data_ = static_cast<float*>(p);
+}
+
+PageBuffer::~PageBuffer() {
+  if (data_ != nullptr) munmap(data_, bytes_);
+}
+
+size_t conversation_bytes(const ModelDims& d) {
+  const size_t width = static_cast<size_t>(std::max<int64_t>(d.D, 1));
+  return static_cast<size_t>(d.K) * static_cast<size_t>(d.H) * sizeof(float) * (1 + 3 * width);
+}
+
+Session::Session(std::shared_ptr<const Model> model) : model_(std::move(model)) {
+  reallocate(kMinCapacity);
+}
 
 void Session::reserve(int64_t conversations) {
-  int64_t cap = std::max<int64_t>(capacity_, 4);
+  int64_t cap = std::max<int64_t>(capacity_, kMinCapacity);
   while (cap < conversations) cap *= 2;
-  if (cap == capacity_) return;
+  if (cap != capacity_) reallocate(cap);
+}
+
+void Session::reallocate(int64_t cap) {
   const ModelDims& d = model_->dims;
   const int64_t K = d.K, H = d.H, W = width();
   const int64_t old_rows = capacity_ * K, rows = cap * K;
-  std::unique_ptr<float[]> u(new float[rows * H]), proj(new float[W * rows * 3 * H]);
-  for (const Conversation& c : convs_) {  // only blocks in use hold anything
-    const int64_t r = c.block * K;
-    std::copy(u_.get() + r * H, u_.get() + (r + K) * H, u.get() + r * H);
+  PageBuffer u(static_cast<size_t>(rows * H)), proj(static_cast<size_t>(W * rows * 3 * H));
+  // Open conversation i moves to block i (only blocks in use hold anything): after a shrink the
+  // blocks beyond the open ones are free, and the store's tail is never touched again.
+  for (size_t i = 0; i < convs_.size(); ++i) {
+    const int64_t from = convs_[i].block * K, to = static_cast<int64_t>(i) * K;
+    std::copy(u_.get() + from * H, u_.get() + (from + K) * H, u.get() + to * H);
     for (int64_t w = 0; w < W; ++w)
-      std::copy(proj_.get() + (w * old_rows + r) * 3 * H, proj_.get() + (w * old_rows + r + K) * 3 * H,
-                proj.get() + (w * rows + r) * 3 * H);
+      std::copy(proj_.get() + (w * old_rows + from) * 3 * H,
+                proj_.get() + (w * old_rows + from + K) * 3 * H, proj.get() + (w * rows + to) * 3 * H);
   }
+  free_.clear();
   free_.reserve(cap);
-  for (int64_t b = cap - 1; b >= capacity_; --b) free_.push_back(b);  // the lowest is taken first
+  for (int64_t b = cap - 1; b >= static_cast<int64_t>(convs_.size()); --b)
+    free_.push_back(b);  // the lowest is taken first
+  for (size_t i = 0; i < convs_.size(); ++i) convs_[i].block = static_cast<int64_t>(i);
   u_.swap(u);
   proj_.swap(proj);
   capacity_ = cap;
@@ -164,6 +194,18 @@ void Session::close(const std::string& id) {
     index_[convs_[at].id] = at;
   }
   convs_.pop_back();
+  // Give memory back once at most a quarter of the store is open: half the store, the open
+  // conversations compacted into its first quarter, so that neither growing again (it takes
+  // twice as many) nor shrinking again (half as many) follows soon; the copies cost O(1) per
+  // close, amortised.
+  const int64_t open = static_cast<int64_t>(convs_.size());
+  if (capacity_ > kMinCapacity && open <= capacity_ / 4) {
+    try {
+      reallocate(std::max<int64_t>(kMinCapacity, capacity_ / 2));
+    } catch (const std::bad_alloc&) {
+      // no memory for the smaller store: keep the larger one (the close itself succeeded)
+    }
+  }
 }
 
 int64_t Session::utterances_seen(const std::string& id) const {
@@ -249,10 +291,10 @@ void Session::load(const char* path) {
     convs.push_back({std::move(id), static_cast<int64_t>(i), static_cast<int64_t>(count)});
   }
   if (r.remaining() != n * (per_conv - 12)) bad("store size does not match the conversations");
-  int64_t cap = 4;
+  int64_t cap = kMinCapacity;
   while (cap < static_cast<int64_t>(n)) cap *= 2;
   const int64_t rows = cap * K;
-  std::unique_ptr<float[]> u(new float[rows * H]), proj(new float[W * rows * 3 * H]);
+  PageBuffer u(static_cast<size_t>(rows * H)), proj(static_cast<size_t>(W * rows * 3 * H));
   for (uint64_t i = 0; i < n; ++i) {
     std::memcpy(u.get() + i * K * H, r.take(K * H * 4, "u"), K * H * 4);
     for (int64_t w = 0; w < W; ++w)

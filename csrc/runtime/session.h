@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -13,6 +14,36 @@
 
 namespace aghmn {
 namespace rt {
+
+// Zero-filled floats mapped from the operating system (anonymous mmap on POSIX): freeing them
+// gives the pages back at once, whatever the allocator's thresholds (a heap block of this size
+// may stay in malloc's free lists), and pages never written cost no resident memory.
+class PageBuffer {
+ public:
+  PageBuffer() = default;
+  explicit PageBuffer(size_t floats);  // std::bad_alloc when the system has no memory
+  ~PageBuffer();
+  PageBuffer(PageBuffer&& other) noexcept { swap(other); }
+  PageBuffer& operator=(PageBuffer&& other) noexcept {
+    swap(other);
+    return *this;
+  }
+  PageBuffer(const PageBuffer&) = delete;
+  PageBuffer& operator=(const PageBuffer&) = delete;
+  float* get() const { return data_; }
+  void swap(PageBuffer& other) noexcept {
+    std::swap(data_, other.data_);
+    std::swap(bytes_, other.bytes_);
+  }
+
+ private:
+  float* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Bytes of one open conversation's state: its K ring slots of reader vectors [H] and fusion
+// input projections [width, 3H] (float32).
+size_t conversation_bytes(const ModelDims& dims);
 
 class Session {
  public:
@@ -27,6 +58,9 @@ class Session {
   void close(const std::string& id);
   int64_t utterances_seen(const std::string& id) const;
   size_t size() const { return convs_.size(); }
+  // Bytes the ring store holds for conversations (capacity, open or not): it doubles when full
+  // and halves (compacting) when at most a quarter is open.
+  size_t store_bytes() const { return static_cast<size_t>(capacity_) * conversation_bytes(model_->dims); }
   const std::string& id_at(size_t i) const { return convs_.at(i).id; }
 
   void save(const char* path) const;  // atomic: temporary file + rename
@@ -40,6 +74,7 @@ class Session {
   };
   int64_t width() const { return std::max<int64_t>(model_->dims.D, 1); }
   void reserve(int64_t conversations);  // grows the store (doubling) to hold that many
+  void reallocate(int64_t capacity);    // a store of that many blocks, open ones first
   int64_t open(const std::string& id);  // index into convs_ of a new conversation
 
   std::shared_ptr<const Model> model_;
@@ -47,9 +82,9 @@ class Session {
   std::unordered_map<std::string, size_t> index_;  // id -> position in convs_
   std::vector<int64_t> free_;                      // free blocks, the next one last
   int64_t capacity_ = 0;                           // blocks
-  // [capacity * K, H] and [width, capacity * K, 3H], left uninitialised (a block is zeroed when a
-  // conversation takes it): the capacity not in use costs address space, not resident memory.
-  std::unique_ptr<float[]> u_, proj_;
+  // [capacity * K, H] and [width, capacity * K, 3H] (a block is zeroed when a conversation takes
+  // it): the capacity never used costs address space, not resident memory.
+  PageBuffer u_, proj_;
 };
 
 }  // namespace rt

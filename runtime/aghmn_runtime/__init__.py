@@ -134,6 +134,19 @@ class StreamingRecognizer:
         """Ids of the open conversations."""
         return self._session.conversations()
 
+    # ---- memory --------------------------------------------------------------------------------
+    @property
+    def bytes_per_conversation(self) -> int:
+        """Bytes of state one open conversation holds (its K ring slots), as
+        ``aghmn_fast.StreamingRecognizer.bytes_per_conversation``."""
+        return self._model.conversation_bytes
+
+    @property
+    def store_bytes(self) -> int:
+        """Bytes the ring store holds now: its capacity times :attr:`bytes_per_conversation`. It
+        doubles when full and halves (giving the memory back) once at most a quarter is open."""
+        return self._session.store_bytes
+
     def save_state(self, path) -> None:
         """Write every open conversation's state, atomically (loadable with :meth:`load_state`
         of a recognizer of the same model)."""

@@ -92,6 +92,7 @@ class Model {
   const aghmn_model* get() const { return model_; }
   int num_labels() const { return aghmn_model_num_labels(model_); }
   int window() const { return aghmn_model_window(model_); }
+  size_t conversation_bytes() const { return aghmn_model_conversation_bytes(model_); }
   std::vector<std::string> labels() const {
     std::vector<std::string> out;
     for (int i = 0; i < num_labels(); ++i) out.emplace_back(aghmn_model_label(model_, i));
@@ -240,6 +241,12 @@ class Session {
     return aghmn_num_conversations(session_);
   }
 
+  size_t store_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (session_ == nullptr) check(closed());
+    return aghmn_session_store_bytes(session_);
+  }
+
   std::vector<std::string> conversations() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (session_ == nullptr) check(closed());
@@ -324,7 +331,9 @@ PYBIND11_MODULE(_native, m) {
   py::class_<Model, std::shared_ptr<Model>>(m, "Model", "A loaded .aghmn model file.")
       .def(py::init<const std::string&>(), py::arg("path"))
       .def_property_readonly("labels", &Model::labels, "Class names, in class-id order.")
-      .def_property_readonly("window", &Model::window, "K, the memory window.");
+      .def_property_readonly("window", &Model::window, "K, the memory window.")
+      .def_property_readonly("conversation_bytes", &Model::conversation_bytes,
+                             "Bytes of state one open conversation holds in a session.");
 
   py::class_<Session>(m, "Session", "Conversations and their ring store over one Model.")
       .def(py::init<std::shared_ptr<Model>>(), py::arg("model"))
@@ -338,6 +347,8 @@ PYBIND11_MODULE(_native, m) {
       .def("utterances_seen", &Session::utterances_seen, py::arg("conversation_id"))
       .def("num_conversations", &Session::num_conversations)
       .def("conversations", &Session::conversations)
+      .def_property_readonly("store_bytes", &Session::store_bytes,
+                             "Bytes the ring store holds now (its capacity, open or not).")
       .def("save", &Session::save, py::arg("path"))
       .def("load", &Session::load, py::arg("path"))
       .def("release", &Session::release, "Free the native session now.")

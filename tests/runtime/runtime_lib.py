@@ -68,6 +68,8 @@ class Runtime:
             "aghmn_session_load": (ctypes.c_int, [P, ctypes.c_char_p]),
             "aghmn_normalize": (ctypes.c_int, [ctypes.c_char_p, S, ctypes.c_char_p, S,
                                                ctypes.POINTER(S)]),
+            "aghmn_model_conversation_bytes": (S, [P]),
+            "aghmn_session_store_bytes": (S, [P]),
         }
         for name, (res, args) in sig.items():
             fn = getattr(lib, name)
@@ -119,6 +121,7 @@ class Model:
         self.labels = [lib.aghmn_model_label(handle, i).decode()
                        for i in range(lib.aghmn_model_num_labels(handle))]
         self.window = lib.aghmn_model_window(handle)
+        self.conversation_bytes = lib.aghmn_model_conversation_bytes(handle)
 
     def session(self) -> "Session":
         """A new session over this model."""
@@ -183,6 +186,10 @@ class Session:
                                                             ctypes.byref(n)))
             out.append(ctypes.string_at(p, n.value).decode())
         return out
+
+    def store_bytes(self) -> int:
+        """aghmn_session_store_bytes."""
+        return self.rt.lib.aghmn_session_store_bytes(self.handle)
 
     def save(self, path) -> None:
         """aghmn_session_save."""

@@ -167,3 +167,29 @@ def test_large_rounds_equal_torch(runtime, tmp_path):
         items = [(f"c{i}", rng.choice(TEXTS)) for i in range(150)] + [("c0", "again?")]
         got, _ = s.push_many(items)
         assert np.array_equal(got, torch_probs(rec.push_many(items)))
+
+
+def test_conversation_bytes_and_a_store_that_gives_memory_back(runtime, tmp_path):
+    """aghmn_model_conversation_bytes is the torch ring store's; the session's store doubles
+    when full and halves once at most a quarter is open, the open conversations exact across it;
+    NULL and freed handles give 0."""
+    path, rec = make_model(tmp_path, "memory", reader="bigru")
+    model = runtime.load(path)
+    per = model.conversation_bytes
+    assert per == rec.bytes_per_conversation == 3 * 11 * 4 * (1 + 3 * 2)
+    s = model.session()
+    assert s.store_bytes() == 4 * per
+    s.push_many([(f"c{i}", "hi there") for i in range(100)] + [("keep", "how are you?")])
+    assert s.store_bytes() == 128 * per
+    for i in range(100):
+        s.close(f"c{i}")
+    assert s.store_bytes() == 4 * per and s.conversations() == ["keep"]
+    probs, index = s.push("keep", "I am fine.")
+    want = rec.push_many([("keep", "how are you?"), ("keep", "I am fine.")])[1]
+    assert index == 1 and np.array_equal(probs, torch_probs([want])[0])
+    lib = runtime.lib
+    assert lib.aghmn_model_conversation_bytes(None) == 0 and lib.aghmn_session_store_bytes(None) == 0
+    s.free()
+    assert lib.aghmn_session_store_bytes(s.handle) == 0
+    model.free()
+    assert lib.aghmn_model_conversation_bytes(model.handle) == 0

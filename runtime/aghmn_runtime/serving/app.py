@@ -42,11 +42,12 @@ from starlette.websockets import WebSocket
 
 from .batcher import MicroBatcher, Overloaded
 from .engine import ConversationEngine, ServingError, check_conversation_id, check_index, check_text
+from .memory import BOOKKEEPING_BYTES, default_budget, live_capacity
 from .metrics import ServerMetrics
 from .recognizers import load_recognizer
 from .store import ConversationStore, open_store
 
-log = logging.getLogger("aghmn_fast.serving")
+log = logging.getLogger("aghmn_runtime.serving")
 
 
 @dataclasses.dataclass
@@ -61,6 +62,7 @@ class ServeConfig:
     max_wait_ms: float = 0.0
     max_queue: int = 8192
     max_conversations: int = 20_000
+    max_memory: Optional[int] = None        # bytes for live conversations; None: half the machine's
     ttl_seconds: Optional[float] = 3600.0
     max_body_bytes: int = 65_536
     max_text_chars: int = 10_000
@@ -78,8 +80,9 @@ class ServeConfig:
         """Raise ValueError naming the first out-of-range option."""
         positive = ("max_batch", "max_queue", "max_conversations", "max_body_bytes", "max_text_chars",
                     "max_batch_items", "threads", "max_header_bytes", "max_url_bytes")
-        if self.max_connections is not None:
-            positive += ("max_connections",)
+        for name in ("max_connections", "max_memory"):
+            if getattr(self, name) is not None:
+                positive += (name,)
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -134,9 +137,11 @@ def _json(status: int, payload, headers=None) -> Response:
 class ServingApp:
     """One model served over HTTP and WebSocket: builds the engine, batcher, metrics and routes.
 
-    Construction loads the checkpoint and restores the stored conversations (so that a bad
-    checkpoint or state file fails before any port is opened); :attr:`app` is the ASGI app,
-    whose lifespan starts the batcher and, on shutdown, finishes queued work and closes the store.
+    Construction loads the checkpoint, sizes the memory for live conversations (``max_memory``,
+    see :mod:`.memory`: ValueError when one conversation alone exceeds it) and restores the stored
+    conversations (so that a bad checkpoint, budget or state file fails before any port is
+    opened); :attr:`app` is the ASGI app, whose lifespan starts the batcher and, on shutdown,
+    finishes queued work and closes the store.
 
     Args:
         config: the options.
@@ -147,11 +152,15 @@ class ServingApp:
         config.validate()
         self.config = config
         recognizer = load_recognizer(config.checkpoint, backend=config.backend, threads=config.threads)
+        self.memory_budget = config.max_memory if config.max_memory is not None else default_budget()
+        self.bytes_per_conversation = recognizer.bytes_per_conversation + BOOKKEEPING_BYTES
+        max_live = live_capacity(self.memory_budget, self.bytes_per_conversation, config.max_conversations,
+                                 str(config.checkpoint))
         self.metrics = ServerMetrics()
         if store is None:
             store = open_store(config.state, recognizer.window, config.ttl_seconds)
         self.engine = ConversationEngine(recognizer, store, max_conversations=config.max_conversations,
-                                         ttl_seconds=config.ttl_seconds, stats=self.metrics)
+                                         ttl_seconds=config.ttl_seconds, stats=self.metrics, max_live=max_live)
         try:
             self.restored = self.engine.restore()
         except Exception:
@@ -161,12 +170,15 @@ class ServingApp:
                                     max_wait_ms=config.max_wait_ms, max_queue=config.max_queue,
                                     on_batch=self.metrics.on_batch, worker_thread=config.worker_thread)
         self.metrics.live.set_function(lambda: self.engine.live)
+        self.metrics.state_bytes.set_function(lambda: recognizer.store_bytes)
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.ready = False
         self._sweeper: Optional[asyncio.Task] = None
         self._expected_auth = f"Bearer {config.token}".encode("utf-8") if config.token is not None else None
         self.draining = False   # SIGTERM/SIGINT arrived: WebSocket messages are refused from now
         self.metrics.set_limits(config)
+        self.metrics.limits.labels("max_memory").set(self.memory_budget)
+        self.metrics.limits.labels("max_live_conversations").set(self.engine.memory_cap)
         self._observe = {r: (self.metrics.request_seconds.labels(r), {}) for r in
                          ("utterance", "batch", "delete", "stream", "metrics")}
         self._in_flight = {r: self.metrics.in_flight.labels(r) for r in ("utterance", "batch", "stream")}
@@ -267,7 +279,7 @@ class ServingApp:
 
     def _error(self, route: str, err: ServingError, start: float) -> Response:
         reason = {400: "bad_request", 401: "unauthorized", 404: "not_found", 409: "conflict",
-                  413: "too_large", 422: "invalid", 429: "capacity", 503: "unavailable"}
+                  413: "too_large", 422: "invalid", 429: "capacity", 500: "internal", 503: "unavailable"}
         self.metrics.rejections.labels(reason.get(err.status, str(err.status))).inc()
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else (
             {"Retry-After": "1"} if err.status in (429, 503) else None)
@@ -418,6 +430,7 @@ class ServingApp:
         if not self.ready:
             return _json(503, {"status": "not ready"})
         return _json(200, {"status": "ready", "pid": os.getpid(), "live_conversations": self.engine.live,
+                           "max_live_conversations": self.engine.memory_cap,
                            "stored_conversations": self.engine.store.count(),
                            "queue_depth": self.batcher.depth if self.batcher else 0})
 

@@ -47,8 +47,15 @@ def add_arguments(p) -> None:
     p.add_argument("--max-queue", type=int, default=8192,
                    help="most utterances waiting; beyond it requests get 503 (default 8192)")
     p.add_argument("--max-conversations", type=int, default=20_000,
-                   help="most stored conversations, and most held in memory (about 140 KB each for a K = 40 model); a new "
-                        "one beyond it gets 429 (default 20000)")
+                   help="most stored conversations, and most held in memory; a new one beyond it gets "
+                        "429 (default 20000)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory for live conversations, e.g. 512M, 2G (K, M, G: powers of 1024): at "
+                        "most SIZE / (bytes per conversation) are held in memory (a model's K ring "
+                        "slots plus 4 KiB of bookkeeping; e.g. 30 KiB at K = 40, H = 24, 28 MiB at "
+                        "K = 4096, H = 256); beyond it the least recently used is evicted to the "
+                        "store; the server refuses to start if one conversation exceeds it "
+                        "(default: half the machine's memory, or of the container's limit)")
     p.add_argument("--ttl", type=float, default=3600.0,
                    help="seconds after which an idle conversation is forgotten (default 3600; 0 = never)")
     p.add_argument("--max-body-bytes", type=int, default=65_536,
@@ -85,6 +92,7 @@ def add_arguments(p) -> None:
 def config_from_args(args):
     """The :class:`~aghmn_runtime.serving.app.ServeConfig` of parsed arguments."""
     from .app import ServeConfig
+    from .memory import parse_size
 
     for path in args.checkpoint:
         if not os.path.isfile(path):
@@ -96,6 +104,7 @@ def config_from_args(args):
         token=token_from_args(args),
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_conversations=args.max_conversations, ttl_seconds=args.ttl or None,
+        max_memory=None if args.max_memory is None else parse_size(args.max_memory),
         max_body_bytes=args.max_body_bytes, max_text_chars=args.max_text_chars,
         max_batch_items=args.max_batch_items, threads=args.threads, backend=args.backend,
         worker_thread=args.worker_thread, max_connections=args.max_connections,

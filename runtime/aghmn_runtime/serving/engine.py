@@ -9,11 +9,12 @@ uninterrupted run). The recognizer's own counter restarts at the rebuild, so the
 conversation's true index itself.
 
 The engine is synchronous and not thread-safe, like the recognizer: the server calls it from one
-worker thread (:class:`~aghmn_fast.serving.batcher.MicroBatcher`).
+worker thread (:class:`~aghmn_runtime.serving.batcher.MicroBatcher`).
 """
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import re
 import time
@@ -22,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from .recognizers import Recognizer
 from .store import ConversationStore, StoreConflict
 
-log = logging.getLogger("aghmn_fast.serving")
+log = logging.getLogger("aghmn_runtime.serving")
 
 # matched with fullmatch: ``$`` would also match before a final newline ("abc\n")
 CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:@~-]{1,128}")
@@ -83,28 +84,39 @@ class ConversationEngine:
             stays in the store).
         ttl_seconds: idle expiry: :meth:`expire` forgets conversations idle for longer
             (None: never).
+        max_live: the most conversations held in memory, when fewer than ``max_conversations``
+            (the server derives it from its memory budget, ``--max-memory``): beyond it the least
+            recently used in-memory copy is evicted (it stays in the store and is rebuilt when
+            used again). None: ``max_conversations``.
         stats: an optional object whose ``record(hits, rebuilds, new)`` is called after each
             batch with how many conversations were served from memory, rebuilt from the store,
             and opened (the server's Prometheus metrics).
     """
 
     def __init__(self, recognizer: Recognizer, store: ConversationStore,
-                 max_conversations: int = 20_000, ttl_seconds: Optional[float] = None, stats=None):
+                 max_conversations: int = 20_000, ttl_seconds: Optional[float] = None, stats=None,
+                 max_live: Optional[int] = None):
         if max_conversations < 1:
             raise ValueError(f"max_conversations must be >= 1, got {max_conversations}")
+        if max_live is not None and max_live < 1:
+            raise ValueError(f"max_live must be >= 1, got {max_live}")
         if ttl_seconds is not None and ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be > 0, got {ttl_seconds}")
         self.recognizer = recognizer
         self.store = store
         self.window = recognizer.window
         self.max_conversations = max_conversations
+        # the bound on conversations in memory
+        self.memory_cap = max_conversations if max_live is None else min(max_conversations, max_live)
         self.ttl_seconds = ttl_seconds
         self.stats = stats
         self._count: Dict[str, int] = {}                 # in memory: true utterances seen
         self._used: "collections.OrderedDict[str, float]" = collections.OrderedDict()  # LRU order
-        # each in-memory conversation's last answer (index, text, answer): a retry of it is a
-        # lookup, no cheaper to refuse than to serve
-        self._last: Dict[str, Tuple[int, str, dict]] = {}
+        # each in-memory conversation's last answer (index, hash of its text, answer): a retry of
+        # it is a lookup, no cheaper to refuse than to serve. The text's hash, not the text: a
+        # text may be 10,000 characters, and memory is budgeted per conversation (str hashes are
+        # keyed per process: a client cannot make another text collide on purpose).
+        self._last: Dict[str, Tuple[int, int, dict]] = {}
         self.hits = self.rebuilds = self.new_conversations = self.replays = 0
 
     # ---- public --------------------------------------------------------------------------------
@@ -130,8 +142,12 @@ class ConversationEngine:
         """Classify a batch of (conversation id, text[, expected index]); one result per item.
 
         A result is a dict (``id``, ``index``, ``label``, ``probabilities``, ``rebuilt``) or a
-        :class:`ServingError` for that item alone; the other items are served (a store failure
-        of one conversation fails only that conversation's items).
+        :class:`ServingError` for that item alone; the other items are served. Failures are
+        isolated per conversation: a store failure of one conversation fails only that
+        conversation's items (503), and so does an exception of the recognizer (500, ``internal
+        error: <type>``): the batch is then computed again one conversation at a time, each
+        rebuilt from the store, and only the conversations whose own computation fails are
+        refused (nothing of them is stored or counted; their next utterance rebuilds them).
 
         An expected index makes retries safe: if it is the conversation's next index the
         utterance is served as usual; if it is the index of the conversation's last utterance
@@ -140,7 +156,7 @@ class ConversationEngine:
         refused with 409.
         """
         results: List[Optional[Result]] = [None] * len(items)
-        stored = self._load([item[0] for item in items])
+        stored = self._load([item[0] for item in items], items, results)
         in_batch = {item[0] for item in items}
         accepted: List[int] = []
         replays: List[int] = []
@@ -149,6 +165,8 @@ class ConversationEngine:
         next_index: Dict[str, int] = {}
         counted = self.store.count()   # None: a shared store, whose size is not this process's
         for i, item in enumerate(items):
+            if results[i] is not None:   # its conversation could not be loaded
+                continue
             cid = item[0]
             expected = item[2] if len(item) > 2 else None
             first = cid not in next_index
@@ -165,34 +183,34 @@ class ConversationEngine:
                 accepted.append(i)
             elif cid in stored:
                 if not self._make_room(len(rebuild) + len(admitted_new), in_batch):
-                    results[i] = self._full()
+                    results[i] = self._full(self.memory_cap)
                     continue
                 rebuild[cid] = stored[cid]
                 accepted.append(i)
             elif ((counted if counted is not None else self.live + len(rebuild)) + len(admitted_new)
                   < self.max_conversations):
+                if not self._make_room(len(rebuild) + len(admitted_new), in_batch):
+                    results[i] = self._full(self.memory_cap)
+                    continue
                 admitted_new.add(cid)
                 accepted.append(i)
             else:
-                results[i] = self._full()
+                results[i] = self._full(self.max_conversations)
                 continue
             next_index[cid] += 1
         self._replay(replays, items, stored, results)
         if not accepted:
             return results
         batch = [(items[i][0], items[i][1]) for i in accepted]
-        involved = {cid for cid, _ in batch}
-        K = self.window
-        try:
-            replay = [(cid, text) for cid, (_, texts) in rebuild.items() for text in texts[-K:]]
-            predictions = self.recognizer.push_many(replay + batch)[len(replay):]
-        except Exception:
-            self._forget(involved)   # the recognizer may be part-way: rebuild from the store later
-            raise
+        predictions, failed = self._push(rebuild, batch)
         for cid, (count, _) in rebuild.items():
-            self._count[cid] = count
+            if cid not in failed:
+                self._count[cid] = count
         appends = []
         for i, (cid, text), p in zip(accepted, batch, predictions):
+            if cid in failed:
+                results[i] = failed[cid]
+                continue
             index = self._count.get(cid, 0)
             self._count[cid] = index + 1
             appends.append((cid, index, text))
@@ -200,22 +218,23 @@ class ConversationEngine:
             out.pop("latency_ms", None)
             out.update(index=index, rebuilt=cid in rebuild)
             results[i] = out
+        involved = {cid for cid, _ in batch} - set(failed)
         try:
-            failed = self._store(appends)
+            not_stored = self._store(appends)
         except StoreConflict as conflict:   # another writer: nothing of the batch was stored
             return self._after_conflict(conflict, items, accepted, involved, results, _retry)
-        for cid, err in failed.items():
+        for cid, err in not_stored.items():
             for i in accepted:
                 if items[i][0] == cid:
                     results[i] = err
-        self._forget(failed)   # memory is ahead of the store for these: never acknowledge that
+        self._forget(not_stored)   # memory is ahead of the store for these: never acknowledge that
         now = time.time()
         for i, (cid, text) in zip(accepted, batch):
-            if cid not in failed:
+            if cid in involved and cid not in not_stored:
                 self._used[cid] = now
                 self._used.move_to_end(cid)
-                self._last[cid] = (results[i]["index"], text, dict(results[i]))
-        served = involved - set(failed)
+                self._last[cid] = (results[i]["index"], hash(text), dict(results[i]))
+        served = involved - set(not_stored)
         n_new = len(admitted_new & served)
         n_rebuilt = len(served & set(rebuild))
         hits = len(served) - n_new - n_rebuilt
@@ -258,9 +277,54 @@ class ConversationEngine:
         self.store.close()
 
     # ---- internals -----------------------------------------------------------------------------
-    def _full(self) -> ServingError:
-        return ServingError(429, f"too many live conversations (limit {self.max_conversations}); "
+    def _full(self, limit: int) -> ServingError:
+        return ServingError(429, f"too many live conversations (limit {limit}); "
                                  "retry later or close some")
+
+    def _push(self, rebuild: Dict[str, Tuple[int, List[str]]], batch: List[Tuple[str, str]]):
+        """The recognizer's predictions for ``batch`` after replaying the stored texts of the
+        conversations in ``rebuild``: (predictions in batch order, ``{conversation id: error}``
+        for the conversations that failed; their predictions are None).
+
+        One ``push_many`` for everything; if it raises, every conversation of the batch is
+        forgotten (the recognizer may be part-way) and computed again alone, rebuilt from the
+        store (the ones that were in memory join ``rebuild``), so that one conversation's
+        failure fails only its own items."""
+        K = self.window
+        replay = [(cid, text) for cid, (_, texts) in rebuild.items() for text in texts[-K:]]
+        try:
+            return self.recognizer.push_many(replay + batch)[len(replay):], {}
+        except Exception as exc:
+            log.error("a batch of %d utterance(s) failed (%s: %s); computing its conversations one by one",
+                      len(batch), type(exc).__name__, exc)
+        involved = list(dict.fromkeys(cid for cid, _ in batch))
+        self._forget(involved)
+        failed: Dict[str, ServingError] = {}
+        was_live = [cid for cid in involved if cid not in rebuild]   # and new ones: not stored
+        if was_live:
+            try:
+                rebuild.update(self.store.load(was_live))
+            except Exception as exc:   # the store too: these cannot be rebuilt now
+                log.error("state store failed: %s", exc)
+                failed.update((cid, _unavailable(exc)) for cid in was_live)
+        positions: Dict[str, List[int]] = {}
+        for j, (cid, _) in enumerate(batch):
+            positions.setdefault(cid, []).append(j)
+        predictions: List = [None] * len(batch)
+        for cid in involved:
+            if cid in failed:
+                continue
+            history = [(cid, text) for text in rebuild[cid][1][-K:]] if cid in rebuild else []
+            try:
+                out = self.recognizer.push_many(history + [batch[j] for j in positions[cid]])[len(history):]
+            except Exception as exc:
+                log.error("conversation %s failed: %s: %s", cid, type(exc).__name__, exc)
+                self._forget([cid])
+                failed[cid] = ServingError(500, f"internal error: {type(exc).__name__}")
+                continue
+            for j, p in zip(positions[cid], out):
+                predictions[j] = p
+        return predictions, failed
 
     def _store(self, appends: List[Tuple[str, int, str]]) -> Optional[Dict[str, ServingError]]:
         """Store the batch's appends: ``{conversation id: error}`` for the conversations that
@@ -306,9 +370,27 @@ class ConversationEngine:
                 results[i] = ServingError(409, "store conflict; retry")
         return results
 
-    def _load(self, cids: Sequence[str]) -> Dict[str, Tuple[int, List[str]]]:
-        """Stored state of the conversations that must be (re)built from the store."""
+    def _load(self, cids: Sequence[str], items, results: List) -> Dict[str, Tuple[int, List[str]]]:
+        """Stored state of the conversations that must be (re)built from the store. If the store
+        fails, each conversation is loaded alone and the items of those that still fail are
+        answered 503 in ``results``."""
         unique = list(dict.fromkeys(cids))
+        try:
+            return self._load_all(unique)
+        except Exception as exc:
+            log.error("state store failed loading %d conversation(s): %s", len(unique), exc)
+        stored: Dict[str, Tuple[int, List[str]]] = {}
+        for cid in unique:
+            try:
+                stored.update(self._load_all([cid]))
+            except Exception as exc:
+                err = _unavailable(exc)
+                for i, item in enumerate(items):
+                    if item[0] == cid:
+                        results[i] = err
+        return stored
+
+    def _load_all(self, unique: List[str]) -> Dict[str, Tuple[int, List[str]]]:
         if not self.store.shared:
             return self.store.load([c for c in unique if c not in self._count])
         # Another replica may have served a conversation since this copy was made: trust the
@@ -321,48 +403,79 @@ class ConversationEngine:
     def _replay(self, replays: List[int], items, stored, results: List) -> None:
         """Answer retries of conversations' last utterances: from memory when the conversation
         is there (a lookup), else computed again from the stored texts (the K before it and
-        itself: the store keeps K + 1), all in one ``push_many``."""
+        itself: the store keeps K + 1), all in one ``push_many`` on scratch conversations (if
+        it raises, each retry is computed alone: one failure answers only its own item)."""
         compute = []
         for i in replays:
             cid, text, index = items[i][0], items[i][1], items[i][2]
             last = self._last.get(cid)
             if last is not None and last[0] == index:
-                results[i] = (dict(last[2], replayed=True) if last[1] == text else
+                same = last[1] == hash(text)
+                results[i] = (dict(last[2], replayed=True) if same else
                               ServingError(409, f"utterance {index} of conversation {cid} is not this "
                                                 "text; cannot replay it"))
-                self.replays += last[1] == text
+                self.replays += same
                 continue
-            state = stored.get(cid) or self.store.load([cid]).get(cid)
+            state = stored.get(cid)
+            if state is None:
+                try:
+                    state = self.store.load([cid]).get(cid)
+                except Exception as exc:
+                    log.error("state store failed: %s", exc)
+                    results[i] = _unavailable(exc)
+                    continue
             if state is None or state[0] != index + 1 or state[1][-1] != text:
                 results[i] = ServingError(409, f"utterance {index} of conversation {cid} is not this text; "
                                                "cannot replay it")
                 continue
-            compute.append((i, ("replay", i), state[1]))   # tuples: never a real (str) conversation id
+            compute.append((i, texts_to_replay(state[1], self.window)))
         if not compute:
             return
-        pushes = [(scratch, t) for _, scratch, texts in compute for t in texts[:-1][-self.window:] + texts[-1:]]
         try:
-            predictions = self.recognizer.push_many(pushes)
-        finally:
-            for _, scratch, _ in compute:
+            answers = self._compute_replays([texts for _, texts in compute])
+        except Exception as exc:
+            log.error("%d replay(s) failed (%s: %s); computing them one by one", len(compute),
+                      type(exc).__name__, exc)
+            answers = []
+            for i, texts in compute:
                 try:
-                    self.recognizer.close(scratch)
-                except KeyError:
-                    pass
-        end = 0
-        for i, _, texts in compute:
-            end += len(texts[:-1][-self.window:]) + 1
-            out = predictions[end - 1].to_dict()
+                    answers += self._compute_replays([texts])
+                except Exception as exc:
+                    log.error("replay of conversation %s failed: %s: %s", items[i][0], type(exc).__name__, exc)
+                    answers.append(ServingError(500, f"internal error: {type(exc).__name__}"))
+        for (i, _), answer in zip(compute, answers):
+            if isinstance(answer, ServingError):
+                results[i] = answer
+                continue
+            out = answer.to_dict()
             out.pop("latency_ms", None)
             out.update(id=items[i][0], index=items[i][2], rebuilt=True, replayed=True)
             results[i] = out
             self.replays += 1
 
+    def _compute_replays(self, texts: List[List[str]]) -> list:
+        """The prediction of each list's last text after the texts before it, each list on a
+        scratch conversation of the recognizer (closed again, also on failure). A scratch id is
+        a str that is never a conversation id (``#`` is not allowed in one): both engines take
+        it, and no conversation is touched."""
+        scratch = [f"#replay-{n}" for n in range(len(texts))]
+        pushes = [(sid, t) for sid, ts in zip(scratch, texts) for t in ts]
+        try:
+            predictions = self.recognizer.push_many(pushes)
+        finally:
+            for sid in scratch:
+                try:
+                    self.recognizer.close(sid)
+                except KeyError:
+                    pass
+        ends = list(itertools.accumulate(len(ts) for ts in texts))
+        return [predictions[end - 1] for end in ends]
+
     def _make_room(self, pending: int, keep) -> bool:
         """Evict least recently used in-memory copies (they stay in the store) until one more
-        conversation fits beside ``pending`` new ones; never one of ``keep`` (this batch's).
-        False if no room can be made."""
-        while self.live + pending >= self.max_conversations:
+        conversation fits in memory beside ``pending`` new ones; never one of ``keep`` (this
+        batch's). False if no room can be made."""
+        while self.live + pending >= self.memory_cap:
             victim = next((c for c in self._used if c not in keep), None)
             if victim is None:
                 return False
@@ -378,6 +491,12 @@ class ConversationEngine:
                 self.recognizer.close(cid)
             except KeyError:
                 pass
+
+
+def texts_to_replay(stored_texts: List[str], window: int) -> List[str]:
+    """What recomputes the prediction of a conversation's last stored utterance: the (up to) K
+    texts before it, then itself."""
+    return stored_texts[:-1][-window:] + stored_texts[-1:]
 
 
 def _by_conversation(appends):

@@ -30,6 +30,8 @@ class ServerMetrics:
             "Conversations per batch by where their state came from: memory (hit), store (rebuilt), new",
             ["source"], registry=r)
         self.live = Gauge("aghmn_live_conversations", "Conversations held in memory", registry=r)
+        self.state_bytes = Gauge("aghmn_state_bytes", "Bytes the recognizer's ring store holds for "
+                                 "conversations (its capacity, open or not)", registry=r)
         self.in_flight = Gauge("aghmn_in_flight_requests", "Requests waiting for the engine, by route",
                                ["route"], registry=r)
         self.queue_depth = Gauge("aghmn_queue_depth", "Utterances waiting for the engine", registry=r)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Hashable, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
+from typing import Iterable, List, Optional, Protocol, Tuple, runtime_checkable
 
 RUNTIME_MAGIC = b"AGHMNRT\0"   # the first bytes of a .aghmn model file (docs/RUNTIME.md)
 #: The torch engine's plug-in: a module with ``load_recognizer(paths, backend, threads)``.
@@ -21,25 +21,32 @@ TORCH_ENGINE = "aghmn_fast.serving_engine"
 
 @runtime_checkable
 class Recognizer(Protocol):
-    """What serving needs of a streaming recognizer (both engines provide it).
+    """What serving needs of a streaming recognizer (both engines provide it; the serving tests
+    run on both: ``tests/serving_fixtures.py``, ``ENGINES``).
 
-    ``push_many`` returns one prediction per item, in order, each with ``conversation_id``,
-    ``index``, ``label``, ``label_id``, ``probabilities`` (label -> float) and ``latency_ms``;
-    it validates every item before any state changes (``ValueError`` / ``TypeError``).
+    Conversation ids are ``str`` (the runtime takes nothing else; serving's own scratch
+    conversations, for replays, are str ids no client can send). ``push_many`` returns one
+    prediction per item, in order, each with ``conversation_id``, ``index``, ``label``,
+    ``label_id``, ``probabilities`` (label -> float) and ``latency_ms``; it validates every item
+    before any state changes (``ValueError`` / ``TypeError``). ``bytes_per_conversation`` is the
+    state one open conversation holds, ``store_bytes`` what the ring store holds now (it shrinks
+    when most conversations are closed).
     """
     window: int
     label_names: List[str]
+    bytes_per_conversation: int
+    store_bytes: int
 
-    def push(self, conversation_id: Hashable, utterance_text: str):
+    def push(self, conversation_id: str, utterance_text: str):
         """The prediction for the next utterance of a conversation."""
 
-    def push_many(self, items: Iterable[Tuple[Hashable, str]]) -> list:
+    def push_many(self, items: Iterable[Tuple[str, str]]) -> list:
         """Predictions for (conversation_id, utterance_text) items, in order."""
 
-    def close(self, conversation_id: Hashable) -> None:
+    def close(self, conversation_id: str) -> None:
         """Forget a conversation (``KeyError`` if unknown)."""
 
-    def utterances_seen(self, conversation_id: Hashable) -> int:
+    def utterances_seen(self, conversation_id: str) -> int:
         """Utterances pushed to a conversation (0 if unknown)."""
 
     def save_state(self, path: str) -> None:

@@ -1,5 +1,5 @@
 """Durable conversation stores: the last K + 1 utterance texts and the true utterance count of
-each live conversation, from which :class:`~aghmn_fast.serving.engine.ConversationEngine` rebuilds a
+each live conversation, from which :class:`~aghmn_runtime.serving.engine.ConversationEngine` rebuilds a
 conversation exactly (the recognizer's state for the next utterance is a function of the last K
 texts only; the one more lets the engine answer a retried last utterance again, exactly).
 
