@@ -1,6 +1,5 @@
 """Serving engine and stores: exact rebuilds from the last K texts, restarts, capacity, expiry,
 replays; every engine test runs on both recognizers (torch and the native runtime)."""
-import os
 import random
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from aghmn_fast.streaming import StreamingRecognizer
 
 from serving_fixtures import (REPO, FailingRecognizer, assert_matches_offline, engine_kind,  # noqa: F401
                               load_engine, meld_model, meld_test_third, offline_probabilities, recognizer_for, redis_url,
-                              synthetic_dialogues, tiny_model)
+                              subprocess_env, synthetic_dialogues, tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +111,7 @@ def test_sqlite_survives_a_killed_writer(tmp_path):
     code = ("import os, sys; from aghmn_runtime.serving.store import SQLiteStore; s = SQLiteStore(sys.argv[1], 3); "
             "s.append([('a', 0, 'one'), ('a', 1, 'two'), ('b', 0, 'x')]); s.append([('a', 2, 'three'), "
             "('a', 3, 'four')]); os._exit(0)")
-    subprocess.run([sys.executable, "-c", code, path], check=True, env=dict(os.environ, PYTHONPATH=SOURCE_PATH))
+    subprocess.run([sys.executable, "-c", code, path], check=True, env=subprocess_env())
     store = SQLiteStore(path, 3)
     assert store.load(["a", "b", "c"]) == {"a": (4, ["one", "two", "three", "four"]), "b": (1, ["x"])}
     assert sorted(store.ids()) == ["a", "b"]
