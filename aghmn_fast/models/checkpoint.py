@@ -132,12 +132,12 @@ def load_checkpoint(path: str, backend: Optional[str] = None):
     state = ckpt["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} has a malformed state_dict")
-    verify_tensor_digest(ckpt, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
         raise ValueError(f"checkpoint {path} does not fit its config: {detail[:300]}") from None
+    verify_tensor_digest(ckpt, path)   # after the shapes: a tensor of the wrong shape is named
     model.eval()
     try:
         vocab = Vocabulary.from_dict(ckpt["vocab"])
