@@ -211,7 +211,7 @@ std::vector<unsigned char> read_file(const char* path, const char* what, uint64_
   return data;
 }
 
-Model parse_model(std::vector<unsigned char> bytes) {
+Model parse_model(const std::vector<unsigned char>& bytes) {
   const unsigned char* data = bytes.data();
   const size_t size = bytes.size();
   if (size < 8 || std::memcmp(data, kMagic, 8) != 0)
@@ -360,7 +360,9 @@ Model parse_model(std::vector<unsigned char> bytes) {
   auto ptr = [&](const std::string& name) { return tensors.at(name).data; };
 
   // Tensors start at multiples of 64 from the buffer's start (malloc-aligned): floats are aligned.
-  m.embed = ptr("embedding.weight");
+  const float* table = ptr("embedding.weight");
+  m.embed_table.assign(table, table + d.V * d.E);
+  m.embed = m.embed_table.data();
   std::vector<const float*> ordered;
   for (const KernelWeight& w : kernel) ordered.push_back(ptr(w.name));
   m.packed_weights = pack_kernel_weights(d, ordered);
@@ -384,7 +386,6 @@ Model parse_model(std::vector<unsigned char> bytes) {
     const float* pb = ptr("reader.proj.bias");
     m.proj_b.assign(pb, pb + H);
   }
-  m.bytes = std::move(bytes);  // embed stays valid: the buffer moves, not its bytes
   return m;
 }
 

@@ -27,15 +27,16 @@ struct ModelDims {
 
 struct Model {
   Model() = default;
-  Model(Model&&) = default;  // moving keeps the buffers, so embed and packed stay valid
+  Model(Model&&) = default;  // moving keeps the vectors' buffers, so embed and packed stay valid
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
   ModelDims dims{};
-  std::vector<unsigned char> bytes;  // the whole file: embed points into it
   std::vector<std::string> labels;
   std::unordered_map<std::string, int64_t> vocab;
-  const float* embed = nullptr;   // [V, E]
+  // The file's buffer is not kept: its weights live on packed, so only the table is copied out.
+  std::vector<float> embed_table;  // [V, E]
+  const float* embed = nullptr;    // embed_table.data()
   std::vector<float> packed_weights;  // the stream kernel's layout, packed at load
   const float* packed = nullptr;      // packed_weights.data()
   // CNN reader (reader 2): per width k = 3, 4, 5 the conv weight re-laid as [k][E][F] (so the
@@ -44,9 +45,9 @@ struct Model {
   uint64_t fingerprint = 0;   // the file's checksum: ties saved states to this model
 };
 
-// Parses and validates a whole model file held in memory, which the model keeps (the embedding
-// table is used in place: no copy), and packs the kernel's weights. Throws Error: FORMAT, VERSION.
-Model parse_model(std::vector<unsigned char> bytes);
+// Parses and validates a whole model file held in memory and packs the kernel's weights; the
+// model keeps nothing of the buffer. Throws Error: FORMAT, VERSION.
+Model parse_model(const std::vector<unsigned char>& bytes);
 
 // Reads a regular file into memory. Anything else (a FIFO, a device, a directory) and a file
 // over max_bytes are refused at once, before a byte is read (throws Error: IO).
