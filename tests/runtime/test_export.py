@@ -13,7 +13,7 @@ import torch
 from aghmn_fast.cli import main
 from aghmn_fast.data import Vocabulary
 from aghmn_fast.export import (FLAG_REQUIRED, FORMAT_VERSION, MAGIC, fnv1a64, kv_section,
-                               load_model_file, pack_file, read_model_file, tensor_sections)
+                               load_model_file, pack_file, read_model_file, tensor_sections, xxh64)
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.models.checkpoint import save_checkpoint
 from runtime_lib import FORMAT, INVALID, IO, VERSION, RuntimeError_
@@ -42,7 +42,7 @@ def sections(data: bytes) -> dict:
 
 
 def reseal(data: bytes) -> bytes:
-    return data[:-8] + struct.pack("<Q", fnv1a64(data[:-8]))
+    return data[:-8] + struct.pack("<Q", xxh64(data[:-8]))
 
 
 def export(tmp_path, ckpt, name="m.aghmn") -> bytes:
@@ -57,7 +57,7 @@ def test_export_layout(tmp_path, capsys, reader):
     data = export(tmp_path, ckpt)
     assert '"reader": "%s"' % reader in capsys.readouterr().out
     assert data[:8] == MAGIC and struct.unpack_from("<I", data, 8)[0] == FORMAT_VERSION == 2
-    assert struct.unpack("<Q", data[-8:])[0] == fnv1a64(data[:-8])
+    assert struct.unpack("<Q", data[-8:])[0] == xxh64(data[:-8])
     table = sections(data)
     assert list(table) == ["kv", "tensors", "data"]
     assert all(off % 64 == 0 and flags == FLAG_REQUIRED for off, _, flags in table.values())
@@ -238,6 +238,15 @@ def test_pack_file_aligns_and_checksums():
     data = pack_file([("kv", b"x" * 3, True), ("note", b"{}", False)])
     assert sections(data) == {"kv": (128, 3, 1), "note": (192, 2, 0)}
     assert len(data) == 192 + 64 + 8
+
+
+def test_xxh64_reference_values():
+    """The model file's checksum is XXH64 (seed 0): its reference values, the last long enough
+    for the 32-byte stripes and every tail step."""
+    assert xxh64(b"") == 0xEF46DB3751D8E999
+    assert xxh64(b"a") == 0xD24EC4F1A98C6E5B
+    assert xxh64(b"abc") == 0x44BC2CF5AD770999
+    assert xxh64(b"Nobody inspects the spammish repetition") == 0xFBCEA83C8A378BF1
 
 
 def test_fnv1a64_known_values():

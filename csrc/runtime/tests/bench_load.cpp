@@ -1,6 +1,6 @@
 // Load-time costs of a model file (benchmarks/runtime_bench.py --load-bench runs it): reading the
 // file, the whole parse (checksum, validation, the finiteness scan, packing), the checksum alone
-// (FNV-1a over the file) and the packing of
+// (XXH64 over the file) and the packing of
 // the kernel's weights alone (pack_kernel_weights on weights of the model's shapes), each the
 // median of REPS runs, as one JSON line.
 //
@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
     const double read = median_ms(reps, [&] { sink += read_file(argv[1], "model", kMaxModelBytes).size(); });
     const double parse = median_ms(reps, [&] { sink += parse_model(bytes).dims.packed_count; });
     const double pack = median_ms(reps, [&] { sink += pack_kernel_weights(d, ptrs).size(); });
-    const double checksum = median_ms(reps, [&] { sink += fnv1a(bytes.data(), bytes.size() - 8); });
+    const double checksum = median_ms(reps, [&] { sink += xxh64(bytes.data(), bytes.size() - 8); });
     std::printf("{\"file_bytes\": %zu, \"H\": %lld, \"E\": %lld, \"V\": %lld, \"K\": %lld, "
                 "\"packed_floats\": %lld, \"reps\": %d, \"read_ms\": %.3f, "
                 "\"parse_validate_pack_ms\": %.3f, \"checksum_ms\": %.3f, \"pack_ms\": %.3f, "

@@ -16,18 +16,13 @@
 #include <vector>
 
 #include "runtime/aghmn_runtime.h"
+#include "runtime/runtime_internal.h"
 
 namespace {
 
-uint64_t fnv1a(const unsigned char* p, size_t n) {
-  uint64_t h = 14695981039346656037ull;
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
 void reseal(std::vector<unsigned char>& f) {
   if (f.size() < 8) return;
-  const uint64_t h = fnv1a(f.data(), f.size() - 8);
+  const uint64_t h = aghmn::rt::xxh64(f.data(), f.size() - 8);
   std::memcpy(f.data() + f.size() - 8, &h, 8);
 }
 

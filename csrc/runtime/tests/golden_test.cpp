@@ -7,12 +7,14 @@
 //   golden_test MODEL.aghmn DIALOGUE.tsv EXPECTED
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "runtime/aghmn_runtime.h"
+#include "runtime/runtime_internal.h"
 
 namespace {
 
@@ -57,7 +59,26 @@ int compare(const char* how, const std::vector<float>& got, const std::vector<st
 
 }  // namespace
 
+// The model file's checksum is XXH64: its reference values (seed 0), the last long enough for
+// the 32-byte stripes and every tail step.
+bool xxh64_matches_reference() {
+  const struct {
+    const char* text;
+    uint64_t hash;
+  } vectors[] = {{"", 0xEF46DB3751D8E999ull},
+                 {"a", 0xD24EC4F1A98C6E5Bull},
+                 {"abc", 0x44BC2CF5AD770999ull},
+                 {"Nobody inspects the spammish repetition", 0xFBCEA83C8A378BF1ull}};
+  for (const auto& v : vectors)
+    if (aghmn::rt::xxh64(v.text, std::strlen(v.text)) != v.hash) {
+      std::fprintf(stderr, "xxh64(\"%s\") is wrong\n", v.text);
+      return false;
+    }
+  return true;
+}
+
 int main(int argc, char** argv) {
+  if (!xxh64_matches_reference()) return 1;
   if (argc != 4) {
     std::fprintf(stderr, "usage: golden_test MODEL.aghmn DIALOGUE.tsv EXPECTED\n");
     return 2;
