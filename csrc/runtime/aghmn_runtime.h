@@ -50,7 +50,7 @@ typedef enum {
 
 /* Message of this thread's last failure ("" if none). */
 AGHMN_API const char *aghmn_last_error(void);
-/* Runtime version, e.g. "0.1.0 (model format 1)". */
+/* Runtime version, e.g. "0.1.0 (model format 2)". */
 AGHMN_API const char *aghmn_version(void);
 
 /* Load a .aghmn model from a file or from memory (the buffer is copied; it may be freed after). */
