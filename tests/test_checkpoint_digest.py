@@ -60,6 +60,7 @@ def test_damaged_weights_are_refused_by_the_api(ckpt):
     ["eval", "--data", "/nonexistent-data"],
     ["calibrate", "--data", "/nonexistent-data"],
     ["export", "--out", "OUT"],
+    ["serve", "--port", "0"],
 ])
 def test_damaged_weights_are_one_line_and_exit_2(ckpt, tmp_path, capsys, command):
     damage(ckpt)
