@@ -90,3 +90,13 @@ def test_calibrate_writes_a_digest(ckpt, tmp_path):
     obj = torch.load(out, weights_only=True)
     assert obj[DIGEST_KEY] == tensor_digest(obj["state_dict"]) != torch.load(ckpt, weights_only=True)[DIGEST_KEY]
     load_checkpoint(str(out))
+
+
+def test_the_cli_shows_the_warning_as_one_line(ckpt, tmp_path, capsys):
+    obj = torch.load(ckpt, weights_only=True)
+    del obj[DIGEST_KEY]
+    torch.save(obj, ckpt)
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.aghmn")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"aghmn-fast export: warning: checkpoint {ckpt} carries no tensor digest")
+    assert len(err.strip().splitlines()) == 1, err

@@ -24,7 +24,9 @@ DIGEST_KEY = "tensor_digest"
 
 class UnverifiedCheckpointWarning(UserWarning):
     """A checkpoint written before checkpoints carried a digest of their tensors: it loads, but
-    damaged weights in it cannot be detected."""
+    damaged weights in it cannot be detected. The CLI shows it as one line."""
+
+    cli_one_line = True
 
 
 def tensor_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
