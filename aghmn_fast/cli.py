@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from typing import Callable, List, Optional
 
 # torch is imported by the commands, not here: `import aghmn_fast.cli` must take milliseconds so
@@ -488,8 +489,18 @@ def run_guarded(prog: str, body: Callable[[], int], debug: bool = False,
         print(f"{prog}: {message}", file=sys.stderr)
         return code
 
+    def show(message, category, filename, lineno, file=None, line=None):
+        # A warning meant for the user (its class sets cli_one_line) is one line, as errors are.
+        if getattr(category, "cli_one_line", False):
+            print(f"{prog}: warning: {_one_line(message)}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
     try:
-        code = body()
+        with warnings.catch_warnings():
+            default_show = warnings.showwarning
+            warnings.showwarning = show
+            code = body()
         if interrupts is not None:
             # Still inside the try: a SIGINT before this line is caught below, one after it
             # ends the process in the handler. Either way one line and 130.

@@ -5,13 +5,16 @@ runtime wheel's size, one push at K = 10 and K = 40, and push_many rounds of 1,0
 conversations.
 
     python benchmarks/runtime_bench.py [--checkpoint best.pt] [--c-example PATH]
-        [--data DIR] [--starts 10] [--out result.json]
+        [--load-bench PATH] [--data DIR] [--starts 10] [--out result.json]
 
 Without --checkpoint the models are random-initialised at the paper's sizes (H = 100, 50-d
 word vectors, the MELD vocabulary when MELD is found, else a small synthetic one): weights do
 not change the speed. The K = 40 model is always such a model (a checkpoint has one K).
 --c-example is the runtime's example C program (csrc/runtime/examples, built by CMake); its
-cold start and memory are measured when given. Prints a JSON record (machine, load, commit);
+cold start and memory are measured when given. --load-bench is csrc/runtime/tests/bench_load.cpp
+(CMake target bench_load): the load-time costs of each model file (reading, the whole parse,
+the checksum, and the packing of the kernel's weights at load, format 2) are measured when
+given. Prints a JSON record (machine, load, commit);
 --out writes it too. Cold starts of the engines take turns, so load bursts hit all of them.
 """
 from __future__ import annotations
@@ -173,6 +176,15 @@ def _c_example_memory(c_example: str, model: str, window: int) -> Dict[str, floa
             "peak_mb": int(fields["VmHWM"].split()[0]) / 1024}
 
 
+def load_costs(program: str, model: str, reps: int) -> Dict[str, float]:
+    """bench_load's record of one model file: medians of reading it, the whole parse (checksum,
+    validation, packing), the checksum alone and the packing of the kernel's weights alone."""
+    done = subprocess.run([program, model, str(reps)], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{program} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
 def wheel_size(tmp: str) -> Dict[str, int]:
     """The runtime wheel built from this checkout: its size and its unpacked size."""
     import zipfile
@@ -270,6 +282,8 @@ def main(argv: Sequence[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=None, help="a checkpoint of aghmn-fast train")
     parser.add_argument("--c-example", default=None, help="the runtime's example C program")
+    parser.add_argument("--load-bench", default=None,
+                        help="the runtime's bench_load program (load time and packing at load)")
     parser.add_argument("--data", default=None, help="MELD directory (default: $AGHMN_DATA)")
     parser.add_argument("--starts", type=int, default=10, help="cold starts per engine")
     parser.add_argument("--threads", type=int, default=1,
@@ -297,6 +311,9 @@ def main(argv: Sequence[str] = None) -> int:
             models[K] = (os.path.join(tmp, f"k{K}.aghmn"), ckpt)
         model, ckpt = models[10]
         record["model_file_bytes"] = os.path.getsize(model)
+        if args.load_bench:
+            record["load"] = {f"K={K}": load_costs(args.load_bench, models[K][0], 3 if args.quick else 50)
+                              for K in (10, 40)}
         record["wheel"] = wheel_size(os.path.join(tmp, "wheel"))
         record["cold_start"] = cold_start(model, ckpt, args.c_example, 1 if args.quick else args.starts)
         window = rt.StreamingRecognizer(model).window

@@ -6,9 +6,11 @@ never through :mod:`aghmn_fast.train`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
-from typing import Dict, Optional, Sequence
+import warnings
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
@@ -17,6 +19,52 @@ from ..data import Vocabulary
 from .aghmn import AGHMN, AGHMNConfig
 
 CHECKPOINT_FORMAT = "aghmn_fast.checkpoint.v1"
+DIGEST_KEY = "tensor_digest"
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint written before checkpoints carried a digest of their tensors: it loads, but
+    damaged weights in it cannot be detected. The CLI shows it as one line."""
+
+    cli_one_line = True
+
+
+def tensor_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``"sha256:<hex>"`` of a state dict's tensors: every name (sorted), dtype, shape and the
+    little-endian bytes of its values. The same tensors give the same digest on every machine."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"state_dict entry {name!r} is not a tensor ({type(t).__name__})")
+        t = t.detach().cpu().contiguous()
+        header = json.dumps([name, str(t.dtype), list(t.shape)])
+        h.update(len(header).to_bytes(8, "little") + header.encode("utf-8"))
+        data = t.view(torch.uint8) if t.dim() > 0 else t.reshape(1).view(torch.uint8)
+        h.update(data.numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def verify_tensor_digest(ckpt: Dict, path: str) -> None:
+    """Check a checkpoint's tensors against the digest it carries (:func:`tensor_digest`).
+
+    Raises ``ValueError`` (one line naming ``path``) when they differ: the weights were damaged
+    or edited after the checkpoint was written. A checkpoint without a digest (written before
+    digests) passes with an :class:`UnverifiedCheckpointWarning`."""
+    stored = ckpt.get(DIGEST_KEY)
+    if stored is None:
+        warnings.warn(f"checkpoint {path} carries no tensor digest (written before aghmn_fast "
+                      "checkpoints had one): its weights cannot be verified; re-save it with "
+                      "`aghmn-fast calibrate` or retrain to add one", UnverifiedCheckpointWarning,
+                      stacklevel=3)
+        return
+    try:
+        actual = tensor_digest(ckpt["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"checkpoint {path} has a malformed state_dict ({exc})") from None
+    if actual != stored:
+        raise ValueError(f"checkpoint {path}: its tensors do not match their digest (the weights "
+                         "were damaged or modified after it was written); refusing to use it")
 
 
 def save_checkpoint(path: str, model: AGHMN, vocab: Vocabulary, label_names: Sequence[str],
@@ -26,8 +74,9 @@ def save_checkpoint(path: str, model: AGHMN, vocab: Vocabulary, label_names: Seq
     Written atomically: an interrupted save leaves the previous file intact.
     """
     cfg = dataclasses.asdict(model.config)
+    state = model.state_dict()
     atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": cfg,
-                       "state_dict": model.state_dict(), "vocab": vocab.to_dict(),
+                       "state_dict": state, DIGEST_KEY: tensor_digest(state), "vocab": vocab.to_dict(),
                        "label_names": list(label_names),
                        "extra": json.loads(json.dumps(extra or {}))}, path)
 
@@ -55,8 +104,10 @@ def load_checkpoint(path: str, backend: Optional[str] = None):
 
     Returns (model in eval mode, vocabulary, label names, extra dict). A missing file raises
     ``FileNotFoundError``; anything else wrong with the file (not a torch file, truncated, another
-    format, a missing entry, an unknown or invalid configuration, weights of the wrong shape)
-    raises ``ValueError`` naming the problem; an unavailable ``backend`` raises ``ValueError``.
+    format, a missing entry, an unknown or invalid configuration, weights of the wrong shape,
+    tensors that do not match the checkpoint's digest) raises ``ValueError`` naming the problem;
+    an unavailable ``backend`` raises ``ValueError``. A checkpoint without a digest loads with an
+    :class:`UnverifiedCheckpointWarning`.
     """
     ckpt = read_checkpoint_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -88,6 +139,7 @@ def load_checkpoint(path: str, backend: Optional[str] = None):
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
         raise ValueError(f"checkpoint {path} does not fit its config: {detail[:300]}") from None
+    verify_tensor_digest(ckpt, path)   # after the shapes: a tensor of the wrong shape is named
     model.eval()
     try:
         vocab = Vocabulary.from_dict(ckpt["vocab"])

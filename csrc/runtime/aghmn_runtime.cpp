@@ -97,12 +97,12 @@ extern "C" {
 
 const char* aghmn_last_error(void) { return g_last_error.c_str(); }
 
-const char* aghmn_version(void) { return "0.1.0 (model format 1)"; }
+const char* aghmn_version(void) { return "0.1.0 (model format 2)"; }
 
 aghmn_status aghmn_model_load(const char* path, aghmn_model** out) {
   return guarded([&] {
     if (out == nullptr) fail(AGHMN_ERR_INVALID_ARGUMENT, "out is NULL");
-    std::vector<unsigned char> data = aghmn::rt::read_file(path, "model");
+    std::vector<unsigned char> data = aghmn::rt::read_file(path, "model", aghmn::rt::kMaxModelBytes);
     try {
       load_into(out, std::move(data));
     } catch (const Error& e) {

@@ -1,5 +1,5 @@
 /* aghmn_runtime.h: the C API of the native AGHMN runtime (C99; no C++ types, no exceptions cross
- * it). Load a model exported by `aghmn-fast export` (format version 1, docs/RUNTIME.md), open a
+ * it). Load a model exported by `aghmn-fast export` (format version 2, docs/RUNTIME.md), open a
  * session, push UTF-8 utterances of many conversations, get float32 class probabilities.
  *
  * Errors: every function that can fail returns an aghmn_status; on failure aghmn_last_error()
@@ -16,7 +16,7 @@
  * aghmn_normalize, aghmn_last_error) are safe from any thread.
  *
  * Strings: conversation ids and texts are byte strings with explicit lengths (not NUL-terminated;
- * a pointer may be NULL when its length is 0). Texts must be valid UTF-8; ids are arbitrary bytes.
+ * a pointer may be NULL when its length is 0). Texts and ids must be valid UTF-8.
  */
 #ifndef AGHMN_RUNTIME_H
 #define AGHMN_RUNTIME_H
@@ -50,7 +50,7 @@ typedef enum {
 
 /* Message of this thread's last failure ("" if none). */
 AGHMN_API const char *aghmn_last_error(void);
-/* Runtime version, e.g. "0.1.0 (model format 1)". */
+/* Runtime version, e.g. "0.1.0 (model format 2)". */
 AGHMN_API const char *aghmn_version(void);
 
 /* Load a .aghmn model from a file or from memory (the buffer is copied; it may be freed after). */

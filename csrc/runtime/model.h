@@ -1,5 +1,6 @@
-// A loaded .aghmn model (format version 1, docs/RUNTIME.md): sizes, labels, vocabulary, the
-// embedding table, the stream kernel's packed weights and, for the CNN reader, its weights.
+// A loaded .aghmn model (format version 2, docs/RUNTIME.md): sizes, labels, vocabulary, the
+// embedding table, the stream kernel's weights (packed here, at load, from the file's named
+// tensors) and, for the CNN reader, its weights.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -10,37 +11,48 @@
 namespace aghmn {
 namespace rt {
 
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;
 constexpr int64_t kReaderBiGRU = 1, kReaderCNN = 2;
+// Files larger than these are refused before a byte is read (a model of the MELD size is a few
+// MB; a state holds K ring slots of every conversation).
+constexpr uint64_t kMaxModelBytes = uint64_t{4} << 30;
+constexpr uint64_t kMaxStateBytes = uint64_t{64} << 30;
 
+// The model's sizes (those of aghmn::cpu::StreamDims, plus the reader and vocabulary). D: fusion
+// directions (0, 1, 2); S: AGRU cells (0 soft attention, 1, 2); pad_id and unk_id are 0 and 1;
+// packed_count: floats of the packed kernel weights.
 struct ModelDims {
   int64_t H, E, C, K, D, S, hops, max_len, reader, V, cnn_filters, pad_id, unk_id, packed_count;
 };
 
 struct Model {
   Model() = default;
-  Model(Model&&) = default;  // moving keeps `bytes`' buffer, so embed and packed stay valid
+  Model(Model&&) = default;  // moving keeps the vectors' buffers, so embed and packed stay valid
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
   ModelDims dims{};
-  std::vector<unsigned char> bytes;  // the whole file: embed and packed point into it
   std::vector<std::string> labels;
   std::unordered_map<std::string, int64_t> vocab;
-  const float* embed = nullptr;   // [V, E]
-  const float* packed = nullptr;  // stream_pack's buffer
+  // The file's buffer is not kept: its weights live on packed, so only the table is copied out.
+  std::vector<float> embed_table;  // [V, E]
+  const float* embed = nullptr;    // embed_table.data()
+  std::vector<float> packed_weights;  // the stream kernel's layout, packed at load
+  const float* packed = nullptr;      // packed_weights.data()
   // CNN reader (reader 2): per width k = 3, 4, 5 the conv weight re-laid as [k][E][F] (so the
   // inner loop runs over filters), its bias [F]; the projection [H, 3F] and bias [H].
   std::vector<float> conv_w[3], conv_b[3], proj_w, proj_b;
   uint64_t fingerprint = 0;   // the file's checksum: ties saved states to this model
 };
 
-// Parses and validates a whole model file held in memory, which the model keeps (its two big
-// sections are used in place: no copy). Throws Error: FORMAT, VERSION.
-Model parse_model(std::vector<unsigned char> bytes);
+// Parses and validates a whole model file held in memory and packs the kernel's weights; the
+// model keeps nothing of the buffer. Throws Error: FORMAT, VERSION.
+Model parse_model(const std::vector<unsigned char>& bytes);
 
-// Reads a file into memory (throws Error: IO).
-std::vector<unsigned char> read_file(const char* path, const char* what);
+// Reads a regular file into memory. Anything else (a FIFO, a device, a directory) and a file
+// over max_bytes are refused at once, before a byte is read (throws Error: IO).
+std::vector<unsigned char> read_file(const char* path, const char* what,
+                                     uint64_t max_bytes = kMaxStateBytes);
 
 }  // namespace rt
 }  // namespace aghmn

@@ -29,7 +29,11 @@ constexpr uint32_t kStateVersion = 1;
 std::string item_id(const char* const* ids, const size_t* id_lens, size_t i) {
   if (ids[i] == nullptr && id_lens[i] > 0)
     fail(AGHMN_ERR_INVALID_ARGUMENT, "id of item " + std::to_string(i) + " is NULL");
-  return std::string(ids[i] ? ids[i] : "", id_lens[i]);
+  std::string id(ids[i] ? ids[i] : "", id_lens[i]);
+  // Ids are UTF-8 so that every state file loads and every binding can hand them out as text.
+  if (!utf8_valid(id.data(), id.size()))
+    fail(AGHMN_ERR_INVALID_ARGUMENT, "id of item " + std::to_string(i) + " is not valid UTF-8");
+  return id;
 }
 
 template <typename T>
@@ -285,6 +289,7 @@ void Session::load(const char* path) {
   convs.reserve(n);
   for (uint64_t i = 0; i < n; ++i) {
     std::string id = r.read_string("conversation id");
+    if (!utf8_valid(id.data(), id.size())) bad("conversation id " + std::to_string(i) + " is not valid UTF-8");
     const uint64_t count = r.read<uint64_t>("count");
     if (count < 1 || count > static_cast<uint64_t>(INT64_MAX / 2)) bad("a count is not positive");
     if (!index.emplace(id, i).second) bad("a conversation id appears twice");

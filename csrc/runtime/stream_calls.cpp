@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "stream/stream_cpu.h"
+#include "stream/stream_weights.h"
 
 namespace aghmn {
 namespace rt {
@@ -62,6 +63,20 @@ void for_tiles(int64_t n, F&& fn) {
 }  // namespace
 
 int64_t packed_floats(const ModelDims& d) { return cpu::stream_layout<float>(stream_dims(d)).total; }
+
+std::vector<KernelWeight> kernel_weights(const ModelDims& d) {
+  std::vector<KernelWeight> out;
+  for (const cpu::StreamWeightSpec& s : cpu::stream_weight_specs(stream_dims(d)))
+    out.push_back({s.name, s.rows, s.cols});
+  return out;
+}
+
+std::vector<float> pack_kernel_weights(const ModelDims& d, const std::vector<const float*>& w) {
+  const cpu::StreamDims sd = stream_dims(d);
+  std::vector<float> packed(cpu::stream_layout<float>(sd).total);
+  cpu::stream_pack(sd, cpu::stream_weights_in_order(sd, w), packed.data());
+  return packed;
+}
 
 void stream_round(const Model& m, const PushRound& r) {
   const cpu::StreamDims d = stream_dims(m.dims);

@@ -3,6 +3,8 @@
 // the kernel's entry points touches one file here.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "runtime/model.h"
 
@@ -11,6 +13,20 @@ namespace rt {
 
 // Floats of the packed weights the kernel expects for these dims (stream_layout<float>.total).
 int64_t packed_floats(const ModelDims& d);
+
+// A weight the kernel packs: its state-dict name and shape ([rows] when cols is 0).
+struct KernelWeight {
+  std::string name;
+  int64_t rows, cols;
+};
+
+// The weights the kernel packs for these dims, in its order (stream/stream_weights.h: the list
+// the torch op stream_pack takes too).
+std::vector<KernelWeight> kernel_weights(const ModelDims& d);
+
+// The kernel's packed buffer of the weights (pointers in kernel_weights(d)'s order, each
+// holding its shape's floats): the same packing as the torch op's.
+std::vector<float> pack_kernel_weights(const ModelDims& d, const std::vector<const float*>& w);
 
 // One round of B distinct conversations (as aghmn::cpu::StreamBatch; tokens for the BiGRU
 // reader, u_given [B, H] for the CNN reader).

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "stream/stream_cpu.h"
+#include "stream/stream_weights.h"
 
 namespace {
 
@@ -107,21 +108,8 @@ aghmn::cpu::StreamDims stream_dims(int64_t H, int64_t E, int64_t C, int64_t K, i
   return d;
 }
 
-template <typename T>
-const T* weight_ptr(at::TensorList w, size_t i, at::IntArrayRef shape, const Tensor& like) {
-  TORCH_CHECK(i < w.size(), "stream_pack: weights holds ", w.size(), " tensors, needs more");
-  const Tensor& t = w[i];
-  TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device().is_cpu() && t.is_contiguous(),
-              "stream_pack: weights[", i, "] must be a contiguous CPU ", like.scalar_type(),
-              " tensor");
-  TORCH_CHECK(t.sizes() == shape, "stream_pack: weights[", i, "] must have shape ", shape,
-              ", got ", t.sizes());
-  return t.data_ptr<T>();
-}
-
-// weights: the reader's GRU (w_ih, w_hh, b_ih, b_hh) forward then reverse and its Linear (w, b)
-// when bigru_reader; the fusion GRU's (w_ih, w_hh, b_ih, b_hh) per direction; the AGRU cells'
-// (w_ih, w_hh, b_ih, b_hh); the classifier (w, b).
+// weights: the tensors of aghmn::cpu::stream_weight_specs (stream/stream_weights.h) in its order
+// (the list the native runtime reads by name from a model file).
 Tensor stream_pack(at::TensorList weights, int64_t H_, int64_t E, int64_t C, int64_t K, int64_t D,
                    int64_t S, int64_t hops, int64_t max_len, bool bigru_reader) {
   const aghmn::cpu::StreamDims d = stream_dims(H_, E, C, K, D, S, hops, max_len, bigru_reader);
@@ -129,42 +117,27 @@ Tensor stream_pack(at::TensorList weights, int64_t H_, int64_t E, int64_t C, int
   const Tensor& like = weights[0];
   TORCH_CHECK(like.scalar_type() == at::kFloat || like.scalar_type() == at::kDouble,
               "stream_pack: weights must be float32 or float64, got ", like.scalar_type());
-  const size_t expected = (d.bigru_reader ? 10 : 0) + 4 * d.D + 4 * d.S + 2;
-  TORCH_CHECK(weights.size() == expected, "stream_pack: expected ", expected, " weight tensors for "
-              "these sizes (bigru_reader = ", d.bigru_reader, ", D = ", d.D, ", S = ", d.S, "), got ",
-              weights.size());
+  const std::vector<aghmn::cpu::StreamWeightSpec> specs = aghmn::cpu::stream_weight_specs(d);
+  TORCH_CHECK(weights.size() == specs.size(), "stream_pack: expected ", specs.size(), " weight "
+              "tensors for these sizes (bigru_reader = ", d.bigru_reader, ", D = ", d.D, ", S = ",
+              d.S, "), got ", weights.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const Tensor& t = weights[i];
+    TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device().is_cpu() && t.is_contiguous(),
+                "stream_pack: weights[", i, "] must be a contiguous CPU ", like.scalar_type(),
+                " tensor");
+    const std::vector<int64_t> shape = specs[i].cols ? std::vector<int64_t>{specs[i].rows, specs[i].cols}
+                                                     : std::vector<int64_t>{specs[i].rows};
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "stream_pack: weights[", i, "] (",
+                specs[i].name, ") must have shape ", at::IntArrayRef(shape), ", got ", t.sizes());
+  }
   Tensor packed;
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "stream_pack", [&] {
-    const int64_t H = d.H;
-    aghmn::cpu::StreamWeights<scalar_t> src{};
-    size_t i = 0;
-    auto next = [&](at::IntArrayRef shape) { return weight_ptr<scalar_t>(weights, i++, shape, like); };
-    if (d.bigru_reader) {
-      for (int r = 0; r < 2; ++r) {
-        src.reader_w_ih[r] = next({3 * H, d.E});
-        src.reader_w_hh[r] = next({3 * H, H});
-        src.reader_b_ih[r] = next({3 * H});
-        src.reader_b_hh[r] = next({3 * H});
-      }
-      src.reader_proj_w = next({H, 2 * H});
-      src.reader_proj_b = next({H});
-    }
-    for (int r = 0; r < d.D; ++r) {
-      src.fusion_w_ih[r] = next({3 * H, H});
-      src.fusion_w_hh[r] = next({3 * H, H});
-      src.fusion_b_ih[r] = next({3 * H});
-      src.fusion_b_hh[r] = next({3 * H});
-    }
-    for (int r = 0; r < d.S; ++r) {
-      src.summary_w_ih[r] = next({2 * H, H});
-      src.summary_w_hh[r] = next({2 * H, H});
-      src.summary_b_ih[r] = next({2 * H});
-      src.summary_b_hh[r] = next({2 * H});
-    }
-    src.cls_w = next({d.C, H});
-    src.cls_b = next({d.C});
+    std::vector<const scalar_t*> ptrs;
+    for (const Tensor& t : weights) ptrs.push_back(t.data_ptr<scalar_t>());
     packed = at::empty({aghmn::cpu::stream_layout<scalar_t>(d).total}, like.options());
-    aghmn::cpu::stream_pack(d, src, packed.data_ptr<scalar_t>());
+    aghmn::cpu::stream_pack(d, aghmn::cpu::stream_weights_in_order(d, ptrs),
+                            packed.data_ptr<scalar_t>());
   });
   return packed;
 }

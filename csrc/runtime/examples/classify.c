@@ -3,7 +3,8 @@
  *
  *   aghmn_classify model.aghmn < dialogue.tsv
  *
- * Exit status: 0 done, 1 a line the runtime refused (message on stderr), 2 usage or model error. */
+ * Lines are at most 65535 bytes (a longer one is skipped with a message).
+ * Exit status: 0 done, 1 a line refused (message on stderr), 2 usage or model error. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,8 +38,19 @@ int main(int argc, char **argv) {
     size_t len = strcspn(line, "\r\n");
     char *tab = memchr(line, '\t', len);
     int64_t index = 0;
-    int best = 0, i;
+    int best = 0, i, c;
     ++lineno;
+    /* A full buffer without its newline: the line goes on (unless it ends right here). Its rest
+     * is skipped, not pushed as a line of its own. */
+    if (strlen(line) == sizeof line - 1 && line[sizeof line - 2] != '\n' &&
+        (c = getc(stdin)) != EOF && c != '\n') {
+      while ((c = getc(stdin)) != EOF && c != '\n') {
+      }
+      fprintf(stderr, "aghmn_classify: line %ld: longer than %d bytes, skipped\n", lineno,
+              (int)sizeof line - 1);
+      status = 1;
+      continue;
+    }
     if (tab == NULL) {
       fprintf(stderr, "aghmn_classify: line %ld: expected id<TAB>text\n", lineno);
       status = 1;

@@ -1,6 +1,7 @@
 // Fuzz test of the model loader (run under AddressSanitizer + UBSan in CI): mutates a valid
-// exported model file in ways a hostile or damaged file would be (truncations, bit flips, hostile
-// values over the header, the section table, the dims and string lengths, garbage sections) and
+// model file of format 2 in ways a hostile or damaged file would be (truncations, bit flips,
+// hostile values over the header, the section table, the metadata and the tensor directory,
+// garbage, unknown or re-flagged sections, NaN and infinite weights) and
 // loads each; most mutants get a recomputed checksum, so the checks behind it are reached. Every
 // load must return a status (never crash or read out of bounds); a mutant that loads must then
 // run pushes, a save and a load. Exit 0 when all iterations pass, with counts per status.
@@ -15,18 +16,13 @@
 #include <vector>
 
 #include "runtime/aghmn_runtime.h"
+#include "runtime/runtime_internal.h"
 
 namespace {
 
-uint64_t fnv1a(const unsigned char* p, size_t n) {
-  uint64_t h = 14695981039346656037ull;
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
 void reseal(std::vector<unsigned char>& f) {
   if (f.size() < 8) return;
-  const uint64_t h = fnv1a(f.data(), f.size() - 8);
+  const uint64_t h = aghmn::rt::xxh64(f.data(), f.size() - 8);
   std::memcpy(f.data() + f.size() - 8, &h, 8);
 }
 
@@ -87,6 +83,7 @@ int misuse(aghmn_model* model) {
       aghmn_push(s, "a", 1, "", 0, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
       aghmn_push(s, "a", 1, " \t\x1c", 3, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
       aghmn_push(s, "a", 1, "\xed\xa0\x80", 3, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
+      aghmn_push(s, "\xff", 1, "hi", 2, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
       aghmn_push_many(s, 1, nullptr, &len, &text, &len, probs, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
       aghmn_close(s, "zz", 2) == AGHMN_ERR_UNKNOWN_CONVERSATION &&
       aghmn_utterances_seen(s, "a", 1, nullptr) == AGHMN_ERR_INVALID_ARGUMENT &&
@@ -132,20 +129,24 @@ int main(int argc, char** argv) {
     return 1;
   }
   aghmn_model_free(model);
+  // Format 2: a table of 32-byte entries (tag[8], u32 flags, u32 reserved, u64 offset, u64 size).
   uint32_t sections = 0;
   std::memcpy(&sections, original.data() + 12, 4);
-  const size_t table_end = 16 + 24 * static_cast<size_t>(sections);
-  // Payload starts, from the table: hostile values are written there too.
-  std::vector<size_t> starts;
+  const size_t table_end = 16 + 32 * static_cast<size_t>(sections);
+  // Payloads, from the table: hostile values are written at their starts and inside them (the
+  // kv metadata's and the tensor directory's lengths, counts, types, shapes and offsets).
+  std::vector<size_t> starts, sizes;
   for (uint32_t i = 0; i < sections; ++i) {
-    uint64_t off;
-    std::memcpy(&off, original.data() + 16 + 24 * i + 8, 8);
+    uint64_t off, size;
+    std::memcpy(&off, original.data() + 16 + 32 * i + 16, 8);
+    std::memcpy(&size, original.data() + 16 + 32 * i + 24, 8);
     starts.push_back(off);
+    sizes.push_back(size);
   }
   long by_status[8] = {}, loaded = 0;
   for (long it = 0; it < iterations; ++it) {
     std::vector<unsigned char> f = original;
-    const int kind = static_cast<int>(rng() % 6);
+    const int kind = static_cast<int>(rng() % 9);
     if (kind == 0) {  // truncation
       f.resize(rng() % f.size());
     } else if (kind == 1) {  // bit flips anywhere
@@ -165,12 +166,28 @@ int main(int argc, char** argv) {
     } else if (kind == 4) {  // a run of random bytes
       const size_t at = rng() % f.size(), n = 1 + rng() % 64;
       for (size_t i = at; i < f.size() && i < at + n; ++i) f[i] = static_cast<unsigned char>(rng());
-    } else {  // grown or shrunk in the middle
+    } else if (kind == 5) {  // grown or shrunk in the middle
       const size_t at = rng() % f.size();
       if (rng() & 1)
         f.insert(f.begin() + at, 1 + rng() % 128, static_cast<unsigned char>(rng()));
       else
         f.erase(f.begin() + at, f.begin() + std::min(f.size(), at + 1 + rng() % 128));
+    } else if (kind == 6) {  // hostile values anywhere inside a section (lengths, types, shapes)
+      const size_t i = rng() % starts.size();
+      const size_t at = starts[i] + (sizes[i] ? rng() % sizes[i] : 0);
+      if (rng() & 1)
+        put<uint64_t>(f, at, hostile(rng, f.size()));
+      else
+        put<uint32_t>(f, at, static_cast<uint32_t>(hostile(rng, f.size())));
+    } else if (kind == 7) {  // a section renamed (unknown to the reader), its required flag flipped
+      const size_t entry = 16 + 32 * (rng() % sections);
+      if (rng() & 1) std::memcpy(f.data() + entry, rng() & 1 ? "future\0\0" : "k\0\0\0\0\0\0\0", 8);
+      put<uint32_t>(f, entry + 8, static_cast<uint32_t>(rng() % 4));
+    } else {  // a NaN or an infinity among the tensors' values
+      const size_t last = starts.size() - 1;  // the data section comes last
+      const size_t at = starts[last] + 4 * (rng() % std::max<size_t>(1, sizes[last] / 4));
+      const uint32_t values[] = {0x7FC00000u, 0x7F800000u, 0xFF800000u, 0x7F800001u};
+      put<uint32_t>(f, at, values[rng() % 4]);
     }
     if (rng() % 10 < 8) reseal(f);
     aghmn_model* m = nullptr;
