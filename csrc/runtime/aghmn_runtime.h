@@ -17,12 +17,34 @@
  *
  * Strings: conversation ids and texts are byte strings with explicit lengths (not NUL-terminated;
  * a pointer may be NULL when its length is 0). Texts must be valid UTF-8; ids are arbitrary bytes.
+ *
+ * ABI (docs/RUNTIME.md, "Versions and ABI"): the handles are opaque and no struct crosses the API,
+ * so a minor release may only add functions and enum values; the shared library's SOVERSION is
+ * the major version. Include it as <aghmn_runtime.h> (CMake: find_package(aghmn_runtime);
+ * pkg-config: aghmn_runtime).
  */
 #ifndef AGHMN_RUNTIME_H
 #define AGHMN_RUNTIME_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* The version of this header and its library: the one source of the project's version (CMake,
+ * both Python distributions and aghmn_version() read these three lines). */
+#define AGHMN_RUNTIME_VERSION_MAJOR 0
+#define AGHMN_RUNTIME_VERSION_MINOR 1
+#define AGHMN_RUNTIME_VERSION_PATCH 0
+#define AGHMN_RUNTIME_STRINGIFY_(x) #x
+#define AGHMN_RUNTIME_STRINGIFY(x) AGHMN_RUNTIME_STRINGIFY_(x)
+/* "MAJOR.MINOR.PATCH", e.g. "0.1.0". */
+#define AGHMN_RUNTIME_VERSION_STRING                                              \
+  AGHMN_RUNTIME_STRINGIFY(AGHMN_RUNTIME_VERSION_MAJOR)                            \
+  "." AGHMN_RUNTIME_STRINGIFY(AGHMN_RUNTIME_VERSION_MINOR) "." AGHMN_RUNTIME_STRINGIFY( \
+      AGHMN_RUNTIME_VERSION_PATCH)
+/* One comparable number for #if: MAJOR * 10000 + MINOR * 100 + PATCH. */
+#define AGHMN_RUNTIME_VERSION_NUMBER                                              \
+  (AGHMN_RUNTIME_VERSION_MAJOR * 10000 + AGHMN_RUNTIME_VERSION_MINOR * 100 +      \
+   AGHMN_RUNTIME_VERSION_PATCH)
 
 #ifdef __cplusplus
 extern "C" {
@@ -50,7 +72,9 @@ typedef enum {
 
 /* Message of this thread's last failure ("" if none). */
 AGHMN_API const char *aghmn_last_error(void);
-/* Runtime version, e.g. "0.1.0 (model format 1)". */
+/* The library's version: AGHMN_RUNTIME_VERSION_STRING of the library actually loaded (which may
+ * be a later minor release than the header compiled against), then the model format it reads,
+ * e.g. "0.1.0 (model format 1)". */
 AGHMN_API const char *aghmn_version(void);
 
 /* Load a .aghmn model from a file or from memory (the buffer is copied; it may be freed after). */
@@ -100,6 +124,19 @@ AGHMN_API aghmn_status aghmn_session_load(aghmn_session *s, const char *path);
  * ("buffer too small") and *needed still tells the size (out may be NULL when cap is 0). */
 AGHMN_API aghmn_status aghmn_normalize(const char *text, size_t len, char *out, size_t cap,
                                        size_t *needed);
+
+/* The state of aghmn_session_save in memory (the same bytes as the file): on success *data points
+ * to *size bytes allocated by the library, which the caller owns and must release with
+ * aghmn_buffer_free (never free(): the library may use another allocator). */
+AGHMN_API aghmn_status aghmn_session_save_buffer(const aghmn_session *s, void **data,
+                                                 size_t *size);
+/* aghmn_session_load from memory: the bytes are read, not kept (the buffer may be freed after);
+ * the same checks and the same all-or-nothing rule as the file. */
+AGHMN_API aghmn_status aghmn_session_load_buffer(aghmn_session *s, const void *data,
+                                                 size_t size);
+/* Releases a buffer returned by aghmn_session_save_buffer (NULL, a buffer already released and a
+ * pointer the library did not return are ignored). */
+AGHMN_API void aghmn_buffer_free(void *data);
 
 #ifdef __cplusplus
 }
