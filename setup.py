@@ -77,5 +77,8 @@ def cmdclass():
 
 # AGHMN_SKIP_EXT=1: install the Python package only (the Makefile then builds the extension
 # in place once, incrementally, instead of pip compiling it again in a temporary directory).
-setup(**({} if os.environ.get("AGHMN_SKIP_EXT", "0") == "1"
-         else {"ext_modules": extensions(), "cmdclass": cmdclass()}))
+# The version: the runtime header's AGHMN_RUNTIME_VERSION_* (aghmn_fast/_version.py).
+VERSION = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "aghmn_fast",
+                                      "_version.py"))["header_version"]()
+setup(version=VERSION, **({} if os.environ.get("AGHMN_SKIP_EXT", "0") == "1"
+                          else {"ext_modules": extensions(), "cmdclass": cmdclass()}))
