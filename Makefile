@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(or $(AGHMN_DATA),../shared/data/meld)
 DEMO_ARGS ?=
 
-.PHONY: install build test test-matrix demo bench bench-pytest wheel-smoke cmake-check lint runtime-check clean runtime-build runtime-wheel-smoke
+.PHONY: install build test test-matrix demo bench bench-pytest wheel-smoke cmake-check lint runtime-check clean runtime-build runtime-wheel-smoke runtime-package-check
 
 # The environment: torch and triton at the versions in constraints.txt (a CPU machine), the
 # package in editable mode with its test extras, as the README's install line does; the extension
@@ -64,7 +64,7 @@ runtime-wheel-smoke: build
 
 # Framework-free kernel core (and CUDA with nvcc when present): a compile check, no torch.
 cmake-check:
-	cmake -S . -B cmake-build -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake -S . -B cmake-build -DCMAKE_BUILD_TYPE=Release -DAGHMN_WERROR=ON >/dev/null
 	cmake --build cmake-build -j 2
 	ctest --test-dir cmake-build --output-on-failure
 
@@ -89,5 +89,22 @@ runtime-check: build
 	cmake --build $(RUNTIME_BUILD) -j 2 --target aghmn_classify fuzz_model test_gate_math
 	ctest --test-dir $(RUNTIME_BUILD) -R '^(runtime_|test_gate_math$$)' --output-on-failure
 
+# The runtime as a C/C++ package (docs/RUNTIME.md), with GCC and with Clang, -Wall -Wextra
+# -Werror: the library, the example and the kernel core's tests build warning-free; the shared
+# library exports the C API only; `cmake --install` into a temporary prefix, moved, serves a
+# consumer project (find_package) and a pkg-config build of the example, which classify a dialogue.
+PACKAGE_BUILD ?= cmake-build-package
+runtime-package-check: build
+	mkdir -p $(PACKAGE_BUILD)
+	$(PY) csrc/runtime/tests/make_tiny_model.py $(PACKAGE_BUILD)/tiny.aghmn
+	for cc in gcc:g++ clang:clang++; do \
+		cmake -S . -B $(PACKAGE_BUILD)/$${cc%%:*} -DCMAKE_BUILD_TYPE=Release -DAGHMN_WERROR=ON \
+			-DCMAKE_C_COMPILER=$${cc%%:*} -DCMAKE_CXX_COMPILER=$${cc##*:} \
+			-DAGHMN_RUNTIME_TEST_MODEL=$(abspath $(PACKAGE_BUILD))/tiny.aghmn >/dev/null && \
+		cmake --build $(PACKAGE_BUILD)/$${cc%%:*} -j 2 && \
+		ctest --test-dir $(PACKAGE_BUILD)/$${cc%%:*} -E '^runtime_fuzz_model$$' --output-on-failure \
+		|| exit 1; \
+	done
+
 clean:
-	rm -rf build cmake-build cmake-build-runtime aghmn_fast/_C*.so *.egg-info runtime/build runtime/aghmn_runtime/_native*.so
+	rm -rf build cmake-build cmake-build-runtime $(PACKAGE_BUILD) aghmn_fast/_C*.so *.egg-info runtime/build runtime/_vendor runtime/*.egg-info runtime/aghmn_runtime/_native*.so
