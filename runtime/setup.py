@@ -12,7 +12,7 @@ kernels choose AVX2 / AVX-512 at run time either way).
 """
 import glob
 import os
-import re
+import runpy
 import shutil
 
 from pybind11.setup_helpers import Pybind11Extension
@@ -37,13 +37,8 @@ def csrc_root() -> str:
 
 def version(root: str) -> str:
     """MAJOR.MINOR.PATCH of the runtime's header (AGHMN_RUNTIME_VERSION_*)."""
-    with open(os.path.join(root, "runtime", "aghmn_runtime.h"), encoding="utf-8") as f:
-        text = f.read()
-    parts = [re.search(rf"^#define AGHMN_RUNTIME_VERSION_{p} (\d+)$", text, re.M)
-             for p in ("MAJOR", "MINOR", "PATCH")]
-    if not all(parts):
-        raise SystemExit(f"{root}/runtime/aghmn_runtime.h lacks an AGHMN_RUNTIME_VERSION_* line")
-    return ".".join(m.group(1) for m in parts)
+    parse = runpy.run_path(os.path.join(HERE, "header_version.py"))["header_version"]
+    return parse(os.path.join(root, "runtime", "aghmn_runtime.h"))
 
 
 def relative(paths):
