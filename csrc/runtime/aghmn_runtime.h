@@ -17,11 +17,6 @@
  *
  * Strings: conversation ids and texts are byte strings with explicit lengths (not NUL-terminated;
  * a pointer may be NULL when its length is 0). Texts must be valid UTF-8; ids are arbitrary bytes.
- *
- * ABI (docs/RUNTIME.md, "Versions and ABI"): the handles are opaque and no struct crosses the API,
- * so a minor release may only add functions and enum values; the shared library's SOVERSION is
- * the major version. Include it as <aghmn_runtime.h> (CMake: find_package(aghmn_runtime);
- * pkg-config: aghmn_runtime).
  */
 #ifndef AGHMN_RUNTIME_H
 #define AGHMN_RUNTIME_H
@@ -29,8 +24,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The version of this header and its library: the one source of the project's version (CMake,
- * both Python distributions and aghmn_version() read these three lines). */
+/* Include as <aghmn_runtime.h> (CMake: find_package(aghmn_runtime); pkg-config: aghmn_runtime).
+ * ABI (docs/RUNTIME.md, "Versions and ABI"): the handles are opaque and no struct crosses the API,
+ * so a minor release may only add functions and enum values; the shared library's SOVERSION is
+ * the major version.
+ *
+ * The version of this header: the one source of the project's version (CMake, both Python
+ * distributions and aghmn_version() read these three lines). aghmn_version() returns the version
+ * of the library actually loaded (a later minor release than the header compiled against, maybe),
+ * then the model format it reads. */
 #define AGHMN_RUNTIME_VERSION_MAJOR 0
 #define AGHMN_RUNTIME_VERSION_MINOR 1
 #define AGHMN_RUNTIME_VERSION_PATCH 0
@@ -72,9 +74,7 @@ typedef enum {
 
 /* Message of this thread's last failure ("" if none). */
 AGHMN_API const char *aghmn_last_error(void);
-/* The library's version: AGHMN_RUNTIME_VERSION_STRING of the library actually loaded (which may
- * be a later minor release than the header compiled against), then the model format it reads,
- * e.g. "0.1.0 (model format 1)". */
+/* Runtime version, e.g. "0.1.0 (model format 1)". */
 AGHMN_API const char *aghmn_version(void);
 
 /* Load a .aghmn model from a file or from memory (the buffer is copied; it may be freed after). */
