@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(or $(AGHMN_DATA),../shared/data/meld)
 DEMO_ARGS ?=
 
-.PHONY: install build test test-matrix demo bench bench-pytest wheel-smoke cmake-check lint runtime-check clean runtime-build runtime-wheel-smoke runtime-package-check
+.PHONY: install build test test-matrix demo bench bench-pytest wheel-smoke cmake-check lint runtime-check clean runtime-build runtime-wheel-smoke
 
 # The environment: torch and triton at the versions in constraints.txt (a CPU machine), the
 # package in editable mode with its test extras, as the README's install line does; the extension
@@ -95,6 +95,7 @@ runtime-check: build
 # consumer project (find_package) and a pkg-config build of the example, which classify a dialogue
 # with the committed golden BiGRU model, or without one a tiny model exported here (that needs
 # the compiled extension: `make build`).
+.PHONY: runtime-package-check
 PACKAGE_BUILD ?= cmake-build-package
 GOLDEN_BIGRU := csrc/runtime/tests/golden/bigru.aghmn
 runtime-package-check:

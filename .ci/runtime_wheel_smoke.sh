@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The runtime wheel as a user gets it: build the sdist of aghmn-fast-runtime (runtime/; it
-# vendors the C++ sources), build the wheel from that sdist alone in a folder outside the
-# checkout, check both hold every Python package of runtime/aghmn_runtime/ and the wheel's size
-# (<= 2 MB), install it with its one dependency (numpy) into a fresh venv outside the repository,
-# check torch is not installed there, and run .ci/runtime_smoke.py there on a tiny model
-# exported by this checkout. With auditwheel importable by PYTHON, also prints the platform
-# tag the wheel can claim (docs/RUNTIME.md).
+# The runtime wheel as a user installs it: build aghmn-fast-runtime (runtime/), check its size
+# (<= 2 MB), install it with its one dependency (numpy) into a fresh venv outside the
+# repository, check torch is not installed there, and run .ci/runtime_smoke.py there on a tiny
+# model exported by this checkout.
 # Usage: .ci/runtime_wheel_smoke.sh [PYTHON of the development venv, default .venv/bin/python]
+# The wheel is built as a user gets it: from the sdist (which vendors the C++ sources) alone, in a
+# folder outside the checkout; sdist and wheel must hold every package of runtime/aghmn_runtime/.
+# With auditwheel importable by PYTHON, it also prints the platform tag the wheel can claim.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
