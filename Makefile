@@ -73,7 +73,7 @@ runtime-ray-smoke: build
 
 # Framework-free kernel core (and CUDA with nvcc when present): a compile check, no torch.
 cmake-check:
-	cmake -S . -B cmake-build -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake -S . -B cmake-build -DCMAKE_BUILD_TYPE=Release -DAGHMN_WERROR=ON >/dev/null
 	cmake --build cmake-build -j 2
 	ctest --test-dir cmake-build --output-on-failure
 
@@ -96,5 +96,23 @@ runtime-check:
 	cmake --build $(RUNTIME_BUILD) -j 2 --target aghmn_classify fuzz_model golden_test test_gate_math
 	ctest --test-dir $(RUNTIME_BUILD) -R '^(runtime_|test_gate_math$$)' --output-on-failure
 
+# The runtime as a C/C++ package (docs/RUNTIME.md), with GCC and with Clang, -Wall -Wextra
+# -Werror: the library, the example and the kernel core's tests build warning-free; the shared
+# library exports the C API only; `cmake --install` into a temporary prefix, moved, serves a
+# consumer project (find_package) and a pkg-config build of the example, which classify a dialogue
+# with the committed golden BiGRU model (no torch needed).
+.PHONY: runtime-package-check
+PACKAGE_BUILD ?= cmake-build-package
+runtime-package-check:
+	mkdir -p $(PACKAGE_BUILD)
+	for cc in gcc:g++ clang:clang++; do \
+		cmake -S . -B $(PACKAGE_BUILD)/$${cc%%:*} -DCMAKE_BUILD_TYPE=Release -DAGHMN_WERROR=ON \
+			-DCMAKE_C_COMPILER=$${cc%%:*} -DCMAKE_CXX_COMPILER=$${cc##*:} \
+			>/dev/null && \
+		cmake --build $(PACKAGE_BUILD)/$${cc%%:*} -j 2 && \
+		ctest --test-dir $(PACKAGE_BUILD)/$${cc%%:*} -E '^runtime_fuzz_model' --output-on-failure \
+		|| exit 1; \
+	done
+
 clean:
-	rm -rf build cmake-build cmake-build-runtime aghmn_fast/_C*.so *.egg-info runtime/build runtime/aghmn_runtime/_native*.so
+	rm -rf build cmake-build cmake-build-runtime $(PACKAGE_BUILD) aghmn_fast/_C*.so *.egg-info runtime/build runtime/_vendor runtime/*.egg-info runtime/aghmn_runtime/_native*.so

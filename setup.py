@@ -77,5 +77,9 @@ def cmdclass():
 
 # AGHMN_SKIP_EXT=1: install the Python package only (the Makefile then builds the extension
 # in place once, incrementally, instead of pip compiling it again in a temporary directory).
-setup(**({} if os.environ.get("AGHMN_SKIP_EXT", "0") == "1"
-         else {"ext_modules": extensions(), "cmdclass": cmdclass()}))
+# The version: the runtime header's AGHMN_RUNTIME_VERSION_* (docs/RUNTIME.md, "Versions and ABI").
+HERE = os.path.dirname(os.path.abspath(__file__))
+VERSION = runpy.run_path(os.path.join(HERE, "runtime", "header_version.py"))["header_version"](
+    os.path.join(HERE, "csrc", "runtime", "aghmn_runtime.h"))
+setup(version=VERSION, **({} if os.environ.get("AGHMN_SKIP_EXT", "0") == "1"
+                          else {"ext_modules": extensions(), "cmdclass": cmdclass()}))

@@ -1,5 +1,7 @@
 """Smoke test of an installed aghmn_runtime (run from outside the repository by
-runtime_wheel_smoke.sh): a model file loads, pushes answer, state round-trips, torch is absent."""
+runtime_wheel_smoke.sh): a model file loads, pushes answer, state round-trips (file and bytes),
+the module's version is the installed distribution's, torch is absent."""
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -27,6 +29,12 @@ with tempfile.TemporaryDirectory() as tmp:
     again.load_state(os.path.join(tmp, "s.state"))
     assert sorted(again.conversations()) == ["c1", "c2", "c3"]
     assert again.push("c1", "Bye.").probabilities == rec.push("c1", "Bye.").probabilities
+state = rec.save_state_bytes()
+from_bytes = aghmn_runtime.StreamingRecognizer(sys.argv[1])
+from_bytes.load_state_bytes(state)
+assert from_bytes.push("c2", "Ok.").probabilities == rec.push("c2", "Ok.").probabilities
+installed = importlib.metadata.version("aghmn-fast-runtime")
+assert aghmn_runtime.__version__ == installed, (aghmn_runtime.__version__, installed)
 try:
     rec.push("c1", "   ")
 except ValueError:

@@ -6,17 +6,37 @@
 # extra (aghmn-serve), still no torch, the venv's site-packages at most 150 MB (numpy
 # included), and .ci/serve_smoke.py (aghmn-serve serves the tiny model, refuses the checkpoint).
 # Usage: .ci/runtime_wheel_smoke.sh [PYTHON of the development venv, default .venv/bin/python]
+# The wheel is built as a user gets it: from the sdist (which vendors the C++ sources) alone, in a
+# folder outside the checkout; sdist and wheel must hold every package of runtime/aghmn_runtime/.
+# With auditwheel importable by PYTHON, it also prints the platform tag the wheel can claim.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PY=${1:-.venv/bin/python}
+PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"   # absolute, the venv's link kept
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-"$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/dist" ./runtime
+(cd runtime && "$PY" setup.py -q sdist -d "$WORK/sdist" >/dev/null)
+SDIST=$(ls "$WORK"/sdist/aghmn_fast_runtime-*.tar.gz)
+echo "built $(basename "$SDIST"): $(stat -c %s "$SDIST") bytes"
+# The wheel from the sdist alone: pip unpacks it under TMPDIR, where no checkout is around.
+mkdir -p "$WORK/elsewhere/tmp"
+cp "$SDIST" "$WORK/elsewhere/"
+(cd "$WORK/elsewhere" && TMPDIR="$WORK/elsewhere/tmp" "$PY" -m pip wheel -q --no-build-isolation \
+    --no-deps -w "$WORK/dist" "$WORK/elsewhere/$(basename "$SDIST")")
 WHEEL=$(ls "$WORK"/dist/aghmn_fast_runtime-*.whl)
 SIZE=$(stat -c %s "$WHEEL")
-echo "built $(basename "$WHEEL"): $SIZE bytes"
+echo "built $(basename "$WHEEL") from the sdist: $SIZE bytes"
 [ "$SIZE" -le 2097152 ] || { echo "the runtime wheel is over 2 MB"; exit 1; }
+tar tzf "$SDIST" > "$WORK/sdist.txt"
+"$PY" -m zipfile -l "$WHEEL" > "$WORK/wheel.txt"
+for init in $(cd runtime && find aghmn_runtime -name __init__.py); do
+    grep -qx "aghmn_fast_runtime-[^/]*/$init" "$WORK/sdist.txt" || { echo "sdist lacks $init"; exit 1; }
+    grep -q "^$init " "$WORK/wheel.txt" || { echo "wheel lacks $init"; exit 1; }
+done
+if "$PY" -c "import auditwheel" 2>/dev/null; then
+    "$PY" -m auditwheel show "$WHEEL" | tr '\n' ' ' | grep -o 'platform tag: "[^"]*"' || true
+fi
 "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); import runtime_common as c; \
 c.export(c.tiny_checkpoint(sys.argv[1]), sys.argv[2])" "$WORK/tiny.pt" "$WORK/tiny.aghmn"
 unset PYTHONPATH   # the fresh venv imports what it installed, never this checkout

@@ -11,8 +11,6 @@ Public entry points:
 """
 import importlib
 
-__version__ = "0.1.0"
-
 # Everything is loaded on first use (PEP 562), so that `import aghmn_fast.cli` takes milliseconds
 # and the command line owns Ctrl-C before torch's ~1.5 s import starts. The ops (and with them
 # torch.ops.aghmn_fast.*) are registered by the first use of any name below or `import
@@ -22,6 +20,10 @@ _SUBMODULES = ("ops", "reference", "nn", "models", "streaming", "data", "train")
 
 
 def __getattr__(name):
+    if name == "__version__":  # on first use: a file read, off the import path
+        from ._version import version
+        globals()["__version__"] = version()
+        return globals()["__version__"]
     if name in _FROM_OPS:
         return getattr(importlib.import_module(".ops", __name__), name)
     if name == "set_nan_check":
@@ -34,7 +36,7 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES) | {"__version__"})
 
 
 __all__ = ["StreamingRecognizer", "agru", "memory_bank", "window_gru", "backends", "backend_errors", "reference", "set_nan_check"]

@@ -1,8 +1,11 @@
 // The C API (aghmn_runtime.h) over the C++ core: every entry point catches everything, so no
-// exception crosses the boundary; live handles are registered, so a freed or foreign pointer is
-// an error code rather than a use after free (unless its address was reused by a new handle).
+// exception crosses the boundary; live handles (and state buffers) are registered, so a freed or
+// foreign pointer is an error code or a no-op rather than a use after free or a double free
+// (unless its address was reused by a new handle).
 #include "runtime/aghmn_runtime.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -97,7 +100,11 @@ extern "C" {
 
 const char* aghmn_last_error(void) { return g_last_error.c_str(); }
 
-const char* aghmn_version(void) { return "0.1.0 (model format 2)"; }
+const char* aghmn_version(void) {
+  static const std::string version = std::string(AGHMN_RUNTIME_VERSION_STRING) + " (model format " +
+                                     std::to_string(aghmn::rt::kFormatVersion) + ")";
+  return version.c_str();
+}
 
 aghmn_status aghmn_model_load(const char* path, aghmn_model** out) {
   return guarded([&] {
@@ -244,6 +251,34 @@ size_t aghmn_model_conversation_bytes(const aghmn_model* model) {
 size_t aghmn_session_store_bytes(const aghmn_session* s) {
   if (s == nullptr || !live(s)) return 0;
   return s->session.store_bytes();
+}
+
+aghmn_status aghmn_session_save_buffer(const aghmn_session* s, void** data, size_t* size) {
+  return guarded([&] {
+    check_handle(s, "session");
+    if (data == nullptr || size == nullptr) fail(AGHMN_ERR_INVALID_ARGUMENT, "data or size is NULL");
+    const std::vector<unsigned char> bytes = s->session.save_bytes();
+    // malloc, not new[]: aghmn_buffer_free releases it without knowing its type or size.
+    void* out = std::malloc(bytes.size());
+    if (out == nullptr) fail(AGHMN_ERR_NO_MEMORY, "out of memory for a state of " +
+                                                      std::to_string(bytes.size()) + " bytes");
+    std::memcpy(out, bytes.data(), bytes.size());
+    register_handle(out);  // so that a second aghmn_buffer_free of it is a no-op, not a crash
+    *data = out;
+    *size = bytes.size();
+  });
+}
+
+aghmn_status aghmn_session_load_buffer(aghmn_session* s, const void* data, size_t size) {
+  return guarded([&] {
+    check_handle(s, "session");
+    if (data == nullptr) fail(AGHMN_ERR_INVALID_ARGUMENT, "data is NULL");
+    s->session.load_bytes(static_cast<const unsigned char*>(data), size, "state buffer");
+  });
+}
+
+void aghmn_buffer_free(void* data) {
+  if (data != nullptr && unregister_handle(data)) std::free(data);
 }
 
 }  // extern "C"

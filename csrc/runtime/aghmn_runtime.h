@@ -24,6 +24,30 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Include as <aghmn_runtime.h> (CMake: find_package(aghmn_runtime); pkg-config: aghmn_runtime).
+ * ABI (docs/RUNTIME.md, "Versions and ABI"): the handles are opaque and no struct crosses the API,
+ * so a minor release may only add functions and enum values; the shared library's SOVERSION is
+ * the major version.
+ *
+ * The version of this header: the one source of the project's version (CMake, both Python
+ * distributions and aghmn_version() read these three lines). aghmn_version() returns the version
+ * of the library actually loaded (a later minor release than the header compiled against, maybe),
+ * then the model format it reads. */
+#define AGHMN_RUNTIME_VERSION_MAJOR 0
+#define AGHMN_RUNTIME_VERSION_MINOR 1
+#define AGHMN_RUNTIME_VERSION_PATCH 0
+#define AGHMN_RUNTIME_STRINGIFY_(x) #x
+#define AGHMN_RUNTIME_STRINGIFY(x) AGHMN_RUNTIME_STRINGIFY_(x)
+/* "MAJOR.MINOR.PATCH", e.g. "0.1.0". */
+#define AGHMN_RUNTIME_VERSION_STRING                       \
+  AGHMN_RUNTIME_STRINGIFY(AGHMN_RUNTIME_VERSION_MAJOR) "." \
+  AGHMN_RUNTIME_STRINGIFY(AGHMN_RUNTIME_VERSION_MINOR) "." \
+  AGHMN_RUNTIME_STRINGIFY(AGHMN_RUNTIME_VERSION_PATCH)
+/* One comparable number for #if: MAJOR * 10000 + MINOR * 100 + PATCH. */
+#define AGHMN_RUNTIME_VERSION_NUMBER                                         \
+  (AGHMN_RUNTIME_VERSION_MAJOR * 10000 + AGHMN_RUNTIME_VERSION_MINOR * 100 + \
+   AGHMN_RUNTIME_VERSION_PATCH)
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -109,6 +133,18 @@ AGHMN_API size_t aghmn_model_conversation_bytes(const aghmn_model *model);
  * a quarter of it is open, giving the memory back to the operating system: closed conversations'
  * slots are reused by new ones, and returned when most conversations are closed. */
 AGHMN_API size_t aghmn_session_store_bytes(const aghmn_session *s);
+/* The state of aghmn_session_save in memory (the same bytes as the file): on success *data points
+ * to *size bytes allocated by the library, which the caller owns and must release with
+ * aghmn_buffer_free (never free(): the library may use another allocator). */
+AGHMN_API aghmn_status aghmn_session_save_buffer(const aghmn_session *s, void **data,
+                                                 size_t *size);
+/* aghmn_session_load from memory: the bytes are read, not kept (the buffer may be freed after);
+ * the same checks and the same all-or-nothing rule as the file. */
+AGHMN_API aghmn_status aghmn_session_load_buffer(aghmn_session *s, const void *data,
+                                                 size_t size);
+/* Releases a buffer returned by aghmn_session_save_buffer (NULL, a buffer already released and a
+ * pointer the library did not return are ignored). */
+AGHMN_API void aghmn_buffer_free(void *data);
 
 #ifdef __cplusplus
 }

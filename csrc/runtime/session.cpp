@@ -217,12 +217,15 @@ int64_t Session::utterances_seen(const std::string& id) const {
   return it == index_.end() ? 0 : convs_[it->second].count;
 }
 
-void Session::save(const char* path) const {
-  if (path == nullptr) fail(AGHMN_ERR_INVALID_ARGUMENT, "path is NULL");
+std::vector<unsigned char> Session::save_bytes() const {
   const ModelDims& d = model_->dims;
   const int64_t K = d.K, H = d.H, W = width(), rows = capacity_ * K;
-  std::vector<unsigned char> out;
-  out.insert(out.end(), kStateMagic, kStateMagic + 8);
+  // The exact size up front: one allocation, no copies while the store is appended.
+  size_t size = 8 + 4 + 4 + 8 + 4 * 8 + 8;
+  for (const Conversation& c : convs_) size += 4 + c.id.size() + 8;
+  size += convs_.size() * static_cast<size_t>(K * H * (1 + 3 * W)) * sizeof(float);
+  std::vector<unsigned char> out(kStateMagic, kStateMagic + 8);
+  out.reserve(size);
   put(out, kStateVersion);
   put(out, uint32_t{0});
   put(out, model_->fingerprint);
@@ -238,7 +241,12 @@ void Session::save(const char* path) const {
       put_floats(out, proj_.get() + (w * rows + c.block * K) * 3 * H, K * 3 * H);
   }
   put(out, fnv1a(out.data(), out.size()));
+  return out;
+}
 
+void Session::save(const char* path) const {
+  if (path == nullptr) fail(AGHMN_ERR_INVALID_ARGUMENT, "path is NULL");
+  const std::vector<unsigned char> out = save_bytes();
   // Unique per process and call: two sessions saving to one path never share a temporary file.
   static std::atomic<uint64_t> serial{0};
   const std::string tmp = std::string(path) + ".tmp." + std::to_string(getpid()) + "." +
@@ -257,21 +265,23 @@ void Session::save(const char* path) const {
 
 void Session::load(const char* path) {
   const std::vector<unsigned char> data = read_file(path, "state");
-  auto bad = [&](const std::string& what) {
-    fail(AGHMN_ERR_FORMAT, std::string("state ") + path + ": " + what);
-  };
-  if (data.size() < 8 || std::memcmp(data.data(), kStateMagic, 8) != 0)
+  load_bytes(data.data(), data.size(), std::string("state ") + path);
+}
+
+void Session::load_bytes(const unsigned char* data, size_t size, const std::string& where) {
+  auto bad = [&](const std::string& what) { fail(AGHMN_ERR_FORMAT, where + ": " + what); };
+  if (size < 8 || std::memcmp(data, kStateMagic, 8) != 0)
     bad("not an aghmn runtime state (no AGHMNST magic)");
-  if (data.size() < 16 + 8) bad("truncated");
+  if (size < 16 + 8) bad("truncated");
   uint32_t version;
-  std::memcpy(&version, data.data() + 8, 4);
+  std::memcpy(&version, data + 8, 4);
   if (version != kStateVersion)
-    fail(AGHMN_ERR_VERSION, std::string("state ") + path + ": version " + std::to_string(version) +
+    fail(AGHMN_ERR_VERSION, where + ": version " + std::to_string(version) +
                                 ", this runtime reads version " + std::to_string(kStateVersion));
   uint64_t stored;
-  std::memcpy(&stored, data.data() + data.size() - 8, 8);
-  if (stored != fnv1a(data.data(), data.size() - 8)) bad("checksum mismatch (corrupt or truncated)");
-  Reader r(data.data(), data.size() - 8, AGHMN_ERR_FORMAT, std::string("state ") + path);
+  std::memcpy(&stored, data + size - 8, 8);
+  if (stored != fnv1a(data, size - 8)) bad("checksum mismatch (corrupt or truncated)");
+  Reader r(data, size - 8, AGHMN_ERR_FORMAT, where);
   r.take(16, "header");
   if (r.read<uint64_t>("fingerprint") != model_->fingerprint)
     bad("saved by another model (the model file differs)");

@@ -63,8 +63,12 @@ class Session {
   size_t store_bytes() const { return static_cast<size_t>(capacity_) * conversation_bytes(model_->dims); }
   const std::string& id_at(size_t i) const { return convs_.at(i).id; }
 
-  void save(const char* path) const;  // atomic: temporary file + rename
-  void load(const char* path);        // all or nothing
+  // The state as bytes (the state file's content) and back: one format for files and buffers.
+  std::vector<unsigned char> save_bytes() const;
+  // All or nothing; `where` names the source in errors ("state <path>", "state buffer").
+  void load_bytes(const unsigned char* data, size_t size, const std::string& where);
+  void save(const char* path) const;  // save_bytes, written atomically: temporary file + rename
+  void load(const char* path);        // read_file, then load_bytes
 
  private:
   struct Conversation {

@@ -6,7 +6,8 @@ the native runtime (C++ core and C API, no PyTorch). Its only dependency is nump
 
 The API mirrors ``aghmn_fast.StreamingRecognizer`` (push, push_many, close, utterances_seen,
 conversations, save_state / load_state, labels, window) and adds :meth:`push_many_arrays`
-(numpy arrays out, no per-item objects) and :func:`normalize`. Conversation ids are str.
+(numpy arrays out, no per-item objects), ``save_state_bytes`` / ``load_state_bytes`` (the state
+in memory) and :func:`normalize`. Conversation ids are str.
 Errors are Python exceptions carrying the C API's message: ``ValueError`` (bad input, invalid
 UTF-8, empty text, a bad model or state file), ``KeyError`` (unknown conversation),
 ``OSError`` (files), ``TypeError`` (wrong types, wrong array dtype).
@@ -21,7 +22,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 
 __all__ = ["Prediction", "StreamingRecognizer", "normalize", "__version__"]
-__version__ = "0.1.0"
+__version__: str = _native.__version__   # the runtime header's AGHMN_RUNTIME_VERSION_STRING
 
 
 @dataclasses.dataclass
@@ -159,6 +160,19 @@ class StreamingRecognizer:
         model raises ``ValueError`` and leaves the current state untouched.
         """
         self._session.load(_existing_file(path, "state file"))
+
+    def save_state_bytes(self) -> bytes:
+        """Every open conversation's state as bytes: what :meth:`save_state` writes to a file,
+        for a store of one's own (a database, a cache, another process)."""
+        return self._session.save_bytes()
+
+    def load_state_bytes(self, state) -> None:
+        """Replace all conversations with ``state`` (bytes, bytearray or memoryview of
+        :meth:`save_state_bytes` or of a :meth:`save_state` file of a recognizer of the same
+        model). A corrupted or truncated state, or one of another model, raises ``ValueError``
+        and leaves the current state untouched; a non bytes-like ``state`` raises ``TypeError``.
+        """
+        self._session.load_bytes(state)
 
     # ---- lifetime ------------------------------------------------------------------------------
     def release(self) -> None:

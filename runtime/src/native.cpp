@@ -7,12 +7,13 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "runtime/aghmn_runtime.h"
+#include <aghmn_runtime.h>
 
 namespace py = pybind11;
 
@@ -270,6 +271,30 @@ class Session {
     check(without_gil([&](aghmn_session* s) { return aghmn_session_load(s, path.c_str()); }));
   }
 
+  // The state as bytes (aghmn_session_save_buffer), copied out of the library's buffer.
+  py::bytes save_bytes() {
+    void* data = nullptr;
+    size_t size = 0;
+    check(without_gil([&](aghmn_session* s) { return aghmn_session_save_buffer(s, &data, &size); }));
+    std::unique_ptr<void, void (*)(void*)> owned(data, aghmn_buffer_free);
+    return py::bytes(static_cast<const char*>(data), size);
+  }
+
+  // A state from any contiguous bytes-like object (bytes, bytearray, memoryview, mmap).
+  void load_bytes(const py::handle& state) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(state.ptr(), &view, PyBUF_SIMPLE) != 0) {
+      PyErr_Clear();
+      throw py::type_error(std::string("state must be a bytes-like object, got ") +
+                           Py_TYPE(state.ptr())->tp_name);
+    }
+    // The view pins the object (a bytearray cannot be resized meanwhile) while the GIL is out.
+    std::unique_ptr<Py_buffer, void (*)(Py_buffer*)> held(&view, PyBuffer_Release);
+    check(without_gil([&](aghmn_session* s) {
+      return aghmn_session_load_buffer(s, view.len > 0 ? view.buf : "", size_t(view.len));
+    }));
+  }
+
  private:
   static aghmn_status closed() { return kReleased; }
 
@@ -325,6 +350,7 @@ PYBIND11_MODULE(_native, m) {
   m.doc() = "The pybind11 binding of the AGHMN runtime's C API (use aghmn_runtime, not this).";
   m.def("version", [] { return std::string(aghmn_version()); },
         "The runtime library's version string.");
+  m.attr("__version__") = AGHMN_RUNTIME_VERSION_STRING;
   m.def("normalize", &normalize, py::arg("text"),
         "The authors' text normalisation (aghmn_fast.data.text.normalize) of a str.");
 
@@ -351,6 +377,9 @@ PYBIND11_MODULE(_native, m) {
                              "Bytes the ring store holds now (its capacity, open or not).")
       .def("save", &Session::save, py::arg("path"))
       .def("load", &Session::load, py::arg("path"))
+      .def("save_bytes", &Session::save_bytes, "The state as bytes (the state file's content).")
+      .def("load_bytes", &Session::load_bytes, py::arg("state"),
+           "Replace the state with one of save_bytes (any bytes-like object).")
       .def("release", &Session::release, "Free the native session now.")
       .def_property_readonly("released", &Session::released);
 }

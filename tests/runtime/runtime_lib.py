@@ -70,6 +70,9 @@ class Runtime:
                                                ctypes.POINTER(S)]),
             "aghmn_model_conversation_bytes": (S, [P]),
             "aghmn_session_store_bytes": (S, [P]),
+            "aghmn_session_save_buffer": (ctypes.c_int, [P, ctypes.POINTER(P), ctypes.POINTER(S)]),
+            "aghmn_session_load_buffer": (ctypes.c_int, [P, ctypes.c_char_p, S]),
+            "aghmn_buffer_free": (None, [P]),
         }
         for name, (res, args) in sig.items():
             fn = getattr(lib, name)
@@ -198,6 +201,20 @@ class Session:
     def load(self, path) -> None:
         """aghmn_session_load."""
         self.rt.check(self.rt.lib.aghmn_session_load(self.handle, str(path).encode()))
+
+    def save_buffer(self) -> bytes:
+        """aghmn_session_save_buffer, copied into bytes (the library's buffer is then freed)."""
+        data, size = ctypes.c_void_p(), ctypes.c_size_t()
+        self.rt.check(self.rt.lib.aghmn_session_save_buffer(self.handle, ctypes.byref(data),
+                                                            ctypes.byref(size)))
+        try:
+            return ctypes.string_at(data, size.value)
+        finally:
+            self.rt.lib.aghmn_buffer_free(data)
+
+    def load_buffer(self, state: bytes) -> None:
+        """aghmn_session_load_buffer."""
+        self.rt.check(self.rt.lib.aghmn_session_load_buffer(self.handle, state, len(state)))
 
     def free(self) -> None:
         """aghmn_session_free."""

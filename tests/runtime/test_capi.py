@@ -158,6 +158,54 @@ def test_state_of_another_model_is_refused(runtime, tmp_path):
     assert err.value.status == 2  # IO
 
 
+def test_state_buffers(runtime, tmp_path):
+    """aghmn_session_save_buffer gives the state file's bytes; aghmn_session_load_buffer restores
+    them (the session then goes on bit for bit), refuses garbage, truncation and flipped bytes
+    with FORMAT and leaves the session untouched; NULLs are INVALID, a double free a no-op."""
+    path, _ = make_model(tmp_path, "buffers", reader="bigru")
+    model = runtime.load(path)
+    ref, s = model.session(), model.session()
+    for sess in (ref, s):
+        sess.push_many([("a", "hi there"), ("b", "oh my god"), ("a", "how are you?")])
+    s.save(tmp_path / "s.state")
+    state = s.save_buffer()
+    assert state == (tmp_path / "s.state").read_bytes()
+    restored = model.session()
+    restored.push("other", "okay")
+    restored.load_buffer(state)
+    assert sorted(restored.conversations()) == ["a", "b"] and restored.seen("a") == 2
+    for text in ("really?", "no way", "fine"):
+        assert np.array_equal(restored.push("a", text)[0], ref.push("a", text)[0])
+    empty = model.session().save_buffer()
+    assert len(empty) < len(state)
+    model.session().load_buffer(empty)
+
+    target = model.session()
+    target.push("keep", "hi")
+    flipped = bytearray(state)
+    flipped[len(state) // 2] ^= 0x40
+    for bad in (b"", b"junk" * 40, state[:-1], state[: len(state) // 2], state[:30],
+                bytes(flipped), state + b"\0"):
+        with pytest.raises(RuntimeError_) as err:
+            target.load_buffer(bad)
+        assert err.value.status == FORMAT and "state buffer" in err.value.message
+    assert target.conversations() == ["keep"] and target.seen("keep") == 1
+
+    ctypes = __import__("ctypes")
+    lib, null = runtime.lib, None
+    data, size = ctypes.c_void_p(), ctypes.c_size_t()
+    assert lib.aghmn_session_save_buffer(null, ctypes.byref(data), ctypes.byref(size)) == INVALID
+    assert lib.aghmn_session_save_buffer(s.handle, null, ctypes.byref(size)) == INVALID
+    assert lib.aghmn_session_save_buffer(s.handle, ctypes.byref(data), null) == INVALID
+    assert lib.aghmn_session_load_buffer(s.handle, null, 10) == INVALID
+    assert lib.aghmn_session_load_buffer(null, state, len(state)) == INVALID
+    assert lib.aghmn_session_save_buffer(s.handle, ctypes.byref(data), ctypes.byref(size)) == 0
+    assert size.value == len(state)
+    lib.aghmn_buffer_free(data)
+    lib.aghmn_buffer_free(data)  # a second free is ignored
+    lib.aghmn_buffer_free(null)
+
+
 def test_large_rounds_equal_torch(runtime, tmp_path):
     """Rounds of many conversations (tiles spread over threads) give the torch path's bits."""
     path, rec = make_model(tmp_path, "large", reader="bigru")

@@ -139,6 +139,47 @@ def test_load_state_errors_leave_state_untouched(rt, models, tmp_path):
             r.save_state(str(tmp_path / "no-such-dir" / "s.state"))
 
 
+def test_state_bytes_round_trip_and_refusals(rt, models, tmp_path):
+    """save_state_bytes is the state file's content; load_state_bytes takes any bytes-like
+    object, continues bit for bit, and refuses garbage, truncation, another model's state and
+    non-bytes without touching the state."""
+    with rt.StreamingRecognizer(models["a"]) as ref, rt.StreamingRecognizer(models["a"]) as r:
+        for rr in (ref, r):
+            rr.push_many([("x", t) for t in TEXTS[:5]] + [("y", "hello")])
+        r.save_state(tmp_path / "s.state")
+        state = r.save_state_bytes()
+        assert isinstance(state, bytes) and state == (tmp_path / "s.state").read_bytes()
+        expected = r.push("x", "why?").probabilities
+        assert ref.push("x", "why?").probabilities == expected
+        for form in (state, bytearray(state), memoryview(state)):
+            with rt.StreamingRecognizer(models["a"]) as restored:
+                restored.push("gone", "hi")
+                restored.load_state_bytes(form)
+                assert sorted(restored.conversations()) == ["x", "y"]
+                assert restored.utterances_seen("x") == 5
+                assert restored.push("x", "why?").probabilities == expected
+        for t in TEXTS[5:]:
+            assert r.push("x", t).probabilities == ref.push("x", t).probabilities
+    with rt.StreamingRecognizer(models["b"]) as other:
+        other.push("o", "hello")
+        other_state = other.save_state_bytes()
+    with rt.StreamingRecognizer(models["a"]) as r:
+        r.push("keep", "hello")
+        for bad, words in ((b"", "magic"), (b"garbage" * 20, "magic"), (state[:-3], "checksum"),
+                           (state[: len(state) // 2], "checksum"), (other_state, "another model")):
+            with pytest.raises(ValueError, match=words):
+                r.load_state_bytes(bad)
+        for wrong in ("a str", None, 42):
+            with pytest.raises(TypeError, match="bytes-like"):
+                r.load_state_bytes(wrong)
+        assert r.conversations() == ["keep"] and r.utterances_seen("keep") == 1
+        r.release()
+        with pytest.raises(ValueError, match="released"):
+            r.save_state_bytes()
+        with pytest.raises(ValueError, match="released"):
+            r.load_state_bytes(state)
+
+
 def test_model_file_errors(rt, models, tmp_path):
     with pytest.raises(FileNotFoundError):
         rt.StreamingRecognizer(str(tmp_path / "missing.aghmn"))

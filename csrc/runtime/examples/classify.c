@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/aghmn_runtime.h"
+#include <aghmn_runtime.h>
 
 int main(int argc, char **argv) {
   aghmn_model *model = NULL;
