@@ -22,7 +22,18 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 
 __all__ = ["Prediction", "StreamingRecognizer", "normalize", "__version__"]
-__version__: str = _native.__version__   # the runtime header's AGHMN_RUNTIME_VERSION_STRING
+
+
+def __getattr__(name: str):
+    # __version__ is the runtime header's AGHMN_RUNTIME_VERSION_STRING, compiled into the native
+    # module, which is imported on first use (see _native_module)
+    if name == "__version__":
+        return _native_module().__version__
+    raise AttributeError(f"module 'aghmn_runtime' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + ["__version__"])
 
 
 @dataclasses.dataclass
