@@ -189,7 +189,7 @@ def refused_start(model: str, tmp: str) -> dict:
     done = subprocess.run(serve_command(model, port, "--state", os.path.join(tmp, "refused.db"),
                                         "--max-memory", "8M"),
                           env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
-    return {"exit_code": done.returncode, "stderr": done.stderr.strip()}
+    return {"exit_code": done.returncode, "stderr": done.stderr.strip().replace(tmp, "$TMP")}
 
 
 def main(argv=None) -> int:
