@@ -115,7 +115,7 @@ def open_close_cycle(model: str, n: int, tmp: str) -> dict:
     """RSS (MiB) at each step of: start, open n, delete n, open n new, delete those."""
     server = Server(model, os.path.join(tmp, f"state-{os.path.basename(model)}.db"), "--ttl", "0")
     try:
-        out = {"start": server.rss(), "max_live_conversations": server.ready()["max_live_conversations"]}
+        out = {"start": server.rss(), "max_live_conversations": server.ready().get("max_live_conversations")}
         assert open_conversations(server.base, "a", n) == n
         out["opened"] = server.rss()
         out["state_bytes_opened"] = _state_bytes(server)
@@ -152,15 +152,20 @@ def expiry_cycle(model: str, n: int, tmp: str, ttl: float) -> dict:
 
 
 def _bytes_per_conversation(model: str) -> int:
-    from aghmn_runtime.serving.recognizers import load_recognizer
-    return load_recognizer(model).bytes_per_conversation
+    """K * H * 4 * (1 + 3 D): the ring slots of one conversation (computed from the model's
+    configuration, so that servers from before bytes_per_conversation can be measured too)."""
+    from aghmn_fast.models.checkpoint import load_checkpoint
+    cfg = load_checkpoint(model[:-len(".aghmn")] + ".pt" if model.endswith(".aghmn") else model)[0].config
+    directions = {"bif": 2, "unif": 1}.get(cfg.fusion, 0)
+    return cfg.window * cfg.hidden_size * 4 * (1 + 3 * max(directions, 1))
 
 
-def _state_bytes(server: Server) -> int:
+def _state_bytes(server: Server):
+    """The ring store's bytes (``aghmn_state_bytes``; None from a server without it)."""
     for line in httpx.get(server.base + "/metrics", timeout=30).text.splitlines():
         if line.startswith("aghmn_state_bytes "):
             return int(float(line.split()[1]))
-    raise RuntimeError("no aghmn_state_bytes in /metrics")
+    return None
 
 
 def budget_case(model: str, tmp: str, opened: int = 40) -> dict:
@@ -184,7 +189,7 @@ def refused_start(model: str, tmp: str) -> dict:
     done = subprocess.run(serve_command(model, port, "--state", os.path.join(tmp, "refused.db"),
                                         "--max-memory", "8M"),
                           env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
-    return {"exit_code": done.returncode, "stderr": done.stderr.strip()}
+    return {"exit_code": done.returncode, "stderr": done.stderr.strip().replace(tmp, "$TMP")}
 
 
 def main(argv=None) -> int:
@@ -193,6 +198,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ttl", type=float, default=60.0,
                         help="--ttl of the expiry case, seconds: longer than opening n takes (default 60)")
     parser.add_argument("--json", default=None, help="write the record here")
+    parser.add_argument("--cycles-only", action="store_true",
+                        help="only the open/close and expiry cycles (e.g. against a server from before --max-memory)")
     args = parser.parse_args(argv)
     from aghmn_fast.export import export_checkpoint
 
@@ -214,7 +221,7 @@ def main(argv=None) -> int:
             print(f"{engine:8s} K=40 H=24, {args.conversations:,} conversations: RSS start {cycle['start']:.0f} MiB, "
                   f"opened {cycle['opened']:.0f}, deleted {cycle['deleted']:.0f}, {args.conversations:,} new "
                   f"{cycle['reopened']:.0f}, deleted {cycle['deleted_again']:.0f} MiB; ring store "
-                  f"{cycle['state_bytes_opened'] / 2**20:.1f} -> {cycle['state_bytes_deleted'] / 2**20:.2f} MiB; "
+                  f"{(cycle['state_bytes_opened'] or 0) / 2**20:.1f} -> {(cycle['state_bytes_deleted'] or 0) / 2**20:.2f} MiB; "
                   f"per conversation {cycle['ring_bytes_per_conversation']:,} B of ring slots + "
                   f"{cycle['other_bytes_per_conversation']:,} B else; exit {cycle['exit_code']}", flush=True)
             expiry = expiry_cycle(small[engine], args.conversations, tmp, args.ttl)
@@ -222,7 +229,7 @@ def main(argv=None) -> int:
             print(f"{engine:8s} --ttl {args.ttl:g}: RSS start {expiry['start']:.0f} MiB, opened {expiry['opened']:.0f}, "
                   f"all expired ({expiry['expiry_seconds']} s later) {expiry['expired']:.0f} MiB; exit "
                   f"{expiry['exit_code']}", flush=True)
-        for engine in ENGINES:
+        for engine in () if args.cycles_only else ENGINES:
             budget = budget_case(big[engine], tmp)
             record[f"budget_{engine}"] = budget
             print(f"{engine:8s} K=4096 H=256 --max-memory 256M: max live {budget['max_live_conversations']}, "

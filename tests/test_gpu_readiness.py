@@ -132,8 +132,9 @@ def test_graph_mode_buffers_buckets_and_chunks_match_the_step_mode(monkeypatch):
             assert a.index == b.index and a.label == b.label
             for name in a.probabilities:
                 assert a.probabilities[name] == pytest.approx(b.probabilities[name], abs=1e-6)
-    assert torch.equal(graphed.store.u, plain.store.u)
-    assert torch.equal(graphed.store.proj, plain.store.proj)
+    # the open conversations' slots (the stores' unused capacity is uninitialised on the CPU)
+    for a, b in zip(graphed.store.snapshot(), plain.store.snapshot()):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
     assert set(graphed.compute._graphs) <= {1, 2, 4}
     # the store grew (new conversations): buffers rebuilt for the new addresses
     before = graphed.compute._store

@@ -197,12 +197,14 @@ class RingStore:
         self._reallocate(max(self._initial, conversations))
 
     def _reallocate(self, capacity: int) -> None:
-        """Tensors of ``capacity`` blocks, open conversation i moved to block i. The new tensors
-        are left uninitialised (``open`` zeroes a block when a conversation takes it): on the
-        CPU a block never used costs address space, not resident memory."""
+        """Tensors of ``capacity`` blocks, open conversation i moved to block i. On the CPU the
+        new tensors are left uninitialised (``open`` zeroes a block when a conversation takes
+        it), so that a block never used costs address space, not resident memory; elsewhere
+        they are zeroed."""
         K = self.window
-        u = self.u.new_empty(capacity * K, self.hidden)
-        proj = self.proj.new_empty(self.proj.shape[0], capacity * K, 3 * self.hidden)
+        new = self.u.new_empty if self.device.type == "cpu" else self.u.new_zeros
+        u = new(capacity * K, self.hidden)
+        proj = new(self.proj.shape[0], capacity * K, 3 * self.hidden)
         ids = list(self._blocks)
         if ids:
             old = torch.tensor([self._blocks[c] * K + k for c in ids for k in range(K)],
