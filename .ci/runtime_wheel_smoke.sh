@@ -5,11 +5,15 @@
 # model exported by this checkout. Then the torch-free server: the same wheel with its [serve]
 # extra (aghmn-serve), still no torch, the venv's site-packages at most 150 MB (numpy
 # included), and .ci/serve_smoke.py (aghmn-serve serves the tiny model, refuses the checkpoint).
-# Usage: .ci/runtime_wheel_smoke.sh [PYTHON of the development venv, default .venv/bin/python]
+# With --ray, then the torch-free Ray install: the [ray] extra, still no torch, and
+# .ci/ray_smoke.py (aghmn-serve --ray; its replica maps no torch; SIGTERM exits 0; needs
+# redis-server, which .ci/run installs).
+# Usage: .ci/runtime_wheel_smoke.sh [PYTHON of the development venv, default .venv/bin/python] [--ray]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PY=${1:-.venv/bin/python}
+RAY=${2:-}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 "$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/dist" ./runtime
@@ -38,3 +42,10 @@ echo "aghmn-fast-runtime[serve]: site-packages $SITE_BYTES bytes ($((SITE_BYTES 
 [ "$SITE_BYTES" -le 150000000 ] || { echo "the torch-free server install is over 150 MB"; exit 1; }
 cp "$REPO/.ci/serve_smoke.py" "$WORK/serve_smoke.py"
 "$WORK/venv/bin/python" serve_smoke.py "$WORK/tiny.aghmn" "$WORK/tiny.pt"
+[ "$RAY" = "--ray" ] || exit 0
+"$WORK/venv/bin/python" -m pip install -q "$WHEEL[ray]"
+if "$WORK/venv/bin/python" -m pip show torch >/dev/null 2>&1; then
+    echo "torch was installed with aghmn-fast-runtime[ray]"; exit 1
+fi
+cp "$REPO/.ci/ray_smoke.py" "$WORK/ray_smoke.py"
+"$WORK/venv/bin/python" ray_smoke.py "$WORK/tiny.aghmn"
