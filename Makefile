@@ -67,9 +67,9 @@ runtime-build: install
 runtime-wheel-smoke: build
 	.ci/runtime_wheel_smoke.sh $(PY)
 
-# The torch-free Ray install: the runtime wheel with [ray] in a fresh venv, aghmn-serve --ray there.
+# The same, then the torch-free Ray install: the [ray] extra in that venv, aghmn-serve --ray there.
 runtime-ray-smoke: build
-	.ci/runtime_ray_smoke.sh $(PY)
+	.ci/runtime_wheel_smoke.sh $(PY) --ray
 
 # Framework-free kernel core (and CUDA with nvcc when present): a compile check, no torch.
 cmake-check:

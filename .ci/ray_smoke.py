@@ -1,5 +1,5 @@
 """Smoke test of the torch-free Ray install (``aghmn-fast-runtime[ray]`` in a fresh venv; run from
-outside the repository by runtime_ray_smoke.sh):
+outside the repository by ``runtime_wheel_smoke.sh --ray``):
 
     python ray_smoke.py MODEL.aghmn
 

@@ -5,15 +5,19 @@
 # model exported by this checkout. Then the torch-free server: the same wheel with its [serve]
 # extra (aghmn-serve), still no torch, the venv's site-packages at most 150 MB (numpy
 # included), and .ci/serve_smoke.py (aghmn-serve serves the tiny model, refuses the checkpoint).
-# Usage: .ci/runtime_wheel_smoke.sh [PYTHON of the development venv, default .venv/bin/python]
+# With --ray, then the torch-free Ray install: the [ray] extra, still no torch, and
+# .ci/ray_smoke.py (aghmn-serve --ray; its replica maps no torch; SIGTERM exits 0; needs
+# redis-server, which .ci/run installs).
 # The wheel is built as a user gets it: from the sdist (which vendors the C++ sources) alone, in a
 # folder outside the checkout; sdist and wheel must hold every package of runtime/aghmn_runtime/.
 # With auditwheel importable by PYTHON, it also prints the platform tag the wheel can claim.
+# Usage: .ci/runtime_wheel_smoke.sh [PYTHON of the development venv, default .venv/bin/python] [--ray]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PY=${1:-.venv/bin/python}
 PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"   # absolute, the venv's link kept
+RAY=${2:-}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 (cd runtime && "$PY" setup.py -q sdist -d "$WORK/sdist" >/dev/null)
@@ -58,3 +62,10 @@ echo "aghmn-fast-runtime[serve]: site-packages $SITE_BYTES bytes ($((SITE_BYTES 
 [ "$SITE_BYTES" -le 150000000 ] || { echo "the torch-free server install is over 150 MB"; exit 1; }
 cp "$REPO/.ci/serve_smoke.py" "$WORK/serve_smoke.py"
 "$WORK/venv/bin/python" serve_smoke.py "$WORK/tiny.aghmn" "$WORK/tiny.pt"
+[ "$RAY" = "--ray" ] || exit 0
+"$WORK/venv/bin/python" -m pip install -q "$WHEEL[ray]"
+if "$WORK/venv/bin/python" -m pip show torch >/dev/null 2>&1; then
+    echo "torch was installed with aghmn-fast-runtime[ray]"; exit 1
+fi
+cp "$REPO/.ci/ray_smoke.py" "$WORK/ray_smoke.py"
+"$WORK/venv/bin/python" ray_smoke.py "$WORK/tiny.aghmn"

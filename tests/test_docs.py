@@ -62,8 +62,9 @@ def test_every_install_line_in_the_docs_works_as_written(where, argv):
             for extra in filter(None, (local.group(1) or "").split(",")):
                 assert extra in extras, f"{where}: no extra [{extra}] in pyproject.toml"
             continue
-        # a wheel an earlier line of the same doc builds, maybe found by "$(ls dist/NAME-*.whl)[extra]"
-        wheel = re.fullmatch(r"(?:\$\(ls )?([^()\[\]]+\.whl)\)?(?:\[([\w,-]+)\])?", target)
+        # a wheel (or sdist) an earlier line of the same doc builds, maybe found by
+        # "$(ls dist/NAME-*.whl)[extra]"
+        wheel = re.fullmatch(r"(?:\$\(ls )?([^()\[\]]+\.(?:whl|tar\.gz))\)?(?:\[([\w,-]+)\])?", target)
         if wheel:
             assert any(a.endswith(("wheel", "-w")) for _, a2 in INSTALLS if _.split(":")[0] == where.split(":")[0]
                        for a in a2), f"{where}: no line builds {target}"

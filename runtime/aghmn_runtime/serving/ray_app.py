@@ -102,17 +102,10 @@ HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BALANCE_ALGO
 #:   lets HAProxy deregister one replica of a running deployment, but the CLI only stops the
 #:   whole deployment, ingress included, so stopping took over 30 s ("Controller failed to shut
 #:   down within 30.0s") for nothing.
-#: - HAProxy runs one thread per 2 CPUs (at most 4), not 4: it pins each connection to a thread,
-#:   and with more threads than the cores left to it by the replicas, the connections of a
-#:   descheduled thread wait. At 1,024 conversations on 2 cores, the clients' median latencies
-#:   spread from 470 ms (10th percentile) to 1,859 ms (90th) with 4 threads, 966 to 1,205 ms
-#:   with 1 (docs/results/serving-deploy.md);
-#: - HAProxy's per-request metrics are off: a line per request, parsed in Python by Serve's
-#:   HAProxy manager, CPU taken from the replicas (the app's own Prometheus metrics stay).
+#: (HAProxy's threads and per-request metrics stay Serve's: one thread made the clients' latencies
+#: even on 2 cores but raised the median and lowered throughput, docs/results/serving-deploy.md.)
 RAY_ENV_DEFAULTS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
-                    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
-                    "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, (os.cpu_count() or 2) // 2))),
-                    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}
+                    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 #: Seconds the CLI waits for the deployment to answer /readyz through its ingress
 #: ($AGHMN_RAY_START_TIMEOUT overrides).
 START_TIMEOUT_S = 300.0
