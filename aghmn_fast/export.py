@@ -108,7 +108,7 @@ def export_checkpoint(checkpoint: str, out: str) -> Dict:
     not a checkpoint or a model the runtime cannot run (the MiniLM sentence reader)."""
     from . import __version__
     from ._io import atomic_write
-    from .train import load_checkpoint
+    from .models.checkpoint import load_checkpoint
     model, vocab, labels, _ = load_checkpoint(checkpoint, backend="cpu")
     config = {k: v for k, v in vars(model.config).items() if k != "backend"}
     meta = {"source_checkpoint": os.path.basename(checkpoint), "config": config,

@@ -2,7 +2,7 @@
 """Scores a group of checkpoints (e.g. five seeds of one setting) on MELD test, as issue 21 reports
 them: each model (accuracy, weighted and macro F1, per-class F1, best epoch), mean and sample
 std over the group, the same after post-hoc calibration (per-class logit biases fitted on
-``--fit-on``, train+dev by default, ``aghmn_fast.calibration``, as ``aghmn-fast calibrate`` does),
+``--fit-on``, train+dev by default, ``aghmn_fast.training.calibration``, as ``aghmn-fast calibrate`` does),
 and the group's ensemble (the mean of the members' probabilities), uncalibrated and calibrated
 (biases fitted on the ensemble's scores). ``test_fitted``: biases fitted on test itself, an upper
 bound of what any per-class bias can do for that model (evidence for the ceiling, not a result).
@@ -20,10 +20,10 @@ import statistics
 
 import torch
 
-from aghmn_fast.calibration import DEFAULT_RESAMPLES, FIT_ON, fit_logit_biases
+from aghmn_fast.training.calibration import DEFAULT_RESAMPLES, FIT_ON, fit_logit_biases
 from aghmn_fast.data import load_meld
-from aghmn_fast.metrics import classification_metrics
-from aghmn_fast.train import encode_dialogues, load_checkpoint, predict
+from aghmn_fast.training.metrics import classification_metrics
+from aghmn_fast.training.trainer import encode_dialogues, load_checkpoint, predict
 
 SUMMARY = ("accuracy", "weighted_f1", "macro_f1")
 

@@ -41,7 +41,7 @@ import torch
 
 from aghmn_fast.data import MELD_LABELS, Vocabulary, load_meld
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import build_vocabulary, save_checkpoint
+from aghmn_fast.training.trainer import build_vocabulary, save_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

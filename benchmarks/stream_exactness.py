@@ -42,9 +42,9 @@ def _run(args) -> int:
     import torch
 
     from aghmn_fast.data import load_meld
-    from aghmn_fast.metrics import classification_metrics
+    from aghmn_fast.training.metrics import classification_metrics
     from aghmn_fast.streaming import EnsembleRecognizer, StreamingRecognizer
-    from aghmn_fast.train import encode_dialogues, predict
+    from aghmn_fast.training.trainer import encode_dialogues, predict
 
     torch.set_num_threads(args.threads)
     dialogues = load_meld(args.data, args.split)  # first: a missing MELD fails in a second

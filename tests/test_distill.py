@@ -11,7 +11,7 @@ from aghmn_fast.cli import main
 from aghmn_fast.data import Dialogue
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import (TrainConfig, build_vocabulary, encode_dialogues, load_checkpoint,
+from aghmn_fast.training.trainer import (TrainConfig, build_vocabulary, encode_dialogues, load_checkpoint,
                               predict, teacher_targets, train)
 
 from helpers.training import WORDS, iemocap_train_args, tiny_setup, train_tiny_teacher

@@ -12,7 +12,7 @@ import torch
 import aghmn_fast
 from aghmn_fast.data import MELD_LABELS, default_meld_root, load_meld
 from aghmn_fast.streaming import EnsembleRecognizer, StreamingRecognizer
-from aghmn_fast.train import build_vocabulary, save_checkpoint
+from aghmn_fast.training.trainer import build_vocabulary, save_checkpoint
 
 from serving_fixtures import (assert_matches_offline, offline_probabilities, recognizer_for,
                               save_tiny_checkpoint, start_server, stop_server,

@@ -14,7 +14,7 @@ from aghmn_fast._io import atomic_write
 from aghmn_fast.data import IEMOCAP_LABELS, Dialogue
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import build_vocabulary, load_checkpoint, save_checkpoint
+from aghmn_fast.training.trainer import build_vocabulary, load_checkpoint, save_checkpoint
 
 LABELS = list(IEMOCAP_LABELS)
 WORDS = ["calm", "fine", "wow", "scared", "sad", "great", "gross", "angry", "really", "help"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from aghmn_fast.cli import main
-from aghmn_fast.train import TrainConfig, encode_dialogues, evaluate, load_checkpoint, predict, train
+from aghmn_fast.training.trainer import TrainConfig, encode_dialogues, evaluate, load_checkpoint, predict, train
 
 from helpers.training import iemocap_train_args, tiny_setup
 
@@ -83,7 +83,7 @@ def test_cli_reports_missing_data_cleanly(tmp_path, capsys):
 def _scripted_dev(monkeypatch, dev_set, accuracy, weighted_f1):
     """Make train() see the given dev accuracy / weighted F1 per epoch (test metrics stay real),
     so that the two selection metrics disagree on the best epoch by construction."""
-    import aghmn_fast.train as train_module
+    import aghmn_fast.training.trainer as train_module
 
     real, epoch = train_module.evaluate, iter(range(len(accuracy)))
 

@@ -40,7 +40,7 @@ def _threads(text: str) -> List[int]:
 
 def add_parser(sub) -> None:
     """Add the ``bench`` subcommand to the CLI's subparsers."""
-    from ..cli import DATA_HELP
+    from .program import DATA_HELP
     p = sub.add_parser("bench", help="benchmark the fused ops, the model and streaming against the "
                                      "baselines; write a JSON record, a report and plots",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,7 +86,7 @@ def add_parser(sub) -> None:
 
 def _parts(args) -> List[str]:
     """The --ops parts, all of them by default."""
-    from .suite import PARTS
+    from ..bench.suite import PARTS
     return list(PARTS) if args.ops is None else args.ops
 
 
@@ -120,8 +120,8 @@ def default_out_dir() -> str:
 
 def options_from_args(args):
     """The :class:`~aghmn_fast.bench.suite.SuiteOptions` that the parsed flags ask for."""
-    from .shapes import shape_by_id   # here: torch loads only when a command needs it
-    from .suite import SuiteOptions
+    from ..bench.shapes import shape_by_id   # here: torch loads only when a command needs it
+    from ..bench.suite import SuiteOptions
     return SuiteOptions(
         device=args.device, parts=_parts(args), quick=args.quick, threads=args.threads,
         out_dir=args.out_dir or default_out_dir(), shapes=[shape_by_id(s) for s in args.shapes] if args.shapes else None,
@@ -136,7 +136,7 @@ def cmd_bench(args) -> int:
     bad input (the MELD data a part asked for by name is missing, a tracked file in the way)."""
     import dataclasses
 
-    from .suite import missing_data, run_suite
+    from ..bench.suite import missing_data, run_suite
     opts = options_from_args(args)
     missing = missing_data(opts)
     if missing and args.ops is None:

@@ -40,15 +40,15 @@ except ImportError:  # a declared dependency, but the lent GPU image runs the te
         def set_postfix(self, **_):
             pass
 
-from .data import (MELD_LABELS, Dialogue, Vocabulary, class_weights,
+from ..data import (MELD_LABELS, Dialogue, Vocabulary, class_weights,
                    default_meld_root, load_json_dialogues, load_meld, tokenize)
-from ._io import atomic_write
+from .._io import atomic_write
 from .calibration import (DEFAULT_FIT_ON, DEFAULT_RESAMPLES, check_fit_on, check_max_drop,
                           check_resamples, fit_logit_biases,
                           set_logit_biases)
 from .metrics import classification_metrics, f1_scores, format_report
-from .models import AGHMN, make_batch
-from .models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
+from ..models import AGHMN, make_batch
+from ..models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass
@@ -139,7 +139,7 @@ def teacher_log_probs(path: str, dialogues: Sequence[Dialogue], label_names: Seq
 
     The one place that dispatches on what the checkpoint is: an ordinary checkpoint of this
     package (any reader, read with its own vocabulary) or a contextual teacher
-    (:mod:`aghmn_fast.contextual_teacher`, whose predictions are cached on disk per checkpoint
+    (:mod:`aghmn_fast.training.contextual_teacher`, whose predictions are cached on disk per checkpoint
     and dialogues). Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file
     that is neither, or a teacher whose labels differ from ``label_names``.
     """
@@ -314,13 +314,13 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
 def calibrate_model(model: AGHMN, encoded_dev, dev_set: Sequence[Dialogue], max_weighted_f1_drop: float,
                     previous: Sequence[float] = (), resamples: int = DEFAULT_RESAMPLES,
                     pooled_with=None) -> Dict:
-    """Fit per-class logit biases of ``model`` (:mod:`aghmn_fast.calibration`) on the dev set, or
+    """Fit per-class logit biases of ``model`` (:mod:`aghmn_fast.training.calibration`) on the dev set, or
     on the dev set pooled with ``pooled_with`` = ``(encoded, dialogues)`` of another split (the
     training split for ``fit_on="train+dev"``), and return the record: the biases, ``fit_on``,
     the scores before and after on the fitted data (``before``, ``after``) and on dev alone
     (``dev``). ``previous``: biases already folded into the model, removed first so that the fit
     starts from the uncalibrated model (and left removed: fold the returned biases in with
-    :func:`~aghmn_fast.calibration.set_logit_biases`).
+    :func:`~aghmn_fast.training.calibration.set_logit_biases`).
     """
     set_logit_biases(model, (), previous)
     parts = [(encoded_dev, dev_set)] + ([pooled_with] if pooled_with is not None else [])
@@ -387,8 +387,8 @@ def load_dataset(dataset: str, data: Optional[str]):
         return (load_meld(root, "train"), load_meld(root, "dev"), load_meld(root, "test"),
                 list(MELD_LABELS))
     if dataset in ("iemocap", "meld-json"):
-        from .data import IEMOCAP_LABELS
-        from .data.datasets import require_directory
+        from ..data import IEMOCAP_LABELS
+        from ..data.datasets import require_directory
         labels = list(IEMOCAP_LABELS if dataset == "iemocap" else MELD_LABELS)
         if not data:
             raise ValueError(f"--data DIR is required for dataset {dataset!r} "

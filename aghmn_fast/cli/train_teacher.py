@@ -2,7 +2,7 @@
 
 The CLI imports every subcommand's parser to build ``--help``; a served model file must never
 import torch, so the parser and the options live here and the training module
-(:mod:`aghmn_fast.contextual_teacher`) is imported only when the command runs.
+(:mod:`aghmn_fast.training.contextual_teacher`) is imported only when the command runs.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def check_config(config: ContextualConfig) -> None:
 
 def add_parser(sub) -> None:
     """Register ``aghmn-fast train-teacher`` on the CLI's subparsers."""
-    from .cli import DATA_HELP, positive_int
+    from .program import DATA_HELP, positive_int
     d = ContextualConfig()
     p = sub.add_parser("train-teacher", help="fine-tune a contextual MiniLM teacher (for train "
                        "--teacher only; needs the readers extra)")
@@ -77,13 +77,13 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     """``aghmn-fast train-teacher``: fine-tune, print the selected epoch's dev and test scores."""
-    from .train import load_dataset
+    from ..training.trainer import load_dataset
     config = ContextualConfig(context=args.context, max_tokens=args.max_tokens, epochs=args.epochs,
                               lr=args.lr, batch_size=args.batch_size, seed=args.seed, init=args.init,
                               progress=not args.no_progress and sys.stderr.isatty())
     check_config(config)
     import torch
-    from .contextual_teacher import train_contextual_teacher
+    from ..training.contextual_teacher import train_contextual_teacher
     if args.threads:
         torch.set_num_threads(args.threads)
     train_set, dev_set, test_set, labels = load_dataset("meld", args.data)

