@@ -1,6 +1,7 @@
 """Crash-safe file writes: a reader sees the old file or the new one, never a torn one."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from typing import Any, Callable
@@ -35,3 +36,12 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)``, atomically (see :func:`atomic_write`)."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def file_identity(path: str) -> dict:
+    """A file's name (no directory: no machine path is recorded) and the SHA-256 of its bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": os.path.basename(path), "sha256": digest.hexdigest()}

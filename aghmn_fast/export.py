@@ -118,19 +118,3 @@ def export_checkpoint(checkpoint: str, out: str) -> Dict:
     atomic_write(out, lambda f: f.write(data))
     return {"out": out, "bytes": len(data), "reader": model.config.reader,
             "labels": list(labels), "vocab": len(vocab.itos), "window": model.config.window}
-
-
-def add_parser(sub) -> None:
-    """Register ``aghmn-fast export`` on the CLI's subparsers."""
-    p = sub.add_parser("export", help="export a checkpoint as one .aghmn file for the native runtime")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by aghmn-fast train (best.pt)")
-    p.add_argument("--out", required=True, help="model file to write (e.g. model.aghmn)")
-
-
-def run(args) -> int:
-    """``aghmn-fast export``: write the file and print one JSON summary line."""
-    print(json.dumps(export_checkpoint(args.checkpoint, args.out)))
-    return 0
-
-
-COMMANDS = {"export": run}

@@ -23,7 +23,8 @@ import torch
 from aghmn_fast.training.calibration import DEFAULT_RESAMPLES, FIT_ON, fit_logit_biases
 from aghmn_fast.data import load_meld
 from aghmn_fast.training.metrics import classification_metrics
-from aghmn_fast.training.trainer import encode_dialogues, load_checkpoint, predict
+from aghmn_fast.models.checkpoint import load_checkpoint
+from aghmn_fast.training.trainer import encode_dialogues, predict
 
 SUMMARY = ("accuracy", "weighted_f1", "macro_f1")
 

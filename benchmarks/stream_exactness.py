@@ -15,7 +15,8 @@ import json
 import random
 import time
 
-from aghmn_fast.cli import DATA_HELP, debug_requested, run_program, show_encoding_progress
+from aghmn_fast.cli.options import DATA_HELP, show_encoding_progress
+from aghmn_fast.cli.program import debug_requested, run_program
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,7 @@ import torch
 
 from aghmn_fast.data import load_meld
 from aghmn_fast.training.metrics import classification_metrics
-from aghmn_fast.training.trainer import teacher_log_probs
+from aghmn_fast.training.distillation import teacher_log_probs
 
 GRID = (0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20)
 
@@ -60,7 +60,8 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     """Parse the arguments and run; errors are one line on stderr (exit 2 for bad input)."""
-    from aghmn_fast.cli import DATA_HELP, run_program
+    from aghmn_fast.cli.options import DATA_HELP
+    from aghmn_fast.cli.program import run_program
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help=DATA_HELP)
     parser.add_argument("--teacher", required=True, action="append", help="a teacher (repeat)")

@@ -12,8 +12,8 @@ from aghmn_fast.training.calibration import fit_logit_biases, set_logit_biases
 from aghmn_fast.cli import main
 from aghmn_fast.training.metrics import classification_metrics, f1_scores
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.training.trainer import (TrainConfig, calibrate_model, encode_dialogues, load_checkpoint,
-                              predict, train)
+from aghmn_fast.models.checkpoint import load_checkpoint
+from aghmn_fast.training.trainer import (TrainConfig, calibrate_model, encode_dialogues, predict, train)
 
 from helpers.training import iemocap_train_args, tiny_setup
 
@@ -208,7 +208,8 @@ def test_accuracy_study_script_scores_a_group(tmp_path):
     import os
 
     from aghmn_fast.data import default_meld_root, load_meld
-    from aghmn_fast.training.trainer import build_vocabulary, save_checkpoint
+    from aghmn_fast.models.checkpoint import save_checkpoint
+    from aghmn_fast.training.trainer import build_vocabulary
     from serving_fixtures import tiny_model
     if not os.path.exists(os.path.join(default_meld_root(), "test_sent_emo.csv")):
         pytest.skip("MELD data not found (set AGHMN_DATA)")

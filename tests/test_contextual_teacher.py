@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from aghmn_fast.cli import main
-from aghmn_fast.training.contextual_teacher import (ContextualConfig, ContextualTeacher, check_config,
-                                           context_input, contextual_log_probs,
-                                           load_contextual_teacher, train_contextual_teacher)
+from aghmn_fast.training.contextual_config import ContextualConfig, check_config
+from aghmn_fast.training.contextual_teacher import (ContextualTeacher, context_input, contextual_log_probs,
+                                                    load_contextual_teacher, train_contextual_teacher)
 from aghmn_fast.data import MELD_LABELS, Dialogue
-from aghmn_fast.training.trainer import TrainConfig, teacher_targets, train
+from aghmn_fast.training.distillation import teacher_targets
+from aghmn_fast.training.trainer import TrainConfig, train
 
 from helpers.training import SCRIPTED_TEXTS, tiny_setup, train_tiny_teacher
 
@@ -97,7 +98,8 @@ def test_teacher_targets_mix_ordinary_and_contextual_checkpoints(tiny_teacher, t
     contextual, result = tiny_teacher
     ordinary = train_tiny_teacher(tmp_path, "o", 1)
     _, dialogues, _, _, _ = tiny_setup()
-    from aghmn_fast.training.trainer import encode_dialogues, load_checkpoint, predict
+    from aghmn_fast.models.checkpoint import load_checkpoint
+    from aghmn_fast.training.trainer import encode_dialogues, predict
     model, vocab, _, _ = load_checkpoint(ordinary)
     p_ordinary = torch.softmax(predict(model, encode_dialogues(dialogues, vocab, 60)).double() / 2, -1)
     p_contextual = torch.softmax(result["model"].log_probs(dialogues).double() / 2, -1)
@@ -197,7 +199,7 @@ def test_cli_fine_tunes_a_teacher_that_train_accepts(tmp_path, capsys, monkeypat
                "--embeddings", "random", "--embedding-dim", "8", "--hidden", "6", "--epochs", "1",
                "--backend", "reference", "--teacher", teacher, "--teacher-weight", "2"])
     assert rc == 0, capsys.readouterr().err
-    from aghmn_fast.training.trainer import load_checkpoint
+    from aghmn_fast.models.checkpoint import load_checkpoint
     recorded = load_checkpoint(str(tmp_path / "s" / "best.pt"))[3]["train_config"]
     assert recorded["teacher_weights"] == [2.0] and recorded["teachers"][0]["file"] == "best.pt"
 

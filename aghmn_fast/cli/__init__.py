@@ -1,10 +1,10 @@
-"""The ``aghmn-fast`` command line (:func:`main`, the console script's entry point).
+"""The ``aghmn-fast`` command line; :func:`main` is the console script's entry point.
 
-One module per command (:mod:`.train`, :mod:`.evaluate`, :mod:`.calibrate`, ...), their shared
-help texts, argument types and exit codes in :mod:`.options`, the parser and the error boundary
-in :mod:`.program`.
+One module per command (:mod:`.train`, :mod:`.evaluate`, :mod:`.calibrate`, :mod:`.demo_stream`,
+:mod:`.stream`, :mod:`.train_teacher`, :mod:`.export`, :mod:`.bench`; ``serve`` is
+:mod:`aghmn_fast.serving.cli`), the help texts, argument types and exit codes they share in
+:mod:`.options`, and the parser, :func:`main` and the error boundary in :mod:`.program`.
 """
-from .program import *  # noqa: F401,F403 (temporary: the package's names while the modules move)
-from .program import (_ProcessInterrupts, _one_line, COMMANDS, DATA_HELP, EXIT_USAGE, OPTIONAL_MODULES,  # noqa: F401
-                      SUBCOMMAND_MODULES, UsageError, build_parser, debug_requested, main,
-                      positive_int, run_guarded, run_program, show_encoding_progress)
+from .program import build_parser, main
+
+__all__ = ["build_parser", "main"]

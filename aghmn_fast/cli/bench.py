@@ -1,4 +1,4 @@
-"""``aghmn-fast bench``: the benchmark suite as one command (added to the CLI by ``aghmn_fast.cli``).
+"""``aghmn-fast bench``: the benchmark suite as one command.
 
     aghmn-fast bench [--device cpu|cuda] [--ops agru,memory_bank,model,stream] [--quick]
                      [--threads 1,2] [--out-dir DIR] [--no-compile] [--no-plots] ...
@@ -17,6 +17,8 @@ import datetime
 import os
 import shlex
 from typing import Dict, List
+
+from .options import DATA_HELP
 
 __all__ = ["add_parser", "cmd_bench", "options_from_args", "default_out_dir", "COMMANDS"]
 
@@ -40,7 +42,6 @@ def _threads(text: str) -> List[int]:
 
 def add_parser(sub) -> None:
     """Add the ``bench`` subcommand to the CLI's subparsers."""
-    from .program import DATA_HELP
     p = sub.add_parser("bench", help="benchmark the fused ops, the model and streaming against the "
                                      "baselines; write a JSON record, a report and plots",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -87,9 +87,9 @@ def load_recognizer(path, backend: Optional[str] = None, threads: int = 1) -> Re
         return aghmn_runtime.StreamingRecognizer(path)
     import torch
 
-    from ..streaming import StreamingRecognizer
+    from ..streaming import recognizer_from_checkpoints
     torch.set_num_threads(threads)
-    return StreamingRecognizer.from_checkpoint(path if len(paths) == 1 else paths, backend=backend)
+    return recognizer_from_checkpoints(paths, backend=backend)
 
 
 __all__ = ["Recognizer", "RUNTIME_MAGIC", "is_runtime_model", "load_recognizer"]

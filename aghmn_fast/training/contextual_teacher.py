@@ -8,7 +8,7 @@ read by :func:`aghmn_fast.data.sentences.read_minilm_files`), trainable here; th
 token states are mean-pooled (as sentence-transformers pools) and a linear layer gives the logits.
 
 It reads whole dialogues offline, so it is never streamed or served: ``aghmn-fast train
---teacher`` accepts its checkpoints next to ordinary ones (:func:`aghmn_fast.training.trainer.teacher_targets`).
+--teacher`` accepts its checkpoints next to ordinary ones (:func:`aghmn_fast.training.distillation.teacher_targets`).
 ``aghmn-fast train-teacher`` fine-tunes one: AdamW, linear warm-up then linear decay, batches of
 utterances of similar length, the recipe's class weights, the epoch selected on dev weighted F1.
 """
@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..cli.train_teacher import MAX_POSITIONS, ContextualConfig, check_config  # noqa: F401 (public here)
+from .._io import file_identity
+from .contextual_config import MAX_POSITIONS, ContextualConfig, check_config
 from ..models.checkpoint import read_checkpoint_file
 
 CONTEXTUAL_FORMAT = "aghmn_fast.training.contextual_teacher.v1"
@@ -245,7 +246,7 @@ def load_contextual_teacher(path: str):
 
 def contextual_log_probs(path: str, dialogues, label_names: Sequence[str]) -> torch.Tensor:
     """The contextual teacher at ``path``: its log-probabilities [total utterances, C] over the
-    dialogues (what :func:`aghmn_fast.training.trainer.teacher_log_probs` uses).
+    dialogues (what :func:`aghmn_fast.training.distillation.teacher_log_probs` uses).
 
     Scoring MELD's training set takes minutes on a CPU and every student distilled from the
     teacher needs it, so the result is cached in the user cache directory
@@ -400,7 +401,6 @@ def _init_identity(path: Optional[str]) -> Optional[Dict]:
     """The --init checkpoint as recorded: its file name (no directory) and SHA-256."""
     if path is None:
         return None
-    from .trainer import file_identity
     return file_identity(path)
 
 

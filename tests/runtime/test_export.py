@@ -8,7 +8,7 @@ from aghmn_fast.cli import main
 from aghmn_fast.data import Vocabulary
 from aghmn_fast.export import FORMAT_VERSION, MAGIC, fnv1a64, pack_file
 from aghmn_fast.models import AGHMN, AGHMNConfig
-from aghmn_fast.training.trainer import save_checkpoint
+from aghmn_fast.models.checkpoint import save_checkpoint
 from runtime_lib import FORMAT, INVALID, IO, VERSION, RuntimeError_
 
 WORDS = ["<pad>", "<unk>", "", "hi", "there", "!"]

@@ -13,7 +13,7 @@ import torch
 from aghmn_fast.cli import main as cli_main
 from aghmn_fast.data import Vocabulary
 from aghmn_fast.models import AGHMN, AGHMNConfig
-from aghmn_fast.training.trainer import save_checkpoint
+from aghmn_fast.models.checkpoint import save_checkpoint
 
 WORDS = ["<pad>", "<unk>", "", "hi", "there", "!", "?", "how", "are", "you", "i", "am", "fine",
          "oh", "my", "god", "what", "cafe", "senor", "naive", "no", "way", "okay", "hello"]
