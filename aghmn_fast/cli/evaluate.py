@@ -25,11 +25,13 @@ def run(args) -> int:
     """Print the metrics of ``--checkpoint`` on ``--split``."""
     from ..training.metrics import format_report
     from ..models.checkpoint import load_checkpoint
-    from ..training.trainer import encode_dialogues, evaluate, load_dataset
+    from ..training.trainer import check_labels, encode_dialogues, evaluate, load_dataset
 
     model, vocab, labels, _ = load_checkpoint(args.checkpoint, backend=args.backend)
     show_encoding_progress(model, not args.no_progress)
-    splits = dict(zip(("train", "dev", "test"), load_dataset(args.dataset, args.data)[:3]))
+    *data, dataset_labels = load_dataset(args.dataset, args.data)
+    check_labels(args.checkpoint, labels, dataset_labels)
+    splits = dict(zip(("train", "dev", "test"), data))
     dialogues = splits[args.split]
     metrics = evaluate(model, encode_dialogues(dialogues, vocab, model.config.max_len, model),
                        dialogues, labels)

@@ -3,7 +3,9 @@ calibration options. Imports nothing heavy: the parser must build without torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import Sequence
 
 from ..training.calibration import DEFAULT_MAX_DROP, DEFAULT_RESAMPLES, FIT_ON
 
@@ -45,3 +47,29 @@ def show_encoding_progress(model, wanted: bool = True) -> None:
     cached yet: a first MiniLM run over MELD encodes for minutes."""
     if model.sentence_encoder is not None:
         model.sentence_encoder.progress = wanted and sys.stderr.isatty()
+
+
+def check_out_dir(path: str, written: Sequence[str], overwrite: bool) -> None:
+    """``ValueError`` naming ``--out`` when ``path`` is a file, or a folder that already holds one
+    of the files a run writes (``written``) and ``overwrite`` is false: a second run must not
+    silently replace an earlier model."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out {path} is a file; give a folder (the run writes "
+                         f"{', '.join(written)} into it)")
+    found = [name for name in written if os.path.exists(os.path.join(path, name))]
+    if found and not overwrite:
+        raise ValueError(f"--out {path} already holds {', '.join(found)} of an earlier run: give "
+                         "another folder, or --overwrite to replace them")
+
+
+def add_out_dir_options(parser, default=None, written: Sequence[str] = ("best.pt", "metrics.json")) -> None:
+    """``--out`` (a folder for the run's files) and ``--overwrite``."""
+    if default is None:
+        parser.add_argument("--out", required=True,
+                            help=f"output folder ({', '.join(written)})")
+    else:
+        parser.add_argument("--out", default=default,
+                            help=f"output folder for {', '.join(written)} (default: %(default)s); "
+                                 "a folder holding them already is refused unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of an earlier run in --out")

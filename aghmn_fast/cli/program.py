@@ -23,8 +23,8 @@ from .options import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 
 #: The subcommands: each module registers its parser (``add_parser(sub)``) and runs it (``run(args)``).
 COMMAND_MODULES = (train, evaluate, calibrate, demo_stream, stream, train_teacher, export, bench, serve)
-#: Command name -> the function that runs it (filled by :func:`build_parser`).
-COMMANDS = {}
+#: Command name -> the function that runs it.
+COMMANDS = {name: run for module in COMMAND_MODULES for name, run in module.COMMANDS.items()}
 
 
 class UsageError(Exception):
@@ -46,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     # runs, so that a missing extra is one clean line (see main) and --help stays fast.
     for module in COMMAND_MODULES:
         module.add_parser(sub)
-        COMMANDS.update(module.COMMANDS)
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true",
                              help="show the full traceback of an error (also: AGHMN_DEBUG=1)")

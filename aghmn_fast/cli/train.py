@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .options import (BACKEND_HELP, DATA_HELP, DATASETS, add_calibration_options, positive_int,
-                      show_encoding_progress)
+from .options import (BACKEND_HELP, DATA_HELP, DATASETS, add_calibration_options, add_out_dir_options,
+                      check_out_dir, positive_int, show_encoding_progress)
 
 # The default reader's word vectors: wordllama 256-d (docs/RESULTS.md, "Readers": +1.9 weighted F1
 # over GloVe 50-d at the same streaming cost); "glove" names the paper-faithful model's vectors.
@@ -20,8 +20,7 @@ def add_parser(sub) -> None:
                    help="meld: the MELD CSVs; meld-json/iemocap: the authors' JSON layout")
     p.add_argument("--data", default=None, help=DATA_HELP + "; for meld-json/iemocap: the folder "
                    "with train.json, dev.json, test.json")
-    p.add_argument("--out", default="runs/aghmn",
-                   help="output directory for best.pt and metrics.json (default: %(default)s)")
+    add_out_dir_options(p, default="runs/aghmn")
     p.add_argument("--embeddings", default=None,
                    help="word vectors of the bigru/cnn reader: wordllama (default: 256-d, from the "
                         "wordllama package, the best real-time model), glove (GloVe 6B 50-d, "
@@ -94,6 +93,7 @@ def run(args) -> int:
     from ..training.trainer import (TrainConfig, build_vocabulary, check_distillation_options,
                                     load_dataset, set_seed, train)
 
+    check_out_dir(args.out, ("best.pt", "metrics.json"), args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
     iemocap = args.dataset == "iemocap"

@@ -9,7 +9,9 @@ import os
 import sys
 
 from ..training.contextual_config import ContextualConfig, check_config
-from .options import DATA_HELP, positive_int
+from .options import DATA_HELP, add_out_dir_options, check_out_dir, positive_int
+
+TEACHER_FILES = ("best.pt", "last.pt", "metrics.json")
 
 
 def add_parser(sub) -> None:
@@ -18,7 +20,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train-teacher", help="fine-tune a contextual MiniLM teacher (for train "
                        "--teacher only; needs the readers extra)")
     p.add_argument("--data", default=None, help=DATA_HELP)
-    p.add_argument("--out", required=True, help="output directory (best.pt, last.pt, metrics.json)")
+    add_out_dir_options(p, written=TEACHER_FILES)
     p.add_argument("--context", type=int, default=d.context,
                    help=f"previous utterances read with each one (default {d.context})")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens,
@@ -43,6 +45,7 @@ def run(args) -> int:
                               lr=args.lr, batch_size=args.batch_size, seed=args.seed, init=args.init,
                               progress=not args.no_progress and sys.stderr.isatty())
     check_config(config)
+    check_out_dir(args.out, TEACHER_FILES, args.overwrite)
     import torch
     from ..training.contextual_teacher import train_contextual_teacher
     if args.threads:

@@ -256,7 +256,7 @@ def contextual_log_probs(path: str, dialogues, label_names: Sequence[str]) -> to
     """
     import hashlib
     from ..data.sentences import default_cache_dir
-    from .trainer import check_teacher_labels
+    from .trainer import check_labels
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -271,10 +271,10 @@ def contextual_log_probs(path: str, dialogues, label_names: Sequence[str]) -> to
         except Exception:  # a torn or foreign file only costs recomputation
             pass
         else:
-            check_teacher_labels(path, labels, label_names)
+            check_labels(path, labels, label_names, "teacher")
             return log_probs
     model, labels, _ = load_contextual_teacher(path)
-    check_teacher_labels(path, labels, label_names)
+    check_labels(path, labels, label_names, "teacher")
     log_probs = model.log_probs(dialogues)
     if cached is not None:
         from .._io import atomic_torch_save

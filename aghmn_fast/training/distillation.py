@@ -13,7 +13,7 @@ import torch
 from ..data import Dialogue
 from ..models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from .contextual_teacher import CONTEXTUAL_FORMAT, checkpoint_format, contextual_log_probs
-from .trainer import check_distillation_options, check_teacher_labels, encode_dialogues, predict
+from .trainer import check_distillation_options, check_labels, encode_dialogues, predict
 
 
 def teacher_log_probs(path: str, dialogues: Sequence[Dialogue], label_names: Sequence[str]) -> torch.Tensor:
@@ -32,7 +32,7 @@ def teacher_log_probs(path: str, dialogues: Sequence[Dialogue], label_names: Seq
         raise ValueError(f"teacher {path} is neither an aghmn_fast checkpoint ({CHECKPOINT_FORMAT}) "
                          f"nor a contextual teacher ({CONTEXTUAL_FORMAT})")
     model, vocab, labels, _ = load_checkpoint(path)
-    check_teacher_labels(path, labels, label_names)
+    check_labels(path, labels, label_names, "teacher")
     return predict(model, encode_dialogues(dialogues, vocab, model.config.max_len, model))
 
 

@@ -125,10 +125,14 @@ def evaluate(model: AGHMN, encoded, dialogues: Sequence[Dialogue], label_names, 
     return metrics
 
 
-def check_teacher_labels(path: str, labels: Sequence[str], label_names: Sequence[str]) -> None:
-    """``ValueError`` unless the teacher at ``path`` predicts exactly ``label_names``."""
+def check_labels(path: str, labels: Sequence[str], label_names: Sequence[str],
+                 what: str = "checkpoint") -> None:
+    """``ValueError`` naming both label lists unless the ``what`` ("checkpoint", "teacher") at
+    ``path`` predicts exactly the dataset's ``label_names``."""
     if list(labels) != list(label_names):
-        raise ValueError(f"teacher {path} predicts {list(labels)}, not this dataset's {list(label_names)}")
+        raise ValueError(f"{what} {path} predicts {len(labels)} labels ({', '.join(labels)}), "
+                         f"the dataset has {len(label_names)} ({', '.join(label_names)}): use the "
+                         "dataset it was trained on (--dataset, --data)")
 
 
 def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogue],
