@@ -185,7 +185,7 @@ def test_calibrate_command_refits_from_the_uncalibrated_model(tmp_path, capsys):
     assert "macro F1" in capsys.readouterr().out
     first, _, _, extra = load_checkpoint(str(tmp_path / "a.pt"))
     # again on the calibrated file: the same biases (the fit starts from the uncalibrated model)
-    assert main(calibrate + ["--checkpoint", str(tmp_path / "a.pt")]) == 0
+    assert main(calibrate + ["--checkpoint", str(tmp_path / "a.pt"), "--in-place"]) == 0
     again, _, _, extra2 = load_checkpoint(str(tmp_path / "a.pt"))
     assert extra2["calibration"] == extra["calibration"]
     torch.testing.assert_close(again.classifier.bias, first.classifier.bias)
@@ -194,6 +194,14 @@ def test_calibrate_command_refits_from_the_uncalibrated_model(tmp_path, capsys):
     assert extra["calibration"]["fit_on"] == "train+dev"
     assert main(calibrate + ["--fit-on", "dev", "--checkpoint", ckpt, "--out", str(tmp_path / "d.pt")]) == 0
     assert load_checkpoint(str(tmp_path / "d.pt"))[3]["calibration"]["fit_on"] == "dev"
+    # without --out or --in-place: a new file beside the checkpoint, which stays as it was
+    before = (tmp_path / "run" / "best.pt").read_bytes()
+    assert main(calibrate + ["--checkpoint", ckpt]) == 0
+    assert f"written to {tmp_path / 'run' / 'best-calibrated.pt'}" in capsys.readouterr().out
+    assert (tmp_path / "run" / "best.pt").read_bytes() == before
+    assert load_checkpoint(str(tmp_path / "run" / "best-calibrated.pt"))[3]["calibration"]
+    assert main(calibrate + ["--checkpoint", ckpt, "--in-place", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
     rc = main(calibrate[:-1] + ["-1", "--checkpoint", ckpt])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "--calibrate-max-drop" in err

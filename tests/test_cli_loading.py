@@ -34,3 +34,12 @@ def test_a_missing_optional_extra_is_one_clean_line(monkeypatch, capsys, tmp_pat
     err = capsys.readouterr().err
     assert code == cli.EXIT_USAGE and err.count("\n") == 1
     assert err.startswith("aghmn-fast serve: error:") and "pip install" in err
+
+
+def test_help_texts_are_plain_text():
+    """--help shows no reStructuredText (double backticks, :func: roles) from the docstrings."""
+    parser = cli.build_parser()
+    pages = [parser.format_help()] + [p.format_help() for p in
+                                      parser._subparsers._group_actions[0].choices.values()]
+    for page in pages:
+        assert "``" not in page and ":func:" not in page and ":mod:" not in page, page

@@ -194,6 +194,7 @@ def test_cli_fine_tunes_a_teacher_that_train_accepts(tmp_path, capsys, monkeypat
                  "--threads", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "TEST (epoch 1, selected on dev)" in out
+    assert "* marks an epoch whose dev weighted F1 is the best so far (the model kept as best.pt)" in out
     teacher = str(tmp_path / "t" / "best.pt")
     rc = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "s"), "--no-progress",
                "--embeddings", "random", "--embedding-dim", "8", "--hidden", "6", "--epochs", "1",

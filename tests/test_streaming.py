@@ -123,10 +123,13 @@ def test_bad_input_touches_no_state(tmp_path):
     rec.push("a", "hello there")
     rec.push("b", "how are you?")
     before = rec.utterances_seen("a"), rec.utterances_seen("b")
-    with pytest.raises(ValueError, match="empty or whitespace"):
+    # the messages name what a user passed ("the text"), not the parameter's internal name
+    with pytest.raises(ValueError, match="^the text of item 1 is empty or whitespace"):
         rec.push_many([("a", "fine"), ("b", "   ")])
-    with pytest.raises(TypeError, match="must be a str"):
+    with pytest.raises(TypeError, match="^the text of item 0 must be a str"):
         rec.push("a", 42)
+    with pytest.raises(TypeError, match=r"\(conversation_id, text\) pair"):
+        rec.push_many(["a"])
     with pytest.raises(TypeError, match="hashable"):
         rec.push(["x"], "hi")
     assert (rec.utterances_seen("a"), rec.utterances_seen("b")) == before

@@ -66,7 +66,11 @@ def test_cli_train_and_eval_on_iemocap_json(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(iemocap_train_args(tmp_path) + ["--out", str(out)])
     assert rc == 0
-    assert "TEST  accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "TEST  accuracy" in printed
+    # the epoch lines' legend explains their '*' (the selected checkpoint)
+    legend = "* marks an epoch whose dev accuracy is the best so far (the model kept as best.pt)"
+    assert legend in printed and printed.index(legend) < printed.index("epoch  1")
     rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--dataset", "iemocap", "--data",
                str(tmp_path), "--json"])
     assert rc == 0

@@ -18,7 +18,7 @@ import os
 import shlex
 from typing import Dict, List
 
-from .options import DATA_HELP
+from .options import DATA_HELP, plain_text
 
 __all__ = ["add_parser", "cmd_bench", "options_from_args", "default_out_dir", "COMMANDS"]
 
@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     """Add the ``bench`` subcommand to the CLI's subparsers."""
     p = sub.add_parser("bench", help="benchmark the fused ops, the model and streaming against the "
                                      "baselines; write a JSON record, a report and plots",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="device to benchmark (default: %(default)s)")
     # the parts are not imported here: that would import torch for every command of the CLI

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -16,6 +17,12 @@ DATA_HELP = ("MELD directory holding {train,dev,test}_sent_emo.csv (default: $AG
 CHECKPOINT_HELP = "a best.pt written by `aghmn-fast train`"
 BACKEND_HELP = "op backend: reference, cpu, triton, cuda (default: fastest)"
 DATASETS = ("meld", "meld-json", "iemocap")
+
+
+def plain_text(doc: str) -> str:
+    """A module docstring as ``--help`` text: reStructuredText's double backticks and roles
+    (``:func:`main```) become plain words."""
+    return re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc).replace("``", "")
 
 
 def positive_int(text: str) -> int:

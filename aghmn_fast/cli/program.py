@@ -1,4 +1,5 @@
-"""The ``aghmn-fast`` command line: its parser, :func:`main` and the error boundary of every command.
+"""The aghmn-fast command line: train, evaluate and calibrate AGHMN, stream with it, export it
+for the native runtime, benchmark it and serve it.
 
 Exit codes: 0 success; 1 a failed check (e.g. a benchmark case that gave wrong results) or an
 internal error; 2 a usage or data error (bad option, missing or corrupt file, unavailable
@@ -19,7 +20,7 @@ from typing import Callable, List, Optional
 # that main() owns Ctrl-C before torch's ~1.5 s import starts (see _ProcessInterrupts).
 from ..serving import cli as serve
 from . import bench, calibrate, demo_stream, evaluate, export, stream, train, train_teacher
-from .options import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+from .options import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, plain_text
 
 #: The subcommands: each module registers its parser (``add_parser(sub)``) and runs it (``run(args)``).
 COMMAND_MODULES = (train, evaluate, calibrate, demo_stream, stream, train_teacher, export, bench, serve)
@@ -39,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``aghmn-fast``; a bad command line raises :class:`UsageError`."""
-    parser = _Parser(prog="aghmn-fast", description=__doc__,
+    parser = _Parser(prog="aghmn-fast", description=plain_text(__doc__),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # The command modules import their optional dependencies (and torch) only when a command

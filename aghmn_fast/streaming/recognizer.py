@@ -239,16 +239,16 @@ class StreamingRecognizer:
     # ---- internals -----------------------------------------------------------------------------
     def _encode(self, position: int, item) -> List[int]:
         if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise TypeError(f"item {position} must be a (conversation_id, utterance_text) pair")
+            raise TypeError(f"item {position} must be a (conversation_id, text) pair")
         cid, text = item
         try:
             hash(cid)
         except TypeError:
             raise TypeError(f"conversation_id of item {position} must be hashable") from None
         if not isinstance(text, str):
-            raise TypeError(f"utterance_text of item {position} must be a str, got {type(text).__name__}")
+            raise TypeError(f"the text of item {position} must be a str, got {type(text).__name__}")
         if not text.strip():
-            raise ValueError(f"utterance_text of item {position} is empty or whitespace only")
+            raise ValueError(f"the text of item {position} is empty or whitespace only")
         if self.model.embedding is None:  # a sentence reader reads the text itself
             return text
         return self.vocab.encode(tokenize(text, self.model.config.max_len))

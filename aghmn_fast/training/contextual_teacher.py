@@ -348,6 +348,9 @@ def train_contextual_teacher(train_set, dev_set, test_set, label_names: Sequence
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     history, best = [], None
+    log(f"fine-tuning MiniLM: {len(inputs)} training utterances, {steps_per_epoch} steps per epoch"
+        f"{' (a progress bar per epoch)' if config.progress else ''}; * marks an epoch whose dev "
+        "weighted F1 is the best so far (the model kept" + (" as best.pt)" if out_dir else ")"))
     record = {"train_config": {**dataclasses.asdict(config), "init": _init_identity(config.init)},
               "minilm_version": _minilm_version()}
     for epoch in range(1, config.epochs + 1):

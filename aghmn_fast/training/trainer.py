@@ -177,6 +177,9 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
     if config.batch_dialogues == 1:
         single = [make_batch([enc], model.config.window, [d.labels], max_len)
                   for enc, d in zip(enc_train, train_set)]
+    log(f"{config.epochs} epochs of {len(train_set)} dialogues; * marks an epoch whose dev "
+        f"{config.select_on.replace('_', ' ')} is the best so far (the model kept"
+        f"{' as best.pt' if out_dir else ''})")
     for epoch in range(1, config.epochs + 1):
         model.train()
         rng.shuffle(order)
