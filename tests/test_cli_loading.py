@@ -43,3 +43,20 @@ def test_help_texts_are_plain_text():
                                       parser._subparsers._group_actions[0].choices.values()]
     for page in pages:
         assert "``" not in page and ":func:" not in page and ":mod:" not in page, page
+
+
+def test_a_ctrl_c_swallowed_by_the_command_still_exits_130():
+    """A SIGINT whose KeyboardInterrupt a library swallowed (the command then finished) is still
+    an interruption: exit 130, not 0."""
+    class Interrupts:  # the process's handler, as after one SIGINT
+        interrupted, finished, reported = True, False, False
+
+        def report(self):
+            self.reported = True
+            return cli.EXIT_INTERRUPTED
+
+    interrupts = Interrupts()
+    assert cli.run_guarded("aghmn-fast stream", lambda: 0, interrupts=interrupts) == 130
+    assert interrupts.reported and interrupts.finished
+    interrupts.interrupted = False
+    assert cli.run_guarded("aghmn-fast stream", lambda: 0, interrupts=interrupts) == 0

@@ -108,11 +108,11 @@ def test_select_on_picks_the_epoch_and_drives_the_lr_decay(monkeypatch, tmp_path
     model, tr, dv, te, vocab = tiny_setup()
     _scripted_dev(monkeypatch, dv, accuracy=[50, 60, 55, 58, 40],
                   weighted_f1=[50, 45, 70, 65, 71])
-    snapshots = {}  # epoch -> weights after it (train() logs once per epoch)
+    snapshots = {}  # epoch -> weights after it (train() logs one "epoch N ..." line per epoch)
     result = train(model, tr, dv, te, vocab, list(map(str, range(7))),
                    TrainConfig(epochs=5, lr=1e-3, progress=False, select_on=select_on),
                    out_dir=str(tmp_path),
-                   log=lambda s: snapshots.setdefault(len(snapshots) + 1, {
+                   log=lambda s: s.startswith("epoch") and snapshots.setdefault(len(snapshots) + 1, {
                        k: v.clone() for k, v in model.state_dict().items()}))
     assert result["best_epoch"] == best_epoch
     assert result["best_dev"] == result["history"][best_epoch - 1]["dev"]

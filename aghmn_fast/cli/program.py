@@ -157,6 +157,10 @@ def run_guarded(prog: str, body: Callable[[], int], debug: bool = False,
             # Still inside the try: a SIGINT before this line is caught below, one after it
             # ends the process in the handler. Either way one line and 130.
             interrupts.finished = True
+            if interrupts.interrupted:
+                # The KeyboardInterrupt was swallowed on the way (a library's broad except),
+                # and the command went on to finish: it was still interrupted.
+                return interrupts.report()
         return code
     except (SystemExit, GeneratorExit):
         raise
