@@ -20,7 +20,8 @@ import statistics
 
 import torch
 
-from aghmn_fast.training.calibration import DEFAULT_RESAMPLES, FIT_ON, fit_logit_biases
+from aghmn_fast.cli.options import add_calibration_options
+from aghmn_fast.training.calibration import fit_logit_biases
 from aghmn_fast.data import load_meld
 from aghmn_fast.training.metrics import classification_metrics
 from aghmn_fast.models.checkpoint import load_checkpoint
@@ -55,13 +56,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="MELD directory (default: $AGHMN_DATA)")
     parser.add_argument("--checkpoint", action="append", required=True, help="repeat per model")
-    parser.add_argument("--max-drop", type=float, default=0.5,
-                        help="dev weighted-F1 points calibration may give up (default 0.5)")
-    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
-                        help="bootstrap resamples of dev averaged by the calibration; 0: one fit "
-                             "(default %(default)s)")
-    parser.add_argument("--fit-on", default=FIT_ON[0], choices=FIT_ON,
-                        help="data the calibration is fitted on (default %(default)s)")
+    add_calibration_options(parser)  # the same options and defaults as `aghmn-fast calibrate`
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
