@@ -41,7 +41,7 @@ test-matrix: build
 # DEMO_ARGS="--embeddings glove" for the paper-faithful GloVe 50-d model), evaluate on test, then
 # stream a test dialogue.
 demo: build
-	$(VENV)/bin/aghmn-fast train --data $(DATA) --out runs/demo $(DEMO_ARGS)
+	$(VENV)/bin/aghmn-fast train --data $(DATA) --out runs/demo --overwrite $(DEMO_ARGS)
 	$(VENV)/bin/aghmn-fast demo-stream --checkpoint runs/demo/best.pt --data $(DATA)
 
 # The benchmark report (JSON first, Markdown, plots) in a new folder aghmn-bench-<date>-<time>/;

@@ -16,7 +16,7 @@ import importlib
 # torch.ops.aghmn_fast.*) are registered by the first use of any name below or `import
 # aghmn_fast.ops`; the ops module imports torch before the compiled extension.
 _FROM_OPS = ("agru", "memory_bank", "window_gru", "backends", "backend_errors")
-_SUBMODULES = ("ops", "reference", "nn", "models", "streaming", "data", "train")
+_SUBMODULES = ("ops", "reference", "nn", "models", "streaming", "data", "training")
 
 
 def __getattr__(name):

@@ -17,7 +17,6 @@ which the runtime does not have.
 """
 from __future__ import annotations
 
-import json
 import math
 import struct
 from typing import TYPE_CHECKING, Dict, List, Mapping, Sequence, Tuple, Union
@@ -315,18 +314,3 @@ def load_model_file(path_or_bytes):
     model.load_state_dict(tensors)
     return model.eval(), Vocabulary(kv["tokenizer.tokens"]), list(kv["aghmn.labels"])
 
-
-def add_parser(sub) -> None:
-    """Register ``aghmn-fast export`` on the CLI's subparsers."""
-    p = sub.add_parser("export", help="export a checkpoint as one .aghmn file for the native runtime")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by aghmn-fast train (best.pt)")
-    p.add_argument("--out", required=True, help="model file to write (e.g. model.aghmn)")
-
-
-def run(args) -> int:
-    """``aghmn-fast export``: write the file and print one JSON summary line."""
-    print(json.dumps(export_checkpoint(args.checkpoint, args.out)))
-    return 0
-
-
-COMMANDS = {"export": run}

@@ -16,6 +16,6 @@ def load_recognizer(checkpoint: Union[str, Sequence[str]], backend: Optional[str
     ``threads`` torch threads with op backend ``backend`` (None: the fastest available)."""
     import torch
 
-    from .streaming import StreamingRecognizer
+    from .streaming import recognizer_from_checkpoints
     torch.set_num_threads(threads)
-    return StreamingRecognizer.from_checkpoint(checkpoint, backend=backend)
+    return recognizer_from_checkpoints(checkpoint, backend=backend)

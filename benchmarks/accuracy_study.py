@@ -2,7 +2,7 @@
 """Scores a group of checkpoints (e.g. five seeds of one setting) on MELD test, as issue 21 reports
 them: each model (accuracy, weighted and macro F1, per-class F1, best epoch), mean and sample
 std over the group, the same after post-hoc calibration (per-class logit biases fitted on
-``--fit-on``, train+dev by default, ``aghmn_fast.calibration``, as ``aghmn-fast calibrate`` does),
+``--fit-on``, train+dev by default, ``aghmn_fast.training.calibration``, as ``aghmn-fast calibrate`` does),
 and the group's ensemble (the mean of the members' probabilities), uncalibrated and calibrated
 (biases fitted on the ensemble's scores). ``test_fitted``: biases fitted on test itself, an upper
 bound of what any per-class bias can do for that model (evidence for the ceiling, not a result).
@@ -20,10 +20,12 @@ import statistics
 
 import torch
 
-from aghmn_fast.calibration import DEFAULT_RESAMPLES, FIT_ON, fit_logit_biases
+from aghmn_fast.cli.options import add_calibration_options
+from aghmn_fast.training.calibration import fit_logit_biases
 from aghmn_fast.data import load_meld
-from aghmn_fast.metrics import classification_metrics
-from aghmn_fast.train import encode_dialogues, load_checkpoint, predict
+from aghmn_fast.training.metrics import classification_metrics
+from aghmn_fast.models.checkpoint import load_checkpoint
+from aghmn_fast.training.trainer import encode_dialogues, predict
 
 SUMMARY = ("accuracy", "weighted_f1", "macro_f1")
 
@@ -54,13 +56,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="MELD directory (default: $AGHMN_DATA)")
     parser.add_argument("--checkpoint", action="append", required=True, help="repeat per model")
-    parser.add_argument("--max-drop", type=float, default=0.5,
-                        help="dev weighted-F1 points calibration may give up (default 0.5)")
-    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
-                        help="bootstrap resamples of dev averaged by the calibration; 0: one fit "
-                             "(default %(default)s)")
-    parser.add_argument("--fit-on", default=FIT_ON[0], choices=FIT_ON,
-                        help="data the calibration is fitted on (default %(default)s)")
+    add_calibration_options(parser)  # the same options and defaults as `aghmn-fast calibrate`
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -23,7 +23,7 @@ import torch
 from aghmn_fast.bench.stream import _dialogue_of_length, _percentiles, build_model
 from aghmn_fast.data import MELD_LABELS, load_meld
 from aghmn_fast.streaming import EnsembleRecognizer, StreamingRecognizer
-from aghmn_fast.train import build_vocabulary
+from aghmn_fast.training.trainer import build_vocabulary
 
 
 def time_conversation(rec, texts, repeats: int) -> dict:

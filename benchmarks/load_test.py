@@ -43,7 +43,8 @@ import torch
 
 from aghmn_fast.data import MELD_LABELS, Vocabulary, load_meld
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import build_vocabulary, save_checkpoint
+from aghmn_fast.models.checkpoint import save_checkpoint
+from aghmn_fast.training.trainer import build_vocabulary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_PATH = os.pathsep.join([REPO, os.path.join(REPO, "runtime")])   # aghmn_fast, aghmn_runtime

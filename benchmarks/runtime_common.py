@@ -78,7 +78,7 @@ def tiny_checkpoint(path: str, *, reader: str = "bigru", window: int = 10, seed:
 
     from aghmn_fast.data import MELD_LABELS, Vocabulary, tokenize
     from aghmn_fast.models import AGHMN, AGHMNConfig
-    from aghmn_fast.train import save_checkpoint
+    from aghmn_fast.models.checkpoint import save_checkpoint
     if words is None:
         words = sorted({t for w in _WORDS for t in tokenize(w)})
     vocab = Vocabulary(["<pad>", "<unk>"] + [w for w in dict.fromkeys(words)

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     words, vocabulary = None, "synthetic"
     if args.data and os.path.isfile(os.path.join(args.data, "train_sent_emo.csv")):
         from aghmn_fast.data import load_meld
-        from aghmn_fast.train import build_vocabulary
+        from aghmn_fast.training.trainer import build_vocabulary
         vocab = build_vocabulary([load_meld(args.data, s) for s in ("train", "dev", "test")])
         words, vocabulary = vocab.itos[2:], f"MELD ({len(vocab)} tokens)"
     work = tempfile.mkdtemp()

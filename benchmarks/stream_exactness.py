@@ -15,7 +15,8 @@ import json
 import random
 import time
 
-from aghmn_fast.cli import DATA_HELP, debug_requested, run_program, show_encoding_progress
+from aghmn_fast.cli.options import DATA_HELP, show_encoding_progress
+from aghmn_fast.cli.program import debug_requested, run_program
 
 
 def main(argv=None) -> int:
@@ -42,9 +43,9 @@ def _run(args) -> int:
     import torch
 
     from aghmn_fast.data import load_meld
-    from aghmn_fast.metrics import classification_metrics
+    from aghmn_fast.training.metrics import classification_metrics
     from aghmn_fast.streaming import EnsembleRecognizer, StreamingRecognizer
-    from aghmn_fast.train import encode_dialogues, predict
+    from aghmn_fast.training.trainer import encode_dialogues, predict
 
     torch.set_num_threads(args.threads)
     dialogues = load_meld(args.data, args.split)  # first: a missing MELD fails in a second

@@ -3,7 +3,7 @@
 extra teacher (e.g. a contextual teacher from ``aghmn-fast train-teacher``) weighted w against
 weight 1 for each of the others, over a grid of w; the w with the best DEV weighted F1 is
 reported as chosen (test is never used to choose). Each member alone is scored too. Teachers are
-read by :func:`aghmn_fast.train.teacher_log_probs` (any checkpoint that ``train --teacher``
+read by :func:`aghmn_fast.training.trainer.teacher_log_probs` (any checkpoint that ``train --teacher``
 accepts). Writes nothing but the JSON it is asked for.
 
     python benchmarks/teacher_mix.py --data DIR --teacher A.pt [--teacher B.pt ...]
@@ -18,8 +18,8 @@ import pathlib
 import torch
 
 from aghmn_fast.data import load_meld
-from aghmn_fast.metrics import classification_metrics
-from aghmn_fast.train import teacher_log_probs
+from aghmn_fast.training.metrics import classification_metrics
+from aghmn_fast.training.distillation import teacher_log_probs
 
 GRID = (0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20)
 
@@ -60,7 +60,8 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     """Parse the arguments and run; errors are one line on stderr (exit 2 for bad input)."""
-    from aghmn_fast.cli import DATA_HELP, run_program
+    from aghmn_fast.cli.options import DATA_HELP
+    from aghmn_fast.cli.program import run_program
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help=DATA_HELP)
     parser.add_argument("--teacher", required=True, action="append", help="a teacher (repeat)")

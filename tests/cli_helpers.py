@@ -34,7 +34,8 @@ def tiny_checkpoint(path):
 
     from aghmn_fast.data import Dialogue
     from aghmn_fast.models import AGHMN, AGHMNConfig
-    from aghmn_fast.train import build_vocabulary, save_checkpoint
+    from aghmn_fast.models.checkpoint import save_checkpoint
+    from aghmn_fast.training.trainer import build_vocabulary
 
     vocab = build_vocabulary([[Dialogue("0", ["A"] * 3, list(TEXTS), [0, 1, 2])]], min_count=1)
     cfg = AGHMNConfig(vocab_size=len(vocab), embedding_dim=8, num_classes=len(LABELS),

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from aghmn_fast import ops
-from aghmn_fast.ops.spec import specs
+from aghmn_fast.ops.catalog import specs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOT_SUPPORTED = 801  # cudaErrorNotSupported

@@ -21,7 +21,8 @@ import torch
 from aghmn_fast.data import MELD_LABELS, Dialogue, Vocabulary, load_meld
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import build_vocabulary, encode_dialogues, predict, save_checkpoint
+from aghmn_fast.models.checkpoint import save_checkpoint
+from aghmn_fast.training.trainer import build_vocabulary, encode_dialogues, predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNTIME_DIR = os.path.join(REPO, "runtime")   # the aghmn_runtime package, built in place

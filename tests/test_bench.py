@@ -14,7 +14,8 @@ import os
 import pytest
 import torch
 
-from aghmn_fast import cli, ops, reference
+from aghmn_fast import ops, reference
+from aghmn_fast.cli import program as cli
 from aghmn_fast.ops import registry
 from aghmn_fast.bench import kernels, machine, report, shapes, suite, timing
 from aghmn_fast.data import default_meld_root

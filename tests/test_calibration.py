@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import aghmn_fast
-from aghmn_fast.calibration import fit_logit_biases, set_logit_biases
+from aghmn_fast.training.calibration import fit_logit_biases, set_logit_biases
 from aghmn_fast.cli import main
-from aghmn_fast.metrics import classification_metrics, f1_scores
+from aghmn_fast.training.metrics import classification_metrics, f1_scores
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import (TrainConfig, calibrate_model, encode_dialogues, load_checkpoint,
-                              predict, train)
+from aghmn_fast.models.checkpoint import load_checkpoint
+from aghmn_fast.training.trainer import (TrainConfig, calibrate_model, encode_dialogues, predict, train)
 
 from helpers.training import iemocap_train_args, tiny_setup
 
@@ -185,7 +185,7 @@ def test_calibrate_command_refits_from_the_uncalibrated_model(tmp_path, capsys):
     assert "macro F1" in capsys.readouterr().out
     first, _, _, extra = load_checkpoint(str(tmp_path / "a.pt"))
     # again on the calibrated file: the same biases (the fit starts from the uncalibrated model)
-    assert main(calibrate + ["--checkpoint", str(tmp_path / "a.pt")]) == 0
+    assert main(calibrate + ["--checkpoint", str(tmp_path / "a.pt"), "--in-place"]) == 0
     again, _, _, extra2 = load_checkpoint(str(tmp_path / "a.pt"))
     assert extra2["calibration"] == extra["calibration"]
     torch.testing.assert_close(again.classifier.bias, first.classifier.bias)
@@ -194,6 +194,14 @@ def test_calibrate_command_refits_from_the_uncalibrated_model(tmp_path, capsys):
     assert extra["calibration"]["fit_on"] == "train+dev"
     assert main(calibrate + ["--fit-on", "dev", "--checkpoint", ckpt, "--out", str(tmp_path / "d.pt")]) == 0
     assert load_checkpoint(str(tmp_path / "d.pt"))[3]["calibration"]["fit_on"] == "dev"
+    # without --out or --in-place: a new file beside the checkpoint, which stays as it was
+    before = (tmp_path / "run" / "best.pt").read_bytes()
+    assert main(calibrate + ["--checkpoint", ckpt]) == 0
+    assert f"written to {tmp_path / 'run' / 'best-calibrated.pt'}" in capsys.readouterr().out
+    assert (tmp_path / "run" / "best.pt").read_bytes() == before
+    assert load_checkpoint(str(tmp_path / "run" / "best-calibrated.pt"))[3]["calibration"]
+    assert main(calibrate + ["--checkpoint", ckpt, "--in-place", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
     rc = main(calibrate[:-1] + ["-1", "--checkpoint", ckpt])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "--calibrate-max-drop" in err
@@ -208,7 +216,8 @@ def test_accuracy_study_script_scores_a_group(tmp_path):
     import os
 
     from aghmn_fast.data import default_meld_root, load_meld
-    from aghmn_fast.train import build_vocabulary, save_checkpoint
+    from aghmn_fast.models.checkpoint import save_checkpoint
+    from aghmn_fast.training.trainer import build_vocabulary
     from serving_fixtures import tiny_model
     if not os.path.exists(os.path.join(default_meld_root(), "test_sent_emo.csv")):
         pytest.skip("MELD data not found (set AGHMN_DATA)")

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from aghmn_fast.cli import main
-from aghmn_fast.contextual_teacher import (ContextualConfig, ContextualTeacher, check_config,
-                                           context_input, contextual_log_probs,
-                                           load_contextual_teacher, train_contextual_teacher)
+from aghmn_fast.training.contextual_config import ContextualConfig, check_config
+from aghmn_fast.training.contextual_teacher import (ContextualTeacher, context_input, contextual_log_probs,
+                                                    load_contextual_teacher, train_contextual_teacher)
 from aghmn_fast.data import MELD_LABELS, Dialogue
-from aghmn_fast.train import TrainConfig, teacher_targets, train
+from aghmn_fast.training.distillation import teacher_targets
+from aghmn_fast.training.trainer import TrainConfig, train
 
 from helpers.training import SCRIPTED_TEXTS, tiny_setup, train_tiny_teacher
 
@@ -85,7 +86,7 @@ def test_a_training_step_gives_a_finite_loss_and_the_checkpoint_round_trips(tiny
     # the cached predictions are the teacher's, and a cache hit does not load the model
     monkeypatch.setenv("AGHMN_FAST_CACHE", str(path) + ".cache")
     assert torch.equal(contextual_log_probs(path, dialogues, LABELS), trained)
-    monkeypatch.setattr("aghmn_fast.contextual_teacher.load_contextual_teacher",
+    monkeypatch.setattr("aghmn_fast.training.contextual_teacher.load_contextual_teacher",
                         lambda p: pytest.fail("the cache was not used"))
     assert torch.equal(contextual_log_probs(path, dialogues, LABELS), trained)
 
@@ -97,7 +98,8 @@ def test_teacher_targets_mix_ordinary_and_contextual_checkpoints(tiny_teacher, t
     contextual, result = tiny_teacher
     ordinary = train_tiny_teacher(tmp_path, "o", 1)
     _, dialogues, _, _, _ = tiny_setup()
-    from aghmn_fast.train import encode_dialogues, load_checkpoint, predict
+    from aghmn_fast.models.checkpoint import load_checkpoint
+    from aghmn_fast.training.trainer import encode_dialogues, predict
     model, vocab, _, _ = load_checkpoint(ordinary)
     p_ordinary = torch.softmax(predict(model, encode_dialogues(dialogues, vocab, 60)).double() / 2, -1)
     p_contextual = torch.softmax(result["model"].log_probs(dialogues).double() / 2, -1)
@@ -192,12 +194,13 @@ def test_cli_fine_tunes_a_teacher_that_train_accepts(tmp_path, capsys, monkeypat
                  "--threads", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "TEST (epoch 1, selected on dev)" in out
+    assert "* marks an epoch whose dev weighted F1 is the best so far (the model kept as best.pt)" in out
     teacher = str(tmp_path / "t" / "best.pt")
     rc = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "s"), "--no-progress",
                "--embeddings", "random", "--embedding-dim", "8", "--hidden", "6", "--epochs", "1",
                "--backend", "reference", "--teacher", teacher, "--teacher-weight", "2"])
     assert rc == 0, capsys.readouterr().err
-    from aghmn_fast.train import load_checkpoint
+    from aghmn_fast.models.checkpoint import load_checkpoint
     recorded = load_checkpoint(str(tmp_path / "s" / "best.pt"))[3]["train_config"]
     assert recorded["teacher_weights"] == [2.0] and recorded["teachers"][0]["file"] == "best.pt"
 

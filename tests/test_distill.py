@@ -11,8 +11,9 @@ from aghmn_fast.cli import main
 from aghmn_fast.data import Dialogue
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import (TrainConfig, build_vocabulary, encode_dialogues, load_checkpoint,
-                              predict, teacher_targets, train)
+from aghmn_fast.models.checkpoint import load_checkpoint
+from aghmn_fast.training.distillation import teacher_targets
+from aghmn_fast.training.trainer import (TrainConfig, build_vocabulary, encode_dialogues, predict, train)
 
 from helpers.training import WORDS, iemocap_train_args, tiny_setup, train_tiny_teacher
 

@@ -112,8 +112,8 @@ def test_every_python_snippet_of_the_docs_compiles():
                          ids=lambda v: v if v.startswith("README") else "")
 def test_readme_python_snippets_run_as_written(where, body, tmp_path, monkeypatch):
     # The checkpoint the README's commands train, made tiny here; run from a fresh folder.
-    (tmp_path / "runs" / "bif-agru").mkdir(parents=True)
-    tiny_checkpoint(tmp_path / "runs" / "bif-agru" / "best.pt")
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    tiny_checkpoint(tmp_path / "runs" / "demo" / "best.pt")
     monkeypatch.chdir(tmp_path)
     exec(compile(body, where, "exec"), {"__name__": "__readme__"})
 

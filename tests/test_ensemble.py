@@ -11,8 +11,9 @@ import torch
 
 import aghmn_fast
 from aghmn_fast.data import MELD_LABELS, default_meld_root, load_meld
-from aghmn_fast.streaming import EnsembleRecognizer, StreamingRecognizer
-from aghmn_fast.train import build_vocabulary, save_checkpoint
+from aghmn_fast.streaming import EnsembleRecognizer, StreamingRecognizer, recognizer_from_checkpoints
+from aghmn_fast.models.checkpoint import save_checkpoint
+from aghmn_fast.training.trainer import build_vocabulary
 
 from serving_fixtures import (assert_matches_offline, offline_probabilities, recognizer_for,
                               save_tiny_checkpoint, start_server, stop_server,
@@ -44,7 +45,7 @@ def _stream(rec, dialogues, seed=0):
 
 def test_streamed_ensemble_equals_the_offline_ensemble(checkpoints):
     dialogues = synthetic_dialogues(40, seed=5, min_len=3)
-    rec = StreamingRecognizer.from_checkpoint(checkpoints)
+    rec = recognizer_from_checkpoints(checkpoints)
     assert isinstance(rec, EnsembleRecognizer) and len(rec.members) == 3
     if "cpu" in aghmn_fast.backends():
         assert rec.mode == "push"
@@ -56,13 +57,13 @@ def test_streamed_ensemble_equals_the_offline_ensemble(checkpoints):
 
 
 def test_one_checkpoint_in_a_list_is_a_plain_recognizer(checkpoints):
-    assert type(StreamingRecognizer.from_checkpoint(checkpoints[:1])) is StreamingRecognizer
+    assert type(recognizer_from_checkpoints(checkpoints[:1])) is StreamingRecognizer
 
 
 def test_members_must_share_labels_and_window(checkpoints, tmp_path):
     other_k = save_tiny_checkpoint(tmp_path / "k5.pt", window=5)
     with pytest.raises(ValueError, match="one window"):
-        StreamingRecognizer.from_checkpoint([checkpoints[0], other_k])
+        recognizer_from_checkpoints([checkpoints[0], other_k])
     a, b = recognizer_for(checkpoints[0]), recognizer_for(checkpoints[1])
     b.label_names = list(reversed(b.label_names))
     with pytest.raises(ValueError, match="same labels"):
@@ -70,11 +71,11 @@ def test_members_must_share_labels_and_window(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="two or more"):
         EnsembleRecognizer([a])
     with pytest.raises(FileNotFoundError):
-        StreamingRecognizer.from_checkpoint([checkpoints[0], str(tmp_path / "missing.pt")])
+        recognizer_from_checkpoints([checkpoints[0], str(tmp_path / "missing.pt")])
 
 
 def test_bad_input_touches_no_member_and_close_closes_all(checkpoints):
-    rec = StreamingRecognizer.from_checkpoint(checkpoints)
+    rec = recognizer_from_checkpoints(checkpoints)
     rec.push("a", "hi there")
     with pytest.raises(ValueError, match="empty"):
         rec.push_many([("a", "hello"), ("b", "  ")])

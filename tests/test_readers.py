@@ -15,8 +15,8 @@ from aghmn_fast.data import MELD_LABELS, Dialogue, Vocabulary, build_embeddings
 from aghmn_fast.data import sentences, wordllama
 from aghmn_fast.models import AGHMN, AGHMNConfig, make_batch
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import (build_vocabulary, encode_dialogues, load_checkpoint, predict,
-                              save_checkpoint)
+from aghmn_fast.models.checkpoint import load_checkpoint, save_checkpoint
+from aghmn_fast.training.trainer import build_vocabulary, encode_dialogues, predict
 
 from helpers.training import SCRIPTED_TEXTS
 

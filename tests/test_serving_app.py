@@ -36,7 +36,7 @@ def test_concurrent_clients_equal_offline(checkpoint, reference, tmp_path):
 
 def test_meld_third_over_http_equals_offline(tmp_path, engine_kind):
     from aghmn_fast.export import export_checkpoint
-    from aghmn_fast.train import save_checkpoint
+    from aghmn_fast.models.checkpoint import save_checkpoint
 
     dialogues = meld_test_third()
     model = meld_model(dialogues)

@@ -224,7 +224,7 @@ def test_redis_ttl_and_delete(redis_url):
 
 def test_meld_third_through_the_engine_with_a_restart(tmp_path, engine_kind):
     from aghmn_fast.export import export_checkpoint
-    from aghmn_fast.train import save_checkpoint
+    from aghmn_fast.models.checkpoint import save_checkpoint
 
     dialogues = meld_test_third()
     model = meld_model(dialogues)

@@ -10,7 +10,7 @@ import aghmn_fast
 from aghmn_fast.data import MELD_LABELS, default_meld_root, load_meld
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import build_vocabulary, encode_dialogues, predict
+from aghmn_fast.training.trainer import build_vocabulary, encode_dialogues, predict
 
 HAVE_MELD = os.path.exists(os.path.join(default_meld_root(), "test_sent_emo.csv"))
 
@@ -123,10 +123,13 @@ def test_bad_input_touches_no_state(tmp_path):
     rec.push("a", "hello there")
     rec.push("b", "how are you?")
     before = rec.utterances_seen("a"), rec.utterances_seen("b")
-    with pytest.raises(ValueError, match="empty or whitespace"):
+    # the messages name what a user passed ("the text"), not the parameter's internal name
+    with pytest.raises(ValueError, match="^the text of item 1 is empty or whitespace"):
         rec.push_many([("a", "fine"), ("b", "   ")])
-    with pytest.raises(TypeError, match="must be a str"):
+    with pytest.raises(TypeError, match="^the text of item 0 must be a str"):
         rec.push("a", 42)
+    with pytest.raises(TypeError, match=r"\(conversation_id, text\) pair"):
+        rec.push_many(["a"])
     with pytest.raises(TypeError, match="hashable"):
         rec.push(["x"], "hi")
     assert (rec.utterances_seen("a"), rec.utterances_seen("b")) == before
@@ -163,8 +166,8 @@ def test_stream_cli_json_lines(tmp_path):
     import json as _json
 
     from aghmn_fast.cli import build_parser
-    from aghmn_fast.streaming_cli import run
-    from aghmn_fast.train import save_checkpoint
+    from aghmn_fast.cli.stream import run
+    from aghmn_fast.models.checkpoint import save_checkpoint
 
     rec, _ = _recognizer(window=3)
     save_checkpoint(str(tmp_path / "m.pt"), rec.model, rec.vocab, MELD_LABELS)
@@ -293,7 +296,7 @@ def test_stream_exactness_script_on_a_checkpoint(tmp_path, capsys):
     import importlib.util
     import json as _json
 
-    from aghmn_fast.train import save_checkpoint
+    from aghmn_fast.models.checkpoint import save_checkpoint
     rec, _ = _recognizer(window=5)
     save_checkpoint(str(tmp_path / "m.pt"), rec.model, rec.vocab, MELD_LABELS)
     path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "stream_exactness.py")

@@ -96,7 +96,7 @@ def _imports(path: pathlib.Path):
 def test_inference_never_imports_training_and_compute_paths_never_import_the_recognizer():
     for folder in ("streaming", "serving"):
         for path in (PACKAGE / folder).glob("*.py"):
-            assert not any(n == "aghmn_fast.train" or n.startswith("aghmn_fast.train.")
+            assert not any(n == "aghmn_fast.training" or n.startswith("aghmn_fast.training.")
                            for n in _imports(path)), path
     recognizer = "aghmn_fast.streaming.recognizer"
     for path in (PACKAGE / "streaming").glob("*.py"):

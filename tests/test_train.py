@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from aghmn_fast.cli import main
-from aghmn_fast.train import TrainConfig, encode_dialogues, evaluate, load_checkpoint, predict, train
+from aghmn_fast.models.checkpoint import load_checkpoint
+from aghmn_fast.training.trainer import TrainConfig, encode_dialogues, evaluate, predict, train
 
 from helpers.training import iemocap_train_args, tiny_setup
 
@@ -65,7 +66,11 @@ def test_cli_train_and_eval_on_iemocap_json(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(iemocap_train_args(tmp_path) + ["--out", str(out)])
     assert rc == 0
-    assert "TEST  accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "TEST  accuracy" in printed
+    # the epoch lines' legend explains their '*' (the selected checkpoint)
+    legend = "* marks an epoch whose dev accuracy is the best so far (the model kept as best.pt)"
+    assert legend in printed and printed.index(legend) < printed.index("epoch  1")
     rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--dataset", "iemocap", "--data",
                str(tmp_path), "--json"])
     assert rc == 0
@@ -83,7 +88,7 @@ def test_cli_reports_missing_data_cleanly(tmp_path, capsys):
 def _scripted_dev(monkeypatch, dev_set, accuracy, weighted_f1):
     """Make train() see the given dev accuracy / weighted F1 per epoch (test metrics stay real),
     so that the two selection metrics disagree on the best epoch by construction."""
-    import aghmn_fast.train as train_module
+    import aghmn_fast.training.trainer as train_module
 
     real, epoch = train_module.evaluate, iter(range(len(accuracy)))
 
@@ -103,11 +108,11 @@ def test_select_on_picks_the_epoch_and_drives_the_lr_decay(monkeypatch, tmp_path
     model, tr, dv, te, vocab = tiny_setup()
     _scripted_dev(monkeypatch, dv, accuracy=[50, 60, 55, 58, 40],
                   weighted_f1=[50, 45, 70, 65, 71])
-    snapshots = {}  # epoch -> weights after it (train() logs once per epoch)
+    snapshots = {}  # epoch -> weights after it (train() logs one "epoch N ..." line per epoch)
     result = train(model, tr, dv, te, vocab, list(map(str, range(7))),
                    TrainConfig(epochs=5, lr=1e-3, progress=False, select_on=select_on),
                    out_dir=str(tmp_path),
-                   log=lambda s: snapshots.setdefault(len(snapshots) + 1, {
+                   log=lambda s: s.startswith("epoch") and snapshots.setdefault(len(snapshots) + 1, {
                        k: v.clone() for k, v in model.state_dict().items()}))
     assert result["best_epoch"] == best_epoch
     assert result["best_dev"] == result["history"][best_epoch - 1]["dev"]

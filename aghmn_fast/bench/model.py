@@ -1,6 +1,6 @@
 """Seconds per MELD training step and epoch: the reference path against the default fused path.
 
-Both run :func:`aghmn_fast.train.train` itself (the authors' recipe: one dialogue per Adam step,
+Both run :func:`aghmn_fast.training.trainer.train` itself (the authors' recipe: one dialogue per Adam step,
 gradient clipping, class-weighted loss) for the timed epochs on real MELD training dialogues, with
 a BiF-AGRU model of the paper's size (random 50-d word vectors: the vectors do not change the
 time). The time of an epoch is the one ``train`` reports (its training loop, without the dev
@@ -18,7 +18,7 @@ import torch
 
 from .. import ops
 from ..data import MELD_LABELS, load_meld
-from ..train import TrainConfig, build_vocabulary, train
+from ..training.trainer import TrainConfig, build_vocabulary, train
 from .stream import build_model
 from .timing import num_threads
 
@@ -72,7 +72,7 @@ def run_model(data: Optional[str] = None, dialogues: Optional[int] = None, epoch
     (possibly extrapolated) epoch.
     """
     if torch.device(device).type != "cpu":
-        return {"skipped": "the training loop (aghmn_fast.train.train) runs on the CPU only"}
+        return {"skipped": "the training loop (aghmn_fast.training.trainer.train) runs on the CPU only"}
     full = load_meld(data, "train")
     chosen = _subset(full, dialogues)
     held_out = chosen[:1]  # train() evaluates after every epoch; that time is not counted

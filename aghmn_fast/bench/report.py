@@ -142,7 +142,7 @@ def _model_lines(model: Dict) -> List[str]:
              "**epoch times extrapolated** by utterance count." if model["extrapolated"] else
              f" Whole epochs of {model['dialogues_total']} dialogues.")
     lines = ["## Model: MELD training", "",
-             f"{model['model']}; `aghmn_fast.train.train` (the authors' recipe), median of "
+             f"{model['model']}; `aghmn_fast.training.trainer.train` (the authors' recipe), median of "
              f"{model['epochs']} epoch(s) per row.{extra}", "",
              "| threads | mode | ms / step | s / epoch | speedup |", "|---:|---|---:|---:|---:|"]
     for r in model["rows"]:

@@ -175,7 +175,7 @@ def run(quick: bool = False, backend: Optional[str] = None, data: Optional[str] 
 def _run(quick, backend, data, flat_pushes, log, threads, device, concurrency) -> Dict:
     # Imported here: the training module needs tqdm, which build_model's users (the GPU suite,
     # on an image without it) do not.
-    from ..train import build_vocabulary
+    from ..training.trainer import build_vocabulary
     test = load_meld(data, "test")
     vocab = build_vocabulary([test])
     repeats = 2 if quick else 10
@@ -223,7 +223,7 @@ def reader_latency(data: Optional[str] = None, threads: int = 1, repeats: int = 
     new text: 1,024 would take minutes per round). Static readers are expected on the one-call
     ``push`` mode; the field ``path`` says which mode ran.
     """
-    from ..train import build_vocabulary  # see _run
+    from ..training.trainer import build_vocabulary  # see _run
     with num_threads(threads):
         test = load_meld(data, "test")
         vocab = build_vocabulary([test])

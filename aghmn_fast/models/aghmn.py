@@ -287,6 +287,18 @@ class AGHMN(nn.Module):
         from ..data.sentences import sentence_encoder
         return sentence_encoder(self.config.reader)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, refusing weights that hold NaN or Inf (``ValueError``
+        naming them): the fused kernels and the reference spread non-finite values differently,
+        and a model with them predicts nothing meaningful."""
+        bad = [name for name, value in state_dict.items() if isinstance(value, Tensor)
+               and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise ValueError(f"the weights hold NaN or Inf: {', '.join(bad[:3])}{more} (a model "
+                             "with non-finite weights is refused)")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
         """Reader vectors u [N, H] of a sentence reader for raw utterance texts (eval arithmetic
         of :meth:`encode_utterances` on their frozen sentence vectors)."""

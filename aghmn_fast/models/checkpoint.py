@@ -1,20 +1,19 @@
 """Checkpoint files: a trained model with its configuration, vocabulary and label names.
 
 Inference (``aghmn_fast.streaming``, ``aghmn_runtime.serving``) loads models through this module,
-never through :mod:`aghmn_fast.train`.
+never through :mod:`aghmn_fast.training`.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import os
 import warnings
 from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
-from .._io import atomic_torch_save
+from .._io import atomic_torch_save, require_file
 from ..data import Vocabulary
 from .aghmn import AGHMN, AGHMNConfig
 
@@ -84,11 +83,8 @@ def save_checkpoint(path: str, model: AGHMN, vocab: Vocabulary, label_names: Seq
 def read_checkpoint_file(path: str):
     """The object in a checkpoint file, read without executing pickled code (any format of this
     package: an AGHMN checkpoint, a contextual teacher). ``FileNotFoundError`` for a missing file,
-    ``ValueError`` for a directory or a file torch cannot read."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if os.path.isdir(path):
-        raise ValueError(f"checkpoint {path} is a directory, expected a file such as best.pt")
+    ``ValueError`` for a directory, a symbolic link loop or a file torch cannot read."""
+    require_file(path, "checkpoint", "best.pt")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:

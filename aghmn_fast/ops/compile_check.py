@@ -34,7 +34,7 @@ import torch
 import triton
 
 from . import triton_common as _common
-from .spec import specs
+from .catalog import specs
 
 __all__ = ["variants", "representative_variants", "compile_variant", "spill_budget", "label",
            "targets", "kernels", "HIDDEN_SIZES", "DTYPES", "ROWS", "main"]

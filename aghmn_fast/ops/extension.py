@@ -20,7 +20,8 @@ import torch
 from .. import _extension
 from .common import Kernels
 from .cuda_arches import PTX_ARCH, SASS_ARCHES  # the build's GPU code (one list)
-from .spec import OpSpec, specs
+from .catalog import specs
+from .spec import OpSpec
 
 _DTYPES = (torch.float32, torch.float64)
 #: The kernels' largest hidden size (kMaxHidden in csrc/common/recurrence.cuh).

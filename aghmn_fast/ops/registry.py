@@ -21,7 +21,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from .common import Kernels
-from .spec import OpSpec, functions
+from .catalog import functions
+from .spec import OpSpec
 
 __all__ = ["Backend", "register_backend", "backends", "backend_errors", "resolve_backend",
            "candidates", "functions_on", "CUDA_CHOICE", "CUDA_DEFAULT", "LATENCY_ROWS", "OPS"]
@@ -142,7 +143,7 @@ def _load_triton() -> None:
                                   "TRITON_INTERPRET=1 to run its kernels on CPU tensors in "
                                   "Triton's interpreter)")
         return
-    from .spec import specs
+    from .catalog import specs
     kernels = Kernels()
     for spec in specs():
         kernels.update(spec.load_triton())

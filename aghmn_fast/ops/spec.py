@@ -1,4 +1,4 @@
-"""What an op folder declares about itself, and the discovery of the op folders.
+"""What an op folder declares about itself (the folders are discovered by :mod:`.catalog`).
 
 Each op is a folder ``aghmn_fast/ops/<op>/`` whose ``op.py`` defines ``SPEC``, an
 :class:`OpSpec`: its raw kernels (by name), the public functions built on them, how those reach
@@ -11,14 +11,11 @@ edits no loader.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib
-import pathlib
 from typing import Any, Callable, Dict, Mapping, Tuple
 
 from .common import Kernels
 
-__all__ = ["Function", "OpSpec", "specs", "functions", "recurrence_shared_bytes"]
+__all__ = ["Function", "OpSpec", "recurrence_shared_bytes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,19 +69,3 @@ def recurrence_shared_bytes(gates: int, hidden: int, itemsize: int, forward_extr
     forward = (gates + 2) * hidden * itemsize + forward_extra
     backward = (2 * gates + 1) * hidden * itemsize + 2 * 16 * itemsize
     return max(forward, backward) + 64
-
-
-@functools.lru_cache(maxsize=None)
-def specs() -> Tuple[OpSpec, ...]:
-    """Every op folder's spec, in folder-name order."""
-    here = pathlib.Path(__file__).resolve().parent
-    found = []
-    for path in sorted(here.glob("*/op.py")):
-        module = importlib.import_module(f"{__package__}.{path.parent.name}.op")
-        found.append(module.SPEC)
-    return tuple(found)
-
-
-def functions() -> Dict[str, Tuple[OpSpec, Function]]:
-    """Public function name -> (its op folder's spec, the function)."""
-    return {f.name: (spec, f) for spec in specs() for f in spec.functions}

@@ -111,3 +111,17 @@ class EnsembleRecognizer:
             raise KeyError(f"unknown conversation_id {conversation_id!r}")
         for m in self.members:
             m.close(conversation_id)
+
+
+def recognizer_from_checkpoints(paths, device=None, backend: Optional[str] = None):
+    """A :class:`StreamingRecognizer` for one checkpoint path (or a list of one), an
+    :class:`EnsembleRecognizer` averaging them for a list of two or more (opt-in: N times the work
+    per push). Errors as :meth:`StreamingRecognizer.from_checkpoint`, and, for an ensemble,
+    ``ValueError`` for members of different labels or windows."""
+    if isinstance(paths, (list, tuple)):
+        if not paths:
+            raise ValueError("paths is empty: give at least one checkpoint")
+        if len(paths) > 1:
+            return EnsembleRecognizer.from_checkpoints(paths, device=device, backend=backend)
+        paths = paths[0]
+    return StreamingRecognizer.from_checkpoint(paths, device=device, backend=backend)

@@ -112,20 +112,16 @@ class StreamingRecognizer:
     # ---- construction ------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path, device=None, backend: Optional[str] = None) -> "StreamingRecognizer":
-        """A recognizer for a checkpoint written by ``aghmn-fast train``; for a list of two or more
-        paths, an :class:`~aghmn_fast.streaming.EnsembleRecognizer` averaging them (opt-in: N
-        times the work per push).
+        """A recognizer for a checkpoint written by ``aghmn-fast train`` (for several checkpoints
+        averaged: :func:`aghmn_fast.streaming.recognizer_from_checkpoints`).
 
         Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not
-        a valid checkpoint, an unavailable ``device`` or an unavailable ``backend`` (and, for an
-        ensemble, members of different labels or windows).
+        a valid checkpoint, an unavailable ``device`` or an unavailable ``backend``; ``TypeError``
+        for a list of paths.
         """
         if isinstance(path, (list, tuple)):
-            if len(path) == 1:
-                path = path[0]
-            else:
-                from .ensemble import EnsembleRecognizer
-                return EnsembleRecognizer.from_checkpoints(path, device=device, backend=backend)
+            raise TypeError("StreamingRecognizer.from_checkpoint takes one checkpoint path; for "
+                            "several use aghmn_fast.streaming.recognizer_from_checkpoints")
         if device is not None:
             device = _usable_device(device)
         model, vocab, labels, _ = load_checkpoint(path, backend=backend)
@@ -255,16 +251,16 @@ class StreamingRecognizer:
     # ---- internals -----------------------------------------------------------------------------
     def _encode(self, position: int, item) -> List[int]:
         if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise TypeError(f"item {position} must be a (conversation_id, utterance_text) pair")
+            raise TypeError(f"item {position} must be a (conversation_id, text) pair")
         cid, text = item
         try:
             hash(cid)
         except TypeError:
             raise TypeError(f"conversation_id of item {position} must be hashable") from None
         if not isinstance(text, str):
-            raise TypeError(f"utterance_text of item {position} must be a str, got {type(text).__name__}")
+            raise TypeError(f"the text of item {position} must be a str, got {type(text).__name__}")
         if not text.strip():
-            raise ValueError(f"utterance_text of item {position} is empty or whitespace only")
+            raise ValueError(f"the text of item {position} is empty or whitespace only")
         if self.model.embedding is None:  # a sentence reader reads the text itself
             return text
         return self.vocab.encode(tokenize(text, self.model.config.max_len))

@@ -6,7 +6,7 @@ import torch
 
 from aghmn_fast.data import IEMOCAP_LABELS, MELD_LABELS, Dialogue
 from aghmn_fast.models import AGHMN, AGHMNConfig
-from aghmn_fast.train import TrainConfig, build_vocabulary, train
+from aghmn_fast.training.trainer import TrainConfig, build_vocabulary, train
 
 #: label -> the words of its utterances: the words carry the label, so a tiny model learns it.
 WORDS = {0: "calm fine okay sure", 1: "wow really what no way", 2: "scared afraid help",

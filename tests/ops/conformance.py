@@ -34,7 +34,7 @@ import torch
 from aghmn_fast import ops
 from aghmn_fast.ops.common import Kernels
 from aghmn_fast.ops.registry import OPS
-from aghmn_fast.ops.spec import specs
+from aghmn_fast.ops.catalog import specs
 
 D64, F32 = torch.float64, torch.float32
 BF16, F16 = torch.bfloat16, torch.float16

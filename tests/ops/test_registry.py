@@ -15,7 +15,7 @@ import torch
 
 from aghmn_fast import ops
 from aghmn_fast.ops import registry
-from aghmn_fast.ops.spec import specs
+from aghmn_fast.ops.catalog import specs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: once: none may name an op (docs/ARCHITECTURE.md lists them as the files a new op does NOT
 #: touch). Python files are read without docstrings and comments, the others without comments.
 GENERIC = ["aghmn_fast/ops/registry.py", "aghmn_fast/ops/extension.py",
-           "aghmn_fast/ops/common.py", "aghmn_fast/ops/spec.py", "aghmn_fast/_extension.py",
+           "aghmn_fast/ops/common.py", "aghmn_fast/ops/spec.py", "aghmn_fast/ops/catalog.py",
+           "aghmn_fast/_extension.py",
            "aghmn_fast/ops/compile_check.py", "aghmn_fast/ops/triton_common.py",
            "aghmn_fast/ops/cuda_arches.py", "tests/ops/conformance.py", "tests/cuda_emulator.py",
            "tests/conftest.py", "setup.py", "CMakeLists.txt", "csrc/tests/emulated_kernels.cpp",
@@ -224,7 +225,7 @@ import torch
 from aghmn_fast import ops
 from aghmn_fast.ops import compile_check as cc, registry
 from aghmn_fast.ops.common import Kernels
-from aghmn_fast.ops.spec import specs
+from aghmn_fast.ops.catalog import specs
 import conformance
 import cuda_emulator
 

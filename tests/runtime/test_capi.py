@@ -12,7 +12,7 @@ from aghmn_fast.data import Vocabulary
 from aghmn_fast.export import export_checkpoint
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.streaming import StreamingRecognizer
-from aghmn_fast.train import save_checkpoint
+from aghmn_fast.models.checkpoint import save_checkpoint
 from runtime_lib import FORMAT, INVALID, UNKNOWN, RuntimeError_
 
 WORDS = ["<pad>", "<unk>", "", "hi", "there", "!", "?", "how", "are", "you", "i", "am", "fine",

@@ -14,7 +14,7 @@ import runtime_exactness  # noqa: E402
 from runtime_common import tiny_checkpoint  # noqa: E402
 
 from aghmn_fast.data import default_meld_root, load_meld  # noqa: E402
-from aghmn_fast.train import build_vocabulary  # noqa: E402
+from aghmn_fast.training.trainer import build_vocabulary  # noqa: E402
 
 HAVE_MELD = os.path.exists(os.path.join(default_meld_root(), "test_sent_emo.csv"))
 

@@ -58,7 +58,7 @@ def test_aghmn_serve_of_a_checkpoint_without_aghmn_fast_names_the_ways_out(model
 
 
 def test_aghmn_fast_serve_without_the_runtime_distribution_is_one_line(monkeypatch, capsys):
-    from aghmn_fast import cli
+    from aghmn_fast.cli import program as cli
     monkeypatch.setitem(sys.modules, "aghmn_runtime.serving.cli", None)   # aghmn-fast-runtime absent
     monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
     assert cli.main(["serve", "--checkpoint", "m.aghmn", "--port", "1"]) == 2

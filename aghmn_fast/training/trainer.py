@@ -8,7 +8,8 @@ selection on dev accuracy, one test evaluation with the selected checkpoint.
 for both the selection and the lr decay.
 
 Distillation (an option): with ``soft_targets`` (the averaged, tempered probabilities of teacher
-checkpoints on the training dialogues, :func:`teacher_targets`), the loss is
+checkpoints on the training dialogues,
+:func:`aghmn_fast.training.distillation.teacher_targets`), the loss is
 ``(1 - w) * recipe loss + w * T^2 * cross-entropy(teacher_T, student_T)`` (class-weighted as the
 recipe's loss), with T
 ``TrainConfig.distill_temperature`` and w ``TrainConfig.distill_weight``; nothing else changes,
@@ -17,7 +18,6 @@ so the student is an ordinary checkpoint of the usual size.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -40,15 +40,15 @@ except ImportError:  # a declared dependency, but the lent GPU image runs the te
         def set_postfix(self, **_):
             pass
 
-from .data import (MELD_LABELS, Dialogue, Vocabulary, class_weights,
+from ..data import (MELD_LABELS, Dialogue, Vocabulary, class_weights,
                    default_meld_root, load_json_dialogues, load_meld, tokenize)
-from ._io import atomic_write
-from .calibration import (DEFAULT_FIT_ON, DEFAULT_RESAMPLES, check_fit_on, check_max_drop,
+from .._io import atomic_write
+from .calibration import (DEFAULT_FIT_ON, DEFAULT_MAX_DROP, DEFAULT_RESAMPLES, check_fit_on, check_max_drop,
                           check_resamples, fit_logit_biases,
                           set_logit_biases)
 from .metrics import classification_metrics, f1_scores, format_report
-from .models import AGHMN, make_batch
-from .models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
+from ..models import AGHMN, make_batch
+from ..models.checkpoint import save_checkpoint
 
 
 @dataclasses.dataclass
@@ -69,7 +69,7 @@ class TrainConfig:
     teachers: List[Dict] = dataclasses.field(default_factory=list)  # recorded: file name, sha256
     teacher_weights: Optional[List[float]] = None  # the teachers' averaging weights (None: equal)
     calibrate: bool = False             # fit per-class logit biases after selection
-    calibrate_max_drop: float = 0.5     # the weighted-F1 points calibration may give up
+    calibrate_max_drop: float = DEFAULT_MAX_DROP  # the weighted-F1 points calibration may give up
     calibrate_resamples: int = DEFAULT_RESAMPLES  # bootstrap fits averaged (0: one fit on all)
     calibrate_fit_on: str = DEFAULT_FIT_ON  # "train+dev" (pooled) or "dev"
 
@@ -125,78 +125,14 @@ def evaluate(model: AGHMN, encoded, dialogues: Sequence[Dialogue], label_names, 
     return metrics
 
 
-def file_identity(path: str) -> Dict:
-    """A file's name (no directory: no machine path is recorded) and the SHA-256 of its bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"file": os.path.basename(path), "sha256": digest.hexdigest()}
-
-
-def teacher_log_probs(path: str, dialogues: Sequence[Dialogue], label_names: Sequence[str]) -> torch.Tensor:
-    """A teacher's log-probabilities [total utterances, C] over the dialogues, in eval mode.
-
-    The one place that dispatches on what the checkpoint is: an ordinary checkpoint of this
-    package (any reader, read with its own vocabulary) or a contextual teacher
-    (:mod:`aghmn_fast.contextual_teacher`, whose predictions are cached on disk per checkpoint
-    and dialogues). Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file
-    that is neither, or a teacher whose labels differ from ``label_names``.
-    """
-    from .contextual_teacher import CONTEXTUAL_FORMAT, checkpoint_format, contextual_log_probs
-    kind = checkpoint_format(path)
-    if kind == CONTEXTUAL_FORMAT:
-        return contextual_log_probs(path, dialogues, label_names)
-    if kind != CHECKPOINT_FORMAT:
-        raise ValueError(f"teacher {path} is neither an aghmn_fast checkpoint ({CHECKPOINT_FORMAT}) "
-                         f"nor a contextual teacher ({CONTEXTUAL_FORMAT})")
-    model, vocab, labels, _ = load_checkpoint(path)
-    check_teacher_labels(path, labels, label_names)
-    return predict(model, encode_dialogues(dialogues, vocab, model.config.max_len, model))
-
-
-def check_teacher_labels(path: str, labels: Sequence[str], label_names: Sequence[str]) -> None:
-    """``ValueError`` unless the teacher at ``path`` predicts exactly ``label_names``."""
+def check_labels(path: str, labels: Sequence[str], label_names: Sequence[str],
+                 what: str = "checkpoint") -> None:
+    """``ValueError`` naming both label lists unless the ``what`` ("checkpoint", "teacher") at
+    ``path`` predicts exactly the dataset's ``label_names``."""
     if list(labels) != list(label_names):
-        raise ValueError(f"teacher {path} predicts {list(labels)}, not this dataset's {list(label_names)}")
-
-
-def teacher_targets(teacher_paths: Sequence[str], dialogues: Sequence[Dialogue],
-                    label_names: Sequence[str], temperature: float,
-                    weights: Optional[Sequence[float]] = None) -> List[torch.Tensor]:
-    """Per dialogue, the teachers' averaged probabilities at ``temperature`` ([utterances, C]).
-
-    Each teacher is any checkpoint of this package (another seed, another reader) or a contextual
-    teacher (``aghmn-fast train-teacher``) over the same labels (:func:`teacher_log_probs`).
-    ``weights``: one non-negative weight per teacher for the average (default: equal). Raises
-    ``ValueError`` for no teachers, a non-positive or non-finite temperature, bad weights, or a
-    teacher whose labels differ; ``FileNotFoundError`` for a missing checkpoint.
-    """
-    if not teacher_paths:
-        raise ValueError("teacher_paths is empty: give at least one teacher checkpoint")
-    check_distillation_options(temperature, 0.0)
-    weights = check_teacher_weights(weights, len(teacher_paths))
-    total = None
-    for path, weight in zip(teacher_paths, weights):
-        log_probs = teacher_log_probs(path, dialogues, label_names)
-        probs = weight * torch.softmax(log_probs.double() / temperature, dim=-1)  # logits up to a constant
-        total = probs if total is None else total + probs
-    mean = (total / sum(weights)).float()
-    return list(torch.split(mean, [len(d.texts) for d in dialogues]))
-
-
-def check_teacher_weights(weights: Optional[Sequence[float]], count: int) -> List[float]:
-    """The teachers' averaging weights as floats (all 1 when ``weights`` is None); ``ValueError``
-    naming --teacher-weight unless there is one finite weight >= 0 per teacher, not all 0."""
-    if weights is None:
-        return [1.0] * count
-    weights = [float(w) for w in weights]
-    if len(weights) != count:
-        raise ValueError(f"--teacher-weight must be given once per --teacher: {len(weights)} "
-                         f"weight(s) for {count} teacher(s)")
-    if not all(0 <= w < float("inf") for w in weights) or sum(weights) == 0:
-        raise ValueError(f"--teacher-weight values must be finite, >= 0 and not all 0, got {weights}")
-    return weights
+        raise ValueError(f"{what} {path} predicts {len(labels)} labels ({', '.join(labels)}), "
+                         f"the dataset has {len(label_names)} ({', '.join(label_names)}): use the "
+                         "dataset it was trained on (--dataset, --data)")
 
 
 def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogue],
@@ -241,6 +177,9 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
     if config.batch_dialogues == 1:
         single = [make_batch([enc], model.config.window, [d.labels], max_len)
                   for enc, d in zip(enc_train, train_set)]
+    log(f"{config.epochs} epochs of {len(train_set)} dialogues; * marks an epoch whose dev "
+        f"{config.select_on.replace('_', ' ')} is the best so far (the model kept"
+        f"{' as best.pt' if out_dir else ''})")
     for epoch in range(1, config.epochs + 1):
         model.train()
         rng.shuffle(order)
@@ -314,13 +253,13 @@ def train(model: AGHMN, train_set: Sequence[Dialogue], dev_set: Sequence[Dialogu
 def calibrate_model(model: AGHMN, encoded_dev, dev_set: Sequence[Dialogue], max_weighted_f1_drop: float,
                     previous: Sequence[float] = (), resamples: int = DEFAULT_RESAMPLES,
                     pooled_with=None) -> Dict:
-    """Fit per-class logit biases of ``model`` (:mod:`aghmn_fast.calibration`) on the dev set, or
+    """Fit per-class logit biases of ``model`` (:mod:`aghmn_fast.training.calibration`) on the dev set, or
     on the dev set pooled with ``pooled_with`` = ``(encoded, dialogues)`` of another split (the
     training split for ``fit_on="train+dev"``), and return the record: the biases, ``fit_on``,
     the scores before and after on the fitted data (``before``, ``after``) and on dev alone
     (``dev``). ``previous``: biases already folded into the model, removed first so that the fit
     starts from the uncalibrated model (and left removed: fold the returned biases in with
-    :func:`~aghmn_fast.calibration.set_logit_biases`).
+    :func:`~aghmn_fast.training.calibration.set_logit_biases`).
     """
     set_logit_biases(model, (), previous)
     parts = [(encoded_dev, dev_set)] + ([pooled_with] if pooled_with is not None else [])
@@ -387,8 +326,8 @@ def load_dataset(dataset: str, data: Optional[str]):
         return (load_meld(root, "train"), load_meld(root, "dev"), load_meld(root, "test"),
                 list(MELD_LABELS))
     if dataset in ("iemocap", "meld-json"):
-        from .data import IEMOCAP_LABELS
-        from .data.datasets import require_directory
+        from ..data import IEMOCAP_LABELS
+        from ..data.datasets import require_directory
         labels = list(IEMOCAP_LABELS if dataset == "iemocap" else MELD_LABELS)
         if not data:
             raise ValueError(f"--data DIR is required for dataset {dataset!r} "

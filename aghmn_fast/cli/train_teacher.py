@@ -1,63 +1,26 @@
-"""``aghmn-fast train-teacher`` and the contextual teacher's options, without torch.
+"""``aghmn-fast train-teacher``: fine-tune a contextual MiniLM teacher (for ``train --teacher``).
 
-The CLI imports every subcommand's parser to build ``--help``; a served model file must never
-import torch, so the parser and the options live here and the training module
-(:mod:`aghmn_fast.contextual_teacher`) is imported only when the command runs.
+The parser reads the torch-free :mod:`aghmn_fast.training.contextual_config`; the training module
+(:mod:`aghmn_fast.training.contextual_teacher`) is imported only when the command runs.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
-from typing import Optional
 
-MAX_POSITIONS = 512  # MiniLM's position table
+from ..training.contextual_config import ContextualConfig, check_config
+from .options import DATA_HELP, add_out_dir_options, check_out_dir, positive_int
 
-
-@dataclasses.dataclass
-class ContextualConfig:
-    """Options of :func:`train_contextual_teacher` (the first three are also the model's)."""
-    context: int = 8            # previous utterances read with the target (0: the target alone)
-    max_tokens: int = 128       # tokens per sequence, [CLS] and [SEP]s included
-    dropout: float = 0.1
-    epochs: int = 4
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup: float = 0.1         # fraction of the steps with a linearly rising lr
-    batch_size: int = 16        # utterances per step
-    clip: float = 1.0
-    class_weight_rate: float = 0.5
-    seed: int = 1
-    progress: bool = True
-    init: Optional[str] = None  # start from this contextual teacher (file name recorded) instead of MiniLM
-
-
-def check_config(config: ContextualConfig) -> None:
-    """``ValueError`` naming the option for a value out of range."""
-    if not (isinstance(config.context, int) and config.context >= 0):
-        raise ValueError(f"--context must be an integer >= 0, got {config.context!r}")
-    if not (isinstance(config.max_tokens, int) and 8 <= config.max_tokens <= MAX_POSITIONS):
-        raise ValueError(f"--max-tokens must be an integer in [8, {MAX_POSITIONS}], got {config.max_tokens!r}")
-    if not (isinstance(config.epochs, int) and config.epochs >= 1):
-        raise ValueError(f"--epochs must be a positive integer, got {config.epochs!r}")
-    if not (0 < config.lr < 1):
-        raise ValueError(f"--lr must be in (0, 1), got {config.lr}")
-    if not (isinstance(config.batch_size, int) and config.batch_size >= 1):
-        raise ValueError(f"--batch-size must be a positive integer, got {config.batch_size!r}")
-    for name in ("dropout", "warmup"):
-        value = getattr(config, name)
-        if not 0 <= value < 1:
-            raise ValueError(f"--{name} must be in [0, 1), got {value}")
+TEACHER_FILES = ("best.pt", "last.pt", "metrics.json")
 
 
 def add_parser(sub) -> None:
     """Register ``aghmn-fast train-teacher`` on the CLI's subparsers."""
-    from .cli import DATA_HELP, positive_int
     d = ContextualConfig()
     p = sub.add_parser("train-teacher", help="fine-tune a contextual MiniLM teacher (for train "
                        "--teacher only; needs the readers extra)")
     p.add_argument("--data", default=None, help=DATA_HELP)
-    p.add_argument("--out", required=True, help="output directory (best.pt, last.pt, metrics.json)")
+    add_out_dir_options(p, written=TEACHER_FILES)
     p.add_argument("--context", type=int, default=d.context,
                    help=f"previous utterances read with each one (default {d.context})")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens,
@@ -77,13 +40,14 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     """``aghmn-fast train-teacher``: fine-tune, print the selected epoch's dev and test scores."""
-    from .train import load_dataset
+    from ..training.trainer import load_dataset
     config = ContextualConfig(context=args.context, max_tokens=args.max_tokens, epochs=args.epochs,
                               lr=args.lr, batch_size=args.batch_size, seed=args.seed, init=args.init,
                               progress=not args.no_progress and sys.stderr.isatty())
     check_config(config)
+    check_out_dir(args.out, TEACHER_FILES, args.overwrite)
     import torch
-    from .contextual_teacher import train_contextual_teacher
+    from ..training.contextual_teacher import train_contextual_teacher
     if args.threads:
         torch.set_num_threads(args.threads)
     train_set, dev_set, test_set, labels = load_dataset("meld", args.data)

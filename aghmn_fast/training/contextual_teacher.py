@@ -8,7 +8,7 @@ read by :func:`aghmn_fast.data.sentences.read_minilm_files`), trainable here; th
 token states are mean-pooled (as sentence-transformers pools) and a linear layer gives the logits.
 
 It reads whole dialogues offline, so it is never streamed or served: ``aghmn-fast train
---teacher`` accepts its checkpoints next to ordinary ones (:func:`aghmn_fast.train.teacher_targets`).
+--teacher`` accepts its checkpoints next to ordinary ones (:func:`aghmn_fast.training.distillation.teacher_targets`).
 ``aghmn-fast train-teacher`` fine-tunes one: AdamW, linear warm-up then linear decay, batches of
 utterances of similar length, the recipe's class weights, the epoch selected on dev weighted F1.
 """
@@ -26,10 +26,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .contextual_teacher_cli import MAX_POSITIONS, ContextualConfig, check_config  # noqa: F401 (public here)
-from .models.checkpoint import read_checkpoint_file
+from .._io import file_identity
+from .contextual_config import MAX_POSITIONS, ContextualConfig, check_config
+from ..models.checkpoint import read_checkpoint_file
 
-CONTEXTUAL_FORMAT = "aghmn_fast.contextual_teacher.v1"
+CONTEXTUAL_FORMAT = "aghmn_fast.training.contextual_teacher.v1"
 
 
 def context_input(utterances: Sequence[Sequence[int]], index: int, context: int, max_tokens: int,
@@ -146,7 +147,7 @@ class ContextualTeacher(nn.Module):
 def _minilm_files():
     """(weights, tokenizer) of the readers extra's MiniLM; the tokenizer neither pads nor
     truncates (the file's own setting pads to 128): :func:`context_input` does the cutting."""
-    from .data.sentences import minilm_dir, read_minilm_files
+    from ..data.sentences import minilm_dir, read_minilm_files
     weights, tokenizer = read_minilm_files(minilm_dir())
     tokenizer.no_padding()
     tokenizer.no_truncation()
@@ -207,7 +208,7 @@ def save_contextual_teacher(path: str, model: ContextualTeacher, label_names: Se
                             extra: Optional[Dict] = None) -> None:
     """Weights + model config + label names (+ ``extra``), loadable with ``weights_only=True``;
     written atomically."""
-    from ._io import atomic_torch_save
+    from .._io import atomic_torch_save
     atomic_torch_save({"format": CONTEXTUAL_FORMAT, "config": dict(model.config),
                        "state_dict": model.state_dict(), "label_names": list(label_names),
                        "extra": json.loads(json.dumps(extra or {}))}, path)
@@ -245,7 +246,7 @@ def load_contextual_teacher(path: str):
 
 def contextual_log_probs(path: str, dialogues, label_names: Sequence[str]) -> torch.Tensor:
     """The contextual teacher at ``path``: its log-probabilities [total utterances, C] over the
-    dialogues (what :func:`aghmn_fast.train.teacher_log_probs` uses).
+    dialogues (what :func:`aghmn_fast.training.distillation.teacher_log_probs` uses).
 
     Scoring MELD's training set takes minutes on a CPU and every student distilled from the
     teacher needs it, so the result is cached in the user cache directory
@@ -254,8 +255,8 @@ def contextual_log_probs(path: str, dialogues, label_names: Sequence[str]) -> to
     ``ValueError`` if the teacher's labels differ from ``label_names``.
     """
     import hashlib
-    from .data.sentences import default_cache_dir
-    from .train import check_teacher_labels
+    from ..data.sentences import default_cache_dir
+    from .trainer import check_labels
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -270,13 +271,13 @@ def contextual_log_probs(path: str, dialogues, label_names: Sequence[str]) -> to
         except Exception:  # a torn or foreign file only costs recomputation
             pass
         else:
-            check_teacher_labels(path, labels, label_names)
+            check_labels(path, labels, label_names, "teacher")
             return log_probs
     model, labels, _ = load_contextual_teacher(path)
-    check_teacher_labels(path, labels, label_names)
+    check_labels(path, labels, label_names, "teacher")
     log_probs = model.log_probs(dialogues)
     if cached is not None:
-        from ._io import atomic_torch_save
+        from .._io import atomic_torch_save
         try:
             os.makedirs(os.path.dirname(cached), exist_ok=True)
             atomic_torch_save({"labels": list(labels), "log_probs": log_probs}, cached)
@@ -307,8 +308,8 @@ def train_contextual_teacher(train_set, dev_set, test_set, label_names: Sequence
     after the last epoch. Raises ``ValueError`` for
     bad options or an empty training set.
     """
-    from .data import class_weights
-    from ._io import atomic_write
+    from ..data import class_weights
+    from .._io import atomic_write
     check_config(config)
     if not train_set:
         raise ValueError("the training set has no dialogues")
@@ -347,6 +348,9 @@ def train_contextual_teacher(train_set, dev_set, test_set, label_names: Sequence
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     history, best = [], None
+    log(f"fine-tuning MiniLM: {len(inputs)} training utterances, {steps_per_epoch} steps per epoch"
+        f"{' (a progress bar per epoch)' if config.progress else ''}; * marks an epoch whose dev "
+        "weighted F1 is the best so far (the model kept" + (" as best.pt)" if out_dir else ")"))
     record = {"train_config": {**dataclasses.asdict(config), "init": _init_identity(config.init)},
               "minilm_version": _minilm_version()}
     for epoch in range(1, config.epochs + 1):
@@ -400,7 +404,6 @@ def _init_identity(path: Optional[str]) -> Optional[Dict]:
     """The --init checkpoint as recorded: its file name (no directory) and SHA-256."""
     if path is None:
         return None
-    from .train import file_identity
     return file_identity(path)
 
 

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from .options import BACKEND_HELP, CHECKPOINT_HELP, positive_int
+
 STREAM_DESCRIPTION = """\
 Reads lines `conversation_id<TAB>utterance` from stdin (UTF-8) and writes one JSON line per
 utterance to stdout, as soon as it is classified. Only the past of each conversation is used.
@@ -22,13 +24,12 @@ A line that cannot be classified (no tab, empty text, invalid UTF-8) gets
 
 def add_parser(sub) -> None:
     """Add the ``stream`` subcommand to the CLI's subparsers."""
-    from .cli import positive_int
     p = sub.add_parser("stream", help="stream utterances from stdin (id<TAB>text), JSON lines out",
                        description=STREAM_DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a best.pt written by `aghmn-fast train`")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--backend", default=None,
-                   help="op backend: reference, cpu, triton, cuda (default: fastest)")
+                   help=BACKEND_HELP)
     p.add_argument("--device", default=None,
                    help="torch device to run on, e.g. cpu or cuda:0 (default: cpu)")
     p.add_argument("--threads", type=positive_int, default=1,
@@ -51,7 +52,7 @@ def _lines(stdin):
 def run(args, stdin=None, stdout=None) -> int:
     """Serve stdin line by line; malformed lines get an ``{"error": ...}`` line, not a crash."""
     import torch
-    from .streaming import StreamingRecognizer
+    from ..streaming import StreamingRecognizer
 
     torch.set_num_threads(args.threads)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
-# numpy, sklearn (metrics) and torch are imported where they are used: the CLI reads
-# DEFAULT_RESAMPLES for its parser, and `import aghmn_fast.cli` must stay fast and torch-free.
+# numpy, sklearn (metrics) and torch are imported where they are used: the CLI reads the
+# defaults below for its parser, and `import aghmn_fast.cli` must stay fast and torch-free.
 
 # Candidate biases per class: wide enough to move a rare class from never to often predicted
 # (log-probability gaps on MELD are mostly under 3), coarse enough not to chase single dev
 # utterances.
 BIAS_GRID = tuple(round(-3.0 + 0.1 * i, 1) for i in range(61))
+# Weighted-F1 points a calibration may give up by default (the floor of its macro-F1 search).
+DEFAULT_MAX_DROP = 0.5
 # Bootstrap fits averaged: 30 cost ~5 s on MELD dev, ~11 s on train+dev; the average moved
 # little beyond that.
 DEFAULT_RESAMPLES = 30
@@ -33,7 +35,8 @@ FIT_ON = ("train+dev", "dev")
 DEFAULT_FIT_ON = FIT_ON[0]
 
 
-def fit_logit_biases(log_probs, labels, num_classes: int, max_weighted_f1_drop: float = 0.5,
+def fit_logit_biases(log_probs, labels, num_classes: int,
+                     max_weighted_f1_drop: float = DEFAULT_MAX_DROP,
                      grid: Sequence[float] = BIAS_GRID, max_rounds: int = 10,
                      resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Dict:
     """Per-class biases added to ``log_probs`` [N, C] that maximise macro F1 on ``labels`` [N]

@@ -1,4 +1,4 @@
-"""``aghmn-fast bench``: the benchmark suite as one command (added to the CLI by ``aghmn_fast.cli``).
+"""``aghmn-fast bench``: the benchmark suite as one command.
 
     aghmn-fast bench [--device cpu|cuda] [--ops agru,memory_bank,model,stream] [--quick]
                      [--threads 1,2] [--out-dir DIR] [--no-compile] [--no-plots] ...
@@ -17,6 +17,8 @@ import datetime
 import os
 import shlex
 from typing import Dict, List
+
+from .options import DATA_HELP, plain_text
 
 __all__ = ["add_parser", "cmd_bench", "options_from_args", "default_out_dir", "COMMANDS"]
 
@@ -40,10 +42,9 @@ def _threads(text: str) -> List[int]:
 
 def add_parser(sub) -> None:
     """Add the ``bench`` subcommand to the CLI's subparsers."""
-    from ..cli import DATA_HELP
     p = sub.add_parser("bench", help="benchmark the fused ops, the model and streaming against the "
                                      "baselines; write a JSON record, a report and plots",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="device to benchmark (default: %(default)s)")
     # the parts are not imported here: that would import torch for every command of the CLI
@@ -86,7 +87,7 @@ def add_parser(sub) -> None:
 
 def _parts(args) -> List[str]:
     """The --ops parts, all of them by default."""
-    from .suite import PARTS
+    from ..bench.suite import PARTS
     return list(PARTS) if args.ops is None else args.ops
 
 
@@ -120,8 +121,8 @@ def default_out_dir() -> str:
 
 def options_from_args(args):
     """The :class:`~aghmn_fast.bench.suite.SuiteOptions` that the parsed flags ask for."""
-    from .shapes import shape_by_id   # here: torch loads only when a command needs it
-    from .suite import SuiteOptions
+    from ..bench.shapes import shape_by_id   # here: torch loads only when a command needs it
+    from ..bench.suite import SuiteOptions
     return SuiteOptions(
         device=args.device, parts=_parts(args), quick=args.quick, threads=args.threads,
         out_dir=args.out_dir or default_out_dir(), shapes=[shape_by_id(s) for s in args.shapes] if args.shapes else None,
@@ -136,7 +137,7 @@ def cmd_bench(args) -> int:
     bad input (the MELD data a part asked for by name is missing, a tracked file in the way)."""
     import dataclasses
 
-    from .suite import missing_data, run_suite
+    from ..bench.suite import missing_data, run_suite
     opts = options_from_args(args)
     missing = missing_data(opts)
     if missing and args.ops is None:
