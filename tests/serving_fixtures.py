@@ -282,7 +282,8 @@ def make_serving(checkpoint: str, tmp_path, **options):
 def running_app(serving, handle: Optional[dict] = None):
     """Serve a ServingApp with uvicorn on a free loopback port in a thread; yields the base URL
     (``handle["server"]``, when given, is the uvicorn server: set its ``should_exit`` to drain)."""
-    from aghmn_runtime.serving.cli import bind_socket, build_server
+    from aghmn_runtime.serving.cli import build_server
+    from aghmn_runtime.serving.sockets import bind_socket
 
     sock = bind_socket("127.0.0.1", 0)
     server = build_server(serving)

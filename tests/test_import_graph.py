@@ -1,15 +1,16 @@
 """The package's import graph, read from the source with ``ast``: every ``import`` and ``from ...
 import`` of every module, at the top or inside a function (lazy), and ``importlib.import_module``
 of a literal name. No module may reach itself through imports (no loop, lazy ones included), and
-the layers import downwards only: the command line above training, training above inference."""
+the layers import downwards only: the command line above training, training above inference.
+The same holds for ``aghmn_runtime`` (the runtime distribution, with the server)."""
 import ast
 import pathlib
 
 import pytest
 
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "aghmn_fast"
-# Loops the serving branches own (issue 31): the lead removes this entry once serving has moved.
-KNOWN_SERVING_LOOP = {"aghmn_fast.serving.store", "aghmn_fast.serving.redis_store"}
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "aghmn_fast"
+RUNTIME_PACKAGE = REPO / "runtime" / "aghmn_runtime"
 
 
 def _top_package_attributes(tree, modules):
@@ -26,6 +27,8 @@ COMPUTED_IMPORTS = {
     # the op registry discovers every op package's op.py
     "aghmn_fast.ops.catalog": lambda tree, modules: [m for m in modules if m.startswith("aghmn_fast.ops.")
                                                   and m.endswith(".op")],
+    # the server's torch engine: aghmn_fast.serving_engine, another distribution's module
+    "aghmn_runtime.serving.recognizers": lambda tree, modules: [],
 }
 
 
@@ -134,15 +137,15 @@ def test_the_scan_sees_lazy_relative_and_literal_imports(tmp_path):
     assert loops(graph) == [{"aghmn_fast.sub.a", "aghmn_fast.sub.b", "aghmn_fast.c"}]
 
 
-def test_no_import_loop_in_the_package():
-    found = [sorted(loop) for loop in loops(import_graph()) if loop != KNOWN_SERVING_LOOP]
+@pytest.mark.parametrize("root", [PACKAGE, RUNTIME_PACKAGE], ids=lambda p: p.name)
+def test_no_import_loop_in_the_package(root):
+    found = [sorted(loop) for loop in loops(import_graph(root))]
     assert not found, f"import loops: {found}"
 
 
 @pytest.mark.parametrize("lower, upper", [
     ("aghmn_fast.training", "aghmn_fast.cli"),
     ("aghmn_fast.streaming", "aghmn_fast.training"),
-    ("aghmn_fast.serving", "aghmn_fast.training"),
     ("aghmn_fast.models", "aghmn_fast.training"),
     ("aghmn_fast.models", "aghmn_fast.streaming"),
     ("aghmn_fast.data", "aghmn_fast.models"),
@@ -160,3 +163,15 @@ def test_only_the_command_line_imports_the_command_line():
     wrong = sorted(m for m, targets in graph.items() if not m.startswith("aghmn_fast.cli")
                    and any(t.startswith("aghmn_fast.cli") for t in targets))
     assert not wrong
+
+
+def test_the_server_imports_nothing_of_aghmn_fast_by_name():
+    """aghmn_runtime (and its server) installs without aghmn-fast: no import of it, lazy or not,
+    but the torch engine's plug-in module, which it loads by a name it can do without."""
+    wrong = []
+    for path in RUNTIME_PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            wrong += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("aghmn_fast", "torch")]
+    assert not wrong, wrong

@@ -45,9 +45,20 @@ from .engine import ConversationEngine, ServingError, check_conversation_id, che
 from .memory import BOOKKEEPING_BYTES, default_budget, live_capacity
 from .metrics import ServerMetrics
 from .recognizers import load_recognizer
-from .store import ConversationStore, open_store
+from .store import ConversationStore, MemoryStore, SQLiteStore
 
 log = logging.getLogger("aghmn_runtime.serving")
+
+
+def open_store(url: Optional[str], window: int, ttl_seconds: Optional[float] = None) -> ConversationStore:
+    """The store named by ``url``: ``redis://...`` (Redis), ``memory`` (not durable), or a file
+    path (SQLite). ``None`` means ``memory``."""
+    if url is None or url == "memory":
+        return MemoryStore(window)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .redis_store import RedisStore   # the redis package only when asked for
+        return RedisStore(url, window, ttl_seconds=ttl_seconds)
+    return SQLiteStore(url, window)
 
 
 @dataclasses.dataclass

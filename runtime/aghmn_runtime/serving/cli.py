@@ -7,11 +7,11 @@ installed (the torch engine's plug-in, see :mod:`.recognizers`)."""
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import signal
-import socket
 import sys
+
+from .sockets import bind_socket
 
 TOKEN_ENV = "AGHMN_SERVE_TOKEN"
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130   # the exit codes of aghmn-fast's CLI
@@ -143,24 +143,6 @@ def resolve_max_connections(config) -> None:
     elif limit is not None and config.max_connections > limit - spare:
         raise ValueError(f"--max-connections {config.max_connections} is more than this process can open: "
                          f"{limit} file descriptors (ulimit -n) minus {spare} for the store and logs")
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A bound TCP socket; a port in use or a bad address is a ValueError naming them."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ValueError(f"--host {host!r} is not an address of this machine: {exc}") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used: {exc.strerror}"
-        raise ValueError(f"port {port} on {host} {why}") from None
-    return sock
 
 
 def build_server(serving):

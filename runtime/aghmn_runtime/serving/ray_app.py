@@ -133,7 +133,7 @@ def run_ray(config, replicas: int, redis_url: Optional[str], address: Optional[s
     tuning = {k: v for k, v in RAY_ENV_DEFAULTS.items() if k not in os.environ}
     os.environ.update(tuning)
     timeout = float(os.environ.get("AGHMN_RAY_START_TIMEOUT", START_TIMEOUT_S))
-    from .cli import bind_socket
+    from .sockets import bind_socket
     bind_socket(config.host, config.port).close()   # a port in use: one line, exit 2, before Ray starts
     # Ray's native failure-signal handler, installed in this driver by ray.init, turns a SIGTERM
     # into a stack dump and an abort (exit 134): off in the driver (read when ray is imported),

@@ -263,14 +263,3 @@ def _check_window(window) -> int:
         raise ValueError(f"window must be a positive int, got {window!r}")
     return window
 
-
-def open_store(url: Optional[str], window: int, ttl_seconds: Optional[float] = None) -> ConversationStore:
-    """The store named by ``url``: ``redis://...`` (Redis), ``memory`` (not durable), or a file
-    path (SQLite). ``None`` means ``memory``."""
-    if url is None or url == "memory":
-        return MemoryStore(window)
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from .redis_store import RedisStore
-        return RedisStore(url, window, ttl_seconds=ttl_seconds)
-    return SQLiteStore(url, window)
-
