@@ -27,6 +27,7 @@ from .._io import atomic_torch_save
 from ..data import Vocabulary, tokenize
 from ..models import AGHMN
 from ..models.checkpoint import load_checkpoint
+from ..precision import check_precision
 from .modes import DEFAULT_ORDER, MODES, Mode, fusion_weights
 from .store import RingStore
 
@@ -71,6 +72,10 @@ class StreamingRecognizer:
             run on a GPU yet).
         path: the former name of ``mode`` (deprecated: a ``DeprecationWarning``; removed in the
             next release).
+        precision: ``"fp32"`` (default: the model's own dtype) or ``"bf16"``: the weights, the
+            embedding table and the ring store in bfloat16, arithmetic in float32, half the
+            state bytes per conversation (the "push" mode only: CPU, a float32 model, the
+            compiled extension; the native runtime gives the same probabilities bit for bit).
 
     Text handling: utterances are tokenized as in training and truncated to the model's
     ``max_len`` (60) tokens, so a 10,000-word utterance costs as much as a 60-word one; empty or
@@ -89,7 +94,8 @@ class StreamingRecognizer:
 
     def __init__(self, model: AGHMN, device=None, *, vocab: Optional[Vocabulary] = None,
                  label_names: Optional[Sequence[str]] = None, mode: Optional[str] = None,
-                 path: Optional[str] = None):
+                 path: Optional[str] = None, precision: str = "fp32"):
+        self.precision = check_precision(precision)
         if not isinstance(model, AGHMN):
             raise TypeError(f"model must be an aghmn_fast.models.AGHMN, got {type(model).__name__}")
         self.vocab = vocab if vocab is not None else getattr(model, "vocab", None)
@@ -110,36 +116,48 @@ class StreamingRecognizer:
             if mode is not None and mode != path:
                 raise ValueError(f"mode={mode!r} and its deprecated name path={path!r} disagree")
             mode = path
+        if precision == "bf16":
+            if mode not in (None, "push"):
+                raise ValueError(f"precision='bf16' runs in mode 'push' only, got mode={mode!r}")
+            mode = "push"
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))} or None, "
                              f"got {mode!r}")
         w_ih, b_ih, _, _ = fusion_weights(self.model)
-        self.store = RingStore(self.window, self.hidden, w_ih, b_ih, dtype=self.dtype,
+        store_dtype = torch.bfloat16 if precision == "bf16" else self.dtype
+        self.store = RingStore(self.window, self.hidden, w_ih, b_ih, dtype=store_dtype,
                                device=self.device)
         self.num_dirs = self.store.num_dirs
         self.compute: Mode = self._choose_mode(mode)
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path, device=None, backend: Optional[str] = None) -> "StreamingRecognizer":
+    def from_checkpoint(cls, path, device=None, backend: Optional[str] = None,
+                        precision: str = "fp32") -> "StreamingRecognizer":
         """A recognizer for a checkpoint written by ``aghmn-fast train``; for a list of two or more
         paths, an :class:`~aghmn_fast.streaming.EnsembleRecognizer` averaging them (opt-in: N
         times the work per push).
 
+        ``precision``: ``"fp32"`` or ``"bf16"`` (see the class doc).
+
         Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not
-        a valid checkpoint, an unavailable ``device`` or an unavailable ``backend`` (and, for an
+        a valid checkpoint, an unavailable ``device``, ``backend`` or ``precision`` (and, for an
         ensemble, members of different labels or windows).
         """
+        check_precision(precision)
         if isinstance(path, (list, tuple)):
             if len(path) == 1:
                 path = path[0]
             else:
                 from .ensemble import EnsembleRecognizer
+                if precision != "fp32":
+                    raise ValueError("precision: an ensemble runs in fp32 only, got "
+                                     f"{precision!r}")
                 return EnsembleRecognizer.from_checkpoints(path, device=device, backend=backend)
         if device is not None:
             device = _usable_device(device)
         model, vocab, labels, _ = load_checkpoint(path, backend=backend)
-        return cls(model, device, vocab=vocab, label_names=labels)
+        return cls(model, device, vocab=vocab, label_names=labels, precision=precision)
 
     def _choose_mode(self, mode: Optional[str]) -> Mode:
         # Modes pack or look up what they need here: a model changed afterwards needs a new
@@ -148,6 +166,10 @@ class StreamingRecognizer:
             compute = MODES[name].create(self.model, self.store)
             if compute is not None:
                 return compute
+        if self.precision == "bf16":
+            raise ValueError(f"precision='bf16' needs the 'push' mode (CPU, a float32 model, the "
+                             f"compiled extension), not available here (device {self.device}, "
+                             f"dtype {self.dtype}, backends loaded: {ops.backends()})")
         available = next(n for n in DEFAULT_ORDER
                          if MODES[n].create(self.model, self.store) is not None)
         raise ValueError(f"mode {mode!r} is not available here (device {self.device}, dtype "
