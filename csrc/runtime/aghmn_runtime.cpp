@@ -139,6 +139,11 @@ int aghmn_model_window(const aghmn_model* model) {
   return static_cast<int>(model->model->dims.K);
 }
 
+const char* aghmn_model_precision(const aghmn_model* model) {
+  if (model == nullptr || !live(model)) return nullptr;
+  return model->model->bf16 ? "bf16" : "fp32";
+}
+
 aghmn_status aghmn_session_create(const aghmn_model* model, aghmn_session** out) {
   return guarded([&] {
     check_handle(model, "model");

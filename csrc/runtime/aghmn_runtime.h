@@ -101,6 +101,11 @@ AGHMN_API aghmn_status aghmn_session_load(aghmn_session *s, const char *path);
 AGHMN_API aghmn_status aghmn_normalize(const char *text, size_t len, char *out, size_t cap,
                                        size_t *needed);
 
+/* The storage precision of the model's weights and of its sessions' ring stores: "fp32" or
+ * "bf16" (metadata aghmn.precision, docs/RUNTIME.md); the arithmetic is fp32 either way. A
+ * static string; NULL on NULL. */
+AGHMN_API const char *aghmn_model_precision(const aghmn_model *model);
+
 #ifdef __cplusplus
 }
 #endif

@@ -14,6 +14,7 @@
 
 #include "runtime/cnn_reader.h"
 #include "runtime/runtime_internal.h"
+#include "common/bf16_cpu.h"
 #include "runtime/stream_calls.h"
 #include "runtime/tokenizer.h"
 
@@ -40,9 +41,33 @@ void put(std::vector<unsigned char>& out, const T& v) {
   out.insert(out.end(), p, p + sizeof(T));
 }
 
-void put_floats(std::vector<unsigned char>& out, const float* p, size_t n) {
-  const auto* b = reinterpret_cast<const unsigned char*>(p);
-  out.insert(out.end(), b, b + n * sizeof(float));
+// n store elements of es bytes (4: float, 2: bf16 bits) as floats: a state file holds fp32
+// whatever the model's precision (bf16 widens exactly).
+void put_floats(std::vector<unsigned char>& out, const unsigned char* p, size_t n, int64_t es) {
+  if (es == 4) {
+    out.insert(out.end(), p, p + n * sizeof(float));
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t b;
+    std::memcpy(&b, p + 2 * i, 2);
+    put(out, cpu::bf16_float(b));
+  }
+}
+
+// n floats of a state file into store elements of es bytes (bf16: rounded, exact for values
+// a bf16 store saved).
+void get_floats(unsigned char* dst, const unsigned char* src, size_t n, int64_t es) {
+  if (es == 4) {
+    std::memcpy(dst, src, n * sizeof(float));
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    float f;
+    std::memcpy(&f, src + 4 * i, 4);
+    const uint16_t b = cpu::bf16_bits(f);
+    std::memcpy(dst + 2 * i, &b, 2);
+  }
 }
 
 }  // namespace
@@ -54,15 +79,16 @@ void Session::reserve(int64_t conversations) {
   while (cap < conversations) cap *= 2;
   if (cap == capacity_) return;
   const ModelDims& d = model_->dims;
-  const int64_t K = d.K, H = d.H, W = width();
+  const int64_t K = d.K, H = d.H, W = width(), es = elem();
   const int64_t old_rows = capacity_ * K, rows = cap * K;
-  std::unique_ptr<float[]> u(new float[rows * H]), proj(new float[W * rows * 3 * H]);
+  std::unique_ptr<unsigned char[]> u(new unsigned char[rows * H * es]),
+      proj(new unsigned char[W * rows * 3 * H * es]);
   for (const Conversation& c : convs_) {  // only blocks in use hold anything
     const int64_t r = c.block * K;
-    std::copy(u_.get() + r * H, u_.get() + (r + K) * H, u.get() + r * H);
+    std::memcpy(u.get() + r * H * es, u_.get() + r * H * es, K * H * es);
     for (int64_t w = 0; w < W; ++w)
-      std::copy(proj_.get() + (w * old_rows + r) * 3 * H, proj_.get() + (w * old_rows + r + K) * 3 * H,
-                proj.get() + (w * rows + r) * 3 * H);
+      std::memcpy(proj.get() + (w * rows + r) * 3 * H * es,
+                  proj_.get() + (w * old_rows + r) * 3 * H * es, K * 3 * H * es);
   }
   free_.reserve(cap);
   for (int64_t b = cap - 1; b >= capacity_; --b) free_.push_back(b);  // the lowest is taken first
@@ -74,11 +100,10 @@ void Session::reserve(int64_t conversations) {
 int64_t Session::open(const std::string& id) {
   const int64_t block = free_.back();
   free_.pop_back();
-  const int64_t K = model_->dims.K, H = model_->dims.H, rows = capacity_ * K;
-  std::fill(u_.get() + block * K * H, u_.get() + (block + 1) * K * H, 0.0f);
+  const int64_t K = model_->dims.K, H = model_->dims.H, rows = capacity_ * K, es = elem();
+  std::memset(u_.get() + block * K * H * es, 0, K * H * es);  // +0.0 in float and in bf16
   for (int64_t w = 0; w < width(); ++w)
-    std::fill(proj_.get() + (w * rows + block * K) * 3 * H,
-              proj_.get() + (w * rows + (block + 1) * K) * 3 * H, 0.0f);
+    std::memset(proj_.get() + (w * rows + block * K) * 3 * H * es, 0, K * 3 * H * es);
   index_.emplace(id, convs_.size());
   convs_.push_back({id, block, 0});
   return static_cast<int64_t>(convs_.size() - 1);
@@ -178,7 +203,7 @@ int64_t Session::utterances_seen(const std::string& id) const {
 void Session::save(const char* path) const {
   if (path == nullptr) fail(AGHMN_ERR_INVALID_ARGUMENT, "path is NULL");
   const ModelDims& d = model_->dims;
-  const int64_t K = d.K, H = d.H, W = width(), rows = capacity_ * K;
+  const int64_t K = d.K, H = d.H, W = width(), rows = capacity_ * K, es = elem();
   std::vector<unsigned char> out;
   out.insert(out.end(), kStateMagic, kStateMagic + 8);
   put(out, kStateVersion);
@@ -191,9 +216,9 @@ void Session::save(const char* path) const {
     put(out, static_cast<uint64_t>(c.count));
   }
   for (const Conversation& c : convs_) {
-    put_floats(out, u_.get() + c.block * K * H, K * H);
+    put_floats(out, u_.get() + c.block * K * H * es, K * H, es);
     for (int64_t w = 0; w < W; ++w)
-      put_floats(out, proj_.get() + (w * rows + c.block * K) * 3 * H, K * 3 * H);
+      put_floats(out, proj_.get() + (w * rows + c.block * K) * 3 * H * es, K * 3 * H, es);
   }
   put(out, fnv1a(out.data(), out.size()));
 
@@ -256,13 +281,14 @@ void Session::load(const char* path) {
   if (r.remaining() != n * (per_conv - 12)) bad("store size does not match the conversations");
   int64_t cap = 4;
   while (cap < static_cast<int64_t>(n)) cap *= 2;
-  const int64_t rows = cap * K;
-  std::unique_ptr<float[]> u(new float[rows * H]), proj(new float[W * rows * 3 * H]);
+  const int64_t rows = cap * K, es = elem();
+  std::unique_ptr<unsigned char[]> u(new unsigned char[rows * H * es]),
+      proj(new unsigned char[W * rows * 3 * H * es]);
   for (uint64_t i = 0; i < n; ++i) {
-    std::memcpy(u.get() + i * K * H, r.take(K * H * 4, "u"), K * H * 4);
+    get_floats(u.get() + i * K * H * es, r.take(K * H * 4, "u"), K * H, es);
     for (int64_t w = 0; w < W; ++w)
-      std::memcpy(proj.get() + (w * rows + i * K) * 3 * H, r.take(K * 3 * H * 4, "proj"),
-                  K * 3 * H * 4);
+      get_floats(proj.get() + (w * rows + i * K) * 3 * H * es, r.take(K * 3 * H * 4, "proj"),
+                 K * 3 * H, es);
   }
   std::vector<int64_t> free_blocks;
   for (int64_t b = cap - 1; b >= static_cast<int64_t>(n); --b) free_blocks.push_back(b);

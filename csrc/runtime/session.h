@@ -47,9 +47,11 @@ class Session {
   std::unordered_map<std::string, size_t> index_;  // id -> position in convs_
   std::vector<int64_t> free_;                      // free blocks, the next one last
   int64_t capacity_ = 0;                           // blocks
-  // [capacity * K, H] and [width, capacity * K, 3H], left uninitialised (a block is zeroed when a
-  // conversation takes it): the capacity not in use costs address space, not resident memory.
-  std::unique_ptr<float[]> u_, proj_;
+  // [capacity * K, H] and [width, capacity * K, 3H] of elem() bytes each (float, or bf16 bits for
+  // a bf16 model), left uninitialised (a block is zeroed when a conversation takes it): the
+  // capacity not in use costs address space, not resident memory.
+  int64_t elem() const { return model_->bf16 ? 2 : 4; }
+  std::unique_ptr<unsigned char[]> u_, proj_;
 };
 
 }  // namespace rt

@@ -92,6 +92,7 @@ class Model {
   const aghmn_model* get() const { return model_; }
   int num_labels() const { return aghmn_model_num_labels(model_); }
   int window() const { return aghmn_model_window(model_); }
+  std::string precision() const { return aghmn_model_precision(model_); }
   std::vector<std::string> labels() const {
     std::vector<std::string> out;
     for (int i = 0; i < num_labels(); ++i) out.emplace_back(aghmn_model_label(model_, i));
@@ -324,7 +325,9 @@ PYBIND11_MODULE(_native, m) {
   py::class_<Model, std::shared_ptr<Model>>(m, "Model", "A loaded .aghmn model file.")
       .def(py::init<const std::string&>(), py::arg("path"))
       .def_property_readonly("labels", &Model::labels, "Class names, in class-id order.")
-      .def_property_readonly("window", &Model::window, "K, the memory window.");
+      .def_property_readonly("window", &Model::window, "K, the memory window.")
+      .def_property_readonly("precision", &Model::precision,
+                             "Storage precision of the weights and ring store: fp32 or bf16.");
 
   py::class_<Session>(m, "Session", "Conversations and their ring store over one Model.")
       .def(py::init<std::shared_ptr<Model>>(), py::arg("model"))
