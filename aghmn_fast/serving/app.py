@@ -40,6 +40,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from ..precision import check_precision
 from .batcher import MicroBatcher, Overloaded
 from .engine import ConversationEngine, ServingError, check_conversation_id, check_index, check_text
 from .metrics import ServerMetrics
@@ -67,6 +68,7 @@ class ServeConfig:
     max_batch_items: int = 1024
     threads: int = 1
     backend: Optional[str] = None
+    precision: str = "fp32"                 # "bf16": StreamingRecognizer(precision="bf16")
     worker_thread: bool = False
     max_connections: Optional[int] = None   # None: 4096, or the descriptor limit - 64 if lower
     max_header_bytes: int = 16_384          # request line + headers
@@ -76,6 +78,7 @@ class ServeConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range option."""
+        check_precision(self.precision, "--precision")
         positive = ("max_batch", "max_queue", "max_conversations", "max_body_bytes", "max_text_chars",
                     "max_batch_items", "threads", "max_header_bytes", "max_url_bytes")
         if self.max_connections is not None:
@@ -146,7 +149,8 @@ class ServingApp:
     def __init__(self, config: ServeConfig, store: Optional[ConversationStore] = None):
         config.validate()
         self.config = config
-        recognizer = load_recognizer(config.checkpoint, backend=config.backend, threads=config.threads)
+        recognizer = load_recognizer(config.checkpoint, backend=config.backend, threads=config.threads,
+                                     precision=config.precision)
         self.metrics = ServerMetrics()
         if store is None:
             store = open_store(config.state, recognizer.window, config.ttl_seconds)

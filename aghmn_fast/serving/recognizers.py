@@ -54,14 +54,16 @@ def is_runtime_model(path: str) -> bool:
         return False
 
 
-def load_recognizer(path, backend: Optional[str] = None, threads: int = 1) -> Recognizer:
+def load_recognizer(path, backend: Optional[str] = None, threads: int = 1,
+                    precision: str = "fp32") -> Recognizer:
     """The recognizer of a checkpoint (torch) or of an exported ``.aghmn`` model (the native
     runtime; ``backend`` must then be None and ``threads`` is ignored: the runtime computes a
     push on the calling thread). A list of two or more checkpoints is an ensemble
-    (:class:`~aghmn_fast.streaming.EnsembleRecognizer`, torch checkpoints only).
+    (:class:`~aghmn_fast.streaming.EnsembleRecognizer`, torch checkpoints only). ``precision``:
+    the torch recognizer's (``"fp32"`` or ``"bf16"``); a ``.aghmn`` model carries its own.
 
-    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an invalid one or a
-    ``backend`` given with a ``.aghmn`` model, ``ImportError`` when the runtime wheel is needed
+    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an invalid one, a
+    ``backend`` or a precision other than fp32 given with a ``.aghmn`` model, ``ImportError`` when the runtime wheel is needed
     and not installed.
     """
     paths = [path] if isinstance(path, str) else list(path)
@@ -79,6 +81,9 @@ def load_recognizer(path, backend: Optional[str] = None, threads: int = 1) -> Re
         if backend is not None:
             raise ValueError(f"--backend {backend!r} applies to checkpoints; {path} is a .aghmn "
                              "model, served by the native runtime")
+        if precision != "fp32":
+            raise ValueError(f"--precision {precision!r} applies to checkpoints; {path} is a .aghmn "
+                             "model, which carries its precision (aghmn-fast export --precision)")
         try:
             import aghmn_runtime
         except ImportError:
@@ -89,7 +94,8 @@ def load_recognizer(path, backend: Optional[str] = None, threads: int = 1) -> Re
 
     from ..streaming import StreamingRecognizer
     torch.set_num_threads(threads)
-    return StreamingRecognizer.from_checkpoint(path if len(paths) == 1 else paths, backend=backend)
+    return StreamingRecognizer.from_checkpoint(path if len(paths) == 1 else paths, backend=backend,
+                                               precision=precision)
 
 
 __all__ = ["Recognizer", "RUNTIME_MAGIC", "is_runtime_model", "load_recognizer"]
