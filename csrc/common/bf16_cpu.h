@@ -33,13 +33,19 @@ struct Bf16 {
 template <typename S>
 constexpr bool is_bf16() { return std::is_same<S, Bf16>::value; }
 
-// fp32 -> bf16, round to nearest, ties to even; NaN stays a (quiet) NaN of the same sign.
+// The float32 bits u rounded to bf16 (the result's low 16 bits are 0): round to nearest, ties
+// to even; a NaN stays a (quiet) NaN of the same sign. Branch-free, so loops over it vectorise.
+AGHMN_INLINE uint32_t bf16_round_u32(uint32_t u) {
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  const uint32_t quiet = (u & 0xffff0000u) | 0x00400000u;
+  return (u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded;
+}
+
+// fp32 -> bf16 bits (bf16_round_u32).
 inline uint16_t bf16_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
+  return static_cast<uint16_t>(bf16_round_u32(u) >> 16);
 }
 
 inline float bf16_float(uint16_t b) {
@@ -111,7 +117,9 @@ gemm_tile_dpbf16(int64_t Kh, const uint32_t* in, int64_t ld_in, const uint32_t* 
 }
 #endif
 
-// out[m][0:NV vectors) = init_m + sum over k pairs (in: bf16 pair words [M][Kh]).
+// out[m][0:NV vectors) = init_m + sum over k pairs. in: with vdpbf16ps the bf16 pair words
+// [M][Kh]; otherwise the inputs rounded to bf16 as floats [M][2 Kh] (viewed as words: a
+// broadcast from memory per value, as the fp32 GEMM does, and no conversion in the loop).
 template <typename Isa, int MR, int NV>
 AGHMN_INLINE void gemm_tile_bf16(int64_t Kh, const uint32_t* in, int64_t ld_in, const uint32_t* A,
                                  int64_t lda, const float* init, int64_t ld_init, float* out,
@@ -137,9 +145,8 @@ AGHMN_INLINE void gemm_tile_bf16(int64_t Kh, const uint32_t* in, int64_t ld_in, 
       hi[v] = (V)(a & 0xffff0000u);
     }
     for (int m = 0; m < MR; ++m) {
-      const uint32_t word = in[m * ld_in + k];
-      const float s_lo = bf16_float(static_cast<uint16_t>(word));
-      const float s_hi = bf16_float(static_cast<uint16_t>(word >> 16));
+      const float* pair = reinterpret_cast<const float*>(in + m * ld_in + 2 * k);
+      const float s_lo = pair[0], s_hi = pair[1];
       for (int v = 0; v < NV; ++v) {
         acc[m][v] += hi[v] * s_hi;
         acc[m][v] += lo[v] * s_lo;
@@ -155,12 +162,11 @@ AGHMN_INLINE void gemm_tile_bf16(int64_t Kh, const uint32_t* in, int64_t ld_in, 
     for (int c = 0; c < NV * W; ++c) acc[m][c] = init[m * ld_init + c];
   for (int64_t k = 0; k < Kh; ++k)
     for (int m = 0; m < MR; ++m) {
-      const uint32_t word = in[m * ld_in + k];
+      const float* pair = reinterpret_cast<const float*>(in + m * ld_in + 2 * k);
       for (int c = 0; c < NV * W; ++c) {
         const uint32_t a = A[k * lda + c];
-        acc[m][c] += bf16_float(static_cast<uint16_t>(a >> 16)) *
-                     bf16_float(static_cast<uint16_t>(word >> 16));
-        acc[m][c] += bf16_float(static_cast<uint16_t>(a)) * bf16_float(static_cast<uint16_t>(word));
+        acc[m][c] += bf16_float(static_cast<uint16_t>(a >> 16)) * pair[1];
+        acc[m][c] += bf16_float(static_cast<uint16_t>(a)) * pair[0];
       }
     }
   for (int m = 0; m < MR; ++m)
@@ -201,24 +207,40 @@ AGHMN_INLINE void gemm_rows_bf16(int64_t M, int64_t K, int64_t Np, const float* 
                                  int64_t ld_out, bool backwards = false) {
   constexpr int W = Isa::kBytes / 4;
   const int64_t nvec = Np / W, Kh = (K + 1) / 2;
+  // The inputs rounded once per call (vectorised loops): bf16 pair words for vdpbf16ps (ld Kh
+  // words), else rounded floats (ld 2 Kh words); a padding column is 0.
+  const int64_t ld = Isa::kBf16Dot ? Kh : 2 * Kh;
   static thread_local std::vector<uint32_t> pairs;
-  if (static_cast<int64_t>(pairs.size()) < M * Kh) pairs.resize(M * Kh);
+  if (static_cast<int64_t>(pairs.size()) < M * 2 * Kh) pairs.resize(M * 2 * Kh);
   uint32_t* pin = pairs.data();
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k2 = 0; k2 < Kh; ++k2) {
-      const float* x = in + m * ld_in + 2 * k2;
-      const uint32_t lo = bf16_bits(x[0]);
-      const uint32_t hi = 2 * k2 + 1 < K ? bf16_bits(x[1]) : 0u;
-      pin[m * Kh + k2] = lo | (hi << 16);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* x = in + m * ld_in;
+    if constexpr (Isa::kBf16Dot) {
+      uint16_t* row = reinterpret_cast<uint16_t*>(pin + m * ld);  // little-endian pair words
+      for (int64_t k = 0; k < K; ++k) {
+        uint32_t u;
+        std::memcpy(&u, x + k, 4);
+        row[k] = static_cast<uint16_t>(bf16_round_u32(u) >> 16);
+      }
+      if (K & 1) row[K] = 0;
+    } else {
+      uint32_t* row = pin + m * ld;
+      for (int64_t k = 0; k < K; ++k) {
+        uint32_t u;
+        std::memcpy(&u, x + k, 4);
+        row[k] = bf16_round_u32(u);
+      }
+      if (K & 1) row[K] = 0;
     }
+  }
   gemm_blocks<Isa>(
       M, nvec, backwards,
       [&](int nv, int64_t c) {
-        gemm_tile_bf16_nv<Isa, 1, Isa::kVecs1>(nv, Kh, pin, Kh, A + c * W, Np, init + c * W,
+        gemm_tile_bf16_nv<Isa, 1, Isa::kVecs1>(nv, Kh, pin, ld, A + c * W, Np, init + c * W,
                                                ld_init, out + c * W, ld_out);
       },
       [&](int mr, int nv, int64_t m0, int64_t c) {
-        gemm_tile_bf16_mr<Isa, Isa::kRows>(mr, nv, Kh, pin + m0 * Kh, Kh, A + c * W, Np,
+        gemm_tile_bf16_mr<Isa, Isa::kRows>(mr, nv, Kh, pin + m0 * ld, ld, A + c * W, Np,
                                            init + m0 * ld_init + c * W, ld_init,
                                            out + m0 * ld_out + c * W, ld_out);
       });
