@@ -21,6 +21,8 @@ import math
 import struct
 from typing import TYPE_CHECKING, Dict, List, Mapping, Sequence, Tuple, Union
 
+from .precision import check_precision
+
 if TYPE_CHECKING:
     import torch
 
@@ -30,6 +32,7 @@ ALIGN = 64
 FLAG_REQUIRED = 1
 KV_INT64, KV_STRING, KV_STRINGS = 1, 2, 3
 DTYPE_F32 = 0
+DTYPE_BF16 = 1  # bfloat16 bits, rounded by precision.bf16_bits (export --precision bf16)
 TOKENIZER = "aghmn-words-1"   # aghmn_fast.data.text's rules; the runtime refuses another kind
 READERS = ("bigru", "cnn")
 FNV_OFFSET, FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
@@ -118,21 +121,43 @@ def kv_section(kv: Mapping[str, KvValue]) -> bytes:
     return b"".join(out)
 
 
-def tensor_sections(tensors: Sequence[Tuple[str, "torch.Tensor"]]) -> Tuple[bytes, bytes]:
+def tensor_sections(tensors: Sequence[Tuple[str, "torch.Tensor"]],
+                    bf16_names: Sequence[str] = ()) -> Tuple[bytes, bytes]:
     """The ``tensors`` directory and the ``data`` payload of named tensors (in the given order):
-    per tensor its name, u32 dtype (0: f32), u32 ndim, u64 dims, u64 offset into ``data`` (a
-    multiple of 64); ``data`` holds the float32 little-endian values, zero-padded."""
+    per tensor its name, u32 dtype (0: f32, 1: bf16), u32 ndim, u64 dims, u64 offset into
+    ``data`` (a multiple of 64); ``data`` holds the little-endian values, zero-padded. The
+    tensors named in ``bf16_names`` are stored as bf16 (rounded by ``precision.bf16_bits``)."""
     import torch   # here, not at the top: the CLI registers this module for every command
+
+    from .precision import bf16_bits
     directory, data = [struct.pack("<Q", len(tensors))], bytearray()
+    bf16 = set(bf16_names)
     for name, t in tensors:
         t = t.detach().to(torch.float32).contiguous().cpu()
         if not 1 <= t.dim() <= MAX_DIMS:
             raise ValueError(f"tensor {name}: {t.dim()} dimensions (1 to {MAX_DIMS} are stored)")
-        directory += [_string(name), struct.pack("<II", DTYPE_F32, t.dim()),
+        dtype = DTYPE_BF16 if name in bf16 else DTYPE_F32
+        directory += [_string(name), struct.pack("<II", dtype, t.dim()),
                       struct.pack(f"<{t.dim()}Q", *t.shape), struct.pack("<Q", len(data))]
-        data += t.numpy().astype("<f4").tobytes()
+        if dtype == DTYPE_BF16:
+            data += bf16_bits(t.numpy()).astype("<u2").tobytes()
+        else:
+            data += t.numpy().astype("<f4").tobytes()
         data += b"\0" * _pad(len(data))
     return b"".join(directory), bytes(data)
+
+
+def bf16_tensor_names(state_dict: Mapping[str, "torch.Tensor"], reader: str) -> List[str]:
+    """The tensors a bf16 file stores as bf16: those the stream kernel keeps in bf16, the
+    BiGRU reader's embedding table and the weight matrices (2-D ``*weight*``) of the BiGRU
+    reader, the fusion GRU, the AGRU cells and the classifier. Biases and the CNN reader (its
+    table included: it runs in fp32 outside the kernel) stay f32, so the runtime and the torch
+    push path (which rounds the same tensors) agree bit for bit."""
+    kernel = ("fusion.", "agru.", "classifier.")
+    if reader == "bigru":
+        kernel += ("embedding.", "reader.gru.", "reader.proj.")
+    return [n for n, t in state_dict.items()
+            if n.startswith(kernel) and "weight" in n.rsplit(".", 1)[-1] and t.dim() == 2]
 
 
 def pack_file(sections: Sequence[Tuple[str, bytes, bool]]) -> bytes:
@@ -173,9 +198,10 @@ def check_labels(label_names: Sequence[str]) -> None:
 
 def model_sections(state_dict: Mapping[str, "torch.Tensor"], config: Mapping, itos: Sequence[str],
                    label_names: Sequence[str], producer: str,
-                   source_digest: str = "") -> List[Tuple[str, bytes, bool]]:
+                   source_digest: str = "", precision: str = "fp32") -> List[Tuple[str, bytes, bool]]:
     """The sections of a model: its state dict, configuration (an ``AGHMNConfig`` as a dict),
-    vocabulary (id-ordered tokens) and labels.
+    vocabulary (id-ordered tokens) and labels. ``precision="bf16"`` stores the tensors of
+    :func:`bf16_tensor_names` as bf16 and sets ``aghmn.precision`` (absent: fp32).
 
     Raises ``ValueError`` for a model the runtime cannot run (a sentence reader), non-finite
     weights, a vocabulary that does not fit the embedding table, or bad label names."""
@@ -209,13 +235,19 @@ def model_sections(state_dict: Mapping[str, "torch.Tensor"], config: Mapping, it
         kv["aghmn.cnn_filters"] = int(config["cnn_filters"])
     if source_digest:
         kv["general.source_digest"] = source_digest
-    directory, data = tensor_sections(list(state_dict.items()))
+    bf16_names: List[str] = []
+    if check_precision(precision) == "bf16":
+        kv["aghmn.precision"] = "bf16"
+        bf16_names = bf16_tensor_names(state_dict, reader)
+    directory, data = tensor_sections(list(state_dict.items()), bf16_names)
     return [("kv", kv_section(kv), True), ("tensors", directory, True), ("data", data, True)]
 
 
-def export_checkpoint(checkpoint: str, out: str) -> Dict:
+def export_checkpoint(checkpoint: str, out: str, precision: str = "fp32") -> Dict:
     """Write ``checkpoint`` (from ``aghmn-fast train``) as a ``.aghmn`` model file ``out``,
-    atomically. Returns a summary (reader, sizes, bytes written).
+    atomically. Returns a summary (reader, sizes, bytes written, precision). ``precision``:
+    ``"fp32"`` or ``"bf16"`` (weight matrices and embedding table in bf16: about half the
+    bytes; the runtime then computes as ``StreamingRecognizer(precision="bf16")``).
 
     Raises ``FileNotFoundError`` for a missing checkpoint and ``ValueError`` for a file that is
     not a checkpoint, a checkpoint whose tensors do not match its digest, non-finite weights or a
@@ -225,15 +257,16 @@ def export_checkpoint(checkpoint: str, out: str) -> Dict:
     from . import __version__
     from ._io import atomic_write
     from .models.checkpoint import load_checkpoint, tensor_digest
+    check_precision(precision)
     model, vocab, labels, _ = load_checkpoint(checkpoint)
     state = model.state_dict()
     config = dataclasses.asdict(model.config)
     data = pack_file(model_sections(state, config, vocab.itos, labels, f"aghmn_fast {__version__}",
-                                    tensor_digest(state)))
+                                    tensor_digest(state), precision))
     atomic_write(out, lambda f: f.write(data))
     return {"out": out, "bytes": len(data), "reader": model.config.reader,
             "labels": list(labels), "vocab": len(vocab.itos), "window": model.config.window,
-            "format_version": FORMAT_VERSION}
+            "format_version": FORMAT_VERSION, "precision": precision}
 
 
 # ---- reading (tests, golden files, tools) ----------------------------------------------------
@@ -290,11 +323,15 @@ def read_model_file(path_or_bytes) -> Tuple[Dict[str, KvValue], Dict[str, "torch
     tensors = {}
     for _ in range(take("<Q")[0]):
         name, (dtype, ndim) = string(), take("<II")
-        if dtype != DTYPE_F32:
-            raise ValueError(f"tensor {name}: dtype {dtype} (only f32, 0, is written)")
+        if dtype not in (DTYPE_F32, DTYPE_BF16):
+            raise ValueError(f"tensor {name}: dtype {dtype} (f32, 0, and bf16, 1, are written)")
         shape, (off,) = take(f"<{ndim}Q"), take("<Q")
         n = math.prod(shape)
-        values = np.frombuffer(data, dtype="<f4", count=n, offset=base + off)
+        if dtype == DTYPE_BF16:  # widened exactly to float32
+            bits = np.frombuffer(data, dtype="<u2", count=n, offset=base + off)
+            values = (bits.astype(np.uint32) << 16).view(np.float32)
+        else:
+            values = np.frombuffer(data, dtype="<f4", count=n, offset=base + off)
         tensors[name] = torch.from_numpy(values.copy()).reshape(shape)
     return kv, tensors, list(sections)
 

@@ -10,12 +10,19 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 
-def load_recognizer(checkpoint: Union[str, Sequence[str]], backend: Optional[str] = None, threads: int = 1):
+def load_recognizer(checkpoint: Union[str, Sequence[str]], backend: Optional[str] = None, threads: int = 1,
+                    precision: str = "fp32"):
     """The :class:`~aghmn_fast.streaming.StreamingRecognizer` of a checkpoint, or the
     :class:`~aghmn_fast.streaming.EnsembleRecognizer` of a list of them, computing on
-    ``threads`` torch threads with op backend ``backend`` (None: the fastest available)."""
+    ``threads`` torch threads with op backend ``backend`` (None: the fastest available), its
+    weights and ring store stored in ``precision`` ("fp32" or "bf16"; an ensemble: fp32 only)."""
     import torch
 
-    from .streaming import recognizer_from_checkpoints
+    from .streaming import StreamingRecognizer, recognizer_from_checkpoints
     torch.set_num_threads(threads)
-    return recognizer_from_checkpoints(checkpoint, backend=backend)
+    paths = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    if len(paths) == 1:
+        return StreamingRecognizer.from_checkpoint(paths[0], backend=backend, precision=precision)
+    if precision != "fp32":
+        raise ValueError(f"--precision {precision!r}: an ensemble runs in fp32 only")
+    return recognizer_from_checkpoints(paths, backend=backend)

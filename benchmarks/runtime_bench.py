@@ -5,7 +5,8 @@ runtime wheel's size, one push at K = 10 and K = 40, and push_many rounds of 1,0
 conversations.
 
     python benchmarks/runtime_bench.py [--checkpoint best.pt] [--c-example PATH]
-        [--load-bench PATH] [--data DIR] [--starts 10] [--out result.json]
+        [--load-bench PATH] [--data DIR] [--starts 10] [--threads 1,2]
+        [--precisions fp32,bf16] [--push-only] [--out result.json]
 
 Without --checkpoint the models are random-initialised at the paper's sizes (H = 100, 50-d
 word vectors, the MELD vocabulary when MELD is found, else a small synthetic one): weights do
@@ -16,6 +17,11 @@ cold start and memory are measured when given. --load-bench is csrc/runtime/test
 the checksum, and the packing of the kernel's weights at load, format 2) are measured when
 given. Prints a JSON record (machine, load, commit);
 --out writes it too. Cold starts of the engines take turns, so load bursts hit all of them.
+
+The push timings run at every precision of --precisions (both engines, the model file exported
+at each; in turns, so a load burst hits all of them) and for every thread count of --threads,
+each thread count in a process of its own (the runtime reads its thread count once);
+--push-only skips cold start, memory, wheel and load costs.
 """
 from __future__ import annotations
 
@@ -237,44 +243,107 @@ def measure_in_turns(steps: Dict[str, object], budget: Budget) -> Dict[str, dict
     return {name: {"wall": summarize(w), "cpu": summarize(c)} for name, (w, c) in raw.items()}
 
 
-def push_speed(rt, model: str, checkpoint: str, texts: Sequence[str],
+def push_speed(rt, models: Dict[str, str], checkpoint: str, texts: Sequence[str],
                budgets: Tuple[Budget, Budget] = (PUSH_BUDGET, ROUND_BUDGET)) -> Dict[str, dict]:
     """Per-call time of one push (64 conversations with full windows, taken in turn) and of a
     push_many round over 1,024 conversations (full windows), torch push path vs the runtime, both
-    on the threads of --threads."""
+    on the threads of $AGHMN_RUNTIME_THREADS, at each precision of ``models`` (precision -> the
+    model file exported at it; fp32's names carry no suffix)."""
     from aghmn_fast.streaming import StreamingRecognizer
     torch.set_num_threads(int(os.environ["AGHMN_RUNTIME_THREADS"]))
-    engines = {"torch": StreamingRecognizer.from_checkpoint(checkpoint),
-               "runtime": rt.StreamingRecognizer(model)}
-    K = engines["runtime"].window
-    ids = [f"r{i}" for i in range(1024)]
-    for rec in engines.values():
+    pushes, rounds = {}, {}
+    state_bytes = {}
+    for precision, model in models.items():
+        tag = "" if precision == "fp32" else f" {precision}"
+        torch_rec, native = _filled(StreamingRecognizer.from_checkpoint(checkpoint,
+                                                                        precision=precision),
+                                    rt.StreamingRecognizer(model), texts)
+        store = torch_rec.store
+        state_bytes[precision] = (store.u.numel() * store.u.element_size() + store.proj.numel()
+                                  * store.proj.element_size()) // store.capacity
+        pushes[f"push, torch StreamingRecognizer{tag}"] = _one_push(torch_rec, texts)
+        pushes[f"push, aghmn_runtime{tag}"] = _one_push(native, texts)
+        rounds[f"push_many 1,024, torch StreamingRecognizer{tag}"] = _one_round(torch_rec, texts)
+        rounds[f"push_many 1,024, aghmn_runtime{tag}"] = _one_round(native, texts)
+        rounds[f"push_many_arrays 1,024, aghmn_runtime{tag}"] = _one_round(native, texts, True)
+    with torch.no_grad():
+        out = measure_in_turns(pushes, budgets[0])
+        out.update(measure_in_turns(rounds, budgets[1]))
+    out["ring_state_bytes_per_conversation"] = state_bytes
+    return out
+
+
+_IDS = [f"r{i}" for i in range(1024)]
+
+
+def _filled(torch_rec, native, texts: Sequence[str]):
+    """Both recognizers with 64 + 1,024 conversations of full windows."""
+    K = native.window
+    for rec in (torch_rec, native):
         for i in range(64):
             rec.push_many([(f"c{i}", texts[(i + k) % len(texts)]) for k in range(K)])
         for k in range(K):
-            rec.push_many([(c, texts[(i + k) % len(texts)]) for i, c in enumerate(ids)])
+            rec.push_many([(c, texts[(i + k) % len(texts)]) for i, c in enumerate(_IDS)])
+    return torch_rec, native
+
+
+def _one_push(rec, texts: Sequence[str]):
     n = [0]
 
-    def one_push(rec):
+    def step():
         n[0] += 1
         rec.push(f"c{n[0] % 64}", texts[n[0] % len(texts)])
+    return step
 
-    def one_round(rec, arrays=False):
+
+def _one_round(rec, texts: Sequence[str], arrays: bool = False):
+    n = [0]
+
+    def step():
         n[0] += 1
         batch = [texts[(n[0] + i) % len(texts)] for i in range(1024)]
         if arrays:
-            rec.push_many_arrays(ids, batch)
+            rec.push_many_arrays(_IDS, batch)
         else:
-            rec.push_many(list(zip(ids, batch)))
-    torch_rec, native = engines["torch"], engines["runtime"]
-    with torch.no_grad():
-        out = measure_in_turns({"push, torch StreamingRecognizer": lambda: one_push(torch_rec),
-                                "push, aghmn_runtime": lambda: one_push(native)}, budgets[0])
-        out.update(measure_in_turns({
-            "push_many 1,024, torch StreamingRecognizer": lambda: one_round(torch_rec),
-            "push_many 1,024, aghmn_runtime": lambda: one_round(native),
-            "push_many_arrays 1,024, aghmn_runtime": lambda: one_round(native, arrays=True)},
-            budgets[1]))
+            rec.push_many(list(zip(_IDS, batch)))
+    return step
+
+
+def _int_list(text: str) -> List[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of positive integers, got {text!r}")
+    return values
+
+
+def _precision_list(text: str) -> List[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in ("fp32", "bf16") for v in values):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of fp32, bf16, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def push_speeds_per_threads(models, texts_args: List[str], threads: List[int], quick: bool,
+                            rt, texts) -> Dict[str, dict]:
+    """push_speed for each thread count: in this process for a single count, else one child
+    process per count (the runtime reads $AGHMN_RUNTIME_THREADS once per process)."""
+    budgets = (QUICK["push"], QUICK["round"]) if quick else (PUSH_BUDGET, ROUND_BUDGET)
+    if len(threads) == 1:
+        os.environ["AGHMN_RUNTIME_THREADS"] = str(threads[0])
+        return {f"threads={threads[0]}": {
+            f"K={K}": push_speed(rt, files, ckpt, texts, budgets) for K, (files, ckpt) in models.items()}}
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = os.path.join(tmp, "models.json")
+        with open(spec, "w") as f:
+            json.dump({str(K): v for K, v in models.items()}, f)
+        for n in threads:
+            done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child-models", spec,
+                                   "--threads", str(n)] + texts_args + (["--quick"] if quick else []),
+                                  capture_output=True, text=True, env=_env(), timeout=3600)
+            if done.returncode != 0:
+                raise RuntimeError(f"push timings at {n} threads failed: {done.stderr[-3000:]}")
+            out[f"threads={n}"] = json.loads(done.stdout)
     return out
 
 
@@ -286,20 +355,33 @@ def main(argv: Sequence[str] = None) -> int:
                         help="the runtime's bench_load program (load time and packing at load)")
     parser.add_argument("--data", default=None, help="MELD directory (default: $AGHMN_DATA)")
     parser.add_argument("--starts", type=int, default=10, help="cold starts per engine")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="threads of both engines' push_many (torch threads and "
-                             "$AGHMN_RUNTIME_THREADS; default 1)")
+    parser.add_argument("--threads", type=_int_list, default=[1],
+                        help="thread counts of both engines' push_many, comma-separated (torch "
+                             "threads and $AGHMN_RUNTIME_THREADS; default 1)")
+    parser.add_argument("--precisions", type=_precision_list, default=["fp32", "bf16"],
+                        help="precisions of the push timings, comma-separated (default fp32,bf16)")
+    parser.add_argument("--push-only", action="store_true",
+                        help="only the push timings (no cold start, memory, wheel, load costs)")
+    parser.add_argument("--child-models", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true",
                         help="one start and a few calls of each part: checks the script, measures nothing")
     parser.add_argument("--out", default=None, help="also write the JSON record here")
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error("--threads must be >= 1")
-    os.environ["AGHMN_RUNTIME_THREADS"] = str(args.threads)   # read by the runtime's first round
-    rt = import_runtime()
+    texts_args = ["--data", args.data] if args.data else []
     texts = _texts(args.data)
+    if args.child_models:  # one thread count's push timings, for the parent (JSON on stdout)
+        os.environ["AGHMN_RUNTIME_THREADS"] = str(args.threads[0])
+        budgets = (QUICK["push"], QUICK["round"]) if args.quick else (PUSH_BUDGET, ROUND_BUDGET)
+        with open(args.child_models) as f:
+            models = json.load(f)
+        print(json.dumps({f"K={K}": push_speed(import_runtime(build=False), files, ckpt, texts,
+                                               budgets) for K, (files, ckpt) in models.items()}))
+        return 0
+    os.environ["AGHMN_RUNTIME_THREADS"] = str(args.threads[0])   # read by the runtime's first round
+    rt = import_runtime()
     record = {"machine": machine_info("cpu"), "checkpoint": args.checkpoint or "random-initialised",
-              "threads": args.threads}
+              "threads": args.threads, "precisions": args.precisions,
+              "load_average_at_start": list(os.getloadavg())}
     with tempfile.TemporaryDirectory() as tmp:
         words = sorted({w for t in texts for w in tokenize(t)})
         models = {}
@@ -307,20 +389,25 @@ def main(argv: Sequence[str] = None) -> int:
             ckpt = args.checkpoint if (K == 10 and args.checkpoint) else tiny_checkpoint(
                 os.path.join(tmp, f"k{K}.pt"), window=K, embedding_dim=50, hidden_size=100,
                 words=words)
-            export(ckpt, os.path.join(tmp, f"k{K}.aghmn"))
-            models[K] = (os.path.join(tmp, f"k{K}.aghmn"), ckpt)
-        model, ckpt = models[10]
-        record["model_file_bytes"] = os.path.getsize(model)
-        if args.load_bench:
-            record["load"] = {f"K={K}": load_costs(args.load_bench, models[K][0], 3 if args.quick else 50)
-                              for K in (10, 40)}
-        record["wheel"] = wheel_size(os.path.join(tmp, "wheel"))
-        record["cold_start"] = cold_start(model, ckpt, args.c_example, 1 if args.quick else args.starts)
-        window = rt.StreamingRecognizer(model).window
-        record["memory_1000_conversations"] = memory(model, ckpt, args.c_example, window)
-        budgets = (QUICK["push"], QUICK["round"]) if args.quick else (PUSH_BUDGET, ROUND_BUDGET)
-        record["push"] = {f"K={rt.StreamingRecognizer(models[K][0]).window}":
-                          push_speed(rt, *models[K], texts, budgets) for K in (10, 40)}
+            files = {}
+            for p in args.precisions:
+                files[p] = os.path.join(tmp, f"k{K}-{p}.aghmn")
+                export(ckpt, files[p], precision=p)
+            models[K] = (files, ckpt)
+        files, ckpt = models[10]
+        record["model_file_bytes"] = {p: os.path.getsize(f) for p, f in files.items()}
+        model = files[args.precisions[0]]
+        if not args.push_only:
+            if args.load_bench:
+                record["load"] = {f"K={K}": load_costs(args.load_bench, models[K][0][args.precisions[0]],
+                                                       3 if args.quick else 50) for K in (10, 40)}
+            record["wheel"] = wheel_size(os.path.join(tmp, "wheel"))
+            record["cold_start"] = cold_start(model, ckpt, args.c_example,
+                                              1 if args.quick else args.starts)
+            window = rt.StreamingRecognizer(model).window
+            record["memory_1000_conversations"] = memory(model, ckpt, args.c_example, window)
+        record["push"] = push_speeds_per_threads(models, texts_args, args.threads, args.quick,
+                                                 rt, texts)
     record["load_average_at_end"] = list(os.getloadavg())
     text = json.dumps(record, indent=2)
     print(text)

@@ -35,13 +35,14 @@ def import_runtime(build: bool = True):
     return aghmn_runtime
 
 
-def export(checkpoint: str, out: str, python: str = sys.executable) -> None:
-    """``aghmn-fast export --checkpoint CHECKPOINT --out OUT`` of this checkout (a new process,
-    as a user runs it). Raises ``RuntimeError`` with its message on failure."""
+def export(checkpoint: str, out: str, python: str = sys.executable, precision: str = "fp32") -> None:
+    """``aghmn-fast export --checkpoint CHECKPOINT --out OUT --precision PRECISION`` of this
+    checkout (a new process, as a user runs it). Raises ``RuntimeError`` with its message on
+    failure."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     done = subprocess.run([python, "-m", "aghmn_fast.cli", "export", "--checkpoint", checkpoint,
-                           "--out", out], capture_output=True, text=True, env=env, timeout=600)
+                           "--out", out, "--precision", precision], capture_output=True, text=True, env=env, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"export failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
 

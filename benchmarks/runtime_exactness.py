@@ -70,9 +70,10 @@ def schedule(dialogues: Dict[str, List[str]], seed: int) -> List[Tuple[str, List
     return calls
 
 
-def run_torch(checkpoint: str, calls, state_path: str) -> Dict[str, List[np.ndarray]]:
+def run_torch(checkpoint: str, calls, state_path: str,
+              precision: str = "fp32") -> Dict[str, List[np.ndarray]]:
     """Probabilities per conversation from the torch StreamingRecognizer (its default path)."""
-    rec = StreamingRecognizer.from_checkpoint(checkpoint)
+    rec = StreamingRecognizer.from_checkpoint(checkpoint, precision=precision)
     got: Dict[str, List[np.ndarray]] = {}
     with torch.no_grad():
         for kind, items in calls:
@@ -80,7 +81,7 @@ def run_torch(checkpoint: str, calls, state_path: str) -> Dict[str, List[np.ndar
                 rec.close(items[0][0])
             elif kind == "save_restore":
                 rec.save_state(state_path)
-                rec = StreamingRecognizer.from_checkpoint(checkpoint)
+                rec = StreamingRecognizer.from_checkpoint(checkpoint, precision=precision)
                 rec.load_state(state_path)
             else:
                 preds = [rec.push(*items[0])] if kind == "push" else rec.push_many(items)
@@ -126,12 +127,13 @@ def run_runtime(runtime, model_path: str, calls, state_path: str) -> Dict[str, L
 
 
 def compare(dialogues: Dict[str, List[str]], checkpoint: str, model_path: str, seed: int,
-            runtime) -> dict:
-    """Streams ``dialogues`` through both engines and compares their probabilities."""
+            runtime, precision: str = "fp32") -> dict:
+    """Streams ``dialogues`` through both engines and compares their probabilities (the torch
+    recognizer at ``precision``, the model file exported at it)."""
     calls = schedule(dialogues, seed)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ref, torch_path = run_torch(checkpoint, calls, os.path.join(tmp, "torch.state"))
+        ref, torch_path = run_torch(checkpoint, calls, os.path.join(tmp, "torch.state"), precision)
         t1 = time.perf_counter()
         got = run_runtime(runtime, model_path, calls, os.path.join(tmp, "runtime.state"))
         t2 = time.perf_counter()
@@ -166,6 +168,8 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--window", type=int, default=10, help="--synthetic: K")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="both engines at this precision (the export too)")
     args = parser.parse_args(argv)
     if args.every < 1:
         parser.error("--every must be >= 1")
@@ -184,10 +188,12 @@ def main(argv: Sequence[str] = None) -> int:
         model_path = args.model
         if model_path is None:
             model_path = os.path.join(tmp, "model.aghmn")
-            export(checkpoint, model_path)
+            export(checkpoint, model_path, precision=args.precision)
         result = {"checkpoint": args.checkpoint or f"synthetic tiny {args.reader} K={args.window}",
                   "split": None if args.synthetic else args.split, "every": args.every,
-                  **compare(dialogues, checkpoint, model_path, args.seed, runtime)}
+                  "precision": args.precision,
+                  **compare(dialogues, checkpoint, model_path, args.seed, runtime,
+                            args.precision)}
     result["ok"] = (result["labels_equal"] == result["utterances"]
                     and result["max_abs_probability_difference"] <= args.tolerance)
     print(json.dumps(result, indent=2))

@@ -28,7 +28,7 @@ TORCH_LIBRARY(aghmn_fast, m) {
   // The model's sizes are named keyword arguments (aghmn::cpu::StreamDims, csrc/stream/stream_cpu.h).
   m.def(
       "stream_pack(Tensor[] weights, *, int H, int E, int C, int K, int D, int S, int hops, "
-      "int max_len, bool bigru_reader) -> Tensor");
+      "int max_len, bool bigru_reader, str precision=\"fp32\") -> Tensor");
   m.def(
       "stream_push(Tensor packed, Tensor embedding, int[] tokens, int[] lengths, Tensor? u, "
       "int[] blocks, int[] counts, Tensor(a!) u_store, Tensor(b!) proj_store, *, int H, int E, "

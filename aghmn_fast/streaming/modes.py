@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from .. import ops
 from ..models import AGHMN, pad_token_ids
 from ..models.aghmn import BiGRUReader
+from ..precision import to_bfloat16
 from .store import RingStore
 
 
@@ -216,7 +217,8 @@ class GraphMode(StepMode):
 
 class PushMode(Mode):
     """One compiled call per push: reader, memory update, summary, classifier and ring write,
-    over weights packed once at construction."""
+    over weights packed once at construction. A bfloat16 store (precision "bf16") packs the
+    weights and the embedding table as bf16 and computes in float32 (the only mode that can)."""
 
     name = "push"
 
@@ -229,7 +231,11 @@ class PushMode(Mode):
     @classmethod
     def create(cls, model: AGHMN, store: RingStore) -> Optional["PushMode"]:
         cfg = model.config
-        if (store.device.type != "cpu" or store.dtype not in (torch.float32, torch.float64)
+        bf16 = store.dtype == torch.bfloat16
+        model_dtype = next(model.parameters()).dtype
+        if (store.device.type != "cpu"
+                or store.dtype not in (torch.float32, torch.float64, torch.bfloat16)
+                or (bf16 and model_dtype != torch.float32)
                 or ops.resolve_backend(cfg.backend, store.device).name != "cpu"):
             return None
         try:
@@ -253,11 +259,13 @@ class PushMode(Mode):
                      D=store.num_dirs, S=len(summary) // 4, hops=cfg.hops, max_len=cfg.max_len,
                      bigru_reader=bigru)
         with torch.no_grad():
-            packed = pack([w.detach().contiguous() for w in weights], **sizes)
+            packed = pack([w.detach().contiguous() for w in weights], **sizes,
+                          precision="bf16" if bf16 else "fp32")
         # A sentence reader has no word table; the push then takes u, and never reads this.
-        table = (model.embedding.weight if model.embedding is not None
-                 else torch.zeros(0, cfg.embedding_dim, dtype=store.dtype))
-        return cls(model, store, op, packed, sizes, table.detach().contiguous(), bigru)
+        table = (model.embedding.weight.detach() if model.embedding is not None
+                 else torch.zeros(0, cfg.embedding_dim, dtype=model_dtype))
+        table = to_bfloat16(table) if bf16 else table.contiguous()
+        return cls(model, store, op, packed, sizes, table, bigru)
 
     def step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:
         store = self.store
@@ -269,7 +277,7 @@ class PushMode(Mode):
             probs = self.op(self.packed, self.embedding, flat, [len(t) for t in ids], None,
                             blocks, counts, store.u, store.proj, **self.sizes)
         else:
-            u = reader_vectors(self.model, items, store.device).contiguous()
+            u = reader_vectors(self.model, items, store.device).to(self.packed.dtype).contiguous()
             probs = self.op(self.packed, self.embedding, [], [], u, blocks, counts, store.u,
                             store.proj, **self.sizes)
         store.advance(cids)

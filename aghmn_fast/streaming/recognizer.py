@@ -26,6 +26,7 @@ from .._io import atomic_torch_save
 from ..data import Vocabulary, tokenize
 from ..models import AGHMN
 from ..models.checkpoint import load_checkpoint
+from ..precision import check_precision
 from .modes import DEFAULT_ORDER, MODES, Mode, fusion_weights
 from .store import RingStore
 
@@ -68,6 +69,10 @@ class StreamingRecognizer:
             ``"ops"``: the model's own layers op by op (any backend). Default: the first of
             "push", "step", "ops" that is available ("graph" only when asked for: it has not
             run on a GPU yet).
+        precision: ``"fp32"`` (default: the model's own dtype) or ``"bf16"``: the weights, the
+            embedding table and the ring store in bfloat16, arithmetic in float32, half the
+            state bytes per conversation (the "push" mode only: CPU, a float32 model, the
+            compiled extension; the native runtime gives the same probabilities bit for bit).
 
     Text handling: utterances are tokenized as in training and truncated to the model's
     ``max_len`` (60) tokens, so a 10,000-word utterance costs as much as a 60-word one; empty or
@@ -85,7 +90,9 @@ class StreamingRecognizer:
     """
 
     def __init__(self, model: AGHMN, device=None, *, vocab: Optional[Vocabulary] = None,
-                 label_names: Optional[Sequence[str]] = None, mode: Optional[str] = None):
+                 label_names: Optional[Sequence[str]] = None, mode: Optional[str] = None,
+                 precision: str = "fp32"):
+        self.precision = check_precision(precision)
         if not isinstance(model, AGHMN):
             raise TypeError(f"model must be an aghmn_fast.models.AGHMN, got {type(model).__name__}")
         self.vocab = vocab if vocab is not None else getattr(model, "vocab", None)
@@ -100,32 +107,41 @@ class StreamingRecognizer:
         cfg = model.config
         self.window, self.hidden = cfg.window, cfg.hidden_size
         self.dtype = next(model.parameters()).dtype
+        if precision == "bf16":
+            if mode not in (None, "push"):
+                raise ValueError(f"precision='bf16' runs in mode 'push' only, got mode={mode!r}")
+            mode = "push"
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))} or None, "
                              f"got {mode!r}")
         w_ih, b_ih, _, _ = fusion_weights(self.model)
-        self.store = RingStore(self.window, self.hidden, w_ih, b_ih, dtype=self.dtype,
+        store_dtype = torch.bfloat16 if precision == "bf16" else self.dtype
+        self.store = RingStore(self.window, self.hidden, w_ih, b_ih, dtype=store_dtype,
                                device=self.device)
         self.num_dirs = self.store.num_dirs
         self.compute: Mode = self._choose_mode(mode)
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path, device=None, backend: Optional[str] = None) -> "StreamingRecognizer":
+    def from_checkpoint(cls, path, device=None, backend: Optional[str] = None,
+                        precision: str = "fp32") -> "StreamingRecognizer":
         """A recognizer for a checkpoint written by ``aghmn-fast train`` (for several checkpoints
         averaged: :func:`aghmn_fast.streaming.recognizer_from_checkpoints`).
 
+        ``precision``: ``"fp32"`` or ``"bf16"`` (see the class doc).
+
         Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not
-        a valid checkpoint, an unavailable ``device`` or an unavailable ``backend``; ``TypeError``
+        a valid checkpoint, an unavailable ``device``, ``backend`` or ``precision``; ``TypeError``
         for a list of paths.
         """
+        check_precision(precision)
         if isinstance(path, (list, tuple)):
             raise TypeError("StreamingRecognizer.from_checkpoint takes one checkpoint path; for "
                             "several use aghmn_fast.streaming.recognizer_from_checkpoints")
         if device is not None:
             device = _usable_device(device)
         model, vocab, labels, _ = load_checkpoint(path, backend=backend)
-        return cls(model, device, vocab=vocab, label_names=labels)
+        return cls(model, device, vocab=vocab, label_names=labels, precision=precision)
 
     def _choose_mode(self, mode: Optional[str]) -> Mode:
         # Modes pack or look up what they need here: a model changed afterwards needs a new
@@ -134,6 +150,10 @@ class StreamingRecognizer:
             compute = MODES[name].create(self.model, self.store)
             if compute is not None:
                 return compute
+        if self.precision == "bf16":
+            raise ValueError(f"precision='bf16' needs the 'push' mode (CPU, a float32 model, the "
+                             f"compiled extension), not available here (device {self.device}, "
+                             f"dtype {self.dtype}, backends loaded: {ops.backends()})")
         available = next(n for n in DEFAULT_ORDER
                          if MODES[n].create(self.model, self.store) is not None)
         raise ValueError(f"mode {mode!r} is not available here (device {self.device}, dtype "

@@ -22,14 +22,23 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 // Register-blocking parameters per instruction set. kRows x kVecs accumulators (kVecs1 for a
 // single row: one dependency chain per vector, so it needs more of them to hide FMA latency)
 // must fit the register file: 32 zmm on AVX-512, 16 ymm/xmm otherwise.
+// kBf16Dot: the bf16 GEMM (gemm_rows_bf16) uses vdpbf16ps instead of converting to fp32.
 struct IsaBaseline {
   static constexpr int kBytes = 16, kRows = 4, kVecs = 2, kVecs1 = 6;
+  static constexpr bool kBf16Dot = false;
 };
 struct IsaAvx2 {
   static constexpr int kBytes = 32, kRows = 4, kVecs = 2, kVecs1 = 6;
+  static constexpr bool kBf16Dot = false;
 };
 struct IsaAvx512 {
   static constexpr int kBytes = 64, kRows = 4, kVecs = 4, kVecs1 = 4;
+  static constexpr bool kBf16Dot = false;
+};
+// AVX-512 with avx512_bf16: only the bf16 kernels run it (dispatch_isa_bf16); fp32 code runs
+// IsaAvx512 on such a machine, so its results do not depend on the extension.
+struct IsaAvx512Bf16 : IsaAvx512 {
+  static constexpr bool kBf16Dot = true;
 };
 
 // Vector width (elements) the kernels pad their packed weights to: the widest one, so a buffer
@@ -118,21 +127,18 @@ AGHMN_INLINE void gemm_tile_mr(int mr, int nv, int64_t K, const T* in, int64_t l
 // `backwards` walks its column blocks last to first, so that a caller alternating it from step
 // to step starts each step on the block the previous step left in L1 (fewer cycles at B = 1:
 // docs/RESULTS.md, "Measurements behind code comments").
-template <typename T, typename Isa>
-AGHMN_INLINE void gemm_rows(int64_t M, int64_t K, int64_t Np, const T* in, int64_t ld_in,
-                            const T* A, const T* init, int64_t ld_init, T* out, int64_t ld_out,
-                            bool backwards = false) {
-  constexpr int W = Isa::kBytes / sizeof(T);
-  const int64_t nvec = Np / W;
+//
+// The blocking alone, for any tile kernel: row(nv, c) computes the single row's vectors
+// [c, c + nv); tile(mr, nv, m0, c) rows [m0, m0 + mr) of vectors [c, c + nv).
+template <typename Isa, typename RowFn, typename TileFn>
+AGHMN_INLINE void gemm_blocks(int64_t M, int64_t nvec, bool backwards, RowFn&& row, TileFn&& tile) {
   if (M == 1) {
     const int64_t blocks = (nvec + Isa::kVecs1 - 1) / Isa::kVecs1;
     for (int64_t i = 0; i < blocks; ++i) {
       const int64_t blk = backwards ? blocks - 1 - i : i;
       // Block blk spans vectors [nvec * blk / blocks, nvec * (blk + 1) / blocks): even sizes.
       const int64_t c = nvec * blk / blocks;
-      const int nv = static_cast<int>(nvec * (blk + 1) / blocks - c);
-      gemm_tile_nv<T, Isa, 1, Isa::kVecs1>(nv, K, in, ld_in, A + c * W, Np, init + c * W,
-                                           ld_init, out + c * W, ld_out);
+      row(static_cast<int>(nvec * (blk + 1) / blocks - c), c);
     }
     return;
   }
@@ -140,14 +146,28 @@ AGHMN_INLINE void gemm_rows(int64_t M, int64_t K, int64_t Np, const T* in, int64
   int64_t c = 0;
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int nv = static_cast<int>((nvec - c) / (blocks - blk));
-    for (int64_t m0 = 0; m0 < M; m0 += Isa::kRows) {
-      const int mr = static_cast<int>(std::min<int64_t>(Isa::kRows, M - m0));
-      gemm_tile_mr<T, Isa, Isa::kRows>(mr, nv, K, in + m0 * ld_in, ld_in, A + c * W, Np,
-                                       init + m0 * ld_init + c * W, ld_init,
-                                       out + m0 * ld_out + c * W, ld_out);
-    }
+    for (int64_t m0 = 0; m0 < M; m0 += Isa::kRows)
+      tile(static_cast<int>(std::min<int64_t>(Isa::kRows, M - m0)), nv, m0, c);
     c += nv;
   }
+}
+
+template <typename T, typename Isa>
+AGHMN_INLINE void gemm_rows(int64_t M, int64_t K, int64_t Np, const T* in, int64_t ld_in,
+                            const T* A, const T* init, int64_t ld_init, T* out, int64_t ld_out,
+                            bool backwards = false) {
+  constexpr int W = Isa::kBytes / sizeof(T);
+  gemm_blocks<Isa>(
+      M, Np / W, backwards,
+      [&](int nv, int64_t c) {
+        gemm_tile_nv<T, Isa, 1, Isa::kVecs1>(nv, K, in, ld_in, A + c * W, Np, init + c * W,
+                                             ld_init, out + c * W, ld_out);
+      },
+      [&](int mr, int nv, int64_t m0, int64_t c) {
+        gemm_tile_mr<T, Isa, Isa::kRows>(mr, nv, K, in + m0 * ld_in, ld_in, A + c * W, Np,
+                                         init + m0 * ld_init + c * W, ld_init,
+                                         out + m0 * ld_out + c * W, ld_out);
+      });
 }
 
 // Horizontal sum of x[0:n) (n a multiple of the vector width, zero-padded): vector partial sums
@@ -201,7 +221,7 @@ inline void pack_bias(const T* b, int64_t n, int64_t np, T* out) {
 // dispatch_isa(f) calls f(IsaAvx512{}), f(IsaAvx2{}) or f(IsaBaseline{}). On x86 with GCC or
 // Clang each variant is compiled inside a function with the matching target attribute, and
 // `flatten` inlines the whole kernel into it, so the one portable binary holds all three.
-enum class IsaLevel { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+enum class IsaLevel { kBaseline = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define AGHMN_X86_DISPATCH 1
@@ -210,7 +230,7 @@ inline IsaLevel detect_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-    return IsaLevel::kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? IsaLevel::kAvx512Bf16 : IsaLevel::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return IsaLevel::kAvx2;
   return IsaLevel::kBaseline;
 }
@@ -219,6 +239,12 @@ template <typename F>
 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2"), flatten)) void
 run_avx512(F& f) {
   f(IsaAvx512{});
+}
+
+template <typename F>
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma,bmi2"), flatten)) void
+run_avx512bf16(F& f) {
+  f(IsaAvx512Bf16{});
 }
 
 template <typename F>
@@ -243,11 +269,13 @@ inline IsaLevel machine_isa() {
 }
 
 // The level in use: the machine's best, lowered by the environment variable AGHMN_CPU_ISA
-// ("avx2" or "baseline") or by set_isa_limit, so tests can run every variant on one machine.
+// ("avx512": AVX-512 without the bf16 dot product, "avx2" or "baseline") or by set_isa_limit,
+// so tests can run every variant on one machine.
 inline IsaLevel& isa_limit() {
   static IsaLevel limit = [] {
     const char* env = std::getenv("AGHMN_CPU_ISA");
-    IsaLevel want = IsaLevel::kAvx512;
+    IsaLevel want = IsaLevel::kAvx512Bf16;
+    if (env != nullptr && std::strcmp(env, "avx512") == 0) want = IsaLevel::kAvx512;
     if (env != nullptr && std::strcmp(env, "avx2") == 0) want = IsaLevel::kAvx2;
     if (env != nullptr && std::strcmp(env, "baseline") == 0) want = IsaLevel::kBaseline;
     return std::min(want, machine_isa());
@@ -265,6 +293,7 @@ template <typename F>
 void dispatch_isa(F&& f) {
 #ifdef AGHMN_X86_DISPATCH
   switch (isa_limit()) {
+    case IsaLevel::kAvx512Bf16:
     case IsaLevel::kAvx512:
       return run_avx512(f);
     case IsaLevel::kAvx2:
@@ -274,6 +303,16 @@ void dispatch_isa(F&& f) {
   }
 #endif
   run_baseline(f);
+}
+
+// dispatch_isa for the bf16 kernels: as dispatch_isa, plus IsaAvx512Bf16 where the machine has
+// avx512_bf16 (and the limit allows it).
+template <typename F>
+void dispatch_isa_bf16(F&& f) {
+#ifdef AGHMN_X86_DISPATCH
+  if (isa_limit() == IsaLevel::kAvx512Bf16) return run_avx512bf16(f);
+#endif
+  dispatch_isa(f);
 }
 
 }  // namespace cpu

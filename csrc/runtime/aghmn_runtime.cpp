@@ -146,6 +146,11 @@ int aghmn_model_window(const aghmn_model* model) {
   return static_cast<int>(model->model->dims.K);
 }
 
+const char* aghmn_model_precision(const aghmn_model* model) {
+  if (model == nullptr || !live(model)) return nullptr;
+  return model->model->bf16 ? "bf16" : "fp32";
+}
+
 aghmn_status aghmn_session_create(const aghmn_model* model, aghmn_session** out) {
   return guarded([&] {
     check_handle(model, "model");
@@ -245,7 +250,7 @@ aghmn_status aghmn_normalize(const char* text, size_t len, char* out, size_t cap
 
 size_t aghmn_model_conversation_bytes(const aghmn_model* model) {
   if (model == nullptr || !live(model)) return 0;
-  return aghmn::rt::conversation_bytes(model->model->dims);
+  return aghmn::rt::conversation_bytes(*model->model);
 }
 
 size_t aghmn_session_store_bytes(const aghmn_session* s) {

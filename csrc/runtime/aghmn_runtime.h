@@ -126,7 +126,8 @@ AGHMN_API aghmn_status aghmn_normalize(const char *text, size_t len, char *out, 
                                        size_t *needed);
 
 /* Memory. Bytes of state one open conversation holds in a session: its K ring slots of reader
- * vectors and fusion input projections (float32); 0 on NULL. A server budgets memory with it. */
+ * vectors and fusion input projections (float32, or bf16 for a bf16 model); 0 on NULL. A
+ * server budgets memory with it. */
 AGHMN_API size_t aghmn_model_conversation_bytes(const aghmn_model *model);
 /* Bytes a session's ring store holds now (0 on NULL): conversation bytes times its capacity, open
  * or not. The store doubles when full and halves (compacting the open conversations) once at most
@@ -145,6 +146,10 @@ AGHMN_API aghmn_status aghmn_session_load_buffer(aghmn_session *s, const void *d
 /* Releases a buffer returned by aghmn_session_save_buffer (NULL, a buffer already released and a
  * pointer the library did not return are ignored). */
 AGHMN_API void aghmn_buffer_free(void *data);
+/* The storage precision of the model's weights and of its sessions' ring stores: "fp32" or
+ * "bf16" (metadata aghmn.precision, docs/RUNTIME.md); the arithmetic is fp32 either way. A
+ * static string; NULL on NULL. */
+AGHMN_API const char *aghmn_model_precision(const aghmn_model *model);
 
 #ifdef __cplusplus
 }

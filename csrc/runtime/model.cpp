@@ -16,6 +16,7 @@
 #include <set>
 
 #include "runtime/runtime_internal.h"
+#include "common/bf16_cpu.h"
 #include "runtime/stream_calls.h"
 
 namespace aghmn {
@@ -26,7 +27,7 @@ constexpr char kMagic[8] = {'A', 'G', 'H', 'M', 'N', 'R', 'T', '\0'};
 constexpr uint32_t kMaxSections = 64;
 constexpr uint32_t kFlagRequired = 1;
 constexpr uint32_t kKvInt64 = 1, kKvString = 2, kKvStrings = 3;
-constexpr uint32_t kDtypeF32 = 0;
+constexpr uint32_t kDtypeF32 = 0, kDtypeBF16 = 1;
 constexpr uint32_t kMaxTensorDims = 4;
 constexpr uint64_t kMaxTensors = 4096;
 constexpr uint64_t kAlign = 64;
@@ -96,9 +97,12 @@ const KvValue& kv_get(const std::map<std::string, KvValue>& kv, const std::strin
   return it->second;
 }
 
+// A tensor of the file: f32 values (data) or bf16 bits (bits); floats counts the elements.
 struct TensorInfo {
   std::vector<int64_t> shape;
+  uint32_t dtype;
   const float* data;
+  const uint16_t* bits;
   uint64_t floats;
 };
 
@@ -114,8 +118,8 @@ std::map<std::string, TensorInfo> read_tensors(const unsigned char* file, const 
     const std::string what = "tensor " + name;
     const uint32_t dtype = r.read<uint32_t>("dtype");
     const uint32_t ndim = r.read<uint32_t>("ndim");
-    if (dtype != kDtypeF32)
-      bad(what + ": dtype " + std::to_string(dtype) + " (this runtime reads f32, 0)");
+    if (dtype != kDtypeF32 && dtype != kDtypeBF16)
+      bad(what + ": dtype " + std::to_string(dtype) + " (this runtime reads f32, 0, and bf16, 1)");
     if (ndim < 1 || ndim > kMaxTensorDims) bad(what + ": " + std::to_string(ndim) + " dimensions");
     TensorInfo info{};
     uint64_t floats = 1;
@@ -128,10 +132,13 @@ std::map<std::string, TensorInfo> read_tensors(const unsigned char* file, const 
     }
     const uint64_t offset = r.read<uint64_t>("offset");
     if (offset % kAlign != 0) bad(what + ": offset not a multiple of 64");
-    if (offset > data.size || floats * 4 > data.size - offset) bad(what + " lies outside section data");
-    info.data = reinterpret_cast<const float*>(file + data.offset + offset);
+    const uint64_t bytes = floats * (dtype == kDtypeBF16 ? 2 : 4);
+    if (offset > data.size || bytes > data.size - offset) bad(what + " lies outside section data");
+    info.dtype = dtype;
+    info.data = dtype == kDtypeF32 ? reinterpret_cast<const float*>(file + data.offset + offset) : nullptr;
+    info.bits = dtype == kDtypeBF16 ? reinterpret_cast<const uint16_t*>(file + data.offset + offset) : nullptr;
     info.floats = floats;
-    spans.emplace_back(offset, floats * 4);
+    spans.emplace_back(offset, bytes);
     if (!tensors.emplace(std::move(name), std::move(info)).second) bad(what + " appears twice");
   }
   if (r.remaining() != 0) bad("section tensors has trailing bytes");
@@ -330,7 +337,24 @@ Model parse_model(const std::vector<unsigned char>& bytes) {
       bad("the vocabulary has a duplicate token (id " + std::to_string(i) + ")");
 
   // Every tensor the model needs, with its shape; nothing else.
-  const std::map<std::string, TensorInfo> tensors = read_tensors(data, sections[1], sections[2]);
+  std::map<std::string, TensorInfo> tensors = read_tensors(data, sections[1], sections[2]);
+  // bf16 tensors widened (exactly) to fp32 for the checks and the packing, which rounds them
+  // back to the same bits.
+  std::map<std::string, std::vector<float>> widened;
+  for (auto& t : tensors)
+    if (t.second.dtype == kDtypeBF16) {
+      std::vector<float>& w = widened[t.first];
+      w.resize(t.second.floats);
+      for (uint64_t i = 0; i < t.second.floats; ++i) w[i] = cpu::bf16_float(t.second.bits[i]);
+      t.second.data = w.data();
+    }
+  const auto precision = kv.find("aghmn.precision");
+  if (precision != kv.end()) {
+    if (precision->second.type != kKvString) bad("metadata aghmn.precision has the wrong type");
+    if (precision->second.s != "fp32" && precision->second.s != "bf16")
+      bad("metadata aghmn.precision \"" + precision->second.s + "\" is not fp32 or bf16");
+    m.bf16 = precision->second.s == "bf16";
+  }
   std::map<std::string, std::vector<int64_t>> expected;
   expected["embedding.weight"] = {d.V, d.E};
   const std::vector<KernelWeight> kernel = kernel_weights(d);
@@ -368,11 +392,16 @@ Model parse_model(const std::vector<unsigned char>& bytes) {
 
   // Tensors start at multiples of 64 from the buffer's start (malloc-aligned): floats are aligned.
   const float* table = ptr("embedding.weight");
-  m.embed_table.assign(table, table + d.V * d.E);
-  m.embed = m.embed_table.data();
+  if (m.bf16 && d.reader == kReaderBiGRU) {
+    m.embed_bf16.resize(d.V * d.E);
+    for (int64_t i = 0; i < d.V * d.E; ++i) m.embed_bf16[i] = cpu::bf16_bits(table[i]);
+  } else {
+    m.embed_table.assign(table, table + d.V * d.E);
+    m.embed = m.embed_table.data();
+  }
   std::vector<const float*> ordered;
   for (const KernelWeight& w : kernel) ordered.push_back(ptr(w.name));
-  m.packed_weights = pack_kernel_weights(d, ordered);
+  m.packed_weights = pack_kernel_weights(d, ordered, m.bf16);
   m.packed = m.packed_weights.data();
   d.packed_count = static_cast<int64_t>(m.packed_weights.size());
 

@@ -35,8 +35,12 @@ struct Model {
   std::vector<std::string> labels;
   std::unordered_map<std::string, int64_t> vocab;
   // The file's buffer is not kept: its weights live on packed, so only the table is copied out.
-  std::vector<float> embed_table;  // [V, E]
+  std::vector<float> embed_table;  // [V, E] (fp32, or the CNN reader's)
   const float* embed = nullptr;    // embed_table.data()
+  // bf16 (metadata aghmn.precision "bf16"): the kernel's weight matrices, the BiGRU reader's
+  // table (embed_bf16, bf16 bits; embed_table stays empty) and the ring store are bf16.
+  bool bf16 = false;
+  std::vector<uint16_t> embed_bf16;  // [V, E]
   std::vector<float> packed_weights;  // the stream kernel's layout, packed at load
   const float* packed = nullptr;      // packed_weights.data()
   // CNN reader (reader 2): per width k = 3, 4, 5 the conv weight re-laid as [k][E][F] (so the

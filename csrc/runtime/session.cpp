@@ -16,6 +16,7 @@
 
 #include "runtime/cnn_reader.h"
 #include "runtime/runtime_internal.h"
+#include "common/bf16_cpu.h"
 #include "runtime/stream_calls.h"
 #include "runtime/tokenizer.h"
 
@@ -42,29 +43,55 @@ void put(std::vector<unsigned char>& out, const T& v) {
   out.insert(out.end(), p, p + sizeof(T));
 }
 
-void put_floats(std::vector<unsigned char>& out, const float* p, size_t n) {
-  const auto* b = reinterpret_cast<const unsigned char*>(p);
-  out.insert(out.end(), b, b + n * sizeof(float));
+// n store elements of es bytes (4: float, 2: bf16 bits) as floats: a state file holds fp32
+// whatever the model's precision (bf16 widens exactly).
+void put_floats(std::vector<unsigned char>& out, const unsigned char* p, size_t n, int64_t es) {
+  if (es == 4) {
+    out.insert(out.end(), p, p + n * sizeof(float));
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t b;
+    std::memcpy(&b, p + 2 * i, 2);
+    put(out, cpu::bf16_float(b));
+  }
+}
+
+// n floats of a state file into store elements of es bytes (bf16: rounded, exact for values
+// a bf16 store saved).
+void get_floats(unsigned char* dst, const unsigned char* src, size_t n, int64_t es) {
+  if (es == 4) {
+    std::memcpy(dst, src, n * sizeof(float));
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    float f;
+    std::memcpy(&f, src + 4 * i, 4);
+    const uint16_t b = cpu::bf16_bits(f);
+    std::memcpy(dst + 2 * i, &b, 2);
+  }
 }
 
 constexpr int64_t kMinCapacity = 4;  // blocks
 
 }  // namespace
 
-PageBuffer::PageBuffer(size_t floats) : bytes_(floats * sizeof(float)) {
+PageBuffer::PageBuffer(size_t bytes) : bytes_(bytes) {
   if (bytes_ == 0) return;
   void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
-  data_ = static_cast<float*>(p);
+  data_ = static_cast<unsigned char*>(p);
 }
 
 PageBuffer::~PageBuffer() {
   if (data_ != nullptr) munmap(data_, bytes_);
 }
 
-size_t conversation_bytes(const ModelDims& d) {
+size_t conversation_bytes(const Model& model) {
+  const ModelDims& d = model.dims;
   const size_t width = static_cast<size_t>(std::max<int64_t>(d.D, 1));
-  return static_cast<size_t>(d.K) * static_cast<size_t>(d.H) * sizeof(float) * (1 + 3 * width);
+  const size_t elem = model.bf16 ? 2 : sizeof(float);
+  return static_cast<size_t>(d.K) * static_cast<size_t>(d.H) * elem * (1 + 3 * width);
 }
 
 Session::Session(std::shared_ptr<const Model> model) : model_(std::move(model)) {
@@ -79,17 +106,17 @@ void Session::reserve(int64_t conversations) {
 
 void Session::reallocate(int64_t cap) {
   const ModelDims& d = model_->dims;
-  const int64_t K = d.K, H = d.H, W = width();
+  const int64_t K = d.K, H = d.H, W = width(), es = elem();
   const int64_t old_rows = capacity_ * K, rows = cap * K;
-  PageBuffer u(static_cast<size_t>(rows * H)), proj(static_cast<size_t>(W * rows * 3 * H));
+  PageBuffer u(static_cast<size_t>(rows * H * es)), proj(static_cast<size_t>(W * rows * 3 * H * es));
   // Open conversation i moves to block i (only blocks in use hold anything): after a shrink the
   // blocks beyond the open ones are free, and the store's tail is never touched again.
   for (size_t i = 0; i < convs_.size(); ++i) {
     const int64_t from = convs_[i].block * K, to = static_cast<int64_t>(i) * K;
-    std::copy(u_.get() + from * H, u_.get() + (from + K) * H, u.get() + to * H);
+    std::memcpy(u.get() + to * H * es, u_.get() + from * H * es, K * H * es);
     for (int64_t w = 0; w < W; ++w)
-      std::copy(proj_.get() + (w * old_rows + from) * 3 * H,
-                proj_.get() + (w * old_rows + from + K) * 3 * H, proj.get() + (w * rows + to) * 3 * H);
+      std::memcpy(proj.get() + (w * rows + to) * 3 * H * es,
+                  proj_.get() + (w * old_rows + from) * 3 * H * es, K * 3 * H * es);
   }
   free_.clear();
   free_.reserve(cap);
@@ -104,11 +131,10 @@ void Session::reallocate(int64_t cap) {
 int64_t Session::open(const std::string& id) {
   const int64_t block = free_.back();
   free_.pop_back();
-  const int64_t K = model_->dims.K, H = model_->dims.H, rows = capacity_ * K;
-  std::fill(u_.get() + block * K * H, u_.get() + (block + 1) * K * H, 0.0f);
+  const int64_t K = model_->dims.K, H = model_->dims.H, rows = capacity_ * K, es = elem();
+  std::memset(u_.get() + block * K * H * es, 0, K * H * es);  // +0.0 in float and in bf16
   for (int64_t w = 0; w < width(); ++w)
-    std::fill(proj_.get() + (w * rows + block * K) * 3 * H,
-              proj_.get() + (w * rows + (block + 1) * K) * 3 * H, 0.0f);
+    std::memset(proj_.get() + (w * rows + block * K) * 3 * H * es, 0, K * 3 * H * es);
   index_.emplace(id, convs_.size());
   convs_.push_back({id, block, 0});
   return static_cast<int64_t>(convs_.size() - 1);
@@ -219,8 +245,9 @@ int64_t Session::utterances_seen(const std::string& id) const {
 
 std::vector<unsigned char> Session::save_bytes() const {
   const ModelDims& d = model_->dims;
-  const int64_t K = d.K, H = d.H, W = width(), rows = capacity_ * K;
-  // The exact size up front: one allocation, no copies while the store is appended.
+  const int64_t K = d.K, H = d.H, W = width(), rows = capacity_ * K, es = elem();
+  // The exact size up front: one allocation, no copies while the store is appended (a state
+  // file holds float32 whatever the model's precision).
   size_t size = 8 + 4 + 4 + 8 + 4 * 8 + 8;
   for (const Conversation& c : convs_) size += 4 + c.id.size() + 8;
   size += convs_.size() * static_cast<size_t>(K * H * (1 + 3 * W)) * sizeof(float);
@@ -236,9 +263,9 @@ std::vector<unsigned char> Session::save_bytes() const {
     put(out, static_cast<uint64_t>(c.count));
   }
   for (const Conversation& c : convs_) {
-    put_floats(out, u_.get() + c.block * K * H, K * H);
+    put_floats(out, u_.get() + c.block * K * H * es, K * H, es);
     for (int64_t w = 0; w < W; ++w)
-      put_floats(out, proj_.get() + (w * rows + c.block * K) * 3 * H, K * 3 * H);
+      put_floats(out, proj_.get() + (w * rows + c.block * K) * 3 * H * es, K * 3 * H, es);
   }
   put(out, fnv1a(out.data(), out.size()));
   return out;
@@ -308,13 +335,13 @@ void Session::load_bytes(const unsigned char* data, size_t size, const std::stri
   if (r.remaining() != n * (per_conv - 12)) bad("store size does not match the conversations");
   int64_t cap = kMinCapacity;
   while (cap < static_cast<int64_t>(n)) cap *= 2;
-  const int64_t rows = cap * K;
-  PageBuffer u(static_cast<size_t>(rows * H)), proj(static_cast<size_t>(W * rows * 3 * H));
+  const int64_t rows = cap * K, es = elem();
+  PageBuffer u(static_cast<size_t>(rows * H * es)), proj(static_cast<size_t>(W * rows * 3 * H * es));
   for (uint64_t i = 0; i < n; ++i) {
-    std::memcpy(u.get() + i * K * H, r.take(K * H * 4, "u"), K * H * 4);
+    get_floats(u.get() + i * K * H * es, r.take(K * H * 4, "u"), K * H, es);
     for (int64_t w = 0; w < W; ++w)
-      std::memcpy(proj.get() + (w * rows + i * K) * 3 * H, r.take(K * 3 * H * 4, "proj"),
-                  K * 3 * H * 4);
+      get_floats(proj.get() + (w * rows + i * K) * 3 * H * es, r.take(K * 3 * H * 4, "proj"),
+                 K * 3 * H, es);
   }
   std::vector<int64_t> free_blocks;
   for (int64_t b = cap - 1; b >= static_cast<int64_t>(n); --b) free_blocks.push_back(b);

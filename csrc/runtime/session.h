@@ -15,13 +15,13 @@
 namespace aghmn {
 namespace rt {
 
-// Zero-filled floats mapped from the operating system (anonymous mmap on POSIX): freeing them
+// Zero-filled bytes mapped from the operating system (anonymous mmap on POSIX): freeing them
 // gives the pages back at once, whatever the allocator's thresholds (a heap block of this size
 // may stay in malloc's free lists), and pages never written cost no resident memory.
 class PageBuffer {
  public:
   PageBuffer() = default;
-  explicit PageBuffer(size_t floats);  // std::bad_alloc when the system has no memory
+  explicit PageBuffer(size_t bytes);  // std::bad_alloc when the system has no memory
   ~PageBuffer();
   PageBuffer(PageBuffer&& other) noexcept { swap(other); }
   PageBuffer& operator=(PageBuffer&& other) noexcept {
@@ -30,20 +30,20 @@ class PageBuffer {
   }
   PageBuffer(const PageBuffer&) = delete;
   PageBuffer& operator=(const PageBuffer&) = delete;
-  float* get() const { return data_; }
+  unsigned char* get() const { return data_; }
   void swap(PageBuffer& other) noexcept {
     std::swap(data_, other.data_);
     std::swap(bytes_, other.bytes_);
   }
 
  private:
-  float* data_ = nullptr;
+  unsigned char* data_ = nullptr;
   size_t bytes_ = 0;
 };
 
 // Bytes of one open conversation's state: its K ring slots of reader vectors [H] and fusion
-// input projections [width, 3H] (float32).
-size_t conversation_bytes(const ModelDims& dims);
+// input projections [width, 3H] (float32, or bf16 for a bf16 model).
+size_t conversation_bytes(const Model& model);
 
 class Session {
  public:
@@ -60,7 +60,7 @@ class Session {
   size_t size() const { return convs_.size(); }
   // Bytes the ring store holds for conversations (capacity, open or not): it doubles when full
   // and halves (compacting) when at most a quarter is open.
-  size_t store_bytes() const { return static_cast<size_t>(capacity_) * conversation_bytes(model_->dims); }
+  size_t store_bytes() const { return static_cast<size_t>(capacity_) * conversation_bytes(*model_); }
   const std::string& id_at(size_t i) const { return convs_.at(i).id; }
 
   // The state as bytes (the state file's content) and back: one format for files and buffers.
@@ -86,8 +86,10 @@ class Session {
   std::unordered_map<std::string, size_t> index_;  // id -> position in convs_
   std::vector<int64_t> free_;                      // free blocks, the next one last
   int64_t capacity_ = 0;                           // blocks
-  // [capacity * K, H] and [width, capacity * K, 3H] (a block is zeroed when a conversation takes
-  // it): the capacity never used costs address space, not resident memory.
+  // [capacity * K, H] and [width, capacity * K, 3H] of elem() bytes each (float, or bf16 bits for
+  // a bf16 model; a block is zeroed when a conversation takes it): the capacity never used
+  // costs address space, not resident memory.
+  int64_t elem() const { return model_->bf16 ? 2 : 4; }
   PageBuffer u_, proj_;
 };
 

@@ -71,25 +71,34 @@ std::vector<KernelWeight> kernel_weights(const ModelDims& d) {
   return out;
 }
 
-std::vector<float> pack_kernel_weights(const ModelDims& d, const std::vector<const float*>& w) {
+std::vector<float> pack_kernel_weights(const ModelDims& d, const std::vector<const float*>& w,
+                                       bool bf16) {
   const cpu::StreamDims sd = stream_dims(d);
+  if (bf16) {
+    std::vector<float> packed(cpu::stream_layout<float, cpu::Bf16>(sd).total);
+    cpu::stream_pack<float, cpu::Bf16>(sd, cpu::stream_weights_in_order(sd, w), packed.data());
+    return packed;
+  }
   std::vector<float> packed(cpu::stream_layout<float>(sd).total);
   cpu::stream_pack(sd, cpu::stream_weights_in_order(sd, w), packed.data());
   return packed;
 }
 
-void stream_round(const Model& m, const PushRound& r) {
+namespace {
+
+template <typename S>
+void stream_round_as(const Model& m, const PushRound& r, const S* embedding) {
   const cpu::StreamDims d = stream_dims(m.dims);
-  cpu::StreamBatch<float> in{};
+  cpu::StreamBatch<float, S> in{};
   in.B = r.B;
-  in.embedding = m.embed;
+  in.embedding = embedding;
   in.tokens = r.tokens;
   in.tok_offsets = r.tok_offsets;
   in.u_given = r.u_given;
   in.blocks = r.blocks;
   in.counts = r.counts;
-  in.u_store = r.u_store;
-  in.proj_store = r.proj_store;
+  in.u_store = static_cast<S*>(r.u_store);
+  in.proj_store = static_cast<S*>(r.proj_store);
   in.store_rows = r.store_rows;
   in.u_out = r.u_out;
   in.probs = r.probs;
@@ -104,6 +113,15 @@ void stream_round(const Model& m, const PushRound& r) {
     for (int64_t t = t0; t < t1; ++t)
       cpu::stream_remember_tile(d, w, in, t * R, std::min(R, r.B - t * R));
   });
+}
+
+}  // namespace
+
+void stream_round(const Model& m, const PushRound& r) {
+  if (m.bf16)
+    stream_round_as<cpu::Bf16>(m, r, reinterpret_cast<const cpu::Bf16*>(m.embed_bf16.data()));
+  else
+    stream_round_as<float>(m, r, m.embed);
 }
 
 }  // namespace rt

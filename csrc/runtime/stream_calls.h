@@ -25,8 +25,10 @@ struct KernelWeight {
 std::vector<KernelWeight> kernel_weights(const ModelDims& d);
 
 // The kernel's packed buffer of the weights (pointers in kernel_weights(d)'s order, each
-// holding its shape's floats): the same packing as the torch op's.
-std::vector<float> pack_kernel_weights(const ModelDims& d, const std::vector<const float*>& w);
+// holding its shape's floats): the same packing as the torch op's; bf16: the weight matrices
+// rounded to bf16 (stream_pack(precision="bf16")).
+std::vector<float> pack_kernel_weights(const ModelDims& d, const std::vector<const float*>& w,
+                                       bool bf16 = false);
 
 // One round of B distinct conversations (as aghmn::cpu::StreamBatch; tokens for the BiGRU
 // reader, u_given [B, H] for the CNN reader).
@@ -37,8 +39,8 @@ struct PushRound {
   const float* u_given;
   const int64_t* blocks;
   const int64_t* counts;
-  float* u_store;     // [rows, H]
-  float* proj_store;  // [max(D, 1), rows, 3H]
+  void* u_store;      // [rows, H]: float, or bf16 bits (uint16_t) when the model is bf16
+  void* proj_store;   // [max(D, 1), rows, 3H], as u_store
   int64_t store_rows;
   float* u_out;  // [B, H]
   float* probs;  // [B, C]

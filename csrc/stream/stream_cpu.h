@@ -20,6 +20,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/bf16_cpu.h"
 #include "common/gate_math.h"
 #include "common/gemm_cpu.h"
 
@@ -34,6 +35,8 @@ struct StreamDims {
 };
 
 // Element offsets of every packed block in the flat buffer (each a multiple of the vector width).
+// With bf16 storage (S = Bf16) the weight matrices are pair words (bf16_cpu.h), half the
+// elements; biases and the pad states stay T.
 struct StreamLayout {
   int64_t W3, W2, Hp, Cp;  // padded row lengths: 3H, 2H, H, C
   int64_t reader_ih[2], reader_bih[2], reader_hh[2], reader_bhh[2], reader_proj, reader_projb;
@@ -42,7 +45,7 @@ struct StreamLayout {
   int64_t cls, cls_b, total;
 };
 
-template <typename T>
+template <typename T, typename S = T>
 inline StreamLayout stream_layout(const StreamDims& d) {
   const int64_t pw = pad_width<T>();
   StreamLayout L{};
@@ -56,30 +59,31 @@ inline StreamLayout stream_layout(const StreamDims& d) {
     at += n;
     return o;
   };
+  auto mat = [](int64_t k, int64_t np) { return packed_matrix_size<S>(k, np); };
   if (d.bigru_reader) {
     for (int i = 0; i < 2; ++i) {
-      L.reader_ih[i] = take(d.E * L.W3);
+      L.reader_ih[i] = take(mat(d.E, L.W3));
       L.reader_bih[i] = take(L.W3);
-      L.reader_hh[i] = take(d.H * L.W3);
+      L.reader_hh[i] = take(mat(d.H, L.W3));
       L.reader_bhh[i] = take(L.W3);
     }
-    L.reader_proj = take(2 * d.H * L.Hp);
+    L.reader_proj = take(mat(2 * d.H, L.Hp));
     L.reader_projb = take(L.Hp);
   }
   for (int i = 0; i < d.D; ++i) {
-    L.fusion_ih[i] = take(d.H * L.W3);
+    L.fusion_ih[i] = take(mat(d.H, L.W3));
     L.fusion_bih[i] = take(L.W3);
-    L.fusion_hh[i] = take(d.H * L.W3);
+    L.fusion_hh[i] = take(mat(d.H, L.W3));
     L.fusion_bhh[i] = take(L.W3);
   }
   L.pad_states = take(d.D > 0 ? (d.K + 1) * L.Hp : 0);
   for (int i = 0; i < d.S; ++i) {
-    L.summary_ih[i] = take(d.H * L.W2);
+    L.summary_ih[i] = take(mat(d.H, L.W2));
     L.summary_bih[i] = take(L.W2);
-    L.summary_hh[i] = take(d.H * L.W2);
+    L.summary_hh[i] = take(mat(d.H, L.W2));
     L.summary_bhh[i] = take(L.W2);
   }
-  L.cls = take(d.H * L.Cp);
+  L.cls = take(mat(d.H, L.Cp));
   L.cls_b = take(L.Cp);
   L.total = at;
   return L;
@@ -107,6 +111,29 @@ struct StreamWeights {
   const T* cls_w;
   const T* cls_b;
 };
+
+// gemm_rows over a packed weight matrix of storage S (A: its offset in the T buffer).
+template <typename T, typename S, typename Isa>
+AGHMN_INLINE void stream_gemm(int64_t M, int64_t K, int64_t Np, const T* in, int64_t ld_in,
+                              const T* A, const T* init, int64_t ld_init, T* out, int64_t ld_out,
+                              bool backwards = false) {
+  if constexpr (is_bf16<S>()) {
+    static_assert(std::is_same<T, float>::value, "bf16 storage computes in float");
+    gemm_rows_bf16<Isa>(M, K, Np, in, ld_in, reinterpret_cast<const uint32_t*>(A), init, ld_init,
+                        out, ld_out, backwards);
+  } else {
+    gemm_rows<T, Isa>(M, K, Np, in, ld_in, A, init, ld_init, out, ld_out, backwards);
+  }
+}
+
+// Packs W [N][K] (PyTorch layout) transposed into the T buffer at A, as storage S.
+template <typename T, typename S>
+inline void stream_pack_matrix(const T* W, int64_t N, int64_t K, int64_t Np, T* A) {
+  if constexpr (is_bf16<S>())
+    pack_transposed_bf16(W, N, K, Np, reinterpret_cast<uint32_t*>(A));
+  else
+    pack_transposed(W, N, K, Np, A);
+}
 
 // ---- one step of a tile of recurrences (no gates kept: inference) ------------------------
 template <typename T>
@@ -153,7 +180,7 @@ AGHMN_INLINE void softmax_row(int64_t n, const T* z, T* p) {
 }
 
 // Precomputes the forward fusion direction's states over j = 0..K leading pads.
-template <typename T, typename Isa>
+template <typename T, typename S, typename Isa>
 AGHMN_INLINE void stream_pad_states_impl(const StreamDims& d, const StreamLayout& L, T* w) {
   const int64_t H = d.H, Hp = L.Hp;
   T* states = w + L.pad_states;
@@ -162,61 +189,63 @@ AGHMN_INLINE void stream_pad_states_impl(const StreamDims& d, const StreamLayout
   for (int64_t s = 0; s < d.K; ++s) {
     const T* hp = states + s * Hp;
     T* out = states + (s + 1) * Hp;
-    gemm_rows<T, Isa>(1, H, L.W3, hp, Hp, w + L.fusion_hh[0], w + L.fusion_bhh[0], 0, g.data(),
-                      L.W3);
+    stream_gemm<T, S, Isa>(1, H, L.W3, hp, Hp, w + L.fusion_hh[0], w + L.fusion_bhh[0], 0,
+                           g.data(), L.W3);
     gru_infer_row(H, w + L.fusion_bih[0], g.data(), hp, out);
     for (int64_t j = H; j < Hp; ++j) out[j] = T(0);
   }
 }
 
-// Packs the weights into w (stream_layout(d).total elements).
-template <typename T>
+// Packs the weights into w (stream_layout<T, S>(d).total elements); S = Bf16 rounds the weight
+// matrices to bf16 (bf16_bits).
+template <typename T, typename S = T>
 inline void stream_pack(const StreamDims& d, const StreamWeights<T>& src, T* w) {
-  const StreamLayout L = stream_layout<T>(d);
+  const StreamLayout L = stream_layout<T, S>(d);
   const int64_t H = d.H;
   if (d.bigru_reader) {
     for (int i = 0; i < 2; ++i) {
-      pack_transposed(src.reader_w_ih[i], 3 * H, d.E, L.W3, w + L.reader_ih[i]);
+      stream_pack_matrix<T, S>(src.reader_w_ih[i], 3 * H, d.E, L.W3, w + L.reader_ih[i]);
       pack_bias(src.reader_b_ih[i], 3 * H, L.W3, w + L.reader_bih[i]);
-      pack_transposed(src.reader_w_hh[i], 3 * H, H, L.W3, w + L.reader_hh[i]);
+      stream_pack_matrix<T, S>(src.reader_w_hh[i], 3 * H, H, L.W3, w + L.reader_hh[i]);
       pack_bias(src.reader_b_hh[i], 3 * H, L.W3, w + L.reader_bhh[i]);
     }
-    pack_transposed(src.reader_proj_w, H, 2 * H, L.Hp, w + L.reader_proj);
+    stream_pack_matrix<T, S>(src.reader_proj_w, H, 2 * H, L.Hp, w + L.reader_proj);
     pack_bias(src.reader_proj_b, H, L.Hp, w + L.reader_projb);
   }
   for (int i = 0; i < d.D; ++i) {
-    pack_transposed(src.fusion_w_ih[i], 3 * H, H, L.W3, w + L.fusion_ih[i]);
+    stream_pack_matrix<T, S>(src.fusion_w_ih[i], 3 * H, H, L.W3, w + L.fusion_ih[i]);
     pack_bias(src.fusion_b_ih[i], 3 * H, L.W3, w + L.fusion_bih[i]);
-    pack_transposed(src.fusion_w_hh[i], 3 * H, H, L.W3, w + L.fusion_hh[i]);
+    stream_pack_matrix<T, S>(src.fusion_w_hh[i], 3 * H, H, L.W3, w + L.fusion_hh[i]);
     pack_bias(src.fusion_b_hh[i], 3 * H, L.W3, w + L.fusion_bhh[i]);
   }
   for (int i = 0; i < d.S; ++i) {
-    pack_transposed(src.summary_w_ih[i], 2 * H, H, L.W2, w + L.summary_ih[i]);
+    stream_pack_matrix<T, S>(src.summary_w_ih[i], 2 * H, H, L.W2, w + L.summary_ih[i]);
     pack_bias(src.summary_b_ih[i], 2 * H, L.W2, w + L.summary_bih[i]);
-    pack_transposed(src.summary_w_hh[i], 2 * H, H, L.W2, w + L.summary_hh[i]);
+    stream_pack_matrix<T, S>(src.summary_w_hh[i], 2 * H, H, L.W2, w + L.summary_hh[i]);
     pack_bias(src.summary_b_hh[i], 2 * H, L.W2, w + L.summary_bhh[i]);
   }
-  pack_transposed(src.cls_w, d.C, H, L.Cp, w + L.cls);
+  stream_pack_matrix<T, S>(src.cls_w, d.C, H, L.Cp, w + L.cls);
   pack_bias(src.cls_b, d.C, L.Cp, w + L.cls_b);
   if (d.D > 0)
-    dispatch_isa([&](auto isa) { stream_pad_states_impl<T, decltype(isa)>(d, L, w); });
+    dispatch_isa_for<S>([&](auto isa) { stream_pad_states_impl<T, S, decltype(isa)>(d, L, w); });
 }
 
 // One push of B conversations. Conversation b is at ring block blocks[b] (store rows
 // blocks[b] * K .. + K) and has counts[b] earlier utterances; its tokens are
 // tokens[tok_offsets[b] .. tok_offsets[b + 1]) (1..max_len of them), or its reader vector is
-// u_given[b] when the reader is not the BiGRU. Blocks are distinct.
-template <typename T>
+// u_given[b] when the reader is not the BiGRU. Blocks are distinct. S: the storage of the
+// embedding table and the ring (T, or Bf16: bf16_bits rounds what is written).
+template <typename T, typename S = T>
 struct StreamBatch {
   int64_t B;
-  const T* embedding;           // [V, E]
+  const S* embedding;           // [V, E]
   const int64_t* tokens;        // token ids, concatenated
   const int64_t* tok_offsets;   // [B + 1]
   const T* u_given;             // [B, H] or nullptr
   const int64_t* blocks;        // [B]
   const int64_t* counts;        // [B]
-  T* u_store;                   // [rows, H]
-  T* proj_store;                // [max(D, 1), rows, 3H]
+  S* u_store;                   // [rows, H]
+  S* proj_store;                // [max(D, 1), rows, 3H]
   int64_t store_rows;
   T* u_out;                     // [B, H]: the new utterances' reader vectors
   T* probs;                     // [B, C]
@@ -231,9 +260,9 @@ inline T* stream_scratch(int64_t n) {
 }
 
 // Reader vectors of rows b0 .. b0 + rows into u [rows][Hp].
-template <typename T, typename Isa>
+template <typename T, typename S, typename Isa>
 AGHMN_INLINE void stream_reader(const StreamDims& d, const StreamLayout& L, const T* w,
-                                const StreamBatch<T>& in, int64_t b0, int64_t rows, T* u,
+                                const StreamBatch<T, S>& in, int64_t b0, int64_t rows, T* u,
                                 T* scratch) {
   const int64_t H = d.H, E = d.E, W3 = L.W3, Hp = L.Hp;
   const int64_t tok0 = in.tok_offsets[b0], ntok = in.tok_offsets[b0 + rows] - tok0;
@@ -246,18 +275,19 @@ AGHMN_INLINE void stream_reader(const StreamDims& d, const StreamLayout& L, cons
   T* h = g + rows * W3;              // [2][rows][Hp] (double buffer)
   T* pool = h + 2 * rows * Hp;       // [rows][2H]
   for (int64_t t = 0; t < ntok; ++t) {
-    const T* e = in.embedding + in.tokens[tok0 + t] * E;
-    std::copy(e, e + E, x + t * E);
+    const S* e = in.embedding + in.tokens[tok0 + t] * E;
+    for (int64_t j = 0; j < E; ++j) x[t * E + j] = from_storage<T>(e[j]);
   }
   for (int64_t i = 0; i < rows * 2 * H; ++i) pool[i] = -std::numeric_limits<T>::infinity();
   for (int dir = 0; dir < 2; ++dir) {
-    gemm_rows<T, Isa>(ntok, E, W3, x, E, w + L.reader_ih[dir], w + L.reader_bih[dir], 0, proj, W3);
+    stream_gemm<T, S, Isa>(ntok, E, W3, x, E, w + L.reader_ih[dir], w + L.reader_bih[dir], 0, proj,
+                           W3);
     for (int64_t i = 0; i < 2 * rows * Hp; ++i) h[i] = T(0);
     for (int64_t s = 0; s < steps; ++s) {
       T* hp = h + (s & 1) * rows * Hp;
       T* hn = h + ((s + 1) & 1) * rows * Hp;
-      gemm_rows<T, Isa>(rows, H, W3, hp, Hp, w + L.reader_hh[dir], w + L.reader_bhh[dir], 0, g,
-                        W3, s & 1);
+      stream_gemm<T, S, Isa>(rows, H, W3, hp, Hp, w + L.reader_hh[dir], w + L.reader_bhh[dir], 0,
+                             g, W3, s & 1);
       for (int64_t m = 0; m < rows; ++m) {
         const int64_t off = in.tok_offsets[b0 + m] - tok0;
         const int64_t len = in.tok_offsets[b0 + m + 1] - in.tok_offsets[b0 + m];
@@ -274,7 +304,8 @@ AGHMN_INLINE void stream_reader(const StreamDims& d, const StreamLayout& L, cons
     if (len < d.max_len)
       for (int64_t j = 0; j < 2 * H; ++j) pool[m * 2 * H + j] = std::max(pool[m * 2 * H + j], T(0));
   }
-  gemm_rows<T, Isa>(rows, 2 * H, Hp, pool, 2 * H, w + L.reader_proj, w + L.reader_projb, 0, u, Hp);
+  stream_gemm<T, S, Isa>(rows, 2 * H, Hp, pool, 2 * H, w + L.reader_proj, w + L.reader_projb, 0,
+                         u, Hp);
   for (int64_t i = 0; i < rows * Hp; ++i) u[i] = tanh_vec(u[i]);
 }
 
@@ -283,7 +314,7 @@ inline int64_t stream_scratch_size(const StreamDims& d, const StreamLayout& L, i
                                    int64_t ntok) {
   const int64_t reader = ntok * (d.E + L.W3) + rows * (L.W3 + 2 * L.Hp + 2 * d.H);
   const int64_t context = rows * (d.K * L.Hp + d.K * L.W2 + L.W3 + 3 * L.Hp + d.K + L.Hp) +
-                          rows * L.Cp;
+                          rows * L.Cp + L.W3;
   return rows * L.Hp + std::max(reader, context) + 64;
 }
 
@@ -292,16 +323,16 @@ constexpr int64_t kStreamTileRows = 16;
 
 // Probabilities of rows b0 .. b0 + rows (rows <= kStreamTileRows), and their reader vectors
 // into in.u_out.
-template <typename T, typename Isa>
+template <typename T, typename S, typename Isa>
 AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayout& L, const T* w,
-                                           const StreamBatch<T>& in, int64_t b0, int64_t rows) {
+                                           const StreamBatch<T, S>& in, int64_t b0, int64_t rows) {
   const int64_t H = d.H, K = d.K, Hp = L.Hp, W3 = L.W3, W2 = L.W2, C = d.C;
   const int64_t ntok = in.tok_offsets[b0 + rows] - in.tok_offsets[b0];
   T* const base = stream_scratch<T>(stream_scratch_size<T>(d, L, rows, ntok));
   T* e = base;                   // [rows][Hp]: the query u, then e over the hops
   T* scratch = e + rows * Hp;
   if (d.bigru_reader) {
-    stream_reader<T, Isa>(d, L, w, in, b0, rows, e, scratch);
+    stream_reader<T, S, Isa>(d, L, w, in, b0, rows, e, scratch);
   } else {
     for (int64_t m = 0; m < rows; ++m)
       for (int64_t j = 0; j < Hp; ++j) e[m * Hp + j] = j < H ? in.u_given[(b0 + m) * H + j] : T(0);
@@ -316,7 +347,8 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
     T* h = g + rows * W3;              // [2][rows][Hp]
     T* o = h + 2 * rows * Hp;          // [rows][Hp]
     T* attn = o + rows * Hp;           // [rows][K]
-    logits = attn + rows * K;
+    T* xrow = attn + rows * K;         // [W3]: a stored projection as T (bf16 storage)
+    logits = xrow + W3;
     // First real slot of each row (K: no history), and of the tile.
     int64_t first[kStreamTileRows];
     int64_t s0 = K;
@@ -333,8 +365,8 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
       for (int64_t k = s0; k < K; ++k) {
         T* row = mem + (m * K + k) * Hp;
         if (k >= first[m]) {
-          const T* u = in.u_store + store_row(m, k) * H;
-          for (int64_t j = 0; j < Hp; ++j) row[j] = j < H ? u[j] : T(0);
+          const S* u = in.u_store + store_row(m, k) * H;
+          for (int64_t j = 0; j < Hp; ++j) row[j] = j < H ? from_storage<T>(u[j]) : T(0);
         } else {
           for (int64_t j = 0; j < Hp; ++j) row[j] = T(0);
         }
@@ -350,13 +382,21 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
           const int64_t k = dir == 0 ? s0 + s : K - 1 - s;
           T* hp = h + (s & 1) * rows * Hp;
           T* hn = h + ((s + 1) & 1) * rows * Hp;
-          gemm_rows<T, Isa>(rows, H, W3, hp, Hp, w + L.fusion_hh[dir], w + L.fusion_bhh[dir], 0,
-                            g, W3, s & 1);
+          stream_gemm<T, S, Isa>(rows, H, W3, hp, Hp, w + L.fusion_hh[dir], w + L.fusion_bhh[dir],
+                                 0, g, W3, s & 1);
           for (int64_t m = 0; m < rows; ++m) {
             const bool real = k >= first[m];
             if (!real && dir == 1) continue;  // a pad after the real slots: never read
-            const T* x = real ? in.proj_store + dir * P + store_row(m, k) * 3 * H
-                              : w + L.fusion_bih[dir];
+            const T* x = w + L.fusion_bih[dir];
+            if (real) {
+              const S* stored = in.proj_store + dir * P + store_row(m, k) * 3 * H;
+              if constexpr (is_bf16<S>()) {
+                for (int64_t j = 0; j < 3 * H; ++j) xrow[j] = from_storage<T>(stored[j]);
+                x = xrow;
+              } else {
+                x = stored;
+              }
+            }
             gru_infer_row(H, x, g + m * W3, hp + m * Hp, hn + m * Hp);
             if (real) add_row(H, hn + m * Hp, mem + (m * K + k) * Hp);
           }
@@ -388,15 +428,16 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
       }
       for (int cell = 0; cell < d.S && s0 < K; ++cell) {
         for (int64_t m = 0; m < rows; ++m)
-          gemm_rows<T, Isa>(K - s0, H, W2, mem + (m * K + s0) * Hp, Hp, w + L.summary_ih[cell],
-                            w + L.summary_bih[cell], 0, xp + (m * K + s0) * W2, W2);
+          stream_gemm<T, S, Isa>(K - s0, H, W2, mem + (m * K + s0) * Hp, Hp,
+                                 w + L.summary_ih[cell], w + L.summary_bih[cell], 0,
+                                 xp + (m * K + s0) * W2, W2);
         for (int64_t i = 0; i < rows * Hp; ++i) h[i] = T(0);
         for (int64_t s = 0; s < K - s0; ++s) {
           const int64_t k = cell == 0 ? s0 + s : K - 1 - s;
           T* hp = h + (s & 1) * rows * Hp;
           T* hn = h + ((s + 1) & 1) * rows * Hp;
-          gemm_rows<T, Isa>(rows, H, W2, hp, Hp, w + L.summary_hh[cell], w + L.summary_bhh[cell],
-                            0, g, W2, s & 1);
+          stream_gemm<T, S, Isa>(rows, H, W2, hp, Hp, w + L.summary_hh[cell],
+                                 w + L.summary_bhh[cell], 0, g, W2, s & 1);
           for (int64_t m = 0; m < rows; ++m) {
             if (k < first[m]) {  // a pad: a = 0 leaves the state as it is
               std::copy(hp + m * Hp, hp + m * Hp + Hp, hn + m * Hp);
@@ -411,18 +452,18 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
       add_row(rows * Hp, o, e);
     }
   }
-  gemm_rows<T, Isa>(rows, H, L.Cp, e, Hp, w + L.cls, w + L.cls_b, 0, logits, L.Cp);
+  stream_gemm<T, S, Isa>(rows, H, L.Cp, e, Hp, w + L.cls, w + L.cls_b, 0, logits, L.Cp);
   for (int64_t m = 0; m < rows; ++m) softmax_row(C, logits + m * L.Cp, in.probs + (b0 + m) * C);
 }
 
 // Computes rows b0 .. b0 + rows in tiles of at most kStreamTileRows.
-template <typename T>
-inline void stream_forward_tile(const StreamDims& d, const T* w, const StreamBatch<T>& in,
+template <typename T, typename S>
+inline void stream_forward_tile(const StreamDims& d, const T* w, const StreamBatch<T, S>& in,
                                 int64_t b0, int64_t rows) {
-  const StreamLayout L = stream_layout<T>(d);
-  dispatch_isa([&](auto isa) {
+  const StreamLayout L = stream_layout<T, S>(d);
+  dispatch_isa_for<S>([&](auto isa) {
     for (int64_t r = 0; r < rows; r += kStreamTileRows)
-      stream_forward_tile_impl<T, decltype(isa)>(d, L, w, in, b0 + r,
+      stream_forward_tile_impl<T, S, decltype(isa)>(d, L, w, in, b0 + r,
                                                  std::min(kStreamTileRows, rows - r));
   });
 }
@@ -430,31 +471,34 @@ inline void stream_forward_tile(const StreamDims& d, const T* w, const StreamBat
 // Writes rows b0 .. b0 + rows of in.u_out, and their fusion input projections, into the slot
 // after each conversation's last utterance. Run after every forward tile (it overwrites the
 // oldest slot of a full window, which the forward step reads).
-template <typename T, typename Isa>
+template <typename T, typename S, typename Isa>
 AGHMN_INLINE void stream_remember_tile_impl(const StreamDims& d, const StreamLayout& L,
-                                            const T* w, const StreamBatch<T>& in, int64_t b0,
+                                            const T* w, const StreamBatch<T, S>& in, int64_t b0,
                                             int64_t rows) {
   const int64_t H = d.H, K = d.K, W3 = L.W3;
   T* g = stream_scratch<T>(rows * W3);
   for (int64_t m = 0; m < rows; ++m) {
     const int64_t slot = in.blocks[b0 + m] * K + in.counts[b0 + m] % K;
-    std::copy(in.u_out + (b0 + m) * H, in.u_out + (b0 + m + 1) * H, in.u_store + slot * H);
+    for (int64_t j = 0; j < H; ++j)
+      in.u_store[slot * H + j] = to_storage<S>(in.u_out[(b0 + m) * H + j]);
   }
   for (int dir = 0; dir < d.D; ++dir) {
-    gemm_rows<T, Isa>(rows, H, W3, in.u_out + b0 * H, H, w + L.fusion_ih[dir],
-                      w + L.fusion_bih[dir], 0, g, W3);
+    stream_gemm<T, S, Isa>(rows, H, W3, in.u_out + b0 * H, H, w + L.fusion_ih[dir],
+                           w + L.fusion_bih[dir], 0, g, W3);
     for (int64_t m = 0; m < rows; ++m) {
       const int64_t slot = in.blocks[b0 + m] * K + in.counts[b0 + m] % K;
-      std::copy(g + m * W3, g + m * W3 + 3 * H, in.proj_store + (dir * in.store_rows + slot) * 3 * H);
+      S* dst = in.proj_store + (dir * in.store_rows + slot) * 3 * H;
+      for (int64_t j = 0; j < 3 * H; ++j) dst[j] = to_storage<S>(g[m * W3 + j]);
     }
   }
 }
 
-template <typename T>
-inline void stream_remember_tile(const StreamDims& d, const T* w, const StreamBatch<T>& in,
+template <typename T, typename S>
+inline void stream_remember_tile(const StreamDims& d, const T* w, const StreamBatch<T, S>& in,
                                  int64_t b0, int64_t rows) {
-  const StreamLayout L = stream_layout<T>(d);
-  dispatch_isa([&](auto isa) { stream_remember_tile_impl<T, decltype(isa)>(d, L, w, in, b0, rows); });
+  const StreamLayout L = stream_layout<T, S>(d);
+  dispatch_isa_for<S>(
+      [&](auto isa) { stream_remember_tile_impl<T, S, decltype(isa)>(d, L, w, in, b0, rows); });
 }
 
 }  // namespace cpu

@@ -109,10 +109,15 @@ aghmn::cpu::StreamDims stream_dims(int64_t H, int64_t E, int64_t C, int64_t K, i
 }
 
 // weights: the tensors of aghmn::cpu::stream_weight_specs (stream/stream_weights.h) in its order
-// (the list the native runtime reads by name from a model file).
+// (the list the native runtime reads by name from a model file). precision "bf16" packs the
+// weight matrices as bf16 (float32 weights only) for a push over a bfloat16 ring store.
 Tensor stream_pack(at::TensorList weights, int64_t H_, int64_t E, int64_t C, int64_t K, int64_t D,
-                   int64_t S, int64_t hops, int64_t max_len, bool bigru_reader) {
+                   int64_t S, int64_t hops, int64_t max_len, bool bigru_reader,
+                   c10::string_view precision) {
   const aghmn::cpu::StreamDims d = stream_dims(H_, E, C, K, D, S, hops, max_len, bigru_reader);
+  TORCH_CHECK(precision == "fp32" || precision == "bf16", "stream_pack: precision must be "
+              "'fp32' or 'bf16', got '", std::string(precision), "'");
+  const bool bf16 = precision == "bf16";
   TORCH_CHECK(!weights.empty(), "stream_pack: weights is empty");
   const Tensor& like = weights[0];
   TORCH_CHECK(like.scalar_type() == at::kFloat || like.scalar_type() == at::kDouble,
@@ -132,6 +137,17 @@ Tensor stream_pack(at::TensorList weights, int64_t H_, int64_t E, int64_t C, int
                 specs[i].name, ") must have shape ", at::IntArrayRef(shape), ", got ", t.sizes());
   }
   Tensor packed;
+  if (bf16) {
+    TORCH_CHECK(like.scalar_type() == at::kFloat, "stream_pack: precision 'bf16' packs float32 "
+                "weights, got ", like.scalar_type());
+    std::vector<const float*> ptrs;
+    for (const Tensor& t : weights) ptrs.push_back(t.data_ptr<float>());
+    using aghmn::cpu::Bf16;
+    packed = at::empty({aghmn::cpu::stream_layout<float, Bf16>(d).total}, like.options());
+    aghmn::cpu::stream_pack<float, Bf16>(d, aghmn::cpu::stream_weights_in_order(d, ptrs),
+                                         packed.data_ptr<float>());
+    return packed;
+  }
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "stream_pack", [&] {
     std::vector<const scalar_t*> ptrs;
     for (const Tensor& t : weights) ptrs.push_back(t.data_ptr<scalar_t>());
@@ -153,21 +169,27 @@ Tensor stream_push(const Tensor& packed, const Tensor& embedding, at::IntArrayRe
               (packed.scalar_type() == at::kFloat || packed.scalar_type() == at::kDouble),
               "stream_push: packed must be a 1-D contiguous float32/float64 CPU tensor "
               "(from stream_pack)");
+  // A bfloat16 ring store (and embedding table) means bf16 storage: packed by
+  // stream_pack(precision="bf16"), float32, computing in float32.
+  const bool bf16 = u_store.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(!bf16 || packed.scalar_type() == at::kFloat, "stream_push: a bfloat16 store needs "
+              "float32 packed weights from stream_pack(precision='bf16')");
   const auto dtype = packed.scalar_type();
+  const auto store_dtype = bf16 ? at::kBFloat16 : dtype;
   TORCH_CHECK(B >= 1, "stream_push: blocks is empty (no conversations)");
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == B, "stream_push: counts has ", counts.size(),
               " entries, blocks has ", B);
   TORCH_CHECK(u_store.dim() == 2 && u_store.size(1) == H && u_store.size(0) % K == 0 &&
-              u_store.scalar_type() == dtype && u_store.is_contiguous() && u_store.device().is_cpu(),
+              u_store.scalar_type() == store_dtype && u_store.is_contiguous() && u_store.device().is_cpu(),
               "stream_push: u_store must be a contiguous CPU [capacity * K, H] tensor of the packed "
               "dtype, got ", u_store.sizes());
   const int64_t rows = u_store.size(0);
   TORCH_CHECK(proj_store.dim() == 3 && proj_store.size(0) == std::max<int64_t>(d.D, 1) &&
               proj_store.size(1) == rows && proj_store.size(2) == 3 * H &&
-              proj_store.scalar_type() == dtype && proj_store.is_contiguous() &&
+              proj_store.scalar_type() == store_dtype && proj_store.is_contiguous() &&
               proj_store.device().is_cpu(),
               "stream_push: proj_store must be a contiguous CPU [max(D, 1), ", rows, ", 3H] tensor "
-              "of the packed dtype, got ", proj_store.sizes());
+              "of u_store's dtype, got ", proj_store.sizes(), " ", proj_store.scalar_type());
   std::vector<int64_t> sorted(blocks.begin(), blocks.end());
   std::sort(sorted.begin(), sorted.end());
   for (int64_t b = 0; b < B; ++b) {
@@ -181,10 +203,10 @@ Tensor stream_push(const Tensor& packed, const Tensor& embedding, at::IntArrayRe
   if (d.bigru_reader) {
     TORCH_CHECK(static_cast<int64_t>(lengths.size()) == B, "stream_push: lengths has ",
                 lengths.size(), " entries, blocks has ", B);
-    TORCH_CHECK(embedding.dim() == 2 && embedding.size(1) == d.E && embedding.scalar_type() == dtype &&
+    TORCH_CHECK(embedding.dim() == 2 && embedding.size(1) == d.E && embedding.scalar_type() == store_dtype &&
                 embedding.is_contiguous() && embedding.device().is_cpu(),
-                "stream_push: embedding must be a contiguous CPU [V, ", d.E, "] tensor of the packed "
-                "dtype, got ", embedding.sizes());
+                "stream_push: embedding must be a contiguous CPU [V, ", d.E, "] tensor of u_store's "
+                "dtype, got ", embedding.sizes(), " ", embedding.scalar_type());
     for (int64_t b = 0; b < B; ++b) {
       TORCH_CHECK(lengths[b] >= 1 && lengths[b] <= d.max_len, "stream_push: lengths[", b, "] = ",
                   lengths[b], " is outside [1, ", d.max_len, "]");
@@ -204,24 +226,26 @@ Tensor stream_push(const Tensor& packed, const Tensor& embedding, at::IntArrayRe
   }
   Tensor probs = at::empty({B, d.C}, packed.options());
   Tensor u_out = at::empty({B, H}, packed.options());
-  AT_DISPATCH_FLOATING_TYPES(dtype, "stream_push", [&] {
-    TORCH_CHECK(packed.numel() == aghmn::cpu::stream_layout<scalar_t>(d).total, "stream_push: "
-                "packed has ", packed.numel(), " elements, these sizes need ",
-                aghmn::cpu::stream_layout<scalar_t>(d).total, " (pack with the same sizes)");
-    aghmn::cpu::StreamBatch<scalar_t> in{};
+  // The kernel over storage S (T, or Bf16 for a bfloat16 store: same bits, read as such).
+  auto run = [&](auto compute, auto storage, int64_t need) {
+    using T = decltype(compute);
+    using S = decltype(storage);
+    TORCH_CHECK(packed.numel() == need, "stream_push: packed has ", packed.numel(), " elements, "
+                "these sizes need ", need, " (pack with the same sizes and precision)");
+    aghmn::cpu::StreamBatch<T, S> in{};
     in.B = B;
-    in.embedding = d.bigru_reader ? embedding.data_ptr<scalar_t>() : nullptr;
+    in.embedding = d.bigru_reader ? static_cast<const S*>(embedding.data_ptr()) : nullptr;
     in.tokens = tokens.data();
     in.tok_offsets = offsets.data();
-    in.u_given = d.bigru_reader ? nullptr : u->data_ptr<scalar_t>();
+    in.u_given = d.bigru_reader ? nullptr : u->data_ptr<T>();
     in.blocks = blocks.data();
     in.counts = counts.data();
-    in.u_store = u_store.data_ptr<scalar_t>();
-    in.proj_store = proj_store.data_ptr<scalar_t>();
+    in.u_store = static_cast<S*>(u_store.data_ptr());
+    in.proj_store = static_cast<S*>(proj_store.data_ptr());
     in.store_rows = rows;
-    in.u_out = u_out.data_ptr<scalar_t>();
-    in.probs = probs.data_ptr<scalar_t>();
-    const scalar_t* w = packed.data_ptr<scalar_t>();
+    in.u_out = u_out.data_ptr<T>();
+    in.probs = probs.data_ptr<T>();
+    const T* w = packed.data_ptr<T>();
     const int64_t R = aghmn::cpu::kStreamTileRows, tiles = (B + R - 1) / R;
     // Reads of every conversation's window finish before any slot is overwritten.
     at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
@@ -232,7 +256,15 @@ Tensor stream_push(const Tensor& packed, const Tensor& embedding, at::IntArrayRe
       for (int64_t t = begin; t < end; ++t)
         aghmn::cpu::stream_remember_tile(d, w, in, t * R, std::min(R, B - t * R));
     });
-  });
+  };
+  if (bf16) {
+    using aghmn::cpu::Bf16;
+    run(float{}, Bf16{}, aghmn::cpu::stream_layout<float, Bf16>(d).total);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(dtype, "stream_push", [&] {
+      run(scalar_t{}, scalar_t{}, aghmn::cpu::stream_layout<scalar_t>(d).total);
+    });
+  }
   return probs;
 }
 

@@ -95,6 +95,8 @@ class StreamingRecognizer:
         self.labels: List[str] = self._model.labels
         self.label_names = self.labels   # the name aghmn_fast's recognizer uses
         self.window: int = self._model.window
+        # "fp32" or "bf16": the model file's storage precision (its ring store's too).
+        self.precision: str = self._model.precision
 
     @classmethod
     def from_file(cls, path) -> "StreamingRecognizer":

@@ -94,6 +94,7 @@ class Model {
   int num_labels() const { return aghmn_model_num_labels(model_); }
   int window() const { return aghmn_model_window(model_); }
   size_t conversation_bytes() const { return aghmn_model_conversation_bytes(model_); }
+  std::string precision() const { return aghmn_model_precision(model_); }
   std::vector<std::string> labels() const {
     std::vector<std::string> out;
     for (int i = 0; i < num_labels(); ++i) out.emplace_back(aghmn_model_label(model_, i));
@@ -360,6 +361,8 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("window", &Model::window, "K, the memory window.")
       .def_property_readonly("conversation_bytes", &Model::conversation_bytes,
                              "Bytes of state one open conversation holds in a session.");
+      .def_property_readonly("precision", &Model::precision,
+                             "Storage precision of the weights and ring store: fp32 or bf16.");
 
   py::class_<Session>(m, "Session", "Conversations and their ring store over one Model.")
       .def(py::init<std::shared_ptr<Model>>(), py::arg("model"))

@@ -30,10 +30,15 @@ def _run(capsys, argv):
     return result
 
 
-@pytest.mark.parametrize("reader,window", [("bigru", 10), ("bigru", 3), ("cnn", 4)])
-def test_synthetic_dialogues_match_torch(capsys, reader, window):
+@pytest.mark.parametrize("reader,window,precision", [("bigru", 10, "fp32"), ("bigru", 3, "fp32"),
+                                                      ("cnn", 4, "fp32"), ("bigru", 10, "bf16"),
+                                                      ("cnn", 4, "bf16")])
+def test_synthetic_dialogues_match_torch(capsys, reader, window, precision):
+    """At bf16 the model file holds bf16 tensors and the runtime a bf16 ring store; the torch
+    recognizer rounds the same tensors with the same function."""
     result = _run(capsys, ["--synthetic", "60", "--reader", reader, "--window", str(window),
-                           "--seed", str(window)])
+                           "--seed", str(window), "--precision", precision])
+    assert result["precision"] == precision
     if reader == "bigru":   # the same kernel in the same order: bit for bit
         assert result["bitwise_equal_utterances"] == result["utterances"]
 
@@ -65,5 +70,11 @@ def test_runtime_bench_quick_runs_every_part(tmp_path):
     assert record["wheel"]["bytes"] <= 2 * 2**20
     assert {"aghmn_runtime (python module)", "torch StreamingRecognizer"} <= set(record["cold_start"])
     assert record["memory_1000_conversations"]["aghmn_runtime (python module)"]["rss_mb"] > 0
-    assert set(record["push"]) == {"K=10", "K=40"}
-    assert "push_many 1,024, aghmn_runtime" in record["push"]["K=40"]
+    assert set(record["push"]) == {"threads=1"}
+    assert set(record["push"]["threads=1"]) == {"K=10", "K=40"}
+    k40 = record["push"]["threads=1"]["K=40"]
+    assert {"push_many 1,024, aghmn_runtime", "push_many 1,024, aghmn_runtime bf16",
+            "push, torch StreamingRecognizer bf16"} <= set(k40)
+    assert k40["ring_state_bytes_per_conversation"]["bf16"] * 2 == \
+        k40["ring_state_bytes_per_conversation"]["fp32"]
+    assert record["model_file_bytes"]["bf16"] <= 0.55 * record["model_file_bytes"]["fp32"]

@@ -48,6 +48,8 @@ from .recognizers import load_recognizer
 from .store import ConversationStore, MemoryStore, SQLiteStore
 
 log = logging.getLogger("aghmn_runtime.serving")
+#: storage precisions of a checkpoint served on torch (a .aghmn model carries its own)
+PRECISIONS = ("fp32", "bf16")
 
 
 def open_store(url: Optional[str], window: int, ttl_seconds: Optional[float] = None) -> ConversationStore:
@@ -80,6 +82,7 @@ class ServeConfig:
     max_batch_items: int = 1024
     threads: int = 1
     backend: Optional[str] = None
+    precision: str = "fp32"                 # "bf16": StreamingRecognizer(precision="bf16")
     worker_thread: bool = False
     max_connections: Optional[int] = None   # None: 4096, or the descriptor limit - 64 if lower
     max_header_bytes: int = 16_384          # request line + headers
@@ -89,6 +92,8 @@ class ServeConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range option."""
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         positive = ("max_batch", "max_queue", "max_conversations", "max_body_bytes", "max_text_chars",
                     "max_batch_items", "threads", "max_header_bytes", "max_url_bytes")
         for name in ("max_connections", "max_memory"):
@@ -162,7 +167,8 @@ class ServingApp:
     def __init__(self, config: ServeConfig, store: Optional[ConversationStore] = None):
         config.validate()
         self.config = config
-        recognizer = load_recognizer(config.checkpoint, backend=config.backend, threads=config.threads)
+        recognizer = load_recognizer(config.checkpoint, backend=config.backend, threads=config.threads,
+                                     precision=config.precision)
         self.memory_budget = config.max_memory if config.max_memory is not None else default_budget()
         self.bytes_per_conversation = recognizer.bytes_per_conversation + BOOKKEEPING_BYTES
         max_live = live_capacity(self.memory_budget, self.bytes_per_conversation, config.max_conversations,

@@ -76,6 +76,9 @@ def add_arguments(p) -> None:
                    help="seconds a connection may stay open with no request in progress (default 60)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the engine (default 1)")
     p.add_argument("--backend", default=None, help="op backend (default: fastest available)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="storage precision of a checkpoint's weights and ring store (bf16: half the "
+                        "state bytes, fp32 arithmetic; a .aghmn model carries its own)")
     p.add_argument("--worker-thread", action="store_true",
                    help="run the model on its own thread instead of the event loop (see docs/SERVING.md)")
     p.add_argument("--ray", action="store_true",
@@ -107,6 +110,7 @@ def config_from_args(args):
         max_memory=None if args.max_memory is None else parse_size(args.max_memory),
         max_body_bytes=args.max_body_bytes, max_text_chars=args.max_text_chars,
         max_batch_items=args.max_batch_items, threads=args.threads, backend=args.backend,
+        precision=args.precision,
         worker_thread=args.worker_thread, max_connections=args.max_connections,
         max_header_bytes=args.max_header_bytes, max_url_bytes=args.max_url_bytes,
         request_timeout=args.request_timeout, idle_timeout=args.idle_timeout)

@@ -66,7 +66,8 @@ def is_runtime_model(path: str) -> bool:
         return False
 
 
-def load_recognizer(path, backend: Optional[str] = None, threads: int = 1) -> Recognizer:
+def load_recognizer(path, backend: Optional[str] = None, threads: int = 1,
+                    precision: str = "fp32") -> Recognizer:
     """The recognizer of an exported ``.aghmn`` model (the native runtime; ``backend`` must then
     be None and ``threads`` is ignored: the runtime computes a push on the calling thread) or of
     a checkpoint (torch, through the :data:`TORCH_ENGINE` plug-in of ``aghmn-fast``). A list of
@@ -89,10 +90,13 @@ def load_recognizer(path, backend: Optional[str] = None, threads: int = 1) -> Re
         if backend is not None:
             raise ValueError(f"--backend {backend!r} applies to checkpoints; {paths[0]} is a .aghmn "
                              "model, served by the native runtime")
+        if precision != "fp32":
+            raise ValueError(f"--precision {precision!r} applies to checkpoints; {paths[0]} is a .aghmn "
+                             "model, which carries its precision (aghmn-fast export --precision)")
         from .. import StreamingRecognizer
         return StreamingRecognizer(paths[0])
     return load_torch_engine(paths[0]).load_recognizer(
-        paths[0] if len(paths) == 1 else paths, backend=backend, threads=threads)
+        paths[0] if len(paths) == 1 else paths, backend=backend, threads=threads, precision=precision)
 
 
 def load_torch_engine(path: str):
