@@ -200,6 +200,31 @@ def meld_model(dialogues, window: int = 5) -> AGHMN:
     return tiny_model(window=window, vocab=build_vocabulary([dialogues]), hidden=32)
 
 
+class ManualClock:
+    """A clock for TTL tests: it reads ``now`` and moves only when :meth:`advance` is called, so
+    expiry is decided by the test, never by how fast the machine runs."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward."""
+        self.now += seconds
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout`` seconds (a
+    deadline for a background task to act, never a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     """A TCP port free on the loopback interface now."""
     with socket.socket() as s:

@@ -3,16 +3,15 @@ concurrency, bad input, the token, limits and metrics; on both engines (torch an
 runtime, one set of weights)."""
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
 
 from aghmn_runtime.serving.memory import BOOKKEEPING_BYTES, default_budget, format_size, machine_memory, parse_size
 
-from serving_fixtures import (FailingRecognizer, assert_matches_offline, checkpoint, engine_kind,  # noqa: F401
+from serving_fixtures import (FailingRecognizer, ManualClock, assert_matches_offline, checkpoint, engine_kind,  # noqa: F401
                               make_serving, meld_model, meld_test_third, offline_probabilities, recognizer_for,
-                              reference, running_app, stream_dialogues_http, synthetic_dialogues)
+                              reference, running_app, stream_dialogues_http, synthetic_dialogues, wait_until)
 
 TOKEN = "s3cret-token"
 
@@ -189,13 +188,15 @@ def test_options_are_validated(checkpoint, tmp_path):
 
 
 def test_idle_conversations_expire(checkpoint, tmp_path):
-    serving = _serving(checkpoint, tmp_path, ttl_seconds=0.3)
+    serving = _serving(checkpoint, tmp_path, ttl_seconds=0.2)   # the sweeper runs every ttl / 4
+    clock = serving.engine.store.clock = serving.engine.clock = ManualClock()
     with running_app(serving) as base:
         url = base + "/v1/conversations/idle/utterances"
         assert httpx.post(url, json={"text": "hi"}).json()["index"] == 0
         assert httpx.post(url, json={"text": "again"}).json()["index"] == 1
-        time.sleep(1.0)   # the sweeper runs every ttl / 4
-        assert httpx.get(base + "/readyz").json()["live_conversations"] == 0
+        assert httpx.get(base + "/readyz").json()["live_conversations"] == 1
+        clock.advance(0.3)
+        wait_until(lambda: httpx.get(base + "/readyz").json()["live_conversations"] == 0, what="the sweep")
         assert httpx.post(url, json={"text": "hi"}).json()["index"] == 0   # a new conversation
 
 

@@ -12,7 +12,7 @@ from aghmn_runtime.serving.engine import ConversationEngine, ServingError, check
 from aghmn_runtime.serving.store import MemoryStore, SQLiteStore, StoreConflict
 from aghmn_fast.streaming import StreamingRecognizer
 
-from serving_fixtures import (REPO, FailingRecognizer, assert_matches_offline, engine_kind,  # noqa: F401
+from serving_fixtures import (REPO, FailingRecognizer, ManualClock, assert_matches_offline, engine_kind,  # noqa: F401
                               load_engine, meld_model, meld_test_third, offline_probabilities, recognizer_for, redis_url,
                               subprocess_env, synthetic_dialogues, tiny_model)
 
@@ -138,15 +138,18 @@ def test_sqlite_store_refuses_another_window_and_garbage(tmp_path):
 
 
 def test_capacity_delete_and_ttl(model_files, engine_kind):
-    engine = ConversationEngine(_rec(model_files(window=3), engine_kind), MemoryStore(3), max_conversations=2,
-                                ttl_seconds=0.2)
+    clock = ManualClock()
+    engine = ConversationEngine(_rec(model_files(window=3), engine_kind), MemoryStore(3, clock=clock),
+                                max_conversations=2, ttl_seconds=10)
     out = engine.process([("a", "hi"), ("b", "hello"), ("c", "no"), ("a", "yes")])
     assert [isinstance(r, ServingError) for r in out] == [False, False, True, False]
     assert out[2].status == 429 and "limit 2" in out[2].message
     assert out[3]["index"] == 1
     assert engine.delete("b") and not engine.delete("b")
     assert engine.process([("c", "no")])[0]["index"] == 0   # room again
-    time.sleep(0.3)
+    clock.advance(10)
+    assert engine.expire() == 0                              # idle exactly the TTL: kept
+    clock.advance(0.5)
     engine.process([("c", "fine")])                          # c stays fresh
     assert engine.expire() == 1                              # a expired
     assert engine.process([("a", "hi")])[0]["index"] == 0    # a starts over

@@ -16,7 +16,7 @@ from aghmn_runtime.serving.cli import add_parser, config_from_args
 from aghmn_runtime.serving.engine import ConversationEngine, ServingError, check_conversation_id
 from aghmn_runtime.serving.store import MemoryStore, SQLiteStore
 
-from serving_fixtures import engine_kind, load_engine, make_serving, running_app  # noqa: F401 (fixture)
+from serving_fixtures import ManualClock, engine_kind, load_engine, make_serving, running_app  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -203,18 +203,19 @@ def test_replay_of_a_live_conversation_is_a_lookup(make_engine):
 
 # ---- 10: one clock for memory and store --------------------------------------------------------------
 def test_memory_and_store_expire_on_one_clock(make_engine, tmp_path):
-    path = str(tmp_path / "s.db")
-    first = make_engine(SQLiteStore(path, 3), ttl_seconds=1.0)
+    path, clock = str(tmp_path / "s.db"), ManualClock()
+    first = make_engine(SQLiteStore(path, 3, clock=clock), ttl_seconds=1.0, clock=clock)
     first.process([("idle", "hello")])
     first.close()
-    time.sleep(0.6)
-    engine = make_engine(SQLiteStore(path, 3), ttl_seconds=1.0)   # a restart
-    engine.restore()
+    clock.advance(0.6)
+    engine = make_engine(SQLiteStore(path, 3, clock=clock), ttl_seconds=1.0, clock=clock)   # a restart
+    assert engine.restore() == 1   # idle 0.6 s of 1.0: still stored
+    assert engine.process([("idle", "there")])[0]["index"] == 1   # rebuilt from the store
+    clock.advance(1.2)
     assert engine.process([("other", "hi")])[0]["index"] == 0
-    time.sleep(0.6)
-    engine.expire()
-    # last used 1.2 s ago (0.6 s before the restart): memory and store both forgot it; it
-    # starts over, never "updated elsewhere meanwhile"
+    assert engine.expire() == 1
+    # idle last used 1.2 s ago: memory and store both forgot it; it starts over, never
+    # "updated elsewhere meanwhile"
     out = engine.process([("idle", "back")])[0]
     assert not isinstance(out, ServingError), out.message
     assert out["index"] == 0
