@@ -196,7 +196,6 @@ class ServingApp:
         self.app = self   # the ASGI app (see __call__)
         self._starlette = Starlette(
             routes=[
-                Route("/v1/conversations/{cid}/utterances", self.post_utterance, methods=["POST"]),
                 Route("/v1/utterances", self.post_batch, methods=["POST"]),
                 Route("/v1/conversations/{cid}", self.delete_conversation, methods=["DELETE"]),
                 WebSocketRoute("/v1/stream", self.stream),
@@ -309,10 +308,13 @@ class ServingApp:
         counter.inc()
 
     async def _http_exception(self, request, exc: HTTPException) -> Response:
-        message = {404: f"no route {request.url.path}",
-                   405: f"method {request.method} not allowed on {request.url.path}"}
-        self.metrics.rejections.labels("no_route" if exc.status_code == 404 else "method").inc()
-        return _json(exc.status_code, {"error": message.get(exc.status_code, exc.detail)}, exc.headers)
+        return self._route_error(exc.status_code, request.method, request.url.path, exc.headers, exc.detail)
+
+    def _route_error(self, status: int, method: str, path: str, headers=None, detail: str = "") -> Response:
+        """404 (no route) or 405 (wrong method) as JSON, counted among the rejections."""
+        message = {404: f"no route {path}", 405: f"method {method} not allowed on {path}"}
+        self.metrics.rejections.labels("no_route" if status == 404 else "method").inc()
+        return _json(status, {"error": message.get(status, detail)}, headers)
 
     async def _internal_error(self, request, exc: Exception) -> Response:
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -320,14 +322,6 @@ class ServingApp:
         return _json(500, {"error": f"internal error: {type(exc).__name__}"})
 
     # ---- routes --------------------------------------------------------------------------------
-    async def post_utterance(self, request: Request) -> Response:
-        """``POST /v1/conversations/{id}/utterances`` ``{"text": ...}`` (through Starlette: only
-        reached by requests the fast path in :meth:`__call__` leaves alone)."""
-        status, payload, headers = await self._utterance(
-            request.headers, request.path_params["cid"], request.headers.get("content-length"),
-            request.stream())
-        return Response(payload, status, headers, media_type="application/json")
-
     async def _utterance(self, headers, cid: str, declared: Optional[str], chunks):
         """The utterance route: (status, JSON bytes, extra headers)."""
         start = time.perf_counter()
@@ -352,13 +346,17 @@ class ServingApp:
 
     async def __call__(self, scope, receive, send) -> None:
         """The ASGI entry point: the hot route (``POST /v1/conversations/{id}/utterances``) is
-        served here directly, the rest by Starlette (its routing and middleware cost about as
-        much as the model at batch size 1)."""
-        if scope["type"] == "http" and scope["method"] == "POST":
+        served here directly, and only here (Starlette's routing and middleware cost about as
+        much as the model at batch size 1); the other routes by Starlette."""
+        if scope["type"] == "http":
             path = scope["path"]
             if path.startswith("/v1/conversations/") and path.endswith("/utterances") and path.count("/") == 4:
-                await self._fast_utterance(scope, receive, send, path[18:-11])
-                return
+                if scope["method"] == "POST":   # an empty id too: refused by check_conversation_id
+                    await self._fast_utterance(scope, receive, send, path[18:-11])
+                    return
+                if path[18:-11]:
+                    await self._route_error(405, scope["method"], path, {"Allow": "POST"})(scope, receive, send)
+                    return
         await self._starlette(scope, receive, send)
 
     async def _fast_utterance(self, scope, receive, send, cid: str) -> None:
