@@ -311,3 +311,33 @@ def test_header_url_timeouts_and_connection_limits(checkpoint, tmp_path):
                  'aghmn_connections_closed_total{reason="request_timeout"} 1.0',
                  'aghmn_connections_closed_total{reason="max_connections"} 1.0'):
         assert line in metrics, line
+
+
+# ---- uvicorn's private protocol classes ---------------------------------------------------------------
+def test_uvicorn_has_the_private_names_the_protocols_rely_on():
+    """protocols.py subclasses uvicorn's private protocol classes: each name they override, call
+    or read must exist on the installed uvicorn (an upgrade that drops one fails here by name)."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from aghmn_runtime.serving import protocols
+
+    async def app(scope, receive, send):
+        raise AssertionError("never called")
+
+    config = uvicorn.Config(app, http="httptools", ws="websockets-sansio", log_level="error")
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        missing = []
+        for cls, names in protocols.PRIVATE_METHODS.items():
+            missing += [f"{cls.__qualname__}.{n}()" for n in names if not callable(getattr(cls, n, None))]
+        for cls, names in protocols.PRIVATE_ATTRIBUTES.items():
+            instance = cls(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+            missing += [f"{cls.__qualname__}().{n}" for n in names if not hasattr(instance, n)]
+        missing += [f"STATUS_LINE[{s}]" for s in protocols.ANSWERED_STATUSES if s not in protocols.STATUS_LINE]
+    finally:
+        loop.close()
+    assert not missing, (f"uvicorn {uvicorn.__version__} lacks what aghmn_runtime/serving/protocols.py "
+                         f"relies on: {', '.join(missing)}; adapt protocols.py before raising the "
+                         "uvicorn cap in runtime/pyproject.toml")
