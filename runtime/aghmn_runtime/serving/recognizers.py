@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Iterable, List, Optional, Protocol, Tuple, runtime_checkable
+from typing import Iterable, List, Optional, Protocol, Tuple
 
 RUNTIME_MAGIC = b"AGHMNRT\0"   # the first bytes of a .aghmn model file (docs/RUNTIME.md)
 #: The torch engine's plug-in: a module with ``load_recognizer(paths, backend, threads)``.
 TORCH_ENGINE = "aghmn_fast.serving_engine"
 
 
-@runtime_checkable
 class Recognizer(Protocol):
     """What serving needs of a streaming recognizer (both engines provide it; the serving tests
     run on both: ``tests/serving_fixtures.py``, ``ENGINES``).
@@ -48,12 +47,6 @@ class Recognizer(Protocol):
 
     def utterances_seen(self, conversation_id: str) -> int:
         """Utterances pushed to a conversation (0 if unknown)."""
-
-    def save_state(self, path: str) -> None:
-        """Write every open conversation's state."""
-
-    def load_state(self, path: str) -> None:
-        """Replace the conversations with a saved state of the same model."""
 
 
 def is_runtime_model(path: str) -> bool:
