@@ -341,3 +341,41 @@ def test_uvicorn_has_the_private_names_the_protocols_rely_on():
     assert not missing, (f"uvicorn {uvicorn.__version__} lacks what aghmn_runtime/serving/protocols.py "
                          f"relies on: {', '.join(missing)}; adapt protocols.py before raising the "
                          "uvicorn cap in runtime/pyproject.toml")
+
+
+# ---- a WebSocket message over --max-body-bytes ---------------------------------------------------------
+def test_websocket_message_over_the_limit_closes_with_1009(checkpoint, tmp_path):
+    """The single server: a message of exactly --max-body-bytes is answered; one byte more closes
+    the connection with 1009 ("message too big", RFC 6455), before the message is buffered. Behind
+    a WebSocket layer that allows more (Ray Serve's proxy), the app answers it 413 instead and the
+    connection stays open."""
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.sync.client import connect
+
+    limit = 1024
+    message = json.dumps({"id": "big", "text": "hello"})
+
+    def sized(n):   # JSON allows trailing whitespace: the same message, n bytes long
+        return message + " " * (n - len(message))
+
+    handle = {}
+    with running_app(_serving(checkpoint, tmp_path, state="memory", max_body_bytes=limit), handle) as base:
+        url = base.replace("http", "ws") + "/v1/stream"
+        with connect(url, max_size=None) as ws:
+            ws.send(sized(limit))
+            assert json.loads(ws.recv(timeout=10))["index"] == 0
+            ws.send(sized(limit).encode())   # a binary frame: the same limit
+            assert json.loads(ws.recv(timeout=10))["index"] == 1
+            ws.send(sized(limit + 1))
+            with pytest.raises(ConnectionClosedError) as closed:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        handle["server"].config.ws_max_size = 16 << 20   # read per connection: Ray's proxy's size
+        with connect(url, max_size=None) as ws:
+            ws.send(sized(limit + 1))
+            answer = json.loads(ws.recv(timeout=10))
+            assert answer["status"] == 413 and f"larger than {limit} bytes" in answer["error"]
+            ws.send(json.dumps({"id": "big", "text": "é" * 510}, ensure_ascii=False))   # 1,049 bytes
+            assert json.loads(ws.recv(timeout=10))["status"] == 413
+            ws.send(message)
+            assert json.loads(ws.recv(timeout=10))["index"] == 2
