@@ -16,13 +16,13 @@ from aghmn_runtime.serving.cli import add_parser, config_from_args
 from aghmn_runtime.serving.engine import ConversationEngine, ServingError, check_conversation_id
 from aghmn_runtime.serving.store import MemoryStore, SQLiteStore
 
-from serving_fixtures import ManualClock, engine_kind, load_engine, make_serving, running_app  # noqa: F401 (fixture)
+from serving_fixtures import ManualClock, recognizer_kind, load_served_recognizer, make_serving, running_app  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(model_files, engine_kind):
-    """The window-3 model file of each engine in turn (one set of weights)."""
-    return model_files(window=3)[engine_kind]
+def checkpoint(model_files, recognizer_kind):
+    """The window-3 model file of each recognizer in turn (one set of weights)."""
+    return model_files(window=3)[recognizer_kind]
 
 
 _serving = make_serving
@@ -31,9 +31,9 @@ _serving = make_serving
 @pytest.fixture
 def make_engine(checkpoint):
     """``make_engine(store=None, **engine options)``: an engine over a fresh recognizer of the
-    module's engine kind."""
+    module's recognizer kind."""
     def make(store=None, **kwargs):
-        return ConversationEngine(load_engine(checkpoint), store if store is not None else MemoryStore(3), **kwargs)
+        return ConversationEngine(load_served_recognizer(checkpoint), store if store is not None else MemoryStore(3), **kwargs)
     return make
 
 

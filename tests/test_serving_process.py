@@ -1,6 +1,6 @@
 """``aghmn-fast serve`` as a real process: SIGTERM drains in-flight requests and a restart
 restores every conversation; kill -9 loses no acknowledged utterance and a retry after it is
-replayed; user errors are one line. On both engines (torch and the native runtime)."""
+replayed; user errors are one line. On both recognizers (torch and the native runtime)."""
 import asyncio
 import json
 import signal
@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from serving_fixtures import (REPO, assert_matches_offline, checkpoint, engine_kind, free_port,  # noqa: F401
+from serving_fixtures import (REPO, assert_matches_offline, checkpoint, recognizer_kind, free_port,  # noqa: F401
                               offline_probabilities, reference, serve_command, stop_server, stream_dialogues_http,
                               subprocess_env, synthetic_dialogues, wait_for_port)
 

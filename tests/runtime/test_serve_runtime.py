@@ -1,5 +1,5 @@
 """``aghmn-fast serve`` of a .aghmn model: served by the native runtime, and the server process
-never imports torch; both engines implement the one Recognizer interface serving uses."""
+never imports torch; both recognizers implement the one Recognizer interface serving uses."""
 import json
 import os
 import subprocess
@@ -94,13 +94,13 @@ def test_load_recognizer_picks_the_recognizer_by_the_file(model):
         assert x.probabilities == pytest.approx(y.probabilities, abs=1e-6)
 
 
-def test_engine_choice_errors(model, monkeypatch):
+def test_recognizer_choice_errors(model, monkeypatch):
     path, _ = model
     with pytest.raises(ValueError, match="native runtime"):
         load_recognizer(path, backend="cpu")
     _, ckpt = model
     # the torch-free install: a checkpoint is one clear error naming both ways out
-    monkeypatch.setitem(sys.modules, "aghmn_fast.serving_engine", None)
+    monkeypatch.setitem(sys.modules, "aghmn_fast.serving_plugin", None)
     with pytest.raises(ImportError, match="needs aghmn-fast .* installed; or export it with `aghmn-fast export") as caught:
         load_recognizer(ckpt)
     assert ckpt in str(caught.value) and "\n" not in str(caught.value)

@@ -459,7 +459,7 @@ class ConversationEngine:
     def _compute_replays(self, texts: List[List[str]]) -> list:
         """The prediction of each list's last text after the texts before it, each list on a
         scratch conversation of the recognizer (closed again, also on failure). A scratch id is
-        a str that is never a conversation id (``#`` is not allowed in one): both engines take
+        a str that is never a conversation id (``#`` is not allowed in one): both recognizers take
         it, and no conversation is touched."""
         scratch = [f"#replay-{n}" for n in range(len(texts))]
         pushes = [(sid, t) for sid, ts in zip(scratch, texts) for t in ts]
