@@ -193,6 +193,7 @@ class ServingApp:
         self._observe = {r: (self.metrics.request_seconds.labels(r), {}) for r in
                          ("utterance", "batch", "delete", "stream", "metrics")}
         self._in_flight = {r: self.metrics.in_flight.labels(r) for r in ("utterance", "batch", "stream")}
+        self._receiving = {r: self.metrics.receiving.labels(r) for r in ("utterance", "batch")}
         self.app = self   # the ASGI app (see __call__)
         self._starlette = Starlette(
             routes=[
@@ -259,20 +260,25 @@ class ServingApp:
         if not hmac.compare_digest(raw, self._expected_auth):
             raise ServingError(401, "invalid bearer token")
 
-    async def _json_body(self, request: Request):
-        return await self._read_json(request.headers.get("content-length"), request.stream())
+    async def _json_body(self, route: str, request: Request):
+        return await self._read_json(route, request.headers.get("content-length"), request.stream())
 
-    async def _read_json(self, declared: Optional[str], chunks):
+    async def _read_json(self, route: str, declared: Optional[str], chunks):
         """Parse a JSON body of at most ``max_body_bytes`` (checked before and while reading)."""
         limit = self.config.max_body_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ServingError(413, f"request body larger than {limit} bytes")
         parts, size = [], 0
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > limit:
-                raise ServingError(413, f"request body larger than {limit} bytes")
-            parts.append(chunk)
+        receiving = self._receiving[route]
+        receiving.inc()
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise ServingError(413, f"request body larger than {limit} bytes")
+                parts.append(chunk)
+        finally:
+            receiving.dec()
         return _parse_json(b"".join(parts), "body")
 
     async def _submit(self, route: str, items: List[Tuple[str, str]], tag=None):
@@ -328,7 +334,7 @@ class ServingApp:
         try:
             self._authorize(headers)
             cid = check_conversation_id(cid)
-            body = await self._read_json(declared, chunks)
+            body = await self._read_json("utterance", declared, chunks)
             if not isinstance(body, dict) or "text" not in body:
                 raise ServingError(422, "body must be a JSON object with a 'text' string")
             text = check_text(body["text"], self.config.max_text_chars)
@@ -388,7 +394,7 @@ class ServingApp:
         start = time.perf_counter()
         try:
             self._authorize(request.headers)
-            body = await self._json_body(request)
+            body = await self._json_body("batch", request)
             entries = body.get("utterances") if isinstance(body, dict) else None
             if not isinstance(entries, list) or not entries:
                 raise ServingError(422, "body must be {\"utterances\": [{\"id\": ..., \"text\": ...}, ...]}")
