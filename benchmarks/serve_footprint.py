@@ -6,7 +6,7 @@
 
 The model: a random-initialised BiF-AGRU of MELD's size (the vocabulary of MELD's three splits
 with min count 2 when ``--data`` has MELD, else the synthetic words; 256-d word vectors, H = 100,
-window ``--window``), saved as a checkpoint (the torch engine) and exported to a ``.aghmn`` file
+window ``--window``), saved as a checkpoint (the torch recognizer) and exported to a ``.aghmn`` file
 (the runtime). Both servers are ``aghmn-serve`` (``python -m aghmn_runtime.serving.cli``) with
 ``--state memory``; ``--runtime-python`` serves the ``.aghmn`` file from another interpreter too,
 e.g. a torch-free venv with ``aghmn-fast-runtime[serve]`` (its own installed aghmn-serve).

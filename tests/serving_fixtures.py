@@ -1,5 +1,5 @@
 """Shared helpers of the serving tests: a small random model saved as a checkpoint (and exported
-for the native runtime: both engines from the same weights), synthetic (or MELD) dialogues, the
+for the native runtime: both recognizers from the same weights), synthetic (or MELD) dialogues, the
 offline reference, a real redis-server and a real server subprocess."""
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ RUNTIME_DIR = os.path.join(REPO, "runtime")   # the aghmn_runtime package, built
 # what a subprocess of the tests imports from: this checkout's aghmn_fast and aghmn_runtime (the
 # server's package, in runtime/), ahead of anything installed
 SOURCE_PATH = os.pathsep.join([REPO, RUNTIME_DIR])
-# The two engines every serving test runs on: aghmn_fast.streaming (a .pt checkpoint, PyTorch)
+# The two recognizers every serving test runs on: aghmn_fast.streaming (a .pt checkpoint, PyTorch)
 # and aghmn_runtime (the .aghmn file of `aghmn-fast export`, the native runtime).
-ENGINES = ("torch", "runtime")
+RECOGNIZERS = ("torch", "runtime")
 WORDS = ("hi hello yes no okay what why really great terrible sorry thanks love hate you me we "
          "they it this that is was not very so the a ! ? . , oh wow fine bad good happy sad").split()
 
@@ -89,7 +89,7 @@ def build_runtime():
 
 
 class ModelFiles:
-    """Model files of both engines from the same weights: ``files(window=4, **tiny_model
+    """Model files of both recognizers from the same weights: ``files(window=4, **tiny_model
     options)`` -> ``{"torch": checkpoint.pt, "runtime": model.aghmn}``, each set written (and
     exported) once into ``root``."""
 
@@ -110,16 +110,16 @@ class ModelFiles:
         return self._made[key]
 
 
-@pytest.fixture(scope="module", params=ENGINES)
-def engine_kind(request) -> str:
-    """Each engine in turn ("torch", "runtime"): the tests of a module run once per engine."""
+@pytest.fixture(scope="module", params=RECOGNIZERS)
+def recognizer_kind(request) -> str:
+    """Each recognizer in turn ("torch", "runtime"): the tests of a module run once per recognizer."""
     return request.param
 
 
 @pytest.fixture(scope="module")
-def checkpoint(model_files, engine_kind) -> str:
-    """The window-4 model file of each engine in turn (both hold the same weights)."""
-    return model_files(window=4)[engine_kind]
+def checkpoint(model_files, recognizer_kind) -> str:
+    """The window-4 model file of each recognizer in turn (both hold the same weights)."""
+    return model_files(window=4)[recognizer_kind]
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +128,8 @@ def reference(model_files) -> StreamingRecognizer:
     return recognizer_for(model_files(window=4)["torch"])
 
 
-def load_engine(path: str):
-    """The recognizer the server builds for a model file of either engine."""
+def load_served_recognizer(path: str):
+    """The recognizer the server builds for a model file of either recognizer."""
     from aghmn_runtime.serving.recognizers import load_recognizer
 
     if path.endswith(".aghmn"):
@@ -198,6 +198,31 @@ def meld_test_third() -> List[Dialogue]:
 def meld_model(dialogues, window: int = 5) -> AGHMN:
     """A random model over the vocabulary of the given MELD dialogues."""
     return tiny_model(window=window, vocab=build_vocabulary([dialogues]), hidden=32)
+
+
+class ManualClock:
+    """A clock for TTL tests: it reads ``now`` and moves only when :meth:`advance` is called, so
+    expiry is decided by the test, never by how fast the machine runs."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward."""
+        self.now += seconds
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout`` seconds (a
+    deadline for a background task to act, never a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.02)
 
 
 def free_port() -> int:

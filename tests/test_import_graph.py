@@ -27,7 +27,7 @@ COMPUTED_IMPORTS = {
     # the op registry discovers every op package's op.py
     "aghmn_fast.ops.catalog": lambda tree, modules: [m for m in modules if m.startswith("aghmn_fast.ops.")
                                                   and m.endswith(".op")],
-    # the server's torch engine: aghmn_fast.serving_engine, another distribution's module
+    # the server's torch recognizer: aghmn_fast.serving_plugin, another distribution's module
     "aghmn_runtime.serving.recognizers": lambda tree, modules: [],
 }
 
@@ -167,7 +167,7 @@ def test_only_the_command_line_imports_the_command_line():
 
 def test_the_server_imports_nothing_of_aghmn_fast_by_name():
     """aghmn_runtime (and its server) installs without aghmn-fast: no import of it, lazy or not,
-    but the torch engine's plug-in module, which it loads by a name it can do without."""
+    but the torch recognizer's plug-in module, which it loads by a name it can do without."""
     wrong = []
     for path in RUNTIME_PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):

@@ -1,18 +1,17 @@
 """The HTTP/WebSocket app over real loopback HTTP (uvicorn in a thread): routes, exactness under
-concurrency, bad input, the token, limits and metrics; on both engines (torch and the native
+concurrency, bad input, the token, limits and metrics; on both recognizers (torch and the native
 runtime, one set of weights)."""
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
 
 from aghmn_runtime.serving.memory import BOOKKEEPING_BYTES, default_budget, format_size, machine_memory, parse_size
 
-from serving_fixtures import (FailingRecognizer, assert_matches_offline, checkpoint, engine_kind,  # noqa: F401
+from serving_fixtures import (FailingRecognizer, ManualClock, assert_matches_offline, checkpoint, recognizer_kind,  # noqa: F401
                               make_serving, meld_model, meld_test_third, offline_probabilities, recognizer_for,
-                              reference, running_app, stream_dialogues_http, synthetic_dialogues)
+                              reference, running_app, stream_dialogues_http, synthetic_dialogues, wait_until)
 
 TOKEN = "s3cret-token"
 
@@ -34,7 +33,7 @@ def test_concurrent_clients_equal_offline(checkpoint, reference, tmp_path):
     assert batches < sum(len(d.texts) for d in dialogues)  # concurrent requests were batched
 
 
-def test_meld_third_over_http_equals_offline(tmp_path, engine_kind):
+def test_meld_third_over_http_equals_offline(tmp_path, recognizer_kind):
     from aghmn_fast.export import export_checkpoint
     from aghmn_fast.models.checkpoint import save_checkpoint
 
@@ -42,7 +41,7 @@ def test_meld_third_over_http_equals_offline(tmp_path, engine_kind):
     model = meld_model(dialogues)
     save_checkpoint(str(tmp_path / "meld.pt"), model, model.vocab, model.label_names)
     export_checkpoint(str(tmp_path / "meld.pt"), str(tmp_path / "meld.aghmn"))
-    serving = _serving(str(tmp_path / ("meld.pt" if engine_kind == "torch" else "meld.aghmn")), tmp_path)
+    serving = _serving(str(tmp_path / ("meld.pt" if recognizer_kind == "torch" else "meld.aghmn")), tmp_path)
     expect = offline_probabilities(recognizer_for(str(tmp_path / "meld.pt")), dialogues)
     with running_app(serving) as base:
         got = asyncio.run(stream_dialogues_http(base, dialogues, {d.id: 0 for d in dialogues},
@@ -189,13 +188,15 @@ def test_options_are_validated(checkpoint, tmp_path):
 
 
 def test_idle_conversations_expire(checkpoint, tmp_path):
-    serving = _serving(checkpoint, tmp_path, ttl_seconds=0.3)
+    serving = _serving(checkpoint, tmp_path, ttl_seconds=0.2)   # the sweeper runs every ttl / 4
+    clock = serving.engine.store.clock = serving.engine.clock = ManualClock()
     with running_app(serving) as base:
         url = base + "/v1/conversations/idle/utterances"
         assert httpx.post(url, json={"text": "hi"}).json()["index"] == 0
         assert httpx.post(url, json={"text": "again"}).json()["index"] == 1
-        time.sleep(1.0)   # the sweeper runs every ttl / 4
-        assert httpx.get(base + "/readyz").json()["live_conversations"] == 0
+        assert httpx.get(base + "/readyz").json()["live_conversations"] == 1
+        clock.advance(0.3)
+        wait_until(lambda: httpx.get(base + "/readyz").json()["live_conversations"] == 0, what="the sweep")
         assert httpx.post(url, json={"text": "hi"}).json()["index"] == 0   # a new conversation
 
 
@@ -250,7 +251,7 @@ def test_sizes_and_the_default_budget():
     assert total is not None and default_budget() == total // 2
 
 
-def test_an_engine_failure_answers_only_its_conversation(checkpoint, reference, tmp_path):
+def test_a_recognizer_failure_answers_only_its_conversation(checkpoint, reference, tmp_path):
     """The recognizer raises on one conversation's utterance (injected): that request gets 500
     ``internal error: RuntimeError``, every other request of the same micro-batches is served,
     exactly; the failed utterance is not counted."""

@@ -12,20 +12,20 @@ from aghmn_runtime.serving.engine import ConversationEngine, ServingError, check
 from aghmn_runtime.serving.store import MemoryStore, SQLiteStore, StoreConflict
 from aghmn_fast.streaming import StreamingRecognizer
 
-from serving_fixtures import (REPO, FailingRecognizer, assert_matches_offline, engine_kind,  # noqa: F401
-                              load_engine, meld_model, meld_test_third, offline_probabilities, recognizer_for, redis_url,
-                              subprocess_env, synthetic_dialogues, tiny_model)
+from serving_fixtures import (REPO, FailingRecognizer, ManualClock, assert_matches_offline, recognizer_kind,  # noqa: F401
+                              load_served_recognizer, meld_model, meld_test_third, offline_probabilities, recognizer_for,
+                              redis_url, subprocess_env, synthetic_dialogues, tiny_model)
 
 
 @pytest.fixture(scope="module")
 def files(model_files):
-    """The window-4 model of both engines."""
+    """The window-4 model of both recognizers."""
     return model_files(window=4)
 
 
 def _rec(files, engine):
     """A fresh recognizer of the given engine over the model files' weights."""
-    return load_engine(files[engine])
+    return load_served_recognizer(files[engine])
 
 
 def _expect(files, dialogues):
@@ -43,7 +43,7 @@ def test_rebuild_from_last_k_texts_equals_uninterrupted(window, path, model_file
 
     def fresh():
         if path == "runtime":
-            return load_engine(model_files(window=window, seed=window)["runtime"])
+            return load_served_recognizer(model_files(window=window, seed=window)["runtime"])
         return StreamingRecognizer(model, vocab=model.vocab, label_names=model.label_names, mode=path)
     texts = synthetic_dialogues(1, seed=3, min_len=20, max_len=20)[0].texts
     for cut in (1, window - 1, window, window + 1, 2 * window + 3, 19):
@@ -81,7 +81,7 @@ def _serve_interleaved(engine_at, dialogues, seed=0, max_batch=17, restart_after
     return got
 
 
-def test_engine_equals_offline_with_restarts_on_sqlite(tmp_path, files, engine_kind):
+def test_engine_equals_offline_with_restarts_on_sqlite(tmp_path, files, recognizer_kind):
     dialogues = synthetic_dialogues(40, seed=1)
     expect = _expect(files, dialogues)
     path = str(tmp_path / "state.db")
@@ -92,7 +92,7 @@ def test_engine_equals_offline_with_restarts_on_sqlite(tmp_path, files, engine_k
         if generation not in engines:
             if engines:
                 engines[generation - 1].close()
-            engines[generation] = ConversationEngine(_rec(files, engine_kind), SQLiteStore(path, 4))
+            engines[generation] = ConversationEngine(_rec(files, recognizer_kind), SQLiteStore(path, 4))
             engines[generation].restore()
         return engines[generation]
 
@@ -137,16 +137,19 @@ def test_sqlite_store_refuses_another_window_and_garbage(tmp_path):
         SQLiteStore(str(tmp_path / "missing" / "x.db"), 3)
 
 
-def test_capacity_delete_and_ttl(model_files, engine_kind):
-    engine = ConversationEngine(_rec(model_files(window=3), engine_kind), MemoryStore(3), max_conversations=2,
-                                ttl_seconds=0.2)
+def test_capacity_delete_and_ttl(model_files, recognizer_kind):
+    clock = ManualClock()
+    engine = ConversationEngine(_rec(model_files(window=3), recognizer_kind), MemoryStore(3, clock=clock),
+                                max_conversations=2, ttl_seconds=10)
     out = engine.process([("a", "hi"), ("b", "hello"), ("c", "no"), ("a", "yes")])
     assert [isinstance(r, ServingError) for r in out] == [False, False, True, False]
     assert out[2].status == 429 and "limit 2" in out[2].message
     assert out[3]["index"] == 1
     assert engine.delete("b") and not engine.delete("b")
     assert engine.process([("c", "no")])[0]["index"] == 0   # room again
-    time.sleep(0.3)
+    clock.advance(10)
+    assert engine.expire() == 0                              # idle exactly the TTL: kept
+    clock.advance(0.5)
     engine.process([("c", "fine")])                          # c stays fresh
     assert engine.expire() == 1                              # a expired
     assert engine.process([("a", "hi")])[0]["index"] == 0    # a starts over
@@ -154,15 +157,15 @@ def test_capacity_delete_and_ttl(model_files, engine_kind):
 
 
 @pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
-def test_expected_index_makes_retries_exact(store_kind, tmp_path, model_files, engine_kind):
+def test_expected_index_makes_retries_exact(store_kind, tmp_path, model_files, recognizer_kind):
     """A retried last utterance is answered again exactly (not counted twice); out-of-sequence
     indexes are refused; windows full and not full."""
     files = model_files(window=3)
     texts = synthetic_dialogues(1, seed=8, min_len=9, max_len=9)[0].texts
-    rec_ref = _rec(files, engine_kind)
+    rec_ref = _rec(files, recognizer_kind)
     reference = [rec_ref.push("c", t) for t in texts]
     store = MemoryStore(3) if store_kind == "memory" else SQLiteStore(str(tmp_path / "s.db"), 3)
-    engine = ConversationEngine(_rec(files, engine_kind), store)
+    engine = ConversationEngine(_rec(files, recognizer_kind), store)
     for n, text in enumerate(texts):
         first = engine.process([("c", text, n)])[0]
         again = engine.process([("c", text, n)])[0]        # the answer was "lost": retry
@@ -190,14 +193,14 @@ def test_bad_items_are_refused_alone():
         assert e.value.status == status
 
 
-def test_shared_redis_store_across_engines_is_exact(redis_url, files, engine_kind):
+def test_shared_redis_store_across_engines_is_exact(redis_url, files, recognizer_kind):
     """Two engines over one Redis (two replicas): a conversation moving between them, and back to
     a stale copy, still gives the offline predictions; a stale append is refused."""
     from aghmn_runtime.serving.redis_store import RedisStore
 
     dialogues = synthetic_dialogues(30, seed=2)
     expect = _expect(files, dialogues)
-    engines = [ConversationEngine(_rec(files, engine_kind), RedisStore(redis_url, 4)) for _ in range(2)]
+    engines = [ConversationEngine(_rec(files, recognizer_kind), RedisStore(redis_url, 4)) for _ in range(2)]
     rng = random.Random(5)
     got = _serve_interleaved(lambda step: engines[rng.randrange(2)], dialogues, seed=3)
     assert_matches_offline(got, dialogues, expect)
@@ -222,7 +225,7 @@ def test_redis_ttl_and_delete(redis_url):
     assert store.delete("b") and store.load(["b"]) == {}
 
 
-def test_meld_third_through_the_engine_with_a_restart(tmp_path, engine_kind):
+def test_meld_third_through_the_engine_with_a_restart(tmp_path, recognizer_kind):
     from aghmn_fast.export import export_checkpoint
     from aghmn_fast.models.checkpoint import save_checkpoint
 
@@ -240,7 +243,7 @@ def test_meld_third_through_the_engine_with_a_restart(tmp_path, engine_kind):
         if g not in engines:
             if g:
                 engines[0].close()
-            engines[g] = ConversationEngine(_rec(files, engine_kind), SQLiteStore(path, model.config.window))
+            engines[g] = ConversationEngine(_rec(files, recognizer_kind), SQLiteStore(path, model.config.window))
             engines[g].restore()
         return engines[g]
 
@@ -260,17 +263,17 @@ def _close(a, b):
 
 
 @pytest.mark.parametrize("lost_by", ["restart", "eviction"])
-def test_retry_after_restart_or_eviction_is_replayed_with_its_batch_served(lost_by, tmp_path, files, engine_kind):
+def test_retry_after_restart_or_eviction_is_replayed_with_its_batch_served(lost_by, tmp_path, files, recognizer_kind):
     """A client retries its last utterance once its server restarted (or evicted the
     conversation from memory): the answer is computed again from the stored texts, exactly,
     and the 30 other clients whose utterances share its batch are all served."""
     texts = synthetic_dialogues(2, seed=5, min_len=7, max_len=7)
-    engine = ConversationEngine(_rec(files, engine_kind), SQLiteStore(str(tmp_path / "s.db"), 4), max_live=30)
+    engine = ConversationEngine(_rec(files, recognizer_kind), SQLiteStore(str(tmp_path / "s.db"), 4), max_live=30)
     first = {d.id: [engine.process([(d.id, t, n)])[0] for n, t in enumerate(d.texts)] for d in texts}
     engine.process([(f"by{i}", "hello there", 0) for i in range(15)])
     if lost_by == "restart":
         engine.close()
-        engine = ConversationEngine(_rec(files, engine_kind), SQLiteStore(str(tmp_path / "s.db"), 4))
+        engine = ConversationEngine(_rec(files, recognizer_kind), SQLiteStore(str(tmp_path / "s.db"), 4))
         assert engine.restore() == 17
     else:   # 15 bystanders + 2 = 17 in memory; 15 more evict the least recently used: the two
         engine.process([(f"ev{i}", "hi", 0) for i in range(15)])
@@ -298,14 +301,14 @@ def _conversations(recognizer):
 
 
 @pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
-def test_a_failing_conversation_fails_only_its_items(store_kind, tmp_path, files, engine_kind):
+def test_a_failing_conversation_fails_only_its_items(store_kind, tmp_path, files, recognizer_kind):
     """An exception of the recognizer on one conversation's item answers that conversation's
     items 500 and serves every other item of the batch, exactly (the conversations the failed
     call may have touched part-way are rebuilt from the store)."""
     dialogues = synthetic_dialogues(12, seed=9, min_len=6, max_len=6)
     expect = _expect(files, dialogues)
     store = MemoryStore(4) if store_kind == "memory" else SQLiteStore(str(tmp_path / "s.db"), 4)
-    failing = FailingRecognizer(_rec(files, engine_kind))
+    failing = FailingRecognizer(_rec(files, recognizer_kind))
     engine = ConversationEngine(failing, store)
     got = {d.id: [] for d in dialogues}
     for n in range(6):

@@ -16,13 +16,13 @@ from aghmn_runtime.serving.cli import add_parser, config_from_args
 from aghmn_runtime.serving.engine import ConversationEngine, ServingError, check_conversation_id
 from aghmn_runtime.serving.store import MemoryStore, SQLiteStore
 
-from serving_fixtures import engine_kind, load_engine, make_serving, running_app  # noqa: F401 (fixture)
+from serving_fixtures import ManualClock, recognizer_kind, load_served_recognizer, make_serving, running_app  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(model_files, engine_kind):
-    """The window-3 model file of each engine in turn (one set of weights)."""
-    return model_files(window=3)[engine_kind]
+def checkpoint(model_files, recognizer_kind):
+    """The window-3 model file of each recognizer in turn (one set of weights)."""
+    return model_files(window=3)[recognizer_kind]
 
 
 _serving = make_serving
@@ -31,9 +31,9 @@ _serving = make_serving
 @pytest.fixture
 def make_engine(checkpoint):
     """``make_engine(store=None, **engine options)``: an engine over a fresh recognizer of the
-    module's engine kind."""
+    module's recognizer kind."""
     def make(store=None, **kwargs):
-        return ConversationEngine(load_engine(checkpoint), store if store is not None else MemoryStore(3), **kwargs)
+        return ConversationEngine(load_served_recognizer(checkpoint), store if store is not None else MemoryStore(3), **kwargs)
     return make
 
 
@@ -203,18 +203,19 @@ def test_replay_of_a_live_conversation_is_a_lookup(make_engine):
 
 # ---- 10: one clock for memory and store --------------------------------------------------------------
 def test_memory_and_store_expire_on_one_clock(make_engine, tmp_path):
-    path = str(tmp_path / "s.db")
-    first = make_engine(SQLiteStore(path, 3), ttl_seconds=1.0)
+    path, clock = str(tmp_path / "s.db"), ManualClock()
+    first = make_engine(SQLiteStore(path, 3, clock=clock), ttl_seconds=1.0, clock=clock)
     first.process([("idle", "hello")])
     first.close()
-    time.sleep(0.6)
-    engine = make_engine(SQLiteStore(path, 3), ttl_seconds=1.0)   # a restart
-    engine.restore()
+    clock.advance(0.6)
+    engine = make_engine(SQLiteStore(path, 3, clock=clock), ttl_seconds=1.0, clock=clock)   # a restart
+    assert engine.restore() == 1   # idle 0.6 s of 1.0: still stored
+    assert engine.process([("idle", "there")])[0]["index"] == 1   # rebuilt from the store
+    clock.advance(1.2)
     assert engine.process([("other", "hi")])[0]["index"] == 0
-    time.sleep(0.6)
-    engine.expire()
-    # last used 1.2 s ago (0.6 s before the restart): memory and store both forgot it; it
-    # starts over, never "updated elsewhere meanwhile"
+    assert engine.expire() == 1
+    # idle last used 1.2 s ago: memory and store both forgot it; it starts over, never
+    # "updated elsewhere meanwhile"
     out = engine.process([("idle", "back")])[0]
     assert not isinstance(out, ServingError), out.message
     assert out["index"] == 0
@@ -310,3 +311,71 @@ def test_header_url_timeouts_and_connection_limits(checkpoint, tmp_path):
                  'aghmn_connections_closed_total{reason="request_timeout"} 1.0',
                  'aghmn_connections_closed_total{reason="max_connections"} 1.0'):
         assert line in metrics, line
+
+
+# ---- uvicorn's private protocol classes ---------------------------------------------------------------
+def test_uvicorn_has_the_private_names_the_protocols_rely_on():
+    """protocols.py subclasses uvicorn's private protocol classes: each name they override, call
+    or read must exist on the installed uvicorn (an upgrade that drops one fails here by name)."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from aghmn_runtime.serving import protocols
+
+    async def app(scope, receive, send):
+        raise AssertionError("never called")
+
+    config = uvicorn.Config(app, http="httptools", ws="websockets-sansio", log_level="error")
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        missing = []
+        for cls, names in protocols.PRIVATE_METHODS.items():
+            missing += [f"{cls.__qualname__}.{n}()" for n in names if not callable(getattr(cls, n, None))]
+        for cls, names in protocols.PRIVATE_ATTRIBUTES.items():
+            instance = cls(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+            missing += [f"{cls.__qualname__}().{n}" for n in names if not hasattr(instance, n)]
+        missing += [f"STATUS_LINE[{s}]" for s in protocols.ANSWERED_STATUSES if s not in protocols.STATUS_LINE]
+    finally:
+        loop.close()
+    assert not missing, (f"uvicorn {uvicorn.__version__} lacks what aghmn_runtime/serving/protocols.py "
+                         f"relies on: {', '.join(missing)}; adapt protocols.py before raising the "
+                         "uvicorn cap in runtime/pyproject.toml")
+
+
+# ---- a WebSocket message over --max-body-bytes ---------------------------------------------------------
+def test_websocket_message_over_the_limit_closes_with_1009(checkpoint, tmp_path):
+    """The single server: a message of exactly --max-body-bytes is answered; one byte more closes
+    the connection with 1009 ("message too big", RFC 6455), before the message is buffered. Behind
+    a WebSocket layer that allows more (Ray Serve's proxy), the app answers it 413 instead and the
+    connection stays open."""
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.sync.client import connect
+
+    limit = 1024
+    message = json.dumps({"id": "big", "text": "hello"})
+
+    def sized(n):   # JSON allows trailing whitespace: the same message, n bytes long
+        return message + " " * (n - len(message))
+
+    handle = {}
+    with running_app(_serving(checkpoint, tmp_path, state="memory", max_body_bytes=limit), handle) as base:
+        url = base.replace("http", "ws") + "/v1/stream"
+        with connect(url, max_size=None) as ws:
+            ws.send(sized(limit))
+            assert json.loads(ws.recv(timeout=10))["index"] == 0
+            ws.send(sized(limit).encode())   # a binary frame: the same limit
+            assert json.loads(ws.recv(timeout=10))["index"] == 1
+            ws.send(sized(limit + 1))
+            with pytest.raises(ConnectionClosedError) as closed:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        handle["server"].config.ws_max_size = 16 << 20   # read per connection: Ray's proxy's size
+        with connect(url, max_size=None) as ws:
+            ws.send(sized(limit + 1))
+            answer = json.loads(ws.recv(timeout=10))
+            assert answer["status"] == 413 and f"larger than {limit} bytes" in answer["error"]
+            ws.send(json.dumps({"id": "big", "text": "é" * 510}, ensure_ascii=False))   # 1,049 bytes
+            assert json.loads(ws.recv(timeout=10))["status"] == 413
+            ws.send(message)
+            assert json.loads(ws.recv(timeout=10))["index"] == 2

@@ -1,6 +1,6 @@
 """``aghmn-fast serve`` as a real process: SIGTERM drains in-flight requests and a restart
 restores every conversation; kill -9 loses no acknowledged utterance and a retry after it is
-replayed; user errors are one line. On both engines (torch and the native runtime)."""
+replayed; user errors are one line. On both recognizers (torch and the native runtime)."""
 import asyncio
 import json
 import signal
@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from serving_fixtures import (REPO, assert_matches_offline, checkpoint, engine_kind, free_port,  # noqa: F401
+from serving_fixtures import (REPO, assert_matches_offline, checkpoint, recognizer_kind, free_port,  # noqa: F401
                               offline_probabilities, reference, serve_command, stop_server, stream_dialogues_http,
                               subprocess_env, synthetic_dialogues, wait_for_port)
 
@@ -33,6 +33,31 @@ def _run_cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+async def _until(condition, what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition()`` (blocking, so on a worker thread) until true; fail naming ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + timeout
+    while not await loop.run_in_executor(None, condition):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+def _receiving_batches(base: str) -> float:
+    """The server's count of POST /v1/utterances requests whose body is arriving."""
+    text = httpx.get(base + "/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith('aghmn_receiving_requests{route="batch"}'))
+    return float(line.split()[-1])
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
+
+
 def test_sigterm_drains_in_flight_and_restart_restores(checkpoint, reference, tmp_path):
     dialogues = synthetic_dialogues(32, seed=21, min_len=6)
     expect = offline_probabilities(reference, dialogues)
@@ -51,9 +76,11 @@ def test_sigterm_drains_in_flight_and_restart_restores(checkpoint, reference, tm
             writer.write(f"POST /v1/utterances HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:len(body) // 2])
             await writer.drain()
-            await asyncio.sleep(0.3)
+            # SIGTERM once the server is reading this body (a request it has not seen yet would
+            # be closed unanswered, rightly), the rest of the body once shutdown has begun
+            await _until(lambda: _receiving_batches(base) == 1, "the server reads the big request")
             procs[0].send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
+            await _until(lambda: _refused(port), "the server stops accepting connections")
             writer.write(body[len(body) // 2:])
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")

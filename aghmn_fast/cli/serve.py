@@ -1,6 +1,6 @@
 """``aghmn-fast serve``: the server of the torch-free ``aghmn-fast-runtime`` distribution
 (``aghmn_runtime.serving``, its ``[serve]`` extra; ``aghmn-serve`` there), which serves checkpoints
-through this package's torch engine (:mod:`aghmn_fast.serving_engine`) and ``.aghmn`` files on the
+through this package's torch recognizer (:mod:`aghmn_fast.serving_plugin`) and ``.aghmn`` files on the
 native runtime. Without that distribution, ``serve`` is one line saying how to install it."""
 from __future__ import annotations
 

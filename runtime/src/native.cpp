@@ -114,7 +114,7 @@ struct Batch {
 
   void add(PyObject* id, PyObject* text, size_t i) {
     std::string id_what = "conversation id of item " + std::to_string(i);
-    std::string text_what = "utterance text of item " + std::to_string(i);
+    std::string text_what = "text of item " + std::to_string(i);
     auto [id_data, id_len] = id_of(id, id_what.c_str());
     auto [text_data, text_len] = utf8_of(text, text_what.c_str());
     keep.push_back(py::reinterpret_borrow<py::object>(id));
@@ -171,7 +171,7 @@ class Session {
   // (probabilities [C] float32, index in the conversation)
   py::tuple push(const py::handle& id, const py::handle& text) {
     auto [id_data, id_len] = id_of(id.ptr(), "conversation_id");
-    auto [text_data, text_len] = utf8_of(text.ptr(), "utterance_text");
+    auto [text_data, text_len] = utf8_of(text.ptr(), "text");
     py::array_t<float> probs(num_labels_);
     int64_t index = -1;
     float* out = probs.mutable_data();
@@ -204,11 +204,11 @@ class Session {
       PyObject* item = items[i].ptr();
       if (!PyTuple_Check(item) && !PyList_Check(item))
         throw py::type_error("item " + std::to_string(i) +
-                             " must be a (conversation_id, utterance_text) pair");
+                             " must be a (conversation_id, text) pair");
       py::sequence pair = py::reinterpret_borrow<py::sequence>(item);
       if (pair.size() != 2)
         throw py::type_error("item " + std::to_string(i) +
-                             " must be a (conversation_id, utterance_text) pair");
+                             " must be a (conversation_id, text) pair");
       batch.add(pair[0].ptr(), pair[1].ptr(), i);
     }
     return push_batch(batch);
@@ -360,18 +360,18 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("labels", &Model::labels, "Class names, in class-id order.")
       .def_property_readonly("window", &Model::window, "K, the memory window.")
       .def_property_readonly("conversation_bytes", &Model::conversation_bytes,
-                             "Bytes of state one open conversation holds in a session.");
+                             "Bytes of state one open conversation holds in a session.")
       .def_property_readonly("precision", &Model::precision,
                              "Storage precision of the weights and ring store: fp32 or bf16.");
 
   py::class_<Session>(m, "Session", "Conversations and their ring store over one Model.")
       .def(py::init<std::shared_ptr<Model>>(), py::arg("model"))
-      .def("push", &Session::push, py::arg("conversation_id"), py::arg("utterance_text"),
+      .def("push", &Session::push, py::arg("conversation_id"), py::arg("text"),
            "(probabilities float32 [C], index) of one utterance.")
       .def("push_many", &Session::push_many, py::arg("ids"), py::arg("texts"),
            "(probabilities float32 [n, C], indices int64 [n]) of parallel ids and texts.")
       .def("push_items", &Session::push_items, py::arg("items"),
-           "push_many over a sequence of (conversation_id, utterance_text) pairs.")
+           "push_many over a sequence of (conversation_id, text) pairs.")
       .def("close", &Session::close, py::arg("conversation_id"))
       .def("utterances_seen", &Session::utterances_seen, py::arg("conversation_id"))
       .def("num_conversations", &Session::num_conversations)

@@ -1,6 +1,6 @@
 """The server as the torch-free distribution ships it (aghmn_runtime.serving, ``aghmn-serve``):
 the package never imports torch or aghmn_fast; ``aghmn-serve`` serves a .aghmn file, and a
-checkpoint through aghmn_fast's torch engine when that is installed (one line naming the ways
+checkpoint through aghmn_fast's torch recognizer when that is installed (one line naming the ways
 out when it is not); ``aghmn-fast serve`` delegates to it."""
 import json
 import os
@@ -50,7 +50,7 @@ def test_aghmn_serve_bad_command_line_is_one_line(capsys, tmp_path):
 
 def test_aghmn_serve_of_a_checkpoint_without_aghmn_fast_names_the_ways_out(model, monkeypatch, capsys):
     _, ckpt = model
-    monkeypatch.setitem(sys.modules, "aghmn_fast.serving_engine", None)   # aghmn-fast not installed
+    monkeypatch.setitem(sys.modules, "aghmn_fast.serving_plugin", None)   # aghmn-fast not installed
     assert serve_cli.main(["--checkpoint", ckpt, "--state", "memory", "--port", str(free_port())]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"aghmn-serve: error: {ckpt} is not a .aghmn model file"), err

@@ -1,5 +1,5 @@
 """``aghmn-fast serve`` of a .aghmn model: served by the native runtime, and the server process
-never imports torch; both engines implement the one Recognizer interface serving uses."""
+never imports torch; both recognizers implement the one Recognizer interface serving uses."""
 import json
 import os
 import subprocess
@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmar
 from runtime_common import REPO, RUNTIME_DIR, export, import_runtime, tiny_checkpoint  # noqa: E402
 from serving_fixtures import free_port  # noqa: E402
 
-from aghmn_runtime.serving.recognizers import Recognizer, load_recognizer  # noqa: E402
+from aghmn_runtime.serving.recognizers import load_recognizer  # noqa: E402
 from aghmn_fast.streaming import StreamingRecognizer  # noqa: E402
 
 
@@ -79,25 +79,28 @@ def test_serving_a_model_file_never_imports_torch(model):
     assert [p["probabilities"] for p in served] == [p.probabilities for p in expected]
 
 
-def test_both_engines_implement_the_recognizer_interface(model):
+def test_load_recognizer_picks_the_recognizer_by_the_file(model):
+    """A .aghmn file gets the native runtime, its checkpoint torch: the same answers (the
+    contract both keep is tests/test_recognizer_contract.py)."""
     path, ckpt = model
     native = load_recognizer(path)
     torch_rec = load_recognizer(ckpt)
-    assert isinstance(native, Recognizer) and isinstance(torch_rec, Recognizer)
     assert isinstance(torch_rec, StreamingRecognizer) and type(native).__module__ == "aghmn_runtime"
     assert native.window == torch_rec.window and native.label_names == torch_rec.label_names
     a = native.push_many([("c", "Hi there!"), ("c", "no")])
     b = torch_rec.push_many([("c", "Hi there!"), ("c", "no")])
-    assert [p.label for p in a] == [p.label for p in b]
+    assert [(p.index, p.label) for p in a] == [(p.index, p.label) for p in b]
+    for x, y in zip(a, b):
+        assert x.probabilities == pytest.approx(y.probabilities, abs=1e-6)
 
 
-def test_engine_choice_errors(model, monkeypatch):
+def test_recognizer_choice_errors(model, monkeypatch):
     path, _ = model
     with pytest.raises(ValueError, match="native runtime"):
         load_recognizer(path, backend="cpu")
     _, ckpt = model
     # the torch-free install: a checkpoint is one clear error naming both ways out
-    monkeypatch.setitem(sys.modules, "aghmn_fast.serving_engine", None)
+    monkeypatch.setitem(sys.modules, "aghmn_fast.serving_plugin", None)
     with pytest.raises(ImportError, match="needs aghmn-fast .* installed; or export it with `aghmn-fast export") as caught:
         load_recognizer(ckpt)
     assert ckpt in str(caught.value) and "\n" not in str(caught.value)

@@ -199,10 +199,10 @@ class ServingApp:
         self._observe = {r: (self.metrics.request_seconds.labels(r), {}) for r in
                          ("utterance", "batch", "delete", "stream", "metrics")}
         self._in_flight = {r: self.metrics.in_flight.labels(r) for r in ("utterance", "batch", "stream")}
+        self._receiving = {r: self.metrics.receiving.labels(r) for r in ("utterance", "batch")}
         self.app = self   # the ASGI app (see __call__)
         self._starlette = Starlette(
             routes=[
-                Route("/v1/conversations/{cid}/utterances", self.post_utterance, methods=["POST"]),
                 Route("/v1/utterances", self.post_batch, methods=["POST"]),
                 Route("/v1/conversations/{cid}", self.delete_conversation, methods=["DELETE"]),
                 WebSocketRoute("/v1/stream", self.stream),
@@ -266,20 +266,25 @@ class ServingApp:
         if not hmac.compare_digest(raw, self._expected_auth):
             raise ServingError(401, "invalid bearer token")
 
-    async def _json_body(self, request: Request):
-        return await self._read_json(request.headers.get("content-length"), request.stream())
+    async def _json_body(self, route: str, request: Request):
+        return await self._read_json(route, request.headers.get("content-length"), request.stream())
 
-    async def _read_json(self, declared: Optional[str], chunks):
+    async def _read_json(self, route: str, declared: Optional[str], chunks):
         """Parse a JSON body of at most ``max_body_bytes`` (checked before and while reading)."""
         limit = self.config.max_body_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ServingError(413, f"request body larger than {limit} bytes")
         parts, size = [], 0
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > limit:
-                raise ServingError(413, f"request body larger than {limit} bytes")
-            parts.append(chunk)
+        receiving = self._receiving[route]
+        receiving.inc()
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise ServingError(413, f"request body larger than {limit} bytes")
+                parts.append(chunk)
+        finally:
+            receiving.dec()
         return _parse_json(b"".join(parts), "body")
 
     async def _submit(self, route: str, items: List[Tuple[str, str]], tag=None):
@@ -315,10 +320,13 @@ class ServingApp:
         counter.inc()
 
     async def _http_exception(self, request, exc: HTTPException) -> Response:
-        message = {404: f"no route {request.url.path}",
-                   405: f"method {request.method} not allowed on {request.url.path}"}
-        self.metrics.rejections.labels("no_route" if exc.status_code == 404 else "method").inc()
-        return _json(exc.status_code, {"error": message.get(exc.status_code, exc.detail)}, exc.headers)
+        return self._route_error(exc.status_code, request.method, request.url.path, exc.headers, exc.detail)
+
+    def _route_error(self, status: int, method: str, path: str, headers=None, detail: str = "") -> Response:
+        """404 (no route) or 405 (wrong method) as JSON, counted among the rejections."""
+        message = {404: f"no route {path}", 405: f"method {method} not allowed on {path}"}
+        self.metrics.rejections.labels("no_route" if status == 404 else "method").inc()
+        return _json(status, {"error": message.get(status, detail)}, headers)
 
     async def _internal_error(self, request, exc: Exception) -> Response:
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -326,21 +334,13 @@ class ServingApp:
         return _json(500, {"error": f"internal error: {type(exc).__name__}"})
 
     # ---- routes --------------------------------------------------------------------------------
-    async def post_utterance(self, request: Request) -> Response:
-        """``POST /v1/conversations/{id}/utterances`` ``{"text": ...}`` (through Starlette: only
-        reached by requests the fast path in :meth:`__call__` leaves alone)."""
-        status, payload, headers = await self._utterance(
-            request.headers, request.path_params["cid"], request.headers.get("content-length"),
-            request.stream())
-        return Response(payload, status, headers, media_type="application/json")
-
     async def _utterance(self, headers, cid: str, declared: Optional[str], chunks):
         """The utterance route: (status, JSON bytes, extra headers)."""
         start = time.perf_counter()
         try:
             self._authorize(headers)
             cid = check_conversation_id(cid)
-            body = await self._read_json(declared, chunks)
+            body = await self._read_json("utterance", declared, chunks)
             if not isinstance(body, dict) or "text" not in body:
                 raise ServingError(422, "body must be a JSON object with a 'text' string")
             text = check_text(body["text"], self.config.max_text_chars)
@@ -358,13 +358,17 @@ class ServingApp:
 
     async def __call__(self, scope, receive, send) -> None:
         """The ASGI entry point: the hot route (``POST /v1/conversations/{id}/utterances``) is
-        served here directly, the rest by Starlette (its routing and middleware cost about as
-        much as the model at batch size 1)."""
-        if scope["type"] == "http" and scope["method"] == "POST":
+        served here directly, and only here (Starlette's routing and middleware cost about as
+        much as the model at batch size 1); the other routes by Starlette."""
+        if scope["type"] == "http":
             path = scope["path"]
             if path.startswith("/v1/conversations/") and path.endswith("/utterances") and path.count("/") == 4:
-                await self._fast_utterance(scope, receive, send, path[18:-11])
-                return
+                if scope["method"] == "POST":   # an empty id too: refused by check_conversation_id
+                    await self._fast_utterance(scope, receive, send, path[18:-11])
+                    return
+                if path[18:-11]:
+                    await self._route_error(405, scope["method"], path, {"Allow": "POST"})(scope, receive, send)
+                    return
         await self._starlette(scope, receive, send)
 
     async def _fast_utterance(self, scope, receive, send, cid: str) -> None:
@@ -396,7 +400,7 @@ class ServingApp:
         start = time.perf_counter()
         try:
             self._authorize(request.headers)
-            body = await self._json_body(request)
+            body = await self._json_body("batch", request)
             entries = body.get("utterances") if isinstance(body, dict) else None
             if not isinstance(entries, list) or not entries:
                 raise ServingError(422, "body must be {\"utterances\": [{\"id\": ..., \"text\": ...}, ...]}")
@@ -515,7 +519,10 @@ class ServingApp:
             data = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
-            if len(data) > self.config.max_body_bytes:
+            # the single server's uvicorn closes a bigger message with 1009 before it is read;
+            # this answers it where the WebSocket layer allows more (Ray Serve's proxy)
+            size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+            if size > self.config.max_body_bytes:
                 raise ServingError(413, f"message larger than {self.config.max_body_bytes} bytes")
             body = _parse_json(data, "message")
             if not isinstance(body, dict):

@@ -3,7 +3,7 @@
 
 ``aghmn-serve`` is the console script of ``aghmn-fast-runtime[serve]``, the torch-free install:
 it serves a ``.aghmn`` model file; a checkpoint of ``aghmn-fast train`` needs ``aghmn-fast``
-installed (the torch engine's plug-in, see :mod:`.recognizers`)."""
+installed (the torch recognizer's plug-in, see :mod:`.recognizers`)."""
 from __future__ import annotations
 
 import argparse

@@ -18,7 +18,7 @@ import itertools
 import logging
 import re
 import time
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .recognizers import Recognizer
 from .store import ConversationStore, StoreConflict
@@ -91,11 +91,13 @@ class ConversationEngine:
         stats: an optional object whose ``record(hits, rebuilds, new)`` is called after each
             batch with how many conversations were served from memory, rebuilt from the store,
             and opened (the server's Prometheus metrics).
+        clock: the time of each conversation's last use, which :meth:`expire` compares for a
+            shared store (an embedded store keeps its own times, on its own ``clock``).
     """
 
     def __init__(self, recognizer: Recognizer, store: ConversationStore,
                  max_conversations: int = 20_000, ttl_seconds: Optional[float] = None, stats=None,
-                 max_live: Optional[int] = None):
+                 max_live: Optional[int] = None, clock: Callable[[], float] = time.time):
         if max_conversations < 1:
             raise ValueError(f"max_conversations must be >= 1, got {max_conversations}")
         if max_live is not None and max_live < 1:
@@ -110,6 +112,7 @@ class ConversationEngine:
         self.memory_cap = max_conversations if max_live is None else min(max_conversations, max_live)
         self.ttl_seconds = ttl_seconds
         self.stats = stats
+        self.clock = clock
         self._count: Dict[str, int] = {}                 # in memory: true utterances seen
         self._used: "collections.OrderedDict[str, float]" = collections.OrderedDict()  # LRU order
         # each in-memory conversation's last answer (index, hash of its text, answer): a retry of
@@ -228,7 +231,7 @@ class ConversationEngine:
                 if items[i][0] == cid:
                     results[i] = err
         self._forget(not_stored)   # memory is ahead of the store for these: never acknowledge that
-        now = time.time()
+        now = self.clock()
         for i, (cid, text) in zip(accepted, batch):
             if cid in involved and cid not in not_stored:
                 self._used[cid] = now
@@ -263,7 +266,7 @@ class ConversationEngine:
             gone = [c for c in self.store.expire(self.ttl_seconds) if c in self._count]
             self._forget(gone)
             return len(gone)
-        cutoff = time.time() - self.ttl_seconds   # a shared store expires keys itself
+        cutoff = self.clock() - self.ttl_seconds   # a shared store expires keys itself
         idle = []
         for cid, used in self._used.items():   # oldest first
             if used >= cutoff:
@@ -456,7 +459,7 @@ class ConversationEngine:
     def _compute_replays(self, texts: List[List[str]]) -> list:
         """The prediction of each list's last text after the texts before it, each list on a
         scratch conversation of the recognizer (closed again, also on failure). A scratch id is
-        a str that is never a conversation id (``#`` is not allowed in one): both engines take
+        a str that is never a conversation id (``#`` is not allowed in one): both recognizers take
         it, and no conversation is touched."""
         scratch = [f"#replay-{n}" for n in range(len(texts))]
         pushes = [(sid, t) for sid, ts in zip(scratch, texts) for t in ts]

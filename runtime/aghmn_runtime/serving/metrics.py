@@ -34,6 +34,8 @@ class ServerMetrics:
                                  "conversations (its capacity, open or not)", registry=r)
         self.in_flight = Gauge("aghmn_in_flight_requests", "Requests waiting for the engine, by route",
                                ["route"], registry=r)
+        self.receiving = Gauge("aghmn_receiving_requests", "Requests whose body is being received, by route",
+                               ["route"], registry=r)
         self.queue_depth = Gauge("aghmn_queue_depth", "Utterances waiting for the engine", registry=r)
         self._sources = [self.conversations.labels(s) for s in ("hit", "rebuilt", "new")]
         self.limits = Gauge("aghmn_limit", "The server's configured limits (seconds, bytes or counts)",

@@ -24,6 +24,25 @@ from typing import Callable, Optional
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+# The subclasses below rely on private parts of uvicorn, which may change in any release; the
+# ``serve`` extra therefore caps uvicorn below the next minor version (runtime/pyproject.toml),
+# and tests/test_serving_hostile.py checks every name listed here on the installed uvicorn, so
+# that raising the cap fails a test, not a server. What the classes override or call:
+PRIVATE_METHODS = {
+    HttpToolsProtocol: ("connection_made", "connection_lost", "data_received", "on_message_begin", "on_url",
+                        "on_header", "on_headers_complete", "on_message_complete", "send_400_response",
+                        "handle_websocket_upgrade", "timeout_keep_alive_handler"),
+    WebSocketsSansIOProtocol: ("shutdown", "stop_keepalive"),
+}
+# ... and the attributes they read or set, as a new instance has them:
+PRIVATE_ATTRIBUTES = {
+    HttpToolsProtocol: ("loop", "connections", "timeout_keep_alive", "timeout_keep_alive_task", "cycle"),
+    WebSocketsSansIOProtocol: ("loop", "queue", "handshake_complete", "close_sent", "initial_response",
+                               "close_timer"),
+}
+# ... and the status lines written by GuardedHttpProtocol._answer.
+ANSWERED_STATUSES = (408, 414, 431, 503)
+
 
 @dataclasses.dataclass
 class ConnectionLimits:

@@ -85,7 +85,7 @@ def build_app(config, replicas: int = 2, redis_url: Optional[str] = None, max_on
 
 def package_roots() -> list:
     """The folders the driver imports ``aghmn_runtime`` (and ``aghmn_fast``, when imported: the
-    torch engine) from."""
+    torch recognizer) from."""
     roots = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
     torch_engine = sys.modules.get("aghmn_fast")
     if torch_engine is not None and getattr(torch_engine, "__file__", None):
@@ -146,7 +146,7 @@ def run_ray(config, replicas: int, redis_url: Optional[str], address: Optional[s
         del os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"]
 
     app = build_app(config, replicas, redis_url, proxy=proxy)
-    # the replicas must import this package (and the torch engine's, when loaded) as the driver does
+    # the replicas must import this package (and the torch recognizer's plug-in, when loaded) as the driver does
     pythonpath = os.pathsep.join(p for p in (*package_roots(), os.environ.get("PYTHONPATH")) if p)
     env = {"PYTHONPATH": pythonpath, **tuning, **(HAPROXY_ENV if proxy == "haproxy" else {})}
     stop = threading.Event()

@@ -1,10 +1,10 @@
-"""The one recognizer interface the serving code depends on, and the choice of engine.
+"""The one recognizer interface the serving code depends on, and the choice of recognizer.
 
-Two engines implement :class:`Recognizer`: ``aghmn_runtime.StreamingRecognizer`` (the native
+Two recognizers implement :class:`Recognizer`: ``aghmn_runtime.StreamingRecognizer`` (the native
 runtime of this distribution, a model file of ``aghmn-fast export``) and
 :class:`aghmn_fast.streaming.StreamingRecognizer` (PyTorch, a checkpoint of ``aghmn-fast train``),
-an optional plug-in: :data:`TORCH_ENGINE`, a module of the ``aghmn-fast`` distribution, imported
-only when a checkpoint is served. :func:`load_recognizer` picks the engine by the file's first
+an optional plug-in: :data:`TORCH_PLUGIN`, a module of the ``aghmn-fast`` distribution, imported
+only when a checkpoint is served. :func:`load_recognizer` picks the recognizer by the file's first
 bytes; on the runtime torch is never imported, so a server of a ``.aghmn`` file starts in
 milliseconds, stays small and installs without torch (``aghmn-fast-runtime[serve]``).
 """
@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Iterable, List, Optional, Protocol, Tuple, runtime_checkable
+from typing import Iterable, List, Optional, Protocol, Tuple
 
 RUNTIME_MAGIC = b"AGHMNRT\0"   # the first bytes of a .aghmn model file (docs/RUNTIME.md)
-#: The torch engine's plug-in: a module with ``load_recognizer(paths, backend, threads)``.
-TORCH_ENGINE = "aghmn_fast.serving_engine"
+#: The torch recognizer's plug-in: a module with ``load_recognizer(paths, backend, threads)``.
+TORCH_PLUGIN = "aghmn_fast.serving_plugin"
 
 
-@runtime_checkable
 class Recognizer(Protocol):
-    """What serving needs of a streaming recognizer (both engines provide it; the serving tests
-    run on both: ``tests/serving_fixtures.py``, ``ENGINES``).
+    """What serving needs of a streaming recognizer (both recognizers provide it; the serving
+    tests run on both: ``tests/serving_fixtures.py``, ``RECOGNIZERS``).
 
     Conversation ids are ``str`` (the runtime takes nothing else; serving's own scratch
     conversations, for replays, are str ids no client can send). ``push_many`` returns one
@@ -49,12 +48,6 @@ class Recognizer(Protocol):
     def utterances_seen(self, conversation_id: str) -> int:
         """Utterances pushed to a conversation (0 if unknown)."""
 
-    def save_state(self, path: str) -> None:
-        """Write every open conversation's state."""
-
-    def load_state(self, path: str) -> None:
-        """Replace the conversations with a saved state of the same model."""
-
 
 def is_runtime_model(path: str) -> bool:
     """Whether ``path`` is a model file of ``aghmn-fast export`` (by its magic bytes); False
@@ -70,7 +63,7 @@ def load_recognizer(path, backend: Optional[str] = None, threads: int = 1,
                     precision: str = "fp32") -> Recognizer:
     """The recognizer of an exported ``.aghmn`` model (the native runtime; ``backend`` must then
     be None and ``threads`` is ignored: the runtime computes a push on the calling thread) or of
-    a checkpoint (torch, through the :data:`TORCH_ENGINE` plug-in of ``aghmn-fast``). A list of
+    a checkpoint (torch, through the :data:`TORCH_PLUGIN` plug-in of ``aghmn-fast``). A list of
     two or more checkpoints is an ensemble (torch checkpoints only).
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an invalid one or a
@@ -95,15 +88,15 @@ def load_recognizer(path, backend: Optional[str] = None, threads: int = 1,
                              "model, which carries its precision (aghmn-fast export --precision)")
         from .. import StreamingRecognizer
         return StreamingRecognizer(paths[0])
-    return load_torch_engine(paths[0]).load_recognizer(
+    return load_torch_plugin(paths[0]).load_recognizer(
         paths[0] if len(paths) == 1 else paths, backend=backend, threads=threads, precision=precision)
 
 
-def load_torch_engine(path: str):
-    """The torch engine's plug-in module; an ``ImportError`` naming the two ways out (install
+def load_torch_plugin(path: str):
+    """The torch recognizer's plug-in module; an ``ImportError`` naming the two ways out (install
     ``aghmn-fast``, or export the checkpoint to a ``.aghmn`` file) when it is not installed."""
     try:
-        return importlib.import_module(TORCH_ENGINE)
+        return importlib.import_module(TORCH_PLUGIN)
     except ImportError as exc:
         if (exc.name or "").split(".")[0] not in ("aghmn_fast", "torch"):
             raise   # aghmn-fast is there, and one of its own imports failed: its message
@@ -114,4 +107,4 @@ def load_torch_engine(path: str):
             "without torch", name=exc.name) from None
 
 
-__all__ = ["Recognizer", "RUNTIME_MAGIC", "TORCH_ENGINE", "is_runtime_model", "load_recognizer", "load_torch_engine"]
+__all__ = ["Recognizer", "RUNTIME_MAGIC", "TORCH_PLUGIN", "is_runtime_model", "load_recognizer", "load_torch_plugin"]

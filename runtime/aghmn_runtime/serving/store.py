@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 # (conversation id, index of the utterance in its conversation, text)
 Append = Tuple[str, int, str]
@@ -73,10 +73,15 @@ class ConversationStore:
 
 
 class MemoryStore(ConversationStore):
-    """A non-durable store (tests, ``--store memory``): the same contract, nothing survives."""
+    """A non-durable store (tests, ``--store memory``): the same contract, nothing survives.
 
-    def __init__(self, window: int):
+    ``clock`` gives the activity times that :meth:`expire` compares (seconds; tests pass a clock
+    they advance, so expiry is tested without sleeping).
+    """
+
+    def __init__(self, window: int, clock: Callable[[], float] = time.time):
         self.window = _check_window(window)
+        self.clock = clock
         self.keep = window + 1
         self._data: Dict[str, Tuple[int, List[str], float]] = {}
 
@@ -92,7 +97,7 @@ class MemoryStore(ConversationStore):
             counts[cid] = index + 1
         if bad:
             raise StoreConflict(bad)
-        now = time.time()
+        now = self.clock()
         for cid, index, text in items:
             texts = self._data.get(cid, (0, [], now))[1]
             texts.append(text)
@@ -108,7 +113,7 @@ class MemoryStore(ConversationStore):
         return len(self._data)
 
     def expire(self, idle_seconds):
-        cutoff = time.time() - idle_seconds
+        cutoff = self.clock() - idle_seconds
         gone = [c for c, v in self._data.items() if v[2] < cutoff]
         for c in gone:
             del self._data[c]
@@ -131,10 +136,13 @@ class SQLiteStore(ConversationStore):
             refused with ``ValueError`` (rebuilding with fewer texts than K would not be exact).
         fsync: also survive an operating-system crash (``synchronous=FULL``); the default
             survives a crash or ``kill -9`` of the server process.
+        clock: the activity times stored with each utterance and compared by :meth:`expire`
+            (seconds since the epoch: they outlive the process; tests pass a clock they advance).
     """
 
-    def __init__(self, path: str, window: int, fsync: bool = False):
+    def __init__(self, path: str, window: int, fsync: bool = False, clock: Callable[[], float] = time.time):
         self.window = _check_window(window)
+        self.clock = clock
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"state directory not found: {directory}")
@@ -198,7 +206,7 @@ class SQLiteStore(ConversationStore):
             counts[cid] = index + 1
         if bad:
             raise StoreConflict(bad)
-        now = time.time()
+        now = self.clock()
         keep = self.window + 1
         with self._lock:
             db = self._db
@@ -237,7 +245,7 @@ class SQLiteStore(ConversationStore):
         return len(self._counts)
 
     def expire(self, idle_seconds):
-        cutoff = time.time() - idle_seconds
+        cutoff = self.clock() - idle_seconds
         with self._lock:
             gone = [c for c, t in self._seen.items() if t < cutoff]
         return self._delete(gone) if gone else []

@@ -1,9 +1,9 @@
-"""The torch engine of the server (``aghmn_runtime.serving``): its plug-in module.
+"""The torch recognizer of the server (``aghmn_runtime.serving``): its plug-in module.
 
 The serving code lives in the torch-free ``aghmn-fast-runtime`` distribution and serves
 ``.aghmn`` model files on the native runtime. When it is given a checkpoint of ``aghmn-fast
 train`` (or several: an ensemble) it imports this module, by name
-(``aghmn_runtime.serving.recognizers.TORCH_ENGINE``), and loads the checkpoint here, with torch.
+(``aghmn_runtime.serving.recognizers.TORCH_PLUGIN``), and loads the checkpoint here, with torch.
 """
 from __future__ import annotations
 
