@@ -127,8 +127,9 @@ def test_precision_refusals(tmp_path):
     with pytest.raises(ValueError, match="mode 'push' only"):
         StreamingRecognizer(rec.model, vocab=rec.vocab, label_names=rec.label_names, mode="step",
                             precision="bf16")
+    from aghmn_fast import serving_plugin   # where a server builds an ensemble
     with pytest.raises(ValueError, match="ensemble runs in fp32"):
-        StreamingRecognizer.from_checkpoint([ckpt, ckpt], precision="bf16")
+        serving_plugin.load_recognizer([ckpt, ckpt], precision="bf16")
     _extension.load()
     with pytest.raises(RuntimeError, match="precision must be 'fp32' or 'bf16'"):
         torch.ops.aghmn_fast.stream_pack(
@@ -185,6 +186,7 @@ def test_serve_precision_option(tmp_path):
     with pytest.raises(ValueError, match="carries its precision"):
         load_recognizer(model, precision="bf16")
     done = subprocess.run([sys.executable, "-m", "aghmn_fast.cli", "serve", "--checkpoint", ckpt, "--precision",
-                           "int8"], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO),
+                           "int8"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "runtime")])),
                           timeout=120)
     assert done.returncode == 2 and "--precision" in done.stderr and "Traceback" not in done.stderr
