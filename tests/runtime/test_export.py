@@ -253,3 +253,13 @@ def test_xxh64_reference_values():
 def test_fnv1a64_known_values():
     assert fnv1a64(b"") == 0xCBF29CE484222325
     assert fnv1a64(b"a") == 0xAF63DC4C8601EC8C
+
+
+def test_the_writer_the_server_and_the_loader_agree_on_the_magic(tmp_path):
+    """The magic is written by aghmn_fast.export and checked by the torch-free server (which
+    cannot import aghmn-fast) and by the C++ loader: a change to one of them fails here."""
+    from aghmn_runtime.serving.recognizers import RUNTIME_MAGIC, is_runtime_model
+    golden = os.path.join(ROOT, "csrc", "runtime", "tests", "golden", "bigru.aghmn")
+    with open(golden, "rb") as f:
+        assert f.read(len(MAGIC)) == MAGIC == RUNTIME_MAGIC
+    assert is_runtime_model(golden) and not is_runtime_model(checkpoint(tmp_path))
