@@ -48,6 +48,13 @@
   (AGHMN_RUNTIME_VERSION_MAJOR * 10000 + AGHMN_RUNTIME_VERSION_MINOR * 100 + \
    AGHMN_RUNTIME_VERSION_PATCH)
 
+/* A model file (docs/RUNTIME.md, "The model file") starts with these 8 bytes ("AGHMNRT" and its
+ * terminating NUL), then the format version as a little-endian uint32: the one definition of
+ * both, for this library, its Python module (MODEL_MAGIC, MODEL_FORMAT_VERSION) and anything that
+ * tells a model file from another file by its first bytes. */
+#define AGHMN_MODEL_MAGIC "AGHMNRT"
+#define AGHMN_MODEL_FORMAT_VERSION 2
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -23,7 +23,6 @@ namespace aghmn {
 namespace rt {
 namespace {
 
-constexpr char kMagic[8] = {'A', 'G', 'H', 'M', 'N', 'R', 'T', '\0'};
 constexpr uint32_t kMaxSections = 64;
 constexpr uint32_t kFlagRequired = 1;
 constexpr uint32_t kKvInt64 = 1, kKvString = 2, kKvStrings = 3;

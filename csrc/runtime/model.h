@@ -8,10 +8,15 @@
 #include <unordered_map>
 #include <vector>
 
+#include "runtime/aghmn_runtime.h"
+
 namespace aghmn {
 namespace rt {
 
-constexpr uint32_t kFormatVersion = 2;
+constexpr uint32_t kFormatVersion = AGHMN_MODEL_FORMAT_VERSION;
+// The 8 bytes of AGHMN_MODEL_MAGIC: the string literal and its terminating NUL.
+constexpr char kMagic[8] = AGHMN_MODEL_MAGIC;
+static_assert(sizeof(AGHMN_MODEL_MAGIC) == sizeof(kMagic), "the magic is 8 bytes, NUL included");
 constexpr int64_t kReaderBiGRU = 1, kReaderCNN = 2;
 // Files larger than these are refused before a byte is read (a model of the MELD size is a few
 // MB; a state holds K ring slots of every conversation).

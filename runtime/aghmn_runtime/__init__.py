@@ -21,19 +21,22 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["Prediction", "StreamingRecognizer", "normalize", "__version__"]
+__all__ = ["MODEL_FORMAT_VERSION", "MODEL_MAGIC", "Prediction", "StreamingRecognizer", "normalize", "__version__"]
+
+# Constants of the runtime's header compiled into the native module, which is imported on first
+# use (see _native_module): __version__ (AGHMN_RUNTIME_VERSION_STRING), MODEL_MAGIC (the 8 first
+# bytes of a model file, AGHMN_MODEL_MAGIC) and MODEL_FORMAT_VERSION (the format it reads).
+_HEADER_CONSTANTS = ("__version__", "MODEL_MAGIC", "MODEL_FORMAT_VERSION")
 
 
 def __getattr__(name: str):
-    # __version__ is the runtime header's AGHMN_RUNTIME_VERSION_STRING, compiled into the native
-    # module, which is imported on first use (see _native_module)
-    if name == "__version__":
-        return _native_module().__version__
+    if name in _HEADER_CONSTANTS:
+        return getattr(_native_module(), name)
     raise AttributeError(f"module 'aghmn_runtime' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + ["__version__"])
+    return sorted(list(globals()) + list(_HEADER_CONSTANTS))
 
 
 @dataclasses.dataclass

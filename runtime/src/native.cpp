@@ -352,6 +352,8 @@ PYBIND11_MODULE(_native, m) {
   m.def("version", [] { return std::string(aghmn_version()); },
         "The runtime library's version string.");
   m.attr("__version__") = AGHMN_RUNTIME_VERSION_STRING;
+  m.attr("MODEL_MAGIC") = py::bytes(AGHMN_MODEL_MAGIC, sizeof(AGHMN_MODEL_MAGIC));
+  m.attr("MODEL_FORMAT_VERSION") = AGHMN_MODEL_FORMAT_VERSION;
   m.def("normalize", &normalize, py::arg("text"),
         "The authors' text normalisation (aghmn_fast.data.text.normalize) of a str.");
 

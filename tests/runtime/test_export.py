@@ -18,6 +18,9 @@ from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.models.checkpoint import save_checkpoint
 from runtime_lib import FORMAT, INVALID, IO, VERSION, RuntimeError_
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+from runtime_common import import_runtime  # noqa: E402
+
 WORDS = ["<pad>", "<unk>", "", "hi", "there", "!"]
 LABELS = ["neutral", "joy", "anger"]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -255,11 +258,14 @@ def test_fnv1a64_known_values():
     assert fnv1a64(b"a") == 0xAF63DC4C8601EC8C
 
 
-def test_the_writer_the_server_and_the_loader_agree_on_the_magic(tmp_path):
-    """The magic is written by aghmn_fast.export and checked by the torch-free server (which
-    cannot import aghmn-fast) and by the C++ loader: a change to one of them fails here."""
-    from aghmn_runtime.serving.recognizers import RUNTIME_MAGIC, is_runtime_model
+def test_the_writer_and_the_runtime_agree_on_the_magic_and_version(tmp_path):
+    """The writer (aghmn_fast.export, the format's Python side) and the runtime header's one
+    definition (AGHMN_MODEL_MAGIC / AGHMN_MODEL_FORMAT_VERSION, which the C loader, the Python
+    module and the torch-free server's file sniffing use) agree: a change to one fails here."""
+    rt = import_runtime()
+    from aghmn_runtime.serving.recognizers import is_runtime_model
+    assert (rt.MODEL_MAGIC, rt.MODEL_FORMAT_VERSION) == (MAGIC, FORMAT_VERSION)
     golden = os.path.join(ROOT, "csrc", "runtime", "tests", "golden", "bigru.aghmn")
     with open(golden, "rb") as f:
-        assert f.read(len(MAGIC)) == MAGIC == RUNTIME_MAGIC
+        assert f.read(12) == MAGIC + struct.pack("<I", FORMAT_VERSION)
     assert is_runtime_model(golden) and not is_runtime_model(checkpoint(tmp_path))

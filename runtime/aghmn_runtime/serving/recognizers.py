@@ -14,7 +14,6 @@ import importlib
 import os
 from typing import Iterable, List, Optional, Protocol, Tuple
 
-RUNTIME_MAGIC = b"AGHMNRT\0"   # the first bytes of a .aghmn model file (docs/RUNTIME.md)
 #: The torch recognizer's plug-in: a module with ``load_recognizer(paths, backend, threads)``.
 TORCH_PLUGIN = "aghmn_fast.serving_plugin"
 
@@ -51,10 +50,12 @@ class Recognizer(Protocol):
 
 def is_runtime_model(path: str) -> bool:
     """Whether ``path`` is a model file of ``aghmn-fast export`` (by its magic bytes); False
-    for anything that cannot be read as a file (the checkpoint loader then names the problem)."""
+    for anything that cannot be read as a file (the checkpoint loader then names the problem).
+    The magic is the runtime header's (``aghmn_runtime.MODEL_MAGIC``), its one definition."""
+    from .. import MODEL_MAGIC
     try:
         with open(path, "rb") as f:
-            return f.read(len(RUNTIME_MAGIC)) == RUNTIME_MAGIC
+            return f.read(len(MODEL_MAGIC)) == MODEL_MAGIC
     except OSError:
         return False
 
@@ -107,4 +108,4 @@ def load_torch_plugin(path: str):
             "without torch", name=exc.name) from None
 
 
-__all__ = ["Recognizer", "RUNTIME_MAGIC", "TORCH_PLUGIN", "is_runtime_model", "load_recognizer", "load_torch_plugin"]
+__all__ = ["Recognizer", "TORCH_PLUGIN", "is_runtime_model", "load_recognizer", "load_torch_plugin"]
