@@ -312,12 +312,21 @@ AGHMN_INLINE void stream_reader(const StreamDims& d, const StreamLayout& L, cons
   for (int64_t i = 0; i < rows * Hp; ++i) u[i] = tanh_vec(u[i]);
 }
 
+// Without a projection cache, a tile of fewer rows than this (the GEMM's register tile, 4 rows
+// on every ISA) projects each row's whole window in one GEMM per direction, M = its real slots
+// (the weights are read once per 4 slots instead of once per slot: a single push); a wider tile
+// projects slot by slot, M = its rows, which needs no [rows][K][3H] buffer.
+constexpr int64_t kWindowProjectionRows = 4;
+
 template <typename T>
 inline int64_t stream_scratch_size(const StreamDims& d, const StreamLayout& L, int64_t rows,
-                                   int64_t ntok) {
+                                   int64_t ntok, bool recompute) {
   const int64_t reader = ntok * (d.E + L.W3) + rows * (L.W3 + 2 * L.Hp + 2 * d.H);
+  int64_t projections = 0;
+  if (recompute)
+    projections = rows < kWindowProjectionRows ? d.K * (L.Hp + rows * L.W3) : rows * (L.Hp + L.W3);
   const int64_t context = rows * (d.K * L.Hp + d.K * L.W2 + L.W3 + 3 * L.Hp + d.K + L.Hp) +
-                          rows * L.Cp + L.W3 + rows * (L.Hp + L.W3);
+                          rows * L.Cp + L.W3 + projections;
   return rows * L.Hp + std::max(reader, context) + 64;
 }
 
@@ -350,6 +359,28 @@ AGHMN_INLINE void stream_slot_projections(const StreamDims& d, const StreamLayou
     for (int64_t i = 0; i < n * W3; ++i) xg[i] = from_storage<T>(to_storage<S>(xg[i]));
 }
 
+// stream_slot_projections for every real slot of each row at once (kWindowProjectionRows):
+// row m's slot k into xw [rows][K][W3] at m * K + k, its window's u gathered into uw [K][Hp].
+template <typename T, typename S, typename Isa, typename RowFn>
+AGHMN_INLINE void stream_window_projections(const StreamDims& d, const StreamLayout& L, const T* w,
+                                            const StreamBatch<T, S>& in, int dir, int64_t rows,
+                                            const int64_t* first, RowFn&& store_row, T* uw,
+                                            T* xw) {
+  const int64_t H = d.H, K = d.K, Hp = L.Hp, W3 = L.W3;
+  for (int64_t m = 0; m < rows; ++m) {
+    const int64_t n = K - first[m];
+    if (n == 0) continue;
+    for (int64_t k = first[m]; k < K; ++k) {
+      const S* u = in.u_store + store_row(m, k) * H;
+      for (int64_t j = 0; j < H; ++j) uw[(k - first[m]) * Hp + j] = from_storage<T>(u[j]);
+    }
+    T* x = xw + (m * K + first[m]) * W3;
+    stream_gemm<T, S, Isa>(n, H, W3, uw, Hp, w + L.fusion_ih[dir], w + L.fusion_bih[dir], 0, x, W3);
+    if constexpr (is_bf16<S>())
+      for (int64_t i = 0; i < n * W3; ++i) x[i] = from_storage<T>(to_storage<S>(x[i]));
+  }
+}
+
 // Probabilities of rows b0 .. b0 + rows (rows <= kStreamTileRows), and their reader vectors
 // into in.u_out.
 template <typename T, typename S, typename Isa>
@@ -357,7 +388,9 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
                                            const StreamBatch<T, S>& in, int64_t b0, int64_t rows) {
   const int64_t H = d.H, K = d.K, Hp = L.Hp, W3 = L.W3, W2 = L.W2, C = d.C;
   const int64_t ntok = in.tok_offsets[b0 + rows] - in.tok_offsets[b0];
-  T* const base = stream_scratch<T>(stream_scratch_size<T>(d, L, rows, ntok));
+  const bool recompute = in.proj_store == nullptr;
+  const bool whole_windows = recompute && rows < kWindowProjectionRows;
+  T* const base = stream_scratch<T>(stream_scratch_size<T>(d, L, rows, ntok, recompute));
   T* e = base;                   // [rows][Hp]: the query u, then e over the hops
   T* scratch = e + rows * Hp;
   if (d.bigru_reader) {
@@ -377,9 +410,11 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
     T* o = h + 2 * rows * Hp;          // [rows][Hp]
     T* attn = o + rows * Hp;           // [rows][K]
     T* xrow = attn + rows * K;         // [W3]: a stored projection as T (bf16 storage)
-    T* ug = xrow + W3;                 // [rows][Hp], [rows][W3]: no projection cache
-    T* xg = ug + rows * Hp;
-    logits = xg + rows * W3;
+    // No projection cache: u gathered and the projections, [rows][Hp] and [rows][W3] slot by
+    // slot, or [K][Hp] and [rows][K][W3] for whole windows.
+    T* ug = xrow + W3;
+    T* xg = ug + (whole_windows ? K : rows) * Hp;
+    logits = xg + (whole_windows ? rows * K : rows) * W3;
     // First real slot of each row (K: no history), and of the tile.
     int64_t first[kStreamTileRows];
     int64_t s0 = K;
@@ -409,20 +444,22 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
       for (int dir = 0; dir < d.D; ++dir) {
         if (dir == 1)
           for (int64_t i = 0; i < rows * Hp; ++i) h[i] = T(0);
+        if (whole_windows)
+          stream_window_projections<T, S, Isa>(d, L, w, in, dir, rows, first, store_row, ug, xg);
         for (int64_t s = 0; s < K - s0; ++s) {
           const int64_t k = dir == 0 ? s0 + s : K - 1 - s;
           T* hp = h + (s & 1) * rows * Hp;
           T* hn = h + ((s + 1) & 1) * rows * Hp;
           stream_gemm<T, S, Isa>(rows, H, W3, hp, Hp, w + L.fusion_hh[dir], w + L.fusion_bhh[dir],
                                  0, g, W3, s & 1);
-          if (in.proj_store == nullptr)
+          if (recompute && !whole_windows)
             stream_slot_projections<T, S, Isa>(d, L, w, in, dir, rows, first, k, store_row, ug, xg);
           for (int64_t m = 0, n = 0; m < rows; ++m) {
             const bool real = k >= first[m];
             if (!real && dir == 1) continue;  // a pad after the real slots: never read
             const T* x = w + L.fusion_bih[dir];
-            if (real && in.proj_store == nullptr) {
-              x = xg + (n++) * W3;
+            if (real && recompute) {
+              x = whole_windows ? xg + (m * K + k) * W3 : xg + (n++) * W3;
             } else if (real) {
               const S* stored = in.proj_store + dir * P + store_row(m, k) * 3 * H;
               if constexpr (is_bf16<S>()) {
