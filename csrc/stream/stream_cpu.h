@@ -411,10 +411,10 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
     T* attn = o + rows * Hp;           // [rows][K]
     T* xrow = attn + rows * K;         // [W3]: a stored projection as T (bf16 storage)
     // No projection cache: u gathered and the projections, [rows][Hp] and [rows][W3] slot by
-    // slot, or [K][Hp] and [rows][K][W3] for whole windows.
+    // slot, or [K][Hp] and [rows][K][W3] for whole windows (as stream_scratch_size counts them).
     T* ug = xrow + W3;
-    T* xg = ug + (whole_windows ? K : rows) * Hp;
-    logits = xg + (whole_windows ? rows * K : rows) * W3;
+    T* xg = ug + (recompute ? (whole_windows ? K : rows) * Hp : 0);
+    logits = xg + (recompute ? (whole_windows ? rows * K : rows) * W3 : 0);
     // First real slot of each row (K: no history), and of the tile.
     int64_t first[kStreamTileRows];
     int64_t s0 = K;
