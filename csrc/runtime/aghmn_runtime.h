@@ -125,9 +125,10 @@ AGHMN_API aghmn_status aghmn_session_load(aghmn_session *s, const char *path);
 AGHMN_API aghmn_status aghmn_normalize(const char *text, size_t len, char *out, size_t cap,
                                        size_t *needed);
 
-/* Memory. Bytes of state one open conversation holds in a session: its K ring slots of reader
- * vectors and fusion input projections (float32, or bf16 for a bf16 model); 0 on NULL. A
- * server budgets memory with it. */
+/* Memory. Bytes of state one open conversation holds in a session of aghmn_session_create: its K
+ * ring slots of reader vectors and fusion input projections (float32, or bf16 for a bf16 model);
+ * 0 on NULL. A server budgets memory with it (aghmn_session_conversation_bytes: a session's own,
+ * its flags applied). */
 AGHMN_API size_t aghmn_model_conversation_bytes(const aghmn_model *model);
 /* Bytes a session's ring store holds now (0 on NULL): conversation bytes times its capacity, open
  * or not. The store doubles when full and halves (compacting the open conversations) once at most
