@@ -11,18 +11,24 @@ from typing import Optional, Sequence, Union
 
 
 def load_recognizer(checkpoint: Union[str, Sequence[str]], backend: Optional[str] = None, threads: int = 1,
-                    precision: str = "fp32"):
+                    precision: str = "fp32", projection_cache: bool = True):
     """The :class:`~aghmn_fast.streaming.StreamingRecognizer` of a checkpoint, or the
     :class:`~aghmn_fast.streaming.EnsembleRecognizer` of a list of them, computing on
     ``threads`` torch threads with op backend ``backend`` (None: the fastest available), its
-    weights and ring store stored in ``precision`` ("fp32" or "bf16"; an ensemble: fp32 only)."""
+    weights and ring store stored in ``precision`` ("fp32" or "bf16"; an ensemble: fp32 only),
+    its ring store with or without the fusion projections (``projection_cache``; an ensemble:
+    with them)."""
     import torch
 
     from .streaming import StreamingRecognizer, recognizer_from_checkpoints
     torch.set_num_threads(threads)
     paths = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
     if len(paths) == 1:
-        return StreamingRecognizer.from_checkpoint(paths[0], backend=backend, precision=precision)
+        return StreamingRecognizer.from_checkpoint(paths[0], backend=backend, precision=precision,
+                                                   projection_cache=projection_cache)
     if precision != "fp32":
         raise ValueError(f"--precision {precision!r}: an ensemble runs in fp32 only")
+    if not projection_cache:
+        raise ValueError("--projection-cache off: an ensemble keeps the projection cache (serve "
+                         "one checkpoint, or leave the option on)")
     return recognizer_from_checkpoints(paths, backend=backend)

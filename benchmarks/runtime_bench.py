@@ -6,7 +6,7 @@ conversations.
 
     python benchmarks/runtime_bench.py [--checkpoint best.pt] [--c-example PATH]
         [--load-bench PATH] [--data DIR] [--starts 10] [--threads 1,2]
-        [--precisions fp32,bf16] [--push-only] [--out result.json]
+        [--precisions fp32,bf16] [--projection-caches on,off] [--push-only] [--out result.json]
 
 Without --checkpoint the models are random-initialised at the paper's sizes (H = 100, 50-d
 word vectors, the MELD vocabulary when MELD is found, else a small synthetic one): weights do
@@ -21,13 +21,16 @@ given. Prints a JSON record (machine, load, commit);
 The push timings run at every precision of --precisions (both engines, the model file exported
 at each; in turns, so a load burst hits all of them) and for every thread count of --threads,
 each thread count in a process of its own (the runtime reads its thread count once);
---push-only skips cold start, memory, wheel and load costs.
+--push-only skips cold start, memory, wheel and load costs. --projection-caches on,off times
+each engine with and without the ring store's projection cache too (names of the "off" timings
+end in "no-cache"; the ring state bytes per conversation of each).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import glob
+import itertools
 import json
 import os
 import shutil
@@ -244,23 +247,28 @@ def measure_in_turns(steps: Dict[str, object], budget: Budget) -> Dict[str, dict
 
 
 def push_speed(rt, models: Dict[str, str], checkpoint: str, texts: Sequence[str],
-               budgets: Tuple[Budget, Budget] = (PUSH_BUDGET, ROUND_BUDGET)) -> Dict[str, dict]:
+               budgets: Tuple[Budget, Budget] = (PUSH_BUDGET, ROUND_BUDGET),
+               caches: Sequence[str] = ("on",)) -> Dict[str, dict]:
     """Per-call time of one push (64 conversations with full windows, taken in turn) and of a
     push_many round over 1,024 conversations (full windows), torch push path vs the runtime, both
     on the threads of $AGHMN_RUNTIME_THREADS, at each precision of ``models`` (precision -> the
-    model file exported at it; fp32's names carry no suffix)."""
+    model file exported at it; fp32's names carry no suffix) and projection cache of ``caches``
+    ("on", "off": names ending in "no-cache")."""
     from aghmn_fast.streaming import StreamingRecognizer
     torch.set_num_threads(int(os.environ["AGHMN_RUNTIME_THREADS"]))
     pushes, rounds = {}, {}
     state_bytes = {}
-    for precision, model in models.items():
-        tag = "" if precision == "fp32" else f" {precision}"
-        torch_rec, native = _filled(StreamingRecognizer.from_checkpoint(checkpoint,
-                                                                        precision=precision),
-                                    rt.StreamingRecognizer(model), texts)
+    for (precision, model), cache in itertools.product(models.items(), caches):
+        tag = ("" if precision == "fp32" else f" {precision}") + ("" if cache == "on" else " no-cache")
+        on = cache == "on"
+        torch_rec, native = _filled(StreamingRecognizer.from_checkpoint(
+            checkpoint, precision=precision, projection_cache=on),
+            rt.StreamingRecognizer(model, projection_cache=on), texts)
         store = torch_rec.store
-        state_bytes[precision] = (store.u.numel() * store.u.element_size() + store.proj.numel()
-                                  * store.proj.element_size()) // store.capacity
+        assert torch_rec.bytes_per_conversation == native.bytes_per_conversation
+        state_bytes[precision + ("" if on else " no-cache")] = (
+            store.u.numel() * store.u.element_size() + store.proj.numel()
+            * store.proj.element_size()) // store.capacity
         pushes[f"push, torch StreamingRecognizer{tag}"] = _one_push(torch_rec, texts)
         pushes[f"push, aghmn_runtime{tag}"] = _one_push(native, texts)
         rounds[f"push_many 1,024, torch StreamingRecognizer{tag}"] = _one_round(torch_rec, texts)
@@ -323,15 +331,23 @@ def _precision_list(text: str) -> List[str]:
     return list(dict.fromkeys(values))
 
 
+def _cache_list(text: str) -> List[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in ("on", "off") for v in values):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of on, off, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
 def push_speeds_per_threads(models, texts_args: List[str], threads: List[int], quick: bool,
-                            rt, texts) -> Dict[str, dict]:
+                            rt, texts, caches: Sequence[str] = ("on",)) -> Dict[str, dict]:
     """push_speed for each thread count: in this process for a single count, else one child
     process per count (the runtime reads $AGHMN_RUNTIME_THREADS once per process)."""
     budgets = (QUICK["push"], QUICK["round"]) if quick else (PUSH_BUDGET, ROUND_BUDGET)
     if len(threads) == 1:
         os.environ["AGHMN_RUNTIME_THREADS"] = str(threads[0])
         return {f"threads={threads[0]}": {
-            f"K={K}": push_speed(rt, files, ckpt, texts, budgets) for K, (files, ckpt) in models.items()}}
+            f"K={K}": push_speed(rt, files, ckpt, texts, budgets, caches)
+            for K, (files, ckpt) in models.items()}}
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         spec = os.path.join(tmp, "models.json")
@@ -339,7 +355,8 @@ def push_speeds_per_threads(models, texts_args: List[str], threads: List[int], q
             json.dump({str(K): v for K, v in models.items()}, f)
         for n in threads:
             done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child-models", spec,
-                                   "--threads", str(n)] + texts_args + (["--quick"] if quick else []),
+                                   "--threads", str(n), "--projection-caches", ",".join(caches)]
+                                  + texts_args + (["--quick"] if quick else []),
                                   capture_output=True, text=True, env=_env(), timeout=3600)
             if done.returncode != 0:
                 raise RuntimeError(f"push timings at {n} threads failed: {done.stderr[-3000:]}")
@@ -360,6 +377,9 @@ def main(argv: Sequence[str] = None) -> int:
                              "threads and $AGHMN_RUNTIME_THREADS; default 1)")
     parser.add_argument("--precisions", type=_precision_list, default=["fp32", "bf16"],
                         help="precisions of the push timings, comma-separated (default fp32,bf16)")
+    parser.add_argument("--projection-caches", type=_cache_list, default=["on"],
+                        help="ring stores of the push timings, comma-separated: on (the projection "
+                             "cache), off (reader vectors only); default on")
     parser.add_argument("--push-only", action="store_true",
                         help="only the push timings (no cold start, memory, wheel, load costs)")
     parser.add_argument("--child-models", default=None, help=argparse.SUPPRESS)
@@ -375,12 +395,14 @@ def main(argv: Sequence[str] = None) -> int:
         with open(args.child_models) as f:
             models = json.load(f)
         print(json.dumps({f"K={K}": push_speed(import_runtime(build=False), files, ckpt, texts,
-                                               budgets) for K, (files, ckpt) in models.items()}))
+                                               budgets, args.projection_caches)
+                          for K, (files, ckpt) in models.items()}))
         return 0
     os.environ["AGHMN_RUNTIME_THREADS"] = str(args.threads[0])   # read by the runtime's first round
     rt = import_runtime()
     record = {"machine": machine_info("cpu"), "checkpoint": args.checkpoint or "random-initialised",
               "threads": args.threads, "precisions": args.precisions,
+              "projection_caches": args.projection_caches,
               "load_average_at_start": list(os.getloadavg())}
     with tempfile.TemporaryDirectory() as tmp:
         words = sorted({w for t in texts for w in tokenize(t)})
@@ -407,7 +429,7 @@ def main(argv: Sequence[str] = None) -> int:
             window = rt.StreamingRecognizer(model).window
             record["memory_1000_conversations"] = memory(model, ckpt, args.c_example, window)
         record["push"] = push_speeds_per_threads(models, texts_args, args.threads, args.quick,
-                                                 rt, texts)
+                                                 rt, texts, args.projection_caches)
     record["load_average_at_end"] = list(os.getloadavg())
     text = json.dumps(record, indent=2)
     print(text)

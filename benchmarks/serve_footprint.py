@@ -2,7 +2,8 @@
 ``/readyz`` 200, and its RSS idle and with N live conversations whose windows are full.
 
     python benchmarks/serve_footprint.py [--data MELD_DIR] [--conversations 1000] [--window 40]
-        [--runtime-python VENV/bin/python] [--out benchmarks/results/serve-footprint.json]
+        [--runtime-python VENV/bin/python] [--projection-caches on,off]
+        [--out benchmarks/results/serve-footprint.json]
 
 The model: a random-initialised BiF-AGRU of MELD's size (the vocabulary of MELD's three splits
 with min count 2 when ``--data`` has MELD, else the synthetic words; 256-d word vectors, H = 100,
@@ -11,6 +12,8 @@ window ``--window``), saved as a checkpoint (the torch recognizer) and exported 
 ``--state memory``; ``--runtime-python`` serves the ``.aghmn`` file from another interpreter too,
 e.g. a torch-free venv with ``aghmn-fast-runtime[serve]`` (its own installed aghmn-serve).
 Conversations are filled with POST /v1/utterances, 500 items a request, ``window`` utterances each.
+Each engine runs once per ``--projection-caches`` value (``serve --projection-cache``; default both:
+the "off" runs are named "... no-cache").
 """
 from __future__ import annotations
 
@@ -107,8 +110,13 @@ def main(argv=None) -> int:
     parser.add_argument("--conversations", type=int, default=1000)
     parser.add_argument("--window", type=int, default=40)
     parser.add_argument("--runtime-python", default=None)
+    parser.add_argument("--projection-caches", default="on,off",
+                        help="serve --projection-cache values to run, comma-separated (default on,off)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    caches = [v.strip() for v in args.projection_caches.split(",") if v.strip()]
+    if not caches or any(v not in ("on", "off") for v in caches):
+        parser.error(f"--projection-caches: a comma-separated list of on, off, got {args.projection_caches!r}")
     words, vocabulary = None, "synthetic"
     if args.data and os.path.isfile(os.path.join(args.data, "train_sent_emo.csv")):
         from aghmn_fast.data import load_meld
@@ -123,13 +131,16 @@ def main(argv=None) -> int:
     runtime_common.export(ckpt, model)
     env = dict(os.environ, PYTHONPATH=SOURCE_PATH)
     serve = [sys.executable, "-m", "aghmn_runtime.serving.cli", "--checkpoint"]
-    runs = {"runtime": measure(serve + [model], env, args.conversations, args.window),
-            "torch": measure(serve + [ckpt], env, args.conversations, args.window)}
-    if args.runtime_python:
-        clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        aghmn_serve = os.path.join(os.path.dirname(args.runtime_python), "aghmn-serve")
-        runs["runtime (torch-free venv)"] = measure([aghmn_serve, "--checkpoint", model], clean,
-                                                    args.conversations, args.window)
+    runs = {}
+    for cache in caches:
+        tag, option = ("" if cache == "on" else " no-cache"), ["--projection-cache", cache]
+        runs["runtime" + tag] = measure(serve + [model] + option, env, args.conversations, args.window)
+        runs["torch" + tag] = measure(serve + [ckpt] + option, env, args.conversations, args.window)
+        if args.runtime_python:
+            clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            aghmn_serve = os.path.join(os.path.dirname(args.runtime_python), "aghmn-serve")
+            runs["runtime (torch-free venv)" + tag] = measure([aghmn_serve, "--checkpoint", model] + option,
+                                                              clean, args.conversations, args.window)
     record = {"benchmark": "serve_footprint", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "load_average_start": os.getloadavg(), "commit": subprocess.run(

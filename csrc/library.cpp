@@ -33,4 +33,7 @@ TORCH_LIBRARY(aghmn_fast, m) {
       "stream_push(Tensor packed, Tensor embedding, int[] tokens, int[] lengths, Tensor? u, "
       "int[] blocks, int[] counts, Tensor(a!) u_store, Tensor(b!) proj_store, *, int H, int E, "
       "int C, int K, int D, int S, int hops, int max_len, bool bigru_reader) -> Tensor");
+  m.def(
+      "stream_project(Tensor packed, Tensor u, *, int H, int E, int C, int K, int D, int S, "
+      "int hops, int max_len, bool bigru_reader) -> Tensor");
 }

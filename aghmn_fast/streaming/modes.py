@@ -241,6 +241,7 @@ class PushMode(Mode):
         try:
             op = torch.ops.aghmn_fast.stream_push
             pack = torch.ops.aghmn_fast.stream_pack
+            project = torch.ops.aghmn_fast.stream_project
         except (AttributeError, RuntimeError):
             return None
         bigru = isinstance(model.reader, BiGRUReader)
@@ -265,6 +266,7 @@ class PushMode(Mode):
         table = (model.embedding.weight.detach() if model.embedding is not None
                  else torch.zeros(0, cfg.embedding_dim, dtype=model_dtype))
         table = to_bfloat16(table) if bf16 else table.contiguous()
+        store.project = lambda u: project(packed, u.contiguous(), **sizes)
         return cls(model, store, op, packed, sizes, table, bigru)
 
     def step(self, cids: Sequence[Hashable], items: Sequence) -> Tensor:

@@ -73,6 +73,11 @@ class StreamingRecognizer:
             embedding table and the ring store in bfloat16, arithmetic in float32, half the
             state bytes per conversation (the "push" mode only: CPU, a float32 model, the
             compiled extension; the native runtime gives the same probabilities bit for bit).
+        projection_cache: True (default): the ring store keeps each stored utterance's fusion
+            input projections; False: the reader vectors only, and every push recomputes the
+            window's projections (the "push" mode only): the same probabilities and state files
+            bit for bit, 1 / (1 + 3 * directions) of the bytes per conversation (a seventh for
+            BiF), more work per push (docs/results/serving-memory-compact.md).
 
     Text handling: utterances are tokenized as in training and truncated to the model's
     ``max_len`` (60) tokens, so a 10,000-word utterance costs as much as a 60-word one; empty or
@@ -91,8 +96,11 @@ class StreamingRecognizer:
 
     def __init__(self, model: AGHMN, device=None, *, vocab: Optional[Vocabulary] = None,
                  label_names: Optional[Sequence[str]] = None, mode: Optional[str] = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", projection_cache: bool = True):
         self.precision = check_precision(precision)
+        if not isinstance(projection_cache, bool):
+            raise TypeError(f"projection_cache must be a bool, got {type(projection_cache).__name__}")
+        self.projection_cache = projection_cache
         if not isinstance(model, AGHMN):
             raise TypeError(f"model must be an aghmn_fast.models.AGHMN, got {type(model).__name__}")
         self.vocab = vocab if vocab is not None else getattr(model, "vocab", None)
@@ -111,24 +119,28 @@ class StreamingRecognizer:
             if mode not in (None, "push"):
                 raise ValueError(f"precision='bf16' runs in mode 'push' only, got mode={mode!r}")
             mode = "push"
+        if not projection_cache:
+            if mode not in (None, "push"):
+                raise ValueError(f"projection_cache=False runs in mode 'push' only, got mode={mode!r}")
+            mode = "push"
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))} or None, "
                              f"got {mode!r}")
         w_ih, b_ih, _, _ = fusion_weights(self.model)
         store_dtype = torch.bfloat16 if precision == "bf16" else self.dtype
         self.store = RingStore(self.window, self.hidden, w_ih, b_ih, dtype=store_dtype,
-                               device=self.device)
+                               device=self.device, projection_cache=projection_cache)
         self.num_dirs = self.store.num_dirs
         self.compute: Mode = self._choose_mode(mode)
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path, device=None, backend: Optional[str] = None,
-                        precision: str = "fp32") -> "StreamingRecognizer":
+                        precision: str = "fp32", projection_cache: bool = True) -> "StreamingRecognizer":
         """A recognizer for a checkpoint written by ``aghmn-fast train`` (for several checkpoints
         averaged: :func:`aghmn_fast.streaming.recognizer_from_checkpoints`).
 
-        ``precision``: ``"fp32"`` or ``"bf16"`` (see the class doc).
+        ``precision``: ``"fp32"`` or ``"bf16"``; ``projection_cache`` (see the class doc).
 
         Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not
         a valid checkpoint, an unavailable ``device``, ``backend`` or ``precision``; ``TypeError``
@@ -141,7 +153,8 @@ class StreamingRecognizer:
         if device is not None:
             device = _usable_device(device)
         model, vocab, labels, _ = load_checkpoint(path, backend=backend)
-        return cls(model, device, vocab=vocab, label_names=labels, precision=precision)
+        return cls(model, device, vocab=vocab, label_names=labels, precision=precision,
+                   projection_cache=projection_cache)
 
     def _choose_mode(self, mode: Optional[str]) -> Mode:
         # Modes pack or look up what they need here: a model changed afterwards needs a new
@@ -150,8 +163,9 @@ class StreamingRecognizer:
             compute = MODES[name].create(self.model, self.store)
             if compute is not None:
                 return compute
-        if self.precision == "bf16":
-            raise ValueError(f"precision='bf16' needs the 'push' mode (CPU, a float32 model, the "
+        if self.precision == "bf16" or not self.projection_cache:
+            what = "precision='bf16'" if self.precision == "bf16" else "projection_cache=False"
+            raise ValueError(f"{what} needs the 'push' mode (CPU, a float32 model, the "
                              f"compiled extension), not available here (device {self.device}, "
                              f"dtype {self.dtype}, backends loaded: {ops.backends()})")
         available = next(n for n in DEFAULT_ORDER

@@ -17,6 +17,11 @@ a native runtime implements as well:
 - ``snapshot()`` / ``restore(...)``: every conversation's state, for state files;
 - ``bytes_per_conversation`` and ``nbytes``: the memory of one conversation and of the store.
 
+Without the projection cache (``projection_cache=False``, the "push" mode only) ``proj`` is
+empty and the push kernel recomputes each window's projections from ``u``, bit for bit what the
+cache would hold; ``snapshot`` then computes them with ``project`` (the kernel's, set by the push
+mode), so that a state file does not depend on the mode.
+
 Memory: the store doubles when full and halves once at most a quarter of it is open (the open
 conversations move to the first blocks, so their block numbers change: read them per call), so
 closed conversations' slots are reused by new ones and given back when most are closed.
@@ -26,7 +31,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-from typing import Dict, Hashable, List, Sequence, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -43,10 +48,12 @@ class RingStore:
             (empty lists for a model without fusion: only the reader vectors are stored).
         dtype, device: of the stored tensors.
         capacity: conversations the store holds before it first grows (it doubles when full).
+        projection_cache: False: store the reader vectors only (see the module doc).
     """
 
     def __init__(self, window: int, hidden: int, w_ih: Sequence[Tensor], b_ih: Sequence[Tensor],
-                 *, dtype: torch.dtype, device: torch.device, capacity: int = 4):
+                 *, dtype: torch.dtype, device: torch.device, capacity: int = 4,
+                 projection_cache: bool = True):
         if len(w_ih) != len(b_ih):
             raise ValueError("w_ih and b_ih must have one entry per fusion direction")
         self.window, self.hidden = window, hidden
@@ -54,6 +61,10 @@ class RingStore:
         self.w_ih, self.b_ih = list(w_ih), list(b_ih)
         self.num_dirs = len(self.w_ih)
         self.pad_proj = torch.stack(self.b_ih) if self.num_dirs else None
+        self.projection_cache = projection_cache
+        #: u [N, H] (stored rows) -> proj [max(D, 1), N, 3H] as the push kernel caches them; set
+        #: by the push mode, needed by snapshot() without the cache
+        self.project: Optional[Callable[[Tensor], Tensor]] = None
         self._initial = max(1, capacity)
         self._reset(0)
 
@@ -65,8 +76,10 @@ class RingStore:
 
     @property
     def bytes_per_conversation(self) -> int:
-        """Bytes of one open conversation's state: K slots of u [H] and proj [max(D, 1), 3H]."""
-        return self.window * self.hidden * (1 + 3 * self.proj.shape[0]) * self.u.element_size()
+        """Bytes of one open conversation's state: K slots of u [H] and, with the projection
+        cache, proj [max(D, 1), 3H]."""
+        width = self.proj.shape[0] if self.projection_cache else 0
+        return self.window * self.hidden * (1 + 3 * width) * self.u.element_size()
 
     @property
     def nbytes(self) -> int:
@@ -140,7 +153,7 @@ class RingStore:
     def write(self, slots: Tensor, u: Tensor) -> None:
         """Store reader vectors u [B, H] and their fusion projections at ``slots`` [B]."""
         self.u.index_copy_(0, slots, u)
-        for d in range(self.num_dirs):
+        for d in range(self.num_dirs if self.projection_cache else 0):
             self.proj[d].index_copy_(0, slots, F.linear(u, self.w_ih[d], self.b_ih[d]))
 
     def advance(self, cids: Sequence[Hashable]) -> None:
@@ -160,7 +173,18 @@ class RingStore:
         ids, K = list(self._blocks), self.window
         slots = torch.tensor([self._blocks[c] * K + k for c in ids for k in range(K)],
                              dtype=torch.int64, device=self.device)
-        return ids, self.counts(ids), self.u[slots].cpu(), self.proj[:, slots].cpu()
+        if self.projection_cache:
+            return ids, self.counts(ids), self.u[slots].cpu(), self.proj[:, slots].cpu()
+        if self.project is None:
+            raise RuntimeError("a store without the projection cache needs its push mode's "
+                               "project() to save its state")
+        u = self.u[slots].contiguous()
+        proj = self.project(u)
+        # Slots not yet written hold zeros in the cache (open() zeroes a block).
+        unwritten = torch.tensor([k >= n for n in self.counts(ids) for k in range(K)],
+                                 dtype=torch.bool, device=self.device)
+        proj[:, unwritten] = 0
+        return ids, self.counts(ids), u.cpu(), proj.cpu()
 
     def restore(self, ids: list, counts: list, u: Tensor, proj: Tensor) -> None:
         """Replace every conversation with a :meth:`snapshot`'s; ``ValueError`` (naming what is
@@ -183,7 +207,8 @@ class RingStore:
         for b, (cid, count) in enumerate(zip(ids, counts)):
             self._blocks[cid], self._counts[cid] = b, count
         self.u[: n * K] = u.to(self.device, self.dtype)
-        self.proj[:, : n * K] = proj.to(self.device, self.dtype)
+        if self.projection_cache:   # else recomputed from u at every push
+            self.proj[:, : n * K] = proj.to(self.device, self.dtype)
 
     # ---- internals ------------------------------------------------------------------------------
     def _reset(self, conversations: int) -> None:
@@ -204,13 +229,14 @@ class RingStore:
         K = self.window
         new = self.u.new_empty if self.device.type == "cpu" else self.u.new_zeros
         u = new(capacity * K, self.hidden)
-        proj = new(self.proj.shape[0], capacity * K, 3 * self.hidden)
+        proj = new(self.proj.shape[0], capacity * K if self.projection_cache else 0, 3 * self.hidden)
         ids = list(self._blocks)
         if ids:
             old = torch.tensor([self._blocks[c] * K + k for c in ids for k in range(K)],
                                dtype=torch.int64, device=self.device)
             u[:len(ids) * K] = self.u[old]
-            proj[:, :len(ids) * K] = self.proj[:, old]
+            if self.projection_cache:
+                proj[:, :len(ids) * K] = self.proj[:, old]
         elif capacity:   # the "ops" path reads row 0 (masked) for empty slots: never garbage
             u[:K] = 0
             proj[:, :K] = 0

@@ -152,10 +152,19 @@ const char* aghmn_model_precision(const aghmn_model* model) {
 }
 
 aghmn_status aghmn_session_create(const aghmn_model* model, aghmn_session** out) {
+  return aghmn_session_create_with(model, 0, out);
+}
+
+aghmn_status aghmn_session_create_with(const aghmn_model* model, uint32_t flags,
+                                       aghmn_session** out) {
   return guarded([&] {
     check_handle(model, "model");
     if (out == nullptr) fail(AGHMN_ERR_INVALID_ARGUMENT, "out is NULL");
-    auto* s = new aghmn_session{aghmn::rt::Session(model->model)};
+    if ((flags & ~uint32_t{AGHMN_SESSION_NO_PROJECTION_CACHE}) != 0)
+      fail(AGHMN_ERR_INVALID_ARGUMENT, "flags has unknown bits (" + std::to_string(flags) +
+                                           "): the flags are AGHMN_SESSION_NO_PROJECTION_CACHE");
+    const bool cache = (flags & AGHMN_SESSION_NO_PROJECTION_CACHE) == 0;
+    auto* s = new aghmn_session{aghmn::rt::Session(model->model, cache)};
     register_handle(s);
     *out = s;
   });
@@ -251,6 +260,11 @@ aghmn_status aghmn_normalize(const char* text, size_t len, char* out, size_t cap
 size_t aghmn_model_conversation_bytes(const aghmn_model* model) {
   if (model == nullptr || !live(model)) return 0;
   return aghmn::rt::conversation_bytes(*model->model);
+}
+
+size_t aghmn_session_conversation_bytes(const aghmn_session* s) {
+  if (s == nullptr || !live(s)) return 0;
+  return s->session.conversation_bytes();
 }
 
 size_t aghmn_session_store_bytes(const aghmn_session* s) {

@@ -34,11 +34,11 @@
  * of the library actually loaded (a later minor release than the header compiled against, maybe),
  * then the model format it reads. */
 #define AGHMN_RUNTIME_VERSION_MAJOR 0
-#define AGHMN_RUNTIME_VERSION_MINOR 1
+#define AGHMN_RUNTIME_VERSION_MINOR 2
 #define AGHMN_RUNTIME_VERSION_PATCH 0
 #define AGHMN_RUNTIME_STRINGIFY_(x) #x
 #define AGHMN_RUNTIME_STRINGIFY(x) AGHMN_RUNTIME_STRINGIFY_(x)
-/* "MAJOR.MINOR.PATCH", e.g. "0.1.0". */
+/* "MAJOR.MINOR.PATCH", e.g. "0.2.0". */
 #define AGHMN_RUNTIME_VERSION_STRING                       \
   AGHMN_RUNTIME_STRINGIFY(AGHMN_RUNTIME_VERSION_MAJOR) "." \
   AGHMN_RUNTIME_STRINGIFY(AGHMN_RUNTIME_VERSION_MINOR) "." \
@@ -132,9 +132,10 @@ AGHMN_API aghmn_status aghmn_session_load(aghmn_session *s, const char *path);
 AGHMN_API aghmn_status aghmn_normalize(const char *text, size_t len, char *out, size_t cap,
                                        size_t *needed);
 
-/* Memory. Bytes of state one open conversation holds in a session: its K ring slots of reader
- * vectors and fusion input projections (float32, or bf16 for a bf16 model); 0 on NULL. A
- * server budgets memory with it. */
+/* Memory. Bytes of state one open conversation holds in a session of aghmn_session_create: its K
+ * ring slots of reader vectors and fusion input projections (float32, or bf16 for a bf16 model);
+ * 0 on NULL. A server budgets memory with it (aghmn_session_conversation_bytes: a session's own,
+ * its flags applied). */
 AGHMN_API size_t aghmn_model_conversation_bytes(const aghmn_model *model);
 /* Bytes a session's ring store holds now (0 on NULL): conversation bytes times its capacity, open
  * or not. The store doubles when full and halves (compacting the open conversations) once at most
@@ -157,6 +158,25 @@ AGHMN_API void aghmn_buffer_free(void *data);
  * "bf16" (metadata aghmn.precision, docs/RUNTIME.md); the arithmetic is fp32 either way. A
  * static string; NULL on NULL. */
 AGHMN_API const char *aghmn_model_precision(const aghmn_model *model);
+
+/* Session options (since 0.2): flags of aghmn_session_create_with, or-ed; 0 is
+ * aghmn_session_create's session. */
+typedef enum {
+  /* Keep only the reader vectors in the ring store, not their fusion input projections: every
+   * push recomputes the window's projections from them. The probabilities, indices and state
+   * files are the same, bit for bit (a state saved either way loads either way); a conversation
+   * holds 1 / (1 + 3 * max(D, 1)) of the bytes with the cache (D fusion directions: a seventh
+   * for BiF) and a push does more work. */
+  AGHMN_SESSION_NO_PROJECTION_CACHE = 1
+} aghmn_session_flag;
+/* aghmn_session_create with options: flags is 0 or AGHMN_SESSION_NO_PROJECTION_CACHE (an unknown
+ * bit: AGHMN_ERR_INVALID_ARGUMENT). */
+AGHMN_API aghmn_status aghmn_session_create_with(const aghmn_model *model, uint32_t flags,
+                                                 aghmn_session **out);
+/* Bytes of state one open conversation holds in this session (its options applied: without the
+ * projection cache, the reader vectors only); 0 on NULL. aghmn_model_conversation_bytes is this
+ * for a session of aghmn_session_create. */
+AGHMN_API size_t aghmn_session_conversation_bytes(const aghmn_session *s);
 
 #ifdef __cplusplus
 }

@@ -87,14 +87,15 @@ PageBuffer::~PageBuffer() {
   if (data_ != nullptr) munmap(data_, bytes_);
 }
 
-size_t conversation_bytes(const Model& model) {
+size_t conversation_bytes(const Model& model, bool projection_cache) {
   const ModelDims& d = model.dims;
-  const size_t width = static_cast<size_t>(std::max<int64_t>(d.D, 1));
+  const size_t width = projection_cache ? static_cast<size_t>(std::max<int64_t>(d.D, 1)) : 0;
   const size_t elem = model.bf16 ? 2 : sizeof(float);
   return static_cast<size_t>(d.K) * static_cast<size_t>(d.H) * elem * (1 + 3 * width);
 }
 
-Session::Session(std::shared_ptr<const Model> model) : model_(std::move(model)) {
+Session::Session(std::shared_ptr<const Model> model, bool projection_cache)
+    : model_(std::move(model)), projection_cache_(projection_cache) {
   reallocate(kMinCapacity);
 }
 
@@ -106,7 +107,7 @@ void Session::reserve(int64_t conversations) {
 
 void Session::reallocate(int64_t cap) {
   const ModelDims& d = model_->dims;
-  const int64_t K = d.K, H = d.H, W = width(), es = elem();
+  const int64_t K = d.K, H = d.H, W = cached_width(), es = elem();
   const int64_t old_rows = capacity_ * K, rows = cap * K;
   PageBuffer u(static_cast<size_t>(rows * H * es)), proj(static_cast<size_t>(W * rows * 3 * H * es));
   // Open conversation i moves to block i (only blocks in use hold anything): after a shrink the
@@ -133,7 +134,7 @@ int64_t Session::open(const std::string& id) {
   free_.pop_back();
   const int64_t K = model_->dims.K, H = model_->dims.H, rows = capacity_ * K, es = elem();
   std::memset(u_.get() + block * K * H * es, 0, K * H * es);  // +0.0 in float and in bf16
-  for (int64_t w = 0; w < width(); ++w)
+  for (int64_t w = 0; w < cached_width(); ++w)
     std::memset(proj_.get() + (w * rows + block * K) * 3 * H * es, 0, K * 3 * H * es);
   index_.emplace(id, convs_.size());
   convs_.push_back({id, block, 0});
@@ -201,7 +202,8 @@ void Session::push_many(size_t n, const char* const* ids, const size_t* id_lens,
     }
     PushRound round{B, rtokens.data(), roffsets.data(),
                     d.reader == kReaderCNN ? u_given.data() : nullptr, blocks.data(),
-                    counts.data(), u_.get(), proj_.get(), capacity_ * d.K, u_out.data(),
+                    counts.data(), u_.get(), projection_cache_ ? proj_.get() : nullptr,
+                    capacity_ * d.K, u_out.data(),
                     rprobs.data()};
     stream_round(m, round);
     for (int64_t b = 0; b < B; ++b) {
@@ -264,11 +266,27 @@ std::vector<unsigned char> Session::save_bytes() const {
   }
   for (const Conversation& c : convs_) {
     put_floats(out, u_.get() + c.block * K * H * es, K * H, es);
+    if (!projection_cache_) {
+      put_floats(out, saved_projections(c).data(), W * K * 3 * H, es);
+      continue;
+    }
     for (int64_t w = 0; w < W; ++w)
       put_floats(out, proj_.get() + (w * rows + c.block * K) * 3 * H * es, K * 3 * H, es);
   }
   put(out, fnv1a(out.data(), out.size()));
   return out;
+}
+
+std::vector<unsigned char> Session::saved_projections(const Conversation& c) const {
+  const ModelDims& d = model_->dims;
+  const int64_t K = d.K, H = d.H, es = elem();
+  std::vector<unsigned char> proj(static_cast<size_t>(width() * K * 3 * H * es), 0);
+  project_slots(*model_, u_.get() + c.block * K * H * es, K, proj.data());
+  // Slots never written (count < K) hold zeros in the cache: +0.0 in float and in bf16.
+  for (int64_t w = 0; w < width(); ++w)
+    for (int64_t k = c.count; k < K; ++k)
+      std::memset(proj.data() + (w * K + k) * 3 * H * es, 0, 3 * H * es);
+  return proj;
 }
 
 void Session::save(const char* path) const {
@@ -335,13 +353,15 @@ void Session::load_bytes(const unsigned char* data, size_t size, const std::stri
   if (r.remaining() != n * (per_conv - 12)) bad("store size does not match the conversations");
   int64_t cap = kMinCapacity;
   while (cap < static_cast<int64_t>(n)) cap *= 2;
-  const int64_t rows = cap * K, es = elem();
-  PageBuffer u(static_cast<size_t>(rows * H * es)), proj(static_cast<size_t>(W * rows * 3 * H * es));
+  const int64_t rows = cap * K, es = elem(), CW = cached_width();
+  PageBuffer u(static_cast<size_t>(rows * H * es)), proj(static_cast<size_t>(CW * rows * 3 * H * es));
   for (uint64_t i = 0; i < n; ++i) {
     get_floats(u.get() + i * K * H * es, r.take(K * H * 4, "u"), K * H, es);
-    for (int64_t w = 0; w < W; ++w)
-      get_floats(proj.get() + (w * rows + i * K) * 3 * H * es, r.take(K * 3 * H * 4, "proj"),
-                 K * 3 * H, es);
+    for (int64_t w = 0; w < W; ++w) {
+      const unsigned char* saved = r.take(K * 3 * H * 4, "proj");
+      // Without the cache the projections are recomputed from u at every push.
+      if (w < CW) get_floats(proj.get() + (w * rows + i * K) * 3 * H * es, saved, K * 3 * H, es);
+    }
   }
   std::vector<int64_t> free_blocks;
   for (int64_t b = cap - 1; b >= static_cast<int64_t>(n); --b) free_blocks.push_back(b);

@@ -117,6 +117,16 @@ void stream_round_as(const Model& m, const PushRound& r, const S* embedding) {
 
 }  // namespace
 
+void project_slots(const Model& m, const void* u, int64_t n, void* proj) {
+  const cpu::StreamDims d = stream_dims(m.dims);
+  if (m.bf16)
+    cpu::stream_project_rows<float, cpu::Bf16>(d, m.packed, static_cast<const cpu::Bf16*>(u), n,
+                                               static_cast<cpu::Bf16*>(proj));
+  else
+    cpu::stream_project_rows<float, float>(d, m.packed, static_cast<const float*>(u), n,
+                                           static_cast<float*>(proj));
+}
+
 void stream_round(const Model& m, const PushRound& r) {
   if (m.bf16)
     stream_round_as<cpu::Bf16>(m, r, reinterpret_cast<const cpu::Bf16*>(m.embed_bf16.data()));

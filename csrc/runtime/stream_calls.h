@@ -40,11 +40,16 @@ struct PushRound {
   const int64_t* blocks;
   const int64_t* counts;
   void* u_store;      // [rows, H]: float, or bf16 bits (uint16_t) when the model is bf16
-  void* proj_store;   // [max(D, 1), rows, 3H], as u_store
+  void* proj_store;   // [max(D, 1), rows, 3H], as u_store; nullptr: no projection cache
   int64_t store_rows;
   float* u_out;  // [B, H]
   float* probs;  // [B, C]
 };
+
+// The fusion input projections [max(D, 1), n, 3H] of n stored reader vectors u [n, H] (store
+// elements: float, or bf16 bits for a bf16 model), bit for bit as a push caches them; proj is
+// left as it is when D = 0.
+void project_slots(const Model& m, const void* u, int64_t n, void* proj);
 
 // Probabilities of every conversation of the round, then the new utterances written into the
 // ring store (in tiles, as the torch push path).

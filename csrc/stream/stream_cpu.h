@@ -245,7 +245,10 @@ struct StreamBatch {
   const int64_t* blocks;        // [B]
   const int64_t* counts;        // [B]
   S* u_store;                   // [rows, H]
-  S* proj_store;                // [max(D, 1), rows, 3H]
+  // [max(D, 1), rows, 3H], the fusion input projections of the stored u; nullptr: no
+  // projection cache: the forward tile recomputes them from u_store (stream_slot_projections),
+  // bit for bit what the cache would hold, for a seventh of the state bytes (BiF).
+  S* proj_store;
   int64_t store_rows;
   T* u_out;                     // [B, H]: the new utterances' reader vectors
   T* probs;                     // [B, C]
@@ -309,17 +312,74 @@ AGHMN_INLINE void stream_reader(const StreamDims& d, const StreamLayout& L, cons
   for (int64_t i = 0; i < rows * Hp; ++i) u[i] = tanh_vec(u[i]);
 }
 
+// Without a projection cache, a tile of fewer rows than this (the GEMM's register tile, 4 rows
+// on every ISA) projects each row's whole window in one GEMM per direction, M = its real slots
+// (the weights are read once per 4 slots instead of once per slot: a single push); a wider tile
+// projects slot by slot, M = its rows, which needs no [rows][K][3H] buffer.
+constexpr int64_t kWindowProjectionRows = 4;
+
 template <typename T>
 inline int64_t stream_scratch_size(const StreamDims& d, const StreamLayout& L, int64_t rows,
-                                   int64_t ntok) {
+                                   int64_t ntok, bool recompute) {
   const int64_t reader = ntok * (d.E + L.W3) + rows * (L.W3 + 2 * L.Hp + 2 * d.H);
+  int64_t projections = 0;
+  if (recompute)
+    projections = rows < kWindowProjectionRows ? d.K * (L.Hp + rows * L.W3) : rows * (L.Hp + L.W3);
   const int64_t context = rows * (d.K * L.Hp + d.K * L.W2 + L.W3 + 3 * L.Hp + d.K + L.Hp) +
-                          rows * L.Cp + L.W3;
+                          rows * L.Cp + L.W3 + projections;
   return rows * L.Hp + std::max(reader, context) + 64;
 }
 
 // Largest tile: weight reuse across rows vs scratch size (and the size of `first` below).
 constexpr int64_t kStreamTileRows = 16;
+
+// Without a projection cache: the fusion input projections [3H] (direction dir) of slot k of
+// every row whose slot k is real (k >= first[m]), into xg [nreal][W3] in row order, from the
+// stored u gathered into ug [nreal][Hp]. The same GEMM and bias as stream_remember_tile_impl,
+// whose per-row result depends neither on the number of rows nor on a row's position (each
+// output is the bias plus the products in k order, in every ISA's tile shape), and the same
+// storage rounding (bf16: the GEMM rounds its input to bf16, which the stored u already is), so
+// the result equals the cached projection bit for bit.
+template <typename T, typename S, typename Isa, typename RowFn>
+AGHMN_INLINE void stream_slot_projections(const StreamDims& d, const StreamLayout& L, const T* w,
+                                          const StreamBatch<T, S>& in, int dir, int64_t rows,
+                                          const int64_t* first, int64_t k, RowFn&& store_row,
+                                          T* ug, T* xg) {
+  const int64_t H = d.H, Hp = L.Hp, W3 = L.W3;
+  int64_t n = 0;
+  for (int64_t m = 0; m < rows; ++m) {
+    if (k < first[m]) continue;
+    const S* u = in.u_store + store_row(m, k) * H;
+    for (int64_t j = 0; j < H; ++j) ug[n * Hp + j] = from_storage<T>(u[j]);
+    ++n;
+  }
+  if (n == 0) return;
+  stream_gemm<T, S, Isa>(n, H, W3, ug, Hp, w + L.fusion_ih[dir], w + L.fusion_bih[dir], 0, xg, W3);
+  if constexpr (is_bf16<S>())
+    for (int64_t i = 0; i < n * W3; ++i) xg[i] = from_storage<T>(to_storage<S>(xg[i]));
+}
+
+// stream_slot_projections for every real slot of each row at once (kWindowProjectionRows):
+// row m's slot k into xw [rows][K][W3] at m * K + k, its window's u gathered into uw [K][Hp].
+template <typename T, typename S, typename Isa, typename RowFn>
+AGHMN_INLINE void stream_window_projections(const StreamDims& d, const StreamLayout& L, const T* w,
+                                            const StreamBatch<T, S>& in, int dir, int64_t rows,
+                                            const int64_t* first, RowFn&& store_row, T* uw,
+                                            T* xw) {
+  const int64_t H = d.H, K = d.K, Hp = L.Hp, W3 = L.W3;
+  for (int64_t m = 0; m < rows; ++m) {
+    const int64_t n = K - first[m];
+    if (n == 0) continue;
+    for (int64_t k = first[m]; k < K; ++k) {
+      const S* u = in.u_store + store_row(m, k) * H;
+      for (int64_t j = 0; j < H; ++j) uw[(k - first[m]) * Hp + j] = from_storage<T>(u[j]);
+    }
+    T* x = xw + (m * K + first[m]) * W3;
+    stream_gemm<T, S, Isa>(n, H, W3, uw, Hp, w + L.fusion_ih[dir], w + L.fusion_bih[dir], 0, x, W3);
+    if constexpr (is_bf16<S>())
+      for (int64_t i = 0; i < n * W3; ++i) x[i] = from_storage<T>(to_storage<S>(x[i]));
+  }
+}
 
 // Probabilities of rows b0 .. b0 + rows (rows <= kStreamTileRows), and their reader vectors
 // into in.u_out.
@@ -328,7 +388,9 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
                                            const StreamBatch<T, S>& in, int64_t b0, int64_t rows) {
   const int64_t H = d.H, K = d.K, Hp = L.Hp, W3 = L.W3, W2 = L.W2, C = d.C;
   const int64_t ntok = in.tok_offsets[b0 + rows] - in.tok_offsets[b0];
-  T* const base = stream_scratch<T>(stream_scratch_size<T>(d, L, rows, ntok));
+  const bool recompute = in.proj_store == nullptr;
+  const bool whole_windows = recompute && rows < kWindowProjectionRows;
+  T* const base = stream_scratch<T>(stream_scratch_size<T>(d, L, rows, ntok, recompute));
   T* e = base;                   // [rows][Hp]: the query u, then e over the hops
   T* scratch = e + rows * Hp;
   if (d.bigru_reader) {
@@ -348,7 +410,11 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
     T* o = h + 2 * rows * Hp;          // [rows][Hp]
     T* attn = o + rows * Hp;           // [rows][K]
     T* xrow = attn + rows * K;         // [W3]: a stored projection as T (bf16 storage)
-    logits = xrow + W3;
+    // No projection cache: u gathered and the projections, [rows][Hp] and [rows][W3] slot by
+    // slot, or [K][Hp] and [rows][K][W3] for whole windows (as stream_scratch_size counts them).
+    T* ug = xrow + W3;
+    T* xg = ug + (recompute ? (whole_windows ? K : rows) * Hp : 0);
+    logits = xg + (recompute ? (whole_windows ? rows * K : rows) * W3 : 0);
     // First real slot of each row (K: no history), and of the tile.
     int64_t first[kStreamTileRows];
     int64_t s0 = K;
@@ -378,17 +444,23 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
       for (int dir = 0; dir < d.D; ++dir) {
         if (dir == 1)
           for (int64_t i = 0; i < rows * Hp; ++i) h[i] = T(0);
+        if (whole_windows)
+          stream_window_projections<T, S, Isa>(d, L, w, in, dir, rows, first, store_row, ug, xg);
         for (int64_t s = 0; s < K - s0; ++s) {
           const int64_t k = dir == 0 ? s0 + s : K - 1 - s;
           T* hp = h + (s & 1) * rows * Hp;
           T* hn = h + ((s + 1) & 1) * rows * Hp;
           stream_gemm<T, S, Isa>(rows, H, W3, hp, Hp, w + L.fusion_hh[dir], w + L.fusion_bhh[dir],
                                  0, g, W3, s & 1);
-          for (int64_t m = 0; m < rows; ++m) {
+          if (recompute && !whole_windows)
+            stream_slot_projections<T, S, Isa>(d, L, w, in, dir, rows, first, k, store_row, ug, xg);
+          for (int64_t m = 0, n = 0; m < rows; ++m) {
             const bool real = k >= first[m];
             if (!real && dir == 1) continue;  // a pad after the real slots: never read
             const T* x = w + L.fusion_bih[dir];
-            if (real) {
+            if (real && recompute) {
+              x = whole_windows ? xg + (m * K + k) * W3 : xg + (n++) * W3;
+            } else if (real) {
               const S* stored = in.proj_store + dir * P + store_row(m, k) * 3 * H;
               if constexpr (is_bf16<S>()) {
                 for (int64_t j = 0; j < 3 * H; ++j) xrow[j] = from_storage<T>(stored[j]);
@@ -482,7 +554,7 @@ AGHMN_INLINE void stream_remember_tile_impl(const StreamDims& d, const StreamLay
     for (int64_t j = 0; j < H; ++j)
       in.u_store[slot * H + j] = to_storage<S>(in.u_out[(b0 + m) * H + j]);
   }
-  for (int dir = 0; dir < d.D; ++dir) {
+  for (int dir = 0; dir < d.D && in.proj_store != nullptr; ++dir) {
     stream_gemm<T, S, Isa>(rows, H, W3, in.u_out + b0 * H, H, w + L.fusion_ih[dir],
                            w + L.fusion_bih[dir], 0, g, W3);
     for (int64_t m = 0; m < rows; ++m) {
@@ -499,6 +571,27 @@ inline void stream_remember_tile(const StreamDims& d, const T* w, const StreamBa
   const StreamLayout L = stream_layout<T, S>(d);
   dispatch_isa_for<S>(
       [&](auto isa) { stream_remember_tile_impl<T, S, decltype(isa)>(d, L, w, in, b0, rows); });
+}
+
+// The fusion input projections proj [D][n][3H] of n stored reader vectors u [n][H], as
+// stream_remember_tile caches them (same GEMM, same storage rounding): what a store without the
+// projection cache saves in a state file, so that files do not depend on the mode.
+template <typename T, typename S>
+inline void stream_project_rows(const StreamDims& d, const T* w, const S* u, int64_t n, S* proj) {
+  if (d.D == 0 || n == 0) return;
+  const StreamLayout L = stream_layout<T, S>(d);
+  const int64_t H = d.H, W3 = L.W3;
+  std::vector<T> x(n * H), g(n * W3);
+  for (int64_t i = 0; i < n * H; ++i) x[i] = from_storage<T>(u[i]);
+  dispatch_isa_for<S>([&](auto isa) {
+    for (int dir = 0; dir < d.D; ++dir) {
+      stream_gemm<T, S, decltype(isa)>(n, H, W3, x.data(), H, w + L.fusion_ih[dir],
+                                       w + L.fusion_bih[dir], 0, g.data(), W3);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < 3 * H; ++j)
+          proj[(dir * n + r) * 3 * H + j] = to_storage<S>(g[r * W3 + j]);
+    }
+  });
 }
 
 }  // namespace cpu

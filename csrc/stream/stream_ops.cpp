@@ -184,12 +184,15 @@ Tensor stream_push(const Tensor& packed, const Tensor& embedding, at::IntArrayRe
               "stream_push: u_store must be a contiguous CPU [capacity * K, H] tensor of the packed "
               "dtype, got ", u_store.sizes());
   const int64_t rows = u_store.size(0);
-  TORCH_CHECK(proj_store.dim() == 3 && proj_store.size(0) == std::max<int64_t>(d.D, 1) &&
+  // An empty proj_store: no projection cache (the push recomputes them from u_store).
+  const bool cached = proj_store.numel() > 0;
+  TORCH_CHECK(!cached || (proj_store.dim() == 3 && proj_store.size(0) == std::max<int64_t>(d.D, 1) &&
               proj_store.size(1) == rows && proj_store.size(2) == 3 * H &&
               proj_store.scalar_type() == store_dtype && proj_store.is_contiguous() &&
-              proj_store.device().is_cpu(),
+              proj_store.device().is_cpu()),
               "stream_push: proj_store must be a contiguous CPU [max(D, 1), ", rows, ", 3H] tensor "
-              "of u_store's dtype, got ", proj_store.sizes(), " ", proj_store.scalar_type());
+              "of u_store's dtype, or empty (no projection cache), got ", proj_store.sizes(), " ",
+              proj_store.scalar_type());
   std::vector<int64_t> sorted(blocks.begin(), blocks.end());
   std::sort(sorted.begin(), sorted.end());
   for (int64_t b = 0; b < B; ++b) {
@@ -241,7 +244,7 @@ Tensor stream_push(const Tensor& packed, const Tensor& embedding, at::IntArrayRe
     in.blocks = blocks.data();
     in.counts = counts.data();
     in.u_store = static_cast<S*>(u_store.data_ptr());
-    in.proj_store = static_cast<S*>(proj_store.data_ptr());
+    in.proj_store = cached ? static_cast<S*>(proj_store.data_ptr()) : nullptr;
     in.store_rows = rows;
     in.u_out = u_out.data_ptr<T>();
     in.probs = probs.data_ptr<T>();
@@ -268,12 +271,50 @@ Tensor stream_push(const Tensor& packed, const Tensor& embedding, at::IntArrayRe
   return probs;
 }
 
+// The fusion input projections [max(D, 1), N, 3H] of stored reader vectors u [N, H] (u_store's
+// dtype: bf16 for a bf16 store), as stream_push caches them, bit for bit (zeros when D = 0).
+Tensor stream_project(const Tensor& packed, const Tensor& u, int64_t H_, int64_t E, int64_t C,
+                      int64_t K, int64_t D, int64_t S, int64_t hops, int64_t max_len,
+                      bool bigru_reader) {
+  const aghmn::cpu::StreamDims d = stream_dims(H_, E, C, K, D, S, hops, max_len, bigru_reader);
+  TORCH_CHECK(packed.dim() == 1 && packed.is_contiguous() && packed.device().is_cpu() &&
+              (packed.scalar_type() == at::kFloat || packed.scalar_type() == at::kDouble),
+              "stream_project: packed must be a 1-D contiguous float32/float64 CPU tensor "
+              "(from stream_pack)");
+  const bool bf16 = u.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(u.dim() == 2 && u.size(1) == d.H && u.is_contiguous() && u.device().is_cpu() &&
+              (bf16 ? packed.scalar_type() == at::kFloat : u.scalar_type() == packed.scalar_type()),
+              "stream_project: u must be a contiguous CPU [N, ", d.H, "] tensor of the store's "
+              "dtype, got ", u.sizes(), " ", u.scalar_type());
+  const int64_t n = u.size(0);
+  Tensor proj = at::zeros({std::max<int64_t>(d.D, 1), n, 3 * d.H}, u.options());
+  auto run = [&](auto compute, auto storage, int64_t need) {
+    using T = decltype(compute);
+    using St = decltype(storage);
+    TORCH_CHECK(packed.numel() == need, "stream_project: packed has ", packed.numel(),
+                " elements, these sizes need ", need, " (pack with the same sizes and precision)");
+    aghmn::cpu::stream_project_rows<T, St>(d, packed.data_ptr<T>(),
+                                           static_cast<const St*>(u.data_ptr()), n,
+                                           static_cast<St*>(proj.data_ptr()));
+  };
+  if (bf16) {
+    using aghmn::cpu::Bf16;
+    run(float{}, Bf16{}, aghmn::cpu::stream_layout<float, Bf16>(d).total);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(packed.scalar_type(), "stream_project", [&] {
+      run(scalar_t{}, scalar_t{}, aghmn::cpu::stream_layout<scalar_t>(d).total);
+    });
+  }
+  return proj;
+}
+
 }  // namespace
 
 // Schemas: csrc/library.cpp.
 TORCH_LIBRARY_IMPL(aghmn_fast, CPU, m) {
   m.impl("stream_pack", &stream_pack);
   m.impl("stream_push", &stream_push);
+  m.impl("stream_project", &stream_project);
 }
 
 TORCH_LIBRARY_IMPL(aghmn_fast, CompositeExplicitAutograd, m) {

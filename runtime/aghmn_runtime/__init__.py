@@ -83,18 +83,28 @@ class StreamingRecognizer:
     Args:
         path: the model file written by ``aghmn-fast export``.
 
+        projection_cache: True (default): the ring store keeps each stored utterance's fusion input
+            projections; False: it keeps the reader vectors only and every push recomputes the
+            window's projections, bit for bit the same probabilities and state files, for
+            1 / (1 + 3 * directions) of the bytes per conversation (a seventh for BiF) and more
+            work per push (docs/results/serving-memory-compact.md).
+
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not a
-    valid model (wrong magic, format version, checksum, bounds).
+    valid model (wrong magic, format version, checksum, bounds); ``TypeError`` for a
+    ``projection_cache`` that is not a bool.
 
     One recognizer serialises its calls (a lock around the native session), so sharing it
     between threads is safe but not parallel; give each thread its own for parallelism (they
     may load the same file). :meth:`release` (or a ``with`` block) frees the native memory now.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, *, projection_cache: bool = True):
+        if not isinstance(projection_cache, bool):
+            raise TypeError(f"projection_cache must be a bool, got {type(projection_cache).__name__}")
         native = _native_module()
         self._model = native.Model(_existing_file(path, "model file"))
-        self._session = native.Session(self._model)
+        self._session = native.Session(self._model, projection_cache=projection_cache)
+        self.projection_cache: bool = projection_cache
         self.labels: List[str] = self._model.labels
         self.label_names = self.labels   # the name aghmn_fast's recognizer uses
         self.window: int = self._model.window
@@ -102,9 +112,9 @@ class StreamingRecognizer:
         self.precision: str = self._model.precision
 
     @classmethod
-    def from_file(cls, path) -> "StreamingRecognizer":
-        """The same as ``StreamingRecognizer(path)``."""
-        return cls(path)
+    def from_file(cls, path, *, projection_cache: bool = True) -> "StreamingRecognizer":
+        """The same as ``StreamingRecognizer(path, projection_cache=...)``."""
+        return cls(path, projection_cache=projection_cache)
 
     # ---- pushes --------------------------------------------------------------------------------
     def push(self, conversation_id: str, utterance_text: str) -> Prediction:
@@ -154,9 +164,9 @@ class StreamingRecognizer:
     # ---- memory --------------------------------------------------------------------------------
     @property
     def bytes_per_conversation(self) -> int:
-        """Bytes of state one open conversation holds (its K ring slots), as
-        ``aghmn_fast.StreamingRecognizer.bytes_per_conversation``."""
-        return self._model.conversation_bytes
+        """Bytes of state one open conversation holds (its K ring slots; without the projection
+        cache the reader vectors only), as ``aghmn_fast.StreamingRecognizer.bytes_per_conversation``."""
+        return self._session.conversation_bytes
 
     @property
     def store_bytes(self) -> int:

@@ -152,8 +152,10 @@ py::list str_sequence(const py::object& seq, const char* what) {
 // session is one-thread-at-a-time).
 class Session {
  public:
-  explicit Session(std::shared_ptr<Model> model) : model_(std::move(model)) {
-    check(aghmn_session_create(model_->get(), &session_));
+  Session(std::shared_ptr<Model> model, bool projection_cache) : model_(std::move(model)) {
+    check(aghmn_session_create_with(
+        model_->get(), projection_cache ? 0u : uint32_t{AGHMN_SESSION_NO_PROJECTION_CACHE},
+        &session_));
     num_labels_ = model_->num_labels();
   }
   Session(const Session&) = delete;
@@ -247,6 +249,12 @@ class Session {
     std::lock_guard<std::mutex> lock(mutex_);
     if (session_ == nullptr) check(closed());
     return aghmn_session_store_bytes(session_);
+  }
+
+  size_t conversation_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (session_ == nullptr) check(closed());
+    return aghmn_session_conversation_bytes(session_);
   }
 
   std::vector<std::string> conversations() {
@@ -367,7 +375,8 @@ PYBIND11_MODULE(_native, m) {
                              "Storage precision of the weights and ring store: fp32 or bf16.");
 
   py::class_<Session>(m, "Session", "Conversations and their ring store over one Model.")
-      .def(py::init<std::shared_ptr<Model>>(), py::arg("model"))
+      .def(py::init<std::shared_ptr<Model>, bool>(), py::arg("model"), py::kw_only(),
+           py::arg("projection_cache") = true)
       .def("push", &Session::push, py::arg("conversation_id"), py::arg("text"),
            "(probabilities float32 [C], index) of one utterance.")
       .def("push_many", &Session::push_many, py::arg("ids"), py::arg("texts"),
@@ -380,6 +389,8 @@ PYBIND11_MODULE(_native, m) {
       .def("conversations", &Session::conversations)
       .def_property_readonly("store_bytes", &Session::store_bytes,
                              "Bytes the ring store holds now (its capacity, open or not).")
+      .def_property_readonly("conversation_bytes", &Session::conversation_bytes,
+                             "Bytes of state one open conversation holds in this session.")
       .def("save", &Session::save, py::arg("path"))
       .def("load", &Session::load, py::arg("path"))
       .def("save_bytes", &Session::save_bytes, "The state as bytes (the state file's content).")

@@ -15,6 +15,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OK, INVALID, IO, FORMAT, VERSION, UNKNOWN, NO_MEMORY, INTERNAL = range(8)
+NO_PROJECTION_CACHE = 1   # aghmn_session_flag
 
 
 def build_runtime(folder: pathlib.Path) -> str:
@@ -54,6 +55,8 @@ class Runtime:
             "aghmn_model_label": (ctypes.c_char_p, [P, ctypes.c_int]),
             "aghmn_model_window": (ctypes.c_int, [P]),
             "aghmn_session_create": (ctypes.c_int, [P, ctypes.POINTER(P)]),
+            "aghmn_session_create_with": (ctypes.c_int, [P, ctypes.c_uint32, ctypes.POINTER(P)]),
+            "aghmn_session_conversation_bytes": (S, [P]),
             "aghmn_session_free": (None, [P]),
             "aghmn_push": (ctypes.c_int, [P, ctypes.c_char_p, S, ctypes.c_char_p, S, F, I64]),
             "aghmn_push_many": (ctypes.c_int, [P, S, ctypes.POINTER(ctypes.c_char_p),
@@ -126,10 +129,14 @@ class Model:
         self.window = lib.aghmn_model_window(handle)
         self.conversation_bytes = lib.aghmn_model_conversation_bytes(handle)
 
-    def session(self) -> "Session":
-        """A new session over this model."""
+    def session(self, flags: int = None) -> "Session":
+        """A new session over this model (aghmn_session_create, or aghmn_session_create_with
+        these flags)."""
         handle = ctypes.c_void_p()
-        self.rt.check(self.rt.lib.aghmn_session_create(self.handle, ctypes.byref(handle)))
+        if flags is None:
+            self.rt.check(self.rt.lib.aghmn_session_create(self.handle, ctypes.byref(handle)))
+        else:
+            self.rt.check(self.rt.lib.aghmn_session_create_with(self.handle, flags, ctypes.byref(handle)))
         return Session(self, handle)
 
     def free(self) -> None:
@@ -193,6 +200,10 @@ class Session:
     def store_bytes(self) -> int:
         """aghmn_session_store_bytes."""
         return self.rt.lib.aghmn_session_store_bytes(self.handle)
+
+    def conversation_bytes(self) -> int:
+        """aghmn_session_conversation_bytes."""
+        return self.rt.lib.aghmn_session_conversation_bytes(self.handle)
 
     def save(self, path) -> None:
         """aghmn_session_save."""

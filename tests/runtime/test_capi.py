@@ -2,6 +2,7 @@
 exported random-initialised models: same probabilities (bitwise for the BiGRU reader, whose
 kernel is the same; within 1e-6 for the CNN reader, whose convolution sums in another order),
 push_many with repeated conversations, close, save/restore, and bad input as error codes."""
+import ctypes
 import random
 
 import numpy as np
@@ -13,7 +14,7 @@ from aghmn_fast.export import export_checkpoint
 from aghmn_fast.models import AGHMN, AGHMNConfig
 from aghmn_fast.streaming import StreamingRecognizer
 from aghmn_fast.models.checkpoint import save_checkpoint
-from runtime_lib import FORMAT, INVALID, UNKNOWN, RuntimeError_
+from runtime_lib import FORMAT, INVALID, NO_PROJECTION_CACHE, UNKNOWN, RuntimeError_
 
 WORDS = ["<pad>", "<unk>", "", "hi", "there", "!", "?", "how", "are", "you", "i", "am", "fine",
          "oh", "my", "god", "what", "cafe", "no", "way", "okay", "really", "t", "don"]
@@ -241,3 +242,32 @@ def test_conversation_bytes_and_a_store_that_gives_memory_back(runtime, tmp_path
     assert lib.aghmn_session_store_bytes(s.handle) == 0
     model.free()
     assert lib.aghmn_model_conversation_bytes(model.handle) == 0
+
+
+def test_sessions_without_the_projection_cache(runtime, tmp_path):
+    """aghmn_session_create_with(AGHMN_SESSION_NO_PROJECTION_CACHE): the probabilities and state
+    buffers of aghmn_session_create's session, bit for bit, for K * H floats per conversation;
+    unknown flag bits and NULL are refused."""
+    path, _ = make_model(tmp_path, "compact", reader="bigru", window=4)
+    model = runtime.load(path)
+    cached, compact = model.session(), model.session(NO_PROJECTION_CACHE)
+    assert cached.conversation_bytes() == model.conversation_bytes == 4 * 11 * 4 * 7
+    assert compact.conversation_bytes() == 4 * 11 * 4
+    items = [(f"c{i % 19}", TEXTS[i % len(TEXTS)]) for i in range(120)]
+    for s in (cached, compact):
+        s.push_many(items)
+    assert compact.store_bytes() == 32 * compact.conversation_bytes()
+    a, _ = cached.push_many([(f"c{i}", "what?") for i in range(19)])
+    b, _ = compact.push_many([(f"c{i}", "what?") for i in range(19)])
+    assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    assert cached.save_buffer() == compact.save_buffer()
+    handle = ctypes.c_void_p()
+    for flags in (2, 1 << 31):
+        with pytest.raises(RuntimeError_, match="flags has unknown bits") as err:
+            runtime.check(runtime.lib.aghmn_session_create_with(model.handle, flags, ctypes.byref(handle)))
+        assert err.value.status == INVALID
+    with pytest.raises(RuntimeError_, match="model is NULL"):
+        runtime.check(runtime.lib.aghmn_session_create_with(None, 0, ctypes.byref(handle)))
+    assert runtime.lib.aghmn_session_conversation_bytes(None) == 0
+    compact.free()
+    assert runtime.lib.aghmn_session_conversation_bytes(compact.handle) == 0

@@ -62,7 +62,7 @@ def test_a_third_of_meld_test_matches_torch(capsys, tmp_path, reader, dim):
 def test_runtime_bench_quick_runs_every_part(tmp_path):
     """benchmarks/runtime_bench.py --quick: every part runs and the record has each engine."""
     done = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "runtime_bench.py"), "--quick",
-                           "--out", str(tmp_path / "r.json")], capture_output=True, text=True,
+                           "--projection-caches", "on,off", "--out", str(tmp_path / "r.json")], capture_output=True, text=True,
                           timeout=1200, cwd=str(tmp_path),
                           env=dict(os.environ, PYTHONPATH=os.path.dirname(BENCHMARKS)))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -77,4 +77,7 @@ def test_runtime_bench_quick_runs_every_part(tmp_path):
             "push, torch StreamingRecognizer bf16"} <= set(k40)
     assert k40["ring_state_bytes_per_conversation"]["bf16"] * 2 == \
         k40["ring_state_bytes_per_conversation"]["fp32"]
+    assert k40["ring_state_bytes_per_conversation"]["fp32 no-cache"] * 7 == \
+        k40["ring_state_bytes_per_conversation"]["fp32"]
+    assert "push_many 1,024, aghmn_runtime bf16 no-cache" in k40
     assert record["model_file_bytes"]["bf16"] <= 0.55 * record["model_file_bytes"]["fp32"]

@@ -122,16 +122,6 @@ int main(int argc, char** argv) {
       return 1;
     }
   const size_t n = ids.size();
-  std::vector<float> one(n * C), many(n * C);
-  aghmn_session* s = nullptr;
-  if (aghmn_session_create(model, &s) != AGHMN_OK) return 1;
-  for (size_t i = 0; i < n; ++i)
-    if (aghmn_push(s, ids[i].data(), ids[i].size(), texts[i].data(), texts[i].size(),
-                   one.data() + i * C, nullptr) != AGHMN_OK) {
-      std::fprintf(stderr, "push %zu: %s\n", i, aghmn_last_error());
-      return 1;
-    }
-  aghmn_session_free(s);
   std::vector<const char*> id_ptrs, text_ptrs;
   std::vector<size_t> id_lens, text_lens;
   for (size_t i = 0; i < n; ++i) {
@@ -140,13 +130,38 @@ int main(int argc, char** argv) {
     text_ptrs.push_back(texts[i].data());
     text_lens.push_back(texts[i].size());
   }
-  if (aghmn_session_create(model, &s) != AGHMN_OK ||
-      aghmn_push_many(s, n, id_ptrs.data(), id_lens.data(), text_ptrs.data(), text_lens.data(),
-                      many.data(), nullptr) != AGHMN_OK) {
-    std::fprintf(stderr, "push_many: %s\n", aghmn_last_error());
+  // Every utterance by aghmn_push, or all in one aghmn_push_many, in a session of these flags.
+  auto run = [&](uint32_t flags, bool one_by_one, std::vector<float>& probs) {
+    probs.assign(n * C, 0.0f);
+    aghmn_session* s = nullptr;
+    if (aghmn_session_create_with(model, flags, &s) != AGHMN_OK) {
+      std::fprintf(stderr, "session: %s\n", aghmn_last_error());
+      return false;
+    }
+    bool ok = true;
+    if (one_by_one) {
+      for (size_t i = 0; i < n && ok; ++i)
+        ok = aghmn_push(s, ids[i].data(), ids[i].size(), texts[i].data(), texts[i].size(),
+                        probs.data() + i * C, nullptr) == AGHMN_OK;
+    } else {
+      ok = aghmn_push_many(s, n, id_ptrs.data(), id_lens.data(), text_ptrs.data(),
+                           text_lens.data(), probs.data(), nullptr) == AGHMN_OK;
+    }
+    if (!ok) std::fprintf(stderr, "push (flags %u): %s\n", flags, aghmn_last_error());
+    aghmn_session_free(s);
+    return ok;
+  };
+  std::vector<float> one, many, one_compact, many_compact;
+  if (!run(0, true, one) || !run(0, false, many) ||
+      !run(AGHMN_SESSION_NO_PROJECTION_CACHE, true, one_compact) ||
+      !run(AGHMN_SESSION_NO_PROJECTION_CACHE, false, many_compact))
+    return 1;
+  // Without the projection cache: the same bits (they are recomputed as the cache stores them).
+  if (std::memcmp(one.data(), one_compact.data(), n * C * sizeof(float)) != 0 ||
+      std::memcmp(many.data(), many_compact.data(), n * C * sizeof(float)) != 0) {
+    std::fprintf(stderr, "a session without the projection cache differs from one with it\n");
     return 1;
   }
-  aghmn_session_free(s);
   aghmn_model_free(model);
   if (compare("push", one, expected, C) || compare("push_many", many, expected, C)) return 1;
   std::printf("%s: %zu utterances match\n", argv[1], n);

@@ -83,6 +83,7 @@ class ServeConfig:
     threads: int = 1
     backend: Optional[str] = None
     precision: str = "fp32"                 # "bf16": StreamingRecognizer(precision="bf16")
+    projection_cache: bool = True           # False: ring stores of reader vectors only (--projection-cache off)
     worker_thread: bool = False
     max_connections: Optional[int] = None   # None: 4096, or the descriptor limit - 64 if lower
     max_header_bytes: int = 16_384          # request line + headers
@@ -92,6 +93,8 @@ class ServeConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range option."""
+        if not isinstance(self.projection_cache, bool):
+            raise ValueError(f"--projection-cache must be on or off, got {self.projection_cache!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         positive = ("max_batch", "max_queue", "max_conversations", "max_body_bytes", "max_text_chars",
@@ -168,7 +171,7 @@ class ServingApp:
         config.validate()
         self.config = config
         recognizer = load_recognizer(config.checkpoint, backend=config.backend, threads=config.threads,
-                                     precision=config.precision)
+                                     precision=config.precision, projection_cache=config.projection_cache)
         self.memory_budget = config.max_memory if config.max_memory is not None else default_budget()
         self.bytes_per_conversation = recognizer.bytes_per_conversation + BOOKKEEPING_BYTES
         max_live = live_capacity(self.memory_budget, self.bytes_per_conversation, config.max_conversations,

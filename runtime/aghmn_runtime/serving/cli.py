@@ -79,6 +79,11 @@ def add_arguments(p) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="storage precision of a checkpoint's weights and ring store (bf16: half the "
                         "state bytes, fp32 arithmetic; a .aghmn model carries its own)")
+    p.add_argument("--projection-cache", default="on", choices=("on", "off"),
+                   help="keep each stored utterance's fusion input projections in the ring store "
+                        "(on, default) or recompute them at every push (off: the same answers bit "
+                        "for bit, 1/7 of the bytes per conversation of a bidirectional-fusion "
+                        "model, which --max-memory budgets, and slower pushes; see docs/SERVING.md)")
     p.add_argument("--worker-thread", action="store_true",
                    help="run the model on its own thread instead of the event loop (see docs/SERVING.md)")
     p.add_argument("--ray", action="store_true",
@@ -110,7 +115,7 @@ def config_from_args(args):
         max_memory=None if args.max_memory is None else parse_size(args.max_memory),
         max_body_bytes=args.max_body_bytes, max_text_chars=args.max_text_chars,
         max_batch_items=args.max_batch_items, threads=args.threads, backend=args.backend,
-        precision=args.precision,
+        precision=args.precision, projection_cache=args.projection_cache == "on",
         worker_thread=args.worker_thread, max_connections=args.max_connections,
         max_header_bytes=args.max_header_bytes, max_url_bytes=args.max_url_bytes,
         request_timeout=args.request_timeout, idle_timeout=args.idle_timeout)

@@ -2,7 +2,8 @@
 
 A live conversation costs its recognizer state (``bytes_per_conversation`` of either engine: the
 K ring slots of reader vectors and fusion projections, K * H * 4 * (1 + 3 D) bytes for D fusion
-directions, e.g. 26.3 KiB at K = 40, H = 24 and 28 MiB at K = 4096, H = 256, bidirectional) plus
+directions, e.g. 26.3 KiB at K = 40, H = 24 and 28 MiB at K = 4096, H = 256, bidirectional;
+K * H * 4 with ``--projection-cache off``, the reader vectors only: 3.75 KiB and 4 MiB) plus
 the engine's bookkeeping (:data:`BOOKKEEPING_BYTES`: its tables, the last answer kept for
 retries, the store's count). The server holds at most
 ``min(--max-conversations, budget // that)`` conversations in memory and refuses to start when one

@@ -61,11 +61,12 @@ def is_runtime_model(path: str) -> bool:
 
 
 def load_recognizer(path, backend: Optional[str] = None, threads: int = 1,
-                    precision: str = "fp32") -> Recognizer:
+                    precision: str = "fp32", projection_cache: bool = True) -> Recognizer:
     """The recognizer of an exported ``.aghmn`` model (the native runtime; ``backend`` must then
     be None and ``threads`` is ignored: the runtime computes a push on the calling thread) or of
     a checkpoint (torch, through the :data:`TORCH_PLUGIN` plug-in of ``aghmn-fast``). A list of
-    two or more checkpoints is an ensemble (torch checkpoints only).
+    two or more checkpoints is an ensemble (torch checkpoints only). ``projection_cache`` False:
+    ring stores of reader vectors only (either recognizer; not an ensemble).
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an invalid one or a
     ``backend`` given with a ``.aghmn`` model, ``ImportError`` (one line naming what to install
@@ -88,9 +89,10 @@ def load_recognizer(path, backend: Optional[str] = None, threads: int = 1,
             raise ValueError(f"--precision {precision!r} applies to checkpoints; {paths[0]} is a .aghmn "
                              "model, which carries its precision (aghmn-fast export --precision)")
         from .. import StreamingRecognizer
-        return StreamingRecognizer(paths[0])
+        return StreamingRecognizer(paths[0], projection_cache=projection_cache)
     return load_torch_plugin(paths[0]).load_recognizer(
-        paths[0] if len(paths) == 1 else paths, backend=backend, threads=threads, precision=precision)
+        paths[0] if len(paths) == 1 else paths, backend=backend, threads=threads, precision=precision,
+        projection_cache=projection_cache)
 
 
 def load_torch_plugin(path: str):
