@@ -22,6 +22,7 @@
 
 #include "common/bf16_cpu.h"
 #include "common/gate_math.h"
+#include "common/gate_rows_cpu.h"
 #include "common/gemm_cpu.h"
 
 namespace aghmn {
@@ -163,6 +164,31 @@ AGHMN_INLINE void agru_infer_row(int64_t H, const T* __restrict x, const T* __re
     out[j] = agru_forward_unit_vec(x[j], x[H + j], g[j], g[H + j], a, hp[j]).h_new;
 }
 
+// One GRU (AGRU) step of one row in a kernel storing S: the bf16 kernels run the explicit-vector
+// rows of gate_rows_cpu.h (no scalar tail; x may be a bf16 row of the ring, widened in the
+// loop), the others the loops above. Both give the same values (gate_rows_cpu.h).
+template <typename T, typename S, typename Isa, typename X>
+AGHMN_INLINE void stream_gru_row(int64_t H, const X* __restrict x, const T* __restrict g,
+                                 const T* __restrict hp, T* __restrict out,
+                                 T* __restrict pool = nullptr) {
+  if constexpr (is_bf16<S>()) {
+    gru_row_vec<Isa>(H, x, g, hp, out, pool);
+  } else if (pool != nullptr) {
+    gru_infer_row_max(H, x, g, hp, out, pool);
+  } else {
+    gru_infer_row(H, x, g, hp, out);
+  }
+}
+
+template <typename T, typename S, typename Isa>
+AGHMN_INLINE void stream_agru_row(int64_t H, const T* __restrict x, const T* __restrict g,
+                                  const T* __restrict hp, T a, T* __restrict out) {
+  if constexpr (is_bf16<S>())
+    agru_row_vec<Isa>(H, x, g, hp, a, out);
+  else
+    agru_infer_row(H, x, g, hp, a, out);
+}
+
 template <typename T>
 AGHMN_INLINE void add_row(int64_t n, const T* __restrict x, T* __restrict y) {
   for (int64_t j = 0; j < n; ++j) y[j] += x[j];
@@ -191,7 +217,7 @@ AGHMN_INLINE void stream_pad_states_impl(const StreamDims& d, const StreamLayout
     T* out = states + (s + 1) * Hp;
     stream_gemm<T, S, Isa>(1, H, L.W3, hp, Hp, w + L.fusion_hh[0], w + L.fusion_bhh[0], 0,
                            g.data(), L.W3);
-    gru_infer_row(H, w + L.fusion_bih[0], g.data(), hp, out);
+    stream_gru_row<T, S, Isa>(H, w + L.fusion_bih[0], g.data(), hp, out);
     for (int64_t j = H; j < Hp; ++j) out[j] = T(0);
   }
 }
@@ -293,8 +319,8 @@ AGHMN_INLINE void stream_reader(const StreamDims& d, const StreamLayout& L, cons
         const int64_t len = in.tok_offsets[b0 + m + 1] - in.tok_offsets[b0 + m];
         if (s >= len) continue;  // finished: its state is never read again
         const int64_t t = dir == 0 ? s : len - 1 - s;
-        gru_infer_row_max(H, proj + (off + t) * W3, g + m * W3, hp + m * Hp, hn + m * Hp,
-                          pool + m * 2 * H + dir * H);
+        stream_gru_row<T, S, Isa>(H, proj + (off + t) * W3, g + m * W3, hp + m * Hp, hn + m * Hp,
+                                  pool + m * 2 * H + dir * H);
       }
     }
   }
@@ -387,17 +413,12 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
           for (int64_t m = 0; m < rows; ++m) {
             const bool real = k >= first[m];
             if (!real && dir == 1) continue;  // a pad after the real slots: never read
-            const T* x = w + L.fusion_bih[dir];
-            if (real) {
-              const S* stored = in.proj_store + dir * P + store_row(m, k) * 3 * H;
-              if constexpr (is_bf16<S>()) {
-                for (int64_t j = 0; j < 3 * H; ++j) xrow[j] = from_storage<T>(stored[j]);
-                x = xrow;
-              } else {
-                x = stored;
-              }
-            }
-            gru_infer_row(H, x, g + m * W3, hp + m * Hp, hn + m * Hp);
+            if (real)
+              stream_gru_row<T, S, Isa>(H, in.proj_store + dir * P + store_row(m, k) * 3 * H,
+                                        g + m * W3, hp + m * Hp, hn + m * Hp);
+            else
+              stream_gru_row<T, S, Isa>(H, w + L.fusion_bih[dir], g + m * W3, hp + m * Hp,
+                                        hn + m * Hp);
             if (real) add_row(H, hn + m * Hp, mem + (m * K + k) * Hp);
           }
         }
@@ -443,8 +464,8 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
               std::copy(hp + m * Hp, hp + m * Hp + Hp, hn + m * Hp);
               continue;
             }
-            agru_infer_row(H, xp + (m * K + k) * W2, g + m * W2, hp + m * Hp, attn[m * K + k],
-                           hn + m * Hp);
+            stream_agru_row<T, S, Isa>(H, xp + (m * K + k) * W2, g + m * W2, hp + m * Hp,
+                                       attn[m * K + k], hn + m * Hp);
           }
         }
         add_row(rows * Hp, h + ((K - s0) & 1) * rows * Hp, o);
