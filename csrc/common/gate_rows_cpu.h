@@ -1,26 +1,33 @@
-// Whole-row gate math of the inference kernels on explicit vectors (no torch headers): one GRU or
-// AGRU step of one row of hidden units, H at a time, with the activations of gate_math.h
-// (exp_vec, sigmoid_vec, tanh_vec) written over the instruction set's float vector.
+// The gate math of the bf16 stream kernels (no torch headers): one GRU or AGRU step of a whole
+// row of hidden units on explicit vectors, with rational activations.
 //
-// Why not the scalar loop over gru_forward_unit_vec: the compiler vectorises that loop, but the
-// H % W units left over (4 of H = 100 on AVX-512) run one at a time, and each costs as much as a
-// whole vector (three exp polynomials and three divisions); at H = 100 that scalar tail was about
-// 40% of a row. Here the tail is one more vector that ends at unit H and overlaps the one before:
-// the overlapped units are computed twice, from the same inputs, to the same values.
+// Why a second gate math: a bf16 round spends as long in the gates as in its GEMMs once
+// vdpbf16ps has halved them (issue 30). gate_math.h's activations cost three exp polynomials and
+// three divisions per GRU unit (about 100 vector operations), and the loop the compiler
+// vectorises runs the H % W leftover units (4 of H = 100 on AVX-512) one at a time, each as dear
+// as a whole vector. Here:
+// - tanh is a [13/6] rational function on [-c, c] (c = 7.9988..., where it reaches 1 in float),
+//   14 vector operations and one division, and sigmoid(x) = 0.5 + 0.5 tanh(x / 2); largest
+//   absolute error against the exact functions 3.7e-7 (tanh) and 1.9e-7 (sigmoid), a few float
+//   ulps of 1 and far below a bf16 ulp (2^-8 relative), the rounding every bf16 ring slot and
+//   GEMM input carries anyway (csrc/tests/test_gate_rows.cpp checks the bounds);
+// - a row is vectors of W units, and the leftover units are one more vector that ends at unit H
+//   and overlaps the one before (the overlapped units are computed twice, to the same values).
+// fp32 kernels keep gate_math.h, so their results do not move.
 //
-// Every operation is the scalar formula's, in its order, so each unit's result is the scalar
-// function's bit for bit on every instruction set, FMA contraction included (the compiler fuses
-// the same multiply-adds in a vector expression as in a scalar one):
-// csrc/tests/test_stream_cpu.cpp compares them on random and extreme inputs.
+// Each formula is written once, over F = float or a vector of floats, in place. Every operation
+// is elementwise and IEEE, and rows are vectors on every instruction set (for_unit_vectors), so
+// AVX-512 and AVX2, whose multiply-adds are fused alike, give the same bits; the baseline (SSE2)
+// has no FMA, so its roundings differ in the last place.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "common/bf16_cpu.h"
-#include "common/gate_math.h"
 #include "common/gemm_cpu.h"
 
-// The vectors pass by value only between always-inlined functions, so the compilers' note that
-// such an ABI differs between instruction sets concerns no call that exists.
+// Vectors pass by reference, never by value: a vector argument or return value between
+// functions of different instruction sets makes GCC and Clang warn that the ABI differs.
 #if defined(__GNUC__) || defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -29,87 +36,80 @@
 namespace aghmn {
 namespace cpu {
 
-#ifdef AGHMN_HAVE_VECTOR_EXT
+// tanh(x) in place: odd [13/6] rational function of x clamped to [-c, c] (the coefficients of
+// Eigen's float tanh); a NaN stays a NaN (the clamps compare it false and keep it).
+template <typename F>
+AGHMN_INLINE void tanh_rational(F& x) {
+  const float c = 7.99881172180175781f;
+  x = x > c ? F{} + c : x;
+  x = x < -c ? F{} - c : x;
+  const F x2 = x * x;
+  F p = F{} - 2.76076847742355e-16f;
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 - 8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  F q = F{} + 1.19825839466702e-06f;
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  x = x * p / q;
+}
+
+// sigmoid(x) = 0.5 + 0.5 tanh(x / 2), in place.
+template <typename F>
+AGHMN_INLINE void sigmoid_rational(F& x) {
+  x = 0.5f * x;
+  tanh_rational(x);
+  x = 0.5f + 0.5f * x;
+}
+
+// One GRU unit (or a vector of them): PyTorch's gates r, z, n (gate_math.h: gru_forward_over)
+// with the rational activations; h is h_prev in, h' out.
+template <typename F>
+AGHMN_INLINE void gru_unit_rational(const F& pr, const F& pz, const F& pn, const F& hr,
+                                    const F& hz, const F& hn, F& h) {
+  F r = pr + hr, z = pz + hz;
+  sigmoid_rational(r);
+  sigmoid_rational(z);
+  F n = pn + r * hn;
+  tanh_rational(n);
+  h = (1.0f - z) * n + z * h;
+}
+
+// One AGRU unit (gate_math.h: agru_forward_over) with the rational activations; h in and out.
+template <typename F>
+AGHMN_INLINE void agru_unit_rational(const F& xr, const F& xn, const F& hr, const F& hn, float a,
+                                     F& h) {
+  F r = xr + hr;
+  sigmoid_rational(r);
+  F n = xn + r * hn;
+  tanh_rational(n);
+  h = a * n + (1.0f - a) * h;
+}
+
 namespace gate_rows {
 
+AGHMN_INLINE void load(float& v, const float* p) { v = *p; }
+AGHMN_INLINE void load(float& v, const Bf16* p) { v = bf16_float(p->bits); }
+AGHMN_INLINE void store(float* p, const float& v) { *p = v; }
+
+#ifdef AGHMN_HAVE_VECTOR_EXT
 template <int kBytes>
 struct Vecs {
   typedef float F __attribute__((vector_size(kBytes)));
-  typedef int32_t I __attribute__((vector_size(kBytes)));
   typedef uint32_t U __attribute__((vector_size(kBytes)));
   typedef uint16_t Half __attribute__((vector_size(kBytes / 2)));  // as many 16-bit lanes
 };
-
-// The activations below work in place on a vector (a reference, not a value: vectors passed by
-// value between functions of different instruction sets make GCC warn about the ABI).
-
-// c ? a : b per lane (c: a comparison's all-ones / zero lanes), as detail::select.
-template <typename F, typename I>
-AGHMN_INLINE void select_into(F& out, const I& c, const F& a, const F& b) {
-  out = (F)(((I)a & c) | ((I)b & ~c));
-}
-
-// exp_vec per lane (gate_math.h: the same clamps, constants and Horner order).
-template <typename F, typename I>
-AGHMN_INLINE void exp_v(F& x) {
-  const float magic = 12582912.0f;  // 1.5 * 2^23
-  F x_n;
-  select_into<F, I>(x_n, (I)(x > 100.0f), F{} + 100.0f, x);
-  select_into<F, I>(x_n, (I)(x < -100.0f), F{} - 100.0f, x_n);
-  const F m = x_n * 1.44269504088896341f + magic;
-  I n = (I)m - detail::float_to_bits(magic);
-  n = (n & (I)(n >= -126)) | ((I{} - 126) & (I)(n < -126));
-  n = (n & (I)(n <= 127)) | ((I{} + 127) & (I)(n > 127));
-  const F fn = __builtin_convertvector(n, F);
-  F r = x - fn * 0.693145751953125f;
-  r = r - fn * 1.42860682030941723212e-6f;
-  F p = F{} + 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const F v = p * (F)((n + 127) << 23);
-  select_into<F, I>(x, (I)(x < -87.33f), F{}, v);
-}
-
-template <typename F, typename I>
-AGHMN_INLINE void sigmoid_v(F& x) {
-  F e = -x;
-  exp_v<F, I>(e);
-  x = 1.0f / (1.0f + e);
-}
-
-// tanh_vec per lane: the odd polynomial near 0, the exp form elsewhere, the sign put back.
-template <typename F, typename I>
-AGHMN_INLINE void tanh_v(F& x) {
-  const I sign = (I)x & static_cast<int32_t>(0x80000000u);
-  const F y = (F)((I)x & 0x7fffffff);
-  F e = -2.0f * y;
-  exp_v<F, I>(e);
-  const F far = (1.0f - e) / (1.0f + e);
-  const F y2 = y * y;
-  F p = F{} + 21844.0f / 6081075.0f;
-  p = p * y2 - 1382.0f / 155925.0f;
-  p = p * y2 + 62.0f / 2835.0f;
-  p = p * y2 - 17.0f / 315.0f;
-  p = p * y2 + 2.0f / 15.0f;
-  p = p * y2 - 1.0f / 3.0f;
-  const F near = y + y * y2 * p;
-  F t;
-  select_into<F, I>(t, (I)(y < 0.3f), near, far);
-  // copysign: the magnitude's bits (a NaN's sign dropped too) with x's sign
-  x = (F)(((I)t & 0x7fffffff) | sign);
-}
 
 template <typename F>
 AGHMN_INLINE void load(F& v, const float* p) {
   __builtin_memcpy(&v, p, sizeof(F));
 }
 
-// The lanes of p widened to float (bf16_float per lane: the bits shifted into the high half).
+// The lanes of p widened to float (bf16_float per lane: the bits into the high half).
 template <typename F>
 AGHMN_INLINE void load(F& v, const Bf16* p) {
   using V = Vecs<sizeof(F)>;
@@ -122,88 +122,71 @@ template <typename F>
 AGHMN_INLINE void store(float* p, const F& v) {
   __builtin_memcpy(p, &v, sizeof(F));
 }
+#endif
 
-// f(j) for the vectors of units [0, H): j = 0, W, 2W, ..., then H - W when W does not divide
-// H. Needs H >= W.
-template <int W, typename Fn>
+// f(tag, j) for every vector of units j .. j + V - 1 of a row of H: j = 0, V, 2V, ..., then
+// H - V when V does not divide H; tag is a null pointer to the vector type. V is the
+// instruction set's width W, or 4 when H < W: a row is vectors whenever H >= 4, on every
+// instruction set, because the compilers do not always contract and fold a float expression as
+// they do the same expression on vectors (GCC fused (1 - z) * n + z * h differently), while
+// vectors of any width give the same bits. Rows of H < 4 (no model has them) run unit by unit,
+// tag a null float*.
+template <typename Isa, typename Fn>
 AGHMN_INLINE void for_unit_vectors(int64_t H, Fn&& f) {
-  int64_t j = 0;
-  for (; j + W <= H; j += W) f(j);
-  if (j < H) f(H - W);
+#ifdef AGHMN_HAVE_VECTOR_EXT
+  auto run = [&](auto tag, int64_t V) {
+    int64_t j = 0;
+    for (; j + V <= H; j += V) f(tag, j);
+    if (j < H) f(tag, H - V);
+  };
+  constexpr int W = Isa::kBytes / 4;
+  if (H >= W) return run(static_cast<typename Vecs<Isa::kBytes>::F*>(nullptr), W);
+  if (H >= 4) return run(static_cast<typename Vecs<16>::F*>(nullptr), 4);
+#endif
+  for (int64_t j = 0; j < H; ++j) f(static_cast<float*>(nullptr), j);
 }
 
 }  // namespace gate_rows
-#endif
 
-// out[j] = gru_forward_unit_vec(x[j], x[H + j], x[2H + j], g[j], g[H + j], g[2H + j], hp[j]).h_new
-// for j < H, bit for bit; with pool: pool[j] = max(pool[j], out[j]) too. out must not overlap
-// the inputs (the tail vector reads units already written).
+// out[0:H) = the GRU step of a row (gru_unit_rational per unit) from the input projections x
+// [3H] (float, or a bf16 ring row widened as it is read), the recurrent projections g [3H] and
+// the state hp [H]; with pool, pool[j] = max(pool[j], out[j]) too. out must not overlap the
+// inputs (the overlapping last vector reads units already written).
 template <typename Isa, typename X>
-AGHMN_INLINE void gru_row_vec(int64_t H, const X* __restrict x, const float* __restrict g,
-                              const float* __restrict hp, float* __restrict out,
-                              float* __restrict pool) {
-#ifdef AGHMN_HAVE_VECTOR_EXT
-  constexpr int W = Isa::kBytes / 4;
-  using F = typename gate_rows::Vecs<Isa::kBytes>::F;
-  using I = typename gate_rows::Vecs<Isa::kBytes>::I;
-  if (H >= W) {
-    gate_rows::for_unit_vectors<W>(H, [&](int64_t j) {
-      using namespace gate_rows;
-      F xr, xz, xn, gr, gz, gn, h;
-      load(xr, x + j), load(xz, x + H + j), load(xn, x + 2 * H + j);
-      load(gr, g + j), load(gz, g + H + j), load(gn, g + 2 * H + j), load(h, hp + j);
-      F r = xr + gr, z = xz + gz;
-      sigmoid_v<F, I>(r);
-      sigmoid_v<F, I>(z);
-      F n = xn + r * gn;
-      tanh_v<F, I>(n);
-      h = (1.0f - z) * n + z * h;
-      store(out + j, h);
-      if (pool != nullptr) {
-        F p;
-        load(p, pool + j);
-        select_into<F, I>(p, (I)(p < h), h, p);
-        store(pool + j, p);
-      }
-    });
-    return;
-  }
-#endif
-  for (int64_t j = 0; j < H; ++j) {
-    const float h = gru_forward_unit_vec(from_storage<float>(x[j]), from_storage<float>(x[H + j]),
-                                         from_storage<float>(x[2 * H + j]), g[j], g[H + j],
-                                         g[2 * H + j], hp[j]).h_new;
-    out[j] = h;
-    if (pool != nullptr) pool[j] = pool[j] < h ? h : pool[j];
-  }
+AGHMN_INLINE void gru_row_rational(int64_t H, const X* __restrict x, const float* __restrict g,
+                                   const float* __restrict hp, float* __restrict out,
+                                   float* __restrict pool) {
+  gate_rows::for_unit_vectors<Isa>(H, [&](auto tag, int64_t j) {
+    using namespace gate_rows;
+    using F = std::remove_pointer_t<decltype(tag)>;
+    F pr, pz, pn, hr, hz, hn, h;
+    load(pr, x + j), load(pz, x + H + j), load(pn, x + 2 * H + j);
+    load(hr, g + j), load(hz, g + H + j), load(hn, g + 2 * H + j), load(h, hp + j);
+    gru_unit_rational(pr, pz, pn, hr, hz, hn, h);
+    store(out + j, h);
+    if (pool != nullptr) {
+      F p;
+      load(p, pool + j);
+      p = p < h ? h : p;
+      store(pool + j, p);
+    }
+  });
 }
 
-// out[j] = agru_forward_unit_vec(x[j], x[H + j], g[j], g[H + j], a, hp[j]).h_new for j < H, bit
-// for bit. out must not overlap the inputs.
+// out[0:H) = the AGRU step of a row (agru_unit_rational per unit) with attention weight a; x
+// [2H], g [2H], hp [H]. out must not overlap the inputs.
 template <typename Isa>
-AGHMN_INLINE void agru_row_vec(int64_t H, const float* __restrict x, const float* __restrict g,
-                               const float* __restrict hp, float a, float* __restrict out) {
-#ifdef AGHMN_HAVE_VECTOR_EXT
-  constexpr int W = Isa::kBytes / 4;
-  using F = typename gate_rows::Vecs<Isa::kBytes>::F;
-  using I = typename gate_rows::Vecs<Isa::kBytes>::I;
-  if (H >= W) {
-    gate_rows::for_unit_vectors<W>(H, [&](int64_t j) {
-      using namespace gate_rows;
-      F xr, xn, gr, gn, h;
-      load(xr, x + j), load(xn, x + H + j), load(gr, g + j), load(gn, g + H + j), load(h, hp + j);
-      F r = xr + gr;
-      sigmoid_v<F, I>(r);
-      F n = xn + r * gn;
-      tanh_v<F, I>(n);
-      h = a * n + (1.0f - a) * h;
-      store(out + j, h);
-    });
-    return;
-  }
-#endif
-  for (int64_t j = 0; j < H; ++j)
-    out[j] = agru_forward_unit_vec(x[j], x[H + j], g[j], g[H + j], a, hp[j]).h_new;
+AGHMN_INLINE void agru_row_rational(int64_t H, const float* __restrict x,
+                                    const float* __restrict g, const float* __restrict hp,
+                                    float a, float* __restrict out) {
+  gate_rows::for_unit_vectors<Isa>(H, [&](auto tag, int64_t j) {
+    using namespace gate_rows;
+    using F = std::remove_pointer_t<decltype(tag)>;
+    F xr, xn, hr, hn, h;
+    load(xr, x + j), load(xn, x + H + j), load(hr, g + j), load(hn, g + H + j), load(h, hp + j);
+    agru_unit_rational(xr, xn, hr, hn, a, h);
+    store(out + j, h);
+  });
 }
 
 }  // namespace cpu

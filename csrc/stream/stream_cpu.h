@@ -164,15 +164,15 @@ AGHMN_INLINE void agru_infer_row(int64_t H, const T* __restrict x, const T* __re
     out[j] = agru_forward_unit_vec(x[j], x[H + j], g[j], g[H + j], a, hp[j]).h_new;
 }
 
-// One GRU (AGRU) step of one row in a kernel storing S: the bf16 kernels run the explicit-vector
-// rows of gate_rows_cpu.h (no scalar tail; x may be a bf16 row of the ring, widened in the
-// loop), the others the loops above. Both give the same values (gate_rows_cpu.h).
+// One GRU (AGRU) step of one row in a kernel storing S: the bf16 kernels run the rational
+// activations on whole rows of gate_rows_cpu.h (x may be a bf16 ring row, widened as it is
+// read), the others the loops above (gate_math.h), unchanged.
 template <typename T, typename S, typename Isa, typename X>
 AGHMN_INLINE void stream_gru_row(int64_t H, const X* __restrict x, const T* __restrict g,
                                  const T* __restrict hp, T* __restrict out,
                                  T* __restrict pool = nullptr) {
   if constexpr (is_bf16<S>()) {
-    gru_row_vec<Isa>(H, x, g, hp, out, pool);
+    gru_row_rational<Isa>(H, x, g, hp, out, pool);
   } else if (pool != nullptr) {
     gru_infer_row_max(H, x, g, hp, out, pool);
   } else {
@@ -184,7 +184,7 @@ template <typename T, typename S, typename Isa>
 AGHMN_INLINE void stream_agru_row(int64_t H, const T* __restrict x, const T* __restrict g,
                                   const T* __restrict hp, T a, T* __restrict out) {
   if constexpr (is_bf16<S>())
-    agru_row_vec<Isa>(H, x, g, hp, a, out);
+    agru_row_rational<Isa>(H, x, g, hp, a, out);
   else
     agru_infer_row(H, x, g, hp, a, out);
 }
