@@ -127,10 +127,10 @@ AGHMN_INLINE void store(float* p, const F& v) {
 // f(tag, j) for every vector of units j .. j + V - 1 of a row of H: j = 0, V, 2V, ..., then
 // H - V when V does not divide H; tag is a null pointer to the vector type. V is the
 // instruction set's width W, or 4 when H < W: a row is vectors whenever H >= 4, on every
-// instruction set, because the compilers do not always contract and fold a float expression as
-// they do the same expression on vectors (GCC fused (1 - z) * n + z * h differently), while
-// vectors of any width give the same bits. Rows of H < 4 (no model has them) run unit by unit,
-// tag a null float*.
+// instruction set, because the compilers need not contract and fold a float expression as they
+// do the same expression on vectors (GCC, given a constant a, fused a * n + (1 - a) * h
+// differently on floats), while vectors of any width give the same bits. Rows of H < 4 (no
+// model has them) run unit by unit, tag a null float*.
 template <typename Isa, typename Fn>
 AGHMN_INLINE void for_unit_vectors(int64_t H, Fn&& f) {
 #ifdef AGHMN_HAVE_VECTOR_EXT
