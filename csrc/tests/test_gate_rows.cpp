@@ -4,7 +4,7 @@
 // formula one unit at a time, bit for bit (rows shorter than, equal to and longer than a vector,
 // the overlapping last vector, bf16 inputs widened in the loop, the max-pool). Prints
 // "gate_rows: N checks passed" and exits 0, or prints the failures and exits 1. Built by CMake
-// (ctest) and by tests/test_gate_rows.py.
+// (ctest) and by tests/test_bf16_kernels_cpp.py.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
