@@ -77,8 +77,8 @@ AGHMN_INLINE T from_storage(S x) {
 // the order the sum takes them (row 2 k2: the pair's high half, 2 k2 + 1: its low half): the
 // GEMM of a tile of rows without vdpbf16ps reads those, as the fp32 GEMM does, instead of
 // splitting each pair word with two integer operations per vector (10% slower than fp32 on
-// AVX2, whose fp32 GEMM is at its FMA floor). Three times the pair words' bytes in memory; the
-// model file holds bf16 only.
+// AVX2, whose fp32 GEMM is at its FMA floor). Three times the pair words' bytes in memory (1.5x
+// the fp32 packed weights); the model file holds bf16 only.
 template <typename S>
 constexpr int64_t packed_matrix_size(int64_t K, int64_t Np) {
   return is_bf16<S>() ? 3 * ((K + 1) / 2) * Np : K * Np;
