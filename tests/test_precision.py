@@ -81,8 +81,11 @@ def test_ring_slot_writes_round_as_the_exporter_does():
 
 
 def test_bf16_push_is_the_same_on_every_instruction_set(tmp_path):
-    """vdpbf16ps (where the machine has it), AVX-512F, AVX2 and the baseline compute the same
-    sums in the same order: the probabilities agree bit for bit."""
+    """vdpbf16ps (where the machine has it), AVX-512F and AVX2 compute the same sums in the
+    same order, with the same fused multiply-adds in the gates: the probabilities agree bit for
+    bit. The baseline (SSE2) has no FMA: its gate roundings differ in the last places (bitwise
+    equal on this small model, not on every model: docs/results/precision-bf16.md), so it is
+    held to 1e-4."""
     code = ("import json, sys; sys.path.insert(0, %r)\n"
             "from runtime_common import tiny_checkpoint, synthetic_dialogues\n"
             "from aghmn_fast.streaming import StreamingRecognizer\n"
@@ -99,7 +102,10 @@ def test_bf16_push_is_the_same_on_every_instruction_set(tmp_path):
                               capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         results[isa or "best"] = json.loads(done.stdout)
-    assert results["best"] == results["avx512"] == results["avx2"] == results["baseline"]
+    assert results["best"] == results["avx512"] == results["avx2"]
+    best = np.array([[float.fromhex(v) for v in p] for p in results["best"]])
+    baseline = np.array([[float.fromhex(v) for v in p] for p in results["baseline"]])
+    assert np.abs(best - baseline).max() <= 1e-4
 
 
 def test_bf16_recognizer_halves_the_store_and_stays_close(tmp_path):

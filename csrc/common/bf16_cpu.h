@@ -72,24 +72,36 @@ AGHMN_INLINE T from_storage(S x) {
     return static_cast<T>(x);
 }
 
-// Elements (32-bit words for bf16) of a packed [K][Np] weight matrix stored as S.
+// Elements (32-bit words for bf16) of a packed [K][Np] weight matrix stored as S. A bf16 matrix
+// is its pair words [Kh][Np] (Kh = (K + 1) / 2), then the same values as floats [2 Kh][Np] in
+// the order the sum takes them (row 2 k2: the pair's high half, 2 k2 + 1: its low half): the
+// GEMM of a tile of rows without vdpbf16ps reads those, as the fp32 GEMM does, instead of
+// splitting each pair word with two integer operations per vector (10% slower than fp32 on
+// AVX2, whose fp32 GEMM is at its FMA floor). Three times the pair words' bytes in memory (1.5x
+// the fp32 packed weights); the model file holds bf16 only.
 template <typename S>
 constexpr int64_t packed_matrix_size(int64_t K, int64_t Np) {
-  return is_bf16<S>() ? (K + 1) / 2 * Np : K * Np;
+  return is_bf16<S>() ? 3 * ((K + 1) / 2) * Np : K * Np;
 }
 
 // A[k2][i] = the pair (W[i][2 k2], W[i][2 k2 + 1]) in bf16 (0 beyond column N or row K): W
-// [N][K] transposed as pack_transposed does, in the pair layout above.
+// [N][K] transposed as pack_transposed does, in the pair layout above; then the float copy.
 inline void pack_transposed_bf16(const float* W, int64_t N, int64_t K, int64_t Np, uint32_t* A) {
-  for (int64_t k2 = 0; k2 < (K + 1) / 2; ++k2) {
+  const int64_t Kh = (K + 1) / 2;
+  float* expanded = reinterpret_cast<float*>(A + Kh * Np);
+  for (int64_t k2 = 0; k2 < Kh; ++k2) {
     uint32_t* __restrict a = A + k2 * Np;
+    float* __restrict hi_row = expanded + 2 * k2 * Np;
+    float* __restrict lo_row = hi_row + Np;
     const int64_t k = 2 * k2;
     for (int64_t i = 0; i < N; ++i) {
       const uint32_t lo = bf16_bits(W[i * K + k]);
       const uint32_t hi = k + 1 < K ? bf16_bits(W[i * K + k + 1]) : 0u;
       a[i] = lo | (hi << 16);
+      hi_row[i] = bf16_float(static_cast<uint16_t>(hi));
+      lo_row[i] = bf16_float(static_cast<uint16_t>(lo));
     }
-    for (int64_t i = N; i < Np; ++i) a[i] = 0u;
+    for (int64_t i = N; i < Np; ++i) a[i] = 0u, hi_row[i] = 0.0f, lo_row[i] = 0.0f;
   }
 }
 
@@ -200,13 +212,41 @@ AGHMN_INLINE void gemm_tile_bf16_mr(int mr, int nv, int64_t Kh, const uint32_t* 
 }
 
 // gemm_rows (gemm_cpu.h) with A packed by pack_transposed_bf16: the same blocking (and the same
-// `backwards` walk for a single row); in is fp32, rounded to bf16 pairs first.
+// `backwards` walk for a single row); in is fp32, rounded to bf16 pairs first. Without
+// vdpbf16ps, a tile of at least kRows rows runs gemm_rows itself on the float copy of A, its
+// inputs rounded and each pair swapped to the copy's order: the same products, added in the
+// same order, so the same bits. A single row (one push: bound by the bytes of A) reads the pair
+// words, half the bytes.
 template <typename Isa>
 AGHMN_INLINE void gemm_rows_bf16(int64_t M, int64_t K, int64_t Np, const float* in, int64_t ld_in,
                                  const uint32_t* A, const float* init, int64_t ld_init, float* out,
                                  int64_t ld_out, bool backwards = false) {
   constexpr int W = Isa::kBytes / 4;
   const int64_t nvec = Np / W, Kh = (K + 1) / 2;
+  if (!Isa::kBf16Dot && M >= Isa::kRows) {
+    static thread_local std::vector<float> swapped;
+    if (static_cast<int64_t>(swapped.size()) < M * 2 * Kh) swapped.resize(M * 2 * Kh);
+    float* sin = swapped.data();
+    for (int64_t m = 0; m < M; ++m) {
+      const float* x = in + m * ld_in;
+      uint32_t* row = reinterpret_cast<uint32_t*>(sin + m * 2 * Kh);
+      for (int64_t k = 0; k < K; ++k) {
+        uint32_t u;
+        std::memcpy(&u, x + k, 4);
+        row[k] = bf16_round_u32(u);
+      }
+      if (K & 1) row[K] = 0;
+      for (int64_t k2 = 0; k2 < Kh; ++k2) {  // the pair's high input first (two loops: both vectorise)
+        const uint32_t lo = row[2 * k2];
+        row[2 * k2] = row[2 * k2 + 1];
+        row[2 * k2 + 1] = lo;
+      }
+    }
+    gemm_rows<float, Isa>(M, 2 * Kh, Np, sin, 2 * Kh,
+                          reinterpret_cast<const float*>(A + Kh * Np), init, ld_init, out, ld_out,
+                          backwards);
+    return;
+  }
   // The inputs rounded once per call (vectorised loops): bf16 pair words for vdpbf16ps (ld Kh
   // words), else rounded floats (ld 2 Kh words); a padding column is 0.
   const int64_t ld = Isa::kBf16Dot ? Kh : 2 * Kh;

@@ -22,6 +22,7 @@
 
 #include "common/bf16_cpu.h"
 #include "common/gate_math.h"
+#include "common/gate_rows_cpu.h"
 #include "common/gemm_cpu.h"
 
 namespace aghmn {
@@ -163,6 +164,31 @@ AGHMN_INLINE void agru_infer_row(int64_t H, const T* __restrict x, const T* __re
     out[j] = agru_forward_unit_vec(x[j], x[H + j], g[j], g[H + j], a, hp[j]).h_new;
 }
 
+// One GRU (AGRU) step of one row in a kernel storing S: the bf16 kernels run the rational
+// activations on whole rows of gate_rows_cpu.h (x may be a bf16 ring row, widened as it is
+// read), the others the loops above (gate_math.h), unchanged.
+template <typename T, typename S, typename Isa, typename X>
+AGHMN_INLINE void stream_gru_row(int64_t H, const X* __restrict x, const T* __restrict g,
+                                 const T* __restrict hp, T* __restrict out,
+                                 T* __restrict pool = nullptr) {
+  if constexpr (is_bf16<S>()) {
+    gru_row_rational<Isa>(H, x, g, hp, out, pool);
+  } else if (pool != nullptr) {
+    gru_infer_row_max(H, x, g, hp, out, pool);
+  } else {
+    gru_infer_row(H, x, g, hp, out);
+  }
+}
+
+template <typename T, typename S, typename Isa>
+AGHMN_INLINE void stream_agru_row(int64_t H, const T* __restrict x, const T* __restrict g,
+                                  const T* __restrict hp, T a, T* __restrict out) {
+  if constexpr (is_bf16<S>())
+    agru_row_rational<Isa>(H, x, g, hp, a, out);
+  else
+    agru_infer_row(H, x, g, hp, a, out);
+}
+
 template <typename T>
 AGHMN_INLINE void add_row(int64_t n, const T* __restrict x, T* __restrict y) {
   for (int64_t j = 0; j < n; ++j) y[j] += x[j];
@@ -191,7 +217,7 @@ AGHMN_INLINE void stream_pad_states_impl(const StreamDims& d, const StreamLayout
     T* out = states + (s + 1) * Hp;
     stream_gemm<T, S, Isa>(1, H, L.W3, hp, Hp, w + L.fusion_hh[0], w + L.fusion_bhh[0], 0,
                            g.data(), L.W3);
-    gru_infer_row(H, w + L.fusion_bih[0], g.data(), hp, out);
+    stream_gru_row<T, S, Isa>(H, w + L.fusion_bih[0], g.data(), hp, out);
     for (int64_t j = H; j < Hp; ++j) out[j] = T(0);
   }
 }
@@ -296,8 +322,8 @@ AGHMN_INLINE void stream_reader(const StreamDims& d, const StreamLayout& L, cons
         const int64_t len = in.tok_offsets[b0 + m + 1] - in.tok_offsets[b0 + m];
         if (s >= len) continue;  // finished: its state is never read again
         const int64_t t = dir == 0 ? s : len - 1 - s;
-        gru_infer_row_max(H, proj + (off + t) * W3, g + m * W3, hp + m * Hp, hn + m * Hp,
-                          pool + m * 2 * H + dir * H);
+        stream_gru_row<T, S, Isa>(H, proj + (off + t) * W3, g + m * W3, hp + m * Hp, hn + m * Hp,
+                                  pool + m * 2 * H + dir * H);
       }
     }
   }
@@ -326,7 +352,7 @@ inline int64_t stream_scratch_size(const StreamDims& d, const StreamLayout& L, i
   if (recompute)
     projections = rows < kWindowProjectionRows ? d.K * (L.Hp + rows * L.W3) : rows * (L.Hp + L.W3);
   const int64_t context = rows * (d.K * L.Hp + d.K * L.W2 + L.W3 + 3 * L.Hp + d.K + L.Hp) +
-                          rows * L.Cp + L.W3 + projections;
+                          rows * L.Cp + projections;
   return rows * L.Hp + std::max(reader, context) + 64;
 }
 
@@ -409,10 +435,9 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
     T* h = g + rows * W3;              // [2][rows][Hp]
     T* o = h + 2 * rows * Hp;          // [rows][Hp]
     T* attn = o + rows * Hp;           // [rows][K]
-    T* xrow = attn + rows * K;         // [W3]: a stored projection as T (bf16 storage)
     // No projection cache: u gathered and the projections, [rows][Hp] and [rows][W3] slot by
     // slot, or [K][Hp] and [rows][K][W3] for whole windows (as stream_scratch_size counts them).
-    T* ug = xrow + W3;
+    T* ug = attn + rows * K;
     T* xg = ug + (recompute ? (whole_windows ? K : rows) * Hp : 0);
     logits = xg + (recompute ? (whole_windows ? rows * K : rows) * W3 : 0);
     // First real slot of each row (K: no history), and of the tile.
@@ -457,19 +482,17 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
           for (int64_t m = 0, n = 0; m < rows; ++m) {
             const bool real = k >= first[m];
             if (!real && dir == 1) continue;  // a pad after the real slots: never read
-            const T* x = w + L.fusion_bih[dir];
-            if (real && recompute) {
-              x = whole_windows ? xg + (m * K + k) * W3 : xg + (n++) * W3;
-            } else if (real) {
-              const S* stored = in.proj_store + dir * P + store_row(m, k) * 3 * H;
-              if constexpr (is_bf16<S>()) {
-                for (int64_t j = 0; j < 3 * H; ++j) xrow[j] = from_storage<T>(stored[j]);
-                x = xrow;
-              } else {
-                x = stored;
-              }
-            }
-            gru_infer_row(H, x, g + m * W3, hp + m * Hp, hn + m * Hp);
+            // the ring's bf16 projections are widened inside the gate loop; recomputed ones
+            // are already T (rounded through bf16 as the ring stores them)
+            if (real && recompute)
+              stream_gru_row<T, S, Isa>(H, whole_windows ? xg + (m * K + k) * W3 : xg + (n++) * W3,
+                                        g + m * W3, hp + m * Hp, hn + m * Hp);
+            else if (real)
+              stream_gru_row<T, S, Isa>(H, in.proj_store + dir * P + store_row(m, k) * 3 * H,
+                                        g + m * W3, hp + m * Hp, hn + m * Hp);
+            else
+              stream_gru_row<T, S, Isa>(H, w + L.fusion_bih[dir], g + m * W3, hp + m * Hp,
+                                        hn + m * Hp);
             if (real) add_row(H, hn + m * Hp, mem + (m * K + k) * Hp);
           }
         }
@@ -515,8 +538,8 @@ AGHMN_INLINE void stream_forward_tile_impl(const StreamDims& d, const StreamLayo
               std::copy(hp + m * Hp, hp + m * Hp + Hp, hn + m * Hp);
               continue;
             }
-            agru_infer_row(H, xp + (m * K + k) * W2, g + m * W2, hp + m * Hp, attn[m * K + k],
-                           hn + m * Hp);
+            stream_agru_row<T, S, Isa>(H, xp + (m * K + k) * W2, g + m * W2, hp + m * Hp,
+                                       attn[m * K + k], hn + m * Hp);
           }
         }
         add_row(rows * Hp, h + ((K - s0) & 1) * rows * Hp, o);
