@@ -20,15 +20,7 @@ def load_recognizer(checkpoint: Union[str, Sequence[str]], backend: Optional[str
     with them)."""
     import torch
 
-    from .streaming import StreamingRecognizer, recognizer_from_checkpoints
+    from .streaming import recognizer_from_checkpoints
     torch.set_num_threads(threads)
     paths = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
-    if len(paths) == 1:
-        return StreamingRecognizer.from_checkpoint(paths[0], backend=backend, precision=precision,
-                                                   projection_cache=projection_cache)
-    if precision != "fp32":
-        raise ValueError(f"--precision {precision!r}: an ensemble runs in fp32 only")
-    if not projection_cache:
-        raise ValueError("--projection-cache off: an ensemble keeps the projection cache (serve "
-                         "one checkpoint, or leave the option on)")
-    return recognizer_from_checkpoints(paths, backend=backend)
+    return recognizer_from_checkpoints(paths, backend=backend, precision=precision, projection_cache=projection_cache)

@@ -133,9 +133,11 @@ def test_precision_refusals(tmp_path):
     with pytest.raises(ValueError, match="mode 'push' only"):
         StreamingRecognizer(rec.model, vocab=rec.vocab, label_names=rec.label_names, mode="step",
                             precision="bf16")
-    from aghmn_fast import serving_plugin   # where a server builds an ensemble
+    from aghmn_fast import serving_plugin   # where a server builds its recognizer
     with pytest.raises(ValueError, match="ensemble runs in fp32"):
         serving_plugin.load_recognizer([ckpt, ckpt], precision="bf16")
+    assert serving_plugin.load_recognizer([ckpt], precision="bf16").precision == "bf16"
+    assert serving_plugin.load_recognizer(ckpt).precision == "fp32"
     _extension.load()
     with pytest.raises(RuntimeError, match="precision must be 'fp32' or 'bf16'"):
         torch.ops.aghmn_fast.stream_pack(

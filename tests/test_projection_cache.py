@@ -145,6 +145,7 @@ def test_torch_store_bytes_and_refusals(tmp_path):
         StreamingRecognizer.from_checkpoint(ck, projection_cache=0)
     with pytest.raises(ValueError, match="ensemble keeps the projection cache"):
         serving_plugin.load_recognizer([ck, ck], projection_cache=False)
+    assert serving_plugin.load_recognizer([ck], projection_cache=False).projection_cache is False
     with pytest.raises(RuntimeError, match="u must be a contiguous CPU"):
         torch.ops.aghmn_fast.stream_project(rec.compute.packed, torch.zeros(2, 3), **rec.compute.sizes)
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from aghmn_runtime.serving.app import ServeConfig
+from aghmn_runtime.serving.memory import BOOKKEEPING_BYTES
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 from runtime_common import export, import_runtime  # noqa: E402
@@ -75,16 +76,23 @@ def test_ray_replica_killed_mid_run_is_exact(tmp_path, redis_url, engine):  # no
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny.pt", window=4)
     model = checkpoint
+    # the replicas take the server's options: the runtime's run without the projection cache
+    # (ServeConfig reaches them whole), and the budget's live-conversation cap shows which ring
+    # store each engine's replicas hold
+    options = ["--max-memory", "1M"]
+    per_conversation = recognizer_for(checkpoint).bytes_per_conversation
     if engine == "runtime":
-        import_runtime()
+        rt = import_runtime()
         model = str(tmp_path / "tiny.aghmn")
         export(checkpoint, model)
+        options += ["--projection-cache", "off"]
+        per_conversation = rt.StreamingRecognizer(model, projection_cache=False).bytes_per_conversation
     dialogues = synthetic_dialogues(30, seed=31, min_len=8)
     # the runtime's probabilities equal torch's (bitwise for this reader): one offline reference
     expect = offline_probabilities(recognizer_for(checkpoint), dialogues)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = _start_ray(tmp_path, model, port, "--replicas", "2", "--redis", redis_url)
+    proc = _start_ray(tmp_path, model, port, "--replicas", "2", "--redis", redis_url, *options)
     stopped = None
     try:
         deadline = time.time() + 300
@@ -95,6 +103,9 @@ def test_ray_replica_killed_mid_run_is_exact(tmp_path, redis_url, engine):  # no
                 pids = _replica_pids(base)
             except httpx.HTTPError:
                 time.sleep(1)
+        for session in pids.values():
+            ready = httpx.get(base + "/readyz", headers={"X-Session-Id": session}, timeout=30).json()
+            assert ready["max_live_conversations"] == (1 << 20) // (per_conversation + BOOKKEEPING_BYTES), ready
         total = sum(len(d.texts) for d in dialogues)
         answered = [0]
         killed = []

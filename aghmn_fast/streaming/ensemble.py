@@ -113,15 +113,25 @@ class EnsembleRecognizer:
             m.close(conversation_id)
 
 
-def recognizer_from_checkpoints(paths, device=None, backend: Optional[str] = None):
+def recognizer_from_checkpoints(paths, device=None, backend: Optional[str] = None, precision: str = "fp32",
+                                projection_cache: bool = True):
     """A :class:`StreamingRecognizer` for one checkpoint path (or a list of one), an
     :class:`EnsembleRecognizer` averaging them for a list of two or more (opt-in: N times the work
-    per push). Errors as :meth:`StreamingRecognizer.from_checkpoint`, and, for an ensemble,
-    ``ValueError`` for members of different labels or windows."""
+    per push). ``precision`` and ``projection_cache`` as in
+    :meth:`StreamingRecognizer.from_checkpoint`; an ensemble runs in fp32 with the projection
+    cache. Errors as :meth:`StreamingRecognizer.from_checkpoint`, and, for an ensemble,
+    ``ValueError`` for members of different labels or windows, or for another precision or no
+    projection cache."""
     if isinstance(paths, (list, tuple)):
         if not paths:
             raise ValueError("paths is empty: give at least one checkpoint")
         if len(paths) > 1:
+            if precision != "fp32":
+                raise ValueError(f"precision {precision!r}: an ensemble runs in fp32 only")
+            if projection_cache is not True:
+                raise ValueError("projection_cache=False: an ensemble keeps the projection cache "
+                                 "(give one checkpoint, or keep the cache)")
             return EnsembleRecognizer.from_checkpoints(paths, device=device, backend=backend)
         paths = paths[0]
-    return StreamingRecognizer.from_checkpoint(paths, device=device, backend=backend)
+    return StreamingRecognizer.from_checkpoint(paths, device=device, backend=backend, precision=precision,
+                                               projection_cache=projection_cache)
