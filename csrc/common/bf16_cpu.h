@@ -275,11 +275,11 @@ AGHMN_INLINE void gemm_rows_bf16(int64_t M, int64_t K, int64_t Np, const float* 
   }
   gemm_blocks<Isa>(
       M, nvec, backwards,
-      [&](int nv, int64_t c) {
+      [&](int nv, int64_t c) AGHMN_LAMBDA_INLINE {
         gemm_tile_bf16_nv<Isa, 1, Isa::kVecs1>(nv, Kh, pin, ld, A + c * W, Np, init + c * W,
                                                ld_init, out + c * W, ld_out);
       },
-      [&](int mr, int nv, int64_t m0, int64_t c) {
+      [&](int mr, int nv, int64_t m0, int64_t c) AGHMN_LAMBDA_INLINE {
         gemm_tile_bf16_mr<Isa, Isa::kRows>(mr, nv, Kh, pin + m0 * ld, ld, A + c * W, Np,
                                            init + m0 * ld_init + c * W, ld_init,
                                            out + m0 * ld_out + c * W, ld_out);

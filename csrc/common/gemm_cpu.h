@@ -13,8 +13,15 @@ namespace cpu {
 
 #if defined(__GNUC__) || defined(__clang__)
 #define AGHMN_INLINE inline __attribute__((always_inline))
+// The same for a lambda's call operator. The kernels run inside run_avx512 & co., whose target
+// attribute reaches only what is inlined into them: GCC's flatten inlines every call, Clang's
+// (14) not a lambda passed down, which then ran as a separate function without FMA, so the same
+// sum gave other bits on one path than on another (a ring store with and without its projection
+// cache differed in the last place).
+#define AGHMN_LAMBDA_INLINE __attribute__((always_inline))
 #else
 #define AGHMN_INLINE inline
+#define AGHMN_LAMBDA_INLINE
 #endif
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -159,11 +166,11 @@ AGHMN_INLINE void gemm_rows(int64_t M, int64_t K, int64_t Np, const T* in, int64
   constexpr int W = Isa::kBytes / sizeof(T);
   gemm_blocks<Isa>(
       M, Np / W, backwards,
-      [&](int nv, int64_t c) {
+      [&](int nv, int64_t c) AGHMN_LAMBDA_INLINE {
         gemm_tile_nv<T, Isa, 1, Isa::kVecs1>(nv, K, in, ld_in, A + c * W, Np, init + c * W,
                                              ld_init, out + c * W, ld_out);
       },
-      [&](int mr, int nv, int64_t m0, int64_t c) {
+      [&](int mr, int nv, int64_t m0, int64_t c) AGHMN_LAMBDA_INLINE {
         gemm_tile_mr<T, Isa, Isa::kRows>(mr, nv, K, in + m0 * ld_in, ld_in, A + c * W, Np,
                                          init + m0 * ld_init + c * W, ld_init,
                                          out + m0 * ld_out + c * W, ld_out);
