@@ -33,6 +33,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -150,9 +151,12 @@ class _HTTPConnection(asyncio.Protocol):
 
 
 async def http_load(base: str, texts: List[str], conversations: int, window: int, max_requests: int,
-                    seconds: float, affinity: bool, tag: str, client: str = "raw") -> Dict:
+                    seconds: float, affinity: bool, tag: str, client: str = "raw",
+                    trace: Optional[List[tuple]] = None) -> Dict:
     """Closed-loop clients, one per conversation (see the module doc). ``client``: ``raw`` (the
-    minimal HTTP/1.1 client above) or ``aiohttp``."""
+    minimal HTTP/1.1 client above) or ``aiohttp``. ``trace``: a list that receives one
+    ``(client, start s, latency ms, the server's latency_ms)`` per timed request (start from the run's
+    start; the server's time from reading the request to its answer, None on an error)."""
     import aiohttp
     from urllib.parse import urlparse
 
@@ -171,6 +175,7 @@ async def http_load(base: str, texts: List[str], conversations: int, window: int
                     assert resp.status == 200, await resp.text()
                     await resp.read()
         latencies: List[float] = []
+        per_client: Dict[int, List[float]] = {}
         later: List[float] = []   # every client's requests but its first (a new connection's)
         rebuilt = errors = counted = 0
         deadline = time.perf_counter() + seconds
@@ -181,6 +186,7 @@ async def http_load(base: str, texts: List[str], conversations: int, window: int
             nonlocal rebuilt, errors, issued, counted
             url = f"/v1/conversations/{cid}/utterances"
             r = window
+            mine = per_client[c] = []
             if client == "raw":
                 _, conn = await loop.create_connection(_HTTPConnection, u.hostname, u.port)
                 extra = f"X-Session-Id: {cid}\r\n" if affinity else ""
@@ -203,6 +209,10 @@ async def http_load(base: str, texts: List[str], conversations: int, window: int
                         async with session.post(url, json={"text": text, "index": r}, headers=headers) as resp:
                             payload, status = await resp.read(), resp.status
                     latencies.append((time.perf_counter() - t0) * 1e3)
+                    mine.append(latencies[-1])
+                    if trace is not None:
+                        served = json.loads(payload).get("latency_ms") if status == 200 else None
+                        trace.append((c, t0 - start, latencies[-1], served))
                     if r > window:
                         later.append(latencies[-1])
                     if status != 200:
@@ -224,12 +234,17 @@ async def http_load(base: str, texts: List[str], conversations: int, window: int
     latencies.sort()
     later.sort()
     n = len(latencies)
+    # fairness: the spread of the clients' own median latencies (a few slow clients, or slow
+    # requests spread over all of them, give different tails at the same p99)
+    medians = sorted(statistics.median(v) for v in per_client.values() if v)
     return {"client": client, "requests": n, "errors": errors, "seconds": elapsed,
             "utterances_per_s": (n - errors) / elapsed, "p50_ms": _percentile(latencies, 0.5),
             "p99_ms": _percentile(latencies, 0.99), "memory_hit_rate": 1 - rebuilt / max(1, counted),
             "p99_ms_without_first_requests": _percentile(later, 0.99) if later else None,
             "p999_ms": _percentile(latencies, 0.999), "max_ms": latencies[-1],
-            "client_cpu_per_request_us": 1e6 * client_cpu / max(1, n)}
+            "client_cpu_per_request_us": 1e6 * client_cpu / max(1, n),
+            "client_median_ms_p10": _percentile(medians, 0.1) if medians else None,
+            "client_median_ms_p90": _percentile(medians, 0.9) if medians else None}
 
 
 def lone_http_client(base: str, texts: List[str], window: int, requests: int) -> Dict:
@@ -397,7 +412,8 @@ def run_mode(engine: str, mode: str, model: str, out: Dict, levels: List[int], t
               f"in-process), p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms "
               f"(p99/p50 {r['p99_ms'] / r['p50_ms']:.1f}; without each client's first request "
               f"{r['p99_ms_without_first_requests']:.1f} ms; max {r['max_ms']:.0f} ms), errors {r['errors']}, "
-              f"memory hits {100 * r['memory_hit_rate']:.1f}%, load {r['load_average']:.1f}"
+              f"memory hits {100 * r['memory_hit_rate']:.1f}%, clients' medians {r['client_median_ms_p10']:.1f} "
+              f"to {r['client_median_ms_p90']:.1f} ms (p10 to p90), load {r['load_average']:.1f}"
               + (f"; stdlib client p50 {r['stdlib_client']['p50_ms']:.3f} ms" if c == 1 else ""),
               flush=True)
     if mode.startswith("ray"):

@@ -53,6 +53,13 @@ def _maps_libtorch(pid: int) -> bool:
         return "libtorch" in f.read()
 
 
+def _environ(pid: int) -> dict:
+    """The environment the process was started with."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [item.decode(errors="replace").partition("=") for item in f.read().split(b"\0") if item]
+    return {name: value for name, _, value in pairs}
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
@@ -134,6 +141,9 @@ def test_ray_replica_killed_mid_run_is_exact(tmp_path, redis_url, engine):  # no
         survivor = next(pid for pid in pids if pid != victims[0])
         # in the replica processes: torch on a checkpoint, never on a .aghmn file
         assert _maps_libtorch(survivor) == (engine == "torch"), engine
+        # the replicas run on asyncio's event loop, not uvloop's (ray_app.RAY_ENV_DEFAULTS: on
+        # uvloop, new ingress connections waited about 1 s in a loaded replica's listen queue)
+        assert _environ(survivor).get("RAY_USE_UVLOOP") == "0", engine
         print(f"{engine} replica RSS: {_rss_mb(survivor):.0f} MB")
         assert_matches_offline(got, dialogues, expect)
         flat = [r for d in dialogues for r in got[d.id][1:]]   # utterances of existing conversations

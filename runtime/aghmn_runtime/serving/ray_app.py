@@ -102,10 +102,16 @@ HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BALANCE_ALGO
 #:   lets HAProxy deregister one replica of a running deployment, but the CLI only stops the
 #:   whole deployment, ingress included, so stopping took over 30 s ("Controller failed to shut
 #:   down within 30.0s") for nothing.
+#: - the replicas' event loops are asyncio's, not uvloop: behind HAProxy a third of the requests
+#:   arrive on a new connection (HAProxy resets idle server connections and opens new ones), and
+#:   a loaded replica on uvloop let 200 to 450 of them wait in its listen queue, for about 1 s
+#:   each, while its loop sat idle in epoll; that was the p99 at 1,024 conversations (p99/p50
+#:   5.9 to 6.3). asyncio's loop kept the queue under 80 and the ratio at 2.5
+#:   (docs/results/serving-ray-tail.md).
 #: (HAProxy's threads and per-request metrics stay Serve's: one thread made the clients' latencies
 #: even on 2 cores but raised the median and lowered throughput, docs/results/serving-deploy.md.)
 RAY_ENV_DEFAULTS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
-                    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+                    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2", "RAY_USE_UVLOOP": "0"}
 #: Seconds the CLI waits for the deployment to answer /readyz through its ingress
 #: ($AGHMN_RAY_START_TIMEOUT overrides).
 START_TIMEOUT_S = 300.0
