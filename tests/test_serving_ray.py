@@ -47,6 +47,44 @@ def _replica_pids(base: str, tries: int = 200) -> dict:
     return pids
 
 
+_NODELAY_PROBE = """
+import asyncio, socket, sys
+from aghmn_runtime.serving.ray_app import _nodelay_on_default_protocol_sockets
+
+async def accepted_nodelay():
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)   # proto 0, as Serve makes it
+    listener.bind(("127.0.0.1", 0))
+    loop = asyncio.get_running_loop()
+    got = loop.create_future()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport):
+            got.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    server = await loop.create_server(Probe, sock=listener)
+    _, writer = await asyncio.open_connection(*listener.getsockname())
+    value = await got
+    writer.close()
+    server.close()
+    return value
+
+if sys.argv[1] == "patched":
+    _nodelay_on_default_protocol_sockets()
+    _nodelay_on_default_protocol_sockets()   # twice: wraps once
+print(asyncio.run(accepted_nodelay()) != 0)
+"""
+
+
+def test_replica_ingress_connections_get_tcp_nodelay():
+    """On asyncio's loop a replica's ingress connections must have TCP_NODELAY: Serve's listening
+    socket has proto 0, for which asyncio leaves Nagle on, and a lone request then waited 44 ms
+    for the proxy's delayed ACK (docs/results/serving-ray-tail.md)."""
+    out = subprocess.run([sys.executable, "-c", _NODELAY_PROBE, "patched"], env=dict(os.environ, PYTHONPATH=SOURCE_PATH),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True"]
+
+
 def _maps_libtorch(pid: int) -> bool:
     """Whether the process has libtorch mapped (what importing torch does)."""
     with open(f"/proc/{pid}/maps") as f:
