@@ -116,6 +116,15 @@ def recognizer_kind(request) -> str:
     return request.param
 
 
+# A test whose behaviour is decided before any recognizer is consulted (option and CLI validation,
+# HTTP/WebSocket protocol limits, header/URL/body sizes, token checks, JSON that does not parse,
+# route errors) runs on one recognizer only: the other would repeat the same code path. Whatever
+# involves a recognizer's answers, state, memory, rebuild, replay, eviction, restart or Ray keeps
+# both (issue 28: any difference between them is a failing test). The native runtime is the one
+# kept, being what `aghmn-serve` serves by default (a `.aghmn` file).
+one_recognizer = pytest.mark.parametrize("recognizer_kind", ["runtime"], indirect=True)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(model_files, recognizer_kind) -> str:
     """The window-4 model file of each recognizer in turn (both hold the same weights)."""

@@ -10,7 +10,7 @@ import pytest
 from aghmn_runtime.serving.memory import BOOKKEEPING_BYTES, default_budget, format_size, machine_memory, parse_size
 
 from serving_fixtures import (FailingRecognizer, ManualClock, assert_matches_offline, checkpoint, recognizer_kind,  # noqa: F401
-                              make_serving, meld_model, meld_test_third, offline_probabilities, recognizer_for,
+                              make_serving, meld_model, one_recognizer, meld_test_third, offline_probabilities, recognizer_for,
                               reference, running_app, stream_dialogues_http, synthetic_dialogues, wait_until)
 
 TOKEN = "s3cret-token"
@@ -127,6 +127,7 @@ def test_bad_input_gets_clear_errors_and_touches_nothing(checkpoint, reference, 
     assert 'aghmn_rejections_total{reason="too_large"} 3.0' in metrics
 
 
+@one_recognizer   # the token and the size are checked before the recognizer is consulted
 def test_websocket_token(checkpoint, tmp_path):
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
@@ -178,6 +179,7 @@ def test_flood_and_capacity_are_refused_cleanly(checkpoint, tmp_path):
                           json={"text": "ok"}).status_code == 200
 
 
+@one_recognizer   # the options are refused before a recognizer is loaded
 def test_options_are_validated(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="--max-batch must be >= 1"):
         _serving(checkpoint, tmp_path, max_batch=0)

@@ -16,7 +16,7 @@ from aghmn_runtime.serving.cli import add_parser, config_from_args
 from aghmn_runtime.serving.engine import ConversationEngine, ServingError, check_conversation_id
 from aghmn_runtime.serving.store import MemoryStore, SQLiteStore
 
-from serving_fixtures import ManualClock, recognizer_kind, load_served_recognizer, make_serving, running_app  # noqa: F401 (fixture)
+from serving_fixtures import ManualClock, recognizer_kind, load_served_recognizer, make_serving, one_recognizer, running_app  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,7 @@ def test_start_never_refuses_its_store_and_rebuilds_lazily(make_engine, tmp_path
 
 
 # ---- 7: ids are matched in full everywhere ------------------------------------------------------
+@one_recognizer   # the id is refused before the recognizer is consulted
 def test_ids_with_a_trailing_newline_are_refused_everywhere(checkpoint, tmp_path):
     from websockets.sync.client import connect
 
@@ -113,6 +114,7 @@ def test_ids_with_a_trailing_newline_are_refused_everywhere(checkpoint, tmp_path
 
 
 # ---- 8: deeply nested JSON -----------------------------------------------------------------------
+@one_recognizer   # the body is refused while it is parsed, before the recognizer is consulted
 def test_deeply_nested_json_is_400_not_500(checkpoint, tmp_path):
     from websockets.sync.client import connect
 
@@ -253,6 +255,7 @@ def _args(*argv):
     return parser.parse_args(["serve", *argv])
 
 
+@one_recognizer   # the token is read and checked before the recognizer is consulted
 def test_token_empty_file_env_and_non_ascii(checkpoint, tmp_path, monkeypatch):
     monkeypatch.delenv("AGHMN_SERVE_TOKEN", raising=False)
     with pytest.raises(ValueError, match="token is empty"):
@@ -277,6 +280,7 @@ def test_token_empty_file_env_and_non_ascii(checkpoint, tmp_path, monkeypatch):
 
 
 # ---- 2, 3: head and URL limits, timeouts, the connection limit ---------------------------------------
+@one_recognizer   # the protocol layer closes these connections before the app sees a request
 def test_header_url_timeouts_and_connection_limits(checkpoint, tmp_path):
     from websockets.sync.client import connect
 
@@ -344,6 +348,7 @@ def test_uvicorn_has_the_private_names_the_protocols_rely_on():
 
 
 # ---- a WebSocket message over --max-body-bytes ---------------------------------------------------------
+@one_recognizer   # the size is checked before the message is parsed or reaches the recognizer
 def test_websocket_message_over_the_limit_closes_with_1009(checkpoint, tmp_path):
     """The single server: a message of exactly --max-body-bytes is answered; one byte more closes
     the connection with 1009 ("message too big", RFC 6455), before the message is buffered. Behind

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from serving_fixtures import (REPO, assert_matches_offline, checkpoint, recognizer_kind, free_port,  # noqa: F401
-                              offline_probabilities, reference, serve_command, stop_server, stream_dialogues_http,
+                              offline_probabilities, one_recognizer, reference, serve_command, stop_server, stream_dialogues_http,
                               subprocess_env, synthetic_dialogues, wait_for_port)
 
 
@@ -162,6 +162,10 @@ async def _retry_last_with_bystanders(base, dialogues, half):
     return answers
 
 
+# The CLI's refusals are decided before a recognizer answers anything; the one that reads the
+# model's size (--max-memory 1K) is checked on both recognizers by test_serving_app.py's
+# test_a_budget_below_one_conversation_refuses_to_start.
+@one_recognizer
 def test_user_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys):
     from aghmn_fast.cli import main
 
