@@ -120,8 +120,8 @@ def recognizer_kind(request) -> str:
 # HTTP/WebSocket protocol limits, header/URL/body sizes, token checks, JSON that does not parse,
 # route errors) runs on one recognizer only: the other would repeat the same code path. Whatever
 # involves a recognizer's answers, state, memory, rebuild, replay, eviction, restart or Ray keeps
-# both (issue 28: any difference between them is a failing test). The native runtime is the one
-# kept, being what `aghmn-serve` serves by default (a `.aghmn` file).
+# both (issue 28: any difference between them is a failing test). The native runtime (a `.aghmn`
+# file) is the one kept: the server's own engine, which needs no torch (docs/SERVING.md).
 one_recognizer = pytest.mark.parametrize("recognizer_kind", ["runtime"], indirect=True)
 
 
