@@ -89,8 +89,8 @@ def test_a_missing_module_names_the_extra_that_provides_it(monkeypatch, capsys):
         # the server's extras are those of aghmn-fast-runtime, built from runtime/ of the checkout
         install = f'"./runtime[{extra}]"' if extra in ("serve", "ray") else f'".[{extra}]"'
         assert len(err.splitlines()) == 1 and f"pip install --no-build-isolation {install}" in err, (module, err)
-    others = {e for e in _pyproject_extras() if e != extra}
-    assert not any(f"[{other}]" in err for other in others), err
+        others = {e for e in _pyproject_extras() if e != extra}
+        assert not any(f"[{other}]" in err for other in others), (module, err)
 
 
 def _on_a_terminal(argv, env):

@@ -48,7 +48,7 @@ def _replica_pids(base: str, tries: int = 200) -> dict:
 
 
 _NODELAY_PROBE = """
-import asyncio, socket, sys
+import asyncio, socket
 from aghmn_runtime.serving.ray_app import _nodelay_on_default_protocol_sockets
 
 async def accepted_nodelay():
@@ -68,9 +68,8 @@ async def accepted_nodelay():
     server.close()
     return value
 
-if sys.argv[1] == "patched":
-    _nodelay_on_default_protocol_sockets()
-    _nodelay_on_default_protocol_sockets()   # twice: wraps once
+_nodelay_on_default_protocol_sockets()
+_nodelay_on_default_protocol_sockets()   # twice: wraps once
 print(asyncio.run(accepted_nodelay()) != 0)
 """
 
@@ -79,7 +78,7 @@ def test_replica_ingress_connections_get_tcp_nodelay():
     """On asyncio's loop a replica's ingress connections must have TCP_NODELAY: Serve's listening
     socket has proto 0, for which asyncio leaves Nagle on, and a lone request then waited 44 ms
     for the proxy's delayed ACK (docs/results/serving-ray-tail.md)."""
-    out = subprocess.run([sys.executable, "-c", _NODELAY_PROBE, "patched"], env=dict(os.environ, PYTHONPATH=SOURCE_PATH),
+    out = subprocess.run([sys.executable, "-c", _NODELAY_PROBE], env=dict(os.environ, PYTHONPATH=SOURCE_PATH),
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True"]
