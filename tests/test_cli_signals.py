@@ -97,3 +97,38 @@ def test_ctrl_c_as_streams_input_ends_is_never_exit_0(commands):
                                 delays))
     for delay, (code, err) in zip(delays, results):
         _check(code, err, delay)
+
+
+# A Ctrl-C that lands inside a weakref callback (as one did in importlib's module-lock cleanup
+# while torch imported): Python swallows the KeyboardInterrupt and would print "Exception ignored
+# in: ..." and let the command run on. The callback runs its loop with the signal pending, so the
+# handler raises there on every run.
+LOST_IN_CALLBACK = """
+import os, signal, sys, time, weakref
+from aghmn_fast.cli.program import run_program
+
+class Thing:
+    pass
+
+def body():
+    thing = Thing()
+    def callback(_):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100_000):
+            pass
+    ref = weakref.ref(thing, callback)
+    del thing
+    for _ in range(1_000):
+        time.sleep(0.01)
+    print("ran to its end", flush=True)
+    return 0
+
+sys.exit(run_program("probe", body))
+"""
+
+
+def test_ctrl_c_swallowed_in_a_callback_still_stops_the_command():
+    proc = subprocess.run([sys.executable, "-c", LOST_IN_CALLBACK], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout == "", proc.stdout  # stopped at the interrupt, not after its 10 s of work
+    assert (proc.returncode, proc.stderr) == (130, "probe: interrupted\n")

@@ -8,6 +8,7 @@ Errors are one line on stderr; ``--debug`` (or ``AGHMN_DEBUG=1``) shows the trac
 """
 from __future__ import annotations
 
+import _thread
 import argparse
 import os
 import re
@@ -63,12 +64,18 @@ class _ProcessInterrupts:
     comes after that one, or once the command has returned (interpreter teardown: joining
     threads, atexit), ends the process at once with that line and 130: never a traceback, an
     ``Exception ignored in: <module 'threading'>`` or exit 0.
+
+    A ``KeyboardInterrupt`` raised where Python cannot propagate it (a weakref callback such as
+    the import system's module-lock cleanup, a ``__del__``) is swallowed by the interpreter; it is then
+    delivered again, to the command, instead of printed as ``Exception ignored in: ...``.
     """
 
     def __init__(self, prog: str):
         self.prog = prog
         self.interrupted = self.finished = self.reported = False
         signal.signal(signal.SIGINT, self._handle)
+        self._default_unraisable = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
 
     @classmethod
     def for_process(cls, prog: str) -> Optional["_ProcessInterrupts"]:
@@ -100,6 +107,30 @@ class _ProcessInterrupts:
             os._exit(EXIT_INTERRUPTED)
         self.interrupted = True
         raise KeyboardInterrupt
+
+    def _unraisable(self, unraisable) -> None:
+        ours = (unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt)
+                and self.interrupted and not self.finished)
+        if not ours:
+            self._default_unraisable(unraisable)
+            return
+        # Our Ctrl-C, lost in a callback: mark it pending again, so that it is raised at the next
+        # point that can propagate it and the command stops now instead of running on to its
+        # end. Marked from a thread, once this hook has returned: a signal marked pending here
+        # would run the handler at this hook's next call, inside the hook, and be lost again.
+        self.interrupted = False
+        hook_running = threading.Lock()
+        hook_running.acquire()
+
+        def mark_pending():
+            with hook_running:
+                _thread.interrupt_main(signal.SIGINT)
+
+        threading.Thread(target=mark_pending, name="aghmn-redeliver-sigint", daemon=True).start()
+        # The last call in the hook: the thread can mark the signal only after it, and Python
+        # checks for pending signals before it hands over the interpreter lock, so the handler
+        # next runs outside the hook.
+        hook_running.release()
 
 
 # Top-level module of an optional dependency -> (the extra that installs it, the requirement of
