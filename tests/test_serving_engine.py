@@ -3,7 +3,6 @@ replays; every engine test runs on both recognizers (torch and the native runtim
 import random
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from aghmn_fast.streaming import StreamingRecognizer
 
 from serving_fixtures import (REPO, FailingRecognizer, ManualClock, assert_matches_offline, recognizer_kind,  # noqa: F401
                               load_served_recognizer, meld_model, meld_test_third, offline_probabilities, recognizer_for,
-                              redis_url, subprocess_env, synthetic_dialogues, tiny_model)
+                              redis_url, subprocess_env, synthetic_dialogues, tiny_model, wait_until)
 
 
 @pytest.fixture(scope="module")
@@ -215,12 +214,11 @@ def test_shared_redis_store_across_engines_is_exact(redis_url, files, recognizer
 def test_redis_ttl_and_delete(redis_url):
     from aghmn_runtime.serving.redis_store import RedisStore
 
-    store = RedisStore(redis_url, 2, ttl_seconds=1)
+    store = RedisStore(redis_url, 2, ttl_seconds=2)   # 2 s: a loaded machine may stall for 1
     store.append([("a", 0, "w"), ("a", 1, "x"), ("a", 2, "y"), ("a", 3, "z")])
     assert store.load(["a"]) == {"a": (4, ["x", "y", "z"])}   # K + 1 texts
     assert store.ids() == ["a"]
-    time.sleep(1.3)
-    assert store.load(["a"]) == {} and store.ids() == []
+    wait_until(lambda: store.load(["a"]) == {} and store.ids() == [], timeout=10, what="the TTL expiry")
     store.append([("b", 0, "x")])
     assert store.delete("b") and store.load(["b"]) == {}
 
