@@ -359,13 +359,30 @@ inline int64_t stream_scratch_size(const StreamDims& d, const StreamLayout& L, i
 // Largest tile: weight reuse across rows vs scratch size (and the size of `first` below).
 constexpr int64_t kStreamTileRows = 16;
 
+// The fusion input projections out [n][W3] (direction dir, bias included) of n reader vectors
+// x [n][ldx]: the one GEMM behind the projection cache, its recompute and the state files. A
+// row's result depends neither on n nor on the row's position (each output is the bias plus the
+// products in k order, in every ISA's tile shape), so all of them give the same bits.
+template <typename T, typename S, typename Isa>
+AGHMN_INLINE void stream_fusion_input_projections(const StreamDims& d, const StreamLayout& L,
+                                                  const T* w, int dir, int64_t n, const T* x,
+                                                  int64_t ldx, T* out) {
+  stream_gemm<T, S, Isa>(n, d.H, L.W3, x, ldx, w + L.fusion_ih[dir], w + L.fusion_bih[dir], 0, out,
+                         L.W3);
+}
+
+// x [n] rounded in place to the storage type S, as a value read back from a store of S is.
+template <typename T, typename S>
+AGHMN_INLINE void round_through_storage(T* x, int64_t n) {
+  if constexpr (is_bf16<S>())
+    for (int64_t i = 0; i < n; ++i) x[i] = from_storage<T>(to_storage<S>(x[i]));
+}
+
 // Without a projection cache: the fusion input projections [3H] (direction dir) of slot k of
 // every row whose slot k is real (k >= first[m]), into xg [nreal][W3] in row order, from the
-// stored u gathered into ug [nreal][Hp]. The same GEMM and bias as stream_remember_tile_impl,
-// whose per-row result depends neither on the number of rows nor on a row's position (each
-// output is the bias plus the products in k order, in every ISA's tile shape), and the same
-// storage rounding (bf16: the GEMM rounds its input to bf16, which the stored u already is), so
-// the result equals the cached projection bit for bit.
+// stored u gathered into ug [nreal][Hp]. The cache's GEMM and storage rounding (bf16: the GEMM
+// rounds its input to bf16, which the stored u already is), so the result equals the cached
+// projection bit for bit.
 template <typename T, typename S, typename Isa, typename RowFn>
 AGHMN_INLINE void stream_slot_projections(const StreamDims& d, const StreamLayout& L, const T* w,
                                           const StreamBatch<T, S>& in, int dir, int64_t rows,
@@ -380,9 +397,8 @@ AGHMN_INLINE void stream_slot_projections(const StreamDims& d, const StreamLayou
     ++n;
   }
   if (n == 0) return;
-  stream_gemm<T, S, Isa>(n, H, W3, ug, Hp, w + L.fusion_ih[dir], w + L.fusion_bih[dir], 0, xg, W3);
-  if constexpr (is_bf16<S>())
-    for (int64_t i = 0; i < n * W3; ++i) xg[i] = from_storage<T>(to_storage<S>(xg[i]));
+  stream_fusion_input_projections<T, S, Isa>(d, L, w, dir, n, ug, Hp, xg);
+  round_through_storage<T, S>(xg, n * W3);
 }
 
 // stream_slot_projections for every real slot of each row at once (kWindowProjectionRows):
@@ -401,9 +417,8 @@ AGHMN_INLINE void stream_window_projections(const StreamDims& d, const StreamLay
       for (int64_t j = 0; j < H; ++j) uw[(k - first[m]) * Hp + j] = from_storage<T>(u[j]);
     }
     T* x = xw + (m * K + first[m]) * W3;
-    stream_gemm<T, S, Isa>(n, H, W3, uw, Hp, w + L.fusion_ih[dir], w + L.fusion_bih[dir], 0, x, W3);
-    if constexpr (is_bf16<S>())
-      for (int64_t i = 0; i < n * W3; ++i) x[i] = from_storage<T>(to_storage<S>(x[i]));
+    stream_fusion_input_projections<T, S, Isa>(d, L, w, dir, n, uw, Hp, x);
+    round_through_storage<T, S>(x, n * W3);
   }
 }
 
@@ -578,8 +593,7 @@ AGHMN_INLINE void stream_remember_tile_impl(const StreamDims& d, const StreamLay
       in.u_store[slot * H + j] = to_storage<S>(in.u_out[(b0 + m) * H + j]);
   }
   for (int dir = 0; dir < d.D && in.proj_store != nullptr; ++dir) {
-    stream_gemm<T, S, Isa>(rows, H, W3, in.u_out + b0 * H, H, w + L.fusion_ih[dir],
-                           w + L.fusion_bih[dir], 0, g, W3);
+    stream_fusion_input_projections<T, S, Isa>(d, L, w, dir, rows, in.u_out + b0 * H, H, g);
     for (int64_t m = 0; m < rows; ++m) {
       const int64_t slot = in.blocks[b0 + m] * K + in.counts[b0 + m] % K;
       S* dst = in.proj_store + (dir * in.store_rows + slot) * 3 * H;
@@ -608,8 +622,7 @@ inline void stream_project_rows(const StreamDims& d, const T* w, const S* u, int
   for (int64_t i = 0; i < n * H; ++i) x[i] = from_storage<T>(u[i]);
   dispatch_isa_for<S>([&](auto isa) {
     for (int dir = 0; dir < d.D; ++dir) {
-      stream_gemm<T, S, decltype(isa)>(n, H, W3, x.data(), H, w + L.fusion_ih[dir],
-                                       w + L.fusion_bih[dir], 0, g.data(), W3);
+      stream_fusion_input_projections<T, S, decltype(isa)>(d, L, w, dir, n, x.data(), H, g.data());
       for (int64_t r = 0; r < n; ++r)
         for (int64_t j = 0; j < 3 * H; ++j)
           proj[(dir * n + r) * 3 * H + j] = to_storage<S>(g[r * W3 + j]);
